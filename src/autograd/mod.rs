@@ -1,0 +1,156 @@
+//! A minimal tape autograd.
+//!
+//! Every differentiable op, after computing its forward value on the backend, calls
+//! [`record`] with its inputs, its outputs and a closure that maps output gradients to input
+//! gradients. Nodes are appended in execution order, so the tape is already a topological
+//! order: [`backward`] walks it in reverse. Gradients for a tensor used by several ops are
+//! summed; that is how a weight shared by the image and text towers receives both
+//! modalities' gradients.
+//!
+//! The tape is thread-local: model code on one thread builds one graph. Ops run inside
+//! rayon but never record from worker threads.
+
+mod gradients;
+
+use std::cell::{Cell, RefCell};
+
+pub use gradients::Gradients;
+
+use crate::backend;
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, TensorId};
+
+/// Maps the gradients of a node's outputs (None where an output got no gradient) to the
+/// gradients of its inputs. `needs[i]` says whether input i wants one; the closure may
+/// return None for inputs that do not.
+pub type BackwardFn = Box<dyn FnOnce(&[Option<Tensor>], &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
+struct Node {
+    op: &'static str,
+    inputs: Vec<(TensorId, bool)>,
+    outputs: Vec<TensorId>,
+    backward: BackwardFn,
+}
+
+#[derive(Default)]
+struct Tape {
+    nodes: Vec<Node>,
+}
+
+thread_local! {
+    static TAPE: RefCell<Tape> = RefCell::new(Tape::default());
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops record on the tape right now.
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` with recording switched off (evaluation, optimizer updates). Restores the
+/// previous state on return, and on unwind.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
+    f()
+}
+
+/// Number of nodes on this thread's tape.
+pub fn tape_len() -> usize {
+    TAPE.with(|t| t.borrow().nodes.len())
+}
+
+/// Drops every recorded node (and the activations they hold), e.g. after a forward pass
+/// whose loss will not be differentiated.
+pub fn clear_tape() {
+    TAPE.with(|t| t.borrow_mut().nodes.clear());
+}
+
+/// Records one op. Returns the outputs, marked as requiring grad when the node was recorded.
+/// Nothing is recorded when grad is disabled or no input requires grad.
+pub fn record(
+    op: &'static str,
+    inputs: &[&Tensor],
+    outputs: Vec<Tensor>,
+    backward: impl FnOnce(&[Option<Tensor>], &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
+) -> Vec<Tensor> {
+    if !grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return outputs;
+    }
+    let outputs: Vec<Tensor> = outputs.into_iter().map(|t| t.set_requires_grad(true)).collect();
+    let node = Node {
+        op,
+        inputs: inputs.iter().map(|t| (t.id(), t.requires_grad())).collect(),
+        outputs: outputs.iter().map(|t| t.id()).collect(),
+        backward: Box::new(backward),
+    };
+    TAPE.with(|t| t.borrow_mut().nodes.push(node));
+    outputs
+}
+
+/// Convenience for single-output ops.
+pub fn record1(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output: Tensor,
+    backward: impl FnOnce(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
+) -> Tensor {
+    let mut out = record(op, inputs, vec![output], move |grads, needs| {
+        let dy = grads[0].as_ref().expect("a single-output node runs only with its gradient");
+        backward(dy, needs)
+    });
+    out.pop().expect("one output in, one out")
+}
+
+/// Differentiates the scalar `loss` with respect to every tensor that requires grad and
+/// led to it. Consumes the tape. Returns the gradients of the leaves (parameters, inputs
+/// marked with `set_requires_grad`).
+pub fn backward(loss: &Tensor) -> Result<Gradients> {
+    if loss.numel() != 1 {
+        return Err(Error::shape("backward", format!("loss must have one element, shape is {}", loss.shape())));
+    }
+    if !loss.requires_grad() {
+        return Err(Error::invalid("backward", "loss does not depend on any tensor that requires grad"));
+    }
+    let nodes = TAPE.with(|t| std::mem::take(&mut t.borrow_mut().nodes));
+    let seed = Tensor::full(loss.shape().clone(), 1.0, loss.dtype());
+    let mut pending = Gradients::default();
+    pending.accumulate(loss.id(), seed)?;
+
+    no_grad(|| {
+        for node in nodes.into_iter().rev() {
+            let out_grads: Vec<Option<Tensor>> = node.outputs.iter().map(|id| pending.take(*id)).collect();
+            if out_grads.iter().all(Option::is_none) {
+                continue;
+            }
+            let needs: Vec<bool> = node.inputs.iter().map(|(_, n)| *n).collect();
+            let in_grads = (node.backward)(&out_grads, &needs)?;
+            if in_grads.len() != node.inputs.len() {
+                return Err(Error::invalid(
+                    node.op,
+                    format!("backward returned {} gradients for {} inputs", in_grads.len(), node.inputs.len()),
+                ));
+            }
+            for ((id, needed), grad) in node.inputs.iter().zip(in_grads) {
+                if let (true, Some(g)) = (needed, grad) {
+                    pending.accumulate(*id, g)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(pending)
+}
+
+/// Sum of two gradients of the same tensor, through the backend (never recorded).
+pub(crate) fn add_grads(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape("grad accumulate", format!("{} vs {}", a.shape(), b.shape())));
+    }
+    backend::get(a.device()).binary(backend::BinaryOp::Add, a, b)
+}

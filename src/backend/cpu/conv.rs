@@ -1,0 +1,202 @@
+//! 2-D convolution (NCHW, grouped, no bias) by im2col + GEMM.
+//!
+//! Forward runs samples in parallel. Backward accumulates the weight gradient over samples
+//! in sample order (deterministic) and computes input gradients per sample in parallel.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+use crate::tensor::{Real, Tensor};
+
+/// All sizes of one convolution, derived once from the operand shapes.
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    groups: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl Dims {
+    fn of(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Self {
+        let (n, c, h, wd) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+        let (co, kh, kw) = (w.dims()[0], w.dims()[2], w.dims()[3]);
+        let ho = (h + 2 * geo.padding - kh) / geo.stride + 1;
+        let wo = (wd + 2 * geo.padding - kw) / geo.stride + 1;
+        Dims { n, c, h, w: wd, co, kh, kw, ho, wo, groups: geo.groups, stride: geo.stride, pad: geo.padding }
+    }
+    /// Input channels per group.
+    fn cg(&self) -> usize {
+        self.c / self.groups
+    }
+    /// Output channels per group.
+    fn cog(&self) -> usize {
+        self.co / self.groups
+    }
+    /// Rows of the im2col matrix of one group: cg * kh * kw.
+    fn patch(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    fn spatial_out(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Input coordinate under output (oy, ox) and kernel tap (i, j), if inside the image.
+    fn source(&self, oy: usize, ox: usize, i: usize, j: usize) -> Option<(usize, usize)> {
+        let y = (oy * self.stride + i).checked_sub(self.pad)?;
+        let x = (ox * self.stride + j).checked_sub(self.pad)?;
+        (y < self.h && x < self.w).then_some((y, x))
+    }
+}
+
+/// The [patch, ho*wo] im2col matrix of group `g` of one sample `img` ([c, h, w]).
+fn im2col<T: Real>(d: &Dims, img: &[T], g: usize) -> Vec<T> {
+    let so = d.spatial_out();
+    let mut col = vec![T::zero(); d.patch() * so];
+    for cc in 0..d.cg() {
+        let plane = &img[(g * d.cg() + cc) * d.h * d.w..][..d.h * d.w];
+        for i in 0..d.kh {
+            for j in 0..d.kw {
+                let row = &mut col[((cc * d.kh + i) * d.kw + j) * so..][..so];
+                for oy in 0..d.ho {
+                    for ox in 0..d.wo {
+                        if let Some((y, x)) = d.source(oy, ox, i, j) {
+                            row[oy * d.wo + ox] = plane[y * d.w + x];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// Adds the [patch, ho*wo] matrix `col` back into the image gradient of group `g`.
+fn col2im<T: Real>(d: &Dims, col: &[T], g: usize, img: &mut [T]) {
+    let so = d.spatial_out();
+    for cc in 0..d.cg() {
+        let plane = &mut img[(g * d.cg() + cc) * d.h * d.w..][..d.h * d.w];
+        for i in 0..d.kh {
+            for j in 0..d.kw {
+                let row = &col[((cc * d.kh + i) * d.kw + j) * so..][..so];
+                for oy in 0..d.ho {
+                    for ox in 0..d.wo {
+                        if let Some((y, x)) = d.source(oy, ox, i, j) {
+                            plane[y * d.w + x] += row[oy * d.wo + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dst (m x n, row-major) += op(a) op(b), with row-major a and b of the given logical shapes.
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc<T: Real>(
+    dst: &mut [T],
+    a: &[T],
+    b: &[T],
+    (m, n, k): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+    par: Parallelism,
+) {
+    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    debug_assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // SAFETY: the callers pass slices of at least m*n, m*k and k*n elements (checked above in
+    // debug builds), and the strides describe row-major storage of those shapes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+pub fn forward<T: Real>(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
+    let d = Dims::of(x, w, geo);
+    let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
+    let (so, per_sample_in) = (d.spatial_out(), d.c * d.h * d.w);
+    let mut y = vec![T::zero(); d.n * d.co * so];
+    y.par_chunks_mut((d.co * so).max(1)).enumerate().for_each(|(s, ys)| {
+        let img = &xs[s * per_sample_in..][..per_sample_in];
+        for g in 0..d.groups {
+            let col = im2col(&d, img, g);
+            let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
+            let yg = &mut ys[g * d.cog() * so..][..d.cog() * so];
+            gemm_acc(yg, wg, &col, (d.cog(), so, d.patch()), false, false, Parallelism::None);
+        }
+    });
+    Tensor::from_vec(y, [d.n, d.co, d.ho, d.wo])
+}
+
+pub fn backward<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    geo: Conv2dGeometry,
+    need_dx: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let d = Dims::of(x, w, geo);
+    let (xs, ws, dys) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
+    let (so, per_sample_in, per_sample_out) = (d.spatial_out(), d.c * d.h * d.w, d.co * d.spatial_out());
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+
+    // dW_g += dY_g [cog, so] @ col_g^T [so, patch], samples in order.
+    let mut dw = vec![T::zero(); ws.len()];
+    for s in 0..d.n {
+        let img = &xs[s * per_sample_in..][..per_sample_in];
+        for g in 0..d.groups {
+            let col = im2col(&d, img, g);
+            let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
+            let dwg = &mut dw[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
+            gemm_acc(dwg, dyg, &col, (d.cog(), d.patch(), so), false, true, par);
+        }
+    }
+
+    let dx = if need_dx {
+        let mut dx = vec![T::zero(); xs.len()];
+        dx.par_chunks_mut(per_sample_in.max(1)).enumerate().for_each(|(s, dxs)| {
+            for g in 0..d.groups {
+                // dcol [patch, so] = W_g^T [patch, cog] @ dY_g [cog, so]
+                let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
+                let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
+                let mut dcol = vec![T::zero(); d.patch() * so];
+                gemm_acc(&mut dcol, wg, dyg, (d.patch(), so, d.cog()), true, false, Parallelism::None);
+                col2im(&d, &dcol, g, dxs);
+            }
+        });
+        Some(Tensor::from_vec(dx, x.dims().to_vec())?)
+    } else {
+        None
+    };
+    Ok((dx, Tensor::from_vec(dw, w.dims().to_vec())?))
+}

@@ -1,0 +1,130 @@
+//! Losses: symmetric InfoNCE (CLIP's contrastive loss) and cross-entropy.
+//!
+//! The reference materialises the n x n logits; the fused GPU kernel never will, and this is
+//! what it is checked against.
+
+use rayon::prelude::*;
+
+use crate::backend::InfoNceOut;
+use crate::error::Result;
+use crate::tensor::{Real, Tensor};
+
+fn logsumexp<T: Real>(values: impl Iterator<Item = T> + Clone) -> T {
+    let max = values.clone().fold(T::neg_infinity(), T::max);
+    if max == T::neg_infinity() {
+        return max;
+    }
+    max + values.map(|v| (v - max).exp()).sum::<T>().ln()
+}
+
+/// The temperature multiplier and whether the clamp is active (then the scale gets no gradient).
+fn temperature<T: Real>(logit_scale: &Tensor, max_scale: Option<f64>) -> Result<(T, bool)> {
+    let t = logit_scale.cpu_slice::<T>()?[0].exp();
+    Ok(match max_scale {
+        Some(m) if t > T::of(m) => (T::of(m), true),
+        _ => (t, false),
+    })
+}
+
+/// logits[i, j] = t * <img_i, txt_j>, row-major [n, n].
+fn logits<T: Real>(img: &[T], txt: &[T], n: usize, d: usize, t: T) -> Vec<T> {
+    let mut out = vec![T::zero(); n * n];
+    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
+        let a = &img[i * d..(i + 1) * d];
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = t * a.iter().zip(&txt[j * d..(j + 1) * d]).map(|(&x, &y)| x * y).sum::<T>();
+        }
+    });
+    out
+}
+
+pub fn infonce<T: Real>(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
+    let (n, d) = (img.dims()[0], img.dims()[1]);
+    let (t, _) = temperature::<T>(logit_scale, max_scale)?;
+    let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n, d, t);
+    let row_lse: Vec<T> = (0..n).into_par_iter().map(|i| logsumexp(z[i * n..(i + 1) * n].iter().copied())).collect();
+    let col_lse: Vec<T> = (0..n).into_par_iter().map(|j| logsumexp((0..n).map(|i| z[i * n + j]))).collect();
+    let mut total = T::zero();
+    for i in 0..n {
+        total += row_lse[i] + col_lse[i] - T::of(2.0) * z[i * n + i];
+    }
+    let loss = total / T::of(2.0 * n as f64);
+    Ok(InfoNceOut {
+        loss: Tensor::from_vec(vec![loss], [1])?,
+        row_lse: Tensor::from_vec(row_lse, [n])?,
+        col_lse: Tensor::from_vec(col_lse, [n])?,
+    })
+}
+
+pub fn infonce_backward<T: Real>(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    out: &InfoNceOut,
+    dloss: &Tensor,
+    max_scale: Option<f64>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, d) = (img.dims()[0], img.dims()[1]);
+    let (is, ts) = (img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?);
+    let (t, clamped) = temperature::<T>(logit_scale, max_scale)?;
+    let (rl, cl) = (out.row_lse.cpu_slice::<T>()?, out.col_lse.cpu_slice::<T>()?);
+    let g = dloss.cpu_slice::<T>()?[0] / T::of(2.0 * n as f64);
+    let z = logits(is, ts, n, d, t);
+
+    // dz[i, j] = g * (softmax_row[i, j] + softmax_col[i, j] - 2 [i == j])
+    let mut dz = vec![T::zero(); n * n];
+    dz.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
+        for (j, o) in row.iter_mut().enumerate() {
+            let zij = z[i * n + j];
+            let diag = if i == j { T::of(2.0) } else { T::zero() };
+            *o = g * ((zij - rl[i]).exp() + (zij - cl[j]).exp() - diag);
+        }
+    });
+    // z = t * I T^T: dI = t dz T, dT = t dz^T I, dt = <dz, z> / t.
+    let mut dimg = vec![T::zero(); n * d];
+    dimg.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| {
+        for j in 0..n {
+            let w = t * dz[i * n + j];
+            row.iter_mut().zip(&ts[j * d..(j + 1) * d]).for_each(|(o, &v)| *o += w * v);
+        }
+    });
+    let mut dtxt = vec![T::zero(); n * d];
+    dtxt.par_chunks_mut(d.max(1)).enumerate().for_each(|(j, row)| {
+        for i in 0..n {
+            let w = t * dz[i * n + j];
+            row.iter_mut().zip(&is[i * d..(i + 1) * d]).for_each(|(o, &v)| *o += w * v);
+        }
+    });
+    // d logit_scale = dt * dt/ds = (<dz, z> / t) * t, zero while the clamp holds t fixed.
+    let dscale = if clamped { T::zero() } else { dz.iter().zip(&z).map(|(&a, &b)| a * b).sum() };
+    Ok((
+        Tensor::from_vec(dimg, [n, d])?,
+        Tensor::from_vec(dtxt, [n, d])?,
+        Tensor::from_vec(vec![dscale], [1])?,
+    ))
+}
+
+pub fn cross_entropy<T: Real>(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+    let (n, c) = (logits.dims()[0], logits.dims()[1]);
+    let zs = logits.cpu_slice::<T>()?;
+    let lse: Vec<T> = (0..n).into_par_iter().map(|i| logsumexp(zs[i * c..(i + 1) * c].iter().copied())).collect();
+    let mut total = T::zero();
+    for i in 0..n {
+        total += lse[i] - zs[i * c + targets[i] as usize];
+    }
+    Ok((Tensor::from_vec(vec![total / T::of(n as f64)], [1])?, Tensor::from_vec(lse, [n])?))
+}
+
+pub fn cross_entropy_backward<T: Real>(logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+    let (n, c) = (logits.dims()[0], logits.dims()[1]);
+    let (zs, ls) = (logits.cpu_slice::<T>()?, lse.cpu_slice::<T>()?);
+    let g = dloss.cpu_slice::<T>()?[0] / T::of(n as f64);
+    let mut dz = vec![T::zero(); n * c];
+    dz.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, row)| {
+        for (j, o) in row.iter_mut().enumerate() {
+            let onehot = if j == targets[i] as usize { T::one() } else { T::zero() };
+            *o = g * ((zs[i * c + j] - ls[i]).exp() - onehot);
+        }
+    });
+    Tensor::from_vec(dz, [n, c])
+}

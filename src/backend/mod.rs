@@ -1,0 +1,262 @@
+//! The op set every device implements, forward and backward.
+//!
+//! Backends compute values only: they never record on the tape and may assume that the
+//! autograd layer (`crate::ops`) has already checked shapes and dtypes. Each op that needs
+//! saved state for its backward returns it explicitly (LayerNorm statistics, attention
+//! log-sum-exp), so a GPU backend can keep the same split between forward and backward
+//! kernels.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::tensor::{DType, Device, Tensor};
+
+/// Element-wise binary ops. The right operand's shape must equal the trailing dimensions
+/// of the left operand's; it is repeated over the leading ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// Element-wise unary ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Exp,
+    Ln,
+    Relu,
+    /// `x * sigmoid(1.702 x)`, the activation of CLIP's MLPs.
+    QuickGelu,
+    /// Multiplication by a constant.
+    Scale(f64),
+}
+
+/// Which keys a query may attend to. Combinations are allowed: causal plus key padding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttnMask {
+    /// Query i sees keys 0..=i only.
+    pub causal: bool,
+    /// Per batch element, the number of valid keys; keys at or past it get zero weight.
+    pub key_lengths: Option<Vec<usize>>,
+}
+
+impl AttnMask {
+    pub fn none() -> Self {
+        Self::default()
+    }
+    pub fn causal() -> Self {
+        AttnMask { causal: true, key_lengths: None }
+    }
+    pub fn key_padding(lengths: Vec<usize>) -> Self {
+        AttnMask { causal: false, key_lengths: Some(lengths) }
+    }
+
+    /// Whether query `q` of batch element `b` may see key `k`.
+    pub fn allows(&self, b: usize, q: usize, k: usize) -> bool {
+        let causal_ok = !self.causal || k <= q;
+        let padding_ok = self.key_lengths.as_ref().is_none_or(|len| k < len[b]);
+        causal_ok && padding_ok
+    }
+}
+
+/// Geometry of a 2-D convolution, NCHW input and [C_out, C_in/groups, kh, kw] weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+/// Forward outputs of (residual-add +) LayerNorm.
+pub struct LayerNormOut {
+    /// `x + residual` when a residual was given: the next residual stream.
+    pub sum: Option<Tensor>,
+    pub y: Tensor,
+    /// Per-row mean and 1/sqrt(var + eps), saved for backward.
+    pub mean: Tensor,
+    pub rstd: Tensor,
+}
+
+/// Forward outputs of batch-statistics BatchNorm.
+pub struct BatchNormOut {
+    pub y: Tensor,
+    /// Per-channel batch mean and biased variance.
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
+/// Forward outputs of symmetric InfoNCE.
+pub struct InfoNceOut {
+    /// Shape [1]: the mean of the image->text and text->image cross-entropies.
+    pub loss: Tensor,
+    /// Log-sum-exp of each logits row (image i against all texts) and column.
+    pub row_lse: Tensor,
+    pub col_lse: Tensor,
+}
+
+/// Hyper-parameters of one AdamW update of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+/// The op set of a device.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor>;
+
+    /// Batched `op(a) @ op(b) (+ bias)`. `a` is [batch, m, k] ([batch, k, m] when `trans_a`),
+    /// `b` is [batch, k, n] ([batch, n, k] when `trans_b`), `bias` is [n]. Returns [batch, m, n].
+    fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>)
+    -> Result<Tensor>;
+
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor>;
+    /// dL/dx given x, y = op(x) and dL/dy.
+    fn unary_backward(&self, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor>;
+
+    /// Views `x` as [outer, n, inner] and sums over the middle: returns [outer, inner].
+    fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor>;
+    /// The inverse layout of `sum_middle`: repeats [outer, inner] n times into [outer, n, inner].
+    fn repeat_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor>;
+
+    /// Moves dimension `i` of the input to position `i` of `perm` order: out.dims[j] = x.dims[perm[j]].
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor>;
+    /// Concatenates along `dim` (all other dims equal).
+    fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor>;
+    /// Elements `start..start+len` along `dim`.
+    fn slice(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor>;
+    /// The adjoint of `slice`: `x` placed at `start` along `dim` of a zero tensor of length `full`.
+    fn pad_slice(&self, x: &Tensor, dim: usize, start: usize, full: usize) -> Result<Tensor>;
+
+    /// Rows `ids` of a [rows, d] table: [ids.len(), d]. Embedding lookup and token selection.
+    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor>;
+    /// The adjoint of `index_rows`: [rows, d] with dy's row j added into row ids[j], in a
+    /// fixed order so the result is deterministic.
+    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor>;
+
+    /// LayerNorm over the last dimension of `x` (or of `x + residual`).
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<LayerNormOut>;
+    /// Returns (d input, d gamma, d beta); `input` is the normalised tensor (x or x + residual).
+    fn layer_norm_backward(
+        &self,
+        input: &Tensor,
+        gamma: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+
+    /// Softmax over the last dimension.
+    fn softmax(&self, x: &Tensor) -> Result<Tensor>;
+    fn softmax_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor>;
+
+    /// `x / max(||x||, eps)` over the last dimension. Returns (y, per-row norms).
+    fn l2_normalize(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)>;
+    fn l2_normalize_backward(&self, y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor>;
+
+    /// Multi-head attention on packed projections. `qkv` is [batch, len, 3*width] with q, k
+    /// and v blocks in that order, each split into `heads` heads; q is scaled by
+    /// 1/sqrt(head_dim). Returns ([batch, len, width], log-sum-exp [batch, heads, len]).
+    /// A query that sees no key gets a zero output and a log-sum-exp of -inf.
+    fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)>;
+    /// Returns d qkv. Probabilities are recomputed from q, k and the saved log-sum-exp.
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        heads: usize,
+        mask: &AttnMask,
+    ) -> Result<Tensor>;
+
+    /// Symmetric InfoNCE over [n, d] image and text features with logits
+    /// `min(exp(logit_scale), max_scale) * img @ txt^T`; pair i is the positive of row i.
+    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>)
+    -> Result<InfoNceOut>;
+    /// Returns (d img, d txt, d logit_scale) for an upstream gradient `dloss` of the loss.
+    fn infonce_backward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        logit_scale: &Tensor,
+        out: &InfoNceOut,
+        dloss: &Tensor,
+        max_scale: Option<f64>,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+
+    /// Mean cross-entropy of [n, classes] logits against class indices. Returns (loss [1], lse [n]).
+    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)>;
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor)
+    -> Result<Tensor>;
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor>;
+    /// Returns (d x if `need_dx`, d w).
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        geo: Conv2dGeometry,
+        need_dx: bool,
+    ) -> Result<(Option<Tensor>, Tensor)>;
+
+    /// BatchNorm over N, H, W of an NCHW tensor with the batch's own statistics (training).
+    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut>;
+    /// BatchNorm with given statistics (evaluation, running mean and variance).
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor>;
+    /// Returns (d x, d gamma, d beta). With `batch_stats`, the mean and variance are those of
+    /// the batch and depend on x (training); otherwise they are constants (evaluation).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        dy: &Tensor,
+        eps: f64,
+        batch_stats: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+
+    /// One decoupled-weight-decay Adam update of `param` in place, with its moments.
+    fn adamw_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamWStep,
+    ) -> Result<()>;
+}
+
+/// The backend of a device.
+pub fn get(device: Device) -> &'static dyn Backend {
+    match device {
+        Device::Cpu => &cpu::CpuBackend,
+    }
+}

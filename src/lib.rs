@@ -1,0 +1,20 @@
+//! msclip: modality-shared contrastive image-text transformers (CLIP, MS-CLIP, single-tower
+//! models) on a small tape autograd, a CPU reference backend and, later, CUDA kernels.
+//!
+//! Layers, bottom up (see DESIGN.md section 2):
+//! - [`tensor`]: the value type (shape, dtype, device, storage) and seeded init.
+//! - [`backend`]: the op set every device implements, forward and backward; [`backend::cpu`]
+//!   is the reference.
+//! - [`autograd`]: the tape, `backward`, `no_grad`.
+//! - [`ops`]: differentiable ops on tensors, checked and recorded; what models call.
+//! - [`nn`]: parameters with names, and optimizers.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod nn;
+pub mod ops;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Rng, Shape, Tensor};

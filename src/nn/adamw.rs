@@ -1,0 +1,100 @@
+//! AdamW over a [`ParamStore`], with parameter groups (each its own weight decay and learning
+//! rate multiplier, as open_clip's decay / no-decay split and MS-CLIP's shared-weight group).
+
+use crate::autograd::Gradients;
+use crate::backend::{self, AdamWStep};
+use crate::error::{Error, Result};
+use crate::nn::{ParamId, ParamStore};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's defaults.
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamGroup {
+    pub name: String,
+    pub weight_decay: f64,
+    /// Multiplies the scheduled learning rate.
+    pub lr_scale: f64,
+}
+
+pub struct AdamW {
+    config: AdamWConfig,
+    groups: Vec<ParamGroup>,
+    /// Per parameter: its group and its first and second moments.
+    state: Vec<(usize, Tensor, Tensor)>,
+    step: u64,
+}
+
+impl AdamW {
+    /// `assign` maps each parameter (by name and value) to an index into `groups`.
+    pub fn new(
+        store: &ParamStore,
+        config: AdamWConfig,
+        groups: Vec<ParamGroup>,
+        assign: impl Fn(&str, &Tensor) -> usize,
+    ) -> Result<Self> {
+        let mut state = Vec::with_capacity(store.len());
+        for id in store.ids() {
+            let p = store.get(id);
+            let g = assign(store.name(id), p);
+            if g >= groups.len() {
+                return Err(Error::invalid("adamw", format!("group {g} for {:?}, only {} groups", store.name(id), groups.len())));
+            }
+            let zeros = Tensor::zeros(p.shape().clone(), p.dtype());
+            state.push((g, zeros.clone(), zeros));
+        }
+        Ok(AdamW { config, groups, state, step: 0 })
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// Number of steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The group a parameter belongs to.
+    pub fn group_of(&self, id: ParamId) -> &ParamGroup {
+        &self.groups[self.state[id.index()].0]
+    }
+
+    /// One update at learning rate `lr` (times each group's scale). Parameters without a
+    /// gradient (unused by this loss) are left as they are, as in PyTorch.
+    pub fn step(&mut self, store: &mut ParamStore, grads: &Gradients, lr: f64) -> Result<()> {
+        if self.state.len() != store.len() {
+            return Err(Error::invalid("adamw", "the parameter store changed after the optimizer was built"));
+        }
+        self.step += 1;
+        let ids: Vec<ParamId> = store.ids().collect();
+        for id in ids {
+            let Some(grad) = grads.get(store.get(id)).cloned() else { continue };
+            let (g, m, v) = &mut self.state[id.index()];
+            let group = &self.groups[*g];
+            let hp = AdamWStep {
+                lr: lr * group.lr_scale,
+                beta1: self.config.beta1,
+                beta2: self.config.beta2,
+                eps: self.config.eps,
+                weight_decay: group.weight_decay,
+                step: self.step,
+            };
+            let param = store.get_mut(id);
+            backend::get(param.device()).adamw_step(param, &grad, m, v, hp)?;
+        }
+        Ok(())
+    }
+}

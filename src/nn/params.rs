@@ -1,0 +1,73 @@
+//! The parameter registry. A model holds [`ParamId`]s, not tensors; the store owns the
+//! tensors and their names (the names checkpoints will use). A weight shared by the image and
+//! text towers is one entry used by both, so its gradient is the sum of both uses.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Handle to one parameter of a [`ParamStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(usize);
+
+impl ParamId {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+#[derive(Default)]
+pub struct ParamStore {
+    names: Vec<String>,
+    tensors: Vec<Tensor>,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a trainable tensor under a unique name.
+    pub fn add(&mut self, name: impl Into<String>, tensor: Tensor) -> Result<ParamId> {
+        let name = name.into();
+        if self.find(&name).is_some() {
+            return Err(Error::invalid("param_store", format!("a parameter named {name:?} exists already")));
+        }
+        self.names.push(name);
+        self.tensors.push(tensor.detach().set_requires_grad(true));
+        Ok(ParamId(self.tensors.len() - 1))
+    }
+
+    /// The current value of a parameter (it changes identity after each optimizer step).
+    pub fn get(&self, id: ParamId) -> &Tensor {
+        &self.tensors[id.0]
+    }
+
+    pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor {
+        &mut self.tensors[id.0]
+    }
+
+    pub fn name(&self, id: ParamId) -> &str {
+        &self.names[id.0]
+    }
+
+    pub fn find(&self, name: &str) -> Option<ParamId> {
+        self.names.iter().position(|n| n == name).map(ParamId)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ParamId> + '_ {
+        (0..self.tensors.len()).map(ParamId)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Total number of trainable elements.
+    pub fn num_elements(&self) -> usize {
+        self.tensors.iter().map(Tensor::numel).sum()
+    }
+}

@@ -1,0 +1,50 @@
+//! Losses: symmetric InfoNCE with a learnable temperature, and cross-entropy.
+
+use super::{be, check_ids, check_rank, check_same_kind};
+use crate::autograd::record1;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// CLIP's symmetric contrastive loss. `img` and `txt` are [n, d] (normally L2-normalised);
+/// the logits are `min(exp(logit_scale), max_scale) * img @ txt^T` and pair i is the match
+/// of row i and column i. Returns the mean of the two cross-entropies, shape [1].
+pub fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
+    const OP: &str = "infonce";
+    check_same_kind(OP, &[img, txt, logit_scale])?;
+    check_rank(OP, "image features", img, &[2])?;
+    if img.shape() != txt.shape() || img.dims()[0] == 0 {
+        return Err(Error::shape(OP, format!("image features {} and text features {}", img.shape(), txt.shape())));
+    }
+    if logit_scale.numel() != 1 {
+        return Err(Error::shape(OP, format!("logit_scale must have one element, shape is {}", logit_scale.shape())));
+    }
+    if let Some(m) = max_scale {
+        if !(m > 0.0) {
+            return Err(Error::invalid(OP, format!("max_scale must be positive, got {m}")));
+        }
+    }
+    let out = be(img).infonce(img, txt, logit_scale, max_scale)?;
+    let loss = out.loss.clone();
+    let (i, t, s) = (img.clone(), txt.clone(), logit_scale.clone());
+    let scale_shape = logit_scale.shape().clone();
+    Ok(record1(OP, &[img, txt, logit_scale], loss, move |dloss, _| {
+        let (di, dt, ds) = be(dloss).infonce_backward(&i, &t, &s, &out, dloss, max_scale)?;
+        Ok(vec![Some(di), Some(dt), Some(ds.view_as(scale_shape)?)])
+    }))
+}
+
+/// Mean cross-entropy of [n, classes] logits against class indices.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    const OP: &str = "cross_entropy";
+    check_rank(OP, "logits", logits, &[2])?;
+    let (n, classes) = (logits.dims()[0], logits.dims()[1]);
+    if targets.len() != n || n == 0 {
+        return Err(Error::shape(OP, format!("{} targets for logits {}", targets.len(), logits.shape())));
+    }
+    check_ids(OP, targets, classes)?;
+    let (loss, lse) = be(logits).cross_entropy(logits, targets)?;
+    let (z, targets) = (logits.clone(), targets.to_vec());
+    Ok(record1(OP, &[logits], loss, move |dloss, _| {
+        Ok(vec![Some(be(dloss).cross_entropy_backward(&z, &lse, &targets, dloss)?)])
+    }))
+}

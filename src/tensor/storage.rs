@@ -1,0 +1,100 @@
+//! Where a tensor's elements live. One variant per device; the GPU variants arrive with
+//! the CUDA backend.
+
+use half::bf16;
+
+use super::DType;
+
+/// The device a tensor lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+        }
+    }
+}
+
+/// Host memory, one contiguous vector per tensor.
+#[derive(Debug, Clone)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    BF16(Vec<bf16>),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; len]),
+            DType::F64 => CpuStorage::F64(vec![0.0; len]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
+        }
+    }
+
+    /// Every element widened to f64 (exact for all three types).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            CpuStorage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            CpuStorage::F64(v) => v.clone(),
+            CpuStorage::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+        }
+    }
+
+    /// Converts from f64, rounding to nearest (even) for the narrower types.
+    pub fn from_f64_slice(dtype: DType, data: &[f64]) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(data.iter().map(|&x| x as f32).collect()),
+            DType::F64 => CpuStorage::F64(data.to_vec()),
+            DType::BF16 => CpuStorage::BF16(data.iter().map(|&x| bf16::from_f64(x)).collect()),
+        }
+    }
+
+    /// The raw bytes, little-endian as in memory (for checkpoints and hashing).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice(v),
+            CpuStorage::F64(v) => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// A tensor's storage on whichever device it lives.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Shared test helpers: seeded random tensors and the finite-difference gradient check.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use msclip::autograd::{self, no_grad};
+use msclip::{DType, Result, Rng, Tensor};
+
+/// A seeded N(0, 1) f64 tensor.
+pub fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    rng.normal_tensor(shape.to_vec(), 1.0, DType::F64)
+}
+
+/// A seeded f64 tensor with entries in [lo, hi).
+pub fn rand_range(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * rng.uniform()).collect();
+    Tensor::from_f64(&data, shape.to_vec(), DType::F64).unwrap()
+}
+
+/// `|a - b| <= atol + rtol * |b|` element-wise, and never NaN.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            !a.is_nan() && !b.is_nan() && (a - b).abs() <= atol + rtol * b.abs(),
+            "{what}: element {i}: got {a}, want {b} (atol {atol}, rtol {rtol})"
+        );
+    }
+}
+
+/// Most elements perturbed per input; larger inputs are sampled at a fixed stride.
+const MAX_PROBES: usize = 64;
+const STEP: f64 = 1e-6;
+/// Bound on |analytic - numeric| / max(1, |analytic|, |numeric|). With a step of 1e-6 in
+/// f64 the difference quotient's rounding error is ~1e-10 of the objective, so real
+/// gradient bugs (off by a factor, a missing term) are orders of magnitude above it.
+const TOLERANCE: f64 = 1e-6;
+
+/// Checks the analytic gradient of `f` against central finite differences in f64.
+///
+/// The scalar checked is `sum(f(inputs) * w)` with a fixed random `w`, so every output
+/// element contributes with a different weight (a plain sum would hide errors that cancel).
+pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    let leaves: Vec<Tensor> = inputs.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+    let out = f(&leaves).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
+    let mut rng = Rng::new(0x5eed);
+    let weights = randn(&mut rng, out.dims());
+    let objective = |out: &Tensor| -> f64 { out.mul(&weights).unwrap().sum_all().unwrap().item().unwrap() };
+
+    let loss = out.mul(&weights).unwrap().sum_all().unwrap();
+    let grads = autograd::backward(&loss).unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
+
+    for (k, leaf) in leaves.iter().enumerate() {
+        let analytic = grads
+            .get(leaf)
+            .map(|g| g.to_f64_vec())
+            .unwrap_or_else(|| vec![0.0; leaf.numel()]);
+        assert_eq!(analytic.len(), leaf.numel(), "{name}: input {k}: gradient has the wrong size");
+        let base = leaf.to_f64_vec();
+        let stride = base.len().div_ceil(MAX_PROBES).max(1);
+        for i in (0..base.len()).step_by(stride) {
+            let eval_at = |delta: f64| -> f64 {
+                let mut moved = base.clone();
+                moved[i] += delta;
+                let perturbed = Tensor::from_f64(&moved, leaf.dims().to_vec(), DType::F64).unwrap();
+                let args: Vec<Tensor> =
+                    leaves.iter().enumerate().map(|(j, t)| if j == k { perturbed.clone() } else { t.clone() }).collect();
+                no_grad(|| objective(&f(&args).unwrap()))
+            };
+            let numeric = (eval_at(STEP) - eval_at(-STEP)) / (2.0 * STEP);
+            let a = analytic[i];
+            assert!(
+                (a - numeric).abs() <= TOLERANCE * a.abs().max(numeric.abs()).max(1.0),
+                "{name}: input {k} element {i}: analytic {a}, numeric {numeric}"
+            );
+        }
+    }
+}
