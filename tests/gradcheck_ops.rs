@@ -1,6 +1,9 @@
 //! Every differentiable op against f64 central finite differences (testing ladder, level 1).
 //! Shapes include sizes of 1 and non-powers of two.
 
+// Inputs are cloned into fresh arrays on purpose: each check reads as one line.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 mod common;
 
 use common::{gradcheck, rand_range, randn};
@@ -15,7 +18,12 @@ fn rng() -> Rng {
 #[test]
 fn matmul_2d_and_batched() {
     let mut r = rng();
-    for (a, b) in [(vec![1, 1], vec![1, 1]), (vec![3, 5], vec![5, 7]), (vec![2, 3, 4], vec![2, 4, 1]), (vec![3, 1, 6], vec![3, 6, 5])] {
+    for (a, b) in [
+        (vec![1, 1], vec![1, 1]),
+        (vec![3, 5], vec![5, 7]),
+        (vec![2, 3, 4], vec![2, 4, 1]),
+        (vec![3, 1, 6], vec![3, 6, 5]),
+    ] {
         gradcheck("matmul", &[randn(&mut r, &a), randn(&mut r, &b)], |x| x[0].matmul(&x[1]));
     }
 }
@@ -158,7 +166,9 @@ fn infonce_and_cross_entropy() {
         gradcheck("infonce clamp idle", &[img.clone(), txt.clone(), scale.clone()], |t| {
             ops::infonce(&t[0], &t[1], &t[2], Some(100.0))
         });
-        gradcheck("infonce clamped", &[img.clone(), txt.clone(), scale], |t| ops::infonce(&t[0], &t[1], &t[2], Some(1.2)));
+        gradcheck("infonce clamped", &[img.clone(), txt.clone(), scale], |t| {
+            ops::infonce(&t[0], &t[1], &t[2], Some(1.2))
+        });
         // Through normalisation, as CLIP uses it.
         gradcheck("infonce normalised", &[img, txt], |t| {
             let s = Tensor::from_vec(vec![1.0f64], [1])?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crate::error::Result;
 use crate::tensor::{Tensor, TensorId};
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Gradients {
     by_id: HashMap<TensorId, Tensor>,
 }

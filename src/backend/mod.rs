@@ -115,8 +115,7 @@ pub trait Backend: Send + Sync {
 
     /// Batched `op(a) @ op(b) (+ bias)`. `a` is [batch, m, k] ([batch, k, m] when `trans_a`),
     /// `b` is [batch, k, n] ([batch, n, k] when `trans_b`), `bias` is [n]. Returns [batch, m, n].
-    fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>)
-    -> Result<Tensor>;
+    fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>) -> Result<Tensor>;
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor>;
@@ -188,8 +187,7 @@ pub trait Backend: Send + Sync {
 
     /// Symmetric InfoNCE over [n, d] image and text features with logits
     /// `min(exp(logit_scale), max_scale) * img @ txt^T`; pair i is the positive of row i.
-    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>)
-    -> Result<InfoNceOut>;
+    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut>;
     /// Returns (d img, d txt, d logit_scale) for an upstream gradient `dloss` of the loss.
     fn infonce_backward(
         &self,
@@ -203,8 +201,7 @@ pub trait Backend: Send + Sync {
 
     /// Mean cross-entropy of [n, classes] logits against class indices. Returns (loss [1], lse [n]).
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)>;
-    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor)
-    -> Result<Tensor>;
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor>;
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor>;
     /// Returns (d x if `need_dx`, d w).

@@ -50,7 +50,10 @@ impl AdamW {
             let p = store.get(id);
             let g = assign(store.name(id), p);
             if g >= groups.len() {
-                return Err(Error::invalid("adamw", format!("group {g} for {:?}, only {} groups", store.name(id), groups.len())));
+                return Err(Error::invalid(
+                    "adamw",
+                    format!("group {g} for {:?}, only {} groups", store.name(id), groups.len()),
+                ));
             }
             let zeros = Tensor::zeros(p.shape().clone(), p.dtype());
             state.push((g, zeros.clone(), zeros));

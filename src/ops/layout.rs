@@ -17,9 +17,13 @@ impl Tensor {
     /// Reorders dimensions: output dim j is input dim `perm[j]`.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
-        let valid = perm.len() == self.rank() && perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+        let valid =
+            perm.len() == self.rank() && perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
         if !valid {
-            return Err(Error::shape("permute", format!("{perm:?} is not a permutation of the dims of {}", self.shape())));
+            return Err(Error::shape(
+                "permute",
+                format!("{perm:?} is not a permutation of the dims of {}", self.shape()),
+            ));
         }
         let y = be(self).permute(self, perm)?;
         let mut inverse = vec![0; perm.len()];

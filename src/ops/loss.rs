@@ -18,10 +18,8 @@ pub fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Opti
     if logit_scale.numel() != 1 {
         return Err(Error::shape(OP, format!("logit_scale must have one element, shape is {}", logit_scale.shape())));
     }
-    if let Some(m) = max_scale {
-        if !(m > 0.0) {
-            return Err(Error::invalid(OP, format!("max_scale must be positive, got {m}")));
-        }
+    if let Some(m) = max_scale.filter(|m| m.is_nan() || *m <= 0.0) {
+        return Err(Error::invalid(OP, format!("max_scale must be positive, got {m}")));
     }
     let out = be(img).infonce(img, txt, logit_scale, max_scale)?;
     let loss = out.loss.clone();

@@ -52,10 +52,8 @@ impl Tensor {
         if self.rank() == 0 || self.shape().last() != in_f {
             return Err(Error::shape(OP, format!("input {} against weight {}", self.shape(), weight.shape())));
         }
-        if let Some(b) = bias {
-            if b.dims() != [out_f] {
-                return Err(Error::shape(OP, format!("bias {} for weight {}", b.shape(), weight.shape())));
-            }
+        if let Some(b) = bias.filter(|b| b.dims() != [out_f]) {
+            return Err(Error::shape(OP, format!("bias {} for weight {}", b.shape(), weight.shape())));
         }
         let rows = self.shape().rows();
         let x2 = self.view_as(Shape::new([1, rows, in_f]))?;

@@ -12,7 +12,12 @@ fn check_affine(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, wid
     if gamma.dims() != [width] || beta.dims() != [width] {
         return Err(Error::shape(
             op,
-            format!("input {} needs gamma and beta of [{width}], got {} and {}", x.shape(), gamma.shape(), beta.shape()),
+            format!(
+                "input {} needs gamma and beta of [{width}], got {} and {}",
+                x.shape(),
+                gamma.shape(),
+                beta.shape()
+            ),
         ));
     }
     Ok(())
@@ -34,7 +39,13 @@ impl Tensor {
 
     /// The fused pre-norm step: `sum = self + residual`, `y = LayerNorm(sum)`. Returns
     /// (sum, y): sum continues the residual stream, y feeds the next sublayer.
-    pub fn add_layer_norm(&self, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    pub fn add_layer_norm(
+        &self,
+        residual: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "add_layer_norm";
         if self.shape() != residual.shape() {
             return Err(Error::shape(OP, format!("input {} and residual {}", self.shape(), residual.shape())));

@@ -64,17 +64,9 @@ impl Tensor {
             Storage::Cpu(s) => s.len(),
         };
         if len != shape.numel() {
-            return Err(Error::shape(
-                "tensor",
-                format!("{len} elements cannot have shape {shape}"),
-            ));
+            return Err(Error::shape("tensor", format!("{len} elements cannot have shape {shape}")));
         }
-        Ok(Tensor(Arc::new(Inner {
-            id: TensorId::fresh(),
-            shape,
-            storage: Arc::new(storage),
-            requires_grad: false,
-        })))
+        Ok(Tensor(Arc::new(Inner { id: TensorId::fresh(), shape, storage: Arc::new(storage), requires_grad: false })))
     }
 
     /// A CPU tensor owning `data`.
@@ -156,9 +148,8 @@ impl Tensor {
     /// on the CPU.
     pub fn cpu_slice<T: Real>(&self) -> Result<&[T]> {
         match self.storage() {
-            Storage::Cpu(s) => T::slice(s).ok_or_else(|| {
-                Error::dtype("cpu_slice", format!("wanted {}, tensor is {}", T::DTYPE, s.dtype()))
-            }),
+            Storage::Cpu(s) => T::slice(s)
+                .ok_or_else(|| Error::dtype("cpu_slice", format!("wanted {}, tensor is {}", T::DTYPE, s.dtype()))),
         }
     }
 
@@ -166,9 +157,8 @@ impl Tensor {
     pub fn cpu_slice_mut<T: Real>(&mut self) -> Result<&mut [T]> {
         let dtype = self.dtype();
         match self.storage_mut() {
-            Storage::Cpu(s) => T::slice_mut(s).ok_or_else(|| {
-                Error::dtype("cpu_slice_mut", format!("wanted {}, tensor is {dtype}", T::DTYPE))
-            }),
+            Storage::Cpu(s) => T::slice_mut(s)
+                .ok_or_else(|| Error::dtype("cpu_slice_mut", format!("wanted {}, tensor is {dtype}", T::DTYPE))),
         }
     }
 
@@ -213,10 +203,7 @@ impl Tensor {
     /// the recorded reshape lives in `ops`).
     pub(crate) fn view_as(&self, shape: Shape) -> Result<Tensor> {
         if shape.numel() != self.numel() {
-            return Err(Error::shape(
-                "reshape",
-                format!("cannot view {} as {shape}", self.shape()),
-            ));
+            return Err(Error::shape("reshape", format!("cannot view {} as {shape}", self.shape())));
         }
         Ok(Tensor(Arc::new(Inner {
             id: TensorId::fresh(),

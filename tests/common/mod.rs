@@ -50,10 +50,7 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<
     let grads = autograd::backward(&loss).unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
 
     for (k, leaf) in leaves.iter().enumerate() {
-        let analytic = grads
-            .get(leaf)
-            .map(|g| g.to_f64_vec())
-            .unwrap_or_else(|| vec![0.0; leaf.numel()]);
+        let analytic = grads.get(leaf).map(|g| g.to_f64_vec()).unwrap_or_else(|| vec![0.0; leaf.numel()]);
         assert_eq!(analytic.len(), leaf.numel(), "{name}: input {k}: gradient has the wrong size");
         let base = leaf.to_f64_vec();
         let stride = base.len().div_ceil(MAX_PROBES).max(1);
@@ -62,8 +59,11 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<
                 let mut moved = base.clone();
                 moved[i] += delta;
                 let perturbed = Tensor::from_f64(&moved, leaf.dims().to_vec(), DType::F64).unwrap();
-                let args: Vec<Tensor> =
-                    leaves.iter().enumerate().map(|(j, t)| if j == k { perturbed.clone() } else { t.clone() }).collect();
+                let args: Vec<Tensor> = leaves
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| if j == k { perturbed.clone() } else { t.clone() })
+                    .collect();
                 no_grad(|| objective(&f(&args).unwrap()))
             };
             let numeric = (eval_at(STEP) - eval_at(-STEP)) / (2.0 * STEP);

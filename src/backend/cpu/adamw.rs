@@ -18,12 +18,10 @@ pub fn step<T: Real>(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut 
     let ms = m.cpu_slice_mut::<T>()?;
     let vs = v.cpu_slice_mut::<T>()?;
     let ps = param.cpu_slice_mut::<T>()?;
-    ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(g.par_iter()).for_each(
-        |(((p, m), v), &g)| {
-            *m = b1 * *m + (T::one() - b1) * g;
-            *v = b2 * *v + (T::one() - b2) * g * g;
-            *p = *p * decay - step_size * *m / (v.sqrt() / sqrt_bc2 + eps);
-        },
-    );
+    ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(g.par_iter()).for_each(|(((p, m), v), &g)| {
+        *m = b1 * *m + (T::one() - b1) * g;
+        *v = b2 * *v + (T::one() - b2) * g * g;
+        *p = *p * decay - step_size * *m / (v.sqrt() / sqrt_bc2 + eps);
+    });
     Ok(())
 }

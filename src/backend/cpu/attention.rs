@@ -89,10 +89,7 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
         }
         lse[bh * g.len..(bh + 1) * g.len].copy_from_slice(l);
     }
-    Ok((
-        Tensor::from_vec(out, [g.batch, g.len, g.width])?,
-        Tensor::from_vec(lse, [g.batch, g.heads, g.len])?,
-    ))
+    Ok((Tensor::from_vec(out, [g.batch, g.len, g.width])?, Tensor::from_vec(lse, [g.batch, g.heads, g.len])?))
 }
 
 pub fn backward<T: Real>(
@@ -104,7 +101,8 @@ pub fn backward<T: Real>(
     mask: &AttnMask,
 ) -> Result<Tensor> {
     let g = Geometry::of(qkv, heads);
-    let (xs, os, ls, dos) = (qkv.cpu_slice::<T>()?, out.cpu_slice::<T>()?, lse.cpu_slice::<T>()?, dout.cpu_slice::<T>()?);
+    let (xs, os, ls, dos) =
+        (qkv.cpu_slice::<T>()?, out.cpu_slice::<T>()?, lse.cpu_slice::<T>()?, dout.cpu_slice::<T>()?);
     let scale = T::of(1.0 / (g.head_dim as f64).sqrt());
     let dh = g.head_dim;
 

@@ -102,9 +102,5 @@ pub fn backward<T: Real>(
             };
         }
     });
-    Ok((
-        Tensor::from_vec(dx, x.dims().to_vec())?,
-        Tensor::from_vec(dgamma, [c])?,
-        Tensor::from_vec(dbeta, [c])?,
-    ))
+    Ok((Tensor::from_vec(dx, x.dims().to_vec())?, Tensor::from_vec(dgamma, [c])?, Tensor::from_vec(dbeta, [c])?))
 }

@@ -38,7 +38,12 @@ fn logits<T: Real>(img: &[T], txt: &[T], n: usize, d: usize, t: T) -> Vec<T> {
     out
 }
 
-pub fn infonce<T: Real>(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
+pub fn infonce<T: Real>(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    max_scale: Option<f64>,
+) -> Result<InfoNceOut> {
     let (n, d) = (img.dims()[0], img.dims()[1]);
     let (t, _) = temperature::<T>(logit_scale, max_scale)?;
     let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n, d, t);
@@ -97,11 +102,7 @@ pub fn infonce_backward<T: Real>(
     });
     // d logit_scale = dt * dt/ds = (<dz, z> / t) * t, zero while the clamp holds t fixed.
     let dscale = if clamped { T::zero() } else { dz.iter().zip(&z).map(|(&a, &b)| a * b).sum() };
-    Ok((
-        Tensor::from_vec(dimg, [n, d])?,
-        Tensor::from_vec(dtxt, [n, d])?,
-        Tensor::from_vec(vec![dscale], [1])?,
-    ))
+    Ok((Tensor::from_vec(dimg, [n, d])?, Tensor::from_vec(dtxt, [n, d])?, Tensor::from_vec(vec![dscale], [1])?))
 }
 
 pub fn cross_entropy<T: Real>(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
@@ -115,7 +116,12 @@ pub fn cross_entropy<T: Real>(logits: &Tensor, targets: &[u32]) -> Result<(Tenso
     Ok((Tensor::from_vec(vec![total / T::of(n as f64)], [1])?, Tensor::from_vec(lse, [n])?))
 }
 
-pub fn cross_entropy_backward<T: Real>(logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+pub fn cross_entropy_backward<T: Real>(
+    logits: &Tensor,
+    lse: &Tensor,
+    targets: &[u32],
+    dloss: &Tensor,
+) -> Result<Tensor> {
     let (n, c) = (logits.dims()[0], logits.dims()[1]);
     let (zs, ls) = (logits.cpu_slice::<T>()?, lse.cpu_slice::<T>()?);
     let g = dloss.cpu_slice::<T>()?[0] / T::of(n as f64);

@@ -161,7 +161,11 @@ impl Backend for CpuBackend {
         dloss: &Tensor,
         max_scale: Option<f64>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        float_dispatch!("infonce_backward", img.dtype(), loss::infonce_backward(img, txt, logit_scale, out, dloss, max_scale))
+        float_dispatch!(
+            "infonce_backward",
+            img.dtype(),
+            loss::infonce_backward(img, txt, logit_scale, out, dloss, max_scale)
+        )
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
@@ -169,7 +173,11 @@ impl Backend for CpuBackend {
     }
 
     fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
-        float_dispatch!("cross_entropy_backward", logits.dtype(), loss::cross_entropy_backward(logits, lse, targets, dloss))
+        float_dispatch!(
+            "cross_entropy_backward",
+            logits.dtype(),
+            loss::cross_entropy_backward(logits, lse, targets, dloss)
+        )
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
@@ -213,10 +221,21 @@ impl Backend for CpuBackend {
         eps: f64,
         batch_stats: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        float_dispatch!("batch_norm_backward", x.dtype(), batchnorm::backward(x, gamma, mean, var, dy, eps, batch_stats))
+        float_dispatch!(
+            "batch_norm_backward",
+            x.dtype(),
+            batchnorm::backward(x, gamma, mean, var, dy, eps, batch_stats)
+        )
     }
 
-    fn adamw_step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, hp: AdamWStep) -> Result<()> {
+    fn adamw_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamWStep,
+    ) -> Result<()> {
         float_dispatch!("adamw", param.dtype(), adamw::step(param, grad, m, v, hp))
     }
 }

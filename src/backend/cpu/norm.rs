@@ -96,11 +96,7 @@ pub fn layer_norm_backward<T: Real>(
     });
     let dgamma = column_sums(rows, d, |r, j| dys[r * d + j] * xhat(r, j));
     let dbeta = column_sums(rows, d, |r, j| dys[r * d + j]);
-    Ok((
-        Tensor::from_vec(dx, input.shape().clone())?,
-        Tensor::from_vec(dgamma, [d])?,
-        Tensor::from_vec(dbeta, [d])?,
-    ))
+    Ok((Tensor::from_vec(dx, input.shape().clone())?, Tensor::from_vec(dgamma, [d])?, Tensor::from_vec(dbeta, [d])?))
 }
 
 /// Softmax of each row. A row that is entirely -inf (fully masked) gives zeros, not NaN.
