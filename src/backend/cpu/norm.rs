@@ -7,18 +7,22 @@ use crate::backend::LayerNormOut;
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
-/// out[j] = sum over rows r of f(r, j), column-parallel with a fixed row order.
+/// Columns per task in the column reductions: wide enough that each task reads
+/// contiguous runs of every row.
+const COLUMN_BLOCK: usize = 64;
+
+/// out[j] = sum over rows r of f(r, j), column blocks in parallel, rows in a fixed order.
 fn column_sums<T: Real>(rows: usize, d: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
-    (0..d)
-        .into_par_iter()
-        .map(|j| {
-            let mut acc = T::zero();
-            for r in 0..rows {
-                acc += f(r, j);
+    let mut out = vec![T::zero(); d];
+    out.par_chunks_mut(COLUMN_BLOCK).enumerate().for_each(|(c, acc)| {
+        let j0 = c * COLUMN_BLOCK;
+        for r in 0..rows {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a += f(r, j0 + k);
             }
-            acc
-        })
-        .collect()
+        }
+    });
+    out
 }
 
 pub fn layer_norm<T: Real>(
@@ -31,10 +35,11 @@ pub fn layer_norm<T: Real>(
     let d = x.shape().last();
     let rows = x.shape().rows();
     let xs = x.cpu_slice::<T>()?;
-    let input: Vec<T> = match residual {
-        Some(r) => xs.iter().zip(r.cpu_slice::<T>()?).map(|(&a, &b)| a + b).collect(),
-        None => xs.to_vec(),
+    let summed: Option<Vec<T>> = match residual {
+        Some(r) => Some(xs.iter().zip(r.cpu_slice::<T>()?).map(|(&a, &b)| a + b).collect()),
+        None => None,
     };
+    let input: &[T] = summed.as_deref().unwrap_or(xs);
     let (g, b) = (gamma.cpu_slice::<T>()?, beta.cpu_slice::<T>()?);
     let n = T::of(d as f64);
     let mut y = vec![T::zero(); input.len()];
@@ -54,10 +59,7 @@ pub fn layer_norm<T: Real>(
     let (mean, rstd): (Vec<T>, Vec<T>) = stats.into_iter().unzip();
     let shape = x.shape().clone();
     Ok(LayerNormOut {
-        sum: match residual {
-            Some(_) => Some(Tensor::from_vec(input, shape.clone())?),
-            None => None,
-        },
+        sum: summed.map(|s| Tensor::from_vec(s, shape.clone())).transpose()?,
         y: Tensor::from_vec(y, shape)?,
         mean: Tensor::from_vec(mean, [rows])?,
         rstd: Tensor::from_vec(rstd, [rows])?,
