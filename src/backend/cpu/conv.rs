@@ -4,6 +4,8 @@
 //! in sample order (deterministic) and computes input gradients per sample in parallel.
 
 use gemm::Parallelism;
+
+use super::matmul::gemm_into;
 use rayon::prelude::*;
 
 use crate::backend::Conv2dGeometry;
@@ -99,47 +101,6 @@ fn col2im<T: Real>(d: &Dims, col: &[T], g: usize, img: &mut [T]) {
     }
 }
 
-/// dst (m x n, row-major) += op(a) op(b), with row-major a and b of the given logical shapes.
-#[allow(clippy::too_many_arguments)]
-fn gemm_acc<T: Real>(
-    dst: &mut [T],
-    a: &[T],
-    b: &[T],
-    (m, n, k): (usize, usize, usize),
-    trans_a: bool,
-    trans_b: bool,
-    par: Parallelism,
-) {
-    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-    debug_assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: the callers pass slices of at least m*n, m*k and k*n elements (checked above in
-    // debug builds), and the strides describe row-major storage of those shapes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-}
-
 pub fn forward<T: Real>(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
     let d = Dims::of(x, w, geo);
     let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
@@ -151,7 +112,7 @@ pub fn forward<T: Real>(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<T
             let col = im2col(&d, img, g);
             let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
             let yg = &mut ys[g * d.cog() * so..][..d.cog() * so];
-            gemm_acc(yg, wg, &col, (d.cog(), so, d.patch()), false, false, Parallelism::None);
+            gemm_into(yg, wg, &col, (d.cog(), so, d.patch()), false, false, false, Parallelism::None);
         }
     });
     Tensor::from_vec(y, [d.n, d.co, d.ho, d.wo])
@@ -178,7 +139,7 @@ pub fn backward<T: Real>(
             let col = im2col(&d, img, g);
             let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
             let dwg = &mut dw[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
-            gemm_acc(dwg, dyg, &col, (d.cog(), d.patch(), so), false, true, par);
+            gemm_into(dwg, dyg, &col, (d.cog(), d.patch(), so), false, true, true, par);
         }
     }
 
@@ -190,7 +151,7 @@ pub fn backward<T: Real>(
                 let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
                 let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
                 let mut dcol = vec![T::zero(); d.patch() * so];
-                gemm_acc(&mut dcol, wg, dyg, (d.patch(), so, d.cog()), true, false, Parallelism::None);
+                gemm_into(&mut dcol, wg, dyg, (d.patch(), so, d.cog()), true, false, false, Parallelism::None);
                 col2im(&d, &dcol, g, dxs);
             }
         });

@@ -20,38 +20,56 @@ pub fn matmul<T: Real>(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bia
             row.copy_from_slice(bias);
         }
     }
-    // Strides (row, column) of op(a) as an m x k matrix and op(b) as k x n.
-    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
     let threads = rayon::current_num_threads();
+    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     for (i, dst) in out.chunks_mut(m * n).enumerate() {
         let lhs = &a_s[i * m * k..(i + 1) * m * k];
         let rhs = &b_s[i * k * n..(i + 1) * k * n];
-        // SAFETY: the slices above hold exactly m*k, k*n and m*n elements, and the strides
-        // address them within bounds for the given (m, n, k) and transposition.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                bias.is_some(),
-                lhs.as_ptr(),
-                a_cs,
-                a_rs,
-                rhs.as_ptr(),
-                b_cs,
-                b_rs,
-                T::one(),
-                T::one(),
-                false,
-                false,
-                false,
-                if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
-            );
-        }
+        gemm_into(dst, lhs, rhs, (m, n, k), trans_a, trans_b, bias.is_some(), par);
     }
     Tensor::from_vec(out, [batch, m, n])
+}
+
+/// `dst = op(a) op(b)`, or `dst += op(a) op(b)` with `accumulate`, for row-major `dst`
+/// (m x n), `a` (m x k, or k x m when `trans_a`) and `b` (k x n, or n x k when `trans_b`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_into<T: Real>(
+    dst: &mut [T],
+    a: &[T],
+    b: &[T],
+    (m, n, k): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "gemm_into: operand too short");
+    // Strides (row, column) of op(a) as an m x k matrix and op(b) as k x n.
+    let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the assert above guarantees m*n, m*k and k*n elements behind the pointers, and
+    // the strides address row-major storage of exactly those shapes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
