@@ -14,11 +14,30 @@ pub enum Error {
     Invalid { op: &'static str, detail: String },
     #[error("device: {0}")]
     Device(String),
+    /// A file that cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    /// Input whose content is wrong: a corrupt file, a malformed row, a checkpoint of
+    /// another config.
+    #[error("{what}: {detail}")]
+    Format { what: String, detail: String },
+    /// A configuration that cannot work (unknown preset, width not divisible by heads).
+    #[error("config: {0}")]
+    Config(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub fn format(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Format { what: what.into(), detail: detail.into() }
+    }
+    pub fn config(detail: impl Into<String>) -> Self {
+        Error::Config(detail.into())
+    }
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape { op, detail: detail.into() }
     }
