@@ -12,6 +12,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod error;
+pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod tensor;

@@ -10,6 +10,11 @@ use crate::tensor::Tensor;
 pub struct ParamId(usize);
 
 impl ParamId {
+    /// The id the `index`-th parameter added to a store receives.
+    pub fn from_index(index: usize) -> Self {
+        ParamId(index)
+    }
+
     pub fn index(self) -> usize {
         self.0
     }

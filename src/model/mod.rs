@@ -1,0 +1,149 @@
+//! The model family: CLIP, MS-CLIP (plain, with early specialisation, with the parallel
+//! branch) and single-tower models, from one [`ModelConfig`].
+
+mod builder;
+mod config;
+mod convnet;
+mod count;
+mod presets;
+mod text;
+mod transformer;
+mod vision;
+
+pub use builder::{BufferId, Buffers, Init, ModelSpec, ParamSpec, Role};
+pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, VisionConfig, VisionStem};
+pub use convnet::Mode;
+pub use count::ParamCounts;
+pub use presets::{PRESETS, preset};
+
+use crate::error::Result;
+use crate::nn::{ParamId, ParamStore};
+use crate::ops;
+use crate::tensor::{DType, Rng, Tensor};
+use text::TextTower;
+use transformer::{Block, BlockShape};
+use vision::{Head, VisionTower};
+
+/// A contrastive image-text model: two towers (which may share weights) and a logit scale.
+/// Holds parameter ids only; values live in a [`ParamStore`], running statistics in
+/// [`Buffers`].
+#[derive(Debug)]
+pub struct ClipModel {
+    pub config: ModelConfig,
+    pub spec: ModelSpec,
+    vision: VisionTower,
+    text: TextTower,
+    logit_scale: ParamId,
+}
+
+impl ClipModel {
+    /// Declares every parameter of `config` (no memory for values yet).
+    pub fn new(config: ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let mut spec = ModelSpec::default();
+        let (v, t) = (&config.vision, &config.text);
+        let shape = |width, heads, depth| BlockShape { width, heads, depth, ln_eps: config.ln_eps, init: config.init };
+        let v_shape = shape(v.width, v.heads, v.layers);
+        let t_shape = shape(t.width, t.heads, t.layers);
+
+        // Vision blocks first: shared weights are registered under their visual names.
+        let vision_blocks: Vec<(usize, Block)> = (v.first_block()..v.layers)
+            .map(|i| {
+                let name = format!("visual.transformer.resblocks.{i}");
+                let shared = config.sharing != Sharing::None && !(t.unshared_first_layer && i == 0);
+                let role = match config.sharing {
+                    Sharing::All if shared => Role::Shared,
+                    _ => Role::Vision,
+                };
+                let block = Block::new(&mut spec, &name, v_shape, role);
+                // Under AttnMlp only the attention and MLP weights are shared: re-tag them.
+                if config.sharing == Sharing::AttnMlp && shared {
+                    mark_shared_weights(&mut spec, &name);
+                }
+                (i, block)
+            })
+            .collect();
+
+        let text_blocks: Vec<Block> = (0..t.layers)
+            .map(|i| {
+                let name = format!("transformer.resblocks.{i}");
+                let partner = vision_blocks.iter().find(|(layer, _)| *layer == i).map(|(_, b)| b);
+                let unshared = config.sharing == Sharing::None || (t.unshared_first_layer && i == 0);
+                match (partner, config.sharing) {
+                    (Some(b), Sharing::All) if !unshared => *b,
+                    (Some(b), Sharing::AttnMlp) if !unshared => {
+                        Block::sharing_weights_of(b, &mut spec, &name, t_shape, Role::Text)
+                    }
+                    _ => Block::new(&mut spec, &name, t_shape, Role::Text),
+                }
+            })
+            .collect();
+
+        let v_scale = (v.width as f64).powf(-0.5);
+        let (vision_head, text_head) = if config.sharing == Sharing::All {
+            let head = Head::new(&mut spec, ("head.ln", "head.proj"), v.width, &config, v_scale, Role::Shared);
+            (head, head)
+        } else {
+            let text_std = match config.init {
+                InitStyle::MsClip => 0.02,
+                InitStyle::OpenAiClip => (t.width as f64).powf(-0.5),
+            };
+            (
+                Head::new(&mut spec, ("visual.ln_post", "visual.proj"), v.width, &config, v_scale, Role::Vision),
+                Head::new(&mut spec, ("ln_final", "text_projection"), t.width, &config, text_std, Role::Text),
+            )
+        };
+        let vision = VisionTower::new(&mut spec, &config, vision_blocks, vision_head);
+        let text = TextTower::new(&mut spec, &config, text_blocks, text_head);
+        let logit_scale = spec.param("logit_scale", &[1], Init::Constant(config.logit_scale_init), Role::Joint);
+        Ok(ClipModel { config, spec, vision, text, logit_scale })
+    }
+
+    /// Parameter values drawn from `rng`, and fresh running statistics.
+    pub fn init_params(&self, rng: &mut Rng, dtype: DType) -> Result<(ParamStore, Buffers)> {
+        self.spec.materialize(rng, dtype)
+    }
+
+    pub fn counts(&self) -> ParamCounts {
+        ParamCounts::of(&self.spec)
+    }
+
+    pub fn logit_scale(&self) -> ParamId {
+        self.logit_scale
+    }
+
+    /// [batch, 3, size, size] normalised images to L2-normalised [batch, embed_dim] features.
+    pub fn encode_image(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.vision.forward(p, bufs, images, mode)
+    }
+
+    /// Row-major [batch, context] token ids to L2-normalised [batch, embed_dim] features.
+    pub fn encode_text(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
+        self.text.forward(p, tokens)
+    }
+
+    /// The symmetric InfoNCE loss of a batch of matching pairs; `max_scale` clamps
+    /// exp(logit_scale) (open_clip uses 100).
+    pub fn contrastive_loss(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        tokens: &[u32],
+        max_scale: Option<f64>,
+    ) -> Result<Tensor> {
+        let img = self.encode_image(p, bufs, images, Mode::Train)?;
+        let txt = self.encode_text(p, tokens)?;
+        ops::infonce(&img, &txt, p.get(self.logit_scale), max_scale)
+    }
+}
+
+/// Re-tags the attention and MLP weights of block `name` as shared.
+fn mark_shared_weights(spec: &mut ModelSpec, name: &str) {
+    for param in spec.params.iter_mut().filter(|s| s.name.starts_with(name)) {
+        let sublayer = &param.name[name.len()..];
+        if sublayer.starts_with(".attn.") || sublayer.starts_with(".mlp.") {
+            param.role = Role::Shared;
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Named configurations. The B/32 and B/16 presets reproduce the parameter counts of the
+//! reference tables exactly (tests assert them); the tiny ones are for CPU training and
+//! ablations of the sharing modes.
+
+use super::config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, VisionConfig, VisionStem};
+use crate::error::{Error, Result};
+
+/// Every preset name, for help texts and errors.
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "tiny-clip",
+    "tiny-msclip",
+    "tiny-msclip-s",
+    "tiny-oner",
+    "clip-b32",
+    "msclip-b32",
+    "msclip-es-b32",
+    "msclip-s-b32",
+    "msclip-s-b16",
+    "oner-b32",
+];
+
+const CLIP_VOCAB: usize = 49408;
+
+pub fn preset(name: &str) -> Result<ModelConfig> {
+    let config = match name {
+        "tiny" => tiny(name, Sharing::AttnMlp, true, false),
+        "tiny-clip" => tiny(name, Sharing::None, false, false),
+        "tiny-msclip" => tiny(name, Sharing::AttnMlp, false, false),
+        "tiny-msclip-s" => tiny(name, Sharing::AttnMlp, true, true),
+        "tiny-oner" => tiny(name, Sharing::All, false, false),
+        "clip-b32" => clip_b32(),
+        "msclip-b32" => msclip_b32(name, false, None),
+        "msclip-es-b32" => msclip_b32(name, true, None),
+        "msclip-s-b32" => msclip_b32(name, true, Some(branch_b32())),
+        "msclip-s-b16" => msclip_s_b16(),
+        "oner-b32" => ModelConfig { sharing: Sharing::All, ..msclip_b32(name, false, None) },
+        _ => return Err(Error::config(format!("unknown preset {name:?}; known presets: {}", PRESETS.join(", ")))),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The CPU default: 32 px images, a 4x4 token grid, width 128, 4 layers, a small BPE
+/// vocabulary trained on the shapes-world captions.
+fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool) -> ModelConfig {
+    let width = 128;
+    let stem = if early_specialisation {
+        VisionStem::ConvStem { channels: vec![16, 32, 64, 128], strides: vec![2, 2, 1] }
+    } else {
+        VisionStem::Patchify { patch: 8 }
+    };
+    ModelConfig {
+        name: name.into(),
+        embed_dim: 128,
+        vision: VisionConfig {
+            image_size: 32,
+            width,
+            layers: 4,
+            heads: 4,
+            stem,
+            parallel_branch: parallel.then(|| ParallelBranch {
+                channels: vec![16, 32],
+                strides: vec![2, 2],
+                lateral_layers: vec![2, 3],
+            }),
+        },
+        text: TextConfig {
+            context: 32,
+            vocab: 1024,
+            width,
+            layers: 4,
+            heads: 4,
+            unshared_first_layer: early_specialisation,
+        },
+        sharing,
+        init: InitStyle::MsClip,
+        ln_eps: 1e-12,
+        bn_eps: 1e-5,
+        bn_eps_branch_blocks: 1e-6,
+        logit_scale_init: 1.0,
+    }
+}
+
+/// OpenAI's ViT-B/32: 151,277,313 parameters.
+fn clip_b32() -> ModelConfig {
+    ModelConfig {
+        name: "clip-b32".into(),
+        embed_dim: 512,
+        vision: VisionConfig {
+            image_size: 224,
+            width: 768,
+            layers: 12,
+            heads: 12,
+            stem: VisionStem::Patchify { patch: 32 },
+            parallel_branch: None,
+        },
+        text: TextConfig {
+            context: 77,
+            vocab: CLIP_VOCAB,
+            width: 512,
+            layers: 12,
+            heads: 8,
+            unshared_first_layer: false,
+        },
+        sharing: Sharing::None,
+        init: InitStyle::OpenAiClip,
+        ln_eps: 1e-5,
+        bn_eps: 1e-5,
+        bn_eps_branch_blocks: 1e-5,
+        logit_scale_init: (1.0f64 / 0.07).ln(),
+    }
+}
+
+/// MS-CLIP at B/32: a 768-wide text tower so weights can be shared; with early
+/// specialisation the conv stem replaces visual layer 0 and text layer 0 is unshared.
+fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<ParallelBranch>) -> ModelConfig {
+    let stem = if early_specialisation {
+        VisionStem::ConvStem { channels: vec![48, 96, 192, 384, 768], strides: vec![2, 2, 2, 2] }
+    } else {
+        VisionStem::Patchify { patch: 32 }
+    };
+    ModelConfig {
+        name: name.into(),
+        embed_dim: 512,
+        vision: VisionConfig { image_size: 224, width: 768, layers: 12, heads: 12, stem, parallel_branch },
+        text: TextConfig {
+            context: 77,
+            vocab: CLIP_VOCAB,
+            width: 768,
+            layers: 12,
+            heads: 12,
+            unshared_first_layer: early_specialisation,
+        },
+        sharing: Sharing::AttnMlp,
+        init: InitStyle::MsClip,
+        ln_eps: 1e-12,
+        bn_eps: 1e-5,
+        bn_eps_branch_blocks: 1e-6,
+        logit_scale_init: 1.0,
+    }
+}
+
+fn branch_b32() -> ParallelBranch {
+    ParallelBranch { channels: vec![48, 96, 192, 384, 768], strides: vec![2; 5], lateral_layers: vec![2, 4, 6, 8, 10] }
+}
+
+/// MS-CLIP-S at B/16: stem strides [2,2,2,1] (a 14x14 grid) and branch strides [2,2,2,2,1].
+fn msclip_s_b16() -> ModelConfig {
+    let mut config = msclip_b32("msclip-s-b16", true, Some(branch_b32()));
+    config.vision.stem = VisionStem::ConvStem { channels: vec![48, 96, 192, 384, 768], strides: vec![2, 2, 2, 1] };
+    if let Some(branch) = &mut config.vision.parallel_branch {
+        branch.strides = vec![2, 2, 2, 2, 1];
+    }
+    config
+}

@@ -1,0 +1,90 @@
+//! The text tower: token and positional embeddings, causal transformer blocks, EOT
+//! pooling, ln_final, projection.
+
+use super::builder::{Init, ModelSpec, Role};
+use super::config::{InitStyle, ModelConfig};
+use super::transformer::Block;
+use super::vision::Head;
+use crate::backend::AttnMask;
+use crate::error::{Error, Result};
+use crate::nn::{ParamId, ParamStore};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone)]
+pub struct TextTower {
+    token_embedding: ParamId,
+    positional_embedding: ParamId,
+    pub blocks: Vec<Block>,
+    pub head: Head,
+    context: usize,
+    vocab: usize,
+    width: usize,
+}
+
+impl TextTower {
+    pub fn new(spec: &mut ModelSpec, config: &ModelConfig, blocks: Vec<Block>, head: Head) -> Self {
+        let t = &config.text;
+        let (token_std, pos_std) = match config.init {
+            InitStyle::MsClip => (1.0, 0.02), // the reference leaves nn.Embedding at N(0, 1)
+            InitStyle::OpenAiClip => (0.02, 0.01),
+        };
+        TextTower {
+            token_embedding: spec.param(
+                "token_embedding.weight",
+                &[t.vocab, t.width],
+                Init::Normal(token_std),
+                Role::Text,
+            ),
+            positional_embedding: spec.param(
+                "positional_embedding",
+                &[t.context, t.width],
+                Init::Normal(pos_std),
+                Role::Text,
+            ),
+            blocks,
+            head,
+            context: t.context,
+            vocab: t.vocab,
+            width: t.width,
+        }
+    }
+
+    /// Row-major [batch, context] token ids to L2-normalised features.
+    ///
+    /// Pooling takes the first occurrence of the largest id in each row (EOT, the largest id
+    /// of the vocabulary; a caption cut before its EOT pools at SOT, as in the reference).
+    /// Under the causal mask nothing after that position can change it, so the sequence is
+    /// trimmed to the longest pooled prefix in the batch: exact, and fewer FLOPs.
+    pub fn forward(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.is_empty() || tokens.len() % self.context != 0 {
+            return Err(Error::shape(
+                "encode_text",
+                format!("{} token ids are not a whole number of rows of {}", tokens.len(), self.context),
+            ));
+        }
+        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.vocab) {
+            return Err(Error::index("encode_text", format!("token id {bad} for a vocabulary of {}", self.vocab)));
+        }
+        let batch = tokens.len() / self.context;
+        let pooled_at = pool_positions(tokens, self.context);
+        let len = pooled_at.iter().max().map_or(1, |&m| m + 1);
+        let ids: Vec<u32> = tokens.chunks(self.context).flat_map(|row| row[..len].iter().copied()).collect();
+        let x = p.get(self.token_embedding).index_rows(&ids)?.reshape([batch, len, self.width])?;
+        let mut x = x.add_broadcast(&p.get(self.positional_embedding).slice(0, 0, len)?)?;
+        for block in &self.blocks {
+            x = block.forward(p, &x, &AttnMask::causal())?;
+        }
+        self.head.forward(p, &x.select_tokens(&pooled_at)?)
+    }
+}
+
+/// Per row, the position of the first occurrence of the row's largest id.
+fn pool_positions(tokens: &[u32], context: usize) -> Vec<usize> {
+    tokens
+        .chunks(context)
+        .map(|row| {
+            let max = row.iter().copied().max().unwrap_or(0);
+            row.iter().position(|&id| id == max).unwrap_or(0)
+        })
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! The image tower: stem (patchify conv or early-specialisation conv stem), CLS and
+//! positional embeddings, ln_pre, transformer blocks with the parallel branch fused in
+//! before its lateral layers, ln_post on CLS, projection.
+
+use super::builder::{Buffers, Init, ModelSpec, Role};
+use super::config::{InitStyle, ModelConfig, VisionStem};
+use super::convnet::{BranchGeometry, EarlyConvStem, Mode, ParallelBranchNet, map_to_tokens};
+use super::transformer::{Block, LayerNorm};
+use crate::backend::{AttnMask, Conv2dGeometry};
+use crate::error::{Error, Result};
+use crate::nn::{ParamId, ParamStore};
+use crate::ops;
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone)]
+enum Stem {
+    Patchify { weight: ParamId, patch: usize },
+    Conv(EarlyConvStem),
+}
+
+/// LayerNorm and projection applied to the pooled token. With sharing `All` the image and
+/// text towers use one head.
+#[derive(Debug, Clone, Copy)]
+pub struct Head {
+    pub ln: LayerNorm,
+    pub proj: ParamId,
+}
+
+impl Head {
+    pub fn new(
+        spec: &mut ModelSpec,
+        (ln_name, proj_name): (&str, &str),
+        width: usize,
+        config: &ModelConfig,
+        std: f64,
+        role: Role,
+    ) -> Self {
+        Head {
+            ln: LayerNorm::new(spec, ln_name, width, config.ln_eps, role),
+            proj: spec.param(proj_name, &[width, config.embed_dim], Init::Normal(std), role),
+        }
+    }
+
+    /// [batch, width] pooled tokens to L2-normalised [batch, embed_dim] features.
+    pub fn forward(&self, p: &ParamStore, pooled: &Tensor) -> Result<Tensor> {
+        self.ln.forward(p, pooled)?.matmul(p.get(self.proj))?.l2_normalize(1e-12)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VisionTower {
+    stem: Stem,
+    class_embedding: ParamId,
+    positional_embedding: ParamId,
+    ln_pre: LayerNorm,
+    /// (transformer layer index, block); the conv stem, when present, is layer 0.
+    pub blocks: Vec<(usize, Block)>,
+    branch: Option<(ParallelBranchNet, Vec<usize>)>,
+    pub head: Head,
+    image_size: usize,
+    width: usize,
+}
+
+impl VisionTower {
+    /// Declares the tower; `blocks` are built by the caller (they may be shared with text).
+    pub fn new(spec: &mut ModelSpec, config: &ModelConfig, blocks: Vec<(usize, Block)>, head: Head) -> Self {
+        let v = &config.vision;
+        let scale = (v.width as f64).powf(-0.5);
+        let stem = match &v.stem {
+            VisionStem::Patchify { patch } => {
+                let init = match config.init {
+                    InitStyle::MsClip => Init::Normal(0.02),
+                    // PyTorch's default conv init: U(+-1/sqrt(fan_in)).
+                    InitStyle::OpenAiClip => Init::Uniform(1.0 / ((3 * patch * patch) as f64).sqrt()),
+                };
+                let weight = spec.param("visual.conv1.weight", &[v.width, 3, *patch, *patch], init, Role::Vision);
+                Stem::Patchify { weight, patch: *patch }
+            }
+            VisionStem::ConvStem { channels, strides } => {
+                Stem::Conv(EarlyConvStem::new(spec, "visual.stem", channels, strides, v.width, config.bn_eps))
+            }
+        };
+        let class_embedding = spec.param("visual.class_embedding", &[v.width], Init::Normal(scale), Role::Vision);
+        let positional_embedding =
+            spec.param("visual.positional_embedding", &[v.tokens(), v.width], Init::Normal(scale), Role::Vision);
+        let ln_pre = LayerNorm::new(spec, "visual.ln_pre", v.width, config.ln_eps, Role::Vision);
+        let branch = v.parallel_branch.as_ref().map(|pb| {
+            let geo = BranchGeometry {
+                channels: &pb.channels,
+                strides: &pb.strides,
+                image_size: v.image_size,
+                grid: v.grid(),
+                width: v.width,
+            };
+            let eps = (config.bn_eps, config.bn_eps_branch_blocks, config.ln_eps);
+            (ParallelBranchNet::new(spec, "visual.branch", geo, eps), pb.lateral_layers.clone())
+        });
+        VisionTower {
+            stem,
+            class_embedding,
+            positional_embedding,
+            ln_pre,
+            blocks,
+            branch,
+            head,
+            image_size: v.image_size,
+            width: v.width,
+        }
+    }
+
+    /// [batch, 3, size, size] normalised images to L2-normalised features.
+    pub fn forward(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = images.dims();
+        if dims.len() != 4 || dims[1] != 3 || dims[2] != self.image_size || dims[3] != self.image_size {
+            return Err(Error::shape(
+                "encode_image",
+                format!("images must be [batch, 3, {s}, {s}], got {}", images.shape(), s = self.image_size),
+            ));
+        }
+        let batch = dims[0];
+        let map = match &self.stem {
+            Stem::Patchify { weight, patch } => {
+                ops::conv2d(images, p.get(*weight), Conv2dGeometry { stride: *patch, padding: 0, groups: 1 })?
+            }
+            Stem::Conv(stem) => stem.forward(p, bufs, images, mode)?,
+        };
+        let cls = Tensor::zeros([batch, 1, self.width], images.dtype())
+            .add_broadcast(&p.get(self.class_embedding).reshape([1, self.width])?)?;
+        let x = ops::concat(&[&cls, &map_to_tokens(&map)?], 1)?.add_broadcast(p.get(self.positional_embedding))?;
+        let mut x = self.ln_pre.forward(p, &x)?;
+
+        let mut branch_state = images.clone();
+        let mut next_stage = 0;
+        for (layer, block) in &self.blocks {
+            if let Some((net, laterals)) = &self.branch {
+                if laterals.get(next_stage) == Some(layer) {
+                    (branch_state, x) = net.fuse(next_stage, p, bufs, &branch_state, &x, mode)?;
+                    next_stage += 1;
+                }
+            }
+            x = block.forward(p, &x, &AttnMask::none())?;
+        }
+        let pooled = x.slice(1, 0, 1)?.reshape([batch, self.width])?;
+        self.head.forward(p, &pooled)
+    }
+}
