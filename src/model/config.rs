@@ -155,17 +155,17 @@ impl ModelConfig {
         if self.embed_dim == 0 {
             return fail("embed_dim must be positive".into());
         }
-        if v.total_stride() == 0 || v.image_size % v.total_stride() != 0 || v.grid() == 0 {
+        if v.total_stride() == 0 || !v.image_size.is_multiple_of(v.total_stride()) || v.grid() == 0 {
             return fail(format!(
                 "image size {} is not a multiple of the stem stride {}",
                 v.image_size,
                 v.total_stride()
             ));
         }
-        if let VisionStem::ConvStem { channels, strides } = &v.stem {
-            if channels.is_empty() || channels.len() != strides.len() + 1 {
-                return fail("conv stem needs one more channel entry than strides".into());
-            }
+        if let VisionStem::ConvStem { channels, strides } = &v.stem
+            && (channels.is_empty() || channels.len() != strides.len() + 1)
+        {
+            return fail("conv stem needs one more channel entry than strides".into());
         }
         if let Some(pb) = &v.parallel_branch {
             if pb.channels.len() != pb.strides.len() || pb.channels.len() != pb.lateral_layers.len() {
@@ -174,7 +174,7 @@ impl ModelConfig {
             let mut side = v.image_size;
             for (k, (&s, &layer)) in pb.strides.iter().zip(&pb.lateral_layers).enumerate() {
                 side = side.div_ceil(s);
-                if s == 0 || side % v.grid() != 0 {
+                if s == 0 || !side.is_multiple_of(v.grid()) {
                     return fail(format!(
                         "parallel stage {k} output {side} px does not reduce to the {} grid",
                         v.grid()
@@ -184,7 +184,7 @@ impl ModelConfig {
                     return fail(format!("lateral layer {layer} is not a transformer block"));
                 }
             }
-            if pb.channels.windows(2).any(|w| w[1] % 2 != 0) {
+            if pb.channels.iter().skip(1).any(|c| !c.is_multiple_of(2)) {
                 return fail("parallel branch bottleneck channels must be even".into());
             }
         }

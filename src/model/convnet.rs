@@ -159,14 +159,23 @@ enum BranchStage {
     /// Stage 0: conv3x3/stride + BN + ReLU on the raw image.
     Plain(ConvBn),
     /// Bottleneck residual block: 1x1 -> 3x3/stride -> 1x1 (mid = out/2), projection shortcut.
-    Bottleneck { reduce: ConvBn, spatial: ConvBn, expand: ConvBn, shortcut: ConvBn },
+    Bottleneck(Box<Bottleneck>),
+}
+
+#[derive(Debug, Clone)]
+struct Bottleneck {
+    reduce: ConvBn,
+    spatial: ConvBn,
+    expand: ConvBn,
+    shortcut: ConvBn,
 }
 
 impl BranchStage {
     fn forward(&self, p: &ParamStore, bufs: &mut Buffers, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self {
             BranchStage::Plain(conv) => conv.forward(p, bufs, x, mode)?.relu(),
-            BranchStage::Bottleneck { reduce, spatial, expand, shortcut } => {
+            BranchStage::Bottleneck(block) => {
+                let Bottleneck { reduce, spatial, expand, shortcut } = block.as_ref();
                 let y = reduce.forward(p, bufs, x, mode)?.relu()?;
                 let y = spatial.forward(p, bufs, &y, mode)?.relu()?;
                 let y = expand.forward(p, bufs, &y, mode)?;
@@ -258,12 +267,12 @@ impl ParallelBranchNet {
                 BranchStage::Plain(ConvBn::new(spec, &prefix, (3, cout), 3, stride, bn_eps))
             } else {
                 let (cin, mid) = (geo.channels[k - 1], cout / 2);
-                BranchStage::Bottleneck {
+                BranchStage::Bottleneck(Box::new(Bottleneck {
                     reduce: ConvBn::new(spec, &format!("{prefix}.reduce"), (cin, mid), 1, 1, block_bn_eps),
                     spatial: ConvBn::new(spec, &format!("{prefix}.spatial"), (mid, mid), 3, stride, block_bn_eps),
                     expand: ConvBn::new(spec, &format!("{prefix}.expand"), (mid, cout), 1, 1, block_bn_eps),
                     shortcut: ConvBn::new(spec, &format!("{prefix}.shortcut"), (cin, cout), 1, stride, block_bn_eps),
-                }
+                }))
             });
             side = side.div_ceil(stride);
             let kernel = side / geo.grid;

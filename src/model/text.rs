@@ -56,7 +56,7 @@ impl TextTower {
     /// Under the causal mask nothing after that position can change it, so the sequence is
     /// trimmed to the longest pooled prefix in the batch: exact, and fewer FLOPs.
     pub fn forward(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
-        if tokens.is_empty() || tokens.len() % self.context != 0 {
+        if tokens.is_empty() || !tokens.len().is_multiple_of(self.context) {
             return Err(Error::shape(
                 "encode_text",
                 format!("{} token ids are not a whole number of rows of {}", tokens.len(), self.context),

@@ -132,11 +132,11 @@ impl VisionTower {
         let mut branch_state = images.clone();
         let mut next_stage = 0;
         for (layer, block) in &self.blocks {
-            if let Some((net, laterals)) = &self.branch {
-                if laterals.get(next_stage) == Some(layer) {
-                    (branch_state, x) = net.fuse(next_stage, p, bufs, &branch_state, &x, mode)?;
-                    next_stage += 1;
-                }
+            if let Some((net, laterals)) = &self.branch
+                && laterals.get(next_stage) == Some(layer)
+            {
+                (branch_state, x) = net.fuse(next_stage, p, bufs, &branch_state, &x, mode)?;
+                next_stage += 1;
             }
             x = block.forward(p, &x, &AttnMask::none())?;
         }
