@@ -8,6 +8,7 @@
 //! - [`autograd`]: the tape, `backward`, `no_grad`.
 //! - [`ops`]: differentiable ops on tensors, checked and recorded; what models call.
 //! - [`nn`]: parameters with names, and optimizers.
+//! - [`text`]: captions to token ids (CLIP's BPE, or one trained on the corpus).
 
 pub mod autograd;
 pub mod backend;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod nn;
 pub mod ops;
 pub mod tensor;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Rng, Shape, Tensor};
