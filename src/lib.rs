@@ -8,6 +8,7 @@
 //! - [`autograd`]: the tape, `backward`, `no_grad`.
 //! - [`ops`]: differentiable ops on tensors, checked and recorded; what models call.
 //! - [`nn`]: parameters with names, and optimizers.
+//! - [`text`]: captions to token ids (CLIP's BPE, or one trained on the corpus).
 
 pub mod autograd;
 pub mod backend;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod tensor;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Rng, Shape, Tensor};
