@@ -8,9 +8,11 @@
 //! - [`autograd`]: the tape, `backward`, `no_grad`.
 //! - [`ops`]: differentiable ops on tensors, checked and recorded; what models call.
 //! - [`nn`]: parameters with names, and optimizers.
+//! - [`data`]: training and evaluation data; [`data::shapes`] is the procedural shapes world.
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod nn;
 pub mod ops;
