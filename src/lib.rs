@@ -9,9 +9,11 @@
 //! - [`ops`]: differentiable ops on tensors, checked and recorded; what models call.
 //! - [`nn`]: parameters with names, and optimizers.
 //! - [`text`]: captions to token ids (CLIP's BPE, or one trained on the corpus).
+//! - [`data`]: training and evaluation data; [`data::shapes`] is the procedural shapes world.
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod model;
 pub mod nn;
