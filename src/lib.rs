@@ -15,11 +15,13 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod tensor;
 pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Rng, Shape, Tensor};

@@ -115,7 +115,7 @@ fn bad_inputs_are_errors() {
     let (p, mut bufs) = model.init_params(&mut rng, DType::F32).unwrap();
     let wrong = rng.normal_tensor([2, 3, 16, 16], 1.0, DType::F32);
     let err = model.encode_image(&p, &mut bufs, &wrong, Mode::Eval).unwrap_err().to_string();
-    assert!(err.contains("[2, 3, 16, 16]") && err.contains("32"), "{err}");
+    assert!(err.contains("[2, 3, 16, 16]") && err.contains("48"), "{err}");
     let err = model.encode_text(&p, &[1, 2, 3]).unwrap_err().to_string();
     assert!(err.contains("encode_text"), "{err}");
     let mut too_big = vec![0u32; 32];

@@ -23,7 +23,7 @@ fn first_adamw_step_matches_the_formula() {
     let loss = store.get(w).mul(&c).unwrap().sum_all().unwrap().add(&store.get(b).scale(3.0).unwrap()).unwrap();
     let grads = autograd::backward(&loss).unwrap();
     let lr = 0.01;
-    opt.step(&mut store, &grads, lr).unwrap();
+    opt.step(&mut store, &grads, lr, 1.0).unwrap();
     // Step 1: m_hat = g, v_hat = g^2, so the Adam update is lr * g / (|g| + eps).
     let adam = |p: f64, g: f64, wd: f64| p * (1.0 - lr * wd) - lr * g / (g.abs() + 1e-8);
     let want_w: Vec<f64> = [(1.0, 0.5), (-2.0, -1.0), (0.5, 2.0)].iter().map(|&(p, g)| adam(p, g, 0.1)).collect();
@@ -43,4 +43,25 @@ fn duplicate_parameter_names_are_rejected() {
     let err = store.add("visual.proj", Tensor::zeros([2], DType::F32)).unwrap_err().to_string();
     assert!(err.contains("visual.proj"), "{err}");
     assert_eq!(store.num_elements(), 2);
+}
+
+#[test]
+fn grad_scale_multiplies_the_gradient() {
+    // Adam is nearly scale-invariant, so use eps = 1 where the gradient's size shows:
+    // gradient 2 at scale 0.25 must step exactly like gradient 0.5 at scale 1, and unlike
+    // gradient 2 unscaled.
+    let run = |g: f64, scale: f64| {
+        let mut store = ParamStore::new();
+        let p = store.add("p", Tensor::from_vec(vec![1.0f64], [1]).unwrap()).unwrap();
+        let config = AdamWConfig { eps: 1.0, ..AdamWConfig::default() };
+        let mut opt = AdamW::new(&store, config, vec![group("g", 0.0)], |_, _| 0).unwrap();
+        for _ in 0..2 {
+            let loss = store.get(p).scale(g).unwrap().sum_all().unwrap();
+            let grads = autograd::backward(&loss).unwrap();
+            opt.step(&mut store, &grads, 0.1, scale).unwrap();
+        }
+        store.get(p).item().unwrap()
+    };
+    assert_eq!(run(2.0, 0.25), run(0.5, 1.0));
+    assert!((run(2.0, 0.25) - run(2.0, 1.0)).abs() > 1e-3);
 }

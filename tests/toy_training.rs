@@ -40,7 +40,7 @@ fn two_layer_network_loss_falls() {
         let loss = ops::cross_entropy(&forward(&store), &y).unwrap();
         losses.push(loss.item().unwrap());
         let grads = autograd::backward(&loss).unwrap();
-        opt.step(&mut store, &grads, 0.03).unwrap();
+        opt.step(&mut store, &grads, 0.03, 1.0).unwrap();
     }
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(first > 0.5, "starts near chance, got {first}");

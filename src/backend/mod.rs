@@ -105,6 +105,8 @@ pub struct AdamWStep {
     pub weight_decay: f64,
     /// 1-based step count, for bias correction.
     pub step: u64,
+    /// Multiplies the gradient before use (global-norm clipping folded into the update).
+    pub grad_scale: f64,
 }
 
 /// The op set of a device.

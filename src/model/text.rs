@@ -9,6 +9,7 @@ use crate::backend::AttnMask;
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
 use crate::tensor::Tensor;
+use crate::text::eot_positions;
 
 #[derive(Debug, Clone)]
 pub struct TextTower {
@@ -66,7 +67,7 @@ impl TextTower {
             return Err(Error::index("encode_text", format!("token id {bad} for a vocabulary of {}", self.vocab)));
         }
         let batch = tokens.len() / self.context;
-        let pooled_at = pool_positions(tokens, self.context);
+        let pooled_at = eot_positions(tokens, self.context)?;
         let len = pooled_at.iter().max().map_or(1, |&m| m + 1);
         let ids: Vec<u32> = tokens.chunks(self.context).flat_map(|row| row[..len].iter().copied()).collect();
         let x = p.get(self.token_embedding).index_rows(&ids)?.reshape([batch, len, self.width])?;
@@ -76,15 +77,4 @@ impl TextTower {
         }
         self.head.forward(p, &x.select_tokens(&pooled_at)?)
     }
-}
-
-/// Per row, the position of the first occurrence of the row's largest id.
-fn pool_positions(tokens: &[u32], context: usize) -> Vec<usize> {
-    tokens
-        .chunks(context)
-        .map(|row| {
-            let max = row.iter().copied().max().unwrap_or(0);
-            row.iter().position(|&id| id == max).unwrap_or(0)
-        })
-        .collect()
 }

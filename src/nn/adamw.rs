@@ -75,9 +75,34 @@ impl AdamW {
         &self.groups[self.state[id.index()].0]
     }
 
-    /// One update at learning rate `lr` (times each group's scale). Parameters without a
-    /// gradient (unused by this loss) are left as they are, as in PyTorch.
-    pub fn step(&mut self, store: &mut ParamStore, grads: &Gradients, lr: f64) -> Result<()> {
+    /// The first and second moments of a parameter.
+    pub fn moments(&self, id: ParamId) -> (&Tensor, &Tensor) {
+        let (_, m, v) = &self.state[id.index()];
+        (m, v)
+    }
+
+    /// Restores a parameter's moments (from a checkpoint); shapes must match.
+    pub fn set_moments(&mut self, id: ParamId, m: Tensor, v: Tensor) -> Result<()> {
+        let (_, old_m, old_v) = &mut self.state[id.index()];
+        if m.shape() != old_m.shape() || v.shape() != old_v.shape() {
+            return Err(Error::shape(
+                "adamw",
+                format!("moments {} / {} for a {} parameter", m.shape(), v.shape(), old_m.shape()),
+            ));
+        }
+        (*old_m, *old_v) = (m, v);
+        Ok(())
+    }
+
+    /// Restores the step counter (from a checkpoint).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
+    /// One update at learning rate `lr` (times each group's scale), with every gradient
+    /// multiplied by `grad_scale` (1, or the global-norm clipping factor). Parameters without
+    /// a gradient (unused by this loss) are left as they are, as in PyTorch.
+    pub fn step(&mut self, store: &mut ParamStore, grads: &Gradients, lr: f64, grad_scale: f64) -> Result<()> {
         if self.state.len() != store.len() {
             return Err(Error::invalid("adamw", "the parameter store changed after the optimizer was built"));
         }
@@ -94,6 +119,7 @@ impl AdamW {
                 eps: self.config.eps,
                 weight_decay: group.weight_decay,
                 step: self.step,
+                grad_scale,
             };
             let param = store.get_mut(id);
             backend::get(param.device()).adamw_step(param, &grad, m, v, hp)?;

@@ -20,7 +20,7 @@ impl ParamId {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ParamStore {
     names: Vec<String>,
     tensors: Vec<Tensor>,
@@ -45,6 +45,26 @@ impl ParamStore {
     /// The current value of a parameter (it changes identity after each optimizer step).
     pub fn get(&self, id: ParamId) -> &Tensor {
         &self.tensors[id.0]
+    }
+
+    /// Replaces a parameter's value (a checkpoint restore); shape and dtype must match.
+    pub fn set(&mut self, id: ParamId, value: Tensor) -> Result<()> {
+        let old = &self.tensors[id.0];
+        if old.shape() != value.shape() || old.dtype() != value.dtype() {
+            return Err(Error::shape(
+                "param_store",
+                format!(
+                    "{}: {} {} cannot take a {} {}",
+                    self.names[id.0],
+                    old.dtype(),
+                    old.shape(),
+                    value.dtype(),
+                    value.shape()
+                ),
+            ));
+        }
+        self.tensors[id.0] = value.detach().set_requires_grad(true);
+        Ok(())
     }
 
     pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor {

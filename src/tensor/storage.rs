@@ -75,6 +75,18 @@ impl CpuStorage {
         }
     }
 
+    /// Rebuilds storage from raw little-endian bytes (any alignment), as written by `as_bytes`.
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<Self> {
+        if !bytes.len().is_multiple_of(dtype.size_in_bytes()) {
+            return None;
+        }
+        Some(match dtype {
+            DType::F32 => CpuStorage::F32(bytemuck::pod_collect_to_vec(bytes)),
+            DType::F64 => CpuStorage::F64(bytemuck::pod_collect_to_vec(bytes)),
+            DType::BF16 => CpuStorage::BF16(bytemuck::pod_collect_to_vec(bytes)),
+        })
+    }
+
     /// The raw bytes, little-endian as in memory (for checkpoints and hashing).
     pub fn as_bytes(&self) -> &[u8] {
         match self {

@@ -14,11 +14,12 @@ pub fn step<T: Real>(param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut 
     let (b1, b2) = (T::of(hp.beta1), T::of(hp.beta2));
     let decay = T::of(1.0 - hp.lr * hp.weight_decay);
     let step_size = T::of(hp.lr / bc1);
-    let (sqrt_bc2, eps) = (T::of(bc2.sqrt()), T::of(hp.eps));
+    let (sqrt_bc2, eps, grad_scale) = (T::of(bc2.sqrt()), T::of(hp.eps), T::of(hp.grad_scale));
     let ms = m.cpu_slice_mut::<T>()?;
     let vs = v.cpu_slice_mut::<T>()?;
     let ps = param.cpu_slice_mut::<T>()?;
     ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(g.par_iter()).for_each(|(((p, m), v), &g)| {
+        let g = g * grad_scale;
         *m = b1 * *m + (T::one() - b1) * g;
         *v = b2 * *v + (T::one() - b2) * g * g;
         *p = *p * decay - step_size * *m / (v.sqrt() / sqrt_bc2 + eps);

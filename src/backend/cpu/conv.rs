@@ -1,7 +1,8 @@
 //! 2-D convolution (NCHW, grouped, no bias) by im2col + GEMM.
 //!
-//! Forward runs samples in parallel. Backward accumulates the weight gradient over samples
-//! in sample order (deterministic) and computes input gradients per sample in parallel.
+//! Forward runs samples in parallel. Backward computes input gradients per sample in
+//! parallel and the weight gradient over fixed groups of samples, summed in group order
+//! (deterministic whatever the thread count).
 
 use gemm::Parallelism;
 
@@ -11,6 +12,9 @@ use rayon::prelude::*;
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
+
+/// Samples per task in the weight-gradient reduction.
+const SAMPLES_PER_TASK: usize = 8;
 
 /// All sizes of one convolution, derived once from the operand shapes.
 struct Dims {
@@ -128,19 +132,28 @@ pub fn backward<T: Real>(
     let d = Dims::of(x, w, geo);
     let (xs, ws, dys) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
     let (so, per_sample_in, per_sample_out) = (d.spatial_out(), d.c * d.h * d.w, d.co * d.spatial_out());
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-
-    // dW_g += dY_g [cog, so] @ col_g^T [so, patch], samples in order.
+    // dW_g = sum over samples of dY_g [cog, so] @ col_g^T [so, patch]. Samples are split
+    // into fixed groups (not per thread), each summed in order, and the group partials are
+    // added in group order: the result does not depend on the thread count.
+    let partials: Vec<Vec<T>> = (0..d.n.div_ceil(SAMPLES_PER_TASK))
+        .into_par_iter()
+        .map(|task| {
+            let mut dw = vec![T::zero(); ws.len()];
+            for s in task * SAMPLES_PER_TASK..((task + 1) * SAMPLES_PER_TASK).min(d.n) {
+                let img = &xs[s * per_sample_in..][..per_sample_in];
+                for g in 0..d.groups {
+                    let col = im2col(&d, img, g);
+                    let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
+                    let dwg = &mut dw[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
+                    gemm_into(dwg, dyg, &col, (d.cog(), d.patch(), so), false, true, true, Parallelism::None);
+                }
+            }
+            dw
+        })
+        .collect();
     let mut dw = vec![T::zero(); ws.len()];
-    for s in 0..d.n {
-        let img = &xs[s * per_sample_in..][..per_sample_in];
-        for g in 0..d.groups {
-            let col = im2col(&d, img, g);
-            let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
-            let dwg = &mut dw[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
-            gemm_into(dwg, dyg, &col, (d.cog(), d.patch(), so), false, true, true, par);
-        }
+    for partial in &partials {
+        dw.iter_mut().zip(partial).for_each(|(a, &b)| *a += b);
     }
 
     let dx = if need_dx {

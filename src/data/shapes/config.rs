@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 /// - `max_rotation_deg: 30.0`: rotation is uniform in +-this. Limited by default so a square
 ///   never turns into a diamond and a plus into an x.
 /// - `noise: 0.02`: standard deviation of per-pixel noise, in units of full scale.
+/// - `object_scale: 1.0`: multiplies every radius band. Above 1 objects are easier to tell
+///   apart at low resolution; a large object may then reach past its grid cell, and its
+///   centre stays at the cell centre once it fills the cell.
 /// - `caption_dropout: 0.3`: probability of dropping each optional caption slot (count,
 ///   size, texture, position, and "one"), so the model learns partial descriptions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,7 @@ pub struct ShapesConfig {
     pub max_rotation_deg: f64,
     pub noise: f64,
     pub caption_dropout: f64,
+    pub object_scale: f64,
 }
 
 /// The resolutions the generator accepts: below 16 px a small shape is a few pixels and
@@ -68,6 +72,7 @@ impl Default for ShapesConfig {
             max_rotation_deg: 30.0,
             noise: 0.02,
             caption_dropout: 0.3,
+            object_scale: 1.0,
         }
     }
 }
@@ -75,11 +80,17 @@ impl Default for ShapesConfig {
 impl ShapesConfig {
     /// The preset for a tiny ViT on 2 CPU cores: 48 px (patch 8 gives 36 tokens; at 32 px a
     /// small star is 5 px across and hard to tell from a hexagon), one object per image, no
-    /// textures, no noise. Captions still carry size and position (with dropout), so those
-    /// zero-shot factors are measurable too.
+    /// textures, no noise, objects 1.8 times the default size. Captions still carry size and
+    /// position (with dropout), so those zero-shot factors are measurable too.
+    ///
+    /// Why the larger objects: at scale 1 a small shape is about 8 px across at 48 px and the
+    /// tiny vision tower barely separates circle, heart and hexagon. A supervised shape probe
+    /// on the tiny tower reached 41% after 300 steps at scale 1, 54% after 200 at 1.4 and 80%
+    /// after 200 at 1.8 (2026-11-25, this CPU).
     pub fn tiny() -> Self {
         ShapesConfig {
             image_size: 48,
+            object_scale: 1.8,
             max_count: 1,
             two_object_prob: 0.0,
             textures: false,
@@ -117,6 +128,9 @@ impl ShapesConfig {
             if !(0.0..=1.0).contains(&value) {
                 return Err(Error::config(format!("shapes {name} must be in [0, 1], got {value}")));
             }
+        }
+        if !(0.5..=2.0).contains(&self.object_scale) {
+            return Err(Error::config(format!("shapes object_scale must be in [0.5, 2], got {}", self.object_scale)));
         }
         if !(0.0..=180.0).contains(&self.max_rotation_deg) {
             return Err(Error::config(format!(

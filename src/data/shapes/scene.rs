@@ -179,7 +179,7 @@ fn look(cfg: &ShapesConfig, rng: &mut Rng, (colour, shape): (Colour, ShapeKind),
 /// A radius inside the size's band.
 fn radius(cfg: &ShapesConfig, rng: &mut Rng, size: Size) -> f32 {
     let jitter = (2.0 * rng.uniform() as f32 - 1.0) * SIZE_JITTER * cfg.size_jitter as f32;
-    (SIZE_BANDS[size.index()] + jitter) * HALF_CELL
+    (SIZE_BANDS[size.index()] + jitter) * HALF_CELL * cfg.object_scale as f32
 }
 
 /// A centre inside a grid cell such that the object's disc stays inside the cell.

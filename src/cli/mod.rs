@@ -1,0 +1,38 @@
+//! Subcommands. Each returns an error rather than panicking, and `main` turns it into a
+//! message and exit status 1.
+
+mod data;
+mod eval;
+mod params;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// msclip: modality-shared contrastive image-text transformers.
+#[derive(Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a preset on the shapes world (the default: tiny MS-CLIP on the CPU, minutes).
+    Train(Box<train::TrainArgs>),
+    /// Evaluate a run's checkpoint: zero-shot per factor, retrieval, binding.
+    Eval(eval::EvalArgs),
+    /// Parameter counts of a preset: total, shared, vision-only, text-only.
+    Params(params::ParamsArgs),
+    /// The shapes-world dataset.
+    Data(data::DataArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::Params(args) => params::run(args),
+        Command::Data(args) => data::run(args),
+    }
+}

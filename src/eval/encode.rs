@@ -1,0 +1,61 @@
+//! Feature extraction for evaluation: batched, without the tape, BatchNorm in eval mode.
+
+use crate::autograd::no_grad;
+use crate::data::shapes::Factor;
+use crate::error::Result;
+use crate::model::{Buffers, ClipModel, Mode};
+use crate::nn::ParamStore;
+use crate::tensor::{DType, Tensor};
+use crate::text::{Tokenizer, Truncation};
+use crate::train::images_to_tensor;
+
+/// Rows per forward pass during evaluation.
+const EVAL_BATCH: usize = 256;
+
+/// L2-normalised image features, row-major [n, embed_dim], as f64.
+pub fn encode_images(
+    model: &ClipModel,
+    params: &ParamStore,
+    buffers: &mut Buffers,
+    images: &[&[u8]],
+    size: usize,
+) -> Result<Vec<f64>> {
+    let dtype = params.get(model.logit_scale()).dtype();
+    let mut out = Vec::with_capacity(images.len() * model.config.embed_dim);
+    for chunk in images.chunks(EVAL_BATCH) {
+        let x = images_to_tensor(chunk, size, dtype)?;
+        out.extend(no_grad(|| model.encode_image(params, buffers, &x, Mode::Eval))?.to_f64_vec());
+    }
+    Ok(out)
+}
+
+/// L2-normalised text features, row-major [n, embed_dim], as f64.
+pub fn encode_texts(model: &ClipModel, params: &ParamStore, tokenizer: &Tokenizer, texts: &[&str]) -> Result<Vec<f64>> {
+    let context = model.config.text.context;
+    let mut out = Vec::with_capacity(texts.len() * model.config.embed_dim);
+    for chunk in texts.chunks(EVAL_BATCH) {
+        let tokens = tokenizer.tokenize_batch(chunk, context, Truncation::Reference)?;
+        out.extend(no_grad(|| model.encode_text(params, &tokens))?.to_f64_vec());
+    }
+    Ok(out)
+}
+
+/// CLIP's zero-shot classifier: per class, the normalised mean of the normalised features
+/// of every prompt of the class. Row-major [classes, embed_dim].
+pub fn zero_shot_classifier(
+    model: &ClipModel,
+    params: &ParamStore,
+    tokenizer: &Tokenizer,
+    factor: &Factor,
+) -> Result<Vec<f64>> {
+    let dim = model.config.embed_dim;
+    let mut weights = Vec::with_capacity(factor.classes.len() * dim);
+    for class in 0..factor.classes.len() {
+        let prompts = factor.prompts(class);
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let features = encode_texts(model, params, tokenizer, &refs)?;
+        let mean = Tensor::from_f64(&features, [prompts.len(), dim], DType::F64)?.mean_dim(0)?;
+        weights.extend(mean.reshape([1, dim])?.l2_normalize(1e-12)?.to_f64_vec());
+    }
+    Ok(weights)
+}

@@ -1,0 +1,124 @@
+//! Metric arithmetic on score matrices, with CLIP_benchmark's and open_clip's definitions.
+//! Pure functions on host slices, so they are tested on hand-made scores.
+
+use serde::Serialize;
+
+/// Zero-shot classification metrics (CLIP_benchmark names).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Classification {
+    pub acc1: f64,
+    pub acc5: f64,
+    /// Balanced accuracy: the mean over classes present of the fraction of that class's
+    /// samples predicted correctly.
+    pub mean_per_class_recall: f64,
+}
+
+/// `scores` is row-major [n, classes]. A sample counts as top-k correct when fewer than k
+/// classes score strictly higher than its label (ties favour the label).
+pub fn classification(scores: &[f64], labels: &[usize], classes: usize) -> Classification {
+    let n = labels.len();
+    let mut top1 = 0usize;
+    let mut top5 = 0usize;
+    let mut per_class = vec![(0usize, 0usize); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        let row = &scores[i * classes..(i + 1) * classes];
+        let higher = row.iter().filter(|&&s| s > row[label]).count();
+        top1 += usize::from(higher == 0);
+        top5 += usize::from(higher < 5);
+        per_class[label].1 += 1;
+        per_class[label].0 += usize::from(higher == 0);
+    }
+    let present: Vec<f64> =
+        per_class.iter().filter(|c| c.1 > 0).map(|&(hit, total)| hit as f64 / total as f64).collect();
+    Classification {
+        acc1: top1 as f64 / n.max(1) as f64,
+        acc5: top5 as f64 / n.max(1) as f64,
+        mean_per_class_recall: present.iter().sum::<f64>() / present.len().max(1) as f64,
+    }
+}
+
+/// Retrieval in one direction: recall at 1, 5, 10 and 1-based mean and median rank.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ranking {
+    #[serde(rename = "R@1")]
+    pub r1: f64,
+    #[serde(rename = "R@5")]
+    pub r5: f64,
+    #[serde(rename = "R@10")]
+    pub r10: f64,
+    pub mean_rank: f64,
+    pub median_rank: f64,
+}
+
+/// Ranks queries against candidates. `scores` is row-major [queries, candidates];
+/// `is_positive(q, c)` says which candidates are correct for a query (several may be: a
+/// caption shared by two images). The 0-based rank is the number of wrong candidates scoring
+/// strictly above the best correct one.
+pub fn ranking(
+    scores: &[f64],
+    queries: usize,
+    candidates: usize,
+    is_positive: impl Fn(usize, usize) -> bool,
+) -> Ranking {
+    let mut ranks: Vec<usize> = (0..queries)
+        .map(|q| {
+            let row = &scores[q * candidates..(q + 1) * candidates];
+            let best = (0..candidates).filter(|&c| is_positive(q, c)).map(|c| row[c]).fold(f64::NEG_INFINITY, f64::max);
+            (0..candidates).filter(|&c| !is_positive(q, c) && row[c] > best).count()
+        })
+        .collect();
+    let recall = |k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / queries.max(1) as f64;
+    let (r1, r5, r10) = (recall(1), recall(5), recall(10));
+    ranks.sort_unstable();
+    let mean_rank = ranks.iter().map(|&r| r as f64 + 1.0).sum::<f64>() / queries.max(1) as f64;
+    let median_rank = match queries {
+        0 => 0.0,
+        n if n % 2 == 1 => ranks[n / 2] as f64 + 1.0,
+        n => (ranks[n / 2 - 1] + ranks[n / 2]) as f64 / 2.0 + 1.0,
+    };
+    Ranking { r1, r5, r10, mean_rank, median_rank }
+}
+
+/// Transposes a row-major [rows, cols] matrix.
+pub fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| m[r * cols + c])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_by_hand() {
+        // 3 samples, 6 classes. Sample 0: label 2 is best. Sample 1: label 0 is 3rd.
+        // Sample 2: label 1 ties the best score (ties favour the label) -> top-1.
+        let scores = [
+            0.1, 0.2, 0.9, 0.0, 0.0, 0.0, //
+            0.5, 0.9, 0.1, 0.7, 0.0, 0.0, //
+            0.3, 0.8, 0.8, 0.1, 0.0, 0.0,
+        ];
+        let m = classification(&scores, &[2, 0, 1], 6);
+        assert_eq!(m.acc1, 2.0 / 3.0);
+        assert_eq!(m.acc5, 1.0);
+        // Classes present: 2 (1/1), 0 (0/1), 1 (1/1).
+        assert!((m.mean_per_class_recall - 2.0 / 3.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn ranking_by_hand_with_a_shared_caption() {
+        // Query 0's positive is candidate 0 (rank 0). Query 1's positive (1) has two wrong
+        // candidates above it (rank 2). Query 2's positives are 2 and 3: the best is 3, and
+        // nothing wrong beats it.
+        let scores = [
+            0.9, 0.1, 0.2, 0.0, //
+            0.8, 0.3, 0.1, 0.7, //
+            0.1, 0.2, 0.3, 0.6,
+        ];
+        let positive = |q: usize, c: usize| c == q || (q == 2 && c == 3);
+        let r = ranking(&scores, 3, 4, positive);
+        assert_eq!((r.r1, r.r5, r.r10), (2.0 / 3.0, 1.0, 1.0));
+        assert_eq!(r.mean_rank, (1.0 + 3.0 + 1.0) / 3.0);
+        assert_eq!(r.median_rank, 1.0);
+        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}

@@ -1,0 +1,173 @@
+//! Checkpoints: one safetensors file holding the parameters, the BatchNorm running
+//! statistics and the AdamW moments, with the step, samples seen, RNG state and the model
+//! config in its metadata. Written to a temporary file and renamed, so a crash mid-write
+//! never leaves a truncated checkpoint under the real name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::model::{Buffers, ModelConfig};
+use crate::nn::{AdamW, ParamStore};
+use crate::tensor::{CpuStorage, DType, Rng, Storage, Tensor};
+
+const FORMAT: &str = "msclip-checkpoint-v1";
+
+/// Everything a run needs to continue exactly where it stopped.
+pub struct TrainingState<'a> {
+    pub config: &'a ModelConfig,
+    pub params: &'a ParamStore,
+    pub buffers: &'a Buffers,
+    pub optimizer: &'a AdamW,
+    pub step: u64,
+    pub samples_seen: u64,
+    pub rng: &'a Rng,
+}
+
+/// The counters a checkpoint restores beside the tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub step: u64,
+    pub samples_seen: u64,
+    pub rng: Rng,
+}
+
+fn st_dtype(dtype: DType) -> StDtype {
+    match dtype {
+        DType::F32 => StDtype::F32,
+        DType::F64 => StDtype::F64,
+        DType::BF16 => StDtype::BF16,
+    }
+}
+
+fn host_bytes(t: &Tensor) -> &[u8] {
+    match t.storage() {
+        Storage::Cpu(s) => s.as_bytes(),
+    }
+}
+
+pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
+    let mut entries: Vec<(String, &Tensor)> = Vec::new();
+    for id in state.params.ids() {
+        let name = state.params.name(id);
+        entries.push((format!("param/{name}"), state.params.get(id)));
+        let (m, v) = state.optimizer.moments(id);
+        entries.push((format!("adam_m/{name}"), m));
+        entries.push((format!("adam_v/{name}"), v));
+    }
+    for (name, t) in state.buffers.iter() {
+        entries.push((format!("buffer/{name}"), t));
+    }
+    let views: Vec<(String, TensorView)> = entries
+        .iter()
+        .map(|(name, t)| {
+            TensorView::new(st_dtype(t.dtype()), t.dims().to_vec(), host_bytes(t))
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::format(name.clone(), e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    let config_json = serde_json::to_string(state.config).map_err(|e| Error::format("model config", e.to_string()))?;
+    let rng = state.rng.state().iter().map(|w| format!("{w:016x}")).collect::<Vec<_>>().join(",");
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("config".to_string(), config_json),
+        ("step".to_string(), state.step.to_string()),
+        ("optimizer_steps".to_string(), state.optimizer.steps().to_string()),
+        ("samples_seen".to_string(), state.samples_seen.to_string()),
+        ("rng".to_string(), rng),
+    ]);
+    let bytes =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::format("checkpoint", e.to_string()))?;
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Loads a checkpoint into an already-built model's parameters, buffers and (when given,
+/// for resuming) optimizer. Fails, changing nothing, if the file is missing or corrupt or
+/// was written for another model config.
+pub fn load(
+    path: &Path,
+    config: &ModelConfig,
+    params: &mut ParamStore,
+    buffers: &mut Buffers,
+    mut optimizer: Option<&mut AdamW>,
+) -> Result<Restored> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let what = path.display().to_string();
+    let corrupt = |detail: String| Error::format(what.clone(), format!("not a readable msclip checkpoint: {detail}"));
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let field = |key: &str| meta.get(key).cloned().ok_or_else(|| corrupt(format!("metadata has no {key:?}")));
+    if field("format")? != FORMAT {
+        return Err(corrupt(format!("format {:?}", meta.get("format"))));
+    }
+    let saved: ModelConfig = serde_json::from_str(&field("config")?).map_err(|e| corrupt(e.to_string()))?;
+    if &saved != config {
+        return Err(Error::format(
+            what,
+            format!(
+                "checkpoint is for model {:?} with another configuration than this run's {:?}",
+                saved.name, config.name
+            ),
+        ));
+    }
+    let number = |key: &str| field(key)?.parse::<u64>().map_err(|e| corrupt(format!("{key}: {e}")));
+    let (step, samples_seen, optimizer_steps) = (number("step")?, number("samples_seen")?, number("optimizer_steps")?);
+    let words: Vec<u64> = field("rng")?
+        .split(',')
+        .map(|w| u64::from_str_radix(w, 16))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let rng_state: [u64; 4] = words.try_into().map_err(|_| corrupt("rng state is not four words".into()))?;
+
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let read = |name: &str| -> Result<Tensor> {
+        let view = tensors.tensor(name).map_err(|_| corrupt(format!("missing tensor {name}")))?;
+        let dtype = match view.dtype() {
+            StDtype::F32 => DType::F32,
+            StDtype::F64 => DType::F64,
+            StDtype::BF16 => DType::BF16,
+            other => return Err(corrupt(format!("{name} has dtype {other:?}"))),
+        };
+        let storage =
+            CpuStorage::from_bytes(dtype, view.data()).ok_or_else(|| corrupt(format!("{name}: ragged data")))?;
+        Tensor::from_storage(Storage::Cpu(storage), view.shape().to_vec())
+    };
+    // Read everything first, so a failure leaves the run's state untouched.
+    let mut new_params = Vec::new();
+    for id in params.ids() {
+        let name = params.name(id).to_string();
+        let moments = match optimizer {
+            Some(_) => Some((read(&format!("adam_m/{name}"))?, read(&format!("adam_v/{name}"))?)),
+            None => None,
+        };
+        new_params.push((id, read(&format!("param/{name}"))?, moments));
+    }
+    let new_buffers: Vec<(String, Tensor)> = buffers
+        .iter()
+        .map(|(name, _)| Ok((name.to_string(), read(&format!("buffer/{name}"))?)))
+        .collect::<Result<_>>()?;
+    for (id, p, moments) in new_params {
+        params.set(id, p)?;
+        if let (Some(opt), Some((m, v))) = (optimizer.as_deref_mut(), moments) {
+            opt.set_moments(id, m, v)?;
+        }
+    }
+    for (name, t) in new_buffers {
+        let id = buffers.find(&name).expect("name comes from this buffer set");
+        buffers.set(id, t);
+    }
+    if let Some(opt) = optimizer {
+        opt.set_steps(optimizer_steps);
+    }
+    Ok(Restored { step, samples_seen, rng: Rng::from_state(rng_state) })
+}

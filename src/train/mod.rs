@@ -1,0 +1,16 @@
+//! Training: the loop, its schedule and parameter groups, checkpoints, logs and plots.
+
+mod batch;
+pub mod checkpoint;
+mod config;
+mod log;
+mod param_groups;
+mod plot;
+mod run;
+mod schedule;
+
+pub use batch::{Batch, CLIP_MEAN, CLIP_STD, images_to_tensor, make_batch};
+pub use config::{TokenizerSource, TrainConfig};
+pub use log::read_jsonl;
+pub use run::{Resume, RunOptions, RunSummary, train};
+pub use schedule::CosineSchedule;

@@ -1,0 +1,301 @@
+//! The training loop.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::batch::make_batch;
+use super::checkpoint::{self, TrainingState};
+use super::config::{TokenizerSource, TrainConfig};
+use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl};
+use super::param_groups;
+use super::plot::{Series, line_plot};
+use super::schedule::CosineSchedule;
+use crate::autograd::{self, Gradients};
+use crate::data::shapes::{self, Split};
+use crate::error::{Error, Result};
+use crate::eval::{self, EvalReport};
+use crate::model::{ClipModel, preset};
+use crate::nn::{AdamW, AdamWConfig, ParamStore};
+use crate::tensor::{DType, Rng, Tensor};
+use crate::text::Tokenizer;
+
+/// Where a resumed run continues from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// The run directory's `checkpoints/latest.safetensors`.
+    Latest,
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub resume: Option<Resume>,
+    /// Stop (after saving a checkpoint) once this many steps are done, as an interruption
+    /// would; the schedule still spans `config.steps`.
+    pub stop_after: Option<u64>,
+    /// No progress bar or console lines (tests).
+    pub quiet: bool,
+}
+
+#[derive(Debug)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub steps_done: u64,
+    pub final_loss: f64,
+    pub eval: Option<EvalReport>,
+    pub params: ParamStore,
+}
+
+const DTYPE: DType = DType::F32;
+/// Weight of the newest loss in the smoothed loss of the console line.
+const LOSS_EMA: f64 = 0.05;
+
+/// Trains `config` (or, resuming, the run saved in its directory) and evaluates at the end.
+pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
+    let run_dir = config.run_dir();
+    let config_path = run_dir.join("config.json");
+    let config = match options.resume {
+        Some(_) => read_config(&config_path)?,
+        None => config.clone(),
+    };
+    config.validate()?;
+    let model = ClipModel::new(preset(&config.preset)?)?;
+    let ckpt_dir = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
+    let tokenizer = prepare_tokenizer(&config, &model, &run_dir, options.resume.is_some())?;
+    if options.resume.is_none() {
+        let text = serde_json::to_string_pretty(&json!({ "train": &config, "model": &model.config }))
+            .map_err(|e| Error::format("config", e.to_string()))?;
+        checkpoint::write_atomically(&config_path, text.as_bytes())?;
+    }
+
+    let mut rng = Rng::new(config.seed);
+    let (mut params, mut buffers) = model.init_params(&mut rng, DTYPE)?;
+    let groups = param_groups::groups(config.weight_decay, config.shared_weight_decay, config.shared_lr_scale);
+    let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
+    let mut optimizer = AdamW::new(&params, adam, groups, |name, _| param_groups::assign(&model.spec, name))?;
+    let (mut step, mut samples_seen) = (0u64, 0u64);
+    if let Some(resume) = &options.resume {
+        let path = match resume {
+            Resume::Latest => ckpt_dir.join("latest.safetensors"),
+            Resume::Path(p) => p.clone(),
+        };
+        let restored = checkpoint::load(&path, &model.config, &mut params, &mut buffers, Some(&mut optimizer))?;
+        (step, samples_seen, rng) = (restored.step, restored.samples_seen, restored.rng);
+    }
+
+    let schedule = CosineSchedule {
+        peak: config.lr,
+        floor: config.min_lr,
+        warmup_steps: config.warmup_steps,
+        total_steps: config.steps,
+    };
+    let end = options.stop_after.unwrap_or(config.steps).min(config.steps);
+    let bar = (!options.quiet).then(|| progress_bar(config.steps, step));
+    // Console lines go above the bar on a terminal, to stdout otherwise (CI logs).
+    let say = |line: &str| match &bar {
+        Some(b) if !b.is_hidden() => b.println(line),
+        Some(_) => println!("{line}"),
+        None => {}
+    };
+    let loss_log = run_dir.join("train_loss.jsonl");
+    let context = model.config.text.context;
+    let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
+
+    while step < end {
+        let started = Instant::now();
+        let batch = make_batch(
+            &config.data,
+            Split::Train,
+            step * config.batch_size as u64,
+            config.batch_size,
+            &tokenizer,
+            context,
+            DTYPE,
+        )?;
+        let data_seconds = started.elapsed().as_secs_f64();
+        let loss = model.contrastive_loss(&params, &mut buffers, &batch.images, &batch.tokens, None)?;
+        let loss_value = loss.item()?;
+        if !loss_value.is_finite() {
+            autograd::clear_tape();
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "loss is {loss_value} at step {}; stopping, the last checkpoint in {} is intact",
+                    step + 1,
+                    ckpt_dir.display()
+                ),
+            ));
+        }
+        let grads = autograd::backward(&loss)?;
+        let grad_scale = clip_scale(&params, &grads, config.grad_clip_norm);
+        let lr = schedule.lr(step);
+        optimizer.step(&mut params, &grads, lr, grad_scale)?;
+        if let Some(max) = config.logit_scale_max {
+            clamp_logit_scale(&mut params, &model, max.ln())?;
+        }
+        step += 1;
+        samples_seen += config.batch_size as u64;
+        final_loss = loss_value;
+        loss_ema = if loss_ema.is_nan() { loss_value } else { (1.0 - LOSS_EMA) * loss_ema + LOSS_EMA * loss_value };
+        let logit_scale = params.get(model.logit_scale()).item()?.exp();
+        let batch_seconds = started.elapsed().as_secs_f64();
+        if let Some(b) = &bar {
+            b.set_position(step);
+            b.set_message(format!("loss {loss_value:.4}"));
+        }
+        if step % config.log_every.max(1) == 0 || step == end {
+            let line = StepLine {
+                step: step - 1,
+                total_steps: config.steps,
+                samples_seen,
+                data_seconds,
+                batch_seconds,
+                batch_size: config.batch_size,
+                lr,
+                logit_scale,
+                loss: loss_value,
+                loss_ema,
+            };
+            say(&line.to_string());
+            let record = json!({ "step": step, "loss": loss_value, "loss_ema": loss_ema, "lr": lr,
+                "logit_scale": logit_scale, "samples_per_second": config.batch_size as f64 / batch_seconds });
+            append_jsonl(&loss_log, &record)?;
+        }
+        if step % config.save_every.max(1) == 0 || step == end {
+            let state = TrainingState {
+                config: &model.config,
+                params: &params,
+                buffers: &buffers,
+                optimizer: &optimizer,
+                step,
+                samples_seen,
+                rng: &rng,
+            };
+            save_checkpoint(&ckpt_dir, &state)?;
+        }
+        if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
+            let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, &config, step, &run_dir)?;
+            say(&report.summary());
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let eval = if step == config.steps {
+        let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, &config, step, &run_dir)?;
+        if !options.quiet {
+            println!("{}", report.summary());
+        }
+        Some(report)
+    } else {
+        None
+    };
+    write_plots(&run_dir)?;
+    Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params })
+}
+
+fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
+    serde_json::from_value(value["train"].clone()).map_err(|e| Error::format(path.display().to_string(), e.to_string()))
+}
+
+/// The run's tokenizer: trained on the corpus (and saved) for a new run, read back on resume.
+fn prepare_tokenizer(config: &TrainConfig, model: &ClipModel, run_dir: &Path, resuming: bool) -> Result<Tokenizer> {
+    let saved = run_dir.join("tokenizer.json");
+    let tokenizer = match (&config.tokenizer, resuming) {
+        (TokenizerSource::TrainedBpe, true) => Tokenizer::from_file(&saved)?,
+        (TokenizerSource::TrainedBpe, false) => {
+            let corpus = shapes::caption_corpus(&config.data, 20_000);
+            let tokenizer = Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab)?;
+            tokenizer.save(&saved)?;
+            tokenizer
+        }
+        (TokenizerSource::Clip, _) => Tokenizer::clip()?,
+        (TokenizerSource::File(path), _) => Tokenizer::from_file(path)?,
+    };
+    if tokenizer.vocab_size() > model.config.text.vocab {
+        return Err(Error::config(format!(
+            "the tokenizer has {} tokens but model {} embeds only {}",
+            tokenizer.vocab_size(),
+            model.config.name,
+            model.config.text.vocab
+        )));
+    }
+    Ok(tokenizer)
+}
+
+/// The factor that scales gradients down to `max_norm` global L2 norm (1 when below).
+fn clip_scale(params: &ParamStore, grads: &Gradients, max_norm: Option<f64>) -> f64 {
+    let Some(max_norm) = max_norm else { return 1.0 };
+    let squares: f64 = params
+        .ids()
+        .filter_map(|id| grads.get(params.get(id)))
+        .map(|g| g.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
+        .sum();
+    let norm = squares.sqrt();
+    if norm > max_norm { max_norm / norm } else { 1.0 }
+}
+
+/// open_clip clamps the logit scale parameter to [0, ln 100] after every step.
+fn clamp_logit_scale(params: &mut ParamStore, model: &ClipModel, max_log: f64) -> Result<()> {
+    let id = model.logit_scale();
+    let value = params.get(id).item()?;
+    let clamped = value.clamp(0.0, max_log);
+    if clamped != value {
+        params.set(id, Tensor::from_f64(&[clamped], [1], params.get(id).dtype())?)?;
+    }
+    Ok(())
+}
+
+fn save_checkpoint(dir: &Path, state: &TrainingState) -> Result<()> {
+    let path = dir.join(format!("step_{}.safetensors", state.step));
+    checkpoint::save(&path, state)?;
+    let latest = dir.join("latest.safetensors");
+    let tmp = latest.with_extension("tmp");
+    std::fs::copy(&path, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &latest).map_err(|e| Error::io(&latest, e))
+}
+
+fn evaluate_and_record(
+    model: &ClipModel,
+    params: &ParamStore,
+    buffers: &mut crate::model::Buffers,
+    tokenizer: &Tokenizer,
+    config: &TrainConfig,
+    step: u64,
+    run_dir: &Path,
+) -> Result<EvalReport> {
+    let report = eval::evaluate(model, params, buffers, tokenizer, &config.data, config.eval_samples)?;
+    let mut record = serde_json::Map::new();
+    record.insert("step".into(), json!(step));
+    for (k, v) in report.metrics() {
+        record.insert(k, json!(v));
+    }
+    append_jsonl(&run_dir.join("results.jsonl"), &record)?;
+    Ok(report)
+}
+
+/// loss.png from train_loss.jsonl and accuracy.png from results.jsonl.
+fn write_plots(run_dir: &Path) -> Result<()> {
+    let column = |rows: &[serde_json::Value], key: &str| -> Vec<(f64, f64)> {
+        rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
+    };
+    let losses = read_jsonl(&run_dir.join("train_loss.jsonl"))?;
+    let loss_series = vec![
+        Series { name: "loss".into(), points: column(&losses, "loss") },
+        Series { name: "loss (EMA)".into(), points: column(&losses, "loss_ema") },
+    ];
+    line_plot(&run_dir.join("loss.png"), "contrastive loss", "step", "loss", &loss_series)?;
+    let results = read_jsonl(&run_dir.join("results.jsonl"))?;
+    let accuracy: Vec<Series> = eval::PLOTTED_METRICS
+        .iter()
+        .map(|&key| Series { name: key.to_string(), points: column(&results, key) })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    line_plot(&run_dir.join("accuracy.png"), "zero-shot accuracy", "step", "acc1", &accuracy)
+}
