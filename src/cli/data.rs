@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use msclip::data::shapes::{ShapesConfig, Split, write_preview};
 
 #[derive(Args)]
@@ -11,24 +11,15 @@ pub struct DataArgs {
     command: DataCommand,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum SplitArg {
-    Train,
-    Seen,
-    Unseen,
-    UnseenTemplate,
-    Binding,
-    Relation,
-}
-
 #[derive(Subcommand)]
 enum DataCommand {
     /// Write a PNG grid of samples with their captions.
     Preview {
         #[arg(long, default_value = "shapes_preview.png")]
         out: PathBuf,
-        #[arg(long, value_enum, default_value = "train")]
-        split: SplitArg,
+        /// train, seen, unseen, unseen_template, binding, relation or extrapolate.
+        #[arg(long, default_value = "train")]
+        split: String,
         #[arg(long, default_value_t = 16)]
         count: usize,
         /// Image side in pixels (the tiny preset trains at 32).
@@ -42,14 +33,10 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
         DataCommand::Preview { out, split, count, image_size } => {
             let config = ShapesConfig { image_size, ..ShapesConfig::tiny() };
             config.validate()?;
-            let split = match split {
-                SplitArg::Train => Split::Train,
-                SplitArg::Seen => Split::Seen,
-                SplitArg::Unseen => Split::Unseen,
-                SplitArg::UnseenTemplate => Split::UnseenTemplate,
-                SplitArg::Binding => Split::Binding,
-                SplitArg::Relation => Split::Relation,
-            };
+            let split = Split::ALL.into_iter().find(|s| s.name() == split).ok_or_else(|| {
+                let names: Vec<&str> = Split::ALL.iter().map(|s| s.name()).collect();
+                anyhow::anyhow!("unknown split {split:?}; splits: {}", names.join(", "))
+            })?;
             write_preview(&out, &config, split, count)?;
             println!("wrote {count} samples to {}", out.display());
             Ok(())
