@@ -27,7 +27,9 @@ pub struct EvalReport {
 
 impl EvalReport {
     /// Every metric under a slash-separated key, e.g. `zeroshot/shape/seen/acc1` or
-    /// `retrieval/seen/image_to_text_R@1`.
+    /// `retrieval/seen/image_to_text_R@1` (open_clip's names), with CLIP_benchmark's
+    /// `image_retrieval_recall@k` (text queries, images retrieved) and
+    /// `text_retrieval_recall@k` beside them.
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
         for (factor, split, c) in &self.zero_shot {
@@ -44,6 +46,10 @@ impl EvalReport {
                 m.insert(key("R@10"), r.r10);
                 m.insert(key("mean_rank"), r.mean_rank);
                 m.insert(key("median_rank"), r.median_rank);
+            }
+            for (k, i2t_recall, t2i_recall) in [(1, i2t.r1, t2i.r1), (5, i2t.r5, t2i.r5), (10, i2t.r10, t2i.r10)] {
+                m.insert(format!("retrieval/{split}/text_retrieval_recall@{k}"), i2t_recall);
+                m.insert(format!("retrieval/{split}/image_retrieval_recall@{k}"), t2i_recall);
             }
         }
         if let Some(acc) = self.binding_text_acc {
