@@ -52,11 +52,12 @@ impl AttnMask {
         AttnMask { causal: false, key_lengths: Some(lengths) }
     }
 
-    /// Whether query `q` of batch element `b` may see key `k`.
-    pub fn allows(&self, b: usize, q: usize, k: usize) -> bool {
-        let causal_ok = !self.causal || k <= q;
-        let padding_ok = self.key_lengths.as_ref().is_none_or(|len| k < len[b]);
-        causal_ok && padding_ok
+    /// How many keys query `q` of batch element `b` sees among `len`: the visible keys are
+    /// always a prefix, since both masks cut keys from the end.
+    pub fn visible_keys(&self, b: usize, q: usize, len: usize) -> usize {
+        let causal_limit = if self.causal { q + 1 } else { len };
+        let padding_limit = self.key_lengths.as_ref().map_or(len, |lengths| lengths[b]);
+        causal_limit.min(padding_limit).min(len)
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! The reference keeps the flash-attention contract: forward saves only the per-query
 //! log-sum-exp, backward recomputes the probabilities from it. Each (batch, head) pair is an
-//! independent task; results are gathered into the interleaved head layout afterwards.
+//! independent task working on contiguous copies of its q, k, v rows; results are scattered
+//! back into the interleaved head layout afterwards. Both masks leave every query a prefix of
+//! visible keys ([`AttnMask::visible_keys`]), so the inner loops run over `0..visible`.
 
 use rayon::prelude::*;
 
@@ -33,10 +35,27 @@ impl Geometry {
     fn out_at(&self, b: usize, t: usize, h: usize) -> usize {
         (b * self.len + t) * self.width + h * self.head_dim
     }
+
+    /// The [len, head_dim] rows of one head of `src`, made contiguous.
+    fn gather<T: Real>(&self, src: &[T], offset: impl Fn(usize) -> usize) -> Vec<T> {
+        (0..self.len).flat_map(|t| src[offset(t)..][..self.head_dim].iter().copied()).collect()
+    }
+
+    /// Writes contiguous [len, head_dim] rows back into the interleaved layout.
+    fn scatter<T: Real>(&self, rows: &[T], dst: &mut [T], offset: impl Fn(usize) -> usize) {
+        for t in 0..self.len {
+            dst[offset(t)..][..self.head_dim].copy_from_slice(&rows[t * self.head_dim..][..self.head_dim]);
+        }
+    }
 }
 
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+    a.iter().zip(b).fold(T::zero(), |acc, (&x, &y)| acc + x * y)
+}
+
+/// y += a * x
+fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
 }
 
 pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
@@ -50,30 +69,29 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
         .into_par_iter()
         .map(|bh| {
             let (b, h) = (bh / g.heads, bh % g.heads);
+            let [q, k, v] = [0, 1, 2].map(|which| g.gather(xs, |t| g.qkv_at(b, t, which, h)));
             let mut out = vec![T::zero(); g.len * dh];
             let mut lse = vec![T::neg_infinity(); g.len];
             let mut scores = vec![T::zero(); g.len];
             for i in 0..g.len {
-                let q = &xs[g.qkv_at(b, i, 0, h)..][..dh];
-                let mut max = T::neg_infinity();
-                for j in 0..g.len {
-                    if mask.allows(b, i, j) {
-                        scores[j] = dot(q, &xs[g.qkv_at(b, j, 1, h)..][..dh]) * scale;
-                        max = max.max(scores[j]);
-                    }
-                }
-                if max == T::neg_infinity() {
+                let visible = mask.visible_keys(b, i, g.len);
+                if visible == 0 {
                     continue; // no visible key: zero output, lse stays -inf
                 }
-                let mut sum = T::zero();
-                let o = &mut out[i * dh..(i + 1) * dh];
-                for j in (0..g.len).filter(|&j| mask.allows(b, i, j)) {
-                    let p = (scores[j] - max).exp();
-                    sum += p;
-                    let v = &xs[g.qkv_at(b, j, 2, h)..][..dh];
-                    o.iter_mut().zip(v).for_each(|(a, &vv)| *a += p * vv);
+                let qi = &q[i * dh..][..dh];
+                let mut max = T::neg_infinity();
+                for (j, s) in scores[..visible].iter_mut().enumerate() {
+                    *s = dot(qi, &k[j * dh..][..dh]) * scale;
+                    max = max.max(*s);
                 }
-                o.iter_mut().for_each(|a| *a = *a / sum);
+                let mut sum = T::zero();
+                let oi = &mut out[i * dh..][..dh];
+                for (j, &s) in scores[..visible].iter().enumerate() {
+                    let p = (s - max).exp();
+                    sum += p;
+                    axpy(oi, p, &v[j * dh..][..dh]);
+                }
+                oi.iter_mut().for_each(|o| *o = *o / sum);
                 lse[i] = max + sum.ln();
             }
             (out, lse)
@@ -84,9 +102,7 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
     let mut lse = vec![T::zero(); g.batch * g.heads * g.len];
     for (bh, (o, l)) in per_head.iter().enumerate() {
         let (b, h) = (bh / g.heads, bh % g.heads);
-        for t in 0..g.len {
-            out[g.out_at(b, t, h)..][..dh].copy_from_slice(&o[t * dh..(t + 1) * dh]);
-        }
+        g.scatter(o, &mut out, |t| g.out_at(b, t, h));
         lse[bh * g.len..(bh + 1) * g.len].copy_from_slice(l);
     }
     Ok((Tensor::from_vec(out, [g.batch, g.len, g.width])?, Tensor::from_vec(lse, [g.batch, g.heads, g.len])?))
@@ -111,29 +127,29 @@ pub fn backward<T: Real>(
         .into_par_iter()
         .map(|bh| {
             let (b, h) = (bh / g.heads, bh % g.heads);
-            let mut grads = [vec![T::zero(); g.len * dh], vec![T::zero(); g.len * dh], vec![T::zero(); g.len * dh]];
+            let [q, k, v] = [0, 1, 2].map(|which| g.gather(xs, |t| g.qkv_at(b, t, which, h)));
+            let o = g.gather(os, |t| g.out_at(b, t, h));
+            let d_out = g.gather(dos, |t| g.out_at(b, t, h));
+            let [mut dq, mut dk, mut dv] = [0, 1, 2].map(|_| vec![T::zero(); g.len * dh]);
             for i in 0..g.len {
                 let lse_i = ls[bh * g.len + i];
                 if lse_i == T::neg_infinity() {
                     continue;
                 }
-                let q = &xs[g.qkv_at(b, i, 0, h)..][..dh];
-                let d_o = &dos[g.out_at(b, i, h)..][..dh];
+                let (qi, doi) = (&q[i * dh..][..dh], &d_out[i * dh..][..dh]);
                 // D_i = <dO_i, O_i> = sum_j P_ij <dO_i, v_j>
-                let delta = dot(d_o, &os[g.out_at(b, i, h)..][..dh]);
-                for j in (0..g.len).filter(|&j| mask.allows(b, i, j)) {
-                    let k = &xs[g.qkv_at(b, j, 1, h)..][..dh];
-                    let v = &xs[g.qkv_at(b, j, 2, h)..][..dh];
-                    let p = (dot(q, k) * scale - lse_i).exp();
-                    let ds = p * (dot(d_o, v) - delta);
-                    for c in 0..dh {
-                        grads[0][i * dh + c] += ds * scale * k[c];
-                        grads[1][j * dh + c] += ds * scale * q[c];
-                        grads[2][j * dh + c] += p * d_o[c];
-                    }
+                let delta = dot(doi, &o[i * dh..][..dh]);
+                let dqi = &mut dq[i * dh..][..dh];
+                for j in 0..mask.visible_keys(b, i, g.len) {
+                    let (kj, vj) = (&k[j * dh..][..dh], &v[j * dh..][..dh]);
+                    let p = (dot(qi, kj) * scale - lse_i).exp();
+                    let ds = p * (dot(doi, vj) - delta) * scale;
+                    axpy(dqi, ds, kj);
+                    axpy(&mut dk[j * dh..][..dh], ds, qi);
+                    axpy(&mut dv[j * dh..][..dh], p, doi);
                 }
             }
-            grads
+            [dq, dk, dv]
         })
         .collect();
 
@@ -141,9 +157,7 @@ pub fn backward<T: Real>(
     for (bh, grads) in per_head.iter().enumerate() {
         let (b, h) = (bh / g.heads, bh % g.heads);
         for (which, grad) in grads.iter().enumerate() {
-            for t in 0..g.len {
-                dqkv[g.qkv_at(b, t, which, h)..][..dh].copy_from_slice(&grad[t * dh..(t + 1) * dh]);
-            }
+            g.scatter(grad, &mut dqkv, |t| g.qkv_at(b, t, which, h));
         }
     }
     Tensor::from_vec(dqkv, qkv.dims().to_vec())

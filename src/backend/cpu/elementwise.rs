@@ -18,28 +18,40 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     Tensor::from_storage(Storage::Cpu(converted), x.shape().clone())
 }
 
-/// Applies `f(index, &mut out)` to every output element, in parallel for large outputs.
+/// Elements per parallel task: large enough to amortise scheduling, small enough to split
+/// a layer's activations across the threads.
+const CHUNK: usize = 1 << 13;
+
+/// `out[i] = f(i)`, in parallel chunks for large outputs.
 fn fill<T: Real>(len: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); len];
+    let run = |(c, chunk): (usize, &mut [T])| chunk.iter_mut().enumerate().for_each(|(i, o)| *o = f(c * CHUNK + i));
     if len >= PARALLEL_MIN {
-        out.par_iter_mut().enumerate().for_each(|(i, o)| *o = f(i));
+        out.par_chunks_mut(CHUNK).enumerate().for_each(run);
     } else {
-        out.iter_mut().enumerate().for_each(|(i, o)| *o = f(i));
+        out.chunks_mut(CHUNK).enumerate().for_each(run);
     }
     out
+}
+
+/// `out[i] = f(x[i])`, one monomorphised loop per op so each can vectorise.
+fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    fill(xs.len(), |i| f(xs[i]))
+}
+
+/// `out[i] = f(x[i], y[i], dy[i])`.
+fn map3<T: Real>(xs: &[T], ys: &[T], dys: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
+    fill(xs.len(), |i| f(xs[i], ys[i], dys[i]))
 }
 
 pub fn binary<T: Real>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (a_s, b_s) = (a.cpu_slice::<T>()?, b.cpu_slice::<T>()?);
     let period = b_s.len().max(1);
-    let out = fill(a_s.len(), |i| {
-        let (x, y) = (a_s[i], b_s[i % period]);
-        match op {
-            BinaryOp::Add => x + y,
-            BinaryOp::Sub => x - y,
-            BinaryOp::Mul => x * y,
-        }
-    });
+    let out = match op {
+        BinaryOp::Add => fill(a_s.len(), |i| a_s[i] + b_s[i % period]),
+        BinaryOp::Sub => fill(a_s.len(), |i| a_s[i] - b_s[i % period]),
+        BinaryOp::Mul => fill(a_s.len(), |i| a_s[i] * b_s[i % period]),
+    };
     Tensor::from_vec(out, a.shape().clone())
 }
 
@@ -52,40 +64,28 @@ const QUICK_GELU_ALPHA: f64 = 1.702;
 pub fn unary<T: Real>(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let xs = x.cpu_slice::<T>()?;
     let alpha = T::of(QUICK_GELU_ALPHA);
-    let out = fill(xs.len(), |i| {
-        let v = xs[i];
-        match op {
-            UnaryOp::Exp => v.exp(),
-            UnaryOp::Ln => v.ln(),
-            UnaryOp::Relu => v.max(T::zero()),
-            UnaryOp::QuickGelu => v * sigmoid(alpha * v),
-            UnaryOp::Scale(c) => v * T::of(c),
-        }
-    });
+    let out = match op {
+        UnaryOp::Exp => map(xs, |v| v.exp()),
+        UnaryOp::Ln => map(xs, |v| v.ln()),
+        UnaryOp::Relu => map(xs, |v| v.max(T::zero())),
+        UnaryOp::QuickGelu => map(xs, |v| v * sigmoid(alpha * v)),
+        UnaryOp::Scale(c) => map(xs, |v| v * T::of(c)),
+    };
     Tensor::from_vec(out, x.shape().clone())
 }
 
 pub fn unary_backward<T: Real>(op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let (xs, ys, dys) = (x.cpu_slice::<T>()?, y.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
     let alpha = T::of(QUICK_GELU_ALPHA);
-    let out = fill(xs.len(), |i| {
-        let (v, g) = (xs[i], dys[i]);
-        match op {
-            UnaryOp::Exp => g * ys[i],
-            UnaryOp::Ln => g / v,
-            UnaryOp::Relu => {
-                if v > T::zero() {
-                    g
-                } else {
-                    T::zero()
-                }
-            }
-            UnaryOp::QuickGelu => {
-                let s = sigmoid(alpha * v);
-                g * (s + alpha * v * s * (T::one() - s))
-            }
-            UnaryOp::Scale(c) => g * T::of(c),
-        }
-    });
+    let out = match op {
+        UnaryOp::Exp => map3(xs, ys, dys, |_, y, g| g * y),
+        UnaryOp::Ln => map3(xs, ys, dys, |x, _, g| g / x),
+        UnaryOp::Relu => map3(xs, ys, dys, |x, _, g| if x > T::zero() { g } else { T::zero() }),
+        UnaryOp::QuickGelu => map3(xs, ys, dys, |x, _, g| {
+            let s = sigmoid(alpha * x);
+            g * (s + alpha * x * s * (T::one() - s))
+        }),
+        UnaryOp::Scale(c) => map3(xs, ys, dys, |_, _, g| g * T::of(c)),
+    };
     Tensor::from_vec(out, x.shape().clone())
 }
