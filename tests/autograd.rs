@@ -92,3 +92,17 @@ fn same_seed_and_threads_give_bit_identical_gradients() {
     assert_eq!(pool(1).install(|| one_step_gradients(11)), first);
     assert_ne!(one_step_gradients(12), first);
 }
+
+#[test]
+fn reshape_is_a_view_and_updates_copy_on_write() {
+    let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3]).unwrap();
+    let view = x.reshape([3, 2]).unwrap();
+    assert!(view.shares_storage_with(&x), "reshape must not copy");
+    assert!(!x.transpose(0, 1).unwrap().shares_storage_with(&x), "a transpose is a copy");
+    // Writing through one alias copies first: the other never sees the write.
+    let mut written = view.clone();
+    written.cpu_slice_mut::<f32>().unwrap()[0] = 100.0;
+    assert_eq!(x.to_f64_vec()[0], 1.0);
+    assert_eq!(view.to_f64_vec()[0], 1.0);
+    assert_ne!(written.id(), view.id(), "a copied value gets its own id");
+}

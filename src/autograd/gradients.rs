@@ -16,11 +16,6 @@ impl Gradients {
         self.by_id.get(&t.id())
     }
 
-    /// Moves the gradient of `t` out.
-    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
-        self.by_id.remove(&t.id())
-    }
-
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
