@@ -2,7 +2,7 @@
 training-step comparison with `cargo bench --bench train_step`.
 
 Same architecture and shapes as src/model (checked by the parameter count it prints, which
-must equal `msclip params --preset tiny`): 48 px images, residual conv stem 3->16->32->64->128
+must equal `msclip params --preset tiny`): 48 px images, residual conv stem 3->32->64->128->128
 (strides 2,2,2,1) as visual layer 0, three transformer blocks of width 128 / 4 heads whose
 attention and MLP weights are shared with text blocks 1-3, an unshared text block 0,
 1024-token vocabulary, 32-token context, EOT pooling, 128-d embeddings, symmetric InfoNCE.
@@ -28,7 +28,7 @@ class ConvBn(nn.Sequential):
 
 
 class Stem(nn.Module):
-    def __init__(self, channels=(16, 32, 64, 128), strides=(2, 2, 1)):
+    def __init__(self, channels=(32, 64, 128, 128), strides=(2, 2, 1)):
         super().__init__()
         self.first = ConvBn(3, channels[0], 3, 2)
         self.blocks = nn.ModuleList(

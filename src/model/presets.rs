@@ -45,8 +45,11 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
 /// vocabulary trained on the shapes-world captions.
 fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool) -> ModelConfig {
     let width = 128;
+    // Stem channels 32-64-128-128 rather than a straight scaling of B/32's 48-...-768 (which
+    // would start at 8): with 16-32-64-128 the default run reached 40% shape zero-shot, with
+    // these 57% after the same 750 steps (2026-11-25), for 15% more time per step.
     let stem = if early_specialisation {
-        VisionStem::ConvStem { channels: vec![16, 32, 64, 128], strides: vec![2, 2, 1] }
+        VisionStem::ConvStem { channels: vec![32, 64, 128, 128], strides: vec![2, 2, 1] }
     } else {
         VisionStem::Patchify { patch: 8 }
     };
@@ -60,7 +63,7 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
             heads: 4,
             stem,
             parallel_branch: parallel.then(|| ParallelBranch {
-                channels: vec![16, 32],
+                channels: vec![32, 64],
                 strides: vec![2, 2],
                 lateral_layers: vec![2, 3],
             }),
