@@ -3,14 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use msclip::DType;
+use msclip::Rng;
 use msclip::eval::evaluate;
-use msclip::model::{ClipModel, ModelConfig};
-use msclip::text::Tokenizer;
-use msclip::train::{TokenizerSource, TrainConfig, checkpoint};
-use msclip::{Rng, train::checkpoint::Restored};
+use msclip::model::ClipModel;
+use msclip::train::checkpoint::{self, Restored};
+use msclip::train::{load_run_tokenizer, read_run_config};
 use serde_json::json;
 
 #[derive(Args)]
@@ -30,19 +29,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let config_path = args.run.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let saved: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    let train: TrainConfig = serde_json::from_value(saved["train"].clone()).context("config.json: train section")?;
-    let model_config: ModelConfig =
-        serde_json::from_value(saved["model"].clone()).context("config.json: model section")?;
+    let (train, model_config) = read_run_config(&args.run)?;
     let model = ClipModel::new(model_config)?;
-    let tokenizer = match &train.tokenizer {
-        TokenizerSource::TrainedBpe => Tokenizer::from_file(&args.run.join("tokenizer.json"))?,
-        TokenizerSource::Clip => Tokenizer::clip()?,
-        TokenizerSource::File(path) => Tokenizer::from_file(path)?,
-    };
+    let tokenizer = load_run_tokenizer(&train, &args.run)?;
     let (mut params, mut buffers) = model.init_params(&mut Rng::new(0), DType::F32)?;
     let ckpt = args.checkpoint.unwrap_or_else(|| args.run.join("checkpoints").join("latest.safetensors"));
     let Restored { step, .. } = checkpoint::load(&ckpt, &model.config, &mut params, &mut buffers, None)?;

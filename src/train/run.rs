@@ -11,6 +11,7 @@ use super::config::{TokenizerSource, TrainConfig};
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl};
 use super::param_groups;
 use super::plot::{Series, line_plot};
+use super::run_dir::{load_run_tokenizer, read_run_config, train_run_tokenizer, write_run_config};
 use super::schedule::CosineSchedule;
 use crate::autograd::{self, Gradients};
 use crate::data::shapes::{self, Split};
@@ -55,9 +56,8 @@ const LOSS_EMA: f64 = 0.05;
 /// Trains `config` (or, resuming, the run saved in its directory) and evaluates at the end.
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let run_dir = config.run_dir();
-    let config_path = run_dir.join("config.json");
     let config = match options.resume {
-        Some(_) => read_config(&config_path)?,
+        Some(_) => read_run_config(&run_dir)?.0,
         None => config.clone(),
     };
     config.validate()?;
@@ -66,9 +66,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
     let tokenizer = prepare_tokenizer(&config, &model, &run_dir, options.resume.is_some())?;
     if options.resume.is_none() {
-        let text = serde_json::to_string_pretty(&json!({ "train": &config, "model": &model.config }))
-            .map_err(|e| Error::format("config", e.to_string()))?;
-        checkpoint::write_atomically(&config_path, text.as_bytes())?;
+        write_run_config(&run_dir, &config, &model.config)?;
     }
 
     let mut rng = Rng::new(config.seed);
@@ -197,26 +195,13 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params })
 }
 
-fn read_config(path: &Path) -> Result<TrainConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(path.display().to_string(), e.to_string()))?;
-    serde_json::from_value(value["train"].clone()).map_err(|e| Error::format(path.display().to_string(), e.to_string()))
-}
-
 /// The run's tokenizer: trained on the corpus (and saved) for a new run, read back on resume.
 fn prepare_tokenizer(config: &TrainConfig, model: &ClipModel, run_dir: &Path, resuming: bool) -> Result<Tokenizer> {
-    let saved = run_dir.join("tokenizer.json");
-    let tokenizer = match (&config.tokenizer, resuming) {
-        (TokenizerSource::TrainedBpe, true) => Tokenizer::from_file(&saved)?,
-        (TokenizerSource::TrainedBpe, false) => {
-            let corpus = shapes::caption_corpus(&config.data, 20_000);
-            let tokenizer = Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab)?;
-            tokenizer.save(&saved)?;
-            tokenizer
-        }
-        (TokenizerSource::Clip, _) => Tokenizer::clip()?,
-        (TokenizerSource::File(path), _) => Tokenizer::from_file(path)?,
+    let tokenizer = if config.tokenizer == TokenizerSource::TrainedBpe && !resuming {
+        let corpus = shapes::caption_corpus(&config.data, 20_000);
+        train_run_tokenizer(corpus.iter().map(String::as_str), model.config.text.vocab, run_dir)?
+    } else {
+        load_run_tokenizer(config, run_dir)?
     };
     if tokenizer.vocab_size() > model.config.text.vocab {
         return Err(Error::config(format!(
