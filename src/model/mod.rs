@@ -46,21 +46,18 @@ impl ClipModel {
         let v_shape = shape(v.width, v.heads, v.layers);
         let t_shape = shape(t.width, t.heads, t.layers);
 
+        // Whether text layer i uses visual layer i's weights.
+        let shares_layer = |i: usize| config.sharing != Sharing::None && !(t.unshared_first_layer && i == 0);
+
         // Vision blocks first: shared weights are registered under their visual names.
         let vision_blocks: Vec<(usize, Block)> = (v.first_block()..v.layers)
             .map(|i| {
-                let name = format!("visual.transformer.resblocks.{i}");
-                let shared = config.sharing != Sharing::None && !(t.unshared_first_layer && i == 0);
-                let role = match config.sharing {
-                    Sharing::All if shared => Role::Shared,
-                    _ => Role::Vision,
+                let roles = match config.sharing {
+                    Sharing::All if shares_layer(i) => (Role::Shared, Role::Shared),
+                    Sharing::AttnMlp if shares_layer(i) => (Role::Vision, Role::Shared),
+                    _ => (Role::Vision, Role::Vision),
                 };
-                let block = Block::new(&mut spec, &name, v_shape, role);
-                // Under AttnMlp only the attention and MLP weights are shared: re-tag them.
-                if config.sharing == Sharing::AttnMlp && shared {
-                    mark_shared_weights(&mut spec, &name);
-                }
-                (i, block)
+                (i, Block::new(&mut spec, &format!("visual.transformer.resblocks.{i}"), v_shape, roles))
             })
             .collect();
 
@@ -68,13 +65,12 @@ impl ClipModel {
             .map(|i| {
                 let name = format!("transformer.resblocks.{i}");
                 let partner = vision_blocks.iter().find(|(layer, _)| *layer == i).map(|(_, b)| b);
-                let unshared = config.sharing == Sharing::None || (t.unshared_first_layer && i == 0);
                 match (partner, config.sharing) {
-                    (Some(b), Sharing::All) if !unshared => *b,
-                    (Some(b), Sharing::AttnMlp) if !unshared => {
+                    (Some(b), Sharing::All) if shares_layer(i) => *b,
+                    (Some(b), Sharing::AttnMlp) if shares_layer(i) => {
                         Block::sharing_weights_of(b, &mut spec, &name, t_shape, Role::Text)
                     }
-                    _ => Block::new(&mut spec, &name, t_shape, Role::Text),
+                    _ => Block::new(&mut spec, &name, t_shape, (Role::Text, Role::Text)),
                 }
             })
             .collect();
@@ -135,15 +131,5 @@ impl ClipModel {
         let img = self.encode_image(p, bufs, images, Mode::Train)?;
         let txt = self.encode_text(p, tokens)?;
         ops::infonce(&img, &txt, p.get(self.logit_scale), max_scale)
-    }
-}
-
-/// Re-tags the attention and MLP weights of block `name` as shared.
-fn mark_shared_weights(spec: &mut ModelSpec, name: &str) {
-    for param in spec.params.iter_mut().filter(|s| s.name.starts_with(name)) {
-        let sublayer = &param.name[name.len()..];
-        if sublayer.starts_with(".attn.") || sublayer.starts_with(".mlp.") {
-            param.role = Role::Shared;
-        }
     }
 }

@@ -150,12 +150,13 @@ pub struct BlockShape {
 }
 
 impl Block {
-    /// A block with weights of its own, registered under `name` with `role`.
-    pub fn new(spec: &mut ModelSpec, name: &str, shape: BlockShape, role: Role) -> Self {
+    /// A block with weights of its own, registered under `name`; its LayerNorms and its
+    /// attention/MLP weights carry their own roles (MS-CLIP shares only the latter).
+    pub fn new(spec: &mut ModelSpec, name: &str, shape: BlockShape, (ln_role, weight_role): (Role, Role)) -> Self {
         Block {
-            ln_1: LayerNorm::new(spec, &format!("{name}.ln_1"), shape.width, shape.ln_eps, role),
-            weights: AttnMlp::new(spec, name, shape.width, shape.heads, shape.depth, shape.init, role),
-            ln_2: LayerNorm::new(spec, &format!("{name}.ln_2"), shape.width, shape.ln_eps, role),
+            ln_1: LayerNorm::new(spec, &format!("{name}.ln_1"), shape.width, shape.ln_eps, ln_role),
+            weights: AttnMlp::new(spec, name, shape.width, shape.heads, shape.depth, shape.init, weight_role),
+            ln_2: LayerNorm::new(spec, &format!("{name}.ln_2"), shape.width, shape.ln_eps, ln_role),
         }
     }
 
