@@ -7,6 +7,7 @@
 //! kernels.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::Result;
 use crate::tensor::{DType, Device, Tensor};

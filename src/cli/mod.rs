@@ -3,6 +3,7 @@
 
 mod data;
 mod eval;
+mod kernels;
 mod params;
 mod train;
 
@@ -26,6 +27,8 @@ enum Command {
     Params(params::ParamsArgs),
     /// The shapes-world dataset.
     Data(data::DataArgs),
+    /// The CUDA kernels in this build: modules, entry points, registers, shared memory, spills.
+    Kernels(kernels::KernelsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Params(args) => params::run(args),
         Command::Data(args) => data::run(args),
+        Command::Kernels(args) => kernels::run(args),
     }
 }

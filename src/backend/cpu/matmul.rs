@@ -33,7 +33,7 @@ pub fn matmul<T: Real>(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bia
 /// `dst = op(a) op(b)`, or `dst += op(a) op(b)` with `accumulate`, for row-major `dst`
 /// (m x n), `a` (m x k, or k x m when `trans_a`) and `b` (k x n, or n x k when `trans_b`).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_into<T: Real>(
+pub(crate) fn gemm_into<T: Real>(
     dst: &mut [T],
     a: &[T],
     b: &[T],

@@ -12,7 +12,7 @@ mod conv;
 mod elementwise;
 mod layout;
 mod loss;
-mod matmul;
+pub(crate) mod matmul;
 mod norm;
 
 use crate::backend::{

@@ -1,0 +1,264 @@
+//! Compiles `kernels/*.cu` twice (DESIGN 3.1):
+//!
+//! - for the host, always, through the `cc` crate with `MSCLIP_EMU` defined: the SIMT emulator
+//!   (`kernels/emu/`) runs these objects, so every kernel is testable without a GPU;
+//! - for sm_90 with nvcc when one is found (`NVCC`, `CUDA_HOME/bin`, `PATH`, then the repo-local
+//!   install of `scripts/install-cuda-toolchain.sh`): a fatbin per module holding the sm_90 cubin
+//!   and compute_90 PTX (newer GPUs JIT the PTX), with `ptxas -v`'s per-kernel report. A kernel
+//!   that spills registers fails the build.
+//!
+//! Writes `$OUT_DIR/kernels.rs`, which `src/backend/gpu/modules.rs` includes: each module's
+//! kernel names, its fatbin (when nvcc ran) and the ptxas report.
+//!
+//! Entry points are found by reading the sources: every kernel is written as
+//! `extern "C" __global__ void name(...)` (optionally with `__launch_bounds__(...)` before the
+//! name), the convention that keeps names stable for both the driver and the emulator.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Module {
+    name: String,
+    source: PathBuf,
+    kernels: Vec<String>,
+}
+
+/// Per-kernel resources from `ptxas -v`.
+#[derive(Default)]
+struct KernelResources {
+    name: String,
+    registers: u32,
+    shared_bytes: u32,
+    stack_bytes: u32,
+    spill_stores: u32,
+    spill_loads: u32,
+}
+
+pub fn emit() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let kernel_dir = manifest.join("kernels");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let modules = find_modules(&kernel_dir);
+    build_emulator(&kernel_dir, &out, &modules);
+    let nvcc = find_nvcc(&manifest);
+    let mut fatbins = Vec::new();
+    let mut report = String::new();
+    if let Some(nvcc) = &nvcc {
+        let version = nvcc_version(nvcc);
+        writeln!(report, "nvcc: {} ({version})", nvcc.display()).unwrap();
+        writeln!(
+            report,
+            "{:<40} {:>5} {:>10} {:>7} {:>6} {:>6}",
+            "kernel", "regs", "smem B", "stack B", "spillS", "spillL"
+        )
+        .unwrap();
+        let mut spills = Vec::new();
+        for module in &modules {
+            let fatbin = out.join(format!("{}.fatbin", module.name));
+            for k in compile_module(nvcc, &kernel_dir, module, &fatbin) {
+                writeln!(
+                    report,
+                    "{:<40} {:>5} {:>10} {:>7} {:>6} {:>6}",
+                    k.name, k.registers, k.shared_bytes, k.stack_bytes, k.spill_stores, k.spill_loads
+                )
+                .unwrap();
+                if k.spill_stores > 0 || k.spill_loads > 0 {
+                    spills.push(format!("{} ({} B stores, {} B loads)", k.name, k.spill_stores, k.spill_loads));
+                }
+            }
+            fatbins.push(Some(fatbin));
+        }
+        fs::write(out.join("ptxas_report.txt"), &report).expect("write the ptxas report");
+        if !spills.is_empty() {
+            panic!("register spills are build errors; these kernels spill: {}\n{report}", spills.join(", "));
+        }
+    } else {
+        report.push_str(
+            "nvcc was not found (NVCC, CUDA_HOME/bin, PATH, .cuda-toolchain/): no GPU images were built.\n\
+             Run scripts/install-cuda-toolchain.sh, then rebuild.\n",
+        );
+        fatbins.resize(modules.len(), None);
+    }
+    write_rust_table(&out, &modules, &fatbins, nvcc.is_some(), &report);
+}
+
+fn find_modules(kernel_dir: &Path) -> Vec<Module> {
+    let mut sources: Vec<PathBuf> = fs::read_dir(kernel_dir)
+        .expect("read kernels/")
+        .map(|e| e.expect("read kernels/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    sources.sort();
+    sources
+        .into_iter()
+        .map(|source| {
+            let text = fs::read_to_string(&source).expect("read a kernel source");
+            let name = source.file_stem().unwrap().to_string_lossy().into_owned();
+            Module { kernels: entry_points(&text), name, source }
+        })
+        .collect()
+}
+
+/// Names of the `extern "C" __global__ void` functions of a source file.
+fn entry_points(text: &str) -> Vec<String> {
+    const MARKER: &str = "extern \"C\" __global__ void";
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(MARKER) {
+        rest = &rest[at + MARKER.len()..];
+        let mut tail = rest.trim_start();
+        if let Some(after) = tail.strip_prefix("__launch_bounds__") {
+            let close = after.find(')').expect("__launch_bounds__ without ')'");
+            tail = after[close + 1..].trim_start();
+        }
+        let name: String = tail.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        assert!(!name.is_empty(), "an extern \"C\" __global__ function without a readable name");
+        names.push(name);
+    }
+    names
+}
+
+/// One C++ translation unit per module (so helpers of different modules never collide) that
+/// includes the kernel source and exports its table of entry points, plus the registry the
+/// runtime searches.
+fn build_emulator(kernel_dir: &Path, out: &Path, modules: &[Module]) {
+    let emu_dir = out.join("emu");
+    fs::create_dir_all(&emu_dir).expect("create OUT_DIR/emu");
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .define("MSCLIP_EMU", "1")
+        .include(kernel_dir)
+        .flag_if_supported("-fno-strict-aliasing")
+        .flag_if_supported("-Wno-unused-parameter")
+        .file(kernel_dir.join("emu/runtime.cpp"))
+        .file(kernel_dir.join("emu/fiber.cpp"));
+    let mut registry = String::from("#include \"emu/emu.h\"\n");
+    let mut table = String::from(
+        "namespace emu {\nstruct ModuleTable {\n    const char* name;\n    const KernelEntry* (*entries)(int* count);\n};\nextern const ModuleTable kModules[] = {\n",
+    );
+    for m in modules {
+        let unit = emu_dir.join(format!("emu_{}.cpp", m.name));
+        let entries: String = m.kernels.iter().map(|k| format!("        MSCLIP_EMU_ENTRY({k}),\n")).collect();
+        let text = format!(
+            "#include \"{}\"\n\nextern \"C\" const emu::KernelEntry* msclip_emu_module_{name}(int* count) {{\n    \
+             static const emu::KernelEntry entries[] = {{\n{entries}        {{nullptr, nullptr, 0, nullptr}},\n    }};\n    \
+             *count = static_cast<int>(sizeof(entries) / sizeof(entries[0])) - 1;\n    return entries;\n}}\n",
+            m.source.display(),
+            name = m.name,
+        );
+        write_if_changed(&unit, &text);
+        build.file(&unit);
+        writeln!(registry, "extern \"C\" const emu::KernelEntry* msclip_emu_module_{}(int* count);", m.name).unwrap();
+        writeln!(table, "    {{\"{0}\", &msclip_emu_module_{0}}},", m.name).unwrap();
+    }
+    table.push_str("    {nullptr, nullptr},\n};\n}  // namespace emu\n");
+    registry.push_str(&table);
+    let registry_path = emu_dir.join("emu_registry.cpp");
+    write_if_changed(&registry_path, &registry);
+    build.file(&registry_path);
+    build.compile("msclip_emu");
+}
+
+fn write_if_changed(path: &Path, text: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(text) {
+        fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
+fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
+    let candidates = [
+        env::var_os("NVCC").map(PathBuf::from),
+        env::var_os("CUDA_HOME").map(|home| PathBuf::from(home).join("bin/nvcc")),
+        env::var_os("PATH").and_then(|path| env::split_paths(&path).map(|d| d.join("nvcc")).find(|p| p.is_file())),
+        Some(manifest.join(".cuda-toolchain/bin/nvcc")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+fn nvcc_version(nvcc: &Path) -> String {
+    let output = Command::new(nvcc).arg("--version").output();
+    match output {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.contains("release"))
+            .unwrap_or("unknown version")
+            .trim()
+            .to_string(),
+        Ok(o) => panic!("{} --version failed: {}", nvcc.display(), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("cannot run {}: {e}", nvcc.display()),
+    }
+}
+
+/// nvcc for sm_90 (cubin) plus compute_90 PTX in one fatbin; returns ptxas's per-kernel report.
+fn compile_module(nvcc: &Path, kernel_dir: &Path, module: &Module, fatbin: &Path) -> Vec<KernelResources> {
+    let output = Command::new(nvcc)
+        .args(["-std=c++17", "-O3", "--fatbin", "-Xptxas", "-v", "-lineinfo"])
+        .args(["-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90"])
+        .arg("-I")
+        .arg(kernel_dir)
+        .arg("-o")
+        .arg(fatbin)
+        .arg(&module.source)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+    let log = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        panic!("nvcc failed on {}:\n{log}{}", module.source.display(), String::from_utf8_lossy(&output.stdout));
+    }
+    parse_ptxas(&log)
+}
+
+/// Reads `ptxas info` lines: "Compiling entry function 'k' for 'sm_90'", then
+/// "N bytes stack frame, N bytes spill stores, N bytes spill loads" and
+/// "Used N registers, ... N bytes smem, ...".
+fn parse_ptxas(log: &str) -> Vec<KernelResources> {
+    let mut kernels: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(at) = line.find("Compiling entry function '") {
+            let rest = &line[at + "Compiling entry function '".len()..];
+            let name = rest.split('\'').next().unwrap_or_default().to_string();
+            kernels.push(KernelResources { name, ..Default::default() });
+            continue;
+        }
+        let Some(k) = kernels.last_mut() else { continue };
+        if line.contains("spill stores") {
+            k.stack_bytes = number_before(line, "bytes stack frame");
+            k.spill_stores = number_before(line, "bytes spill stores");
+            k.spill_loads = number_before(line, "bytes spill loads");
+        } else if line.contains("Used") && line.contains("registers") {
+            k.registers = number_before(line, "registers");
+            k.shared_bytes = number_before(line, "bytes smem");
+        }
+    }
+    kernels
+}
+
+/// The integer just before `label` in `line`, 0 when absent.
+fn number_before(line: &str, label: &str) -> u32 {
+    let Some(at) = line.find(label) else { return 0 };
+    line[..at].split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty()).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn write_rust_table(out: &Path, modules: &[Module], fatbins: &[Option<PathBuf>], built: bool, report: &str) {
+    let mut text = String::from("// Generated by build/kernels.rs.\n");
+    writeln!(text, "pub const GPU_IMAGES_BUILT: bool = {built};").unwrap();
+    writeln!(text, "pub const PTXAS_REPORT: &str = {report:?};").unwrap();
+    text.push_str("pub const MODULES: &[KernelModule] = &[\n");
+    for (m, fatbin) in modules.iter().zip(fatbins) {
+        let image = match fatbin {
+            Some(path) => format!("Some(include_bytes!({:?}))", path.display().to_string()),
+            None => "None".to_string(),
+        };
+        writeln!(text, "    KernelModule {{ name: {:?}, kernels: &{:?}, image: {image} }},", m.name, m.kernels)
+            .unwrap();
+    }
+    text.push_str("];\n");
+    write_if_changed(&out.join("kernels.rs"), &text);
+}

@@ -1,0 +1,212 @@
+// The CUDA surface the kernels use, for the host: the SIMT emulator (DESIGN 3.2).
+//
+// Kernels include only common.cuh, which includes this header when MSCLIP_EMU is defined.
+// A `__global__` kernel becomes an ordinary host function that runs once per emulated thread;
+// each thread of a block is a fiber on one OS thread, so `__syncthreads()` and the warp
+// primitives are fiber barriers and `__shared__` variables are `static thread_local` (one copy
+// per OS thread, shared by the fibers of the block running there). Blocks run in parallel on
+// several OS threads, so atomics are real atomics.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static thread_local
+#define MSCLIP_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::emu::dynamic_smem())
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+struct dim3 {
+    unsigned int x, y, z;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
+
+namespace emu {
+
+// Position of the running fiber; defined in runtime.cpp.
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
+unsigned char* dynamic_smem();
+
+// Fiber barriers. `syncthreads` waits for every live thread of the block; `syncwarp` for the
+// lanes of `mask` in the caller's warp.
+void syncthreads();
+void syncwarp(unsigned mask);
+// Each lane of `mask` deposits `bytes` bytes (at most 32), then, after a warp barrier, reads
+// lane `src`'s deposit; a second barrier keeps the slots stable until every lane has read.
+void warp_exchange(unsigned mask, const void* mine, void* theirs, int src_lane, size_t bytes);
+unsigned warp_ballot(unsigned mask, bool predicate);
+unsigned lane_id();
+unsigned active_mask();
+
+// The whole warp's deposits, for collective ops (mma, ldmatrix): lane i's `bytes` bytes land
+// at `all + i * bytes` for every lane of `mask`.
+void warp_gather(unsigned mask, const void* mine, void* all, size_t bytes);
+
+}  // namespace emu
+
+#define threadIdx (::emu::thread_idx())
+#define blockIdx (::emu::block_idx())
+#define blockDim (::emu::block_dim())
+#define gridDim (::emu::grid_dim())
+static constexpr int warpSize = 32;
+
+inline void __syncthreads() { ::emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline unsigned __activemask() { return ::emu::active_mask(); }
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    static_assert(sizeof(T) <= 32, "shuffle of a type wider than 32 bytes");
+    const int lane = static_cast<int>(::emu::lane_id());
+    const int segment = lane & ~(width - 1);
+    T out;
+    ::emu::warp_exchange(mask, &v, &out, segment + (src & (width - 1)), sizeof(T));
+    return out;
+}
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    const int lane = static_cast<int>(::emu::lane_id());
+    int src = lane ^ lane_mask;
+    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+    T out;
+    ::emu::warp_exchange(mask, &v, &out, src, sizeof(T));
+    return out;
+}
+
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int lane = static_cast<int>(::emu::lane_id());
+    int src = lane + static_cast<int>(delta);
+    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+    T out;
+    ::emu::warp_exchange(mask, &v, &out, src, sizeof(T));
+    return out;
+}
+
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int lane = static_cast<int>(::emu::lane_id());
+    int src = lane - static_cast<int>(delta);
+    if (src < (lane & ~(width - 1))) src = lane;
+    T out;
+    ::emu::warp_exchange(mask, &v, &out, src, sizeof(T));
+    return out;
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) { return ::emu::warp_ballot(mask, predicate != 0); }
+inline int __any_sync(unsigned mask, int predicate) { return ::emu::warp_ballot(mask, predicate != 0) != 0; }
+inline int __all_sync(unsigned mask, int predicate) {
+    return ::emu::warp_ballot(mask, predicate != 0) == (mask & ::emu::active_mask());
+}
+
+// Atomics: blocks run on several OS threads at once.
+template <typename T>
+inline T emu_atomic_cas_loop_add(T* address, T value) {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomic width");
+    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    Bits* bits = reinterpret_cast<Bits*>(address);
+    Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    for (;;) {
+        T old;
+        std::memcpy(&old, &expected, sizeof(T));
+        const T sum = old + value;
+        Bits desired;
+        std::memcpy(&desired, &sum, sizeof(T));
+        if (__atomic_compare_exchange_n(bits, &expected, desired, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+            return old;
+        }
+    }
+}
+inline float atomicAdd(float* address, float value) { return emu_atomic_cas_loop_add(address, value); }
+inline double atomicAdd(double* address, double value) { return emu_atomic_cas_loop_add(address, value); }
+inline int atomicAdd(int* address, int value) { return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+    return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
+}
+inline int atomicMax(int* address, int value) {
+    int old = __atomic_load_n(address, __ATOMIC_RELAXED);
+    while (old < value &&
+           !__atomic_compare_exchange_n(address, &old, value, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+inline int atomicExch(int* address, int value) { return __atomic_exchange_n(address, value, __ATOMIC_SEQ_CST); }
+inline int atomicCAS(int* address, int compare, int value) {
+    __atomic_compare_exchange_n(address, &compare, value, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return compare;
+}
+inline unsigned atomicCAS(unsigned* address, unsigned compare, unsigned value) {
+    __atomic_compare_exchange_n(address, &compare, value, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return compare;
+}
+
+// Device intrinsics with host meanings. The fast-math forms are computed exactly here; their
+// device error (a few ulp) is inside every tolerance the kernel tests use.
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+template <typename T>
+inline T __ldg(const T* p) {
+    return *p;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+
+// The kernel table each emulated module exports; see registry.h.
+namespace emu {
+using Trampoline = void (*)(void** args);
+struct KernelEntry {
+    const char* name;
+    Trampoline run;
+    int n_args;
+    const size_t* arg_sizes;
+};
+
+template <typename F, F f>
+struct Trampolines;
+
+template <typename... A, void (*f)(A...)>
+struct Trampolines<void (*)(A...), f> {
+    static constexpr size_t sizes[sizeof...(A) + 1] = {sizeof(A)..., 0};
+    static void run(void** args) { run_with(args, std::index_sequence_for<A...>{}); }
+    template <size_t... I>
+    static void run_with(void** args, std::index_sequence<I...>) {
+        f(*static_cast<std::remove_reference_t<A>*>(args[I])...);
+    }
+    static KernelEntry entry(const char* name) {
+        return KernelEntry{name, &run, static_cast<int>(sizeof...(A)), sizes};
+    }
+};
+}  // namespace emu
+
+#define MSCLIP_EMU_ENTRY(kernel) ::emu::Trampolines<decltype(&kernel), &kernel>::entry(#kernel)

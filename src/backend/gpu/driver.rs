@@ -1,0 +1,86 @@
+//! What the GPU backend needs from a device: memory, copies, kernel launches and GEMM. Two
+//! implementations: the CUDA driver (cudarc) and the SIMT emulator, which runs the same kernels
+//! on the host, so everything above this trait is tested without a GPU.
+
+use crate::error::Result;
+
+/// An address in the driver's memory (a CUDA device pointer, or a host address for the
+/// emulator). Plain integers keep the launch boundary identical to `cuLaunchKernel`'s.
+pub type DevicePtr = u64;
+
+/// One kernel argument, passed by value as the kernel's parameter of the same width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelArg {
+    Ptr(DevicePtr),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+}
+
+impl KernelArg {
+    /// The argument's bytes, as the kernel's parameter holds them.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            KernelArg::Ptr(p) => p.to_ne_bytes().to_vec(),
+            KernelArg::I32(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::U32(v) => v.to_ne_bytes().to_vec(),
+            KernelArg::F32(v) => v.to_ne_bytes().to_vec(),
+        }
+    }
+}
+
+/// Grid and block sizes and dynamic shared memory of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// A one-dimensional grid of `blocks` blocks of `threads` threads.
+    pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
+        LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes }
+    }
+}
+
+/// Element type of a GEMM operand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmType {
+    F32,
+    BF16,
+}
+
+/// `c[b] = op(a[b]) @ op(b[b]) (+ bias)` for every batch element, all row-major and contiguous;
+/// accumulation in fp32 and `c` of the same type as the inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmSpec {
+    pub dtype: GemmType,
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+pub trait Driver: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// `bytes` of uninitialised memory (at least 256-byte aligned).
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
+    /// Returns memory from `alloc`, with the same size.
+    ///
+    /// # Safety
+    /// `ptr` came from `alloc(bytes)` of this driver and nothing uses it afterwards.
+    unsafe fn free(&self, ptr: DevicePtr, bytes: usize);
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+    fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
+    fn zero(&self, dst: DevicePtr, bytes: usize) -> Result<()>;
+    /// Launches `kernel` (an entry point of one of the built modules) and reports launch errors;
+    /// kernels run in launch order.
+    fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()>;
+    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()>;
+    /// Waits for every launched kernel and reports asynchronous errors.
+    fn synchronize(&self) -> Result<()>;
+}
