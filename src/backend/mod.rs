@@ -257,7 +257,11 @@ pub trait Backend: Send + Sync {
 
 /// The backend of a device.
 pub fn get(device: Device) -> &'static dyn Backend {
+    static EMU: gpu::GpuBackend = gpu::GpuBackend::new(Device::Emu);
+    static CUDA: gpu::GpuBackend = gpu::GpuBackend::new(Device::Cuda);
     match device {
         Device::Cpu => &cpu::CpuBackend,
+        Device::Emu => &EMU,
+        Device::Cuda => &CUDA,
     }
 }

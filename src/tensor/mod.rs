@@ -18,7 +18,12 @@ pub use init::Rng;
 pub use shape::Shape;
 pub use storage::{CpuStorage, Device, Storage};
 
+use crate::backend::gpu::GpuStorage;
 use crate::error::{Error, Result};
+
+fn not_on_host(op: &'static str, device: Device) -> Error {
+    Error::Device(format!("{op}: the tensor is on {device}; copy it with to_device(Device::Cpu) first"))
+}
 
 /// Identity of a tensor value on the autograd tape. A reshape view gets its own id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,9 +65,7 @@ impl Tensor {
     /// Wraps storage whose length must equal the shape's element count.
     pub fn from_storage(storage: Storage, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        let len = match &storage {
-            Storage::Cpu(s) => s.len(),
-        };
+        let len = storage.len();
         if len != shape.numel() {
             return Err(Error::shape("tensor", format!("{len} elements cannot have shape {shape}")));
         }
@@ -117,9 +120,7 @@ impl Tensor {
     }
 
     pub fn dtype(&self) -> DType {
-        match self.storage() {
-            Storage::Cpu(s) => s.dtype(),
-        }
+        self.storage().dtype()
     }
 
     pub fn device(&self) -> Device {
@@ -150,6 +151,7 @@ impl Tensor {
         match self.storage() {
             Storage::Cpu(s) => T::slice(s)
                 .ok_or_else(|| Error::dtype("cpu_slice", format!("wanted {}, tensor is {}", T::DTYPE, s.dtype()))),
+            Storage::Gpu(g) => Err(not_on_host("cpu_slice", g.device())),
         }
     }
 
@@ -159,14 +161,36 @@ impl Tensor {
         match self.storage_mut() {
             Storage::Cpu(s) => T::slice_mut(s)
                 .ok_or_else(|| Error::dtype("cpu_slice_mut", format!("wanted {}, tensor is {dtype}", T::DTYPE))),
+            Storage::Gpu(g) => Err(not_on_host("cpu_slice_mut", g.device())),
         }
     }
 
     /// Every element as f64, whatever the dtype (copies to the host).
+    ///
+    /// # Panics
+    /// If a GPU tensor cannot be copied back (the device failed after the tensor was made).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match self.storage() {
             Storage::Cpu(s) => s.to_f64_vec(),
+            Storage::Gpu(g) => g.to_cpu().unwrap_or_else(|e| panic!("copy {self:?} to the host: {e}")).to_f64_vec(),
         }
+    }
+
+    /// A copy of this value on `device` (the same tensor when it is already there). Not
+    /// recorded on the tape: move inputs and parameters before building the graph.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let host = match self.storage() {
+            Storage::Cpu(s) => s.clone(),
+            Storage::Gpu(g) => g.to_cpu()?,
+        };
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(host),
+            gpu => Storage::Gpu(GpuStorage::from_cpu(gpu, &host)?),
+        };
+        Ok(Self::from_storage(storage, self.shape().clone())?.set_requires_grad(self.requires_grad()))
     }
 
     /// The value of a one-element tensor.

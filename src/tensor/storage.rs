@@ -1,21 +1,48 @@
-//! Where a tensor's elements live. One variant per device; the GPU variants arrive with
-//! the CUDA backend.
+//! Where a tensor's elements live: host vectors, or a GPU driver's memory.
 
 use half::bf16;
 
 use super::DType;
+use crate::backend::gpu::GpuStorage;
+use crate::error::{Error, Result};
 
 /// The device a tensor lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
+    /// The CPU reference backend.
     #[default]
     Cpu,
+    /// The GPU backend on an NVIDIA GPU (cudarc).
+    Cuda,
+    /// The GPU backend on the SIMT emulator: the same kernels, run on the host.
+    Emu,
+}
+
+impl Device {
+    /// Whether tensors here go through the GPU backend (real or emulated).
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Device::Cuda | Device::Emu)
+    }
 }
 
 impl std::fmt::Display for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Emu => "emu",
+        })
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda),
+            "emu" => Ok(Device::Emu),
+            other => Err(Error::config(format!("unknown device {other:?}: cpu, cuda or emu"))),
         }
     }
 }
@@ -101,12 +128,32 @@ impl CpuStorage {
 #[derive(Debug, Clone)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Gpu(GpuStorage),
 }
 
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Gpu(g) => g.device(),
         }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+            Storage::Gpu(g) => g.dtype(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+            Storage::Gpu(g) => g.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

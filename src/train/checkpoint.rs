@@ -43,9 +43,11 @@ fn st_dtype(dtype: DType) -> StDtype {
     }
 }
 
-fn host_bytes(t: &Tensor) -> &[u8] {
+/// The raw bytes of a tensor, copied to the host first when it lives on a GPU device.
+fn host_storage(t: &Tensor) -> Result<std::borrow::Cow<'_, CpuStorage>> {
     match t.storage() {
-        Storage::Cpu(s) => s.as_bytes(),
+        Storage::Cpu(s) => Ok(std::borrow::Cow::Borrowed(s)),
+        Storage::Gpu(g) => Ok(std::borrow::Cow::Owned(g.to_cpu()?)),
     }
 }
 
@@ -61,10 +63,12 @@ pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
     for (name, t) in state.buffers.iter() {
         entries.push((format!("buffer/{name}"), t));
     }
+    let hosts: Vec<_> = entries.iter().map(|(_, t)| host_storage(t)).collect::<Result<_>>()?;
     let views: Vec<(String, TensorView)> = entries
         .iter()
-        .map(|(name, t)| {
-            TensorView::new(st_dtype(t.dtype()), t.dims().to_vec(), host_bytes(t))
+        .zip(&hosts)
+        .map(|((name, t), host)| {
+            TensorView::new(st_dtype(t.dtype()), t.dims().to_vec(), host.as_bytes())
                 .map(|v| (name.clone(), v))
                 .map_err(|e| Error::format(name.clone(), e.to_string()))
         })

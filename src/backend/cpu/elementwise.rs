@@ -10,7 +10,9 @@ use crate::tensor::{CpuStorage, DType, Real, Storage, Tensor};
 const PARALLEL_MIN: usize = 1 << 14;
 
 pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
-    let Storage::Cpu(src) = x.storage();
+    let Storage::Cpu(src) = x.storage() else {
+        return Err(crate::error::Error::Device(format!("cast on the CPU backend of {x:?}")));
+    };
     let converted = match (src, dtype) {
         (CpuStorage::F32(v), DType::BF16) => CpuStorage::BF16(v.iter().map(|&f| half::bf16::from_f32(f)).collect()),
         _ => CpuStorage::from_f64_slice(dtype, &src.to_f64_vec()),

@@ -1,8 +1,252 @@
-//! The GPU backend: kernels of `kernels/*.cu` orchestrated from Rust over a [`Driver`], the
-//! real GPU (cudarc) or the SIMT emulator.
+//! The GPU backend: the kernels of `kernels/*.cu` orchestrated from Rust over a [`Driver`]:
+//! the real GPU (cudarc, [`cuda`]) or the SIMT emulator ([`emu`]), which runs the same kernels
+//! on the host. Everything in this folder except `cuda.rs` therefore runs in CI.
+//!
+//! One file per kernel family, each holding the Rust side of one `kernels/<family>.cu`: output
+//! allocation, launch configuration and the order of launches. Tensors are contiguous, so a
+//! kernel sees plain pointers; kernels exist per dtype as `<name>_f32` and `<name>_bf16`.
 
+mod adamw;
+mod attention;
+pub mod buffer;
+mod context;
+mod conv;
+pub mod cuda;
 pub mod driver;
+mod elementwise;
 pub mod emu;
+mod layernorm;
+mod layout;
+mod loss;
+mod matmul;
 pub mod modules;
 
+use std::sync::OnceLock;
+
+pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
+
+use crate::backend::{
+    AdamWStep, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut, UnaryOp,
+};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Device, Tensor};
+
+/// The driver behind a GPU device, created on first use. For `cuda` this loads the CUDA driver
+/// library and the kernel images and fails with a message that says what is missing.
+pub fn driver(device: Device) -> Result<&'static dyn Driver> {
+    static CUDA: OnceLock<std::result::Result<cuda::CudaDriver, String>> = OnceLock::new();
+    match device {
+        Device::Emu => Ok(&emu::EmuDriver),
+        Device::Cuda => match CUDA.get_or_init(|| cuda::CudaDriver::new().map_err(|e| e.to_string())) {
+            Ok(d) => Ok(d),
+            Err(message) => Err(Error::Device(message.clone())),
+        },
+        Device::Cpu => Err(Error::Device("the CPU has no GPU driver".into())),
+    }
+}
+
+/// The GPU backend of one device.
+pub struct GpuBackend {
+    device: Device,
+}
+
+impl GpuBackend {
+    pub const fn new(device: Device) -> Self {
+        GpuBackend { device }
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> &'static str {
+        match self.device {
+            Device::Cuda => "cuda",
+            _ => "emu",
+        }
+    }
+
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        elementwise::cast(self, x, dtype)
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>) -> Result<Tensor> {
+        matmul::matmul(self, a, b, trans_a, trans_b, bias)
+    }
+
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        elementwise::binary(self, op, a, b)
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+        elementwise::unary(self, op, x)
+    }
+
+    fn unary_backward(&self, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        elementwise::unary_backward(self, op, x, y, dy)
+    }
+
+    fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
+        elementwise::sum_middle(self, x, outer, n, inner)
+    }
+
+    fn repeat_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
+        elementwise::repeat_middle(self, x, outer, n, inner)
+    }
+
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        layout::permute(self, x, perm)
+    }
+
+    fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        layout::concat(self, xs, dim)
+    }
+
+    fn slice(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        layout::slice(self, x, dim, start, len)
+    }
+
+    fn pad_slice(&self, x: &Tensor, dim: usize, start: usize, full: usize) -> Result<Tensor> {
+        layout::pad_slice(self, x, dim, start, full)
+    }
+
+    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        layout::index_rows(self, table, ids)
+    }
+
+    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
+        layout::index_rows_backward(self, dy, ids, rows)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<LayerNormOut> {
+        layernorm::layer_norm(self, x, residual, gamma, beta, eps)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        input: &Tensor,
+        gamma: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        layernorm::layer_norm_backward(self, input, gamma, mean, rstd, dy)
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        elementwise::softmax(self, x)
+    }
+
+    fn softmax_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        elementwise::softmax_backward(self, y, dy)
+    }
+
+    fn l2_normalize(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        elementwise::l2_normalize(self, x, eps)
+    }
+
+    fn l2_normalize_backward(&self, y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
+        elementwise::l2_normalize_backward(self, y, norm, dy, eps)
+    }
+
+    fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
+        attention::attention(self, qkv, heads, mask)
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        heads: usize,
+        mask: &AttnMask,
+    ) -> Result<Tensor> {
+        attention::attention_backward(self, qkv, out, lse, dout, heads, mask)
+    }
+
+    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
+        loss::infonce(self, img, txt, logit_scale, max_scale)
+    }
+
+    fn infonce_backward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        logit_scale: &Tensor,
+        out: &InfoNceOut,
+        dloss: &Tensor,
+        max_scale: Option<f64>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        loss::infonce_backward(self, img, txt, logit_scale, out, dloss, max_scale)
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+        loss::cross_entropy(self, logits, targets)
+    }
+
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+        loss::cross_entropy_backward(self, logits, lse, targets, dloss)
+    }
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
+        conv::conv2d(self, x, w, geo)
+    }
+
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        geo: Conv2dGeometry,
+        need_dx: bool,
+    ) -> Result<(Option<Tensor>, Tensor)> {
+        conv::conv2d_backward(self, x, w, dy, geo, need_dx)
+    }
+
+    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
+        conv::batch_norm_train(self, x, gamma, beta, eps)
+    }
+
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        conv::batch_norm_eval(self, x, gamma, beta, mean, var, eps)
+    }
+
+    fn batch_norm_backward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        dy: &Tensor,
+        eps: f64,
+        batch_stats: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        conv::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamWStep,
+    ) -> Result<()> {
+        adamw::adamw_step(self, param, grad, m, v, hp)
+    }
+}

@@ -1,0 +1,136 @@
+//! Tensor storage in a driver's memory: one allocation per tensor, freed on drop.
+
+use super::driver::{DevicePtr, Driver};
+use crate::error::Result;
+use crate::tensor::{CpuStorage, DType, Device};
+
+/// A tensor's elements on a GPU device (or in the emulator's memory).
+///
+/// Each value owns its allocation. Cloning copies the elements into a fresh allocation, which is
+/// what copy-on-write (`Tensor::storage_mut`) needs: a write never shows through an alias.
+pub struct GpuStorage {
+    device: Device,
+    dtype: DType,
+    len: usize,
+    ptr: DevicePtr,
+}
+
+impl GpuStorage {
+    /// `len` uninitialised elements.
+    pub fn uninit(device: Device, dtype: DType, len: usize) -> Result<Self> {
+        let ptr = super::driver(device)?.alloc(len * dtype.size_in_bytes())?;
+        Ok(GpuStorage { device, dtype, len, ptr })
+    }
+
+    pub fn zeros(device: Device, dtype: DType, len: usize) -> Result<Self> {
+        let s = Self::uninit(device, dtype, len)?;
+        s.driver().zero(s.ptr, s.bytes())?;
+        Ok(s)
+    }
+
+    pub fn from_cpu(device: Device, host: &CpuStorage) -> Result<Self> {
+        let s = Self::uninit(device, host.dtype(), host.len())?;
+        s.driver().upload(s.ptr, host.as_bytes())?;
+        Ok(s)
+    }
+
+    pub fn to_cpu(&self) -> Result<CpuStorage> {
+        let mut bytes = vec![0u8; self.bytes()];
+        self.driver().download(self.ptr, &mut bytes)?;
+        Ok(CpuStorage::from_bytes(self.dtype, &bytes).expect("a whole number of elements by construction"))
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+    /// The address kernels receive.
+    pub fn ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+
+    fn driver(&self) -> &'static dyn Driver {
+        super::driver(self.device).expect("the driver of a device that already holds memory")
+    }
+}
+
+impl Clone for GpuStorage {
+    fn clone(&self) -> Self {
+        let copy = Self::uninit(self.device, self.dtype, self.len)
+            .unwrap_or_else(|e| panic!("copy-on-write of a {}-element {} tensor: {e}", self.len, self.device));
+        self.driver().copy(copy.ptr, self.ptr, self.bytes()).expect("device-to-device copy");
+        copy
+    }
+}
+
+impl Drop for GpuStorage {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from this driver's alloc of exactly `bytes()` and this value owns it.
+        unsafe { self.driver().free(self.ptr, self.bytes()) }
+    }
+}
+
+impl std::fmt::Debug for GpuStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuStorage({} x {} on {})", self.len, self.dtype, self.device)
+    }
+}
+
+/// Raw device bytes that are not a tensor: per-launch index tables (token ids, sequence
+/// lengths), partial sums, workspaces. Freed on drop.
+pub struct Scratch {
+    device: Device,
+    ptr: DevicePtr,
+    bytes: usize,
+}
+
+impl Scratch {
+    pub fn uninit(device: Device, bytes: usize) -> Result<Self> {
+        let ptr = super::driver(device)?.alloc(bytes)?;
+        Ok(Scratch { device, ptr, bytes })
+    }
+
+    /// A copy of `values` on the device.
+    pub fn from_slice<T: bytemuck::Pod>(device: Device, values: &[T]) -> Result<Self> {
+        let s = Self::uninit(device, std::mem::size_of_val(values))?;
+        super::driver(device)?.upload(s.ptr, bytemuck::cast_slice(values))?;
+        Ok(s)
+    }
+
+    pub fn zeros(device: Device, bytes: usize) -> Result<Self> {
+        let s = Self::uninit(device, bytes)?;
+        super::driver(device)?.zero(s.ptr, bytes)?;
+        Ok(s)
+    }
+
+    pub fn ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+
+    /// The bytes back on the host.
+    pub fn read<T: bytemuck::Pod + Default>(&self) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); self.bytes / std::mem::size_of::<T>()];
+        super::driver(self.device)?.download(self.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(driver) = super::driver(self.device) {
+            // SAFETY: `ptr` came from this driver's alloc of `bytes` and this value owns it.
+            unsafe { driver.free(self.ptr, self.bytes) }
+        }
+    }
+}
