@@ -1,8 +1,8 @@
 //! What every kernel family's launch code needs: output allocation, pointers, kernel names per
 //! dtype and launch-size arithmetic.
 
-use super::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
 use super::buffer::Scratch;
+use super::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
 use super::{GpuBackend, GpuStorage};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Shape, Storage, Tensor};

@@ -50,8 +50,13 @@ pub(super) fn l2_normalize(gpu: &GpuBackend, x: &Tensor, eps: f64) -> Result<(Te
     Err(gpu.missing_kernel("l2_normalize"))
 }
 
-pub(super) fn l2_normalize_backward(gpu: &GpuBackend, y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
+pub(super) fn l2_normalize_backward(
+    gpu: &GpuBackend,
+    y: &Tensor,
+    norm: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let _ = (y, norm, dy, eps);
     Err(gpu.missing_kernel("l2_normalize_backward"))
 }
-

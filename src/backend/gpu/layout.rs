@@ -34,4 +34,3 @@ pub(super) fn index_rows_backward(gpu: &GpuBackend, dy: &Tensor, ids: &[u32], ro
     let _ = (dy, ids, rows);
     Err(gpu.missing_kernel("index_rows_backward"))
 }
-

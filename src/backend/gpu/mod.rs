@@ -15,6 +15,7 @@ pub mod cuda;
 pub mod driver;
 mod elementwise;
 pub mod emu;
+mod infonce;
 mod layernorm;
 mod layout;
 mod loss;
@@ -172,7 +173,7 @@ impl Backend for GpuBackend {
     }
 
     fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
-        loss::infonce(self, img, txt, logit_scale, max_scale)
+        infonce::infonce(self, img, txt, logit_scale, max_scale)
     }
 
     fn infonce_backward(
@@ -184,7 +185,7 @@ impl Backend for GpuBackend {
         dloss: &Tensor,
         max_scale: Option<f64>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        loss::infonce_backward(self, img, txt, logit_scale, out, dloss, max_scale)
+        infonce::infonce_backward(self, img, txt, logit_scale, out, dloss, max_scale)
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {

@@ -1,0 +1,37 @@
+//! Helpers for kernel parity tests: the devices to run on, and inputs both backends see exactly.
+
+use msclip::backend::gpu;
+use msclip::{DType, Device, Rng, Tensor};
+
+/// The GPU devices a parity test runs on: the emulator always; a real GPU when the CUDA driver
+/// and a device are present (otherwise a line says the GPU half was skipped).
+pub fn gpu_devices() -> Vec<Device> {
+    match gpu::driver(Device::Cuda) {
+        Ok(_) => vec![Device::Emu, Device::Cuda],
+        Err(e) => {
+            eprintln!("GPU parity skipped, no usable GPU: {e}");
+            vec![Device::Emu]
+        }
+    }
+}
+
+/// A seeded N(0, std^2) CPU tensor in f32 whose values are exactly representable in `dtype`, so
+/// the CPU reference (f32) and a kernel (f32 or bf16) start from identical inputs.
+pub fn randn_as(rng: &mut Rng, shape: &[usize], std: f64, dtype: DType) -> Tensor {
+    let t = rng.normal_tensor(shape.to_vec(), std, DType::F32);
+    if dtype == DType::BF16 { t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() } else { t }
+}
+
+/// `t` (a CPU f32 tensor) on `device` in `dtype`.
+pub fn on(t: &Tensor, device: Device, dtype: DType) -> Tensor {
+    t.to_dtype(dtype).unwrap().to_device(device).unwrap()
+}
+
+/// Relative tolerance of results computed in `dtype` with fp32 accumulation: a few units of the
+/// format's last place (bf16 has 8 significant bits, f32 24).
+pub fn rtol_of(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 1.0 / 64.0,
+        _ => 2e-5,
+    }
+}
