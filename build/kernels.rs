@@ -10,9 +10,9 @@
 //! Writes `$OUT_DIR/kernels.rs`, which `src/backend/gpu/modules.rs` includes: each module's
 //! kernel names, its fatbin (when nvcc ran) and the ptxas report.
 //!
-//! Entry points are found by reading the sources: every kernel is written as
-//! `extern "C" __global__ void name(...)` (optionally with `__launch_bounds__(...)` before the
-//! name), the convention that keeps names stable for both the driver and the emulator.
+//! Entry points are the `extern "C" __global__` functions of each source after preprocessing
+//! (so macros may stamp out per-dtype instantiations): the emulator header, under
+//! `MSCLIP_SCAN_ENTRY_POINTS`, turns `__global__` into a marker that survives `-E`.
 
 use std::env;
 use std::fmt::Write as _;
@@ -97,25 +97,41 @@ fn find_modules(kernel_dir: &Path) -> Vec<Module> {
     sources
         .into_iter()
         .map(|source| {
-            let text = fs::read_to_string(&source).expect("read a kernel source");
             let name = source.file_stem().unwrap().to_string_lossy().into_owned();
-            Module { kernels: entry_points(&text), name, source }
+            let kernels = entry_points(&preprocess(kernel_dir, &source));
+            assert!(!kernels.is_empty(), "{} defines no extern \"C\" __global__ kernel", source.display());
+            Module { kernels, name, source }
         })
         .collect()
 }
 
-/// Names of the `extern "C" __global__ void` functions of a source file.
+/// The source after the C++ preprocessor, in emulator mode with the entry-point marker.
+fn preprocess(kernel_dir: &Path, source: &Path) -> String {
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let output = compiler
+        .to_command()
+        .args(["-E", "-P", "-std=c++17", "-DMSCLIP_EMU=1", "-DMSCLIP_SCAN_ENTRY_POINTS=1"])
+        .arg("-I")
+        .arg(kernel_dir)
+        .args(["-x", "c++"])
+        .arg(source)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C++ preprocessor on {}: {e}", source.display()));
+    if !output.status.success() {
+        panic!("preprocessing {} failed:\n{}", source.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Names of the `extern "C" __global__ void` functions in preprocessed source.
 fn entry_points(text: &str) -> Vec<String> {
-    const MARKER: &str = "extern \"C\" __global__ void";
+    const MARKER: &str = "extern \"C\" __msclip_global__ void";
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut names = Vec::new();
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(at) = rest.find(MARKER) {
         rest = &rest[at + MARKER.len()..];
-        let mut tail = rest.trim_start();
-        if let Some(after) = tail.strip_prefix("__launch_bounds__") {
-            let close = after.find(')').expect("__launch_bounds__ without ')'");
-            tail = after[close + 1..].trim_start();
-        }
+        let tail = rest.trim_start();
         let name: String = tail.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         assert!(!name.is_empty(), "an extern \"C\" __global__ function without a readable name");
         names.push(name);

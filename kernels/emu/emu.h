@@ -11,10 +11,16 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
+#ifdef MSCLIP_SCAN_ENTRY_POINTS
+// Only preprocessed (never compiled), so build.rs can list the kernels after macro expansion.
+#define __global__ __msclip_global__
+#else
 #define __global__
+#endif
 #define __device__
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
@@ -179,6 +185,9 @@ template <typename T>
 inline T __ldg(const T* p) {
     return *p;
 }
+// CUDA's min/max overloads for built-in types.
+using std::max;
+using std::min;
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 

@@ -1,0 +1,218 @@
+// Residual add + LayerNorm, forward and backward, with fp32 statistics.
+//
+// One warp per row: rows of CLIP models are 512-1024 wide, so a warp covers one in 4-8 vector
+// loads per lane and needs no shared memory or block barriers. Rows before `second_from_row` use
+// gamma/beta; the rest use gamma2/beta2, so the image rows and the text rows of a modality-shared
+// layer (each modality keeps its own LayerNorm) normalise in one launch.
+#include "common.cuh"
+
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+// 16 bytes of T: the unit of a vector load.
+template <typename T>
+struct Pack {
+    static constexpr int N = 16 / sizeof(T);
+    T v[N];
+};
+
+template <typename T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p) {
+    Pack<T> out;
+    *reinterpret_cast<uint4*>(&out) = *reinterpret_cast<const uint4*>(p);
+    return out;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T>& pack) {
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&pack);
+}
+
+// Calls f(column) for this lane's columns of a row of `width`, in packs of VEC columns when
+// VEC > 1 (the caller guarantees width % VEC == 0, so every pack is whole and aligned).
+template <int VEC, typename F>
+__device__ __forceinline__ void for_lane_columns(int width, int lane, F f) {
+    for (int c = lane * VEC; c < width; c += 32 * VEC) f(c);
+}
+
+// Forward of one row. Pass 1 forms x (+ residual), rounded to T as it is stored, and its sum;
+// pass 2 the centred sum of squares (two passes: no cancellation for rows with a large mean);
+// pass 3 normalises. Passes 2 and 3 re-read the row, which the L1 cache still holds.
+template <typename T, int VEC>
+__device__ void layernorm_row(const T* x, const T* residual, T* sum_out, T* y, float* mean_out, float* rstd_out,
+                              const T* gamma, const T* beta, int width, float eps, int lane) {
+    const T* input = residual != nullptr ? sum_out : x;
+    float sum = 0.0f;
+    for_lane_columns<VEC>(width, lane, [&](int c) {
+        if (VEC == 1) {
+            float v = to_float(x[c]);
+            if (residual != nullptr) {
+                const T s = from_float<T>(v + to_float(residual[c]));
+                sum_out[c] = s;
+                v = to_float(s);
+            }
+            sum += v;
+        } else {
+            Pack<T> px = load_pack(x + c);
+            if (residual != nullptr) {
+                const Pack<T> pr = load_pack(residual + c);
+                for (int i = 0; i < Pack<T>::N; ++i) px.v[i] = from_float<T>(to_float(px.v[i]) + to_float(pr.v[i]));
+                store_pack(sum_out + c, px);
+            }
+            for (int i = 0; i < Pack<T>::N; ++i) sum += to_float(px.v[i]);
+        }
+    });
+    // The sum written above is re-read by this lane only (same columns), so no barrier is needed.
+    const float mean = warp_sum(sum) / width;
+    float squares = 0.0f;
+    for_lane_columns<VEC>(width, lane, [&](int c) {
+        for (int i = 0; i < VEC; ++i) {
+            const float d = to_float(input[c + i]) - mean;
+            squares += d * d;
+        }
+    });
+    const float rstd = rsqrtf(warp_sum(squares) / width + eps);
+    for_lane_columns<VEC>(width, lane, [&](int c) {
+        if (VEC == 1) {
+            y[c] = from_float<T>((to_float(input[c]) - mean) * rstd * to_float(gamma[c]) + to_float(beta[c]));
+        } else {
+            const Pack<T> pi = load_pack(input + c);
+            const Pack<T> pg = load_pack(gamma + c);
+            const Pack<T> pb = load_pack(beta + c);
+            Pack<T> out;
+            for (int i = 0; i < Pack<T>::N; ++i) {
+                out.v[i] = from_float<T>((to_float(pi.v[i]) - mean) * rstd * to_float(pg.v[i]) + to_float(pb.v[i]));
+            }
+            store_pack(y + c, out);
+        }
+    });
+    if (lane == 0) {
+        *mean_out = mean;
+        *rstd_out = rstd;
+    }
+}
+
+template <typename T>
+__device__ void layernorm_forward(const T* x, const T* residual, T* sum_out, T* y, float* mean, float* rstd,
+                                  const T* gamma, const T* beta, const T* gamma2, const T* beta2, int second_from_row,
+                                  int rows, int width, float eps) {
+    const int lane = threadIdx.x % 32;
+    const int warps = gridDim.x * kWarpsPerBlock;
+    // Whole warps take the same branch (row depends only on the warp), so warp_sum stays converged.
+    for (int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; row < rows; row += warps) {
+        const size_t at = static_cast<size_t>(row) * width;
+        const bool second = row >= second_from_row;
+        const T* g = second ? gamma2 : gamma;
+        const T* b = second ? beta2 : beta;
+        const T* r = residual != nullptr ? residual + at : nullptr;
+        T* s = sum_out != nullptr ? sum_out + at : nullptr;
+        if (width % Pack<T>::N == 0) {
+            layernorm_row<T, Pack<T>::N>(x + at, r, s, y + at, mean + row, rstd + row, g, b, width, eps, lane);
+        } else {
+            layernorm_row<T, 1>(x + at, r, s, y + at, mean + row, rstd + row, g, b, width, eps, lane);
+        }
+    }
+}
+
+// Backward. With xhat = (input - mean) * rstd and g = dy * gamma:
+//   d input = rstd * (g - mean(g) - xhat * mean(g * xhat)),  d gamma = sum_rows dy * xhat,
+//   d beta = sum_rows dy.
+// Each block owns a contiguous range of rows inside one segment and writes its column sums of
+// dy * xhat and dy to its own row of `partials` ([blocks][2][width], fp32); the reduce kernel
+// adds the blocks of each segment in a fixed order, so d gamma / d beta are deterministic.
+template <typename T>
+__device__ void layernorm_backward(const T* input, const T* gamma, const T* gamma2, const float* mean,
+                                   const float* rstd, const T* dy, T* dx, float* partials, int second_from_row,
+                                   int rows, int width, int rows_per_block, int first_block_of_second) {
+    MSCLIP_DYNAMIC_SMEM(float, column_sums);  // [kWarpsPerBlock][2][width]
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const bool second_segment = static_cast<int>(blockIdx.x) >= first_block_of_second;
+    const int segment_start = second_segment ? second_from_row : 0;
+    const int segment_end = second_segment ? rows : second_from_row;
+    const int block_in_segment = blockIdx.x - (second_segment ? first_block_of_second : 0);
+    const int first = segment_start + block_in_segment * rows_per_block;
+    const int last = min(first + rows_per_block, segment_end);
+    const T* g = second_segment ? gamma2 : gamma;
+    float* my_sums = column_sums + static_cast<size_t>(warp) * 2 * width;
+    for (int c = lane; c < width; c += 32) {
+        my_sums[c] = 0.0f;
+        my_sums[width + c] = 0.0f;
+    }
+    for (int row = first + warp; row < last; row += kWarpsPerBlock) {
+        const size_t at = static_cast<size_t>(row) * width;
+        const float mu = mean[row];
+        const float rs = rstd[row];
+        float sum_g = 0.0f, sum_gx = 0.0f;
+        for (int c = lane; c < width; c += 32) {
+            const float xhat = (to_float(input[at + c]) - mu) * rs;
+            const float gc = to_float(dy[at + c]) * to_float(g[c]);
+            sum_g += gc;
+            sum_gx += gc * xhat;
+        }
+        const float mean_g = warp_sum(sum_g) / width;
+        const float mean_gx = warp_sum(sum_gx) / width;
+        for (int c = lane; c < width; c += 32) {
+            const float xhat = (to_float(input[at + c]) - mu) * rs;
+            const float d = to_float(dy[at + c]);
+            dx[at + c] = from_float<T>(rs * (d * to_float(g[c]) - mean_g - xhat * mean_gx));
+            my_sums[c] += d * xhat;
+            my_sums[width + c] += d;
+        }
+    }
+    __syncthreads();
+    // Warps' column sums, added in warp order.
+    float* out = partials + static_cast<size_t>(blockIdx.x) * 2 * width;
+    for (int c = threadIdx.x; c < 2 * width; c += blockDim.x) {
+        float total = 0.0f;
+        for (int w = 0; w < kWarpsPerBlock; ++w) total += column_sums[static_cast<size_t>(w) * 2 * width + c];
+        out[c] = total;
+    }
+}
+
+// d gamma / d beta of each segment: the blocks' partial sums in block order.
+template <typename T>
+__device__ void layernorm_reduce(const float* partials, T* dgamma, T* dbeta, T* dgamma2, T* dbeta2,
+                                 int first_block_of_second, int blocks, int width) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int segment = blockIdx.y;
+    if (c >= width) return;
+    const int begin = segment == 0 ? 0 : first_block_of_second;
+    const int end = segment == 0 ? first_block_of_second : blocks;
+    float dg = 0.0f, db = 0.0f;
+    for (int b = begin; b < end; ++b) {
+        dg += partials[static_cast<size_t>(b) * 2 * width + c];
+        db += partials[static_cast<size_t>(b) * 2 * width + width + c];
+    }
+    T* g = segment == 0 ? dgamma : dgamma2;
+    T* bb = segment == 0 ? dbeta : dbeta2;
+    g[c] = from_float<T>(dg);
+    bb[c] = from_float<T>(db);
+}
+
+}  // namespace
+
+#define LAYERNORM_ENTRY_POINTS(T, SUFFIX)                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        layernorm_fwd_##SUFFIX(const T* x, const T* residual, T* sum_out, T* y, float* mean, float* rstd,            \
+                               const T* gamma, const T* beta, const T* gamma2, const T* beta2, int second_from_row, \
+                               int rows, int width, float eps) {                                                    \
+        layernorm_forward<T>(x, residual, sum_out, y, mean, rstd, gamma, beta, gamma2, beta2, second_from_row, rows, \
+                             width, eps);                                                                           \
+    }                                                                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        layernorm_bwd_##SUFFIX(const T* input, const T* gamma, const T* gamma2, const float* mean,                  \
+                               const float* rstd, const T* dy, T* dx, float* partials, int second_from_row, int rows, \
+                               int width, int rows_per_block, int first_block_of_second) {                          \
+        layernorm_backward<T>(input, gamma, gamma2, mean, rstd, dy, dx, partials, second_from_row, rows, width,     \
+                              rows_per_block, first_block_of_second);                                               \
+    }                                                                                                               \
+    extern "C" __global__ void layernorm_reduce_##SUFFIX(const float* partials, T* dgamma, T* dbeta, T* dgamma2,     \
+                                                         T* dbeta2, int first_block_of_second, int blocks,          \
+                                                         int width) {                                               \
+        layernorm_reduce<T>(partials, dgamma, dbeta, dgamma2, dbeta2, first_block_of_second, blocks, width);        \
+    }
+
+LAYERNORM_ENTRY_POINTS(float, f32)
+LAYERNORM_ENTRY_POINTS(bf16, bf16)
