@@ -118,7 +118,7 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
         return Err(Error::invalid("backward", "loss does not depend on any tensor that requires grad"));
     }
     let nodes = TAPE.with(|t| std::mem::take(&mut t.borrow_mut().nodes));
-    let seed = Tensor::full(loss.shape().clone(), 1.0, loss.dtype());
+    let seed = Tensor::full(loss.shape().clone(), 1.0, loss.dtype()).to_device(loss.device())?;
     let mut pending = Gradients::default();
     pending.accumulate(loss.id(), seed)?;
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use msclip::Device;
 use msclip::train::{Resume, RunOptions, TokenizerSource, TrainConfig, train};
 
 #[derive(Args)]
@@ -18,9 +19,10 @@ pub struct TrainArgs {
     /// Training data; only the procedural shapes world is available so far.
     #[arg(long, default_value = "shapes")]
     data: String,
-    /// Compute device: cpu (the CUDA and emulator backends arrive with the CUDA issue).
+    /// Compute device: cpu (the reference), cuda (an NVIDIA GPU), or emu (the CUDA kernels on
+    /// the host's SIMT emulator: slow, for checking the GPU path without a GPU).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: Device,
     #[arg(long)]
     steps: Option<u64>,
     /// Alternative to --steps: passes over --epoch-samples samples.
@@ -69,8 +71,9 @@ fn set<T>(field: &mut T, value: Option<T>) {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.device != "cpu" {
-        anyhow::bail!("device {:?} is not available yet: this build trains on the CPU (--device cpu)", args.device);
+    if args.device.is_gpu() {
+        // Fail before any work when the GPU (or this build's kernels) is missing.
+        msclip::backend::gpu::driver(args.device)?;
     }
     if args.data != "shapes" {
         anyhow::bail!("data {:?} is not supported yet: only the procedural shapes world (--data shapes)", args.data);
@@ -78,6 +81,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut config = TrainConfig::tiny_default();
     config.name = args.name.clone().unwrap_or_else(|| args.preset.clone());
     config.preset = args.preset;
+    config.device = args.device;
     config.output_dir = args.output;
     set(&mut config.batch_size, args.batch_size);
     if let Some(epochs) = args.epochs {

@@ -23,7 +23,7 @@ pub fn encode_images(
     let dtype = params.get(model.logit_scale()).dtype();
     let mut out = Vec::with_capacity(images.len() * model.config.embed_dim);
     for chunk in images.chunks(EVAL_BATCH) {
-        let x = images_to_tensor(chunk, size, dtype)?;
+        let x = images_to_tensor(chunk, size, dtype)?.to_device(params.device())?;
         out.extend(no_grad(|| model.encode_image(params, buffers, &x, Mode::Eval))?.to_f64_vec());
     }
     Ok(out)

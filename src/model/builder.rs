@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::nn::{ParamId, ParamStore};
-use crate::tensor::{DType, Rng, Tensor};
+use crate::tensor::{DType, Device, Rng, Tensor};
 
 /// Which part of the model a parameter belongs to, for the counts MS-CLIP reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,14 @@ impl Buffers {
 
     pub fn find(&self, name: &str) -> Option<BufferId> {
         self.names.iter().position(|n| n == name).map(BufferId)
+    }
+
+    /// Moves every buffer to `device`.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for t in &mut self.tensors {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
     }
 }
 

@@ -125,6 +125,7 @@ impl VisionTower {
             Stem::Conv(stem) => stem.forward(p, bufs, images, mode)?,
         };
         let cls = Tensor::zeros([batch, 1, self.width], images.dtype())
+            .to_device(images.device())?
             .add_broadcast(&p.get(self.class_embedding).reshape([1, self.width])?)?;
         let x = ops::concat(&[&cls, &map_to_tokens(&map)?], 1)?.add_broadcast(p.get(self.positional_embedding))?;
         let mut x = self.ln_pre.forward(p, &x)?;

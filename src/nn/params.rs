@@ -3,7 +3,7 @@
 //! text towers is one entry used by both, so its gradient is the sum of both uses.
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// Handle to one parameter of a [`ParamStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +89,19 @@ impl ParamStore {
 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+
+    /// Where the parameters live (the CPU for an empty store).
+    pub fn device(&self) -> Device {
+        self.tensors.first().map_or(Device::Cpu, Tensor::device)
+    }
+
+    /// Moves every parameter to `device`.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for t in &mut self.tensors {
+            *t = t.to_device(device)?.detach().set_requires_grad(true);
+        }
+        Ok(())
     }
 
     /// Total number of trainable elements.

@@ -7,7 +7,8 @@ use crate::backend::gpu::GpuStorage;
 use crate::error::{Error, Result};
 
 /// The device a tensor lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU reference backend.
     #[default]

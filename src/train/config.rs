@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
+use crate::tensor::Device;
 
 /// Where the tokenizer comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +51,9 @@ pub struct TrainConfig {
     pub eval_samples: usize,
     pub tokenizer: TokenizerSource,
     pub data: ShapesConfig,
+    /// Where the model trains: the CPU reference, a GPU, or the GPU backend on the emulator.
+    #[serde(default)]
+    pub device: Device,
 }
 
 impl TrainConfig {
@@ -79,6 +83,7 @@ impl TrainConfig {
             eval_samples: 1000,
             tokenizer: TokenizerSource::TrainedBpe,
             data: ShapesConfig::tiny(),
+            device: Device::Cpu,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, preset};
 use crate::nn::{AdamW, AdamWConfig, ParamStore};
-use crate::tensor::{DType, Rng, Tensor};
+use crate::tensor::{DType, Device, Rng, Tensor};
 use crate::text::Tokenizer;
 
 /// Where a resumed run continues from.
@@ -83,6 +83,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let restored = checkpoint::load(&path, &model.config, &mut params, &mut buffers, Some(&mut optimizer))?;
         (step, samples_seen, rng) = (restored.step, restored.samples_seen, restored.rng);
     }
+    // Initialised (or restored) on the CPU, so every device starts from the same values.
+    move_training_state(config.device, &mut params, &mut buffers, &mut optimizer)?;
 
     let schedule = CosineSchedule {
         peak: config.lr,
@@ -113,8 +115,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             context,
             DTYPE,
         )?;
+        let images = batch.images.to_device(config.device)?;
         let data_seconds = started.elapsed().as_secs_f64();
-        let loss = model.contrastive_loss(&params, &mut buffers, &batch.images, &batch.tokens, None)?;
+        let loss = model.contrastive_loss(&params, &mut buffers, &images, &batch.tokens, None)?;
         let loss_value = loss.item()?;
         if !loss_value.is_finite() {
             autograd::clear_tape();
@@ -214,6 +217,23 @@ fn prepare_tokenizer(config: &TrainConfig, model: &ClipModel, run_dir: &Path, re
     Ok(tokenizer)
 }
 
+/// Puts parameters, BatchNorm statistics and AdamW moments on `device`.
+fn move_training_state(
+    device: Device,
+    params: &mut ParamStore,
+    buffers: &mut crate::model::Buffers,
+    optimizer: &mut AdamW,
+) -> Result<()> {
+    params.to_device(device)?;
+    buffers.to_device(device)?;
+    for id in params.ids() {
+        let (m, v) = optimizer.moments(id);
+        let (m, v) = (m.to_device(device)?, v.to_device(device)?);
+        optimizer.set_moments(id, m, v)?;
+    }
+    Ok(())
+}
+
 /// The factor that scales gradients down to `max_norm` global L2 norm (1 when below).
 fn clip_scale(params: &ParamStore, grads: &Gradients, max_norm: Option<f64>) -> f64 {
     let Some(max_norm) = max_norm else { return 1.0 };
@@ -232,7 +252,8 @@ fn clamp_logit_scale(params: &mut ParamStore, model: &ClipModel, max_log: f64) -
     let value = params.get(id).item()?;
     let clamped = value.clamp(0.0, max_log);
     if clamped != value {
-        params.set(id, Tensor::from_f64(&[clamped], [1], params.get(id).dtype())?)?;
+        let device = params.get(id).device();
+        params.set(id, Tensor::from_f64(&[clamped], [1], params.get(id).dtype())?.to_device(device)?)?;
     }
     Ok(())
 }
