@@ -125,14 +125,22 @@ fn layernorm_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
     let fused = time(device, reps, || {
         gpu.layer_norm(&x, Some(&res), &gamma, &beta, 1e-5).unwrap();
     });
-    rows.push(Row { name: format!("residual add + layernorm fwd, fused {shape}"), bytes: 4.0 * act + stats, seconds: fused });
+    rows.push(Row {
+        name: format!("residual add + layernorm fwd, fused {shape}"),
+        bytes: 4.0 * act + stats,
+        seconds: fused,
+    });
     let unfused = time(device, reps, || {
         let sum = gpu.binary(BinaryOp::Add, &x, &res).unwrap();
         gpu.layer_norm(&sum, None, &gamma, &beta, 1e-5).unwrap();
     });
     // The unfused pair needs the same outputs; its extra traffic (re-reading the sum) is what
     // fusion saves, so it is rated against the fused minimum.
-    rows.push(Row { name: format!("residual add, then layernorm (unfused) {shape}"), bytes: 4.0 * act + stats, seconds: unfused });
+    rows.push(Row {
+        name: format!("residual add, then layernorm (unfused) {shape}"),
+        bytes: 4.0 * act + stats,
+        seconds: unfused,
+    });
     let out = gpu.layer_norm(&x, None, &gamma, &beta, 1e-5).unwrap();
     let bwd = time(device, reps, || {
         gpu.layer_norm_backward(&x, &gamma, &out.mean, &out.rstd, &dy).unwrap();

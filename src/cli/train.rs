@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use msclip::Device;
-use msclip::train::{Resume, RunOptions, TokenizerSource, TrainConfig, train};
+use msclip::train::{Precision, Resume, RunOptions, TokenizerSource, TrainConfig, train};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// the host's SIMT emulator: slow, for checking the GPU path without a GPU).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Compute precision of the towers: fp32, or bf16 (GPU devices; fp32 masters and loss).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     #[arg(long)]
     steps: Option<u64>,
     /// Alternative to --steps: passes over --epoch-samples samples.
@@ -82,6 +85,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     config.name = args.name.clone().unwrap_or_else(|| args.preset.clone());
     config.preset = args.preset;
     config.device = args.device;
+    config.precision = args.precision;
     config.output_dir = args.output;
     set(&mut config.batch_size, args.batch_size);
     if let Some(epochs) = args.epochs {

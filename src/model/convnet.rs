@@ -46,7 +46,9 @@ impl BatchNorm {
         let (gamma, beta) = (p.get(self.weight), p.get(self.bias));
         match mode {
             Mode::Eval => {
-                let (mean, var) = (bufs.get(self.running_mean).clone(), bufs.get(self.running_var).clone());
+                // Running statistics stay in the masters' dtype; a bf16 forward reads them cast.
+                let mean = bufs.get(self.running_mean).to_dtype(x.dtype())?;
+                let var = bufs.get(self.running_var).to_dtype(x.dtype())?;
                 Ok(ops::batch_norm2d(x, gamma, beta, self.eps, BatchNormMode::Eval { mean: &mean, var: &var })?.0)
             }
             Mode::Train => {
@@ -59,8 +61,10 @@ impl BatchNorm {
                     let blend = |old: &Tensor, new: &Tensor, scale: f64| -> Result<Tensor> {
                         old.scale(1.0 - BN_MOMENTUM)?.add(&new.scale(BN_MOMENTUM * scale)?)
                     };
-                    let rm = blend(bufs.get(self.running_mean), &mean, 1.0)?;
-                    let rv = blend(bufs.get(self.running_var), &var, unbiased)?;
+                    let old_mean = bufs.get(self.running_mean);
+                    let rm = blend(old_mean, &mean.to_dtype(old_mean.dtype())?, 1.0)?;
+                    let old_var = bufs.get(self.running_var);
+                    let rv = blend(old_var, &var.to_dtype(old_var.dtype())?, unbiased)?;
                     bufs.set(self.running_mean, rm);
                     bufs.set(self.running_var, rv);
                     Ok(())

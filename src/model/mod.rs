@@ -128,8 +128,10 @@ impl ClipModel {
         tokens: &[u32],
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
-        let img = self.encode_image(p, bufs, images, Mode::Train)?;
-        let txt = self.encode_text(p, tokens)?;
-        ops::infonce(&img, &txt, p.get(self.logit_scale), max_scale)
+        // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
+        let scale = p.get(self.logit_scale);
+        let img = self.encode_image(p, bufs, images, Mode::Train)?.to_dtype(scale.dtype())?;
+        let txt = self.encode_text(p, tokens)?.to_dtype(scale.dtype())?;
+        ops::infonce(&img, &txt, scale, max_scale)
     }
 }

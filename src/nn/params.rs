@@ -3,7 +3,7 @@
 //! text towers is one entry used by both, so its gradient is the sum of both uses.
 
 use crate::error::{Error, Result};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 
 /// Handle to one parameter of a [`ParamStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,6 +102,17 @@ impl ParamStore {
             *t = t.to_device(device)?.detach().set_requires_grad(true);
         }
         Ok(())
+    }
+
+    /// The parameters as `dtype` for computing (mixed precision): each cast is recorded on the
+    /// tape, so gradients reach the masters in their own dtype. Parameters for which `keep`
+    /// holds stay as they are (the logit scale, whose exp needs fp32).
+    pub fn cast_for_compute(&self, dtype: DType, keep: impl Fn(ParamId) -> bool) -> Result<ParamStore> {
+        let tensors = self
+            .ids()
+            .map(|id| if keep(id) { Ok(self.get(id).clone()) } else { self.get(id).to_dtype(dtype) })
+            .collect::<Result<_>>()?;
+        Ok(ParamStore { names: self.names.clone(), tensors })
     }
 
     /// Total number of trainable elements.

@@ -54,9 +54,13 @@ impl Tensor {
         unary("quick_gelu", UnaryOp::QuickGelu, self)
     }
 
-    /// The same values in another dtype; the gradient is cast back.
+    /// The same values in another dtype; the gradient is cast back. Casting to the tensor's own
+    /// dtype returns it unchanged.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         let from = self.dtype();
+        if from == dtype {
+            return Ok(self.clone());
+        }
         let y = be(self).cast(self, dtype)?;
         Ok(record1("to_dtype", &[self], y, move |dy, _| Ok(vec![Some(be(dy).cast(dy, from)?)])))
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
-use crate::tensor::Device;
+use crate::tensor::{DType, Device};
 
 /// Where the tokenizer comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,37 @@ pub enum TokenizerSource {
     Clip,
     /// Any tokenizer.json.
     File(PathBuf),
+}
+
+/// The dtype the towers compute in. Master weights, optimizer state and the loss stay fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bf16 weight copies and activations (fp32 accumulation and statistics inside the
+    /// kernels); GPU devices only.
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::Fp32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::config(format!("unknown precision {other:?}: fp32 or bf16"))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +85,8 @@ pub struct TrainConfig {
     /// Where the model trains: the CPU reference, a GPU, or the GPU backend on the emulator.
     #[serde(default)]
     pub device: Device,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -84,6 +117,7 @@ impl TrainConfig {
             tokenizer: TokenizerSource::TrainedBpe,
             data: ShapesConfig::tiny(),
             device: Device::Cpu,
+            precision: Precision::Fp32,
         }
     }
 
@@ -100,6 +134,9 @@ impl TrainConfig {
         }
         if self.grad_clip_norm.is_some_and(|c| c <= 0.0) || self.logit_scale_max.is_some_and(|m| m < 1.0) {
             return fail("grad_clip_norm must be positive and logit_scale_max at least 1");
+        }
+        if self.precision == Precision::Bf16 && !self.device.is_gpu() {
+            return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32");
         }
         if self.name.is_empty() || self.name.contains(['/', '\\']) {
             return fail("the run name must be a plain directory name");

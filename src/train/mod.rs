@@ -11,7 +11,7 @@ mod run_dir;
 mod schedule;
 
 pub use batch::{Batch, CLIP_MEAN, CLIP_STD, images_to_tensor, make_batch};
-pub use config::{TokenizerSource, TrainConfig};
+pub use config::{Precision, TokenizerSource, TrainConfig};
 pub use log::read_jsonl;
 pub use run::{Resume, RunOptions, RunSummary, train};
 pub use run_dir::{load_run_tokenizer, read_run_config};

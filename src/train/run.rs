@@ -103,6 +103,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let loss_log = run_dir.join("train_loss.jsonl");
     let context = model.config.text.context;
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
+    let compute_dtype = config.precision.dtype();
 
     while step < end {
         let started = Instant::now();
@@ -115,9 +116,18 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             context,
             DTYPE,
         )?;
-        let images = batch.images.to_device(config.device)?;
+        let images = batch.images.to_device(config.device)?.to_dtype(compute_dtype)?;
         let data_seconds = started.elapsed().as_secs_f64();
-        let loss = model.contrastive_loss(&params, &mut buffers, &images, &batch.tokens, None)?;
+        let compute_params = (compute_dtype != DTYPE)
+            .then(|| params.cast_for_compute(compute_dtype, |id| id == model.logit_scale()))
+            .transpose()?;
+        let loss = model.contrastive_loss(
+            compute_params.as_ref().unwrap_or(&params),
+            &mut buffers,
+            &images,
+            &batch.tokens,
+            None,
+        )?;
         let loss_value = loss.item()?;
         if !loss_value.is_finite() {
             autograd::clear_tape();

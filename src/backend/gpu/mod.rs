@@ -39,7 +39,12 @@ pub fn driver(device: Device) -> Result<&'static dyn Driver> {
     static CUDA: OnceLock<std::result::Result<cuda::CudaDriver, String>> = OnceLock::new();
     match device {
         Device::Emu => Ok(&emu::EmuDriver),
-        Device::Cuda => match CUDA.get_or_init(|| cuda::CudaDriver::new().map_err(|e| e.to_string())) {
+        Device::Cuda => match CUDA.get_or_init(|| {
+            cuda::CudaDriver::new().map_err(|e| match e {
+                Error::Device(message) => message,
+                other => other.to_string(),
+            })
+        }) {
             Ok(d) => Ok(d),
             Err(message) => Err(Error::Device(message.clone())),
         },
