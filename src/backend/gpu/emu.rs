@@ -138,10 +138,12 @@ impl Driver for EmuDriver {
                 row.copy_from_slice(&bias);
             }
         }
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
         for (i, dst) in out.chunks_mut(m * n).enumerate() {
             let lhs = &a[i * m * k..(i + 1) * m * k];
             let rhs = &b[i * k * n..(i + 1) * k * n];
-            gemm_into(dst, lhs, rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), Parallelism::None);
+            gemm_into(dst, lhs, rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), par);
         }
         write_from_f32(spec.dtype, c, &out);
         Ok(())
