@@ -28,7 +28,8 @@ pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
 use crate::backend::{
-    AdamWStep, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut, UnaryOp,
+    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut,
+    UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -240,14 +241,7 @@ impl Backend for GpuBackend {
         conv::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
     }
 
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()> {
-        adamw::adamw_step(self, param, grad, m, v, hp)
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
+        adamw::adamw_multi(self, tensors, hp)
     }
 }
