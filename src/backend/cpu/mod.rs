@@ -8,7 +8,7 @@
 mod adamw;
 mod attention;
 mod batchnorm;
-mod conv;
+pub(crate) mod conv;
 mod elementwise;
 mod layout;
 mod loss;

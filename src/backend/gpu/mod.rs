@@ -8,6 +8,7 @@
 
 mod adamw;
 mod attention;
+mod batchnorm;
 pub mod buffer;
 mod context;
 mod conv;
@@ -213,7 +214,7 @@ impl Backend for GpuBackend {
     }
 
     fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-        conv::batch_norm_train(self, x, gamma, beta, eps)
+        batchnorm::batch_norm_train(self, x, gamma, beta, eps)
     }
 
     fn batch_norm_eval(
@@ -225,7 +226,7 @@ impl Backend for GpuBackend {
         var: &Tensor,
         eps: f64,
     ) -> Result<Tensor> {
-        conv::batch_norm_eval(self, x, gamma, beta, mean, var, eps)
+        batchnorm::batch_norm_eval(self, x, gamma, beta, mean, var, eps)
     }
 
     fn batch_norm_backward(
@@ -238,7 +239,7 @@ impl Backend for GpuBackend {
         eps: f64,
         batch_stats: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        conv::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
+        batchnorm::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
     }
 
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
