@@ -97,18 +97,31 @@ pub struct InfoNceOut {
     pub col_lse: Tensor,
 }
 
-/// Hyper-parameters of one AdamW update of one tensor.
+/// The hyper-parameters an AdamW step shares across all tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWStep {
-    pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    pub weight_decay: f64,
     /// 1-based step count, for bias correction.
     pub step: u64,
-    /// Multiplies the gradient before use (global-norm clipping folded into the update).
+    /// Multiplies every gradient before use (global-norm clipping folded into the update).
     pub grad_scale: f64,
+}
+
+/// One tensor of a multi-tensor AdamW update, with its group's learning rate and weight decay.
+pub struct AdamWTensor<'a> {
+    /// Updated in place (the fp32 master weights on a GPU).
+    pub param: &'a mut Tensor,
+    pub grad: &'a Tensor,
+    /// First and second moments, same shape and dtype as `param`, updated in place.
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    /// When given, a bf16 tensor of `param`'s shape that receives the updated parameter rounded
+    /// to nearest even: the compute copy of a mixed-precision model, written in the same pass.
+    pub bf16_copy: Option<&'a mut Tensor>,
+    pub lr: f64,
+    pub weight_decay: f64,
 }
 
 /// The op set of a device.
@@ -244,15 +257,9 @@ pub trait Backend: Send + Sync {
         batch_stats: bool,
     ) -> Result<(Tensor, Tensor, Tensor)>;
 
-    /// One decoupled-weight-decay Adam update of `param` in place, with its moments.
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()>;
+    /// One decoupled-weight-decay Adam update of every tensor in `tensors`, in place (one fused
+    /// launch on a GPU). Each element's update is independent of the others.
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()>;
 }
 
 /// The backend of a device.

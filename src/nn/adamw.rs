@@ -2,7 +2,7 @@
 //! rate multiplier, as open_clip's decay / no-decay split and MS-CLIP's shared-weight group).
 
 use crate::autograd::Gradients;
-use crate::backend::{self, AdamWStep};
+use crate::backend::{self, AdamWStep, AdamWTensor};
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
 use crate::tensor::Tensor;
@@ -55,7 +55,7 @@ impl AdamW {
                     format!("group {g} for {:?}, only {} groups", store.name(id), groups.len()),
                 ));
             }
-            let zeros = Tensor::zeros(p.shape().clone(), p.dtype());
+            let zeros = Tensor::zeros(p.shape().clone(), p.dtype()).to_device(p.device())?;
             state.push((g, zeros.clone(), zeros));
         }
         Ok(AdamW { config, groups, state, step: 0 })
@@ -81,7 +81,8 @@ impl AdamW {
         (m, v)
     }
 
-    /// Restores a parameter's moments (from a checkpoint); shapes must match.
+    /// Restores a parameter's moments (from a checkpoint) onto the parameter's device; shapes
+    /// must match.
     pub fn set_moments(&mut self, id: ParamId, m: Tensor, v: Tensor) -> Result<()> {
         let (_, old_m, old_v) = &mut self.state[id.index()];
         if m.shape() != old_m.shape() || v.shape() != old_v.shape() {
@@ -90,7 +91,8 @@ impl AdamW {
                 format!("moments {} / {} for a {} parameter", m.shape(), v.shape(), old_m.shape()),
             ));
         }
-        (*old_m, *old_v) = (m, v);
+        let device = old_m.device();
+        (*old_m, *old_v) = (m.to_device(device)?, v.to_device(device)?);
         Ok(())
     }
 
@@ -100,30 +102,44 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr` (times each group's scale), with every gradient
-    /// multiplied by `grad_scale` (1, or the global-norm clipping factor). Parameters without
-    /// a gradient (unused by this loss) are left as they are, as in PyTorch.
+    /// multiplied by `grad_scale` (1, or the global-norm clipping factor), as one multi-tensor
+    /// call to the device. Parameters without a gradient (unused by this loss) are left as they
+    /// are, as in PyTorch.
     pub fn step(&mut self, store: &mut ParamStore, grads: &Gradients, lr: f64, grad_scale: f64) -> Result<()> {
         if self.state.len() != store.len() {
             return Err(Error::invalid("adamw", "the parameter store changed after the optimizer was built"));
         }
         self.step += 1;
-        let ids: Vec<ParamId> = store.ids().collect();
-        for id in ids {
-            let Some(grad) = grads.get(store.get(id)).cloned() else { continue };
-            let (g, m, v) = &mut self.state[id.index()];
+        let hp = AdamWStep {
+            beta1: self.config.beta1,
+            beta2: self.config.beta2,
+            eps: self.config.eps,
+            step: self.step,
+            grad_scale,
+        };
+        // Looked up before the parameters are borrowed mutably below.
+        let grads: Vec<Option<Tensor>> = store.ids().map(|id| grads.get(store.get(id)).cloned()).collect();
+        let mut updates = Vec::with_capacity(grads.len());
+        for ((param, (g, m, v)), grad) in store.values_mut().zip(self.state.iter_mut()).zip(&grads) {
+            let Some(grad) = grad else { continue };
             let group = &self.groups[*g];
-            let hp = AdamWStep {
+            updates.push(AdamWTensor {
+                param,
+                grad,
+                m,
+                v,
+                bf16_copy: None,
                 lr: lr * group.lr_scale,
-                beta1: self.config.beta1,
-                beta2: self.config.beta2,
-                eps: self.config.eps,
                 weight_decay: group.weight_decay,
-                step: self.step,
-                grad_scale,
-            };
-            let param = store.get_mut(id);
-            backend::get(param.device()).adamw_step(param, &grad, m, v, hp)?;
+            });
         }
-        Ok(())
+        let Some(device) = updates.first().map(|u| u.param.device()) else { return Ok(()) };
+        if let Some(other) = updates.iter().find(|u| u.param.device() != device) {
+            return Err(Error::invalid(
+                "adamw",
+                format!("parameters on {device} and {}: one step updates one device", other.param.device()),
+            ));
+        }
+        backend::get(device).adamw_multi(&mut updates, hp)
     }
 }

@@ -67,8 +67,9 @@ impl ParamStore {
         Ok(())
     }
 
-    pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor {
-        &mut self.tensors[id.0]
+    /// Every parameter, mutably, in id order (for an optimizer's multi-tensor update).
+    pub fn values_mut(&mut self) -> std::slice::IterMut<'_, Tensor> {
+        self.tensors.iter_mut()
     }
 
     pub fn name(&self, id: ParamId) -> &str {

@@ -16,24 +16,25 @@ use crate::tensor::{Real, Tensor};
 /// Samples per task in the weight-gradient reduction.
 const SAMPLES_PER_TASK: usize = 8;
 
-/// All sizes of one convolution, derived once from the operand shapes.
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    co: usize,
-    kh: usize,
-    kw: usize,
-    ho: usize,
-    wo: usize,
-    groups: usize,
-    stride: usize,
-    pad: usize,
+/// All sizes of one convolution, derived once from the operand shapes (the GPU backend uses
+/// them too).
+pub(crate) struct Dims {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) co: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    pub(crate) groups: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
 }
 
 impl Dims {
-    fn of(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Self {
+    pub(crate) fn of(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Self {
         let (n, c, h, wd) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
         let (co, kh, kw) = (w.dims()[0], w.dims()[2], w.dims()[3]);
         let ho = (h + 2 * geo.padding - kh) / geo.stride + 1;
@@ -41,18 +42,18 @@ impl Dims {
         Dims { n, c, h, w: wd, co, kh, kw, ho, wo, groups: geo.groups, stride: geo.stride, pad: geo.padding }
     }
     /// Input channels per group.
-    fn cg(&self) -> usize {
+    pub(crate) fn cg(&self) -> usize {
         self.c / self.groups
     }
     /// Output channels per group.
-    fn cog(&self) -> usize {
+    pub(crate) fn cog(&self) -> usize {
         self.co / self.groups
     }
     /// Rows of the im2col matrix of one group: cg * kh * kw.
-    fn patch(&self) -> usize {
+    pub(crate) fn patch(&self) -> usize {
         self.cg() * self.kh * self.kw
     }
-    fn spatial_out(&self) -> usize {
+    pub(crate) fn spatial_out(&self) -> usize {
         self.ho * self.wo
     }
     /// Input coordinate under output (oy, ox) and kernel tap (i, j), if inside the image.

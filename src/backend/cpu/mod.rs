@@ -8,7 +8,7 @@
 mod adamw;
 mod attention;
 mod batchnorm;
-mod conv;
+pub(crate) mod conv;
 mod elementwise;
 mod layout;
 mod loss;
@@ -16,7 +16,8 @@ pub(crate) mod matmul;
 mod norm;
 
 use crate::backend::{
-    AdamWStep, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut, UnaryOp,
+    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut,
+    UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -228,14 +229,10 @@ impl Backend for CpuBackend {
         )
     }
 
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()> {
-        float_dispatch!("adamw", param.dtype(), adamw::step(param, grad, m, v, hp))
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
+        for t in tensors.iter_mut() {
+            float_dispatch!("adamw", t.param.dtype(), adamw::step(t, hp))?;
+        }
+        Ok(())
     }
 }

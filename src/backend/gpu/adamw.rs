@@ -1,18 +1,96 @@
-//! Rust side of kernels/adamw.cu.
+//! Rust side of kernels/adamw.cu: one launch updates every tensor of an optimizer step.
 
 use super::GpuBackend;
-use crate::backend::*;
-use crate::error::Result;
-use crate::tensor::*;
+use super::context::{device_ptr, int};
+use super::driver::{DevicePtr, KernelArg, LaunchConfig};
+use crate::backend::{AdamWStep, AdamWTensor};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
 
-pub(super) fn adamw_step(
-    gpu: &GpuBackend,
-    param: &mut Tensor,
-    grad: &Tensor,
-    m: &mut Tensor,
-    v: &mut Tensor,
-    hp: AdamWStep,
-) -> Result<()> {
-    let _ = (param, grad, m, v, hp);
-    Err(gpu.missing_kernel("adamw_step"))
+/// Elements per block, `ADAMW_CHUNK` in kernels/adamw.cu.
+const CHUNK: usize = 4096;
+/// `ADAMW_THREADS` in kernels/adamw.cu.
+const THREADS: u32 = 256;
+
+/// One `AdamWSlot` of kernels/adamw.cu as nine 64-bit words: param, grad, m, v and bf16-copy
+/// pointers (0 for none), element count, first chunk, then the f32 pair (decay, step size) in
+/// one word (little-endian: decay in the low half) and the gradient's bf16 flag.
+type Slot = [u64; 9];
+
+pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
+    let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
+    let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+    let mut slots: Vec<Slot> = Vec::with_capacity(tensors.len());
+    let mut chunks = 0usize;
+    for t in tensors.iter_mut().filter(|t| t.param.numel() > 0) {
+        check(t)?;
+        // The same f32 constants as the CPU reference.
+        let decay = (1.0 - t.lr * t.weight_decay) as f32;
+        let step_size = (t.lr / bc1) as f32;
+        let copy = match t.bf16_copy.as_deref_mut() {
+            Some(c) => writable_ptr(c)?,
+            None => 0,
+        };
+        slots.push([
+            writable_ptr(t.param)?,
+            device_ptr(t.grad)?,
+            writable_ptr(t.m)?,
+            writable_ptr(t.v)?,
+            copy,
+            t.param.numel() as u64,
+            chunks as u64,
+            u64::from(decay.to_bits()) | (u64::from(step_size.to_bits()) << 32),
+            u64::from(t.grad.dtype() == DType::BF16),
+        ]);
+        chunks += t.param.numel().div_ceil(CHUNK);
+    }
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let blocks = u32::try_from(chunks)
+        .map_err(|_| Error::invalid("adamw", format!("{chunks} chunks of {CHUNK} exceed one launch's grid")))?;
+    let table = gpu.upload(&slots)?;
+    gpu.launch(
+        "adamw_multi",
+        LaunchConfig::linear(blocks, THREADS, 0),
+        &[
+            KernelArg::Ptr(table.ptr()),
+            int(slots.len(), "adamw tensors")?,
+            KernelArg::F32(hp.beta1 as f32),
+            KernelArg::F32(hp.beta2 as f32),
+            KernelArg::F32(hp.eps as f32),
+            KernelArg::F32(bc2.sqrt() as f32),
+            KernelArg::F32(hp.grad_scale as f32),
+        ],
+    )
+}
+
+/// The kernel reads fp32 masters and moments, an f32 or bf16 gradient and writes a bf16 copy,
+/// all of the parameter's length: anything else would be read or written out of bounds.
+fn check(t: &AdamWTensor<'_>) -> Result<()> {
+    let n = t.param.numel();
+    let fits = |x: &Tensor, dtypes: &[DType]| x.numel() == n && dtypes.contains(&x.dtype());
+    let master = [DType::F32];
+    if !fits(t.param, &master) || !fits(t.m, &master) || !fits(t.v, &master) {
+        return Err(Error::dtype(
+            "adamw",
+            format!(
+                "the GPU AdamW updates fp32 master weights and moments of equal length, got {:?}, {:?}, {:?}",
+                t.param, t.m, t.v
+            ),
+        ));
+    }
+    if !fits(t.grad, &[DType::F32, DType::BF16]) {
+        return Err(Error::dtype("adamw", format!("gradient {:?} for a {:?} parameter", t.grad, t.param)));
+    }
+    if let Some(copy) = t.bf16_copy.as_deref().filter(|c| !fits(c, &[DType::BF16])) {
+        return Err(Error::dtype("adamw", format!("bf16 copy {copy:?} for a {:?} parameter", t.param)));
+    }
+    Ok(())
+}
+
+/// The address of a tensor the kernel writes, after copy-on-write made its storage its own.
+fn writable_ptr(t: &mut Tensor) -> Result<DevicePtr> {
+    t.storage_mut();
+    device_ptr(t)
 }

@@ -1,13 +1,124 @@
-//! Rust side of kernels/conv.cu.
+//! Rust side of kernels/conv.cu: 2-D convolution as im2col + the driver's batched GEMM over
+//! the groups, with dedicated kernels for depthwise convolutions.
+//!
+//! The GEMMs work channel-major: the patches of the whole batch form one
+//! [C_in*kh*kw, N*Ho*Wo] matrix whose row blocks are the groups, so a single GEMM batched over
+//! the groups computes every sample at once; `swap_outer` converts between NCHW and
+//! channel-major around it. The weight gradient is a GEMM whose reduction (over N*Ho*Wo) runs
+//! inside one product, and col2im and the depthwise dW kernel reduce in a fixed order: the
+//! backward pass uses no float atomics and is deterministic.
 
 use super::GpuBackend;
-use crate::backend::*;
-use crate::error::Result;
-use crate::tensor::*;
+use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
+use super::driver::{GemmSpec, GemmType, KernelArg, LaunchConfig};
+use crate::backend::Conv2dGeometry;
+use crate::backend::cpu::conv::Dims;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// `CONV_THREADS` in kernels/conv.cu.
+const THREADS: u32 = 256;
+
+/// One input and one output channel per group: the dedicated depthwise kernels apply.
+fn is_depthwise(d: &Dims) -> bool {
+    d.groups == d.c && d.co == d.c
+}
+
+/// Columns of the im2col matrix: one per output pixel of the batch.
+fn columns(d: &Dims) -> usize {
+    d.n * d.spatial_out()
+}
+
+/// The ten ints every conv kernel takes after its pointers (`CONV_GEOMETRY_PARAMS`).
+fn geometry_args(d: &Dims) -> Result<Vec<KernelArg>> {
+    [
+        (d.n, "batch"),
+        (d.c, "input channels"),
+        (d.h, "input height"),
+        (d.w, "input width"),
+        (d.kh, "kernel height"),
+        (d.kw, "kernel width"),
+        (d.stride, "stride"),
+        (d.pad, "padding"),
+        (d.ho, "output height"),
+        (d.wo, "output width"),
+    ]
+    .into_iter()
+    .map(|(v, what)| int(v, what))
+    .collect()
+}
+
+/// Launches `<base>_<dtype>` on `tensors` and the geometry: with `grid` blocks, or one thread
+/// per element of a range of `elements` when `grid` is None.
+fn launch(
+    gpu: &GpuBackend,
+    d: &Dims,
+    base: &str,
+    grid: Option<[u32; 3]>,
+    elements: usize,
+    tensors: &[&Tensor],
+) -> Result<()> {
+    int(elements, "conv elements")?;
+    let mut args = tensors.iter().map(|t| ptr(t)).collect::<Result<Vec<_>>>()?;
+    args.extend(geometry_args(d)?);
+    let grid = grid.unwrap_or([blocks_for(elements, THREADS), 1, 1]);
+    let config = LaunchConfig { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
+    gpu.launch(&kernel_for(base, tensors[0].dtype())?, config, &args)
+}
+
+/// The [C_in*kh*kw, N*Ho*Wo] patch matrix of the batch.
+fn im2col(gpu: &GpuBackend, d: &Dims, x: &Tensor) -> Result<Tensor> {
+    let col = gpu.uninit([d.c * d.kh * d.kw, columns(d)], x.dtype())?;
+    launch(gpu, d, "im2col", None, col.numel(), &[x, &col])?;
+    Ok(col)
+}
+
+/// `x` viewed as [a, b, inner] with its outer two dimensions swapped: [b, a, inner] elements
+/// in a tensor of shape `shape`.
+fn swap_outer(gpu: &GpuBackend, x: &Tensor, (a, b, inner): (usize, usize, usize), shape: &[usize]) -> Result<Tensor> {
+    let out = gpu.uninit(shape.to_vec(), x.dtype())?;
+    let args = [ptr(x)?, ptr(&out)?, int(a, "rows")?, int(b, "columns")?, int(inner, "inner size")?];
+    int(out.numel(), "conv elements")?;
+    let config = LaunchConfig::linear(blocks_for(out.numel(), THREADS), THREADS, 0);
+    gpu.launch(&kernel_for("swap_outer", x.dtype())?, config, &args)?;
+    Ok(out)
+}
+
+/// `c = op(a) @ op(b)` batched over the groups, through the driver (fp32 accumulation).
+fn gemm(
+    gpu: &GpuBackend,
+    (batch, m, n, k): (usize, usize, usize, usize),
+    (trans_a, trans_b): (bool, bool),
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+) -> Result<()> {
+    let dtype = match c.dtype() {
+        DType::F32 => GemmType::F32,
+        DType::BF16 => GemmType::BF16,
+        DType::F64 => return Err(Error::dtype("conv2d", "GPU GEMMs take f32 or bf16, not f64")),
+    };
+    let spec = GemmSpec { dtype, batch, m, n, k, trans_a, trans_b };
+    gpu.driver()?.gemm(spec, device_ptr(a)?, device_ptr(b)?, None, device_ptr(c)?)
+}
 
 pub(super) fn conv2d(gpu: &GpuBackend, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
-    let _ = (x, w, geo);
-    Err(gpu.missing_kernel("conv2d"))
+    let d = Dims::of(x, w, geo);
+    let shape = [d.n, d.co, d.ho, d.wo];
+    if x.numel() == 0 || w.numel() == 0 {
+        // Every output (if any) is an empty sum.
+        return gpu.zeros(shape, x.dtype());
+    }
+    if is_depthwise(&d) {
+        let y = gpu.uninit(shape, x.dtype())?;
+        launch(gpu, &d, "dwconv_fwd", None, y.numel(), &[x, w, &y])?;
+        return Ok(y);
+    }
+    let col = im2col(gpu, &d, x)?;
+    // [groups, C_out/groups, patch] @ [groups, patch, N*Ho*Wo]: channel-major output.
+    let y_cm = gpu.uninit([d.co, columns(&d)], x.dtype())?;
+    gemm(gpu, (d.groups, d.cog(), columns(&d), d.patch()), (false, false), w, &col, &y_cm)?;
+    swap_outer(gpu, &y_cm, (d.co, d.n, d.spatial_out()), &shape)
 }
 
 pub(super) fn conv2d_backward(
@@ -18,44 +129,43 @@ pub(super) fn conv2d_backward(
     geo: Conv2dGeometry,
     need_dx: bool,
 ) -> Result<(Option<Tensor>, Tensor)> {
-    let _ = (x, w, dy, geo, need_dx);
-    Err(gpu.missing_kernel("conv2d_backward"))
-}
-
-pub(super) fn batch_norm_train(
-    gpu: &GpuBackend,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<BatchNormOut> {
-    let _ = (x, gamma, beta, eps);
-    Err(gpu.missing_kernel("batch_norm_train"))
-}
-
-pub(super) fn batch_norm_eval(
-    gpu: &GpuBackend,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
-    eps: f64,
-) -> Result<Tensor> {
-    let _ = (x, gamma, beta, mean, var, eps);
-    Err(gpu.missing_kernel("batch_norm_eval"))
-}
-
-pub(super) fn batch_norm_backward(
-    gpu: &GpuBackend,
-    x: &Tensor,
-    gamma: &Tensor,
-    mean: &Tensor,
-    var: &Tensor,
-    dy: &Tensor,
-    eps: f64,
-    batch_stats: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let _ = (x, gamma, mean, var, dy, eps, batch_stats);
-    Err(gpu.missing_kernel("batch_norm_backward"))
+    let d = Dims::of(x, w, geo);
+    if [x, w, dy].iter().any(|t| t.numel() == 0) {
+        // Both gradients are empty sums (or empty tensors).
+        let dx = need_dx.then(|| gpu.zeros(x.shape().clone(), x.dtype())).transpose()?;
+        return Ok((dx, gpu.zeros(w.shape().clone(), w.dtype())?));
+    }
+    if is_depthwise(&d) {
+        let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
+        // Channels fit a grid's x (checked with the geometry), taps its y (at most 65535).
+        let taps = u32::try_from(d.kh * d.kw).ok().filter(|&t| t <= 65535);
+        let taps = taps.ok_or_else(|| Error::invalid("conv2d", format!("{} x {} kernel taps", d.kh, d.kw)))?;
+        let grid = [d.c as u32, taps, 1];
+        launch(gpu, &d, "dwconv_dw", Some(grid), columns(&d), &[x, dy, &dw])?;
+        let dx = if need_dx {
+            let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
+            launch(gpu, &d, "dwconv_dx", None, dx.numel(), &[dy, w, &dx])?;
+            Some(dx)
+        } else {
+            None
+        };
+        return Ok((dx, dw));
+    }
+    let col = im2col(gpu, &d, x)?;
+    let dy_cm = swap_outer(gpu, dy, (d.n, d.co, d.spatial_out()), &[d.co, columns(&d)])?;
+    let (cog, patch, columns) = (d.cog(), d.patch(), columns(&d));
+    // dW_g [cog, patch] = dY_g [cog, N*Ho*Wo] @ col_g^T.
+    let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
+    gemm(gpu, (d.groups, cog, patch, columns), (false, true), &dy_cm, &col, &dw)?;
+    let dx = if need_dx {
+        // dcol_g [patch, N*Ho*Wo] = W_g^T @ dY_g, gathered back into the image.
+        let dcol = gpu.uninit(col.shape().clone(), x.dtype())?;
+        gemm(gpu, (d.groups, patch, columns, cog), (true, false), w, &dy_cm, &dcol)?;
+        let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
+        launch(gpu, &d, "col2im", None, dx.numel(), &[&dcol, &dx])?;
+        Some(dx)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }

@@ -8,6 +8,7 @@
 
 mod adamw;
 mod attention;
+mod batchnorm;
 pub mod buffer;
 mod context;
 mod conv;
@@ -28,7 +29,8 @@ pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
 use crate::backend::{
-    AdamWStep, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut, UnaryOp,
+    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut,
+    UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -217,7 +219,7 @@ impl Backend for GpuBackend {
     }
 
     fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-        conv::batch_norm_train(self, x, gamma, beta, eps)
+        batchnorm::batch_norm_train(self, x, gamma, beta, eps)
     }
 
     fn batch_norm_eval(
@@ -229,7 +231,7 @@ impl Backend for GpuBackend {
         var: &Tensor,
         eps: f64,
     ) -> Result<Tensor> {
-        conv::batch_norm_eval(self, x, gamma, beta, mean, var, eps)
+        batchnorm::batch_norm_eval(self, x, gamma, beta, mean, var, eps)
     }
 
     fn batch_norm_backward(
@@ -242,17 +244,10 @@ impl Backend for GpuBackend {
         eps: f64,
         batch_stats: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        conv::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
+        batchnorm::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
     }
 
-    fn adamw_step(
-        &self,
-        param: &mut Tensor,
-        grad: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        hp: AdamWStep,
-    ) -> Result<()> {
-        adamw::adamw_step(self, param, grad, m, v, hp)
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
+        adamw::adamw_multi(self, tensors, hp)
     }
 }

@@ -1,0 +1,119 @@
+// Fused AdamW over all parameters of a model: one launch per optimizer step.
+//
+// The host uploads a table with one slot per tensor. The concatenation of all tensors is cut
+// into chunks of ADAMW_CHUNK elements that never straddle two tensors (a tensor's last chunk
+// may be short); block b takes chunk b and finds its tensor by binary search over the slots'
+// first chunks (a prefix sum of chunk counts). Each thread updates 4 consecutive elements per
+// iteration with 128-bit loads and stores of the fp32 master, moments and gradient, and writes
+// the bf16 copy of the new master in the same pass when the slot has one.
+//
+// The per-element arithmetic is that of the CPU reference (src/backend/cpu/adamw.rs) with the
+// same f32 constants, in the same order of operations.
+#include "common.cuh"
+
+constexpr int ADAMW_THREADS = 256;
+constexpr int ADAMW_VEC = 4;
+// Elements per block: each thread runs 4 iterations of 4 elements. src/backend/gpu/adamw.rs
+// uses the same number to count chunks.
+constexpr int ADAMW_CHUNK = ADAMW_THREADS * ADAMW_VEC * 4;
+
+// One tensor of the update; src/backend/gpu/adamw.rs writes this layout as nine 64-bit words.
+// All pointers come from separate allocations (256-byte aligned), so the vector accesses of a
+// chunk, which starts at a multiple of ADAMW_CHUNK elements, are aligned.
+struct AdamWSlot {
+    float* param;
+    const void* grad;  // float, or bf16 when grad_bf16
+    float* m;
+    float* v;
+    bf16* copy;  // null when the tensor has no bf16 copy
+    long long n;
+    long long first_chunk;
+    float decay;      // 1 - lr * weight_decay
+    float step_size;  // lr / (1 - beta1^t)
+    long long grad_bf16;
+};
+
+struct AdamWShared {
+    float beta1, beta2, eps, sqrt_bc2, grad_scale;
+};
+
+__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamWShared& h,
+                                              float decay, float step_size) {
+    g = g * h.grad_scale;
+    m = h.beta1 * m + (1.0f - h.beta1) * g;
+    v = h.beta2 * v + (1.0f - h.beta2) * g * g;
+    p = p * decay - step_size * m / (sqrtf(v) / h.sqrt_bc2 + h.eps);
+}
+
+__device__ __forceinline__ float bf16_half(uint32_t pair, int hi) {
+    return bf16_to_float(bf16{static_cast<uint16_t>(pair >> (16 * hi))});
+}
+
+__device__ __forceinline__ float4 load_grad4(const AdamWSlot& s, long long i) {
+    if (s.grad_bf16) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const bf16*>(s.grad) + i);
+        return float4{bf16_half(raw.x, 0), bf16_half(raw.x, 1), bf16_half(raw.y, 0), bf16_half(raw.y, 1)};
+    }
+    return *reinterpret_cast<const float4*>(static_cast<const float*>(s.grad) + i);
+}
+
+__device__ __forceinline__ float load_grad(const AdamWSlot& s, long long i) {
+    return s.grad_bf16 ? bf16_to_float(static_cast<const bf16*>(s.grad)[i]) : static_cast<const float*>(s.grad)[i];
+}
+
+// Elements i..i+3, all inside the tensor.
+__device__ __forceinline__ void adamw_vector(const AdamWSlot& s, long long i, const AdamWShared& h) {
+    float4 p = *reinterpret_cast<const float4*>(s.param + i);
+    float4 m = *reinterpret_cast<const float4*>(s.m + i);
+    float4 v = *reinterpret_cast<const float4*>(s.v + i);
+    const float4 g = load_grad4(s, i);
+    adamw_element(p.x, m.x, v.x, g.x, h, s.decay, s.step_size);
+    adamw_element(p.y, m.y, v.y, g.y, h, s.decay, s.step_size);
+    adamw_element(p.z, m.z, v.z, g.z, h, s.decay, s.step_size);
+    adamw_element(p.w, m.w, v.w, g.w, h, s.decay, s.step_size);
+    *reinterpret_cast<float4*>(s.param + i) = p;
+    *reinterpret_cast<float4*>(s.m + i) = m;
+    *reinterpret_cast<float4*>(s.v + i) = v;
+    if (s.copy != nullptr) *reinterpret_cast<uint2*>(s.copy + i) = uint2{pack_bf16x2(p.x, p.y), pack_bf16x2(p.z, p.w)};
+}
+
+// Elements i..end-1 (fewer than 4): the ragged end of a tensor.
+__device__ __forceinline__ void adamw_tail(const AdamWSlot& s, long long i, long long end, const AdamWShared& h) {
+    for (; i < end; ++i) {
+        float p = s.param[i], m = s.m[i], v = s.v[i];
+        adamw_element(p, m, v, load_grad(s, i), h, s.decay, s.step_size);
+        s.param[i] = p;
+        s.m[i] = m;
+        s.v[i] = v;
+        if (s.copy != nullptr) s.copy[i] = float_to_bf16(p);
+    }
+}
+
+// Grid: one block per chunk (the sum over tensors of ceil(n / ADAMW_CHUNK)); `count` slots,
+// every one with n > 0, in increasing first_chunk order.
+extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
+    adamw_multi(const AdamWSlot* slots, int count, float beta1, float beta2, float eps, float sqrt_bc2,
+                float grad_scale) {
+    const long long chunk = blockIdx.x;
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (slots[mid].first_chunk <= chunk) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    const AdamWSlot s = slots[lo];
+    const AdamWShared h{beta1, beta2, eps, sqrt_bc2, grad_scale};
+    const long long start = (chunk - s.first_chunk) * ADAMW_CHUNK;
+    const long long end = start + ADAMW_CHUNK < s.n ? start + ADAMW_CHUNK : s.n;
+    for (long long i = start + static_cast<long long>(threadIdx.x) * ADAMW_VEC; i < end;
+         i += ADAMW_THREADS * ADAMW_VEC) {
+        if (i + ADAMW_VEC <= end) {
+            adamw_vector(s, i, h);
+        } else {
+            adamw_tail(s, i, end, h);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Convolution (kernels/conv.cu: im2col + GEMM, col2im, depthwise kernels) and BatchNorm
+//! (kernels/batchnorm.cu) against the CPU reference, in f32 and bf16, on ragged shapes: odd
+//! spatial sizes (7x5, 13x13, 1x1), 1, 3 and 5 channels, stride 1 and 2, padding 0 and 1,
+//! dense, grouped and depthwise convolutions.
+
+mod common;
+
+use common::assert_close;
+use common::gpu::{gpu_devices, on, randn_as, rtol_of};
+use msclip::backend::{self, Backend, Conv2dGeometry};
+use msclip::{DType, Device, Rng, Tensor};
+
+const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
+
+fn cpu() -> &'static dyn Backend {
+    backend::get(Device::Cpu)
+}
+
+/// `got` (any device and dtype) against the f32 CPU reference, with an absolute tolerance
+/// scaled to the largest reference value: sums of products whose terms are rounded (bf16
+/// outputs of the GEMM before col2im, for one) carry errors relative to their terms, not to a
+/// result that cancels.
+fn check(what: &str, got: &Tensor, want: &Tensor, dtype: DType) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let want = want.to_f64_vec();
+    let rtol = rtol_of(dtype);
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    assert_close(what, &got.to_f64_vec(), &want, rtol * scale, rtol);
+}
+
+/// One convolution case: input [n, c, h, w], `co` output channels, square kernel `k`.
+#[derive(Debug, Clone, Copy)]
+struct ConvCase {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    k: usize,
+    geo: Conv2dGeometry,
+}
+
+const fn case(
+    n: usize,
+    c: usize,
+    (h, w): (usize, usize),
+    co: usize,
+    k: usize,
+    (stride, padding, groups): (usize, usize, usize),
+) -> ConvCase {
+    ConvCase { n, c, h, w, co, k, geo: Conv2dGeometry { stride, padding, groups } }
+}
+
+const CONV_CASES: [ConvCase; 9] = [
+    // Dense.
+    case(2, 3, (7, 5), 5, 3, (1, 1, 1)),
+    case(1, 1, (13, 13), 3, 3, (2, 0, 1)),
+    // Patch embedding style: kernel = stride, 13 not a multiple of it.
+    case(2, 3, (13, 13), 5, 2, (2, 0, 1)),
+    // Grouped: 2 groups of 2 input and 3 output channels; a channel multiplier (groups = C_in,
+    // 2 outputs per group) also takes the GEMM path.
+    case(2, 4, (7, 5), 6, 3, (2, 1, 2)),
+    case(2, 3, (7, 5), 6, 3, (1, 1, 3)),
+    // Depthwise.
+    case(3, 5, (13, 13), 5, 3, (1, 1, 5)),
+    case(2, 5, (7, 5), 5, 3, (2, 0, 5)),
+    case(1, 3, (7, 5), 3, 5, (2, 1, 3)),
+    case(2, 1, (7, 5), 1, 3, (1, 1, 1)),
+];
+
+#[test]
+fn conv2d_forward_and_backward_match_the_cpu() {
+    for device in gpu_devices() {
+        for (i, cc) in CONV_CASES.iter().enumerate() {
+            for dtype in DTYPES {
+                let mut rng = Rng::new(100 + i as u64);
+                let x = randn_as(&mut rng, &[cc.n, cc.c, cc.h, cc.w], 1.0, dtype);
+                let w = randn_as(&mut rng, &[cc.co, cc.c / cc.geo.groups, cc.k, cc.k], 0.5, dtype);
+                let want_y = cpu().conv2d(&x, &w, cc.geo).unwrap();
+                let dy = randn_as(&mut rng, want_y.dims(), 1.0, dtype);
+                let (want_dx, want_dw) = cpu().conv2d_backward(&x, &w, &dy, cc.geo, true).unwrap();
+                let want_dx = want_dx.expect("the CPU returns dx when asked");
+
+                let gpu = backend::get(device);
+                let (gx, gw, gdy) = (on(&x, device, dtype), on(&w, device, dtype), on(&dy, device, dtype));
+                let what = |name: &str| format!("{device} {dtype} {cc:?} {name}");
+                let y = gpu.conv2d(&gx, &gw, cc.geo).unwrap_or_else(|e| panic!("{}: {e}", what("forward")));
+                check(&what("y"), &y, &want_y, dtype);
+                let (dx, dw) = gpu.conv2d_backward(&gx, &gw, &gdy, cc.geo, true).unwrap();
+                check(&what("dx"), &dx.expect("dx was asked for"), &want_dx, dtype);
+                check(&what("dw"), &dw, &want_dw, dtype);
+                // Without dx, and a second time: the weight gradient is bit-for-bit the same.
+                let (none, again) = gpu.conv2d_backward(&gx, &gw, &gdy, cc.geo, false).unwrap();
+                assert!(none.is_none(), "{}", what("dx not asked for"));
+                assert_eq!(again.to_f64_vec(), dw.to_f64_vec(), "{}", what("dw is deterministic"));
+            }
+        }
+    }
+}
+
+/// N(0.7, 1.5^2) values exactly representable in `dtype`: a mean far from zero, so a kernel
+/// that skips the mean subtraction fails.
+fn shifted(rng: &mut Rng, shape: &[usize], dtype: DType) -> Tensor {
+    let data: Vec<f64> = randn_as(rng, shape, 1.5, DType::F32).to_f64_vec().iter().map(|v| v + 0.7).collect();
+    Tensor::from_f64(&data, shape.to_vec(), dtype).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+const BN_SHAPES: [[usize; 4]; 4] = [[2, 3, 7, 5], [1, 1, 13, 13], [3, 5, 1, 1], [4, 5, 3, 3]];
+
+#[test]
+fn batch_norm_matches_the_cpu() {
+    let eps = 1e-5;
+    for device in gpu_devices() {
+        for (i, shape) in BN_SHAPES.iter().enumerate() {
+            for dtype in DTYPES {
+                let mut rng = Rng::new(200 + i as u64);
+                let c = shape[1];
+                let x = shifted(&mut rng, shape, dtype);
+                let gamma = randn_as(&mut rng, &[c], 1.0, dtype);
+                let beta = randn_as(&mut rng, &[c], 1.0, dtype);
+                let dy = randn_as(&mut rng, shape, 1.0, dtype);
+                let want = cpu().batch_norm_train(&x, &gamma, &beta, eps).unwrap();
+                let gpu = backend::get(device);
+                let dev = |t: &Tensor| on(t, device, dtype);
+                let what = |name: &str| format!("{device} {dtype} {shape:?} {name}");
+
+                let got = gpu.batch_norm_train(&dev(&x), &dev(&gamma), &dev(&beta), eps).unwrap();
+                check(&what("train y"), &got.y, &want.y, dtype);
+                check(&what("train mean"), &got.mean, &want.mean, dtype);
+                check(&what("train var"), &got.var, &want.var, dtype);
+
+                // Eval and backward take the statistics as the device stores them, on both sides.
+                let stored = |t: &Tensor| on(t, Device::Cpu, dtype).to_dtype(DType::F32).unwrap();
+                let (mean, var) = (stored(&want.mean), stored(&want.var));
+                let want_eval = cpu().batch_norm_eval(&x, &gamma, &beta, &mean, &var, eps).unwrap();
+                let got_eval = gpu.batch_norm_eval(&dev(&x), &dev(&gamma), &dev(&beta), &dev(&mean), &dev(&var), eps);
+                check(&what("eval y"), &got_eval.unwrap(), &want_eval, dtype);
+
+                for batch_stats in [true, false] {
+                    let (wdx, wdg, wdb) =
+                        cpu().batch_norm_backward(&x, &gamma, &mean, &var, &dy, eps, batch_stats).unwrap();
+                    let (dx, dg, db) = gpu
+                        .batch_norm_backward(
+                            &dev(&x),
+                            &dev(&gamma),
+                            &dev(&mean),
+                            &dev(&var),
+                            &dev(&dy),
+                            eps,
+                            batch_stats,
+                        )
+                        .unwrap();
+                    let what = |name: &str| what(&format!("backward (batch_stats {batch_stats}) {name}"));
+                    check(&what("dx"), &dx, &wdx, dtype);
+                    check(&what("dgamma"), &dg, &wdg, dtype);
+                    check(&what("dbeta"), &db, &wdb, dtype);
+                }
+            }
+        }
+    }
+}
