@@ -2,8 +2,11 @@
 //! cuBLASLt), loaded dynamically so a machine without CUDA still runs everything else.
 //!
 //! One device (ordinal 0), its primary context, the legacy default stream: launches run in
-//! order and the synchronous copies wait for them. The kernel images build.rs embedded are
-//! loaded once, when the driver is created.
+//! order and the synchronous copies wait for them. Memory is stream-ordered (cuMemAllocAsync /
+//! cuMemFreeAsync on that stream): a buffer freed right after the launch that reads it (a
+//! per-launch index table) is released only after the launch, and the pool reuses it without
+//! a device-wide synchronisation. The kernel images build.rs embedded are loaded once, when the
+//! driver is created.
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
@@ -88,6 +91,19 @@ impl CudaDriver {
         let context = unsafe { cu::primary_ctx::retain(device) }.map_err(|e| driver_error("primary context", e))?;
         // SAFETY: a context just retained.
         unsafe { cu::ctx::set_current(context) }.map_err(|e| driver_error("set context", e))?;
+        // Keep freed memory in the pool across synchronisations (the default threshold of 0
+        // returns it to the OS at every sync, and a training step would re-map it each time).
+        // SAFETY: a valid device; the attribute takes a u64.
+        unsafe {
+            let pool = cu::device::get_default_mem_pool(device).map_err(|e| driver_error("memory pool", e))?;
+            let mut threshold = u64::MAX;
+            cu::mem_pool::set_attribute(
+                pool,
+                cu_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .map_err(|e| driver_error("memory pool release threshold", e))?;
+        }
         let mut kernels = HashMap::new();
         for module in MODULES {
             let image = module.image.expect("GPU_IMAGES_BUILT implies every module has an image");
@@ -123,15 +139,17 @@ impl Driver for CudaDriver {
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         self.bind()?;
-        // SAFETY: the context is current; cuMemAlloc aligns to at least 256 bytes.
-        unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| driver_error(&format!("allocate {bytes} bytes"), e))
+        // SAFETY: the context is current; every use of the memory is on the same (default)
+        // stream; pool allocations are aligned to at least 256 bytes.
+        unsafe { cu::malloc_async(cu::stream::null(), bytes.max(1)) }
+            .map_err(|e| driver_error(&format!("allocate {bytes} bytes"), e))
     }
 
     unsafe fn free(&self, ptr: DevicePtr, _bytes: usize) {
         if self.bind().is_ok() {
             // SAFETY: the caller passes a live allocation of this driver. A failure here means
             // the context is already broken; the error surfaces at the next checked call.
-            let _ = unsafe { cu::free_sync(ptr) };
+            let _ = unsafe { cu::free_async(ptr, cu::stream::null()) };
         }
     }
 
