@@ -1,6 +1,8 @@
 //! Shared test helpers: seeded random tensors and the finite-difference gradient check.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod gpu;
+
 use msclip::autograd::{self, no_grad};
 use msclip::{DType, Result, Rng, Tensor};
 
