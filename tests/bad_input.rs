@@ -22,6 +22,7 @@ fn shape_mismatches_name_op_and_shapes() {
     expect_err(z(&[2, 3]).matmul(&z(&[4, 5])), &["matmul", "[2, 3]", "[4, 5]"]);
     expect_err(z(&[2, 3]).add(&z(&[3])), &["add", "[2, 3]", "[3]"]);
     expect_err(z(&[2, 3]).add_broadcast(&z(&[2])), &["add_broadcast", "[2, 3]", "[2]"]);
+    expect_err(z(&[2, 3]).bias_quick_gelu(&z(&[2])), &["bias_quick_gelu", "[2, 3]", "[2]"]);
     expect_err(z(&[2, 3]).linear(&z(&[4, 5]), None), &["linear", "[2, 3]", "[4, 5]"]);
     expect_err(z(&[2, 3]).linear(&z(&[4, 3]), Some(&z(&[5]))), &["linear", "bias", "[5]"]);
     expect_err(z(&[2, 3]).layer_norm(&z(&[4]), &z(&[3]), 1e-5), &["layer_norm", "[2, 3]", "[4]"]);

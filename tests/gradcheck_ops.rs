@@ -72,6 +72,15 @@ fn elementwise_unary() {
 }
 
 #[test]
+fn bias_quick_gelu_fused() {
+    let mut r = rng();
+    for shape in [vec![1, 1], vec![3, 5], vec![2, 3, 7]] {
+        let bias = randn(&mut r, &[*shape.last().unwrap()]);
+        gradcheck("bias_quick_gelu", &[randn(&mut r, &shape), bias], |t| t[0].bias_quick_gelu(&t[1]));
+    }
+}
+
+#[test]
 fn reductions() {
     let mut r = rng();
     let x = randn(&mut r, &[2, 3, 5]);

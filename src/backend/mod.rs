@@ -139,6 +139,13 @@ pub trait Backend: Send + Sync {
     /// dL/dx given x, y = op(x) and dL/dy.
     fn unary_backward(&self, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor>;
 
+    /// `quick_gelu(x + bias)` with `bias` [width] repeated over the rows of `x` [.., width]: the
+    /// activation of CLIP's MLP fused with the bias of the GEMM before it (cuBLASLt has no
+    /// QuickGELU epilogue).
+    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
+    /// Returns (d x, d bias); d bias sums over the rows in a fixed order.
+    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+
     /// Views `x` as [outer, n, inner] and sums over the middle: returns [outer, inner].
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor>;
     /// The inverse layout of `sum_middle`: repeats [outer, inner] n times into [outer, n, inner].

@@ -54,6 +54,25 @@ impl Tensor {
         unary("quick_gelu", UnaryOp::QuickGelu, self)
     }
 
+    /// `quick_gelu(self + bias)` with `bias` [width] added to every row of `self` [.., width]:
+    /// the MLP activation fused with the bias before it (one kernel on the GPU).
+    pub fn bias_quick_gelu(&self, bias: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bias_quick_gelu";
+        check_same_kind(OP, &[self, bias])?;
+        if self.rank() == 0 || bias.rank() != 1 || self.shape().last() != bias.numel() {
+            return Err(Error::shape(
+                OP,
+                format!("bias {} for input {}: bias must be [last dim]", bias.shape(), self.shape()),
+            ));
+        }
+        let y = be(self).bias_quick_gelu(self, bias)?;
+        let (x_saved, bias_saved) = (self.clone(), bias.clone());
+        Ok(record1(OP, &[self, bias], y, move |dy, needs| {
+            let (dx, dbias) = be(dy).bias_quick_gelu_backward(&x_saved, &bias_saved, dy)?;
+            Ok(vec![needs[0].then_some(dx), needs[1].then_some(dbias)])
+        }))
+    }
+
     /// The same values in another dtype; the gradient is cast back. Casting to the tensor's own
     /// dtype returns it unchanged.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {

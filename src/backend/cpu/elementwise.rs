@@ -63,14 +63,24 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 const QUICK_GELU_ALPHA: f64 = 1.702;
 
+fn quick_gelu<T: Real>(v: T) -> T {
+    v * sigmoid(T::of(QUICK_GELU_ALPHA) * v)
+}
+
+/// d/dv of v * sigmoid(a v) = s + a v s (1 - s).
+fn quick_gelu_grad<T: Real>(v: T) -> T {
+    let alpha = T::of(QUICK_GELU_ALPHA);
+    let s = sigmoid(alpha * v);
+    s + alpha * v * s * (T::one() - s)
+}
+
 pub fn unary<T: Real>(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let xs = x.cpu_slice::<T>()?;
-    let alpha = T::of(QUICK_GELU_ALPHA);
     let out = match op {
         UnaryOp::Exp => map(xs, |v| v.exp()),
         UnaryOp::Ln => map(xs, |v| v.ln()),
         UnaryOp::Relu => map(xs, |v| v.max(T::zero())),
-        UnaryOp::QuickGelu => map(xs, |v| v * sigmoid(alpha * v)),
+        UnaryOp::QuickGelu => map(xs, quick_gelu),
         UnaryOp::Scale(c) => map(xs, |v| v * T::of(c)),
     };
     Tensor::from_vec(out, x.shape().clone())
@@ -78,16 +88,31 @@ pub fn unary<T: Real>(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
 
 pub fn unary_backward<T: Real>(op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let (xs, ys, dys) = (x.cpu_slice::<T>()?, y.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
-    let alpha = T::of(QUICK_GELU_ALPHA);
     let out = match op {
         UnaryOp::Exp => map3(xs, ys, dys, |_, y, g| g * y),
         UnaryOp::Ln => map3(xs, ys, dys, |x, _, g| g / x),
         UnaryOp::Relu => map3(xs, ys, dys, |x, _, g| if x > T::zero() { g } else { T::zero() }),
-        UnaryOp::QuickGelu => map3(xs, ys, dys, |x, _, g| {
-            let s = sigmoid(alpha * x);
-            g * (s + alpha * x * s * (T::one() - s))
-        }),
+        UnaryOp::QuickGelu => map3(xs, ys, dys, |x, _, g| g * quick_gelu_grad(x)),
         UnaryOp::Scale(c) => map3(xs, ys, dys, |_, _, g| g * T::of(c)),
     };
     Tensor::from_vec(out, x.shape().clone())
+}
+
+/// `quick_gelu(x + bias)`, bias repeated over the rows.
+pub fn bias_quick_gelu<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (xs, bs) = (x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?);
+    let width = bs.len().max(1);
+    Tensor::from_vec(fill(xs.len(), |i| quick_gelu(xs[i] + bs[i % width])), x.shape().clone())
+}
+
+/// dx = dy * quick_gelu'(x + bias); d bias sums dx over the rows in increasing row order.
+pub fn bias_quick_gelu_backward<T: Real>(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (xs, bs, dys) = (x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
+    let width = bs.len().max(1);
+    let dx = fill(xs.len(), |i| dys[i] * quick_gelu_grad(xs[i] + bs[i % width]));
+    let mut dbias = vec![T::zero(); bs.len()];
+    for row in dx.chunks(width) {
+        dbias.iter_mut().zip(row).for_each(|(acc, &g)| *acc += g);
+    }
+    Ok((Tensor::from_vec(dx, x.shape().clone())?, Tensor::from_vec(dbias, bias.shape().clone())?))
 }

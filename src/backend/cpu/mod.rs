@@ -62,6 +62,14 @@ impl Backend for CpuBackend {
         float_dispatch!("unary_backward", x.dtype(), elementwise::unary_backward(op, x, y, dy))
     }
 
+    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        float_dispatch!("bias_quick_gelu", x.dtype(), elementwise::bias_quick_gelu(x, bias))
+    }
+
+    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        float_dispatch!("bias_quick_gelu_backward", x.dtype(), elementwise::bias_quick_gelu_backward(x, bias, dy))
+    }
+
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
         float_dispatch!("sum", x.dtype(), layout::sum_middle(x, outer, n, inner))
     }

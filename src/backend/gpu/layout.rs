@@ -1,36 +1,225 @@
-//! Rust side of kernels/layout.cu.
+//! Rust side of kernels/layout.cu. Pure moves (slice, pad_slice, concat, permute, row gathers)
+//! run over access units of 16, 4 or 2 bytes, the widest that divides every width, stride and
+//! offset of the launch; only the scatter-add of `index_rows_backward` does arithmetic.
 
 use super::GpuBackend;
-use crate::backend::*;
-use crate::error::Result;
-use crate::tensor::*;
+use super::context::{device_ptr, int, kernel_for, ptr};
+use super::driver::{DevicePtr, KernelArg};
+use super::elementwise::{copy_as, grid_stride, packs_per_row, vec_flag};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Shape, Tensor};
 
-pub(super) fn permute(gpu: &GpuBackend, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
-    let _ = (x, perm);
-    Err(gpu.missing_kernel("permute"))
+/// Bytes per element of a dtype the GPU kernels handle; f64 is refused with the op's name.
+pub(super) fn element_bytes(op: &'static str, dtype: DType) -> Result<usize> {
+    match dtype {
+        DType::F32 | DType::BF16 => Ok(dtype.size_in_bytes()),
+        DType::F64 => Err(Error::dtype(op, "GPU kernels compute in f32 or bf16, not f64")),
+    }
 }
 
-pub(super) fn concat(gpu: &GpuBackend, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
-    let _ = (xs, dim);
-    Err(gpu.missing_kernel("concat"))
+/// The widest access unit (16, 4 or 2 bytes) dividing every byte count and address given.
+/// Elements are 2 or 4 bytes, so 2 always divides.
+pub(super) fn unit_bytes(bytes: &[usize]) -> usize {
+    [16, 4].into_iter().find(|&u| bytes.iter().all(|b| b.is_multiple_of(u))).unwrap_or(2)
+}
+
+/// Copies `rows` runs of `width` bytes from `src` (runs `src_stride` bytes apart) to `dst`
+/// (`dst_stride` apart).
+fn copy_block(
+    gpu: &GpuBackend,
+    src: DevicePtr,
+    src_stride: usize,
+    dst: DevicePtr,
+    dst_stride: usize,
+    rows: usize,
+    width: usize,
+) -> Result<()> {
+    if rows == 0 || width == 0 {
+        return Ok(());
+    }
+    let unit = unit_bytes(&[src as usize, dst as usize, src_stride, dst_stride, width]);
+    let args = [
+        KernelArg::Ptr(src),
+        int(src_stride / unit, "source stride")?,
+        KernelArg::Ptr(dst),
+        int(dst_stride / unit, "destination stride")?,
+        int(rows, "rows")?,
+        int(width / unit, "width")?,
+    ];
+    gpu.launch(&format!("copy_block_b{unit}"), grid_stride(rows * (width / unit)), &args)
+}
+
+/// Bytes of one index step along `dim` (the inner block) and the outer count, as every
+/// along-one-dimension op views its tensor.
+fn around_dim(op: &'static str, shape: &Shape, dtype: DType, dim: usize) -> Result<(usize, usize, usize)> {
+    int(shape.numel(), "elements")?;
+    let (outer, n, inner) = shape.split_at_dim(dim);
+    Ok((outer, n, inner * element_bytes(op, dtype)?))
 }
 
 pub(super) fn slice(gpu: &GpuBackend, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-    let _ = (x, dim, start, len);
-    Err(gpu.missing_kernel("slice"))
+    let (outer, n, step) = around_dim("slice", x.shape(), x.dtype(), dim)?;
+    let mut dims = x.dims().to_vec();
+    dims[dim] = len;
+    let y = gpu.uninit(dims, x.dtype())?;
+    let src = device_ptr(x)? + (start * step) as DevicePtr;
+    copy_block(gpu, src, n * step, device_ptr(&y)?, len * step, outer, len * step)?;
+    Ok(y)
 }
 
 pub(super) fn pad_slice(gpu: &GpuBackend, x: &Tensor, dim: usize, start: usize, full: usize) -> Result<Tensor> {
-    let _ = (x, dim, start, full);
-    Err(gpu.missing_kernel("pad_slice"))
+    let (outer, len, step) = around_dim("pad_slice", x.shape(), x.dtype(), dim)?;
+    let mut dims = x.dims().to_vec();
+    dims[dim] = full;
+    let y = gpu.zeros(dims, x.dtype())?;
+    let dst = device_ptr(&y)? + (start * step) as DevicePtr;
+    copy_block(gpu, device_ptr(x)?, len * step, dst, full * step, outer, len * step)?;
+    Ok(y)
+}
+
+/// One block copy per input, each into its column range of the output's rows.
+pub(super) fn concat(gpu: &GpuBackend, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+    let first = xs.first().ok_or_else(|| Error::invalid("concat", "no tensors to concatenate"))?;
+    let mut dims = first.dims().to_vec();
+    dims[dim] = xs.iter().map(|t| t.dims()[dim]).sum();
+    let y = gpu.uninit(dims, first.dtype())?;
+    let (outer, total, step) = around_dim("concat", y.shape(), y.dtype(), dim)?;
+    let mut offset = 0;
+    for x in xs {
+        let len = x.dims()[dim];
+        let dst = device_ptr(&y)? + (offset * step) as DevicePtr;
+        copy_block(gpu, device_ptr(x)?, len * step, dst, total * step, outer, len * step)?;
+        offset += len;
+    }
+    Ok(y)
+}
+
+/// The permute as (output dims, input stride of a step along each), with dims of size 1
+/// dropped and consecutive output dims merged where the outer one steps exactly over the inner
+/// one in the input: the same element mapping at the smallest rank.
+fn collapse(dims: &[usize], perm: &[usize]) -> Vec<(usize, usize)> {
+    let mut in_strides = vec![1; dims.len()];
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        in_strides[d] = in_strides[d + 1] * dims[d + 1];
+    }
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &p in perm.iter().filter(|&&p| dims[p] != 1) {
+        let (size, stride) = (dims[p], in_strides[p]);
+        match out.last_mut() {
+            Some(last) if last.1 == stride * size => *last = (last.0 * size, stride),
+            _ => out.push((size, stride)),
+        }
+    }
+    if out.is_empty() {
+        out.push((1, 1));
+    }
+    out
+}
+
+/// Merges runs of the innermost dim into wider access units when it is contiguous in the input
+/// and every outer stride stays a whole number of units. Returns the unit in bytes.
+fn widen_inner(dims: &mut [(usize, usize)], size: usize) -> usize {
+    let inner = dims.len() - 1;
+    if dims[inner].1 != 1 {
+        return size;
+    }
+    let mut bytes: Vec<usize> = dims[..inner].iter().map(|&(_, stride)| stride * size).collect();
+    bytes.push(dims[inner].0 * size);
+    let unit = unit_bytes(&bytes).max(size);
+    let per_unit = unit / size;
+    dims[inner].0 /= per_unit;
+    dims[..inner].iter_mut().for_each(|d| d.1 /= per_unit);
+    unit
+}
+
+/// A gather over the collapsed dims, each output element read from its input offset; the dims
+/// and strides travel as an uploaded table, so any rank works.
+pub(super) fn permute(gpu: &GpuBackend, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+    let size = element_bytes("permute", x.dtype())?;
+    int(x.numel(), "elements")?;
+    let out_dims: Vec<usize> = perm.iter().map(|&p| x.dims()[p]).collect();
+    let mut dims = collapse(x.dims(), perm);
+    if x.numel() == 0 || dims == [(x.numel(), 1)] {
+        return copy_as(gpu, x, out_dims.into());
+    }
+    let y = gpu.uninit(out_dims, x.dtype())?;
+    let unit = widen_inner(&mut dims, size);
+    let table: Vec<i32> = dims.iter().map(|d| d.0 as i32).chain(dims.iter().map(|d| d.1 as i32)).collect();
+    let table = gpu.upload(&table)?;
+    let n = x.numel() * size / unit;
+    let args = [ptr(x)?, ptr(&y)?, int(n, "elements")?, int(dims.len(), "rank")?, KernelArg::Ptr(table.ptr())];
+    gpu.launch(&format!("permute_b{unit}"), grid_stride(n), &args)?;
+    Ok(y)
+}
+
+fn check_ids(op: &'static str, ids: &[u32], rows: usize) -> Result<()> {
+    match ids.iter().position(|&i| i as usize >= rows) {
+        Some(j) => Err(Error::index(op, format!("id {} at position {j} for a table of {rows} rows", ids[j]))),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn index_rows(gpu: &GpuBackend, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    let _ = (table, ids);
-    Err(gpu.missing_kernel("index_rows"))
+    let size = element_bytes("index_rows", table.dtype())?;
+    let (rows, d) = (table.dims()[0], table.dims()[1]);
+    check_ids("index_rows", ids, rows)?;
+    let y = gpu.uninit([ids.len(), d], table.dtype())?;
+    int(y.numel(), "elements")?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let unit = unit_bytes(&[d * size]);
+    let width = d * size / unit;
+    let ids_on_device = gpu.upload(ids)?;
+    let args =
+        [ptr(table)?, KernelArg::Ptr(ids_on_device.ptr()), ptr(&y)?, int(ids.len(), "ids")?, int(width, "width")?];
+    gpu.launch(&format!("gather_rows_b{unit}"), grid_stride(ids.len() * width), &args)?;
+    Ok(y)
 }
 
+/// For each table row, the positions j with ids[j] == row in increasing j, as CSR: the
+/// positions of row r are `positions[starts[r]..starts[r + 1]]`. A counting sort, so stable.
+fn positions_by_row(ids: &[u32], rows: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut starts = vec![0i32; rows + 1];
+    for &id in ids {
+        starts[id as usize + 1] += 1;
+    }
+    for r in 0..rows {
+        starts[r + 1] += starts[r];
+    }
+    let mut next = starts.clone();
+    let mut positions = vec![0i32; ids.len()];
+    for (j, &id) in ids.iter().enumerate() {
+        positions[next[id as usize] as usize] = j as i32;
+        next[id as usize] += 1;
+    }
+    (starts, positions)
+}
+
+/// Deterministic without atomics: each output row sums the dy rows that refer to it in
+/// increasing position, from a CSR index built here.
 pub(super) fn index_rows_backward(gpu: &GpuBackend, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
-    let _ = (dy, ids, rows);
-    Err(gpu.missing_kernel("index_rows_backward"))
+    let kernel = kernel_for("index_rows_backward", dy.dtype())?;
+    check_ids("index_rows_backward", ids, rows)?;
+    let d = dy.dims()[1];
+    int(rows * d, "elements")?;
+    int(dy.numel(), "elements")?;
+    if ids.is_empty() || rows * d == 0 {
+        return gpu.zeros([rows, d], dy.dtype());
+    }
+    let out = gpu.uninit([rows, d], dy.dtype())?;
+    let (starts, positions) = positions_by_row(ids, rows);
+    let (starts, positions) = (gpu.upload(&starts)?, gpu.upload(&positions)?);
+    let packs = packs_per_row(d, dy.dtype());
+    let args = [
+        ptr(dy)?,
+        KernelArg::Ptr(starts.ptr()),
+        KernelArg::Ptr(positions.ptr()),
+        ptr(&out)?,
+        int(rows, "rows")?,
+        int(d, "width")?,
+        vec_flag(d, dy.dtype()),
+    ];
+    gpu.launch(&kernel, grid_stride(rows * packs), &args)?;
+    Ok(out)
 }

@@ -1,13 +1,52 @@
 //! Rust side of kernels/loss.cu (cross-entropy).
 
 use super::GpuBackend;
-use crate::backend::*;
-use crate::error::Result;
-use crate::tensor::*;
+use super::buffer::Scratch;
+use super::context::{int, kernel_for, ptr};
+use super::driver::{KernelArg, LaunchConfig};
+use super::elementwise::{column_sums, to_f32, vec_flag, warp_per_row};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
 
+/// The per-row arguments both kernels share: logits, the uploaded targets, and the launch.
+fn rows_setup(
+    gpu: &GpuBackend,
+    op: &'static str,
+    logits: &Tensor,
+    targets: &[u32],
+) -> Result<(usize, Scratch, LaunchConfig)> {
+    let (n, classes) = (logits.dims()[0], logits.dims()[1]);
+    int(logits.numel(), "elements")?;
+    if targets.len() != n || n == 0 {
+        return Err(Error::shape(op, format!("{} targets for logits {}", targets.len(), logits.shape())));
+    }
+    if let Some(i) = targets.iter().position(|&t| t as usize >= classes) {
+        return Err(Error::index(op, format!("target {} of row {i} for {classes} classes", targets[i])));
+    }
+    Ok((classes, gpu.upload(targets)?, warp_per_row(n)))
+}
+
+/// Returns (the mean loss [1] in the logits' dtype, the fp32 log-sum-exp of each row). The mean
+/// is a fixed-order sum of per-row terms (`column_sums`), so it is deterministic.
 pub(super) fn cross_entropy(gpu: &GpuBackend, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
-    let _ = (logits, targets);
-    Err(gpu.missing_kernel("cross_entropy"))
+    let kernel = kernel_for("cross_entropy", logits.dtype())?;
+    let (classes, targets_on_device, launch) = rows_setup(gpu, "cross_entropy", logits, targets)?;
+    let n = targets.len();
+    let lse = gpu.uninit([n], DType::F32)?;
+    let terms = Scratch::uninit(gpu.device(), n * 4)?;
+    let args = [
+        ptr(logits)?,
+        KernelArg::Ptr(targets_on_device.ptr()),
+        ptr(&lse)?,
+        KernelArg::Ptr(terms.ptr()),
+        int(n, "rows")?,
+        int(classes, "classes")?,
+        vec_flag(classes, logits.dtype()),
+    ];
+    gpu.launch(&kernel, launch, &args)?;
+    let loss = gpu.uninit([1], logits.dtype())?;
+    column_sums(gpu, (terms.ptr(), DType::F32), [1, n, 1], &loss)?;
+    Ok((loss, lse))
 }
 
 pub(super) fn cross_entropy_backward(
@@ -17,6 +56,20 @@ pub(super) fn cross_entropy_backward(
     targets: &[u32],
     dloss: &Tensor,
 ) -> Result<Tensor> {
-    let _ = (logits, lse, targets, dloss);
-    Err(gpu.missing_kernel("cross_entropy_backward"))
+    let kernel = kernel_for("cross_entropy_backward", logits.dtype())?;
+    let (classes, targets_on_device, launch) = rows_setup(gpu, "cross_entropy_backward", logits, targets)?;
+    let (lse, dloss) = (to_f32(gpu, lse)?, to_f32(gpu, dloss)?);
+    let dz = gpu.uninit(logits.shape().clone(), logits.dtype())?;
+    let args = [
+        ptr(logits)?,
+        ptr(&lse)?,
+        KernelArg::Ptr(targets_on_device.ptr()),
+        ptr(&dloss)?,
+        ptr(&dz)?,
+        int(targets.len(), "rows")?,
+        int(classes, "classes")?,
+        vec_flag(classes, logits.dtype()),
+    ];
+    gpu.launch(&kernel, launch, &args)?;
+    Ok(dz)
 }

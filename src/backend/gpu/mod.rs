@@ -93,6 +93,14 @@ impl Backend for GpuBackend {
         elementwise::unary_backward(self, op, x, y, dy)
     }
 
+    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        elementwise::bias_quick_gelu(self, x, bias)
+    }
+
+    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        elementwise::bias_quick_gelu_backward(self, x, bias, dy)
+    }
+
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
         elementwise::sum_middle(self, x, outer, n, inner)
     }

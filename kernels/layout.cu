@@ -1,0 +1,144 @@
+// Data movement: block copies (slice, pad_slice, concat), permutes, row gathers (embedding
+// lookup), repeats, and the deterministic scatter-add of embedding gradients.
+//
+// Pure moves do no arithmetic, so they are written over an access unit U instead of the
+// element type: uint4 (16 bytes, suffix _b16), uint32_t (_b4) or uint16_t (_b2). The host picks
+// the widest unit that divides every width, stride and offset of the launch, so rows of 8 bf16
+// move as one 128-bit access and odd widths fall back to element-sized ones.
+#include "vector_io.cuh"
+
+// dst[r * dst_stride + j] = src[r * src_stride + j] for r < rows, j < width (in units).
+template <typename U>
+__device__ void copy_block(const U* __restrict__ src, int src_stride, U* __restrict__ dst, int dst_stride, int rows,
+                           int width) {
+    const unsigned total = static_cast<unsigned>(rows) * width;
+    for (unsigned t = grid_thread(); t < total; t += grid_threads()) {
+        const unsigned r = t / width, j = t % width;
+        dst[static_cast<size_t>(r) * dst_stride + j] = src[static_cast<size_t>(r) * src_stride + j];
+    }
+}
+
+extern "C" __global__ void copy_block_b16(const uint4* src, int src_stride, uint4* dst, int dst_stride, int rows,
+                                          int width) {
+    copy_block(src, src_stride, dst, dst_stride, rows, width);
+}
+extern "C" __global__ void copy_block_b4(const uint32_t* src, int src_stride, uint32_t* dst, int dst_stride, int rows,
+                                         int width) {
+    copy_block(src, src_stride, dst, dst_stride, rows, width);
+}
+extern "C" __global__ void copy_block_b2(const uint16_t* src, int src_stride, uint16_t* dst, int dst_stride, int rows,
+                                         int width) {
+    copy_block(src, src_stride, dst, dst_stride, rows, width);
+}
+
+// dst[o, i, :] = src[o, :] for i < n: [outer, width] repeated into [outer, n, width].
+template <typename U>
+__device__ void repeat_middle(const U* __restrict__ src, U* __restrict__ dst, int n, int total_rows, int width) {
+    const unsigned total = static_cast<unsigned>(total_rows) * width;
+    for (unsigned t = grid_thread(); t < total; t += grid_threads()) {
+        const unsigned row = t / width, j = t % width;
+        dst[t] = src[static_cast<size_t>(row / n) * width + j];
+    }
+}
+
+extern "C" __global__ void repeat_middle_b16(const uint4* src, uint4* dst, int n, int total_rows, int width) {
+    repeat_middle(src, dst, n, total_rows, width);
+}
+extern "C" __global__ void repeat_middle_b4(const uint32_t* src, uint32_t* dst, int n, int total_rows, int width) {
+    repeat_middle(src, dst, n, total_rows, width);
+}
+extern "C" __global__ void repeat_middle_b2(const uint16_t* src, uint16_t* dst, int n, int total_rows, int width) {
+    repeat_middle(src, dst, n, total_rows, width);
+}
+
+// out[i] = src[offset(i)] where i is decomposed over the output dims and each output dim
+// steps the input by its stride. `table` holds dims[0..rank] then strides[0..rank]; the host
+// has merged dims that stay adjacent, so rank is small and the innermost stride is often 1.
+template <typename U>
+__device__ void permute(const U* __restrict__ src, U* __restrict__ dst, int n, int rank, const int* __restrict__ table) {
+    for (unsigned t = grid_thread(); t < static_cast<unsigned>(n); t += grid_threads()) {
+        unsigned rem = t;
+        size_t offset = 0;
+        for (int d = rank - 1; d >= 0; --d) {
+            const unsigned dim = static_cast<unsigned>(__ldg(table + d));
+            offset += static_cast<size_t>(rem % dim) * __ldg(table + rank + d);
+            rem /= dim;
+        }
+        dst[t] = src[offset];
+    }
+}
+
+extern "C" __global__ void permute_b16(const uint4* src, uint4* dst, int n, int rank, const int* table) {
+    permute(src, dst, n, rank, table);
+}
+extern "C" __global__ void permute_b4(const uint32_t* src, uint32_t* dst, int n, int rank, const int* table) {
+    permute(src, dst, n, rank, table);
+}
+extern "C" __global__ void permute_b2(const uint16_t* src, uint16_t* dst, int n, int rank, const int* table) {
+    permute(src, dst, n, rank, table);
+}
+
+// out[j, :] = table[ids[j], :]: embedding lookup and token selection.
+template <typename U>
+__device__ void gather_rows(const U* __restrict__ table, const unsigned* __restrict__ ids, U* __restrict__ out,
+                            int n_ids, int width) {
+    const unsigned total = static_cast<unsigned>(n_ids) * width;
+    for (unsigned t = grid_thread(); t < total; t += grid_threads()) {
+        const unsigned j = t / width, c = t % width;
+        out[t] = table[static_cast<size_t>(__ldg(ids + j)) * width + c];
+    }
+}
+
+extern "C" __global__ void gather_rows_b16(const uint4* table, const unsigned* ids, uint4* out, int n_ids, int width) {
+    gather_rows(table, ids, out, n_ids, width);
+}
+extern "C" __global__ void gather_rows_b4(const uint32_t* table, const unsigned* ids, uint32_t* out, int n_ids,
+                                          int width) {
+    gather_rows(table, ids, out, n_ids, width);
+}
+extern "C" __global__ void gather_rows_b2(const uint16_t* table, const unsigned* ids, uint16_t* out, int n_ids,
+                                          int width) {
+    gather_rows(table, ids, out, n_ids, width);
+}
+
+// The adjoint of gather_rows, without atomics: out[r, :] = sum of dy[j, :] over the positions j
+// with ids[j] == r, in increasing j. The host lists those positions per table row (CSR:
+// positions[starts[r] .. starts[r + 1]]); one thread owns N adjacent columns of one table row,
+// so every sum runs in a fixed order, in fp32. Rows no id refers to get zeros.
+template <typename T, int N>
+__device__ __forceinline__ void scatter_rows(const T* __restrict__ dy, const int* __restrict__ starts,
+                                             const int* __restrict__ positions, T* __restrict__ out, int rows, int d) {
+    const unsigned packs = d / N;
+    const unsigned total = static_cast<unsigned>(rows) * packs;
+    for (unsigned t = grid_thread(); t < total; t += grid_threads()) {
+        const unsigned r = t / packs;
+        const unsigned column = (t % packs) * N;
+        float acc[N] = {};
+        for (int k = __ldg(starts + r); k < __ldg(starts + r + 1); ++k) {
+            float v[N];
+            load_floats<T, N>(dy + static_cast<size_t>(__ldg(positions + k)) * d + column, v);
+            for (int i = 0; i < N; ++i) acc[i] += v[i];
+        }
+        store_floats<T, N>(out + static_cast<size_t>(r) * d + column, acc);
+    }
+}
+
+// `vec`: d is a multiple of the pack width.
+template <typename T>
+__device__ void index_rows_backward(const T* dy, const int* starts, const int* positions, T* out, int rows, int d,
+                                    int vec) {
+    if (vec) {
+        scatter_rows<T, kPack<T>>(dy, starts, positions, out, rows, d);
+    } else {
+        scatter_rows<T, 1>(dy, starts, positions, out, rows, d);
+    }
+}
+
+extern "C" __global__ void index_rows_backward_f32(const float* dy, const int* starts, const int* positions,
+                                                   float* out, int rows, int d, int vec) {
+    index_rows_backward(dy, starts, positions, out, rows, d, vec);
+}
+extern "C" __global__ void index_rows_backward_bf16(const bf16* dy, const int* starts, const int* positions, bf16* out,
+                                                    int rows, int d, int vec) {
+    index_rows_backward(dy, starts, positions, out, rows, d, vec);
+}

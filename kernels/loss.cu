@@ -1,0 +1,57 @@
+// Mean cross-entropy of [rows, classes] logits against class indices, one warp per row with an
+// fp32 log-sum-exp. The mean itself is taken by the deterministic column sums of
+// elementwise.cu over the per-row terms this kernel writes, so no atomics decide the order.
+#include "vector_io.cuh"
+
+// Per row: lse[row] = log sum_j exp(z[row, j]) (-inf for a row of -inf), and the row's share of
+// the mean loss, terms[row] = (lse - z[row, target]) / rows. `vec`: classes is a multiple of
+// the pack width.
+template <typename T>
+__device__ void cross_entropy(const T* z, const unsigned* targets, float* lse, float* terms, int rows, int classes,
+                              int vec) {
+    for_each_warp_row(rows, [&](int row) {
+        const T* logits = z + static_cast<size_t>(row) * classes;
+        MaxSum lane_state;
+        row_visit(logits, logits, classes, vec, [&](int, float v, float) { lane_state.add(v); });
+        const MaxSum s = lane_state.warp_combine();
+        if (threadIdx.x % 32 == 0) {
+            const float row_lse = s.max == -INFINITY ? -INFINITY : s.max + logf(s.sum);
+            lse[row] = row_lse;
+            terms[row] = (row_lse - to_float(logits[targets[row]])) / static_cast<float>(rows);
+        }
+    });
+}
+
+extern "C" __global__ void cross_entropy_f32(const float* z, const unsigned* targets, float* lse, float* terms,
+                                             int rows, int classes, int vec) {
+    cross_entropy(z, targets, lse, terms, rows, classes, vec);
+}
+extern "C" __global__ void cross_entropy_bf16(const bf16* z, const unsigned* targets, float* lse, float* terms,
+                                              int rows, int classes, int vec) {
+    cross_entropy(z, targets, lse, terms, rows, classes, vec);
+}
+
+// dz[row, j] = (dloss / rows) * (softmax(z[row])[j] - [j == target]), the softmax recomputed
+// from the saved fp32 log-sum-exp.
+template <typename T>
+__device__ void cross_entropy_backward(const T* z, const float* lse, const unsigned* targets, const float* dloss,
+                                       T* dz, int rows, int classes, int vec) {
+    const float g = dloss[0] / static_cast<float>(rows);
+    for_each_warp_row(rows, [&](int row) {
+        const size_t at = static_cast<size_t>(row) * classes;
+        const float row_lse = lse[row];
+        const int target = static_cast<int>(targets[row]);
+        row_map(z + at, z + at, dz + at, classes, vec, [&](int j, float v, float) {
+            return g * (expf(v - row_lse) - (j == target ? 1.0f : 0.0f));
+        });
+    });
+}
+
+extern "C" __global__ void cross_entropy_backward_f32(const float* z, const float* lse, const unsigned* targets,
+                                                      const float* dloss, float* dz, int rows, int classes, int vec) {
+    cross_entropy_backward(z, lse, targets, dloss, dz, rows, classes, vec);
+}
+extern "C" __global__ void cross_entropy_backward_bf16(const bf16* z, const float* lse, const unsigned* targets,
+                                                       const float* dloss, bf16* dz, int rows, int classes, int vec) {
+    cross_entropy_backward(z, lse, targets, dloss, dz, rows, classes, vec);
+}
