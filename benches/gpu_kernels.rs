@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use msclip::backend::{self, Backend, BinaryOp};
+use msclip::backend::{self, AdamWStep, AdamWTensor, Backend, BinaryOp, UnaryOp};
 use msclip::{DType, Device, Rng, Tensor};
 use serde_json::json;
 
@@ -59,7 +59,11 @@ fn main() {
     let mut rows = Vec::new();
     for dtype in [DType::BF16, DType::F32] {
         layernorm_cases(gpu, device, dtype, &sizes, reps, &mut rows);
+        bias_gelu_cases(gpu, device, dtype, &sizes, reps, &mut rows);
+        l2_cases(gpu, device, dtype, &sizes, reps, &mut rows);
     }
+    cast_cases(gpu, device, &sizes, reps, &mut rows);
+    adamw_case(gpu, device, &sizes, reps, &mut rows);
 
     println!("device copy bandwidth (read + write): {:.0} GB/s", copy_rate / 1e9);
     println!("{:<58} {:>9} {:>9} {:>8} {:>8}", "kernel", "us", "GB/s", "% copy", "% spec");
@@ -146,4 +150,105 @@ fn layernorm_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
         gpu.layer_norm_backward(&x, &gamma, &out.mean, &out.rstd, &dy).unwrap();
     });
     rows.push(Row { name: format!("layernorm bwd {shape}"), bytes: 3.0 * act + stats, seconds: bwd });
+}
+
+/// The MLP activation: bias + QuickGELU over [tokens, 4 x width], fused against the bias add
+/// followed by the activation (what a GEMM without a QuickGELU epilogue leaves), and the backward.
+fn bias_gelu_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
+    let mut rng = Rng::new(2);
+    let (n, d) = (s.tokens, 4 * s.width);
+    let x = random(&mut rng, &[n, d], device, dtype);
+    let bias = random(&mut rng, &[d], device, dtype);
+    let dy = random(&mut rng, &[n, d], device, dtype);
+    let act = (n * d * dtype.size_in_bytes()) as f64;
+    let shape = format!("{n}x{d} {dtype}");
+    let fused = time(device, reps, || {
+        gpu.bias_quick_gelu(&x, &bias).unwrap();
+    });
+    rows.push(Row { name: format!("bias + quick_gelu fwd, fused {shape}"), bytes: 2.0 * act, seconds: fused });
+    let unfused = time(device, reps, || {
+        let sum = gpu.binary(BinaryOp::Add, &x, &bias).unwrap();
+        gpu.unary(UnaryOp::QuickGelu, &sum).unwrap();
+    });
+    rows.push(Row { name: format!("bias add, then quick_gelu (unfused) {shape}"), bytes: 2.0 * act, seconds: unfused });
+    let bwd = time(device, reps, || {
+        gpu.bias_quick_gelu_backward(&x, &bias, &dy).unwrap();
+    });
+    rows.push(Row { name: format!("bias + quick_gelu bwd {shape}"), bytes: 3.0 * act, seconds: bwd });
+}
+
+/// L2 normalisation of a batch of embeddings (the features entering the loss), and backward.
+fn l2_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
+    let mut rng = Rng::new(3);
+    let (n, d) = (s.tokens, s.width);
+    let x = random(&mut rng, &[n, d], device, dtype);
+    let dy = random(&mut rng, &[n, d], device, dtype);
+    let act = (n * d * dtype.size_in_bytes()) as f64;
+    let shape = format!("{n}x{d} {dtype}");
+    let fwd = time(device, reps, || {
+        gpu.l2_normalize(&x, 1e-12).unwrap();
+    });
+    rows.push(Row { name: format!("l2_normalize fwd {shape}"), bytes: 2.0 * act + (n * 4) as f64, seconds: fwd });
+    let (y, norm) = gpu.l2_normalize(&x, 1e-12).unwrap();
+    let bwd = time(device, reps, || {
+        gpu.l2_normalize_backward(&y, &norm, &dy, 1e-12).unwrap();
+    });
+    rows.push(Row { name: format!("l2_normalize bwd {shape}"), bytes: 3.0 * act + (n * 4) as f64, seconds: bwd });
+}
+
+/// fp32 -> bf16 and back over one activation tensor.
+fn cast_cases(gpu: &dyn Backend, device: Device, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
+    let mut rng = Rng::new(4);
+    let n = s.tokens * s.width;
+    let x = random(&mut rng, &[n], device, DType::F32);
+    let xb = random(&mut rng, &[n], device, DType::BF16);
+    let down = time(device, reps, || {
+        gpu.cast(&x, DType::BF16).unwrap();
+    });
+    rows.push(Row { name: format!("cast f32 -> bf16 {n}"), bytes: 6.0 * n as f64, seconds: down });
+    let up = time(device, reps, || {
+        gpu.cast(&xb, DType::F32).unwrap();
+    });
+    rows.push(Row { name: format!("cast bf16 -> f32 {n}"), bytes: 6.0 * n as f64, seconds: up });
+}
+
+/// One fused AdamW step over a ViT-B/32-like set of tensors (12 blocks of 768-wide matrices,
+/// about 85 M parameters; 1/1000 of that on the emulator): fp32 weights, gradients and moments,
+/// bf16 copies written in the same pass. 30 bytes per parameter at the minimum.
+fn adamw_case(gpu: &dyn Backend, device: Device, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
+    let mut rng = Rng::new(5);
+    let w = s.width;
+    let mut shapes = Vec::new();
+    for _ in 0..12 {
+        shapes.extend([vec![3 * w, w], vec![3 * w], vec![w, w], vec![w], vec![4 * w, w], vec![4 * w], vec![w, 4 * w]]);
+        shapes.extend([vec![w], vec![w], vec![w], vec![w], vec![w]]);
+    }
+    let make = |rng: &mut Rng, shape: &[usize], dtype: DType| random(rng, shape, device, dtype);
+    let mut params: Vec<Tensor> = shapes.iter().map(|sh| make(&mut rng, sh, DType::F32)).collect();
+    let grads: Vec<Tensor> = shapes.iter().map(|sh| make(&mut rng, sh, DType::F32)).collect();
+    let mut ms: Vec<Tensor> = shapes.iter().map(|sh| make(&mut rng, sh, DType::F32)).collect();
+    let mut vs: Vec<Tensor> =
+        shapes.iter().map(|sh| make(&mut rng, sh, DType::F32).mul(&make(&mut rng, sh, DType::F32)).unwrap()).collect();
+    let mut copies: Vec<Tensor> = shapes.iter().map(|sh| make(&mut rng, sh, DType::BF16)).collect();
+    let count: usize = params.iter().map(Tensor::numel).sum();
+    let hp = AdamWStep { beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 10, grad_scale: 1.0 };
+    let seconds = time(device, reps, || {
+        let mut updates: Vec<AdamWTensor> = params
+            .iter_mut()
+            .zip(&grads)
+            .zip(ms.iter_mut().zip(vs.iter_mut()))
+            .zip(copies.iter_mut())
+            .map(|(((param, grad), (m, v)), copy)| AdamWTensor {
+                param,
+                grad,
+                m,
+                v,
+                bf16_copy: Some(copy),
+                lr: 1e-4,
+                weight_decay: 0.1,
+            })
+            .collect();
+        gpu.adamw_multi(&mut updates, hp).unwrap();
+    });
+    rows.push(Row { name: format!("adamw fused, {count} params, + bf16 copies"), bytes: 30.0 * count as f64, seconds });
 }
