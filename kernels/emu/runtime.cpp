@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -80,7 +81,6 @@ struct Worker {
     Thread* current = nullptr;
     FiberContext scheduler;
     unsigned char* stacks = nullptr;
-    size_t stacks_bytes = 0;
     std::vector<unsigned char> smem;
 };
 
@@ -171,20 +171,34 @@ bool run_block(Worker& w, uint3 block_idx) {
     return true;
 }
 
+// Fiber stacks for the largest block, reserved once per OS thread and reused by every launch
+// (touched pages stay mapped, so later launches take no page faults); unmapped at thread exit.
+struct StackCache {
+    unsigned char* base = nullptr;
+    static constexpr size_t kBytes = kMaxThreadsPerBlock * kStackBytes;
+    unsigned char* get() {
+        if (base == nullptr) {
+            void* p = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p != MAP_FAILED) base = static_cast<unsigned char*>(p);
+        }
+        return base;
+    }
+    ~StackCache() {
+        if (base != nullptr) munmap(base, kBytes);
+    }
+};
+thread_local StackCache t_stacks;
+
 void run_worker(Launch* launch) {
     Worker w;
     w.launch = launch;
     t_worker = &w;
-    const size_t threads = static_cast<size_t>(launch->block.x) * launch->block.y * launch->block.z;
-    w.stacks_bytes = threads * kStackBytes;
-    void* stacks = mmap(nullptr, w.stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                        -1, 0);
-    if (stacks == MAP_FAILED) {
+    w.stacks = t_stacks.get();
+    if (w.stacks == nullptr) {
         record_error(*launch, "emulator: cannot reserve fiber stacks");
         t_worker = nullptr;
         return;
     }
-    w.stacks = static_cast<unsigned char*>(stacks);
     w.smem.resize(std::max<size_t>(launch->smem_bytes, 16));
     const unsigned long long total =
         static_cast<unsigned long long>(launch->grid.x) * launch->grid.y * launch->grid.z;
@@ -199,9 +213,60 @@ void run_worker(Launch* launch) {
             break;
         }
     }
-    munmap(stacks, w.stacks_bytes);
     t_worker = nullptr;
 }
+
+// Worker threads that live for the whole process, so a launch costs a wake-up, not a thread
+// creation. The launching thread works too; launches are serialised (one grid at a time, as on
+// one stream).
+class WorkerPool {
+  public:
+    void run(Launch* launch, unsigned workers) {
+        std::lock_guard<std::mutex> one_launch(launch_mutex_);
+        const unsigned helpers = workers - 1;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            while (threads_.size() < helpers) threads_.emplace_back([this] { serve(); });
+            launch_ = launch;
+            wanted_ = helpers;
+            running_ = helpers;
+            ++generation_;
+        }
+        wake_.notify_all();
+        run_worker(launch);
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [this] { return running_ == 0; });
+        launch_ = nullptr;
+    }
+
+  private:
+    void serve() {
+        unsigned seen = 0;
+        for (;;) {
+            Launch* launch = nullptr;
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return generation_ != seen && wanted_ > 0; });
+                seen = generation_;
+                --wanted_;
+                launch = launch_;
+            }
+            run_worker(launch);
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--running_ == 0) done_.notify_all();
+        }
+    }
+
+    std::mutex launch_mutex_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::condition_variable done_;
+    std::vector<std::thread> threads_;
+    Launch* launch_ = nullptr;
+    unsigned generation_ = 0;
+    unsigned wanted_ = 0;
+    unsigned running_ = 0;
+};
 
 const KernelEntry* find_kernel(const char* name) {
     for (const ModuleTable* m = kModules; m->name != nullptr; ++m) {
@@ -350,14 +415,9 @@ extern "C" int msclip_emu_launch(const char* name, const unsigned grid[3], const
         launch.smem_bytes = smem_bytes;
         launch.args = args;
         const unsigned long long blocks = static_cast<unsigned long long>(g.x) * g.y * g.z;
-        const unsigned workers = worker_count(blocks);
-        if (workers == 1) {
-            run_worker(&launch);
-        } else {
-            std::vector<std::thread> pool;
-            for (unsigned i = 0; i < workers; ++i) pool.emplace_back(run_worker, &launch);
-            for (auto& t : pool) t.join();
-        }
+        // Never destroyed: pool threads may still be parked when static destructors run.
+        static WorkerPool* pool = new WorkerPool;
+        pool->run(&launch, worker_count(blocks));
         problem = launch.error;
     }
     if (problem.empty()) return 0;
