@@ -15,9 +15,10 @@
 // of one (batch, head); each warp owns 16 rows. Warps whose rows all lie past the sequence, or
 // that see no key of the current tile (causal), skip its products. No S x S matrix is stored:
 // the forward pass saves lse, and backward recomputes the probabilities from q, k and lse.
-// Backward is three launches, all deterministic (no atomics): D = rowsum(dO * O); dK and dV with
-// one block per key tile looping over the query tiles; dQ with one block per query tile looping
-// over the key tiles (recomputing S and dP, the price of owning dQ without atomics).
+// Backward is two launches, deterministic (no atomics): D = rowsum(dO * O), then one launch in
+// which a block either owns a key tile (dK and dV, looping over the query tiles) or a query tile
+// (dQ, looping over the key tiles and recomputing S and dP: the price of owning dQ without
+// atomics).
 #include "tile.cuh"
 
 namespace {
@@ -108,6 +109,38 @@ __device__ __forceinline__ void row_score_gradient(float dp[8][4], const float p
         for (int i = 0; i < 4; ++i) dp[j][i] = p[j][i] * (dp[j][i] - delta[i / 2]);
 }
 
+// Stages k and v of the key tile starting at token k0.
+template <typename T, int D>
+__device__ __forceinline__ void stage_keys(bf16* k_tile, bf16* v_tile, const T* qkv, const Head<D>& hd, int k0,
+                                           int len) {
+    constexpr int S = bf16_stride(D);
+    const int keys = imin(ROWS, len - k0);
+    stage_rows<D, S>(k_tile, qkv + hd.packed(1, k0, len), hd.token_stride, keys, D);
+    stage_rows<D, S>(v_tile, qkv + hd.packed(2, k0, len), hd.token_stride, keys, D);
+}
+
+// Stages q and dO of the query tile starting at token q0.
+template <typename T, int D>
+__device__ __forceinline__ void stage_queries(bf16* q_tile, bf16* do_tile, const T* qkv, const T* dout,
+                                              const Head<D>& hd, int q0, int len) {
+    constexpr int S = bf16_stride(D);
+    const int rows = imin(ROWS, len - q0);
+    stage_rows<D, S>(q_tile, qkv + hd.packed(0, q0, len), hd.token_stride, rows, D);
+    stage_rows<D, S>(do_tile, dout + hd.unpacked(q0, len), hd.width, rows, D);
+}
+
+// Writes the block's 64-row result (each warp's fragment times `scale`) to `rows` rows of dst
+// through the fp32 staging area, with 128-bit stores. Every thread of the block calls it.
+template <typename T, int D>
+__device__ __forceinline__ void store_tile(T* dst, size_t dst_stride, float* stage, const float acc[D / 8][4],
+                                           float scale, int rows) {
+    constexpr int F = f32_stride(D);
+    __syncthreads();  // the staging area (operand tiles until now) is free
+    fragment_to_stage<D / 8>(stage + (threadIdx.x / 32) * WARP_ROWS * F, F, acc, scale);
+    __syncthreads();
+    store_rows<D, F>(dst, dst_stride, stage, rows, D);
+}
+
 template <typename T, int D>
 __device__ void attention_forward(const T* qkv, T* out, float* lse, Problem pb) {
     constexpr int S = bf16_stride(D), F = f32_stride(D), TILE_ELEMS = ROWS * S;
@@ -131,9 +164,7 @@ __device__ void attention_forward(const T* qkv, T* out, float* lse, Problem pb) 
     RowStats st = empty_stats();
     for (int k0 = 0; k0 < block_keys; k0 += ROWS) {
         __syncthreads();  // the previous key tile has been read
-        const int keys = imin(ROWS, pb.len - k0);
-        stage_rows<D, S>(k_tile, qkv + hd.packed(1, k0, pb.len), hd.token_stride, keys, D);
-        stage_rows<D, S>(v_tile, qkv + hd.packed(2, k0, pb.len), hd.token_stride, keys, D);
+        stage_keys(k_tile, v_tile, qkv, hd, k0, pb.len);
         __syncthreads();
         if (k0 >= warp_keys) continue;
         float s[8][4];
@@ -152,11 +183,7 @@ __device__ void attention_forward(const T* qkv, T* out, float* lse, Problem pb) 
         const int row = row0 + p.g + 8 * half;
         if (p.t == 0 && row < pb.len) lse[static_cast<size_t>(blockIdx.x) * pb.len + row] = row_lse[half];
     }
-    __syncthreads();  // k and v are free for the staging
-    float* stage = reinterpret_cast<float*>(kv_tile);
-    fragment_to_stage<D / 8>(stage + p.warp * WARP_ROWS * F, F, o, 1.0f);
-    __syncthreads();
-    store_rows<D, F>(out + hd.unpacked(q0, pb.len), hd.width, stage, rows, D);
+    store_tile<T, D>(out + hd.unpacked(q0, pb.len), hd.width, reinterpret_cast<float*>(kv_tile), o, 1.0f, rows);
 }
 
 // D_i = <dO_i, O_i> for every (token, head) row: one warp per row, [batch, heads, len] out.
@@ -177,17 +204,27 @@ __device__ void attention_delta(const T* out, const T* dout, float* delta, int l
     }
 }
 
+// Shared memory of a backward block: the two tiles it keeps for its whole loop (q and dO for
+// dQ, k and v for dK and dV), the two it streams (k and v, or q and dO; then the fp32 output
+// staging) and, for dK/dV, the per-query values of the streamed query tile.
+template <int D>
+struct BackwardSmem {
+    static constexpr int S = bf16_stride(D), F = f32_stride(D), TILE_ELEMS = ROWS * S;
+    bf16 kept[2 * TILE_ELEMS];
+    bf16 streamed[2 * TILE_ELEMS];
+    float lse2[ROWS];
+    float delta[ROWS];
+    int visible[ROWS];
+    static_assert(ROWS * F * sizeof(float) <= sizeof(streamed), "the output staging fits over the streamed tiles");
+};
+
 // dQ for one 64-query tile: dQ = scale * sum over key tiles of dS K, dS = P (dP - D), dP = dO V^T.
 template <typename T, int D>
-__device__ void attention_backward_dq(const T* qkv, const T* dout, const float* lse, const float* delta, T* dqkv,
-                                      Problem pb) {
-    constexpr int S = bf16_stride(D), F = f32_stride(D), TILE_ELEMS = ROWS * S;
-    __shared__ __align__(16) bf16 q_tile[TILE_ELEMS];
-    __shared__ __align__(16) bf16 do_tile[TILE_ELEMS];
-    __shared__ __align__(16) bf16 kv_tile[2 * TILE_ELEMS];  // k, v; then the fp32 output staging
-    static_assert(ROWS * F * sizeof(float) <= sizeof(kv_tile), "the output staging fits over k and v");
-    bf16* k_tile = kv_tile;
-    bf16* v_tile = kv_tile + TILE_ELEMS;
+__device__ __forceinline__ void backward_dq(BackwardSmem<D>& sm, const T* qkv, const T* dout, const float* lse,
+                                            const float* delta, T* dqkv, const Problem& pb) {
+    constexpr int S = BackwardSmem<D>::S, TILE_ELEMS = BackwardSmem<D>::TILE_ELEMS;
+    bf16 *q_tile = sm.kept, *do_tile = sm.kept + TILE_ELEMS;
+    bf16 *k_tile = sm.streamed, *v_tile = sm.streamed + TILE_ELEMS;
     const Head<D> hd = Head<D>::of(pb);
     const Lane p = lane_position();
     const int q0 = blockIdx.y * ROWS, rows = imin(ROWS, pb.len - q0);
@@ -205,15 +242,12 @@ __device__ void attention_backward_dq(const T* qkv, const T* dout, const float* 
     const int warp_keys = keys_of_rows(pb, hd.b, row0, WARP_ROWS);
     const float scale_log2 = head_scale<D>() * LOG2E;
 
-    stage_rows<D, S>(q_tile, qkv + hd.packed(0, q0, pb.len), hd.token_stride, rows, D);
-    stage_rows<D, S>(do_tile, dout + hd.unpacked(q0, pb.len), hd.width, rows, D);
+    stage_queries(q_tile, do_tile, qkv, dout, hd, q0, pb.len);
     float dq[D / 8][4];
     zero_fragment<D / 8>(dq);
     for (int k0 = 0; k0 < block_keys; k0 += ROWS) {
         __syncthreads();
-        const int keys = imin(ROWS, pb.len - k0);
-        stage_rows<D, S>(k_tile, qkv + hd.packed(1, k0, pb.len), hd.token_stride, keys, D);
-        stage_rows<D, S>(v_tile, qkv + hd.packed(2, k0, pb.len), hd.token_stride, keys, D);
+        stage_keys(k_tile, v_tile, qkv, hd, k0, pb.len);
         __syncthreads();
         if (k0 >= warp_keys) continue;
         float s[8][4], dp[8][4];
@@ -225,28 +259,18 @@ __device__ void attention_backward_dq(const T* qkv, const T* dout, const float* 
         row_score_gradient(dp, s, row_delta);
         mma_fragment<D / 8, S>(dq, dp, k_tile);
     }
-    __syncthreads();
-    float* stage = reinterpret_cast<float*>(kv_tile);
-    fragment_to_stage<D / 8>(stage + p.warp * WARP_ROWS * F, F, dq, head_scale<D>());
-    __syncthreads();
-    store_rows<D, F>(dqkv + hd.packed(0, q0, pb.len), hd.token_stride, stage, rows, D);
+    float* stage = reinterpret_cast<float*>(sm.streamed);
+    store_tile<T, D>(dqkv + hd.packed(0, q0, pb.len), hd.token_stride, stage, dq, head_scale<D>(), rows);
 }
 
 // dK and dV for one 64-key tile, looping over the query tiles that see it. Fragments are
 // key-major here: rows are the warp's keys, columns the queries q0 + 8j + 2t + e.
 template <typename T, int D>
-__device__ void attention_backward_dkdv(const T* qkv, const T* dout, const float* lse, const float* delta, T* dqkv,
-                                        Problem pb) {
-    constexpr int S = bf16_stride(D), F = f32_stride(D), TILE_ELEMS = ROWS * S;
-    __shared__ __align__(16) bf16 k_tile[TILE_ELEMS];
-    __shared__ __align__(16) bf16 v_tile[TILE_ELEMS];
-    __shared__ __align__(16) bf16 qdo_tile[2 * TILE_ELEMS];  // q, dO; then the fp32 output staging
-    __shared__ float lse2_tile[ROWS];
-    __shared__ float delta_tile[ROWS];
-    __shared__ int visible_tile[ROWS];
-    static_assert(ROWS * F * sizeof(float) <= sizeof(qdo_tile), "the output staging fits over q and dO");
-    bf16* q_tile = qdo_tile;
-    bf16* do_tile = qdo_tile + TILE_ELEMS;
+__device__ __forceinline__ void backward_dkdv(BackwardSmem<D>& sm, const T* qkv, const T* dout, const float* lse,
+                                              const float* delta, T* dqkv, const Problem& pb) {
+    constexpr int S = BackwardSmem<D>::S, TILE_ELEMS = BackwardSmem<D>::TILE_ELEMS;
+    bf16 *k_tile = sm.kept, *v_tile = sm.kept + TILE_ELEMS;
+    bf16 *q_tile = sm.streamed, *do_tile = sm.streamed + TILE_ELEMS;
     const Head<D> hd = Head<D>::of(pb);
     const Lane p = lane_position();
     const int k0 = blockIdx.y * ROWS, keys = imin(ROWS, pb.len - k0);
@@ -257,22 +281,19 @@ __device__ void attention_backward_dkdv(const T* qkv, const T* dout, const float
     const bool seen = visible_keys(pb, hd.b, pb.len - 1) > k0;
     const int q_begin = !seen ? pb.len : pb.causal ? k0 : 0;
 
-    stage_rows<D, S>(k_tile, qkv + hd.packed(1, k0, pb.len), hd.token_stride, keys, D);
-    stage_rows<D, S>(v_tile, qkv + hd.packed(2, k0, pb.len), hd.token_stride, keys, D);
+    stage_keys(k_tile, v_tile, qkv, hd, k0, pb.len);
     float dk[D / 8][4], dv[D / 8][4];
     zero_fragment<D / 8>(dk);
     zero_fragment<D / 8>(dv);
     for (int q0 = q_begin; q0 < pb.len; q0 += ROWS) {
         __syncthreads();
-        const int rows = imin(ROWS, pb.len - q0);
-        stage_rows<D, S>(q_tile, qkv + hd.packed(0, q0, pb.len), hd.token_stride, rows, D);
-        stage_rows<D, S>(do_tile, dout + hd.unpacked(q0, pb.len), hd.width, rows, D);
+        stage_queries(q_tile, do_tile, qkv, dout, hd, q0, pb.len);
         for (int i = threadIdx.x; i < ROWS; i += blockDim.x) {
             const int visible = visible_keys(pb, hd.b, q0 + i);
             const size_t at = static_cast<size_t>(blockIdx.x) * pb.len + q0 + i;
-            visible_tile[i] = visible;
-            lse2_tile[i] = visible > 0 ? lse[at] * LOG2E : 0.0f;
-            delta_tile[i] = visible > 0 ? delta[at] : 0.0f;
+            sm.visible[i] = visible;
+            sm.lse2[i] = visible > 0 ? lse[at] * LOG2E : 0.0f;
+            sm.delta[i] = visible > 0 ? delta[at] : 0.0f;
         }
         __syncthreads();
         if (keys_of_rows(pb, hd.b, q0, ROWS) <= warp_key0) continue;
@@ -282,25 +303,32 @@ __device__ void attention_backward_dkdv(const T* qkv, const T* dout, const float
         for (int j = 0; j < 8; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = 8 * j + 2 * p.t + i % 2;
-                const bool shown = my_keys[i / 2] < visible_tile[col];
-                s[j][i] = shown ? exp2f(s[j][i] * scale_log2 - lse2_tile[col]) : 0.0f;
+                const bool shown = my_keys[i / 2] < sm.visible[col];
+                s[j][i] = shown ? exp2f(s[j][i] * scale_log2 - sm.lse2[col]) : 0.0f;
             }
         mma_fragment<D / 8, S>(dv, s, do_tile);
         zero_fragment<8>(dp);
         mma_rows<D / 16, 8, S>(dp, v_tile + p.warp * WARP_ROWS * S, do_tile);
         for (int j = 0; j < 8; ++j)
-            for (int i = 0; i < 4; ++i) dp[j][i] = s[j][i] * (dp[j][i] - delta_tile[8 * j + 2 * p.t + i % 2]);
+            for (int i = 0; i < 4; ++i) dp[j][i] = s[j][i] * (dp[j][i] - sm.delta[8 * j + 2 * p.t + i % 2]);
         mma_fragment<D / 8, S>(dk, dp, q_tile);
     }
-    __syncthreads();
-    float* stage = reinterpret_cast<float*>(qdo_tile);
-    fragment_to_stage<D / 8>(stage + p.warp * WARP_ROWS * F, F, dk, head_scale<D>());
-    __syncthreads();
-    store_rows<D, F>(dqkv + hd.packed(1, k0, pb.len), hd.token_stride, stage, keys, D);
-    __syncthreads();
-    fragment_to_stage<D / 8>(stage + p.warp * WARP_ROWS * F, F, dv, 1.0f);
-    __syncthreads();
-    store_rows<D, F>(dqkv + hd.packed(2, k0, pb.len), hd.token_stride, stage, keys, D);
+    float* stage = reinterpret_cast<float*>(sm.streamed);
+    store_tile<T, D>(dqkv + hd.packed(1, k0, pb.len), hd.token_stride, stage, dk, head_scale<D>(), keys);
+    store_tile<T, D>(dqkv + hd.packed(2, k0, pb.len), hd.token_stride, stage, dv, 1.0f, keys);
+}
+
+// Grid z = 0: dK and dV of key tile y; z = 1: dQ of query tile y. Each writes its own part of
+// dqkv, so one launch covers both without any accumulation across blocks.
+template <typename T, int D>
+__device__ void attention_backward(const T* qkv, const T* dout, const float* lse, const float* delta, T* dqkv,
+                                   Problem pb) {
+    __shared__ __align__(16) BackwardSmem<D> sm;
+    if (blockIdx.z == 0) {
+        backward_dkdv<T, D>(sm, qkv, dout, lse, delta, dqkv, pb);
+    } else {
+        backward_dq<T, D>(sm, qkv, dout, lse, delta, dqkv, pb);
+    }
 }
 
 }  // namespace
@@ -337,44 +365,25 @@ extern "C" __global__ void attention_bwd_delta_bf16(const bf16* out, const bf16*
     attention_delta<bf16>(out, dout, delta, len, heads, head_dim, total_rows);
 }
 
-// Grid (batch * heads, ceil(len / 64)), 128 threads; each writes its part of dqkv.
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dq_d64_f32(const float* qkv, const float* dout, const float* lse, const float* delta,
-                             float* dqkv, int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dq<float, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
+// Grid (batch * heads, ceil(len / 64), 2), 128 threads. The bound of 2 blocks per SM lets ptxas
+// hold dK, dV and two score fragments (~200 registers) without spilling.
+extern "C" __global__ void __launch_bounds__(128, 2)
+    attention_bwd_d64_f32(const float* qkv, const float* dout, const float* lse, const float* delta, float* dqkv,
+                          int len, int heads, const int* key_lengths, int causal) {
+    attention_backward<float, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
 }
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dq_d64_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
-                              int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dq<bf16, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
+extern "C" __global__ void __launch_bounds__(128, 2)
+    attention_bwd_d64_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
+                           int len, int heads, const int* key_lengths, int causal) {
+    attention_backward<bf16, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
 }
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dq_d32_f32(const float* qkv, const float* dout, const float* lse, const float* delta,
-                             float* dqkv, int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dq<float, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
+extern "C" __global__ void __launch_bounds__(128, 2)
+    attention_bwd_d32_f32(const float* qkv, const float* dout, const float* lse, const float* delta, float* dqkv,
+                          int len, int heads, const int* key_lengths, int causal) {
+    attention_backward<float, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
 }
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dq_d32_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
-                              int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dq<bf16, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dkdv_d64_f32(const float* qkv, const float* dout, const float* lse, const float* delta,
-                               float* dqkv, int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dkdv<float, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dkdv_d64_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
-                                int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dkdv<bf16, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dkdv_d32_f32(const float* qkv, const float* dout, const float* lse, const float* delta,
-                               float* dqkv, int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dkdv<float, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bwd_dkdv_d32_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
-                                int len, int heads, const int* key_lengths, int causal) {
-    attention_backward_dkdv<bf16, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
+extern "C" __global__ void __launch_bounds__(128, 2)
+    attention_bwd_d32_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
+                           int len, int heads, const int* key_lengths, int causal) {
+    attention_backward<bf16, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
 }

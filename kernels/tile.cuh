@@ -77,19 +77,20 @@ template <int COLS, int STRIDE, typename S, typename T>
 __device__ __forceinline__ void stage_rows(S* dst, const T* src, size_t src_stride, int rows, int cols) {
     static_assert(COLS % 8 == 0, "tiles are staged 8 elements at a time");
     constexpr int CHUNKS = COLS / 8;
-    const bool vec = cols >= COLS && rows_vectorizable(src, src_stride);
+    const bool aligned = rows_vectorizable(src, src_stride);
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += blockDim.x) {
         const int r = c / CHUNKS, k = (c % CHUNKS) * 8;
         const T* from = src + static_cast<size_t>(r) * src_stride + k;
         S* to = dst + r * STRIDE + k;
+        const bool vec = aligned && r < rows && k + 8 <= cols;
         if constexpr (sizeof(S) == 2 && sizeof(T) == 2) {
-            if (r < rows && vec) {
+            if (vec) {
                 *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from);
                 continue;
             }
         }
         float v[8];
-        if (r < rows && vec) {
+        if (vec) {
             load8(from, v);
         } else {
             for (int e = 0; e < 8; ++e) v[e] = r < rows && k + e < cols ? to_float(from[e]) : 0.0f;
@@ -103,14 +104,14 @@ __device__ __forceinline__ void stage_rows(S* dst, const T* src, size_t src_stri
 template <int COLS, int STRIDE, typename T>
 __device__ __forceinline__ void store_rows(T* dst, size_t dst_stride, const float* stage, int rows, int cols) {
     constexpr int CHUNKS = COLS / 8;
-    const bool vec = cols >= COLS && rows_vectorizable(dst, dst_stride);
+    const bool aligned = rows_vectorizable(dst, dst_stride);
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += blockDim.x) {
         const int r = c / CHUNKS, k = (c % CHUNKS) * 8;
         if (r >= rows) break;  // c grows with r: the remaining chunks are past the last row too
         float v[8];
         load8(stage + r * STRIDE + k, v);
         T* to = dst + static_cast<size_t>(r) * dst_stride + k;
-        if (vec) {
+        if (aligned && k + 8 <= cols) {
             store8(to, v);
         } else {
             for (int e = 0; e < 8 && k + e < cols; ++e) to[e] = from_float<T>(v[e]);

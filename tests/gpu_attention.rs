@@ -164,6 +164,6 @@ fn backward_is_deterministic() {
 #[test]
 fn unsupported_head_dims_are_a_clear_error() {
     let qkv = on(&Tensor::zeros([1, 4, 3 * 48], DType::F32), Device::Emu, DType::F32);
-    let err = backend::get(Device::Emu).attention(&qkv, 1, &AttnMask::none()).err().expect("head dim 48 is rejected");
+    let err = backend::get(Device::Emu).attention(&qkv, 1, &AttnMask::none()).expect_err("head dim 48 is rejected");
     assert!(err.to_string().contains("head dims 32 and 64"), "{err}");
 }

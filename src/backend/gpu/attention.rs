@@ -1,7 +1,8 @@
 //! Rust side of kernels/attention.cu: flash-style attention on packed qkv.
 //!
-//! Forward is one launch; backward is three (D = rowsum(dO * O), then dK/dV per key tile and dQ
-//! per query tile, each writing its own part of dqkv, so the result is deterministic). The saved
+//! Forward is one launch; backward is two (D = rowsum(dO * O), then dK/dV per key tile and dQ
+//! per query tile in one grid, each block writing its own part of dqkv, so the result is
+//! deterministic). The saved
 //! log-sum-exp is fp32 whatever the tensors' dtype, and f32 tensors run through the same bf16
 //! tensor-core products (see the kernel file for the precision this gives).
 
@@ -22,24 +23,25 @@ const DELTA_THREADS: u32 = 256;
 struct Geometry {
     batch: usize,
     len: usize,
-    width: usize,
     heads: usize,
     head_dim: usize,
 }
 
 impl Geometry {
     fn of(qkv: &Tensor, heads: usize) -> Result<Self> {
-        let (batch, len, width) = (qkv.dims()[0], qkv.dims()[1], qkv.dims()[2] / 3);
-        let head_dim = width / heads;
+        let dims = qkv.dims();
+        let head_dim = dims[2] / (3 * heads);
         if head_dim != 32 && head_dim != 64 {
             return Err(Error::invalid(
                 "attention",
-                format!(
-                    "the GPU kernels are built for head dims 32 and 64, not {head_dim} (width {width}, {heads} heads)"
-                ),
+                format!("the GPU kernels are built for head dims 32 and 64, not {head_dim} ({heads} heads)"),
             ));
         }
-        Ok(Geometry { batch, len, width, heads, head_dim })
+        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim })
+    }
+
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
     }
 
     fn is_empty(&self) -> bool {
@@ -89,7 +91,7 @@ impl MaskArgs {
 
 pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
     let g = Geometry::of(qkv, heads)?;
-    let out = gpu.uninit([g.batch, g.len, g.width], qkv.dtype())?;
+    let out = gpu.uninit([g.batch, g.len, g.width()], qkv.dtype())?;
     let lse = gpu.uninit([g.batch, g.heads, g.len], DType::F32)?;
     if g.is_empty() {
         return Ok((out, lse));
@@ -134,6 +136,7 @@ pub(super) fn attention_backward(
             int(rows, "attention rows")?,
         ],
     )?;
+    let tiles = g.tiles()?;
     let mask = MaskArgs::upload(gpu, mask)?;
     let mut args = vec![
         ptr(qkv)?,
@@ -145,7 +148,8 @@ pub(super) fn attention_backward(
         int(heads, "heads")?,
     ];
     args.extend(mask.args);
-    gpu.launch(&g.kernel("bwd_dkdv", qkv.dtype())?, g.tiles()?, &args)?;
-    gpu.launch(&g.kernel("bwd_dq", qkv.dtype())?, g.tiles()?, &args)?;
+    // z = 0: dK and dV per key tile; z = 1: dQ per query tile.
+    let config = LaunchConfig { grid: [tiles.grid[0], tiles.grid[1], 2], ..tiles };
+    gpu.launch(&g.kernel("bwd", qkv.dtype())?, config, &args)?;
     Ok(dqkv)
 }
