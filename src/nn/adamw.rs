@@ -5,7 +5,7 @@ use crate::autograd::Gradients;
 use crate::backend::{self, AdamWStep, AdamWTensor};
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -93,6 +93,14 @@ impl AdamW {
         }
         let device = old_m.device();
         (*old_m, *old_v) = (m.to_device(device)?, v.to_device(device)?);
+        Ok(())
+    }
+
+    /// Moves the moments to `device` (where the parameters have gone).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for (_, m, v) in &mut self.state {
+            (*m, *v) = (m.to_device(device)?, v.to_device(device)?);
+        }
         Ok(())
     }
 

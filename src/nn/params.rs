@@ -20,7 +20,7 @@ impl ParamId {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ParamStore {
     names: Vec<String>,
     tensors: Vec<Tensor>,

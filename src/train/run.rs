@@ -236,12 +236,7 @@ fn move_training_state(
 ) -> Result<()> {
     params.to_device(device)?;
     buffers.to_device(device)?;
-    for id in params.ids() {
-        let (m, v) = optimizer.moments(id);
-        let (m, v) = (m.to_device(device)?, v.to_device(device)?);
-        optimizer.set_moments(id, m, v)?;
-    }
-    Ok(())
+    optimizer.to_device(device)
 }
 
 /// The factor that scales gradients down to `max_norm` global L2 norm (1 when below).
