@@ -7,12 +7,9 @@
 //! with rtol = 1/64 and atol a small fraction of the tensor's largest reference value.
 
 mod common;
-#[allow(dead_code)]
-#[path = "common/gpu.rs"]
-mod gpu;
 
 use common::assert_close;
-use gpu::{gpu_devices, on, randn_as};
+use common::gpu::{gpu_devices, on, randn_as};
 use msclip::backend::{self, AttnMask};
 use msclip::{DType, Device, Rng, Tensor};
 

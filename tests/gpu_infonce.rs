@@ -8,12 +8,9 @@
 //! d features product), for the loss and lse a small absolute error of fp32 sums.
 
 mod common;
-#[allow(dead_code)]
-#[path = "common/gpu.rs"]
-mod gpu;
 
 use common::assert_close;
-use gpu::{gpu_devices, on, rtol_of};
+use common::gpu::{gpu_devices, on, rtol_of};
 use msclip::backend::{self, InfoNceOut};
 use msclip::{DType, Device, Rng, Tensor};
 

@@ -8,8 +8,15 @@ use std::process::Command;
 
 use msclip::backend::gpu::modules::MODULES;
 
-/// (module, instruction that must appear in its SASS).
-const REQUIRED: &[(&str, &str)] = &[("selftest", "HMMA")];
+/// Kernels whose products must run on tensor cores (mma.sync, HMMA in the SASS), by module.
+const TENSOR_CORE_KERNELS: &[(&str, &[&str])] = &[
+    ("selftest", &["selftest_mma"]),
+    (
+        "attention",
+        &["attention_fwd_d32_bf16", "attention_fwd_d64_bf16", "attention_bwd_d32_bf16", "attention_bwd_d64_bf16"],
+    ),
+    ("infonce", &["infonce_fwd_bf16", "infonce_bwd_bf16"]),
+];
 
 /// The directory holding cuobjdump and nvdisasm: next to `NVCC`, or the repo-local install.
 fn tool_dir() -> Option<PathBuf> {
@@ -35,21 +42,39 @@ fn sass_of(tools: &Path, image: &[u8], name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// HMMA instructions per kernel: cuobjdump prints each kernel's SASS after a
+/// `Function : <name>` line.
+fn hmma_per_kernel(sass: &str) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in sass.lines() {
+        if let Some(at) = line.find("Function : ") {
+            counts.push((line[at + "Function : ".len()..].trim().to_string(), 0));
+        } else if line.contains("HMMA")
+            && let Some(last) = counts.last_mut()
+        {
+            last.1 += 1;
+        }
+    }
+    counts
+}
+
 #[test]
 fn tensor_core_kernels_contain_tensor_core_instructions() {
     let Some(tools) = tool_dir() else {
         eprintln!("SASS check skipped: cuobjdump/nvdisasm not found (scripts/install-cuda-toolchain.sh installs them)");
         return;
     };
-    for &(module, instruction) in REQUIRED {
+    for &(module, kernels) in TENSOR_CORE_KERNELS {
         let m = MODULES.iter().find(|m| m.name == module).unwrap_or_else(|| panic!("no module {module}"));
         let Some(image) = m.image else {
             eprintln!("SASS check skipped: this build has no GPU images (nvcc was not found)");
             return;
         };
-        let sass = sass_of(&tools, image, module);
-        let count = sass.lines().filter(|l| l.contains(instruction)).count();
-        eprintln!("{module}: {count} {instruction} instructions");
-        assert!(count > 0, "no {instruction} in the SASS of kernels/{module}.cu");
+        let counts = hmma_per_kernel(&sass_of(&tools, image, module));
+        for &kernel in kernels {
+            let count = counts.iter().find(|(name, _)| name == kernel).map(|(_, c)| *c);
+            eprintln!("{kernel}: {count:?} HMMA");
+            assert!(count.is_some_and(|c| c > 0), "{kernel} has no HMMA in the SASS of kernels/{module}.cu");
+        }
     }
 }

@@ -35,11 +35,6 @@ impl GpuBackend {
     pub(super) fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         self.driver()?.launch(kernel, config, args)
     }
-
-    /// The error of an op whose kernels are not written yet on the GPU backend.
-    pub(super) fn missing_kernel(&self, op: &'static str) -> Error {
-        Error::Device(format!("{op}: the {} backend has no kernel for this op yet", self.device))
-    }
 }
 
 /// The device address of a tensor's elements, as a kernel argument.
