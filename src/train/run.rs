@@ -141,7 +141,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             ));
         }
         let grads = autograd::backward(&loss)?;
-        let grad_scale = clip_scale(&params, &grads, config.grad_clip_norm);
+        let grad_scale = clip_scale(&params, &grads, config.grad_clip_norm)?;
         let lr = schedule.lr(step);
         optimizer.step(&mut params, &grads, lr, grad_scale)?;
         if let Some(max) = config.logit_scale_max {
@@ -240,15 +240,23 @@ fn move_training_state(
 }
 
 /// The factor that scales gradients down to `max_norm` global L2 norm (1 when below).
-fn clip_scale(params: &ParamStore, grads: &Gradients, max_norm: Option<f64>) -> f64 {
-    let Some(max_norm) = max_norm else { return 1.0 };
-    let squares: f64 = params
-        .ids()
-        .filter_map(|id| grads.get(params.get(id)))
-        .map(|g| g.to_f64_vec().iter().map(|v| v * v).sum::<f64>())
-        .sum();
+fn clip_scale(params: &ParamStore, grads: &Gradients, max_norm: Option<f64>) -> Result<f64> {
+    let Some(max_norm) = max_norm else { return Ok(1.0) };
+    let mut squares = 0.0;
+    for g in params.ids().filter_map(|id| grads.get(params.get(id))) {
+        squares += squared_norm(g)?;
+    }
     let norm = squares.sqrt();
-    if norm > max_norm { max_norm / norm } else { 1.0 }
+    Ok(if norm > max_norm { max_norm / norm } else { 1.0 })
+}
+
+/// Sum of squares of a gradient: in f64 on the host for CPU tensors; on a GPU reduced where it
+/// lives, so only one number per tensor crosses to the host instead of the whole gradient.
+fn squared_norm(g: &Tensor) -> Result<f64> {
+    if g.device() == Device::Cpu {
+        return Ok(g.to_f64_vec().iter().map(|v| v * v).sum());
+    }
+    autograd::no_grad(|| g.mul(g)?.sum_all()?.item())
 }
 
 /// open_clip clamps the logit scale parameter to [0, ln 100] after every step.
