@@ -42,4 +42,7 @@ for tool in nvcc ptxas cuobjdump nvdisasm; do
     chmod +x "$dir/bin/$tool"
 done
 "$dir/bin/nvcc" --version | tail -n 2 >&2
+# build.rs does not watch this directory (cargo would rerun it on every build while it is
+# absent); touching build.rs makes the next cargo build compile the GPU images.
+touch "$repo/build.rs"
 echo "$dir/bin/nvcc"
