@@ -8,8 +8,8 @@
 //
 // Precision: the products run on tensor cores (mma.m16n8k16, bf16 operands, fp32
 // accumulation); softmax statistics, outputs, lse and the gradients' accumulators are fp32.
-// f32 tensors take the same path, rounded to bf16 as their tiles are staged in shared memory,
-// so their accuracy is bf16's (about 2^-8 relative), not f32's.
+// Only bf16 tensors take this path: f32 tensors run the exact SIMT kernels of
+// attention_exact.cu, which share the delta kernel below (fp32 for both dtypes).
 //
 // Work split, for CLIP's short sequences (50, 77, 197): a block is 4 warps and one 64-row tile
 // of one (batch, head); each warp owns 16 rows. Warps whose rows all lie past the sequence, or
@@ -335,19 +335,9 @@ __device__ void attention_backward(const T* qkv, const T* dout, const float* lse
 
 // Grid (batch * heads, ceil(len / 64)), 128 threads; key_lengths may be null.
 extern "C" __global__ void __launch_bounds__(128)
-    attention_fwd_d64_f32(const float* qkv, float* out, float* lse, int len, int heads, const int* key_lengths,
-                          int causal) {
-    attention_forward<float, 64>(qkv, out, lse, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128)
     attention_fwd_d64_bf16(const bf16* qkv, bf16* out, float* lse, int len, int heads, const int* key_lengths,
                            int causal) {
     attention_forward<bf16, 64>(qkv, out, lse, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128)
-    attention_fwd_d32_f32(const float* qkv, float* out, float* lse, int len, int heads, const int* key_lengths,
-                          int causal) {
-    attention_forward<float, 32>(qkv, out, lse, Problem{len, heads, key_lengths, causal});
 }
 extern "C" __global__ void __launch_bounds__(128)
     attention_fwd_d32_bf16(const bf16* qkv, bf16* out, float* lse, int len, int heads, const int* key_lengths,
@@ -368,19 +358,9 @@ extern "C" __global__ void attention_bwd_delta_bf16(const bf16* out, const bf16*
 // Grid (batch * heads, ceil(len / 64), 2), 128 threads. The bound of 2 blocks per SM lets ptxas
 // hold dK, dV and two score fragments (~200 registers) without spilling.
 extern "C" __global__ void __launch_bounds__(128, 2)
-    attention_bwd_d64_f32(const float* qkv, const float* dout, const float* lse, const float* delta, float* dqkv,
-                          int len, int heads, const int* key_lengths, int causal) {
-    attention_backward<float, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128, 2)
     attention_bwd_d64_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,
                            int len, int heads, const int* key_lengths, int causal) {
     attention_backward<bf16, 64>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
-}
-extern "C" __global__ void __launch_bounds__(128, 2)
-    attention_bwd_d32_f32(const float* qkv, const float* dout, const float* lse, const float* delta, float* dqkv,
-                          int len, int heads, const int* key_lengths, int causal) {
-    attention_backward<float, 32>(qkv, dout, lse, delta, dqkv, Problem{len, heads, key_lengths, causal});
 }
 extern "C" __global__ void __launch_bounds__(128, 2)
     attention_bwd_d32_bf16(const bf16* qkv, const bf16* dout, const float* lse, const float* delta, bf16* dqkv,

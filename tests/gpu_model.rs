@@ -1,22 +1,42 @@
 //! One training step of a whole model on the GPU backend against the CPU reference (DESIGN 8,
 //! level 3): the same weights and batch give the same loss and the same gradient for every
 //! parameter, on the emulator always and on a real GPU when present.
+//!
+//! The reference runs in f64 on the CPU, from the same (f32) weights: the f32 CPU backend is
+//! itself about 1e-3 away from exact on the conv stem's gradients (long sequential f32 sums in
+//! its batchnorm and conv backward), while the GPU's f32 kernels are within 5e-5 of exact
+//! everywhere, so an f64 reference lets the bounds below be tight.
 
 mod common;
 
 use common::gpu::gpu_devices;
 use msclip::autograd;
 use msclip::data::shapes::{ShapesConfig, Split};
-use msclip::model::{ClipModel, preset};
+use msclip::model::{Buffers, ClipModel, preset};
 use msclip::text::Tokenizer;
 use msclip::train::make_batch;
 use msclip::{DType, Device, Rng};
+
+/// |loss - reference| / reference: measured 1e-7 (under an f32 ulp of the loss) on both models.
+const LOSS_RTOL: f64 = 1e-6;
+/// ||grad - reference|| / ||reference|| for every parameter: measured at most 5.0e-5 (a
+/// LayerNorm bias of the tiny model; the conv stem 2e-6, the q/k/v projections 2e-6).
+const GRAD_RTOL: f64 = 1.5e-4;
 
 /// ||a - b|| / ||b|| over all elements.
 fn relative_error(a: &[f64], b: &[f64]) -> f64 {
     let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
     let norm: f64 = b.iter().map(|y| y * y).sum();
     (diff / norm.max(1e-300)).sqrt()
+}
+
+/// `buffers` converted to `dtype`.
+fn buffers_as(buffers: &Buffers, dtype: DType) -> Buffers {
+    let mut out = buffers.clone();
+    for (name, value) in buffers.iter() {
+        out.set(out.find(name).unwrap(), value.to_dtype(dtype).unwrap());
+    }
+    out
 }
 
 #[test]
@@ -29,8 +49,12 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
         let tokenizer = Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab).unwrap();
         let batch = make_batch(&data, Split::Train, 0, 12, &tokenizer, model.config.text.context, DType::F32).unwrap();
 
-        let mut bufs = cpu_buffers.clone();
-        let loss = model.contrastive_loss(&cpu_params, &mut bufs, &batch.images, &batch.tokens, None).unwrap();
+        // The reference: the same weights and images in f64; gradients reach the f32 masters
+        // through the recorded casts (an f32 rounding of the f64 gradient).
+        let params64 = cpu_params.cast_for_compute(DType::F64, |_| false).unwrap();
+        let mut bufs = buffers_as(&cpu_buffers, DType::F64);
+        let images64 = batch.images.to_dtype(DType::F64).unwrap();
+        let loss = model.contrastive_loss(&params64, &mut bufs, &images64, &batch.tokens, None).unwrap();
         let cpu_loss = loss.item().unwrap();
         let cpu_grads = autograd::backward(&loss).unwrap();
 
@@ -43,29 +67,23 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
             let loss = model.contrastive_loss(&params, &mut bufs, &images, &batch.tokens, None).unwrap();
             let gpu_loss = loss.item().unwrap();
             let grads = autograd::backward(&loss).unwrap();
-            // Attention multiplies bf16-rounded tiles even for f32 tensors, so agreement is at
-            // bf16's level (about 1e-3 relative), not f32's.
-            assert!(
-                (gpu_loss - cpu_loss).abs() <= 2e-3 * cpu_loss,
-                "{name} on {device}: loss {gpu_loss} vs {cpu_loss}"
-            );
+            let what = format!("{name} on {device}");
+            let loss_err = (gpu_loss - cpu_loss).abs() / cpu_loss;
+            assert!(loss_err <= LOSS_RTOL, "{what}: loss {gpu_loss} vs {cpu_loss} (f64)");
             let mut worst = (0.0, String::new());
             for id in cpu_params.ids() {
                 let pname = cpu_params.name(id);
                 let want = cpu_grads.get(cpu_params.get(id)).map(|g| g.to_f64_vec());
                 let got = grads.get(params.get(id)).map(|g| g.to_f64_vec());
-                assert_eq!(want.is_some(), got.is_some(), "{name} on {device}: gradient presence of {pname}");
+                assert_eq!(want.is_some(), got.is_some(), "{what}: gradient presence of {pname}");
                 let (Some(want), Some(got)) = (want, got) else { continue };
                 let err = relative_error(&got, &want);
+                assert!(err <= GRAD_RTOL, "{what}: gradient of {pname} off by {err:.2e} (relative norm)");
                 if err > worst.0 {
                     worst = (err, pname.to_string());
                 }
-                assert!(err <= 6e-2, "{name} on {device}: gradient of {pname} off by {err:.2e} (relative norm)");
             }
-            eprintln!(
-                "{name} on {device}: loss {gpu_loss} vs {cpu_loss}; worst gradient {} at {:.2e}",
-                worst.1, worst.0
-            );
+            eprintln!("{what}: loss off by {loss_err:.1e}; worst gradient {} at {:.2e}", worst.1, worst.0);
         }
     }
 }

@@ -1,10 +1,10 @@
-//! Rust side of kernels/attention.cu: flash-style attention on packed qkv.
+//! Rust side of kernels/attention.cu and kernels/attention_exact.cu: attention on packed qkv.
 //!
-//! Forward is one launch; backward is two (D = rowsum(dO * O), then dK/dV per key tile and dQ
-//! per query tile in one grid, each block writing its own part of dqkv, so the result is
-//! deterministic). The saved
-//! log-sum-exp is fp32 whatever the tensors' dtype, and f32 tensors run through the same bf16
-//! tensor-core products (see the kernel file for the precision this gives).
+//! bf16 tensors run the flash-style tensor-core kernels (head dims 32 and 64); f32 tensors run
+//! the exact SIMT kernels (any head dim up to 128, fp32 math throughout, so f32 training
+//! matches the CPU reference to f32 rounding). Forward is one launch; backward is two
+//! (D = rowsum(dO * O), then dK/dV and dQ in one grid, each block writing its own part of dqkv,
+//! so the result is deterministic). The saved log-sum-exp is fp32 whatever the tensors' dtype.
 
 use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
@@ -13,31 +13,60 @@ use crate::backend::AttnMask;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
-/// Rows of a query or key tile, and threads of a tile's block (4 warps of 16 rows).
+/// The tensor-core kernels: rows of a query or key tile, and threads of a tile's block (4 warps
+/// of 16 rows).
 const TILE: usize = 64;
 const TILE_THREADS: u32 = 128;
+/// The exact kernels: rows of a block (one per warp), and its threads.
+const EXACT_ROWS: usize = 8;
+const EXACT_THREADS: u32 = 256;
+/// The exact kernels come for head dims up to 32, 64, 96 and 128.
+const EXACT_MAX_HEAD_DIM: usize = 128;
 /// The delta kernel's block: 8 warps, one (token, head) row each.
 const DELTA_THREADS: u32 = 256;
 
-/// Shapes of one attention call.
+/// Which kernels serve a dtype.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    /// bf16: the tensor-core tiles of attention.cu.
+    TensorCore,
+    /// f32: the SIMT kernels of attention_exact.cu.
+    Exact,
+}
+
+/// Shapes of one attention call, and the kernels that run it.
 struct Geometry {
     batch: usize,
     len: usize,
     heads: usize,
     head_dim: usize,
+    kernels: Kernels,
 }
 
 impl Geometry {
     fn of(qkv: &Tensor, heads: usize) -> Result<Self> {
         let dims = qkv.dims();
         let head_dim = dims[2] / (3 * heads);
-        if head_dim != 32 && head_dim != 64 {
-            return Err(Error::invalid(
-                "attention",
-                format!("the GPU kernels are built for head dims 32 and 64, not {head_dim} ({heads} heads)"),
-            ));
-        }
-        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim })
+        let kernels = match qkv.dtype() {
+            DType::BF16 if head_dim == 32 || head_dim == 64 => Kernels::TensorCore,
+            DType::BF16 => {
+                return Err(Error::invalid(
+                    "attention",
+                    format!("the bf16 GPU kernels are built for head dims 32 and 64, not {head_dim} ({heads} heads)"),
+                ));
+            }
+            DType::F32 if (1..=EXACT_MAX_HEAD_DIM).contains(&head_dim) => Kernels::Exact,
+            DType::F32 => {
+                return Err(Error::invalid(
+                    "attention",
+                    format!(
+                        "the f32 GPU kernels take head dims 1 to {EXACT_MAX_HEAD_DIM}, not {head_dim} ({heads} heads)"
+                    ),
+                ));
+            }
+            DType::F64 => return Err(Error::dtype("attention", "GPU kernels compute in f32 or bf16, not f64")),
+        };
+        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, kernels })
     }
 
     fn width(&self) -> usize {
@@ -48,20 +77,44 @@ impl Geometry {
         self.batch * self.len * self.heads == 0
     }
 
-    /// `attention_<stage>_d<head dim>_<dtype>`.
+    /// `attention_<stage>_d<head dim>_bf16`, or `attention_exact_<stage>_d<head dim rounded up to
+    /// 32>_f32`.
     fn kernel(&self, stage: &str, dtype: DType) -> Result<String> {
-        kernel_for(&format!("attention_{stage}_d{}", self.head_dim), dtype)
+        match self.kernels {
+            Kernels::TensorCore => kernel_for(&format!("attention_{stage}_d{}", self.head_dim), dtype),
+            Kernels::Exact => {
+                kernel_for(&format!("attention_exact_{stage}_d{}", self.head_dim.next_multiple_of(32)), dtype)
+            }
+        }
     }
 
-    /// One block per (batch, head) and 64-row tile.
-    fn tiles(&self) -> Result<LaunchConfig> {
+    /// One block per (batch, head) and 64-row tile (tensor cores) or 8 rows (exact); `layers`
+    /// blocks deep.
+    fn grid(&self, layers: u32) -> Result<LaunchConfig> {
+        let (rows, threads) = match self.kernels {
+            Kernels::TensorCore => (TILE, TILE_THREADS),
+            Kernels::Exact => (EXACT_ROWS, EXACT_THREADS),
+        };
         let pairs = u32::try_from(self.batch * self.heads)
             .map_err(|_| Error::invalid("attention", "batch * heads does not fit a grid dimension"))?;
-        let tiles = u32::try_from(self.len.div_ceil(TILE))
+        let tiles = u32::try_from(self.len.div_ceil(rows))
             .ok()
             .filter(|&t| t <= 65_535)
             .ok_or_else(|| Error::invalid("attention", format!("sequence length {} is too long", self.len)))?;
-        Ok(LaunchConfig { grid: [pairs, tiles, 1], block: [TILE_THREADS, 1, 1], shared_bytes: 0 })
+        Ok(LaunchConfig { grid: [pairs, tiles, layers], block: [threads, 1, 1], shared_bytes: 0 })
+    }
+
+    /// The arguments every kernel takes after its tensors: `len, heads, key_lengths, causal`,
+    /// then for the exact kernels `head_dim, scale`.
+    fn shape_args(&self, mask: &MaskArgs) -> Result<Vec<KernelArg>> {
+        let mut args = vec![int(self.len, "sequence length")?, int(self.heads, "heads")?];
+        args.extend(mask.args);
+        if self.kernels == Kernels::Exact {
+            // 1/sqrt(head_dim) rounded from f64, as the CPU reference computes it.
+            let scale = (1.0 / (self.head_dim as f64).sqrt()) as f32;
+            args.extend([int(self.head_dim, "head dim")?, KernelArg::F32(scale)]);
+        }
+        Ok(args)
     }
 }
 
@@ -97,9 +150,9 @@ pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &Att
         return Ok((out, lse));
     }
     let mask = MaskArgs::upload(gpu, mask)?;
-    let mut args = vec![ptr(qkv)?, ptr(&out)?, ptr(&lse)?, int(g.len, "sequence length")?, int(heads, "heads")?];
-    args.extend(mask.args);
-    gpu.launch(&g.kernel("fwd", qkv.dtype())?, g.tiles()?, &args)?;
+    let mut args = vec![ptr(qkv)?, ptr(&out)?, ptr(&lse)?];
+    args.extend(g.shape_args(&mask)?);
+    gpu.launch(&g.kernel("fwd", qkv.dtype())?, g.grid(1)?, &args)?;
     Ok((out, lse))
 }
 
@@ -136,20 +189,10 @@ pub(super) fn attention_backward(
             int(rows, "attention rows")?,
         ],
     )?;
-    let tiles = g.tiles()?;
     let mask = MaskArgs::upload(gpu, mask)?;
-    let mut args = vec![
-        ptr(qkv)?,
-        ptr(dout)?,
-        ptr(lse)?,
-        KernelArg::Ptr(delta.ptr()),
-        ptr(&dqkv)?,
-        int(g.len, "sequence length")?,
-        int(heads, "heads")?,
-    ];
-    args.extend(mask.args);
-    // z = 0: dK and dV per key tile; z = 1: dQ per query tile.
-    let config = LaunchConfig { grid: [tiles.grid[0], tiles.grid[1], 2], ..tiles };
-    gpu.launch(&g.kernel("bwd", qkv.dtype())?, config, &args)?;
+    let mut args = vec![ptr(qkv)?, ptr(dout)?, ptr(lse)?, KernelArg::Ptr(delta.ptr()), ptr(&dqkv)?];
+    args.extend(g.shape_args(&mask)?);
+    // z = 0: dK and dV; z = 1: dQ.
+    gpu.launch(&g.kernel("bwd", qkv.dtype())?, g.grid(2)?, &args)?;
     Ok(dqkv)
 }
