@@ -54,21 +54,45 @@ fn window_gaps(got: &[f64], want: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// How closely a precision's run must track the CPU's.
+struct Tracking {
+    /// (last step, rtol): each step's loss up to that step within rtol of the CPU's, phase by
+    /// phase, while the runs still follow the same path (until about step 25).
+    early: &'static [(usize, f64)],
+    /// Bound on the gap between 10-step means once the loss falls.
+    window_rtol: f64,
+}
+
+/// fp32: exact arithmetic on both sides (a step's gradients agree to 5e-5, tests/gpu_model.rs),
+/// so what separates the curves is the run amplifying rounding differences about tenfold every
+/// six steps. Measured on the emulator (2026-11-25): at most 1.6e-5 over steps 1-10, 7.4e-4 over
+/// 11-25, 10-step means within 3.0%. For scale, the CPU against itself with only its batchnorm
+/// sums accumulated in f64: 1.9e-5, 3.3e-4 and 0.4%, and single late steps up to 4%.
+const FP32: Tracking = Tracking { early: &[(10, 1e-4), (25, 1e-3)], window_rtol: 0.08 };
+/// bf16 weights and activations: measured at most 3.1e-3 over steps 1-25, 10-step means within
+/// 4.6% (2026-11-25).
+const BF16: Tracking = Tracking { early: &[(25, 1e-2)], window_rtol: 0.15 };
+
 /// The stated tolerance of a GPU-backend run against the CPU reference.
 ///
 /// Until the loss starts to fall (about step 30 at batch 16) the runs follow the same path and
-/// each step's loss must agree within `early_rtol`. Once it falls, training is chaotic: a
+/// each step's loss must agree within the early bounds. Once it falls, training is chaotic: a
 /// difference in the last bits moves the step at which the contrastive loss breaks away from
-/// ln(16), so later steps are compared by 10-step means (within 15%; measured 7-10% on the
-/// emulator, 2026-11-25) and the run must have learnt as the CPU run did.
-fn assert_tracks(what: &str, got: &[f64], cpu: &[f64], early_rtol: f64) {
+/// ln(16), so later steps are compared by 10-step means and the run must have learnt as the CPU
+/// run did.
+fn assert_tracks(what: &str, got: &[f64], cpu: &[f64], tracking: &Tracking) {
     assert_eq!(got.len(), cpu.len(), "{what}: number of logged steps");
-    for (step, (g, c)) in got.iter().zip(cpu).take(25).enumerate() {
-        assert!((g - c).abs() <= early_rtol * c, "{what} step {}: loss {g} vs cpu {c}", step + 1);
+    let mut first = 0;
+    for &(last, rtol) in tracking.early {
+        for (step, (g, c)) in got.iter().zip(cpu).enumerate().take(last).skip(first) {
+            assert!((g - c).abs() <= rtol * c, "{what} step {}: loss {g} vs cpu {c}", step + 1);
+        }
+        first = last;
     }
     let gaps = window_gaps(got, cpu);
     eprintln!("{what}: 10-step window gaps {gaps:.4?}");
-    assert!(gaps.iter().all(|&gap| gap <= 0.15), "{what}: 10-step means drift from the CPU's: {gaps:?}");
+    let bound = tracking.window_rtol;
+    assert!(gaps.iter().all(|&gap| gap <= bound), "{what}: 10-step means drift from the CPU's: {gaps:?}");
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (first, last) = (mean(&got[..10]), mean(&got[got.len() - 10..]));
     assert!(last < 0.85 * first, "{what}: the loss did not fall ({first} -> {last})");
@@ -80,9 +104,9 @@ fn gpu_backend_loss_curves_follow_the_cpu_for_fifty_steps() {
     let cpu = run(&dir, "cpu", Device::Cpu, Precision::Fp32);
     for device in gpu_devices() {
         let fp32 = run(&dir, &format!("{device}-fp32"), device, Precision::Fp32);
-        assert_tracks(&format!("{device} fp32"), &fp32, &cpu, 1e-3);
+        assert_tracks(&format!("{device} fp32"), &fp32, &cpu, &FP32);
         let bf16 = run(&dir, &format!("{device}-bf16"), device, Precision::Bf16);
-        assert_tracks(&format!("{device} bf16"), &bf16, &cpu, 1e-2);
+        assert_tracks(&format!("{device} bf16"), &bf16, &cpu, &BF16);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
