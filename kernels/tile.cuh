@@ -170,14 +170,12 @@ __device__ __forceinline__ void fragment_as_a(const float c[8][4], uint32_t a[4]
     }
 }
 
-// acc (16 x 8*N8) += P (16 x 64, a fragment) B, B a row-major 64 x 8*N8 shared tile
-// (P against v, dS against k or q, dz against features).
+// acc (16 x 8*N8) += A B, A (16 x 64) as the bf16 A fragments of its 4 k-steps, B a row-major
+// 64 x 8*N8 shared tile.
 template <int N8, int STRIDE>
-__device__ __forceinline__ void mma_fragment(float acc[N8][4], const float p[8][4], const bf16* b) {
+__device__ __forceinline__ void mma_a_fragments(float acc[N8][4], const uint32_t fa[4][4], const bf16* b) {
     static_assert(N8 % 2 == 0, "B fragments load two n-tiles at a time");
     const int lane = threadIdx.x % 32;
-    uint32_t fa[4][4];
-    fragment_as_a(p, fa);
     for (int ks = 0; ks < 4; ++ks) {
         for (int j = 0; j < N8; j += 2) {
             uint32_t fb[4];
@@ -188,6 +186,15 @@ __device__ __forceinline__ void mma_fragment(float acc[N8][4], const float p[8][
             mma_m16n8k16_bf16(acc[j + 1], fa[ks], b1, acc[j + 1]);
         }
     }
+}
+
+// acc (16 x 8*N8) += P (16 x 64, a fragment) B, B a row-major 64 x 8*N8 shared tile
+// (P against v, dS against k or q).
+template <int N8, int STRIDE>
+__device__ __forceinline__ void mma_fragment(float acc[N8][4], const float p[8][4], const bf16* b) {
+    uint32_t fa[4][4];
+    fragment_as_a(p, fa);
+    mma_a_fragments<N8, STRIDE>(acc, fa, b);
 }
 
 // ---- Online softmax over the columns of a fragment, per row (log2 domain). ----
