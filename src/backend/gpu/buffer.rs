@@ -1,8 +1,64 @@
 //! Tensor storage in a driver's memory: one allocation per tensor, freed on drop.
+//!
+//! Every allocation and free goes through `alloc` / `free` below, which keep per-thread byte
+//! counts, so a test can measure what an op allocates ([`measure_allocations`]).
+
+use std::cell::Cell;
 
 use super::driver::{DevicePtr, Driver};
 use crate::error::Result;
 use crate::tensor::{CpuStorage, DType, Device};
+
+/// What the calling thread allocated through the drivers while a closure ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocationReport {
+    /// The most bytes live at once, counting only allocations made during the closure.
+    pub peak_bytes: usize,
+    /// All bytes allocated during the closure, freed or not.
+    pub total_bytes: usize,
+}
+
+/// The calling thread's byte counts: live now, the peak of live, allocated in all. Per thread,
+/// so that tests running in parallel do not see each other's allocations.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    live: usize,
+    peak: usize,
+    total: usize,
+}
+
+thread_local! {
+    static COUNTS: Cell<Counts> = Cell::new(Counts::default());
+}
+
+/// Runs `f` and reports the device memory this thread allocated meanwhile (through `GpuStorage`
+/// and `Scratch`, which every GPU op allocates with), above what was live when it started.
+pub fn measure_allocations<R>(f: impl FnOnce() -> R) -> (R, AllocationReport) {
+    let start = COUNTS.get();
+    COUNTS.set(Counts { peak: start.live, ..start });
+    let result = f();
+    let end = COUNTS.get();
+    COUNTS.set(Counts { peak: start.peak.max(end.peak), ..end });
+    (result, AllocationReport { peak_bytes: end.peak - start.live, total_bytes: end.total - start.total })
+}
+
+fn alloc(device: Device, bytes: usize) -> Result<DevicePtr> {
+    let ptr = super::driver(device)?.alloc(bytes)?;
+    let c = COUNTS.get();
+    let live = c.live + bytes;
+    COUNTS.set(Counts { live, peak: c.peak.max(live), total: c.total + bytes });
+    Ok(ptr)
+}
+
+/// # Safety
+/// `ptr` came from `alloc(bytes)` on this driver and nothing uses it afterwards.
+unsafe fn free(driver: &dyn Driver, ptr: DevicePtr, bytes: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { driver.free(ptr, bytes) };
+    // A buffer allocated on another thread may be freed here: never below zero.
+    let c = COUNTS.get();
+    COUNTS.set(Counts { live: c.live.saturating_sub(bytes), ..c });
+}
 
 /// A tensor's elements on a GPU device (or in the emulator's memory).
 ///
@@ -18,7 +74,7 @@ pub struct GpuStorage {
 impl GpuStorage {
     /// `len` uninitialised elements.
     pub fn uninit(device: Device, dtype: DType, len: usize) -> Result<Self> {
-        let ptr = super::driver(device)?.alloc(len * dtype.size_in_bytes())?;
+        let ptr = alloc(device, len * dtype.size_in_bytes())?;
         Ok(GpuStorage { device, dtype, len, ptr })
     }
 
@@ -76,8 +132,8 @@ impl Clone for GpuStorage {
 
 impl Drop for GpuStorage {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from this driver's alloc of exactly `bytes()` and this value owns it.
-        unsafe { self.driver().free(self.ptr, self.bytes()) }
+        // SAFETY: `ptr` came from `alloc` of exactly `bytes()` and this value owns it.
+        unsafe { free(self.driver(), self.ptr, self.bytes()) }
     }
 }
 
@@ -97,7 +153,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn uninit(device: Device, bytes: usize) -> Result<Self> {
-        let ptr = super::driver(device)?.alloc(bytes)?;
+        let ptr = alloc(device, bytes)?;
         Ok(Scratch { device, ptr, bytes })
     }
 
@@ -129,8 +185,8 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Ok(driver) = super::driver(self.device) {
-            // SAFETY: `ptr` came from this driver's alloc of `bytes` and this value owns it.
-            unsafe { driver.free(self.ptr, self.bytes) }
+            // SAFETY: `ptr` came from `alloc` of `bytes` and this value owns it.
+            unsafe { free(driver, self.ptr, self.bytes) }
         }
     }
 }
