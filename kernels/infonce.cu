@@ -1,21 +1,39 @@
 // Symmetric InfoNCE (CLIP's contrastive loss), forward and backward, without the N x N logits
-// (DESIGN 3, the Inf-CL idea).
+// (DESIGN 3, the Inf-CL idea), for the whole batch or one data-parallel rank's share of it.
 //
-// img and txt are [n, d]; logits z[i][j] = t <img_i, txt_j> with t = min(exp(logit_scale),
-// max_scale). The loss is (sum_i row_lse_i + sum_j col_lse_j - 2 sum_i z_ii) / (2n).
+// Over a global batch of n pairs the logits are z[i][j] = t <img_i, txt_j>, t = min(exp(logit_scale),
+// max_scale), and the loss is (sum_i row_lse_i + sum_j col_lse_j - 2 sum_i z_ii) / (2n).
 //
-// Every kernel works on 64 "own" rows per block (4 warps of 16, tile.cuh) against all n "other"
-// rows, 64 at a time, recomputing each 64 x 64 tile of z from the features: the row direction
-// has img as own and txt as other, the column direction the reverse (z^T = t txt img^T), so one
-// kernel body serves both and gridDim picks the direction. Memory beyond inputs and outputs is
-// O(n): two lse vectors and one partial sum per block, reduced in a fixed order (no atomics, so
-// results are deterministic).
+// Sharding. A rank owns the image rows offset .. offset + n_local - 1 (`img` is that [n_local, d]
+// block) and sees all n texts (`txt` is [n, d], all-gathered); the whole batch is the one rank with
+// offset 0 and n_local = n, through the same kernels. A rank computes only its rows of z:
+// - row direction: each of its image rows against all n texts gives that row's complete lse;
+// - column direction: each text j against the rank's image rows gives a PARTIAL lse of column j
+//   over those rows. The column's lse is the lse over ranks of the partials: the caller all-gathers
+//   them ([ranks, n]) and infonce_combine reduces them in rank order, so every rank gets the same
+//   values. (Two all-reduces, max then sum of exp(partial - max), would do as well.)
+// A rank's share of the loss holds the terms of its rows i and of the columns j = i (its positive
+// pairs), so the shares sum to the loss. Its backward is the gradient of the global loss on its rows
+// of z (dloss, the gradient of the global loss, is the same on every rank): d img of its rows is
+// complete, while d txt (all n rows) and d(logit scale) are the rank's parts, which the caller sums
+// across ranks (reduce-scatter and all-reduce).
 //
-// - forward: online max / sum of exp over the other rows gives each own row's lse, and the block
-//   adds (lse - z_diag) of its rows into its partial of the loss.
-// - backward: dz = g (exp(z - lse_own) + exp(z - lse_other) - 2 [diag]), g = dloss / (2n), and
-//   d own = t dz other; each block owns 64 rows x 64 feature columns of d img or d txt. The row
-//   direction also sums dz * z, the gradient of the logit scale (zero while the clamp holds).
+// A block owns 64 "own" rows and runs over the "other" rows 64 at a time, recomputing each tile of z
+// from the features: the row direction has the local image rows as own and the texts as other, the
+// column direction the reverse (z^T = t txt img^T), so one kernel body serves both and the grid picks
+// the direction. Memory beyond inputs and outputs is O(n): lse vectors and one partial sum per block,
+// reduced in a fixed order (no atomics, so results are deterministic).
+//
+// - forward (4 warps of 16 rows): online max / sum of exp over the other rows gives each own row's
+//   lse; the row direction also sums (lse - 2 z_ii) over its rows into one partial per block.
+// - backward (8 warps): dz = g (exp(z - lse_own) + exp(z - lse_other) - 2 [positive pair]),
+//   g = dloss / (2n), and d own = t dz other. A block accumulates d own for its 64 rows and a group
+//   of up to 512 feature columns in registers, so each tile of z is computed once per direction and
+//   group, i.e. once for d <= 512. Warp (r, h) computes z for own rows 16r.. against other rows
+//   32h.., dz is exchanged through shared memory, and the same warp accumulates d own for rows 16r..
+//   and the columns 32h.. of each 64-wide feature chunk of the group. The group's chunks of the other
+//   rows are staged last in the z loop, one shared slot each, and stay there for the dz product. The
+//   row direction also sums dz * z, the gradient of the logit scale (zero while the clamp holds).
 //
 // Precision: bf16 features feed the tensor cores (their products are exact in fp32, so z is
 // fp32-accurate; dz is rounded to bf16 for the d own product). f32 features stay f32 on a SIMT
@@ -26,7 +44,19 @@ namespace {
 
 using namespace tile;
 
-constexpr int K_CHUNK = 64;  // feature columns per staged chunk
+// Full unrolling where nvcc's heuristics stop short and a register array would go to local
+// memory (the emulator's host compiler needs no hint).
+#ifdef MSCLIP_EMU
+#define UNROLL
+#else
+#define UNROLL _Pragma("unroll")
+#endif
+
+constexpr int K_CHUNK = 64;          // feature columns per staged chunk
+constexpr int BWD_THREADS = 256;     // 8 warps: 4 row groups x 2 halves of the other rows
+constexpr int GROUP_CHUNKS = 8;      // feature chunks whose d own a backward block accumulates
+constexpr int HALF_COLS = ROWS / 2;  // other rows of z, and feature columns of a chunk, per backward warp
+constexpr int STAGE_STRIDE = f32_stride(K_CHUNK);
 
 // Shared operand tiles per feature dtype.
 template <typename T>
@@ -42,8 +72,6 @@ struct Operand<float> {
     static constexpr int STRIDE = f32_stride(K_CHUNK);
 };
 
-constexpr int STAGE_STRIDE = f32_stride(K_CHUNK);
-
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
 struct Temperature {
@@ -57,18 +85,46 @@ __device__ __forceinline__ Temperature temperature(const T* logit_scale, float m
     return t > max_scale ? Temperature{max_scale, true} : Temperature{t, false};
 }
 
-// acc (the warp's 16 own rows x 64 other rows) += own other^T over one feature chunk.
-__device__ __forceinline__ void chunk_product(float acc[8][4], const bf16* own, const bf16* other) {
-    mma_rows<K_CHUNK / 16, 8, Operand<bf16>::STRIDE>(acc, own, other);
+// The batch as one rank sees it (see the top of the file).
+struct Shard {
+    int n_local, n, offset;
+};
+
+// The direction a block works in and the own rows it holds.
+template <typename T>
+struct Side {
+    const T* own;
+    const T* other;
+    int own_count, other_count;
+    int shift;  // own row r and other row c are a positive pair when r + shift == c
+    int r0, rows;
+
+    __device__ static Side of(bool by_column, const T* img, const T* txt, Shard s) {
+        const int r0 = blockIdx.x * ROWS;
+        const int own_count = by_column ? s.n : s.n_local;
+        return Side{by_column ? txt : img, by_column ? img : txt, own_count, by_column ? s.n_local : s.n,
+                    by_column ? -s.offset : s.offset, r0, imin(ROWS, own_count - r0)};
+    }
+
+    __device__ bool positive(int row, int col) const {
+        return row < own_count && col < other_count && row + shift == col;
+    }
+};
+
+// acc (16 own rows x 8*N8 other rows) += own other^T over one feature chunk.
+template <int N8>
+__device__ __forceinline__ void chunk_product(float acc[N8][4], const bf16* own, const bf16* other) {
+    mma_rows<K_CHUNK / 16, N8, Operand<bf16>::STRIDE>(acc, own, other);
 }
 
-__device__ __forceinline__ void chunk_product(float acc[8][4], const float* own, const float* other) {
+template <int N8>
+__device__ __forceinline__ void chunk_product(float acc[N8][4], const float* own, const float* other) {
     constexpr int S = Operand<float>::STRIDE;
     const Lane p = lane_position();
     for (int k = 0; k < K_CHUNK; k += 4) {
         const float4 a[2] = {*reinterpret_cast<const float4*>(own + p.g * S + k),
                              *reinterpret_cast<const float4*>(own + (p.g + 8) * S + k)};
-        for (int j = 0; j < 8; ++j) {
+        for (int j = 0; j < N8; ++j) {
             for (int e = 0; e < 2; ++e) {
                 const float4 b = *reinterpret_cast<const float4*>(other + (8 * j + 2 * p.t + e) * S + k);
                 for (int half = 0; half < 2; ++half) {
@@ -83,93 +139,57 @@ __device__ __forceinline__ void chunk_product(float acc[8][4], const float* own,
     }
 }
 
-// acc (16 own rows x 64 feature columns) += p other_chunk, p a 16 x 64 fragment over the other
-// rows. The f32 path goes through `scratch`, the warp's own 16 rows of the own tile (which only
-// this warp reads), since SIMT lanes need whole rows of p.
-__device__ __forceinline__ void fragment_product(float acc[8][4], const float p[8][4], bf16* /*scratch*/,
-                                                 const bf16* other) {
-    mma_fragment<8, Operand<bf16>::STRIDE>(acc, p, other);
-}
-
-__device__ __forceinline__ void fragment_product(float acc[8][4], const float p[8][4], float* scratch,
-                                                 const float* other) {
-    constexpr int S = Operand<float>::STRIDE;
-    const Lane l = lane_position();
-    __syncwarp();  // every lane has read its own rows (chunk_product) before they become scratch
-    fragment_to_stage<8>(scratch, S, p, 1.0f);
-    __syncwarp();
-    for (int k = 0; k < K_CHUNK; ++k) {
-        const float p0 = scratch[l.g * S + k], p1 = scratch[(l.g + 8) * S + k];
-        for (int j = 0; j < 8; ++j) {
-            const float2 b = *reinterpret_cast<const float2*>(other + k * S + 8 * j + 2 * l.t);
-            acc[j][0] = fmaf(p0, b.x, acc[j][0]);
-            acc[j][1] = fmaf(p0, b.y, acc[j][1]);
-            acc[j][2] = fmaf(p1, b.x, acc[j][2]);
-            acc[j][3] = fmaf(p1, b.y, acc[j][3]);
-        }
-    }
-}
-
-// The direction a block works in and the rows it owns.
-template <typename T>
-struct Side {
-    const T* own;
-    const T* other;
-    int r0, rows;
-
-    __device__ static Side of(bool by_column, const T* img, const T* txt, int n) {
-        const int r0 = blockIdx.x * ROWS;
-        return Side{by_column ? txt : img, by_column ? img : txt, r0, imin(ROWS, n - r0)};
-    }
-};
-
-// Unscaled <own_r, other_c> for the warp's 16 own rows against other rows c0 .. c0 + 63, over
-// every feature chunk. With last_chunk >= 0 that chunk is staged last, so that its other rows
-// are still in other_tile when the caller multiplies by them.
-template <typename T, typename S>
-__device__ void logits_tile(float acc[8][4], const Side<T>& side, int c0, int n, int d, S* own_tile, S* other_tile,
-                            int last_chunk) {
+// Unscaled <own_r, other_c> for the warp's 16 own rows (from row own_row of the block's tile)
+// against the 8*N8 other rows other_row.. of the tile at c0, over every feature chunk. The chunks
+// g0 .. g0 + group - 1 are staged last, chunk g0 + i into slot i, where the caller finds them
+// afterwards; every other chunk goes through slot 0 (with group = 0 all of them, in order).
+template <int N8, typename T, typename S>
+__device__ void logits_tile(float acc[N8][4], const Side<T>& side, int c0, int d, S* own_tile, S* slots, int own_row,
+                            int other_row, int g0, int group) {
     constexpr int STRIDE = Operand<T>::STRIDE;
-    zero_fragment<8>(acc);
+    zero_fragment<N8>(acc);
     const int chunks = (d + K_CHUNK - 1) / K_CHUNK;
-    const int warp = threadIdx.x / 32;
+    const int other_rows = imin(ROWS, side.other_count - c0);
     for (int i = 0; i < chunks; ++i) {
-        const int k0 = K_CHUNK * (last_chunk < 0 ? i : (last_chunk + 1 + i) % chunks);
-        __syncthreads();  // the previous chunk has been read
+        const int chunk = (g0 + group + i) % chunks;
+        const int k0 = chunk * K_CHUNK;
+        const int slot = chunk >= g0 && chunk < g0 + group ? chunk - g0 : 0;
+        S* other_tile = slots + slot * ROWS * STRIDE;
+        __syncthreads();  // the previous chunk (or the dz product) is done with the tiles
         stage_rows<K_CHUNK, STRIDE>(own_tile, side.own + static_cast<size_t>(side.r0) * d + k0, d, side.rows, d - k0);
-        stage_rows<K_CHUNK, STRIDE>(other_tile, side.other + static_cast<size_t>(c0) * d + k0, d, imin(ROWS, n - c0),
-                                    d - k0);
+        stage_rows<K_CHUNK, STRIDE>(other_tile, side.other + static_cast<size_t>(c0) * d + k0, d, other_rows, d - k0);
         __syncthreads();
-        chunk_product(acc, own_tile + warp * WARP_ROWS * STRIDE, other_tile);
+        chunk_product<N8>(acc, own_tile + own_row * STRIDE, other_tile + other_row * STRIDE);
     }
 }
 
-// Grid (ceil(n / 64), 2): y = 0 rows (lse over texts), y = 1 columns (lse over images).
-// partials[y * gridDim.x + x] = sum over the block's rows of (lse - z_diag).
+// Grid (ceil(n / 64), 2): y = 0 the rank's rows (lse over texts), y = 1 all columns (partial lse
+// over the rank's rows). row_terms[x] = sum over row block x of (row_lse - 2 z_ii).
 template <typename T>
-__device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale, float max_scale, int n, int d,
-                                float* row_lse, float* col_lse, float* partials) {
+__device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale, float max_scale, Shard shard, int d,
+                                float* row_lse, float* col_lse, float* row_terms) {
     using S = typename Operand<T>::S;
     constexpr int STRIDE = Operand<T>::STRIDE;
     __shared__ __align__(16) S own_tile[ROWS * STRIDE];
     __shared__ __align__(16) S other_tile[ROWS * STRIDE];
     const bool by_column = blockIdx.y == 1;
-    const Side<T> side = Side<T>::of(by_column, img, txt, n);
+    const Side<T> side = Side<T>::of(by_column, img, txt, shard);
+    if (side.rows <= 0) return;  // a row block past the rank's rows (the whole block leaves)
     const Lane p = lane_position();
     const int row0 = side.r0 + p.warp * WARP_ROWS;
     const float t = temperature(logit_scale, max_scale).value;
 
     RowStats st = empty_stats();
     float diagonal = 0.0f;
-    for (int c0 = 0; c0 < n; c0 += ROWS) {
+    for (int c0 = 0; c0 < side.other_count; c0 += ROWS) {
         float z[8][4];
-        logits_tile(z, side, c0, n, d, own_tile, other_tile, -1);
+        logits_tile<8>(z, side, c0, d, own_tile, other_tile, p.warp * WARP_ROWS, 0, 0, 0);
         for (int j = 0; j < 8; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = c0 + 8 * j + 2 * p.t + i % 2, row = row0 + p.g + 8 * (i / 2);
                 const float logit = z[j][i] * t;
-                if (col == row && col < n) diagonal += logit;
-                z[j][i] = col < n ? logit * LOG2E : -INFINITY;
+                if (side.positive(row, col)) diagonal += logit;
+                z[j][i] = col < side.other_count ? logit * LOG2E : -INFINITY;
             }
         float rescale[2];
         softmax_step(z, st, rescale);
@@ -177,124 +197,193 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
     float lse[2], inv_sum[2];
     finish_rows(st, lse, inv_sum);
     float* lse_out = by_column ? col_lse : row_lse;
-    float contribution = -diagonal;
+    float terms = -2.0f * diagonal;
     for (int half = 0; half < 2; ++half) {
         const int row = row0 + p.g + 8 * half;
-        if (p.t == 0 && row < n) {
+        if (p.t == 0 && row < side.own_count) {
             lse_out[row] = lse[half];
-            contribution += lse[half];
+            terms += lse[half];
         }
     }
-    const float total = block_sum(contribution);
-    if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = total;
+    if (!by_column) {
+        const float total = block_sum(terms);
+        if (threadIdx.x == 0) row_terms[blockIdx.x] = total;
+    }
 }
 
-// Grid (ceil(n / 64), ceil(d / 64), 2): x own rows, y feature columns, z = 0 d img, 1 d txt.
-// The blocks of d img's first feature columns write partials[x] = their rows' sum of dz * z.
+__device__ __forceinline__ void store_pair(bf16* at, float a, float b) {
+    *reinterpret_cast<uint32_t*>(at) = pack_bf16x2(a, b);
+}
+__device__ __forceinline__ void store_pair(float* at, float a, float b) {
+    *reinterpret_cast<float2*>(at) = float2{a, b};
+}
+
+// acc[c] (the warp's 16 rows x 32 feature columns of the group's chunk c) += dz other_c, with dz
+// the warp's 16 rows of the 64 x 64 dz tile and other_c slot c from the warp's columns on.
+template <int STRIDE>
+__device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const bf16* dz_rows, const bf16* other,
+                                           int group) {
+    const int lane = threadIdx.x % 32;
+    uint32_t fa[4][4];
+    for (int ks = 0; ks < 4; ++ks) ldmatrix_x4(fa[ks], dz_rows + (lane % 16) * STRIDE + 16 * ks + 8 * (lane / 16));
+    UNROLL
+    for (int c = 0; c < GROUP_CHUNKS; ++c)
+        if (c < group) mma_a_fragments<4, STRIDE>(acc[c], fa, other + c * ROWS * STRIDE);
+}
+
+template <int STRIDE>
+__device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const float* dz_rows, const float* other,
+                                           int group) {
+    const Lane l = lane_position();
+    for (int k = 0; k < K_CHUNK; ++k) {
+        const float p0 = dz_rows[l.g * STRIDE + k], p1 = dz_rows[(l.g + 8) * STRIDE + k];
+        for (int c = 0; c < GROUP_CHUNKS; ++c) {
+            if (c >= group) continue;
+            for (int j = 0; j < 4; ++j) {
+                const float2 b = *reinterpret_cast<const float2*>(other + c * ROWS * STRIDE + k * STRIDE + 8 * j + 2 * l.t);
+                acc[c][j][0] = fmaf(p0, b.x, acc[c][j][0]);
+                acc[c][j][1] = fmaf(p0, b.y, acc[c][j][1]);
+                acc[c][j][2] = fmaf(p1, b.x, acc[c][j][2]);
+                acc[c][j][3] = fmaf(p1, b.y, acc[c][j][3]);
+            }
+        }
+    }
+}
+
+// Grid (ceil(n / 64), ceil(d / 512), 2): x own rows, y the group of feature columns, z = 0 d img
+// (the rank's rows), 1 d txt (all rows, the rank's part). Dynamic shared memory: the own tile, the
+// dz tile and one slot per chunk of the first group (at least one), each 64 operand rows. The row
+// blocks of the first group write dscale_partials[x] = their rows' sum of dz * z.
 template <typename T>
 __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,
-                                 const float* row_lse, const float* col_lse, int n, int d, T* dimg, T* dtxt,
-                                 float* partials) {
+                                 const float* row_lse, const float* col_lse, Shard shard, int d, T* dimg, T* dtxt,
+                                 float* dscale_partials) {
     using S = typename Operand<T>::S;
     constexpr int STRIDE = Operand<T>::STRIDE;
-    __shared__ __align__(16) S tiles[2 * ROWS * STRIDE];  // own, other; then the fp32 output staging
-    static_assert(ROWS * STAGE_STRIDE * sizeof(float) <= sizeof(tiles), "the output staging fits over the tiles");
-    S* own_tile = tiles;
-    S* other_tile = tiles + ROWS * STRIDE;
+    static_assert(ROWS * STAGE_STRIDE * sizeof(float) <= 3 * ROWS * STRIDE * sizeof(S),
+                  "the output staging fits over the smallest shared memory");
+    MSCLIP_DYNAMIC_SMEM(S, smem);
+    S* own_tile = smem;
+    S* dz_tile = smem + ROWS * STRIDE;
+    S* slots = smem + 2 * ROWS * STRIDE;
     const bool by_column = blockIdx.z == 1;
-    const int chunk = blockIdx.y;
-    const Side<T> side = Side<T>::of(by_column, img, txt, n);
+    const Side<T> side = Side<T>::of(by_column, img, txt, shard);
+    if (side.rows <= 0) return;  // a row block past the rank's rows (the whole block leaves)
+    const int g0 = blockIdx.y * GROUP_CHUNKS;
+    const int group = imin(GROUP_CHUNKS, (d + K_CHUNK - 1) / K_CHUNK - g0);
     const float* own_lse = by_column ? col_lse : row_lse;
     const float* other_lse = by_column ? row_lse : col_lse;
     const Lane p = lane_position();
-    const int row0 = side.r0 + p.warp * WARP_ROWS;
-    const float t = temperature(logit_scale, max_scale).value;
-    const float g = to_float(dloss[0]) / (2.0f * static_cast<float>(n));
+    const int own_row = (p.warp % 4) * WARP_ROWS, other_row = (p.warp / 4) * HALF_COLS;
+    const Temperature temp = temperature(logit_scale, max_scale);
+    const float t = temp.value;
+    const float g = to_float(dloss[0]) / (2.0f * static_cast<float>(shard.n));
     float own_lse2[2];
     for (int half = 0; half < 2; ++half) {
-        const int row = row0 + p.g + 8 * half;
-        own_lse2[half] = row < n ? own_lse[row] * LOG2E : 0.0f;
+        const int row = side.r0 + own_row + p.g + 8 * half;
+        own_lse2[half] = row < side.own_count ? own_lse[row] * LOG2E : 0.0f;
     }
 
-    float grad[8][4];
-    zero_fragment<8>(grad);
+    float grad[GROUP_CHUNKS][4][4];
+    for (int c = 0; c < GROUP_CHUNKS; ++c) zero_fragment<4>(grad[c]);
     float dscale = 0.0f;
-    for (int c0 = 0; c0 < n; c0 += ROWS) {
-        float z[8][4];
-        logits_tile(z, side, c0, n, d, own_tile, other_tile, chunk);
-        for (int j = 0; j < 8; ++j)
+    for (int c0 = 0; c0 < side.other_count; c0 += ROWS) {
+        float z[4][4];
+        logits_tile<4>(z, side, c0, d, own_tile, slots, own_row, other_row, g0, group);
+        for (int j = 0; j < 4; ++j)
             for (int i = 0; i < 4; ++i) {
-                const int col = c0 + 8 * j + 2 * p.t + i % 2, row = row0 + p.g + 8 * (i / 2);
+                const int col = c0 + other_row + 8 * j + 2 * p.t + i % 2;
+                const int row = side.r0 + own_row + p.g + 8 * (i / 2);
                 float dz = 0.0f;
-                if (row < n && col < n) {
+                if (row < side.own_count && col < side.other_count) {
                     const float logit = z[j][i] * t, logit2 = logit * LOG2E;
-                    const float target = row == col ? 2.0f : 0.0f;
+                    const float target = side.positive(row, col) ? 2.0f : 0.0f;
                     dz = g * (exp2f(logit2 - own_lse2[i / 2]) + exp2f(logit2 - other_lse[col] * LOG2E) - target);
                     dscale = fmaf(dz, logit, dscale);
                 }
                 z[j][i] = dz;
             }
-        fragment_product(grad, z, own_tile + p.warp * WARP_ROWS * STRIDE, other_tile);
+        for (int j = 0; j < 4; ++j)
+            for (int half = 0; half < 2; ++half)
+                store_pair(dz_tile + (own_row + p.g + 8 * half) * STRIDE + other_row + 8 * j + 2 * p.t,
+                           z[j][2 * half], z[j][2 * half + 1]);
+        __syncthreads();  // the dz tile is complete
+        dz_product<STRIDE>(grad, dz_tile + own_row * STRIDE, slots + other_row, group);
     }
-    __syncthreads();  // the tiles are free for the staging
-    float* stage = reinterpret_cast<float*>(tiles);
-    fragment_to_stage<8>(stage + p.warp * WARP_ROWS * STAGE_STRIDE, STAGE_STRIDE, grad, t);
-    __syncthreads();
-    const int k0 = chunk * K_CHUNK;
-    T* out = (by_column ? dtxt : dimg) + static_cast<size_t>(side.r0) * d + k0;
-    store_rows<K_CHUNK, STAGE_STRIDE>(out, d, stage, side.rows, d - k0);
-    if (!by_column && chunk == 0) {
+    __syncthreads();  // every warp is done with the tiles: they become the output staging
+    float* stage = reinterpret_cast<float*>(smem);
+    T* out = (by_column ? dtxt : dimg) + static_cast<size_t>(side.r0) * d;
+    UNROLL
+    for (int c = 0; c < GROUP_CHUNKS; ++c) {
+        if (c >= group) continue;  // the same for the whole block
+        fragment_to_stage<4>(stage + own_row * STAGE_STRIDE + other_row, STAGE_STRIDE, grad[c], t);
+        __syncthreads();
+        const int k0 = (g0 + c) * K_CHUNK;
+        store_rows<K_CHUNK, STAGE_STRIDE>(out + k0, d, stage, side.rows, d - k0);
+        __syncthreads();  // the chunk is written before the next one is staged
+    }
+    if (!by_column && blockIdx.y == 0) {
         const float total = block_sum(dscale);
-        if (threadIdx.x == 0) partials[blockIdx.x] = total;
+        if (threadIdx.x == 0) dscale_partials[blockIdx.x] = temp.clamped ? 0.0f : total;
     }
 }
 
-// One block: out[0] = factor * (partials summed in a fixed order), or 0 when
-// `zero_when_clamped` and the logit scale is clamped.
+// One block: out[0] = factor * (sum of a[0 .. a_count) + sum of b[0 .. b_count)), in a fixed order.
 template <typename T>
-__device__ void infonce_reduce(const float* partials, int count, float factor, const T* logit_scale, float max_scale,
-                               int zero_when_clamped, T* out) {
+__device__ void infonce_reduce(const float* a, int a_count, const float* b, int b_count, float factor, T* out) {
     float acc = 0.0f;
-    for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+    for (int i = threadIdx.x; i < a_count; i += blockDim.x) acc += a[i];
+    for (int i = threadIdx.x; i < b_count; i += blockDim.x) acc += b[i];
     const float total = block_sum(acc);
-    if (threadIdx.x == 0) {
-        const bool frozen = zero_when_clamped && temperature(logit_scale, max_scale).clamped;
-        out[0] = from_float<T>(frozen ? 0.0f : total * factor);
-    }
+    if (threadIdx.x == 0) out[0] = from_float<T>(total * factor);
 }
 
 }  // namespace
 
-// 128 threads per block for the forward and backward kernels; max_scale is +inf without a clamp.
+// 128 threads per block; max_scale is +inf without a clamp. The whole batch: n_local = n, offset 0.
 extern "C" __global__ void __launch_bounds__(128)
-    infonce_fwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale, int n, int d,
-                    float* row_lse, float* col_lse, float* partials) {
-    infonce_forward<float>(img, txt, logit_scale, max_scale, n, d, row_lse, col_lse, partials);
+    infonce_fwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale, int n_local, int n,
+                    int offset, int d, float* row_lse, float* col_lse, float* row_terms) {
+    infonce_forward<float>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset}, d, row_lse, col_lse,
+                           row_terms);
 }
 extern "C" __global__ void __launch_bounds__(128)
-    infonce_fwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, int n, int d,
-                     float* row_lse, float* col_lse, float* partials) {
-    infonce_forward<bf16>(img, txt, logit_scale, max_scale, n, d, row_lse, col_lse, partials);
+    infonce_fwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, int n_local, int n,
+                     int offset, int d, float* row_lse, float* col_lse, float* row_terms) {
+    infonce_forward<bf16>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset}, d, row_lse, col_lse,
+                          row_terms);
 }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(BWD_THREADS)
     infonce_bwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale,
-                    const float* dloss, const float* row_lse, const float* col_lse, int n, int d, float* dimg,
-                    float* dtxt, float* partials) {
-    infonce_backward<float>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, n, d, dimg, dtxt, partials);
+                    const float* dloss, const float* row_lse, const float* col_lse, int n_local, int n, int offset,
+                    int d, float* dimg, float* dtxt, float* dscale_partials) {
+    infonce_backward<float>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, Shard{n_local, n, offset}, d,
+                            dimg, dtxt, dscale_partials);
 }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(BWD_THREADS)
     infonce_bwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, const bf16* dloss,
-                     const float* row_lse, const float* col_lse, int n, int d, bf16* dimg, bf16* dtxt,
-                     float* partials) {
-    infonce_backward<bf16>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, n, d, dimg, dtxt, partials);
+                     const float* row_lse, const float* col_lse, int n_local, int n, int offset, int d, bf16* dimg,
+                     bf16* dtxt, float* dscale_partials) {
+    infonce_backward<bf16>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, Shard{n_local, n, offset}, d,
+                           dimg, dtxt, dscale_partials);
 }
 // One block of 256 threads.
-extern "C" __global__ void infonce_reduce_f32(const float* partials, int count, float factor,
-                                              const float* logit_scale, float max_scale, int zero_when_clamped,
+extern "C" __global__ void infonce_reduce_f32(const float* a, int a_count, const float* b, int b_count, float factor,
                                               float* out) {
-    infonce_reduce<float>(partials, count, factor, logit_scale, max_scale, zero_when_clamped, out);
+    infonce_reduce<float>(a, a_count, b, b_count, factor, out);
 }
-extern "C" __global__ void infonce_reduce_bf16(const float* partials, int count, float factor, const bf16* logit_scale,
-                                               float max_scale, int zero_when_clamped, bf16* out) {
-    infonce_reduce<bf16>(partials, count, factor, logit_scale, max_scale, zero_when_clamped, out);
+extern "C" __global__ void infonce_reduce_bf16(const float* a, int a_count, const float* b, int b_count, float factor,
+                                               bf16* out) {
+    infonce_reduce<bf16>(a, a_count, b, b_count, factor, out);
+}
+// One thread per column: out[j] = log sum_r exp(partials[r][j]) over the ranks' partial column
+// lses [ranks, n], in rank order (-inf when every partial is).
+extern "C" __global__ void infonce_combine_f32(const float* partials, int ranks, int n, float* out) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    float m = -INFINITY;
+    for (int r = 0; r < ranks; ++r) m = fmaxf(m, partials[static_cast<size_t>(r) * n + j]);
+    float sum = 0.0f;
+    for (int r = 0; r < ranks && m > -INFINITY; ++r) sum += expf(partials[static_cast<size_t>(r) * n + j] - m);
+    out[j] = m > -INFINITY ? m + logf(sum) : m;
 }

@@ -1,17 +1,22 @@
 //! InfoNCE kernels (kernels/infonce.cu) against the CPU reference: the loss, both log-sum-exp
 //! vectors and all three gradients, for n in {1, 7, 33, 256, 1000}, ragged feature widths
-//! (1, 3, 33, 64, 96), f32 (SIMT fp32) and bf16 (tensor cores), with the scale clamp inactive,
-//! active, and absent.
+//! (1, 3, 33, 64, 96, 512, 600), f32 (SIMT fp32) and bf16 (tensor cores), with the scale clamp
+//! inactive, active, and absent; the data-parallel split of one batch into ranks (CPU and GPU
+//! backends), whose combined results must be the whole batch's; and the device memory of a call,
+//! which must grow linearly in n.
 //!
 //! Tolerances `|got - want| <= atol + rtol |want|`: rtol is the dtype's (`rtol_of`); for the
 //! gradients atol is a fraction of the largest reference magnitude (bf16 rounds dz before the
-//! d features product), for the loss and lse a small absolute error of fp32 sums.
+//! d features product), for the loss and lse a small absolute error of fp32 sums. Results that the
+//! ranks return in bf16 and the test sums (d txt, d logit_scale) get atol from the magnitude of the
+//! parts, each rounded on its own.
 
 mod common;
 
 use common::assert_close;
 use common::gpu::{gpu_devices, on, rtol_of};
-use msclip::backend::{self, InfoNceOut};
+use msclip::backend::gpu::buffer::measure_allocations;
+use msclip::backend::{self, InfoNceOut, InfoNcePartial};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// CLIP's initial temperature, ln(1 / 0.07) = 2.65926.
@@ -59,14 +64,22 @@ fn compare(what: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f64) {
     assert_close(what, &got.to_f64_vec(), &want.to_f64_vec(), atol, rtol);
 }
 
-/// Gradients: atol relative to the reference's largest magnitude.
-fn compare_grad(what: &str, got: &Tensor, want: &Tensor, dtype: DType) {
-    let scale = max_abs(&want.to_f64_vec()).max(1e-30);
+/// Gradients: atol relative to `scale`, the largest magnitude involved.
+fn compare_grad_at(what: &str, got: &[f64], want: &[f64], dtype: DType, scale: f64) {
+    let scale = scale.max(1e-30);
     let atol = match dtype {
         DType::BF16 => scale / 128.0,
-        _ => scale * 1e-5,
+        DType::F32 => scale * 1e-5,
+        _ => scale * 1e-12,
     };
-    compare(what, got, want, atol, rtol_of(dtype));
+    assert_close(what, got, want, atol, rtol_of(dtype));
+}
+
+/// Gradients: atol relative to the reference's largest magnitude.
+fn compare_grad(what: &str, got: &Tensor, want: &Tensor, dtype: DType) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let want = want.to_f64_vec();
+    compare_grad_at(what, &got.to_f64_vec(), &want, dtype, max_abs(&want));
 }
 
 fn check(case: &Case, seed: u64) {
@@ -121,6 +134,13 @@ fn several_row_tiles() {
 }
 
 #[test]
+fn wide_features() {
+    // 512: one backward group of 8 feature chunks; 600: a second group with a ragged last chunk.
+    check(&Case::new(70, 512), 7);
+    check(&Case::new(9, 600), 8);
+}
+
+#[test]
 fn a_thousand_pairs() {
     check(&Case::new(1000, 64), 3);
 }
@@ -149,5 +169,207 @@ fn backward_is_deterministic() {
             [a, b, c].map(|t| t.to_f64_vec())
         };
         assert_eq!(run(), run(), "{device}: two backward passes differ");
+    }
+}
+
+/// A batch's inputs on the host (f32 values representable in `dtype`).
+struct Batch {
+    img: Tensor,
+    txt: Tensor,
+    scale: Tensor,
+    dloss: Tensor,
+    max_scale: Option<f64>,
+}
+
+impl Batch {
+    fn new(case: &Case, dtype: DType, seed: u64) -> Batch {
+        let mut rng = Rng::new(seed);
+        let img = unit_rows(&mut rng, case.n, case.d, dtype);
+        let txt = unit_rows(&mut rng, case.n, case.d, dtype);
+        let (scale, dloss) = (scalar_as(case.log_scale, dtype), scalar_as(0.75, dtype));
+        Batch { img, txt, scale, dloss, max_scale: case.max_scale }
+    }
+
+    /// Image rows `offset .. offset + rows`.
+    fn img_rows(&self, offset: usize, rows: usize) -> Tensor {
+        let d = self.img.dims()[1];
+        Tensor::from_f64(&self.img.to_f64_vec()[offset * d..(offset + rows) * d], [rows, d], DType::F32).unwrap()
+    }
+}
+
+/// What a data-parallel caller holds after every rank's forward and backward: the loss shares
+/// summed, row log-sum-exps and d img concatenated in rank order, d txt and d logit_scale summed
+/// (with the magnitudes of the summed parts, for tolerances), and the column log-sum-exps every
+/// rank computed (which must agree exactly).
+#[derive(Default)]
+struct Combined {
+    loss: f64,
+    row_lse: Vec<f64>,
+    col_lse: Vec<f64>,
+    dimg: Vec<f64>,
+    dtxt: Vec<f64>,
+    dtxt_part_scale: f64,
+    dscale: f64,
+    dscale_part_scale: f64,
+}
+
+/// `batch` split into ranks of `sizes` rows on `device` in `dtype`, as a data-parallel caller
+/// runs it: partials per rank, an all-gather of the column partials, finish and backward per rank.
+fn run_ranks(batch: &Batch, sizes: &[usize], device: Device, dtype: DType) -> Combined {
+    let be = backend::get(device);
+    let (n, d) = (batch.txt.dims()[0], batch.txt.dims()[1]);
+    assert_eq!(sizes.iter().sum::<usize>(), n, "the ranks cover the batch");
+    let [txt, scale, dloss] = [&batch.txt, &batch.scale, &batch.dloss].map(|t| on(t, device, dtype));
+    let offsets: Vec<usize> = sizes.iter().scan(0, |next, &rows| Some(std::mem::replace(next, *next + rows))).collect();
+    let shards: Vec<(usize, Tensor, InfoNcePartial)> = offsets
+        .iter()
+        .zip(sizes)
+        .map(|(&offset, &rows)| {
+            let img = on(&batch.img_rows(offset, rows), device, dtype);
+            let partial = be.infonce_partial(&img, &txt, &scale, batch.max_scale, offset).unwrap();
+            (offset, img, partial)
+        })
+        .collect();
+    // The all-gather: every rank's partial column log-sum-exps, in rank order.
+    let gathered: Vec<f64> = shards.iter().flat_map(|(_, _, p)| p.col_lse.to_f64_vec()).collect();
+    let gathered =
+        Tensor::from_f64(&gathered, [sizes.len(), n], shards[0].2.col_lse.dtype()).unwrap().to_device(device).unwrap();
+
+    let mut all = Combined { dtxt: vec![0.0; n * d], ..Combined::default() };
+    for (offset, img, partial) in &shards {
+        let out = be.infonce_finish(partial, &gathered, *offset).unwrap();
+        let col_lse = out.col_lse.to_f64_vec();
+        assert!(all.col_lse.is_empty() || all.col_lse == col_lse, "{device}: ranks disagree on the column lse");
+        all.col_lse = col_lse;
+        all.loss += out.loss.item().unwrap();
+        all.row_lse.extend(out.row_lse.to_f64_vec());
+        let (di, dt, ds) =
+            be.infonce_shard_backward(img, &txt, &scale, &out, &dloss, batch.max_scale, *offset).unwrap();
+        all.dimg.extend(di.to_f64_vec());
+        let dt = dt.to_f64_vec();
+        all.dtxt_part_scale = all.dtxt_part_scale.max(max_abs(&dt));
+        all.dtxt.iter_mut().zip(&dt).for_each(|(a, b)| *a += b);
+        let ds = ds.item().unwrap();
+        all.dscale += ds;
+        all.dscale_part_scale += ds.abs();
+    }
+    all
+}
+
+/// Splits one batch into ranks of `sizes` rows and checks, on the CPU (f64) and every GPU device
+/// (f32, bf16), that the combined ranks give the whole batch's loss, log-sum-exps and gradients.
+fn check_ranks(case: &Case, sizes: &[usize], seed: u64) {
+    let cpu = backend::get(Device::Cpu);
+    let runs = [(Device::Cpu, DType::F64)]
+        .into_iter()
+        .chain(gpu_devices().into_iter().flat_map(|device| [(device, DType::F32), (device, DType::BF16)]));
+    for (device, dtype) in runs {
+        let batch = Batch::new(case, dtype, seed);
+        let [img64, txt64, scale64, dloss64] =
+            [&batch.img, &batch.txt, &batch.scale, &batch.dloss].map(|t| t.to_dtype(DType::F64).unwrap());
+        let want = cpu.infonce(&img64, &txt64, &scale64, case.max_scale).unwrap();
+        let (di, dt, ds) = cpu.infonce_backward(&img64, &txt64, &scale64, &want, &dloss64, case.max_scale).unwrap();
+        let got = run_ranks(&batch, sizes, device, dtype);
+
+        let name = format!("{device} {dtype} n {} d {} ranks {sizes:?} log scale {}", case.n, case.d, case.log_scale);
+        let (lse_tol, loss_rtol) = match dtype {
+            DType::F64 => (1e-12, 1e-12),
+            _ => (2e-5, rtol_of(dtype).min(1.0 / 256.0)),
+        };
+        assert_close(&format!("{name}: loss"), &[got.loss], &want.loss.to_f64_vec(), lse_tol, loss_rtol);
+        assert_close(&format!("{name}: row lse"), &got.row_lse, &want.row_lse.to_f64_vec(), lse_tol, lse_tol);
+        assert_close(&format!("{name}: col lse"), &got.col_lse, &want.col_lse.to_f64_vec(), lse_tol, lse_tol);
+        let (di, dt) = (di.to_f64_vec(), dt.to_f64_vec());
+        compare_grad_at(&format!("{name}: d img"), &got.dimg, &di, dtype, max_abs(&di));
+        compare_grad_at(&format!("{name}: d txt"), &got.dtxt, &dt, dtype, max_abs(&dt).max(got.dtxt_part_scale));
+        // As in `check`, plus the rounding of each rank's part for bf16.
+        let dscale_atol = match dtype {
+            DType::F64 => 1e-12,
+            DType::BF16 => (got.dscale_part_scale / 256.0).max(1e-4),
+            _ => 1e-4,
+        };
+        assert_close(&format!("{name}: d logit_scale"), &[got.dscale], &ds.to_f64_vec(), dscale_atol, rtol_of(dtype));
+    }
+}
+
+#[test]
+fn ranks_combine_into_the_batch() {
+    check_ranks(&Case::new(77, 33), &[30, 30, 17], 20);
+    check_ranks(&Case::new(130, 64), &[64, 66], 21);
+    check_ranks(&Case::new(7, 96), &[1, 6], 22);
+    check_ranks(&Case::new(40, 600), &[19, 21], 23);
+}
+
+#[test]
+fn ranks_with_the_clamp() {
+    let clamped = Case { log_scale: 5.0, ..Case::new(33, 64) };
+    check_ranks(&clamped, &[16, 17], 24);
+    check_ranks(&Case { max_scale: None, ..clamped }, &[11, 11, 11], 25);
+}
+
+#[test]
+fn a_rank_outside_the_batch_is_an_error() {
+    let batch = Batch::new(&Case::new(8, 16), DType::F32, 26);
+    for device in [Device::Cpu].into_iter().chain(gpu_devices()) {
+        let be = backend::get(device);
+        let [txt, scale] = [&batch.txt, &batch.scale].map(|t| on(t, device, DType::F32));
+        let img = on(&batch.img_rows(4, 4), device, DType::F32);
+        assert!(be.infonce_partial(&img, &txt, &scale, None, 5).is_err(), "{device}: rows 5..9 of 8");
+        let partial = be.infonce_partial(&img, &txt, &scale, None, 4).unwrap();
+        let wrong = on(&Tensor::zeros([2, 7], DType::F32), device, partial.col_lse.dtype());
+        assert!(be.infonce_finish(&partial, &wrong, 4).is_err(), "{device}: partials of 7 columns for 8");
+    }
+}
+
+/// Device bytes allocated at once during `f`, and the bytes of what it returns.
+fn peak_and_outputs(f: impl FnOnce() -> Vec<Tensor>) -> (usize, usize) {
+    let (outputs, report) = measure_allocations(f);
+    let output_bytes = outputs.iter().map(|t| t.numel() * t.dtype().size_in_bytes()).sum();
+    (report.peak_bytes, output_bytes)
+}
+
+#[test]
+fn device_memory_grows_linearly() {
+    const SIZES: [usize; 3] = [256, 512, 1024];
+    let d = 64;
+    for device in gpu_devices() {
+        let be = backend::get(device);
+        // Per n: (forward peak, forward outputs, backward peak, backward outputs).
+        let bytes = SIZES.map(|n| {
+            let batch = Batch::new(&Case::new(n, d), DType::BF16, 27);
+            let [img, txt, scale, dloss] =
+                [&batch.img, &batch.txt, &batch.scale, &batch.dloss].map(|t| on(t, device, DType::BF16));
+            let mut saved = None;
+            let forward = peak_and_outputs(|| {
+                let out = be.infonce(&img, &txt, &scale, batch.max_scale).unwrap();
+                let tensors = vec![out.loss.clone(), out.row_lse.clone(), out.col_lse.clone()];
+                saved = Some(out);
+                tensors
+            });
+            let out = saved.unwrap();
+            let backward = peak_and_outputs(|| {
+                let (a, b, c) = be.infonce_backward(&img, &txt, &scale, &out, &dloss, batch.max_scale).unwrap();
+                vec![a, b, c]
+            });
+            [forward, backward]
+        });
+        for (pass, name) in ["forward", "backward"].into_iter().enumerate() {
+            let peak = bytes.map(|b| b[pass].0);
+            let workspace = bytes.map(|b| b[pass].0 - b[pass].1);
+            eprintln!("{device} {name}: n {SIZES:?}, peak bytes {peak:?}, beyond the outputs {workspace:?}");
+            for (what, v) in [("peak", peak), ("workspace", workspace)] {
+                // n doubles twice: a linear a n + b doubles its increments, anything quadratic quadruples them.
+                assert_eq!(v[2] - v[1], 2 * (v[1] - v[0]), "{device} {name}: {what} bytes {v:?} are not linear in n");
+            }
+            for (&n, &w) in SIZES.iter().zip(&workspace) {
+                assert!(w <= 4 * n, "{device} {name}: {w} workspace bytes for {n} pairs, more than a float per pair");
+            }
+            let logits = 4 * SIZES[2] * SIZES[2];
+            assert!(
+                peak[2] * 8 < logits,
+                "{device} {name}: {} bytes at n = 1024, the n x n logits are {logits}",
+                peak[2]
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::InfoNceOut;
+use crate::backend::{InfoNceOut, InfoNcePartial};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
@@ -26,10 +26,10 @@ fn temperature<T: Real>(logit_scale: &Tensor, max_scale: Option<f64>) -> Result<
     })
 }
 
-/// logits[i, j] = t * <img_i, txt_j>, row-major [n, n].
-fn logits<T: Real>(img: &[T], txt: &[T], n: usize, d: usize, t: T) -> Vec<T> {
-    let mut out = vec![T::zero(); n * n];
-    out.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
+/// logits[i, j] = t * <img_i, txt_j>, row-major [rows, cols].
+fn logits<T: Real>(img: &[T], txt: &[T], rows: usize, cols: usize, d: usize, t: T) -> Vec<T> {
+    let mut out = vec![T::zero(); rows * cols];
+    out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(i, row)| {
         let a = &img[i * d..(i + 1) * d];
         for (j, o) in row.iter_mut().enumerate() {
             *o = t * a.iter().zip(&txt[j * d..(j + 1) * d]).map(|(&x, &y)| x * y).sum::<T>();
@@ -46,7 +46,7 @@ pub fn infonce<T: Real>(
 ) -> Result<InfoNceOut> {
     let (n, d) = (img.dims()[0], img.dims()[1]);
     let (t, _) = temperature::<T>(logit_scale, max_scale)?;
-    let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n, d, t);
+    let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n, n, d, t);
     let row_lse: Vec<T> = (0..n).into_par_iter().map(|i| logsumexp(z[i * n..(i + 1) * n].iter().copied())).collect();
     let col_lse: Vec<T> = (0..n).into_par_iter().map(|j| logsumexp((0..n).map(|i| z[i * n + j]))).collect();
     let mut total = T::zero();
@@ -61,6 +61,51 @@ pub fn infonce<T: Real>(
     })
 }
 
+/// A data-parallel rank's rows `offset..offset + n_local` of the logits (`img` is [n_local, d],
+/// `txt` all n texts): complete row and partial column log-sum-exps (`Backend::infonce_partial`).
+pub fn infonce_partial<T: Real>(
+    img: &Tensor,
+    txt: &Tensor,
+    logit_scale: &Tensor,
+    max_scale: Option<f64>,
+    offset: usize,
+) -> Result<InfoNcePartial> {
+    let (n_local, n, d) = (img.dims()[0], txt.dims()[0], img.dims()[1]);
+    let (t, _) = temperature::<T>(logit_scale, max_scale)?;
+    let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n_local, n, d, t);
+    let row_lse: Vec<T> =
+        (0..n_local).into_par_iter().map(|i| logsumexp(z[i * n..(i + 1) * n].iter().copied())).collect();
+    let col_lse: Vec<T> = (0..n).into_par_iter().map(|j| logsumexp((0..n_local).map(|i| z[i * n + j]))).collect();
+    let row_terms: T = (0..n_local).map(|i| row_lse[i] - T::of(2.0) * z[i * n + offset + i]).sum();
+    Ok(InfoNcePartial {
+        row_lse: Tensor::from_vec(row_lse, [n_local])?,
+        col_lse: Tensor::from_vec(col_lse, [n])?,
+        row_terms: Tensor::from_vec(vec![row_terms], [1])?,
+        dtype: img.dtype(),
+    })
+}
+
+/// Combines the ranks' partial column log-sum-exps ([ranks, n]) and forms the rank's share of
+/// the loss (`Backend::infonce_finish`).
+pub fn infonce_finish<T: Real>(partial: &InfoNcePartial, col_partials: &Tensor, offset: usize) -> Result<InfoNceOut> {
+    let (ranks, n) = (col_partials.dims()[0], col_partials.dims()[1]);
+    let parts = col_partials.cpu_slice::<T>()?;
+    let col_lse: Vec<T> = (0..n).map(|j| logsumexp((0..ranks).map(|r| parts[r * n + j]))).collect();
+    let n_local = partial.row_lse.numel();
+    let rows: T = partial.row_terms.cpu_slice::<T>()?.iter().copied().sum();
+    let columns: T = col_lse[offset..offset + n_local].iter().copied().sum();
+    let loss = (rows + columns) / T::of(2.0 * n as f64);
+    Ok(InfoNceOut {
+        loss: Tensor::from_vec(vec![loss], [1])?,
+        row_lse: partial.row_lse.clone(),
+        col_lse: Tensor::from_vec(col_lse, [n])?,
+    })
+}
+
+/// The gradient of the global loss through rows `offset..offset + n_local` of the logits (the
+/// whole batch with offset 0 and `img` of n rows): d img of those rows, and the rows' parts of
+/// d txt and d logit_scale.
+#[allow(clippy::too_many_arguments)]
 pub fn infonce_backward<T: Real>(
     img: &Tensor,
     txt: &Tensor,
@@ -68,25 +113,26 @@ pub fn infonce_backward<T: Real>(
     out: &InfoNceOut,
     dloss: &Tensor,
     max_scale: Option<f64>,
+    offset: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (n, d) = (img.dims()[0], img.dims()[1]);
+    let (n_local, n, d) = (img.dims()[0], txt.dims()[0], img.dims()[1]);
     let (is, ts) = (img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?);
     let (t, clamped) = temperature::<T>(logit_scale, max_scale)?;
     let (rl, cl) = (out.row_lse.cpu_slice::<T>()?, out.col_lse.cpu_slice::<T>()?);
     let g = dloss.cpu_slice::<T>()?[0] / T::of(2.0 * n as f64);
-    let z = logits(is, ts, n, d, t);
+    let z = logits(is, ts, n_local, n, d, t);
 
-    // dz[i, j] = g * (softmax_row[i, j] + softmax_col[i, j] - 2 [i == j])
-    let mut dz = vec![T::zero(); n * n];
+    // dz[i, j] = g * (softmax_row[i, j] + softmax_col[i, j] - 2 [offset + i == j])
+    let mut dz = vec![T::zero(); n_local * n];
     dz.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
         for (j, o) in row.iter_mut().enumerate() {
             let zij = z[i * n + j];
-            let diag = if i == j { T::of(2.0) } else { T::zero() };
+            let diag = if offset + i == j { T::of(2.0) } else { T::zero() };
             *o = g * ((zij - rl[i]).exp() + (zij - cl[j]).exp() - diag);
         }
     });
     // z = t * I T^T: dI = t dz T, dT = t dz^T I, dt = <dz, z> / t.
-    let mut dimg = vec![T::zero(); n * d];
+    let mut dimg = vec![T::zero(); n_local * d];
     dimg.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| {
         for j in 0..n {
             let w = t * dz[i * n + j];
@@ -95,14 +141,14 @@ pub fn infonce_backward<T: Real>(
     });
     let mut dtxt = vec![T::zero(); n * d];
     dtxt.par_chunks_mut(d.max(1)).enumerate().for_each(|(j, row)| {
-        for i in 0..n {
+        for i in 0..n_local {
             let w = t * dz[i * n + j];
             row.iter_mut().zip(&is[i * d..(i + 1) * d]).for_each(|(o, &v)| *o += w * v);
         }
     });
     // d logit_scale = dt * dt/ds = (<dz, z> / t) * t, zero while the clamp holds t fixed.
     let dscale = if clamped { T::zero() } else { dz.iter().zip(&z).map(|(&a, &b)| a * b).sum() };
-    Ok((Tensor::from_vec(dimg, [n, d])?, Tensor::from_vec(dtxt, [n, d])?, Tensor::from_vec(vec![dscale], [1])?))
+    Ok((Tensor::from_vec(dimg, [n_local, d])?, Tensor::from_vec(dtxt, [n, d])?, Tensor::from_vec(vec![dscale], [1])?))
 }
 
 pub fn cross_entropy<T: Real>(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {

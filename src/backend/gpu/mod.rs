@@ -29,8 +29,8 @@ pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
 use crate::backend::{
-    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, LayerNormOut,
-    UnaryOp,
+    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
+    LayerNormOut, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -200,7 +200,35 @@ impl Backend for GpuBackend {
         dloss: &Tensor,
         max_scale: Option<f64>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        infonce::infonce_backward(self, img, txt, logit_scale, out, dloss, max_scale)
+        infonce::infonce_shard_backward(self, img, txt, logit_scale, out, dloss, max_scale, 0)
+    }
+
+    fn infonce_partial(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        logit_scale: &Tensor,
+        max_scale: Option<f64>,
+        offset: usize,
+    ) -> Result<InfoNcePartial> {
+        infonce::infonce_partial(self, img, txt, logit_scale, max_scale, offset)
+    }
+
+    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor, offset: usize) -> Result<InfoNceOut> {
+        infonce::infonce_finish(self, partial, col_partials, offset)
+    }
+
+    fn infonce_shard_backward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        logit_scale: &Tensor,
+        out: &InfoNceOut,
+        dloss: &Tensor,
+        max_scale: Option<f64>,
+        offset: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        infonce::infonce_shard_backward(self, img, txt, logit_scale, out, dloss, max_scale, offset)
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
