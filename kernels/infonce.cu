@@ -21,11 +21,17 @@
 // A block owns 64 "own" rows and runs over the "other" rows 64 at a time, recomputing each tile of z
 // from the features: the row direction has the local image rows as own and the texts as other, the
 // column direction the reverse (z^T = t txt img^T), so one kernel body serves both and the grid picks
-// the direction. Memory beyond inputs and outputs is O(n): lse vectors and one partial sum per block,
-// reduced in a fixed order (no atomics, so results are deterministic).
+// the direction. The column direction has n / 64 blocks, each over the rank's n_local rows; the row
+// direction would have n_local / 64 blocks, each over all n texts, and finish long after it. So its
+// texts are split into row_splits = ceil(text tiles / row blocks) ranges (about the number of ranks;
+// 1 for the whole batch), a block per row block and range, and the ranges' results are merged in a
+// fixed order: partial row lses by infonce_combine, fp32 partial d img by infonce_sum_splits. Memory
+// beyond inputs and outputs is O(n): lse vectors, one partial sum per block, and with splits
+// row_splits x n_local (about n) partial lses and rows of d img. No atomics: results are
+// deterministic.
 //
 // - forward (4 warps of 16 rows): online max / sum of exp over the other rows gives each own row's
-//   lse; the row direction also sums (lse - 2 z_ii) over its rows into one partial per block.
+//   lse; the row direction also sums -2 z_ii over its positive pairs into one partial per block.
 // - backward (8 warps): dz = g (exp(z - lse_own) + exp(z - lse_other) - 2 [positive pair]),
 //   g = dloss / (2n), and d own = t dz other. A block accumulates d own for its 64 rows and a group
 //   of up to 512 feature columns in registers, so each tile of z is computed once per direction and
@@ -85,25 +91,41 @@ __device__ __forceinline__ Temperature temperature(const T* logit_scale, float m
     return t > max_scale ? Temperature{max_scale, true} : Temperature{t, false};
 }
 
-// The batch as one rank sees it (see the top of the file).
+// The batch as one rank sees it, and the ranges the row direction's texts are split into (see the
+// top of the file).
 struct Shard {
-    int n_local, n, offset;
+    int n_local, n, offset, row_splits;
 };
 
-// The direction a block works in and the own rows it holds.
+__device__ __forceinline__ int tiles_of(int rows) { return (rows + ROWS - 1) / ROWS; }
+
+// The direction a block works in, the own rows it holds and the other rows it runs over.
 template <typename T>
 struct Side {
     const T* own;
     const T* other;
     int own_count, other_count;
     int shift;  // own row r and other row c are a positive pair when r + shift == c
+    int split;  // blockIdx.x = split * (own blocks) + the own block
     int r0, rows;
+    int c_begin, c_end;  // other rows c_begin .. c_end - 1, c_begin a multiple of 64
 
+    // A block past the direction's blocks gets rows <= 0.
     __device__ static Side of(bool by_column, const T* img, const T* txt, Shard s) {
-        const int r0 = blockIdx.x * ROWS;
-        const int own_count = by_column ? s.n : s.n_local;
-        return Side{by_column ? txt : img, by_column ? img : txt, own_count, by_column ? s.n_local : s.n,
-                    by_column ? -s.offset : s.offset, r0, imin(ROWS, own_count - r0)};
+        const int own_count = by_column ? s.n : s.n_local, other_count = by_column ? s.n_local : s.n;
+        const int own_blocks = tiles_of(own_count), splits = by_column ? 1 : s.row_splits;
+        const int split = blockIdx.x / own_blocks, r0 = (blockIdx.x % own_blocks) * ROWS;
+        const int tiles = tiles_of(other_count);
+        return Side{by_column ? txt : img,
+                    by_column ? img : txt,
+                    own_count,
+                    other_count,
+                    by_column ? -s.offset : s.offset,
+                    split,
+                    r0,
+                    split < splits ? imin(ROWS, own_count - r0) : 0,
+                    ROWS * (split * tiles / splits),
+                    imin(other_count, ROWS * ((split + 1) * tiles / splits))};
     }
 
     __device__ bool positive(int row, int col) const {
@@ -163,11 +185,12 @@ __device__ void logits_tile(float acc[N8][4], const Side<T>& side, int c0, int d
     }
 }
 
-// Grid (ceil(n / 64), 2): y = 0 the rank's rows (lse over texts), y = 1 all columns (partial lse
-// over the rank's rows). row_terms[x] = sum over row block x of (row_lse - 2 z_ii).
+// Grid (max(ceil(n / 64), row blocks x row_splits), 2): y = 0 the rank's rows (lse over the texts
+// of the block's split, into row_lse[split][row]), y = 1 all columns (partial lse over the rank's
+// rows). positive_terms[x] = -2 sum of z_ii over the positive pairs of row-direction block x.
 template <typename T>
 __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale, float max_scale, Shard shard, int d,
-                                float* row_lse, float* col_lse, float* row_terms) {
+                                float* row_lse, float* col_lse, float* positive_terms) {
     using S = typename Operand<T>::S;
     constexpr int STRIDE = Operand<T>::STRIDE;
     __shared__ __align__(16) S own_tile[ROWS * STRIDE];
@@ -181,7 +204,7 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
 
     RowStats st = empty_stats();
     float diagonal = 0.0f;
-    for (int c0 = 0; c0 < side.other_count; c0 += ROWS) {
+    for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
         float z[8][4];
         logits_tile<8>(z, side, c0, d, own_tile, other_tile, p.warp * WARP_ROWS, 0, 0, 0);
         for (int j = 0; j < 8; ++j)
@@ -196,18 +219,14 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
     }
     float lse[2], inv_sum[2];
     finish_rows(st, lse, inv_sum);
-    float* lse_out = by_column ? col_lse : row_lse;
-    float terms = -2.0f * diagonal;
+    float* lse_out = by_column ? col_lse : row_lse + static_cast<size_t>(side.split) * side.own_count;
     for (int half = 0; half < 2; ++half) {
         const int row = row0 + p.g + 8 * half;
-        if (p.t == 0 && row < side.own_count) {
-            lse_out[row] = lse[half];
-            terms += lse[half];
-        }
+        if (p.t == 0 && row < side.own_count) lse_out[row] = lse[half];
     }
     if (!by_column) {
-        const float total = block_sum(terms);
-        if (threadIdx.x == 0) row_terms[blockIdx.x] = total;
+        const float total = block_sum(-2.0f * diagonal);
+        if (threadIdx.x == 0) positive_terms[blockIdx.x] = total;
     }
 }
 
@@ -250,14 +269,15 @@ __device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const 
     }
 }
 
-// Grid (ceil(n / 64), ceil(d / 512), 2): x own rows, y the group of feature columns, z = 0 d img
-// (the rank's rows), 1 d txt (all rows, the rank's part). Dynamic shared memory: the own tile, the
-// dz tile and one slot per chunk of the first group (at least one), each 64 operand rows. The row
-// blocks of the first group write dscale_partials[x] = their rows' sum of dz * z.
+// Grid (as the forward's x, ceil(d / 512), 2): x own rows (and split), y the group of feature
+// columns, z = 0 d img (the rank's rows; with row_splits > 1 the splits' fp32 parts, into
+// dimg_parts[split]), 1 d txt (all rows, the rank's part). Dynamic shared memory: the own tile,
+// the dz tile and one slot per chunk of the first group (at least one), each 64 operand rows. The
+// row-direction blocks of the first group write dscale_partials[x] = their sum of dz * z.
 template <typename T>
 __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,
                                  const float* row_lse, const float* col_lse, Shard shard, int d, T* dimg, T* dtxt,
-                                 float* dscale_partials) {
+                                 float* dimg_parts, float* dscale_partials) {
     using S = typename Operand<T>::S;
     constexpr int STRIDE = Operand<T>::STRIDE;
     static_assert(ROWS * STAGE_STRIDE * sizeof(float) <= 3 * ROWS * STRIDE * sizeof(S),
@@ -287,7 +307,7 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     float grad[GROUP_CHUNKS][4][4];
     for (int c = 0; c < GROUP_CHUNKS; ++c) zero_fragment<4>(grad[c]);
     float dscale = 0.0f;
-    for (int c0 = 0; c0 < side.other_count; c0 += ROWS) {
+    for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
         float z[4][4];
         logits_tile<4>(z, side, c0, d, own_tile, slots, own_row, other_row, g0, group);
         for (int j = 0; j < 4; ++j)
@@ -312,14 +332,21 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     }
     __syncthreads();  // every warp is done with the tiles: they become the output staging
     float* stage = reinterpret_cast<float*>(smem);
-    T* out = (by_column ? dtxt : dimg) + static_cast<size_t>(side.r0) * d;
+    const bool to_parts = !by_column && shard.row_splits > 1;
+    const size_t first = static_cast<size_t>(side.r0) * d;
+    T* out = (by_column ? dtxt : dimg) + first;
+    float* parts = to_parts ? dimg_parts + static_cast<size_t>(side.split) * shard.n_local * d + first : nullptr;
     UNROLL
     for (int c = 0; c < GROUP_CHUNKS; ++c) {
         if (c >= group) continue;  // the same for the whole block
         fragment_to_stage<4>(stage + own_row * STAGE_STRIDE + other_row, STAGE_STRIDE, grad[c], t);
         __syncthreads();
         const int k0 = (g0 + c) * K_CHUNK;
-        store_rows<K_CHUNK, STAGE_STRIDE>(out + k0, d, stage, side.rows, d - k0);
+        if (to_parts) {
+            store_rows<K_CHUNK, STAGE_STRIDE>(parts + k0, d, stage, side.rows, d - k0);
+        } else {
+            store_rows<K_CHUNK, STAGE_STRIDE>(out + k0, d, stage, side.rows, d - k0);
+        }
         __syncthreads();  // the chunk is written before the next one is staged
     }
     if (!by_column && blockIdx.y == 0) {
@@ -328,62 +355,83 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     }
 }
 
-// One block: out[0] = factor * (sum of a[0 .. a_count) + sum of b[0 .. b_count)), in a fixed order.
+// One block: out[0] = factor * the sum of a[0 .. a_count), b[0 .. b_count) and c[0 .. c_count), in a
+// fixed order.
 template <typename T>
-__device__ void infonce_reduce(const float* a, int a_count, const float* b, int b_count, float factor, T* out) {
+__device__ void infonce_reduce(const float* a, int a_count, const float* b, int b_count, const float* c, int c_count,
+                               float factor, T* out) {
     float acc = 0.0f;
     for (int i = threadIdx.x; i < a_count; i += blockDim.x) acc += a[i];
     for (int i = threadIdx.x; i < b_count; i += blockDim.x) acc += b[i];
+    for (int i = threadIdx.x; i < c_count; i += blockDim.x) acc += c[i];
     const float total = block_sum(acc);
     if (threadIdx.x == 0) out[0] = from_float<T>(total * factor);
 }
 
+// out[i] = the sum over splits of parts[split][i], in split order.
+template <typename T>
+__device__ void infonce_sum_splits(const float* parts, int splits, int count, T* out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    float sum = 0.0f;
+    for (int s = 0; s < splits; ++s) sum += parts[static_cast<size_t>(s) * count + i];
+    out[i] = from_float<T>(sum);
+}
+
 }  // namespace
 
-// 128 threads per block; max_scale is +inf without a clamp. The whole batch: n_local = n, offset 0.
+// 128 threads per block; max_scale is +inf without a clamp. The whole batch: n_local = n, offset 0,
+// row_splits 1.
 extern "C" __global__ void __launch_bounds__(128)
     infonce_fwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale, int n_local, int n,
-                    int offset, int d, float* row_lse, float* col_lse, float* row_terms) {
-    infonce_forward<float>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset}, d, row_lse, col_lse,
-                           row_terms);
+                    int offset, int row_splits, int d, float* row_lse, float* col_lse, float* positive_terms) {
+    infonce_forward<float>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset, row_splits}, d, row_lse,
+                           col_lse, positive_terms);
 }
 extern "C" __global__ void __launch_bounds__(128)
     infonce_fwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, int n_local, int n,
-                     int offset, int d, float* row_lse, float* col_lse, float* row_terms) {
-    infonce_forward<bf16>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset}, d, row_lse, col_lse,
-                          row_terms);
+                     int offset, int row_splits, int d, float* row_lse, float* col_lse, float* positive_terms) {
+    infonce_forward<bf16>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset, row_splits}, d, row_lse,
+                          col_lse, positive_terms);
 }
 extern "C" __global__ void __launch_bounds__(BWD_THREADS)
     infonce_bwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale,
                     const float* dloss, const float* row_lse, const float* col_lse, int n_local, int n, int offset,
-                    int d, float* dimg, float* dtxt, float* dscale_partials) {
-    infonce_backward<float>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, Shard{n_local, n, offset}, d,
-                            dimg, dtxt, dscale_partials);
+                    int row_splits, int d, float* dimg, float* dtxt, float* dimg_parts, float* dscale_partials) {
+    infonce_backward<float>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse,
+                            Shard{n_local, n, offset, row_splits}, d, dimg, dtxt, dimg_parts, dscale_partials);
 }
 extern "C" __global__ void __launch_bounds__(BWD_THREADS)
     infonce_bwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, const bf16* dloss,
-                     const float* row_lse, const float* col_lse, int n_local, int n, int offset, int d, bf16* dimg,
-                     bf16* dtxt, float* dscale_partials) {
-    infonce_backward<bf16>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, Shard{n_local, n, offset}, d,
-                           dimg, dtxt, dscale_partials);
+                     const float* row_lse, const float* col_lse, int n_local, int n, int offset, int row_splits, int d,
+                     bf16* dimg, bf16* dtxt, float* dimg_parts, float* dscale_partials) {
+    infonce_backward<bf16>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse,
+                           Shard{n_local, n, offset, row_splits}, d, dimg, dtxt, dimg_parts, dscale_partials);
 }
 // One block of 256 threads.
-extern "C" __global__ void infonce_reduce_f32(const float* a, int a_count, const float* b, int b_count, float factor,
-                                              float* out) {
-    infonce_reduce<float>(a, a_count, b, b_count, factor, out);
+extern "C" __global__ void infonce_reduce_f32(const float* a, int a_count, const float* b, int b_count, const float* c,
+                                              int c_count, float factor, float* out) {
+    infonce_reduce<float>(a, a_count, b, b_count, c, c_count, factor, out);
 }
-extern "C" __global__ void infonce_reduce_bf16(const float* a, int a_count, const float* b, int b_count, float factor,
-                                               bf16* out) {
-    infonce_reduce<bf16>(a, a_count, b, b_count, factor, out);
+extern "C" __global__ void infonce_reduce_bf16(const float* a, int a_count, const float* b, int b_count,
+                                               const float* c, int c_count, float factor, bf16* out) {
+    infonce_reduce<bf16>(a, a_count, b, b_count, c, c_count, factor, out);
 }
-// One thread per column: out[j] = log sum_r exp(partials[r][j]) over the ranks' partial column
-// lses [ranks, n], in rank order (-inf when every partial is).
-extern "C" __global__ void infonce_combine_f32(const float* partials, int ranks, int n, float* out) {
+// One thread per element.
+extern "C" __global__ void infonce_sum_splits_f32(const float* parts, int splits, int count, float* out) {
+    infonce_sum_splits<float>(parts, splits, count, out);
+}
+extern "C" __global__ void infonce_sum_splits_bf16(const float* parts, int splits, int count, bf16* out) {
+    infonce_sum_splits<bf16>(parts, splits, count, out);
+}
+// One thread per column: out[j] = log sum_r exp(partials[r][j]) over partial lses [parts, n] (of
+// the ranks, or of a rank's row splits), in order (-inf when every partial is).
+extern "C" __global__ void infonce_combine_f32(const float* partials, int parts, int n, float* out) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
     float m = -INFINITY;
-    for (int r = 0; r < ranks; ++r) m = fmaxf(m, partials[static_cast<size_t>(r) * n + j]);
+    for (int r = 0; r < parts; ++r) m = fmaxf(m, partials[static_cast<size_t>(r) * n + j]);
     float sum = 0.0f;
-    for (int r = 0; r < ranks && m > -INFINITY; ++r) sum += expf(partials[static_cast<size_t>(r) * n + j] - m);
+    for (int r = 0; r < parts && m > -INFINITY; ++r) sum += expf(partials[static_cast<size_t>(r) * n + j] - m);
     out[j] = m > -INFINITY ? m + logf(sum) : m;
 }

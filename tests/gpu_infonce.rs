@@ -16,7 +16,7 @@ mod common;
 use common::assert_close;
 use common::gpu::{gpu_devices, on, rtol_of};
 use msclip::backend::gpu::buffer::measure_allocations;
-use msclip::backend::{self, InfoNceOut, InfoNcePartial};
+use msclip::backend::{self, InfoNceOut, InfoNcePartial, InfoNceShard};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// CLIP's initial temperature, ln(1 / 0.07) = 2.65926.
@@ -226,7 +226,8 @@ fn run_ranks(batch: &Batch, sizes: &[usize], device: Device, dtype: DType) -> Co
         .zip(sizes)
         .map(|(&offset, &rows)| {
             let img = on(&batch.img_rows(offset, rows), device, dtype);
-            let partial = be.infonce_partial(&img, &txt, &scale, batch.max_scale, offset).unwrap();
+            let shard = InfoNceShard { offset, ..InfoNceShard::whole(&img, &txt, &scale, batch.max_scale) };
+            let partial = be.infonce_partial(shard).unwrap();
             (offset, img, partial)
         })
         .collect();
@@ -237,14 +238,14 @@ fn run_ranks(batch: &Batch, sizes: &[usize], device: Device, dtype: DType) -> Co
 
     let mut all = Combined { dtxt: vec![0.0; n * d], ..Combined::default() };
     for (offset, img, partial) in &shards {
-        let out = be.infonce_finish(partial, &gathered, *offset).unwrap();
+        let out = be.infonce_finish(partial, &gathered).unwrap();
         let col_lse = out.col_lse.to_f64_vec();
         assert!(all.col_lse.is_empty() || all.col_lse == col_lse, "{device}: ranks disagree on the column lse");
         all.col_lse = col_lse;
         all.loss += out.loss.item().unwrap();
         all.row_lse.extend(out.row_lse.to_f64_vec());
-        let (di, dt, ds) =
-            be.infonce_shard_backward(img, &txt, &scale, &out, &dloss, batch.max_scale, *offset).unwrap();
+        let shard = InfoNceShard { offset: *offset, ..InfoNceShard::whole(img, &txt, &scale, batch.max_scale) };
+        let (di, dt, ds) = be.infonce_shard_backward(shard, &out, &dloss).unwrap();
         all.dimg.extend(di.to_f64_vec());
         let dt = dt.to_f64_vec();
         all.dtxt_part_scale = all.dtxt_part_scale.max(max_abs(&dt));
@@ -298,6 +299,8 @@ fn ranks_combine_into_the_batch() {
     check_ranks(&Case::new(130, 64), &[64, 66], 21);
     check_ranks(&Case::new(7, 96), &[1, 6], 22);
     check_ranks(&Case::new(40, 600), &[19, 21], 23);
+    // Ranks of one and two row blocks against 4 text tiles: their texts split in 4 and 2.
+    check_ranks(&Case::new(200, 96), &[40, 80, 80], 28);
 }
 
 #[test]
@@ -314,18 +317,60 @@ fn a_rank_outside_the_batch_is_an_error() {
         let be = backend::get(device);
         let [txt, scale] = [&batch.txt, &batch.scale].map(|t| on(t, device, DType::F32));
         let img = on(&batch.img_rows(4, 4), device, DType::F32);
-        assert!(be.infonce_partial(&img, &txt, &scale, None, 5).is_err(), "{device}: rows 5..9 of 8");
-        let partial = be.infonce_partial(&img, &txt, &scale, None, 4).unwrap();
+        let shard = |offset| InfoNceShard { offset, ..InfoNceShard::whole(&img, &txt, &scale, None) };
+        assert!(be.infonce_partial(shard(5)).is_err(), "{device}: rows 5..9 of 8");
+        let partial = be.infonce_partial(shard(4)).unwrap();
         let wrong = on(&Tensor::zeros([2, 7], DType::F32), device, partial.col_lse.dtype());
-        assert!(be.infonce_finish(&partial, &wrong, 4).is_err(), "{device}: partials of 7 columns for 8");
+        assert!(be.infonce_finish(&partial, &wrong).is_err(), "{device}: partials of 7 columns for 8");
     }
 }
 
 /// Device bytes allocated at once during `f`, and the bytes of what it returns.
 fn peak_and_outputs(f: impl FnOnce() -> Vec<Tensor>) -> (usize, usize) {
-    let (outputs, report) = measure_allocations(f);
+    let (outputs, peak) = measure_allocations(f);
     let output_bytes = outputs.iter().map(|t| t.numel() * t.dtype().size_in_bytes()).sum();
-    (report.peak_bytes, output_bytes)
+    (peak, output_bytes)
+}
+
+/// (peak, output bytes) of the forward and the backward of the first of `ranks` equal ranks of a
+/// batch of n pairs (the whole batch for one rank; the forward of a rank is its partial).
+fn memory_of(device: Device, n: usize, d: usize, ranks: usize) -> [(usize, usize); 2] {
+    let be = backend::get(device);
+    let batch = Batch::new(&Case::new(n, d), DType::BF16, 27);
+    let [txt, scale, dloss] = [&batch.txt, &batch.scale, &batch.dloss].map(|t| on(t, device, DType::BF16));
+    let imgs: Vec<Tensor> =
+        (0..ranks).map(|r| on(&batch.img_rows(r * n / ranks, n / ranks), device, DType::BF16)).collect();
+    let shard = |r: usize| InfoNceShard { offset: r * n / ranks, ..InfoNceShard::whole(&imgs[r], &txt, &scale, None) };
+    let (forward, backward) = if ranks == 1 {
+        let mut out = None;
+        let forward = peak_and_outputs(|| {
+            let o = out.insert(be.infonce(&imgs[0], &txt, &scale, None).unwrap());
+            vec![o.loss.clone(), o.row_lse.clone(), o.col_lse.clone()]
+        });
+        let out = out.unwrap();
+        let backward = peak_and_outputs(|| {
+            let (a, b, c) = be.infonce_backward(&imgs[0], &txt, &scale, &out, &dloss, None).unwrap();
+            vec![a, b, c]
+        });
+        (forward, backward)
+    } else {
+        let mut first = None;
+        let forward = peak_and_outputs(|| {
+            let p = first.insert(be.infonce_partial(shard(0)).unwrap());
+            vec![p.row_lse.clone(), p.col_lse.clone(), p.positive_terms.clone()]
+        });
+        let partials: Vec<InfoNcePartial> =
+            std::iter::once(first.unwrap()).chain((1..ranks).map(|r| be.infonce_partial(shard(r)).unwrap())).collect();
+        let gathered: Vec<f64> = partials.iter().flat_map(|p| p.col_lse.to_f64_vec()).collect();
+        let gathered = Tensor::from_f64(&gathered, [ranks, n], DType::F32).unwrap().to_device(device).unwrap();
+        let out = be.infonce_finish(&partials[0], &gathered).unwrap();
+        let backward = peak_and_outputs(|| {
+            let (a, b, c) = be.infonce_shard_backward(shard(0), &out, &dloss).unwrap();
+            vec![a, b, c]
+        });
+        (forward, backward)
+    };
+    [forward, backward]
 }
 
 #[test]
@@ -333,43 +378,25 @@ fn device_memory_grows_linearly() {
     const SIZES: [usize; 3] = [256, 512, 1024];
     let d = 64;
     for device in gpu_devices() {
-        let be = backend::get(device);
-        // Per n: (forward peak, forward outputs, backward peak, backward outputs).
-        let bytes = SIZES.map(|n| {
-            let batch = Batch::new(&Case::new(n, d), DType::BF16, 27);
-            let [img, txt, scale, dloss] =
-                [&batch.img, &batch.txt, &batch.scale, &batch.dloss].map(|t| on(t, device, DType::BF16));
-            let mut saved = None;
-            let forward = peak_and_outputs(|| {
-                let out = be.infonce(&img, &txt, &scale, batch.max_scale).unwrap();
-                let tensors = vec![out.loss.clone(), out.row_lse.clone(), out.col_lse.clone()];
-                saved = Some(out);
-                tensors
-            });
-            let out = saved.unwrap();
-            let backward = peak_and_outputs(|| {
-                let (a, b, c) = be.infonce_backward(&img, &txt, &scale, &out, &dloss, batch.max_scale).unwrap();
-                vec![a, b, c]
-            });
-            [forward, backward]
-        });
-        for (pass, name) in ["forward", "backward"].into_iter().enumerate() {
-            let peak = bytes.map(|b| b[pass].0);
-            let workspace = bytes.map(|b| b[pass].0 - b[pass].1);
-            eprintln!("{device} {name}: n {SIZES:?}, peak bytes {peak:?}, beyond the outputs {workspace:?}");
-            for (what, v) in [("peak", peak), ("workspace", workspace)] {
-                // n doubles twice: a linear a n + b doubles its increments, anything quadratic quadruples them.
-                assert_eq!(v[2] - v[1], 2 * (v[1] - v[0]), "{device} {name}: {what} bytes {v:?} are not linear in n");
+        // The whole batch, and a rank of two (whose texts are split in two: fp32 parts of d img).
+        for ranks in [1, 2] {
+            let bytes = SIZES.map(|n| memory_of(device, n, d, ranks));
+            for (pass, name) in ["forward", "backward"].into_iter().enumerate() {
+                let name = format!("{device} {name} of a rank of {ranks}");
+                let peak = bytes.map(|b| b[pass].0);
+                let workspace = bytes.map(|b| b[pass].0 - b[pass].1);
+                eprintln!("{name}: n {SIZES:?}, peak bytes {peak:?}, beyond the outputs {workspace:?}");
+                for (what, v) in [("peak", peak), ("workspace", workspace)] {
+                    // n doubles twice: a linear a n + b doubles its increments, anything quadratic quadruples them.
+                    assert_eq!(v[2] - v[1], 2 * (v[1] - v[0]), "{name}: {what} bytes {v:?} are not linear in n");
+                }
+                // At most an fp32 row of d img and a float per pair.
+                for (&n, &w) in SIZES.iter().zip(&workspace) {
+                    assert!(w <= 4 * (d + 1) * n, "{name}: {w} workspace bytes for {n} pairs");
+                }
+                let logits = 4 * SIZES[2] * SIZES[2];
+                assert!(peak[2] * 8 < logits, "{name}: {} bytes at n = 1024, the n x n logits are {logits}", peak[2]);
             }
-            for (&n, &w) in SIZES.iter().zip(&workspace) {
-                assert!(w <= 4 * n, "{device} {name}: {w} workspace bytes for {n} pairs, more than a float per pair");
-            }
-            let logits = 4 * SIZES[2] * SIZES[2];
-            assert!(
-                peak[2] * 8 < logits,
-                "{device} {name}: {} bytes at n = 1024, the n x n logits are {logits}",
-                peak[2]
-            );
         }
     }
 }

@@ -97,67 +97,93 @@ pub struct InfoNceOut {
     pub col_lse: Tensor,
 }
 
-/// One data-parallel rank's forward state of symmetric InfoNCE before the cross-rank combine of
-/// the column log-sum-exps (`Backend::infonce_partial`).
-///
-/// The rank owns rows `offset .. offset + n_local` of a global batch of n pairs and sees all n
-/// texts, so it holds rows of the logits only: each of its rows' log-sum-exp is complete, each
-/// column's is over the rank's rows alone.
+/// One data-parallel rank's inputs of symmetric InfoNCE over a global batch of n pairs: its image
+/// rows `offset .. offset + n_local` against all n texts (all-gathered). The rank holds rows of
+/// the logits only, so each of its rows' log-sum-exp is complete and each column's is over its
+/// rows alone (`Backend::infonce_partial`). The whole batch is the one rank of
+/// `InfoNceShard::whole`.
+#[derive(Clone, Copy)]
+pub struct InfoNceShard<'a> {
+    /// [n_local, d]: the rank's image features.
+    pub img: &'a Tensor,
+    /// [n, d]: the features of every text of the batch.
+    pub txt: &'a Tensor,
+    /// One element; the logits are `min(exp(logit_scale), max_scale) * img @ txt^T`.
+    pub logit_scale: &'a Tensor,
+    pub max_scale: Option<f64>,
+    /// The global index of the rank's first row.
+    pub offset: usize,
+}
+
+impl<'a> InfoNceShard<'a> {
+    /// The whole batch: `img` and `txt` both [n, d].
+    pub fn whole(img: &'a Tensor, txt: &'a Tensor, logit_scale: &'a Tensor, max_scale: Option<f64>) -> Self {
+        InfoNceShard { img, txt, logit_scale, max_scale, offset: 0 }
+    }
+
+    /// (n_local, n, d).
+    pub fn dims(&self) -> (usize, usize, usize) {
+        (self.img.dims()[0], self.txt.dims()[0], self.txt.dims()[1])
+    }
+
+    /// Checks the shapes: `img` [n_local, d] holds global rows `offset .. offset + n_local` of a
+    /// batch whose `txt` is [n, d]. Backends call it, since no autograd op sits in front of the
+    /// sharded entry points.
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        let (img, txt, offset) = (self.img, self.txt, self.offset);
+        let (&[n_local, d], &[n, txt_d]) = (img.dims(), txt.dims()) else {
+            return Err(Error::shape(
+                op,
+                format!("features must be [rows, d], got {} and {}", img.shape(), txt.shape()),
+            ));
+        };
+        if d != txt_d || d == 0 || n_local == 0 || offset + n_local > n {
+            let rows = format!("rows {offset}..{}", offset + n_local);
+            return Err(Error::shape(
+                op,
+                format!("{rows} of image features {} against texts {}", img.shape(), txt.shape()),
+            ));
+        }
+        if self.logit_scale.numel() != 1 {
+            return Err(Error::shape(
+                op,
+                format!("logit_scale has shape {}, not one element", self.logit_scale.shape()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One rank's forward state before the cross-rank combine of the column log-sum-exps.
 pub struct InfoNcePartial {
     /// [n_local]: log-sum-exp of each of the rank's logits rows (its images against all texts).
     pub row_lse: Tensor,
     /// [n]: log-sum-exp of each logits column over the rank's rows only. The caller all-gathers
     /// these, in rank order, into the [ranks, n] input of `Backend::infonce_finish`.
     pub col_lse: Tensor,
-    /// 1-D partial sums (fp32 on a GPU, one per block of rows) whose total is the sum over the
-    /// rank's rows i of `row_lse_i - 2 z_ii`, unscaled.
-    pub row_terms: Tensor,
+    /// 1-D partial sums (fp32 on a GPU, one per block of rows) whose total is `-2 z_ii` summed
+    /// over the rank's positive pairs (rows i, columns i).
+    pub positive_terms: Tensor,
+    /// The rank's `InfoNceShard::offset`.
+    pub offset: usize,
     /// The dtype of the features, which the loss takes.
     pub dtype: DType,
 }
 
-/// Checks the shapes of a data-parallel InfoNCE call: `img` [n_local, d] holds global rows
-/// `offset .. offset + n_local` of a batch whose `txt` is [n, d]. Backends call it, since no
-/// autograd op sits in front of the sharded entry points.
-pub fn check_infonce_shard(op: &'static str, img: &Tensor, txt: &Tensor, offset: usize) -> Result<()> {
-    let (&[n_local, d], &[n, txt_d]) = (img.dims(), txt.dims()) else {
-        return Err(Error::shape(op, format!("features must be [rows, d], got {} and {}", img.shape(), txt.shape())));
-    };
-    if d != txt_d || d == 0 || n_local == 0 || offset + n_local > n {
-        return Err(Error::shape(
-            op,
-            format!(
-                "rows {offset}..{} of image features {} against text features {}",
-                offset + n_local,
-                img.shape(),
-                txt.shape()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the input of `Backend::infonce_finish`: `col_partials` is [ranks, n], of the dtype of
-/// the rank's own partial column log-sum-exps, and the rank's rows start at `offset`.
-pub fn check_col_partials(
-    op: &'static str,
-    partial: &InfoNcePartial,
-    col_partials: &Tensor,
-    offset: usize,
-) -> Result<()> {
-    let (n_local, n) = (partial.row_lse.numel(), partial.col_lse.numel());
-    if col_partials.dtype() != partial.col_lse.dtype() {
-        return Err(Error::dtype(
-            op,
-            format!("column partials are {}, the rank's own {}", col_partials.dtype(), partial.col_lse.dtype()),
-        ));
-    }
-    match col_partials.dims() {
-        &[ranks, cols] if ranks > 0 && cols == n && offset + n_local <= n => Ok(()),
-        _ => Err(Error::shape(
-            op,
-            format!("column partials {} for {n} columns, rows {offset}..{}", col_partials.shape(), offset + n_local),
-        )),
+impl InfoNcePartial {
+    /// Checks the input of `Backend::infonce_finish`: `col_partials` is [ranks, n], of the dtype
+    /// of the rank's own partial column log-sum-exps.
+    pub fn check_gathered(&self, op: &'static str, col_partials: &Tensor) -> Result<()> {
+        let (n_local, n) = (self.row_lse.numel(), self.col_lse.numel());
+        if col_partials.dtype() != self.col_lse.dtype() {
+            let detail =
+                format!("column partials are {}, the rank's own {}", col_partials.dtype(), self.col_lse.dtype());
+            return Err(Error::dtype(op, detail));
+        }
+        match col_partials.dims() {
+            &[ranks, cols] if ranks > 0 && cols == n && self.offset + n_local <= n => Ok(()),
+            _ => Err(Error::shape(op, format!("column partials {} for {n} columns", col_partials.shape()))),
+        }
     }
 }
 
@@ -287,38 +313,24 @@ pub trait Backend: Send + Sync {
         max_scale: Option<f64>,
     ) -> Result<(Tensor, Tensor, Tensor)>;
 
-    /// A data-parallel rank's forward of symmetric InfoNCE over a global batch of n pairs: `img`
-    /// [n_local, d] is the rank's rows `offset .. offset + n_local`, `txt` [n, d] all texts
-    /// (all-gathered). Returns the rank's complete row and partial column log-sum-exps. The whole
-    /// batch is the one rank with offset 0.
-    fn infonce_partial(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        max_scale: Option<f64>,
-        offset: usize,
-    ) -> Result<InfoNcePartial>;
+    /// A data-parallel rank's forward of symmetric InfoNCE: its complete row and partial column
+    /// log-sum-exps (see `InfoNceShard`).
+    fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial>;
     /// Finishes a rank's forward from `col_partials` [ranks, n], every rank's
     /// `InfoNcePartial::col_lse` in rank order: the column log-sum-exps are their log-sum-exp
     /// over ranks, in a fixed order, so all ranks get the same values. Returns the rank's share of
     /// the loss (the terms of its rows and of the columns with the same indices: the shares of all
     /// ranks sum to the loss), its row and all n column log-sum-exps.
-    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor, offset: usize) -> Result<InfoNceOut>;
+    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut>;
     /// A rank's backward: the gradient of the GLOBAL loss (`dloss` is its upstream gradient, the
     /// same on every rank) through the rank's rows of the logits. Returns (d img [n_local, d],
     /// complete; d txt [n, d] and d logit_scale [1], the rank's parts, which the caller sums across
     /// ranks: reduce-scatter and all-reduce). `out` comes from `infonce_finish`.
-    #[allow(clippy::too_many_arguments)]
     fn infonce_shard_backward(
         &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
+        shard: InfoNceShard<'_>,
         out: &InfoNceOut,
         dloss: &Tensor,
-        max_scale: Option<f64>,
-        offset: usize,
     ) -> Result<(Tensor, Tensor, Tensor)>;
 
     /// Mean cross-entropy of [n, classes] logits against class indices. Returns (loss [1], lse [n]).

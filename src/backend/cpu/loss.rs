@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{InfoNceOut, InfoNcePartial};
+use crate::backend::{InfoNceOut, InfoNcePartial, InfoNceShard};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
@@ -61,40 +61,36 @@ pub fn infonce<T: Real>(
     })
 }
 
-/// A data-parallel rank's rows `offset..offset + n_local` of the logits (`img` is [n_local, d],
-/// `txt` all n texts): complete row and partial column log-sum-exps (`Backend::infonce_partial`).
-pub fn infonce_partial<T: Real>(
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
-    max_scale: Option<f64>,
-    offset: usize,
-) -> Result<InfoNcePartial> {
-    let (n_local, n, d) = (img.dims()[0], txt.dims()[0], img.dims()[1]);
-    let (t, _) = temperature::<T>(logit_scale, max_scale)?;
-    let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n_local, n, d, t);
+/// A data-parallel rank's rows of the logits: complete row and partial column log-sum-exps
+/// (`Backend::infonce_partial`).
+pub fn infonce_partial<T: Real>(shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
+    let ((n_local, n, d), offset) = (shard.dims(), shard.offset);
+    let (t, _) = temperature::<T>(shard.logit_scale, shard.max_scale)?;
+    let z = logits(shard.img.cpu_slice::<T>()?, shard.txt.cpu_slice::<T>()?, n_local, n, d, t);
     let row_lse: Vec<T> =
         (0..n_local).into_par_iter().map(|i| logsumexp(z[i * n..(i + 1) * n].iter().copied())).collect();
     let col_lse: Vec<T> = (0..n).into_par_iter().map(|j| logsumexp((0..n_local).map(|i| z[i * n + j]))).collect();
-    let row_terms: T = (0..n_local).map(|i| row_lse[i] - T::of(2.0) * z[i * n + offset + i]).sum();
+    let positive_terms: T = (0..n_local).map(|i| T::of(-2.0) * z[i * n + offset + i]).sum();
     Ok(InfoNcePartial {
         row_lse: Tensor::from_vec(row_lse, [n_local])?,
         col_lse: Tensor::from_vec(col_lse, [n])?,
-        row_terms: Tensor::from_vec(vec![row_terms], [1])?,
-        dtype: img.dtype(),
+        positive_terms: Tensor::from_vec(vec![positive_terms], [1])?,
+        offset,
+        dtype: shard.img.dtype(),
     })
 }
 
 /// Combines the ranks' partial column log-sum-exps ([ranks, n]) and forms the rank's share of
 /// the loss (`Backend::infonce_finish`).
-pub fn infonce_finish<T: Real>(partial: &InfoNcePartial, col_partials: &Tensor, offset: usize) -> Result<InfoNceOut> {
+pub fn infonce_finish<T: Real>(partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
     let (ranks, n) = (col_partials.dims()[0], col_partials.dims()[1]);
     let parts = col_partials.cpu_slice::<T>()?;
     let col_lse: Vec<T> = (0..n).map(|j| logsumexp((0..ranks).map(|r| parts[r * n + j]))).collect();
-    let n_local = partial.row_lse.numel();
-    let rows: T = partial.row_terms.cpu_slice::<T>()?.iter().copied().sum();
-    let columns: T = col_lse[offset..offset + n_local].iter().copied().sum();
-    let loss = (rows + columns) / T::of(2.0 * n as f64);
+    let own_columns = partial.offset..partial.offset + partial.row_lse.numel();
+    let rows: T = partial.row_lse.cpu_slice::<T>()?.iter().copied().sum();
+    let columns: T = col_lse[own_columns].iter().copied().sum();
+    let positives: T = partial.positive_terms.cpu_slice::<T>()?.iter().copied().sum();
+    let loss = (rows + columns + positives) / T::of(2.0 * n as f64);
     Ok(InfoNceOut {
         loss: Tensor::from_vec(vec![loss], [1])?,
         row_lse: partial.row_lse.clone(),
@@ -102,22 +98,16 @@ pub fn infonce_finish<T: Real>(partial: &InfoNcePartial, col_partials: &Tensor, 
     })
 }
 
-/// The gradient of the global loss through rows `offset..offset + n_local` of the logits (the
-/// whole batch with offset 0 and `img` of n rows): d img of those rows, and the rows' parts of
-/// d txt and d logit_scale.
-#[allow(clippy::too_many_arguments)]
+/// The gradient of the global loss through a rank's rows of the logits (the whole batch for
+/// `InfoNceShard::whole`): d img of those rows, and the rows' parts of d txt and d logit_scale.
 pub fn infonce_backward<T: Real>(
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
+    shard: InfoNceShard<'_>,
     out: &InfoNceOut,
     dloss: &Tensor,
-    max_scale: Option<f64>,
-    offset: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (n_local, n, d) = (img.dims()[0], txt.dims()[0], img.dims()[1]);
-    let (is, ts) = (img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?);
-    let (t, clamped) = temperature::<T>(logit_scale, max_scale)?;
+    let ((n_local, n, d), offset) = (shard.dims(), shard.offset);
+    let (is, ts) = (shard.img.cpu_slice::<T>()?, shard.txt.cpu_slice::<T>()?);
+    let (t, clamped) = temperature::<T>(shard.logit_scale, shard.max_scale)?;
     let (rl, cl) = (out.row_lse.cpu_slice::<T>()?, out.col_lse.cpu_slice::<T>()?);
     let g = dloss.cpu_slice::<T>()?[0] / T::of(2.0 * n as f64);
     let z = logits(is, ts, n_local, n, d, t);

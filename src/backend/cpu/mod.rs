@@ -17,7 +17,7 @@ mod norm;
 
 use crate::backend::{
     AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    LayerNormOut, UnaryOp, check_col_partials, check_infonce_shard,
+    InfoNceShard, LayerNormOut, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -173,43 +173,28 @@ impl Backend for CpuBackend {
         float_dispatch!(
             "infonce_backward",
             img.dtype(),
-            loss::infonce_backward(img, txt, logit_scale, out, dloss, max_scale, 0)
+            loss::infonce_backward(InfoNceShard::whole(img, txt, logit_scale, max_scale), out, dloss)
         )
     }
 
-    fn infonce_partial(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        max_scale: Option<f64>,
-        offset: usize,
-    ) -> Result<InfoNcePartial> {
-        check_infonce_shard("infonce_partial", img, txt, offset)?;
-        float_dispatch!("infonce_partial", img.dtype(), loss::infonce_partial(img, txt, logit_scale, max_scale, offset))
+    fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
+        shard.check("infonce_partial")?;
+        float_dispatch!("infonce_partial", shard.img.dtype(), loss::infonce_partial(shard))
     }
 
-    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor, offset: usize) -> Result<InfoNceOut> {
-        check_col_partials("infonce_finish", partial, col_partials, offset)?;
-        float_dispatch!("infonce_finish", partial.dtype, loss::infonce_finish(partial, col_partials, offset))
+    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
+        partial.check_gathered("infonce_finish", col_partials)?;
+        float_dispatch!("infonce_finish", partial.dtype, loss::infonce_finish(partial, col_partials))
     }
 
     fn infonce_shard_backward(
         &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
+        shard: InfoNceShard<'_>,
         out: &InfoNceOut,
         dloss: &Tensor,
-        max_scale: Option<f64>,
-        offset: usize,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        check_infonce_shard("infonce_shard_backward", img, txt, offset)?;
-        float_dispatch!(
-            "infonce_shard_backward",
-            img.dtype(),
-            loss::infonce_backward(img, txt, logit_scale, out, dloss, max_scale, offset)
-        )
+        shard.check("infonce_shard_backward")?;
+        float_dispatch!("infonce_shard_backward", shard.img.dtype(), loss::infonce_backward(shard, out, dloss))
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {

@@ -1,7 +1,7 @@
 //! Tensor storage in a driver's memory: one allocation per tensor, freed on drop.
 //!
-//! Every allocation and free goes through `alloc` / `free` below, which keep per-thread byte
-//! counts, so a test can measure what an op allocates ([`measure_allocations`]).
+//! Every allocation and free goes through `alloc` / `free` below, which count live bytes per
+//! thread, so a test can measure what an op allocates ([`measure_allocations`]).
 
 use std::cell::Cell;
 
@@ -9,44 +9,35 @@ use super::driver::{DevicePtr, Driver};
 use crate::error::Result;
 use crate::tensor::{CpuStorage, DType, Device};
 
-/// What the calling thread allocated through the drivers while a closure ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AllocationReport {
-    /// The most bytes live at once, counting only allocations made during the closure.
-    pub peak_bytes: usize,
-    /// All bytes allocated during the closure, freed or not.
-    pub total_bytes: usize,
-}
-
-/// The calling thread's byte counts: live now, the peak of live, allocated in all. Per thread,
-/// so that tests running in parallel do not see each other's allocations.
-#[derive(Clone, Copy, Default)]
+/// The calling thread's live bytes and their peak. Per thread, so that tests running in
+/// parallel do not see each other's allocations.
+#[derive(Clone, Copy)]
 struct Counts {
     live: usize,
     peak: usize,
-    total: usize,
 }
 
 thread_local! {
-    static COUNTS: Cell<Counts> = Cell::new(Counts::default());
+    // const: no lazy initialisation and no destructor, so frees during thread exit still count.
+    static COUNTS: Cell<Counts> = const { Cell::new(Counts { live: 0, peak: 0 }) };
 }
 
-/// Runs `f` and reports the device memory this thread allocated meanwhile (through `GpuStorage`
-/// and `Scratch`, which every GPU op allocates with), above what was live when it started.
-pub fn measure_allocations<R>(f: impl FnOnce() -> R) -> (R, AllocationReport) {
+/// Runs `f` and returns, beside its result, the most device bytes this thread held at once
+/// through allocations made during `f` (`GpuStorage` and `Scratch`, which every GPU op
+/// allocates with): the memory footprint of an op, outputs included.
+pub fn measure_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let start = COUNTS.get();
     COUNTS.set(Counts { peak: start.live, ..start });
     let result = f();
     let end = COUNTS.get();
     COUNTS.set(Counts { peak: start.peak.max(end.peak), ..end });
-    (result, AllocationReport { peak_bytes: end.peak - start.live, total_bytes: end.total - start.total })
+    (result, end.peak - start.live)
 }
 
 fn alloc(device: Device, bytes: usize) -> Result<DevicePtr> {
     let ptr = super::driver(device)?.alloc(bytes)?;
     let c = COUNTS.get();
-    let live = c.live + bytes;
-    COUNTS.set(Counts { live, peak: c.peak.max(live), total: c.total + bytes });
+    COUNTS.set(Counts { live: c.live + bytes, peak: c.peak.max(c.live + bytes) });
     Ok(ptr)
 }
 

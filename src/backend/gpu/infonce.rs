@@ -2,15 +2,17 @@
 //! batch or for one data-parallel rank's rows of it (the design is at the top of the .cu file).
 //!
 //! Forward: `infonce_partial` is one launch (the rank's row log-sum-exps, partial column
-//! log-sum-exps, one partial loss term per 64 rows); `infonce_finish` combines the ranks' column
-//! partials (one thread per column; nothing to do for a single rank) and sums the rank's loss
-//! share in a fixed order. The whole batch is the rank with offset 0. Backward: one launch writes
-//! d img, d txt and partial sums of the scale gradient, a second reduces them. Besides the
-//! outputs, the workspace is one float per 64 rows.
+//! log-sum-exps, one partial sum of positive logits per block), plus the merge of the row splits
+//! when the rank's texts are split; `infonce_finish` combines the ranks' column partials (nothing to
+//! do for a single rank) and sums the rank's loss share in a fixed order. The whole batch is the
+//! rank with offset 0, and never splits. Backward: one launch writes d img (or the splits' parts of
+//! it), d txt and partial sums of the scale gradient; the splits and the partial sums are then
+//! reduced. Besides the outputs, the workspace is one float per 64 rows, and with splits
+//! row_splits x n_local (about n) log-sum-exps and rows of d img in fp32.
 
 use super::context::{device_ptr, int, kernel_for, ptr};
 use super::{GpuBackend, KernelArg, LaunchConfig};
-use crate::backend::{InfoNceOut, InfoNcePartial, check_col_partials, check_infonce_shard};
+use crate::backend::{InfoNceOut, InfoNcePartial, InfoNceShard};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -21,16 +23,52 @@ const BACKWARD_THREADS: u32 = 256;
 /// Feature chunks whose gradient one backward block accumulates (512 columns).
 const GROUP_CHUNKS: usize = 8;
 const REDUCE_THREADS: u32 = 256;
-const COMBINE_THREADS: u32 = 256;
+const ELEMENT_THREADS: u32 = 256;
+
+/// The launch geometry of a shard: the row direction's texts are split into `row_splits` ranges
+/// so that it has about as many blocks as the column direction (1 for the whole batch).
+struct Plan {
+    n_local: usize,
+    n: usize,
+    row_splits: usize,
+    /// Blocks along x, for both directions (the surplus of one leaves at once).
+    grid_x: u32,
+}
+
+impl Plan {
+    fn of(shard: &InfoNceShard<'_>) -> Result<Plan> {
+        let (n_local, n, _) = shard.dims();
+        let (row_blocks, col_blocks) = (n_local.div_ceil(TILE), n.div_ceil(TILE));
+        let row_splits = col_blocks.div_ceil(row_blocks);
+        let grid_x = u32::try_from(col_blocks.max(row_blocks * row_splits))
+            .map_err(|_| Error::invalid("infonce", format!("{n} pairs do not fit a grid")))?;
+        Ok(Plan { n_local, n, row_splits, grid_x })
+    }
+
+    /// Partial sums the row-direction blocks write: one per block and split.
+    fn row_partials(&self) -> usize {
+        self.n_local.div_ceil(TILE) * self.row_splits
+    }
+
+    /// The shard arguments every kernel takes: n_local, n, offset, row_splits, d.
+    fn args(&self, shard: &InfoNceShard<'_>) -> Result<[KernelArg; 5]> {
+        Ok([
+            int(self.n_local, "local rows")?,
+            int(self.n, "pairs")?,
+            int(shard.offset, "row offset")?,
+            int(self.row_splits, "row splits")?,
+            int(shard.dims().2, "feature width")?,
+        ])
+    }
+}
 
 /// The clamp as the kernels take it: +inf when there is none.
 fn max_scale_arg(max_scale: Option<f64>) -> KernelArg {
     KernelArg::F32(max_scale.map_or(f32::INFINITY, |m| m as f32))
 }
 
-/// Blocks of TILE rows over `rows`.
-fn row_blocks(rows: usize) -> Result<u32> {
-    u32::try_from(rows.div_ceil(TILE)).map_err(|_| Error::invalid("infonce", format!("{rows} rows do not fit a grid")))
+fn element_blocks(count: usize) -> u32 {
+    count.div_ceil(ELEMENT_THREADS as usize).max(1) as u32
 }
 
 /// The backward's dynamic shared memory: the own tile, the dz tile and one slot per feature chunk
@@ -44,38 +82,46 @@ fn backward_shared_bytes(dtype: DType, chunks: usize) -> u32 {
     ((2 + chunks.min(GROUP_CHUNKS)) * TILE * row_bytes) as u32
 }
 
-/// `out[0] = factor * (sum of a[..a_count] + sum of b[..b_count])` as `dtype`, in a fixed order.
-fn reduce(
-    gpu: &GpuBackend,
-    (a, a_count): (KernelArg, usize),
-    (b, b_count): (KernelArg, usize),
-    factor: f64,
-    dtype: DType,
-) -> Result<Tensor> {
+/// A device array and how many of its floats to sum.
+type Span = (KernelArg, usize);
+
+/// `out[0] = factor * (the sum of the spans' floats)` as `dtype`, in a fixed order.
+fn reduce(gpu: &GpuBackend, [a, b, c]: [Span; 3], factor: f64, dtype: DType) -> Result<Tensor> {
     let out = gpu.uninit([1], dtype)?;
+    let count = |n| int(n, "partial sums");
     gpu.launch(
         &kernel_for("infonce_reduce", dtype)?,
         LaunchConfig::linear(1, REDUCE_THREADS, 0),
-        &[
-            a,
-            int(a_count, "partial sums")?,
-            b,
-            int(b_count, "partial sums")?,
-            KernelArg::F32(factor as f32),
-            ptr(&out)?,
-        ],
+        &[a.0, count(a.1)?, b.0, count(b.1)?, c.0, count(c.1)?, KernelArg::F32(factor as f32), ptr(&out)?],
     )?;
     Ok(out)
 }
 
-/// The shard arguments every kernel takes: n_local, n, offset, d.
-fn shard_args(img: &Tensor, txt: &Tensor, offset: usize) -> Result<[KernelArg; 4]> {
-    Ok([
-        int(img.dims()[0], "local rows")?,
-        int(txt.dims()[0], "pairs")?,
-        int(offset, "row offset")?,
-        int(img.dims()[1], "feature width")?,
-    ])
+/// The log-sum-exp over the rows of `parts` [p, n] (ranks or splits), in row order: [n].
+fn combine(gpu: &GpuBackend, parts: &Tensor) -> Result<Tensor> {
+    let (p, n) = (parts.dims()[0], parts.dims()[1]);
+    if p == 1 {
+        return parts.view_as([n].into());
+    }
+    let out = gpu.uninit([n], DType::F32)?;
+    gpu.launch(
+        "infonce_combine_f32",
+        LaunchConfig::linear(element_blocks(n), ELEMENT_THREADS, 0),
+        &[ptr(parts)?, int(p, "partial lse rows")?, int(n, "columns")?, ptr(&out)?],
+    )?;
+    Ok(out)
+}
+
+/// The sum over the splits of fp32 `parts` [splits, rows, d], in split order, as `dtype`.
+fn sum_splits(gpu: &GpuBackend, parts: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (splits, rows, d) = (parts.dims()[0], parts.dims()[1], parts.dims()[2]);
+    let out = gpu.uninit([rows, d], dtype)?;
+    gpu.launch(
+        &kernel_for("infonce_sum_splits", dtype)?,
+        LaunchConfig::linear(element_blocks(rows * d), ELEMENT_THREADS, 0),
+        &[ptr(parts)?, int(splits, "row splits")?, int(rows * d, "gradient elements")?, ptr(&out)?],
+    )?;
+    Ok(out)
 }
 
 pub(super) fn infonce(
@@ -85,130 +131,113 @@ pub(super) fn infonce(
     logit_scale: &Tensor,
     max_scale: Option<f64>,
 ) -> Result<InfoNceOut> {
-    let partial = infonce_partial(gpu, img, txt, logit_scale, max_scale, 0)?;
+    let partial = infonce_partial(gpu, InfoNceShard::whole(img, txt, logit_scale, max_scale))?;
     let single_rank = partial.col_lse.view_as([1, txt.dims()[0]].into())?;
-    infonce_finish(gpu, &partial, &single_rank, 0)
+    infonce_finish(gpu, &partial, &single_rank)
 }
 
-pub(super) fn infonce_partial(
-    gpu: &GpuBackend,
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
-    max_scale: Option<f64>,
-    offset: usize,
-) -> Result<InfoNcePartial> {
-    check_infonce_shard("infonce_partial", img, txt, offset)?;
-    let (n_local, n) = (img.dims()[0], txt.dims()[0]);
-    let row_lse = gpu.uninit([n_local], DType::F32)?;
-    let col_lse = gpu.uninit([n], DType::F32)?;
-    let row_terms = gpu.uninit([n_local.div_ceil(TILE)], DType::F32)?;
-    let mut args = vec![ptr(img)?, ptr(txt)?, ptr(logit_scale)?, max_scale_arg(max_scale)];
-    args.extend(shard_args(img, txt, offset)?);
-    args.extend([ptr(&row_lse)?, ptr(&col_lse)?, ptr(&row_terms)?]);
+pub(super) fn infonce_partial(gpu: &GpuBackend, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
+    shard.check("infonce_partial")?;
+    let plan = Plan::of(&shard)?;
+    let row_lse_parts = gpu.uninit([plan.row_splits, plan.n_local], DType::F32)?;
+    let col_lse = gpu.uninit([plan.n], DType::F32)?;
+    let positive_terms = gpu.uninit([plan.row_partials()], DType::F32)?;
+    let mut args = vec![ptr(shard.img)?, ptr(shard.txt)?, ptr(shard.logit_scale)?, max_scale_arg(shard.max_scale)];
+    args.extend(plan.args(&shard)?);
+    args.extend([ptr(&row_lse_parts)?, ptr(&col_lse)?, ptr(&positive_terms)?]);
     gpu.launch(
-        &kernel_for("infonce_fwd", img.dtype())?,
-        LaunchConfig { grid: [row_blocks(n)?, 2, 1], block: [FORWARD_THREADS, 1, 1], shared_bytes: 0 },
+        &kernel_for("infonce_fwd", shard.img.dtype())?,
+        LaunchConfig { grid: [plan.grid_x, 2, 1], block: [FORWARD_THREADS, 1, 1], shared_bytes: 0 },
         &args,
     )?;
-    Ok(InfoNcePartial { row_lse, col_lse, row_terms, dtype: img.dtype() })
+    let row_lse = combine(gpu, &row_lse_parts)?;
+    Ok(InfoNcePartial { row_lse, col_lse, positive_terms, offset: shard.offset, dtype: shard.img.dtype() })
 }
 
-pub(super) fn infonce_finish(
-    gpu: &GpuBackend,
-    partial: &InfoNcePartial,
-    col_partials: &Tensor,
-    offset: usize,
-) -> Result<InfoNceOut> {
-    check_col_partials("infonce_finish", partial, col_partials, offset)?;
-    if partial.row_terms.dtype() != DType::F32 {
+pub(super) fn infonce_finish(gpu: &GpuBackend, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
+    partial.check_gathered("infonce_finish", col_partials)?;
+    if partial.positive_terms.dtype() != DType::F32 {
         return Err(Error::dtype("infonce_finish", "the GPU kernels take the fp32 partials of their forward"));
     }
-    let (ranks, n) = (col_partials.dims()[0], col_partials.dims()[1]);
-    let col_lse = if ranks == 1 {
-        col_partials.view_as([n].into())?
-    } else {
-        let combined = gpu.uninit([n], DType::F32)?;
-        gpu.launch(
-            "infonce_combine_f32",
-            LaunchConfig::linear(n.div_ceil(COMBINE_THREADS as usize) as u32, COMBINE_THREADS, 0),
-            &[ptr(col_partials)?, int(ranks, "ranks")?, int(n, "pairs")?, ptr(&combined)?],
-        )?;
-        combined
-    };
-    // The rank's share: its row terms and the log-sum-exps of its columns offset .. offset + n_local.
-    let own_columns = KernelArg::Ptr(device_ptr(&col_lse)? + (offset * std::mem::size_of::<f32>()) as u64);
-    let loss = reduce(
-        gpu,
-        (ptr(&partial.row_terms)?, partial.row_terms.numel()),
-        (own_columns, partial.row_lse.numel()),
-        1.0 / (2.0 * n as f64),
-        partial.dtype,
-    )?;
+    let n = col_partials.dims()[1];
+    let col_lse = combine(gpu, col_partials)?;
+    // The rank's share: its rows' terms and the log-sum-exps of its columns offset .. offset + n_local.
+    let n_local = partial.row_lse.numel();
+    let own_columns = device_ptr(&col_lse)? + (partial.offset * std::mem::size_of::<f32>()) as u64;
+    let spans = [
+        (ptr(&partial.positive_terms)?, partial.positive_terms.numel()),
+        (ptr(&partial.row_lse)?, n_local),
+        (KernelArg::Ptr(own_columns), n_local),
+    ];
+    let loss = reduce(gpu, spans, 1.0 / (2.0 * n as f64), partial.dtype)?;
     Ok(InfoNceOut { loss, row_lse: partial.row_lse.clone(), col_lse })
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn infonce_shard_backward(
     gpu: &GpuBackend,
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
+    shard: InfoNceShard<'_>,
     out: &InfoNceOut,
     dloss: &Tensor,
-    max_scale: Option<f64>,
-    offset: usize,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    check_infonce_shard("infonce_shard_backward", img, txt, offset)?;
-    let (n_local, n, d) = (img.dims()[0], txt.dims()[0], img.dims()[1]);
+    const OP: &str = "infonce_backward";
+    shard.check(OP)?;
+    let plan = Plan::of(&shard)?;
+    let (n_local, n, d) = shard.dims();
+    let dtype = shard.img.dtype();
     if out.row_lse.dtype() != DType::F32 || out.col_lse.dtype() != DType::F32 {
-        return Err(Error::dtype("infonce_backward", "the GPU kernels take the fp32 log-sum-exps of their forward"));
+        return Err(Error::dtype(OP, "the GPU kernels take the fp32 log-sum-exps of their forward"));
     }
     if out.row_lse.numel() != n_local || out.col_lse.numel() != n {
+        let (rows, cols) = (out.row_lse.numel(), out.col_lse.numel());
         return Err(Error::shape(
-            "infonce_backward",
-            format!(
-                "log-sum-exps of {} rows and {} columns for {n_local} x {n} logits",
-                out.row_lse.numel(),
-                out.col_lse.numel()
-            ),
+            OP,
+            format!("log-sum-exps of {rows} rows and {cols} columns, logits {n_local} x {n}"),
         ));
     }
-    if dloss.dtype() != img.dtype() {
-        return Err(Error::dtype(
-            "infonce_backward",
-            format!("dloss is {}, the features {}", dloss.dtype(), img.dtype()),
-        ));
+    if dloss.dtype() != dtype {
+        return Err(Error::dtype(OP, format!("dloss is {}, the features {dtype}", dloss.dtype())));
     }
     let chunks = d.div_ceil(TILE);
     let groups = u32::try_from(chunks.div_ceil(GROUP_CHUNKS))
         .ok()
         .filter(|&g| g <= 65_535)
         .ok_or_else(|| Error::invalid("infonce", format!("feature width {d} is too large")))?;
-    let dimg = gpu.uninit([n_local, d], img.dtype())?;
-    let dtxt = gpu.uninit([n, d], txt.dtype())?;
-    let dscale_partials = gpu.uninit([n_local.div_ceil(TILE)], DType::F32)?;
+    let dtxt = gpu.uninit([n, d], dtype)?;
+    let dscale_partials = gpu.uninit([plan.row_partials()], DType::F32)?;
+    // With split texts the row direction writes fp32 parts of d img ([splits, n_local, d]), summed
+    // below; the kernel takes the pointer it does not write as null.
+    let split = plan.row_splits > 1;
+    let dimg = match split {
+        true => gpu.uninit([plan.row_splits, n_local, d], DType::F32)?,
+        false => gpu.uninit([n_local, d], dtype)?,
+    };
+    let (dimg_arg, parts_arg) = match split {
+        true => (KernelArg::Ptr(0), ptr(&dimg)?),
+        false => (ptr(&dimg)?, KernelArg::Ptr(0)),
+    };
     let mut args = vec![
-        ptr(img)?,
-        ptr(txt)?,
-        ptr(logit_scale)?,
-        max_scale_arg(max_scale),
+        ptr(shard.img)?,
+        ptr(shard.txt)?,
+        ptr(shard.logit_scale)?,
+        max_scale_arg(shard.max_scale),
         ptr(dloss)?,
         ptr(&out.row_lse)?,
         ptr(&out.col_lse)?,
     ];
-    args.extend(shard_args(img, txt, offset)?);
-    args.extend([ptr(&dimg)?, ptr(&dtxt)?, ptr(&dscale_partials)?]);
+    args.extend(plan.args(&shard)?);
+    args.extend([dimg_arg, ptr(&dtxt)?, parts_arg, ptr(&dscale_partials)?]);
     gpu.launch(
-        &kernel_for("infonce_bwd", img.dtype())?,
+        &kernel_for("infonce_bwd", dtype)?,
         LaunchConfig {
-            grid: [row_blocks(n)?, groups, 2],
+            grid: [plan.grid_x, groups, 2],
             block: [BACKWARD_THREADS, 1, 1],
-            shared_bytes: backward_shared_bytes(img.dtype(), chunks),
+            shared_bytes: backward_shared_bytes(dtype, chunks),
         },
         &args,
     )?;
+    let dimg = if split { sum_splits(gpu, &dimg, dtype)? } else { dimg };
     let partials = (ptr(&dscale_partials)?, dscale_partials.numel());
-    let dscale = reduce(gpu, partials, (partials.0, 0), 1.0, logit_scale.dtype())?;
+    let none = (partials.0, 0);
+    let dscale = reduce(gpu, [partials, none, none], 1.0, shard.logit_scale.dtype())?;
     Ok((dimg, dtxt, dscale))
 }

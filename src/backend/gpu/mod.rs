@@ -30,7 +30,7 @@ pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig}
 
 use crate::backend::{
     AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    LayerNormOut, UnaryOp,
+    InfoNceShard, LayerNormOut, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -200,35 +200,24 @@ impl Backend for GpuBackend {
         dloss: &Tensor,
         max_scale: Option<f64>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        infonce::infonce_shard_backward(self, img, txt, logit_scale, out, dloss, max_scale, 0)
+        infonce::infonce_shard_backward(self, InfoNceShard::whole(img, txt, logit_scale, max_scale), out, dloss)
     }
 
-    fn infonce_partial(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        max_scale: Option<f64>,
-        offset: usize,
-    ) -> Result<InfoNcePartial> {
-        infonce::infonce_partial(self, img, txt, logit_scale, max_scale, offset)
+    fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
+        infonce::infonce_partial(self, shard)
     }
 
-    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor, offset: usize) -> Result<InfoNceOut> {
-        infonce::infonce_finish(self, partial, col_partials, offset)
+    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
+        infonce::infonce_finish(self, partial, col_partials)
     }
 
     fn infonce_shard_backward(
         &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
+        shard: InfoNceShard<'_>,
         out: &InfoNceOut,
         dloss: &Tensor,
-        max_scale: Option<f64>,
-        offset: usize,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        infonce::infonce_shard_backward(self, img, txt, logit_scale, out, dloss, max_scale, offset)
+        infonce::infonce_shard_backward(self, shard, out, dloss)
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
