@@ -3,9 +3,10 @@
 // whose bf16 operands would put f32 training a bf16 rounding away from the CPU reference).
 //
 // The contract is attention.cu's and the CPU reference's: qkv [batch, len, 3*width] holds q, k
-// and v blocks of `heads` heads, out is [batch, len, width], lse [batch, heads, len]; every mask
-// leaves a query a prefix of visible keys, and a query that sees none gets a zero output and
-// lse = -inf. Any head dim up to 128: a lane owns columns lane + 32c of a row, c < C, and the
+// and v blocks of `heads` heads, out is [batch, len, width], lse [batch, heads, len]; a block
+// works on one sequence (a batch row, or a varlen sequence packed into row 0:
+// attention_seq.cuh), where every mask leaves a query a prefix of visible keys, and a query that
+// sees none gets a zero output and lse = -inf. Any head dim up to 128: a lane owns columns lane + 32c of a row, c < C, and the
 // kernels are instantiated for C = 1..4 (head dims up to 32, 64, 96, 128).
 //
 // Precision: fp32 FMAs on CUDA cores throughout and the CPU reference's formulas (a score is
@@ -13,15 +14,15 @@
 // probabilities from lse; a gradient row sums its terms in ascending key or query order), so
 // the results agree with the CPU to f32 rounding (about 1e-6 of a tensor's scale).
 //
-// Work split (SIMT): a block is 8 warps owning 8 consecutive rows of one (batch, head), one row
-// per warp. The rows of the other side are staged in shared memory 32 at a time, one per lane:
+// Work split (SIMT): a block is 8 warps owning 8 consecutive rows of one (sequence, head), one
+// row per warp. The rows of the other side are staged in shared memory 32 at a time, one per lane:
 // lane l scores staged row l against the warp's row, the warp publishes the 32 weights, then
 // each lane accumulates its columns over the staged rows.
 // - forward: a warp per query, online softmax over chunks of keys.
 // - backward, after D = rowsum(dO * O) (attention.cu's delta kernel), one launch: grid z = 1 is a
 //   warp per query computing dQ, z = 0 a warp per key computing dK and dV over the queries that
 //   see it. Every warp writes only its own row: deterministic, no atomics, no S x S matrix.
-#include "common.cuh"
+#include "attention_seq.cuh"
 
 namespace {
 
@@ -33,47 +34,38 @@ constexpr int STRIDE = MAX_HEAD_DIM + 1;
 
 using Chunk = float[CHUNK][STRIDE];
 
-struct Problem {
-    int len;
-    int heads;
-    const int* key_lengths;  // per batch element, or null: no key padding
-    int causal;
-    int head_dim;
-    float scale;  // 1/sqrt(head_dim), rounded as the CPU reference rounds it
-};
-
 __device__ __forceinline__ int min_of(int a, int b) { return a < b ? a : b; }
 
-// How many keys (a prefix) query q of batch element b sees; none for a row past the sequence.
-// Nondecreasing in q.
-__device__ __forceinline__ int keys_seen(const Problem& pb, int b, int q) {
-    if (q >= pb.len) return 0;
-    const int limit = pb.causal ? q + 1 : pb.len;
-    return pb.key_lengths ? min_of(limit, pb.key_lengths[b]) : limit;
-}
-
-// This block's (batch, head) and first row, and where the head's rows live in the packed tensors.
+// This block's sequence and head (attention_seq.cuh), its first row (query or key) in the
+// sequence, and where the head's rows live in the packed tensors.
 struct Block {
-    int b, h, first;
+    attn::Sequence sq;
+    int first;
+    int head_dim;
+    float scale;     // 1/sqrt(head_dim), rounded as the CPU reference rounds it
     size_t qkv_row;  // elements from one token's qkv row to the next
-    size_t out_row;  // ... and from one token's out row to the next
+    size_t out_row;  // ... and from one token's out row to the next (the width)
 
-    __device__ static Block of(const Problem& pb) {
-        const int bh = blockIdx.x;
-        const size_t width = static_cast<size_t>(pb.heads) * pb.head_dim;
-        return Block{bh / pb.heads, bh % pb.heads, static_cast<int>(blockIdx.y) * WARPS, 3 * width, width};
-    }
     // Element 0 of block `which` (0 q, 1 k, 2 v) of this head at `token`, in qkv or dqkv.
-    __device__ size_t packed(const Problem& pb, int which, int token) const {
-        return (static_cast<size_t>(b) * pb.len + token) * qkv_row + (which * pb.heads + h) * pb.head_dim;
+    __device__ size_t packed(int which, int token) const {
+        return (sq.token0 + token) * qkv_row + which * out_row + sq.head * head_dim;
     }
     // Element 0 of this head at `token`, in out or dout.
-    __device__ size_t unpacked(const Problem& pb, int token) const {
-        return (static_cast<size_t>(b) * pb.len + token) * out_row + h * pb.head_dim;
-    }
-    // Index of (b, h, row) in lse and delta.
-    __device__ size_t stat(const Problem& pb, int row) const { return static_cast<size_t>(blockIdx.x) * pb.len + row; }
+    __device__ size_t unpacked(int token) const { return (sq.token0 + token) * out_row + sq.head * head_dim; }
+    // Index of (head, token `row`) in lse and delta.
+    __device__ size_t stat(int row) const { return sq.stat0 + row; }
 };
+
+__device__ __forceinline__ Block block_of(int len, int heads, const int* offsets, const int* key_lengths, int causal,
+                                          int head_dim, float scale) {
+    const size_t width = static_cast<size_t>(heads) * head_dim;
+    return Block{attn::sequence_of_block(len, heads, offsets, key_lengths, causal),
+                 static_cast<int>(blockIdx.y) * WARPS,
+                 head_dim,
+                 scale,
+                 3 * width,
+                 width};
+}
 
 // Rows [0, rows) of `cols` floats, consecutive rows `src_stride` apart, into `dst`. Every thread
 // of the block takes part; 128-bit loads where the rows allow them.
@@ -128,28 +120,28 @@ __device__ __forceinline__ void store_row(float* dst, const float (&acc)[C], flo
 }
 
 template <int C>
-__device__ void attention_forward(const float* qkv, float* out, float* lse, Problem pb) {
+__device__ void attention_forward(const float* qkv, float* out, float* lse, const Block& blk) {
     __shared__ Chunk keys, values;
     __shared__ float query[WARPS][MAX_HEAD_DIM];
     __shared__ float weight[WARPS][CHUNK];
-    const Block blk = Block::of(pb);
+    if (blk.first >= blk.sq.len) return;  // rows past a shorter packed sequence
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int row = blk.first + warp;
-    const int seen = keys_seen(pb, blk.b, row);
-    const int block_keys = keys_seen(pb, blk.b, min_of(blk.first + WARPS, pb.len) - 1);
-    if (row < pb.len) load_row(query[warp], qkv + blk.packed(pb, 0, row), pb.head_dim);
+    const int seen = blk.sq.visible_keys(row);
+    const int block_keys = blk.sq.visible_keys(min_of(blk.first + WARPS, blk.sq.len) - 1);
+    if (row < blk.sq.len) load_row(query[warp], qkv + blk.packed(0, row), blk.head_dim);
 
     // Running max of the scores, and this lane's share of the sum of exp(score - max).
     float max = -INFINITY, lane_sum = 0.0f, o[C] = {};
     for (int k0 = 0; k0 < block_keys; k0 += CHUNK) {
         __syncthreads();  // the previous chunk has been read
         const int staged = min_of(CHUNK, block_keys - k0);
-        stage_rows(keys, qkv + blk.packed(pb, 1, k0), blk.qkv_row, staged, pb.head_dim);
-        stage_rows(values, qkv + blk.packed(pb, 2, k0), blk.qkv_row, staged, pb.head_dim);
+        stage_rows(keys, qkv + blk.packed(1, k0), blk.qkv_row, staged, blk.head_dim);
+        stage_rows(values, qkv + blk.packed(2, k0), blk.qkv_row, staged, blk.head_dim);
         __syncthreads();
         if (k0 >= seen) continue;
         const int count = min_of(CHUNK, seen - k0);
-        const float s = lane < count ? dot(query[warp], keys[lane], pb.head_dim) * pb.scale : -INFINITY;
+        const float s = lane < count ? dot(query[warp], keys[lane], blk.head_dim) * blk.scale : -INFINITY;
         const float new_max = fmaxf(max, warp_max(s));
         const float rescale = expf(max - new_max);  // 0 on the first chunk
         const float p = lane < count ? expf(s - new_max) : 0.0f;
@@ -161,9 +153,9 @@ __device__ void attention_forward(const float* qkv, float* out, float* lse, Prob
         accumulate<C>(o, weight[warp], values, count);
     }
     const float sum = warp_sum(lane_sum);
-    if (row >= pb.len) return;
-    if (lane == 0) lse[blk.stat(pb, row)] = seen > 0 ? max + logf(sum) : -INFINITY;
-    store_row<C>(out + blk.unpacked(pb, row), o, seen > 0 ? 1.0f / sum : 0.0f, pb.head_dim);
+    if (row >= blk.sq.len) return;
+    if (lane == 0) lse[blk.stat(row)] = seen > 0 ? max + logf(sum) : -INFINITY;
+    store_row<C>(out + blk.unpacked(row), o, seen > 0 ? 1.0f / sum : 0.0f, blk.head_dim);
 }
 
 // Shared memory of a backward block. dQ: the staged rows are keys and values, the warp's own
@@ -182,77 +174,75 @@ struct BackwardSmem {
 // dQ_i = scale * sum_j dS_ij k_j with dS_ij = P_ij (<dO_i, v_j> - D_i), P_ij = exp(scale <q_i, k_j> - lse_i).
 template <int C>
 __device__ __forceinline__ void backward_dq(BackwardSmem& sm, const float* qkv, const float* dout, const float* lse,
-                                            const float* delta, float* dqkv, const Problem& pb) {
-    const Block blk = Block::of(pb);
+                                            const float* delta, float* dqkv, const Block& blk) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int row = blk.first + warp;
-    const int seen = keys_seen(pb, blk.b, row);
-    const int block_keys = keys_seen(pb, blk.b, min_of(blk.first + WARPS, pb.len) - 1);
-    const float row_lse = seen > 0 ? lse[blk.stat(pb, row)] : 0.0f;
-    const float row_delta = seen > 0 ? delta[blk.stat(pb, row)] : 0.0f;
+    const int seen = blk.sq.visible_keys(row);
+    const int block_keys = blk.sq.visible_keys(min_of(blk.first + WARPS, blk.sq.len) - 1);
+    const float row_lse = seen > 0 ? lse[blk.stat(row)] : 0.0f;
+    const float row_delta = seen > 0 ? delta[blk.stat(row)] : 0.0f;
     float* q = sm.own[warp][0];
     float* dout_row = sm.own[warp][1];
-    if (row < pb.len) {
-        load_row(q, qkv + blk.packed(pb, 0, row), pb.head_dim);
-        load_row(dout_row, dout + blk.unpacked(pb, row), pb.head_dim);
+    if (row < blk.sq.len) {
+        load_row(q, qkv + blk.packed(0, row), blk.head_dim);
+        load_row(dout_row, dout + blk.unpacked(row), blk.head_dim);
     }
     float dq[C] = {};
     for (int k0 = 0; k0 < block_keys; k0 += CHUNK) {
         __syncthreads();
         const int staged = min_of(CHUNK, block_keys - k0);
-        stage_rows(sm.staged[0], qkv + blk.packed(pb, 1, k0), blk.qkv_row, staged, pb.head_dim);
-        stage_rows(sm.staged[1], qkv + blk.packed(pb, 2, k0), blk.qkv_row, staged, pb.head_dim);
+        stage_rows(sm.staged[0], qkv + blk.packed(1, k0), blk.qkv_row, staged, blk.head_dim);
+        stage_rows(sm.staged[1], qkv + blk.packed(2, k0), blk.qkv_row, staged, blk.head_dim);
         __syncthreads();
         if (k0 >= seen) continue;
         const int count = min_of(CHUNK, seen - k0);
         float ds = 0.0f;
         if (lane < count) {
-            const float p = expf(dot(q, sm.staged[0][lane], pb.head_dim) * pb.scale - row_lse);
-            ds = p * (dot(dout_row, sm.staged[1][lane], pb.head_dim) - row_delta);
+            const float p = expf(dot(q, sm.staged[0][lane], blk.head_dim) * blk.scale - row_lse);
+            ds = p * (dot(dout_row, sm.staged[1][lane], blk.head_dim) - row_delta);
         }
         sm.weight[warp][0][lane] = ds;
         __syncwarp();
         accumulate<C>(dq, sm.weight[warp][0], sm.staged[0], count);
     }
-    if (row < pb.len) store_row<C>(dqkv + blk.packed(pb, 0, row), dq, pb.scale, pb.head_dim);
+    if (row < blk.sq.len) store_row<C>(dqkv + blk.packed(0, row), dq, blk.scale, blk.head_dim);
 }
 
 // dV_j = sum_i P_ij dO_i and dK_j = scale * sum_i dS_ij q_i over the queries i that see key j:
 // a suffix of the sequence (from j under the causal mask), none past a key-padding length.
 template <int C>
 __device__ __forceinline__ void backward_dkdv(BackwardSmem& sm, const float* qkv, const float* dout,
-                                              const float* lse, const float* delta, float* dqkv, const Problem& pb) {
-    const Block blk = Block::of(pb);
+                                              const float* lse, const float* delta, float* dqkv, const Block& blk) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int key = blk.first + warp;
     float* k = sm.own[warp][0];
     float* v = sm.own[warp][1];
-    if (key < pb.len) {
-        load_row(k, qkv + blk.packed(pb, 1, key), pb.head_dim);
-        load_row(v, qkv + blk.packed(pb, 2, key), pb.head_dim);
+    if (key < blk.sq.len) {
+        load_row(k, qkv + blk.packed(1, key), blk.head_dim);
+        load_row(v, qkv + blk.packed(2, key), blk.head_dim);
     }
     // The last query sees the most keys; under the causal mask a query before the block's first
     // key sees none of its keys.
-    const bool any_seen = keys_seen(pb, blk.b, pb.len - 1) > blk.first;
-    const int q_begin = !any_seen ? pb.len : pb.causal ? blk.first : 0;
+    const bool any_seen = blk.sq.visible_keys(blk.sq.len - 1) > blk.first;
+    const int q_begin = !any_seen ? blk.sq.len : blk.sq.causal ? blk.first : 0;
     float dk[C] = {}, dv[C] = {};
-    for (int q0 = q_begin; q0 < pb.len; q0 += CHUNK) {
+    for (int q0 = q_begin; q0 < blk.sq.len; q0 += CHUNK) {
         __syncthreads();
-        const int count = min_of(CHUNK, pb.len - q0);
-        stage_rows(sm.staged[0], qkv + blk.packed(pb, 0, q0), blk.qkv_row, count, pb.head_dim);
-        stage_rows(sm.staged[1], dout + blk.unpacked(pb, q0), blk.out_row, count, pb.head_dim);
+        const int count = min_of(CHUNK, blk.sq.len - q0);
+        stage_rows(sm.staged[0], qkv + blk.packed(0, q0), blk.qkv_row, count, blk.head_dim);
+        stage_rows(sm.staged[1], dout + blk.unpacked(q0), blk.out_row, count, blk.head_dim);
         for (int i = threadIdx.x; i < count; i += blockDim.x) {
-            const int seen = keys_seen(pb, blk.b, q0 + i);
+            const int seen = blk.sq.visible_keys(q0 + i);
             sm.seen[i] = seen;
-            sm.lse[i] = seen > 0 ? lse[blk.stat(pb, q0 + i)] : 0.0f;
-            sm.delta[i] = seen > 0 ? delta[blk.stat(pb, q0 + i)] : 0.0f;
+            sm.lse[i] = seen > 0 ? lse[blk.stat(q0 + i)] : 0.0f;
+            sm.delta[i] = seen > 0 ? delta[blk.stat(q0 + i)] : 0.0f;
         }
         __syncthreads();
-        if (keys_seen(pb, blk.b, q0 + count - 1) <= key) continue;  // no query of the chunk sees the key
+        if (blk.sq.visible_keys(q0 + count - 1) <= key) continue;  // no query of the chunk sees the key
         float p = 0.0f, ds = 0.0f;
         if (lane < count && key < sm.seen[lane]) {
-            p = expf(dot(sm.staged[0][lane], k, pb.head_dim) * pb.scale - sm.lse[lane]);
-            ds = p * (dot(sm.staged[1][lane], v, pb.head_dim) - sm.delta[lane]);
+            p = expf(dot(sm.staged[0][lane], k, blk.head_dim) * blk.scale - sm.lse[lane]);
+            ds = p * (dot(sm.staged[1][lane], v, blk.head_dim) - sm.delta[lane]);
         }
         sm.weight[warp][0][lane] = p;
         sm.weight[warp][1][lane] = ds;
@@ -260,39 +250,42 @@ __device__ __forceinline__ void backward_dkdv(BackwardSmem& sm, const float* qkv
         accumulate<C>(dv, sm.weight[warp][0], sm.staged[1], count);
         accumulate<C>(dk, sm.weight[warp][1], sm.staged[0], count);
     }
-    if (key >= pb.len) return;
-    store_row<C>(dqkv + blk.packed(pb, 1, key), dk, pb.scale, pb.head_dim);
-    store_row<C>(dqkv + blk.packed(pb, 2, key), dv, 1.0f, pb.head_dim);
+    if (key >= blk.sq.len) return;
+    store_row<C>(dqkv + blk.packed(1, key), dk, blk.scale, blk.head_dim);
+    store_row<C>(dqkv + blk.packed(2, key), dv, 1.0f, blk.head_dim);
 }
 
 template <int C>
 __device__ void attention_backward(const float* qkv, const float* dout, const float* lse, const float* delta,
-                                   float* dqkv, Problem pb) {
+                                   float* dqkv, const Block& blk) {
     __shared__ BackwardSmem sm;
+    if (blk.first >= blk.sq.len) return;  // rows past a shorter packed sequence
     if (blockIdx.z == 0) {
-        backward_dkdv<C>(sm, qkv, dout, lse, delta, dqkv, pb);
+        backward_dkdv<C>(sm, qkv, dout, lse, delta, dqkv, blk);
     } else {
-        backward_dq<C>(sm, qkv, dout, lse, delta, dqkv, pb);
+        backward_dq<C>(sm, qkv, dout, lse, delta, dqkv, blk);
     }
 }
 
 }  // namespace
 
-// Forward: grid (batch * heads, ceil(len / 8)), 256 threads; key_lengths may be null.
-// Backward: grid (batch * heads, ceil(len / 8), 2), 256 threads; z = 0 writes dK and dV, z = 1 dQ.
-// The kernels `_d<N>` serve the head dims in (N - 32, N]; C = N / 32 columns per lane.
+// Forward: grid (sequences * heads, ceil(longest sequence / 8)), 256 threads; offsets (varlen
+// packing) and key_lengths may be null. Backward: the same grid with z = 2; z = 0 writes dK and
+// dV, z = 1 dQ. The kernels `_d<N>` serve the head dims in (N - 32, N]; C = N / 32 columns per lane.
 #define ATTENTION_EXACT_ENTRY_POINTS(N, C)                                                                        \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         attention_exact_fwd_d##N##_f32(const float* qkv, float* out, float* lse, int len, int heads,             \
-                                       const int* key_lengths, int causal, int head_dim, float scale) {          \
-        attention_forward<C>(qkv, out, lse, Problem{len, heads, key_lengths, causal, head_dim, scale});          \
+                                       const int* offsets, const int* key_lengths, int causal, int head_dim,     \
+                                       float scale) {                                                            \
+        const Block blk = block_of(len, heads, offsets, key_lengths, causal, head_dim, scale);                   \
+        attention_forward<C>(qkv, out, lse, blk);                                                                \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         attention_exact_bwd_d##N##_f32(const float* qkv, const float* dout, const float* lse, const float* delta, \
-                                       float* dqkv, int len, int heads, const int* key_lengths, int causal,      \
-                                       int head_dim, float scale) {                                              \
-        attention_backward<C>(qkv, dout, lse, delta, dqkv,                                                       \
-                              Problem{len, heads, key_lengths, causal, head_dim, scale});                        \
+                                       float* dqkv, int len, int heads, const int* offsets,                      \
+                                       const int* key_lengths, int causal, int head_dim, float scale) {          \
+        const Block blk = block_of(len, heads, offsets, key_lengths, causal, head_dim, scale);                   \
+        attention_backward<C>(qkv, dout, lse, delta, dqkv, blk);                                                 \
     }
 
 ATTENTION_EXACT_ENTRY_POINTS(32, 1)

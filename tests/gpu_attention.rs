@@ -1,6 +1,7 @@
 //! Attention kernels (kernels/attention.cu, kernels/attention_exact.cu) against the CPU
 //! reference: forward output and log-sum-exp, and d qkv, for every mask, ragged sequence
-//! lengths (1, 7, 50, 65, 77, 197, tile edges), odd batch x head counts, f32 and bf16.
+//! lengths (1, 7, 50, 65, 77, 197, tile edges), varlen packed sequences, odd batch x head
+//! counts, f32 and bf16.
 //!
 //! bf16 runs tensor-core products (head dims 32 and 64) and is held to bf16 tolerances; f32 runs
 //! the exact fp32 kernels (any head dim up to 128, swept here) and is held to f32 tolerances:
@@ -139,7 +140,7 @@ fn key_padding_with_an_empty_sequence_gives_zeros_and_infinite_lse() {
 
 #[test]
 fn causal_attention_with_key_padding() {
-    let mask = AttnMask { causal: true, key_lengths: Some(vec![77, 12, 0]) };
+    let mask = AttnMask { causal: true, key_lengths: Some(vec![77, 12, 0]), ..AttnMask::none() };
     check(&Case::new(3, 77, 1, mask), 7);
 }
 
@@ -151,7 +152,7 @@ fn every_mask_at_tile_edge_lengths() {
             0 => AttnMask::none(),
             1 => AttnMask::causal(),
             2 => AttnMask::key_padding(lengths),
-            _ => AttnMask { causal: true, key_lengths: Some(lengths) },
+            _ => AttnMask { causal: true, key_lengths: Some(lengths), ..AttnMask::none() },
         };
         check(&Case::new(2, len, 1, mask), 100 + i as u64);
     }
@@ -170,10 +171,21 @@ fn f32_takes_any_head_dim_up_to_128() {
             0 => AttnMask::none(),
             1 => AttnMask::causal(),
             2 => AttnMask::key_padding(vec![5, 37]),
-            _ => AttnMask { causal: true, key_lengths: Some(vec![0, 20]) },
+            _ => AttnMask { causal: true, key_lengths: Some(vec![0, 20]), ..AttnMask::none() },
         };
         check(&Case { head_dim, ..Case::new(2, 37, 2, mask) }, 200 + i as u64);
     }
+}
+
+#[test]
+fn packed_sequences_of_different_lengths_share_one_launch() {
+    // Trimmed captions and image sequences back to back: lengths 7, 0, 77, 1, 50, 65.
+    let offsets = vec![0, 7, 7, 84, 85, 135, 200];
+    check(&Case::new(1, 200, 2, AttnMask::packed(offsets.clone(), true)), 300);
+    let padded = AttnMask { key_lengths: Some(vec![7, 0, 30, 0, 50, 64]), ..AttnMask::packed(offsets.clone(), false) };
+    check(&Case::new(1, 200, 1, padded), 301);
+    check(&Case { head_dim: 32, ..Case::new(1, 200, 3, AttnMask::packed(offsets.clone(), false)) }, 302);
+    check(&Case { head_dim: 48, ..Case::new(1, 200, 1, AttnMask::packed(offsets, true)) }, 303);
 }
 
 #[test]

@@ -152,7 +152,7 @@ fn attention_every_mask() {
         AttnMask::none(),
         AttnMask::causal(),
         AttnMask::key_padding(vec![3, 5]),
-        AttnMask { causal: true, key_lengths: Some(vec![2, 5]) },
+        AttnMask { causal: true, key_lengths: Some(vec![2, 5]), ..AttnMask::none() },
         AttnMask::key_padding(vec![0, 4]), // sequence 0 is fully masked
     ];
     for mask in masks {

@@ -33,13 +33,28 @@ pub enum UnaryOp {
     Scale(f64),
 }
 
-/// Which keys a query may attend to. Combinations are allowed: causal plus key padding.
+/// Which keys a query may attend to. Combinations are allowed: causal plus key padding, either
+/// over the batch rows or over packed sequences.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttnMask {
-    /// Query i sees keys 0..=i only.
+    /// Query i sees keys 0..=i only (positions within its sequence).
     pub causal: bool,
-    /// Per batch element, the number of valid keys; keys at or past it get zero weight.
+    /// Per sequence, the number of valid keys; keys at or past it get zero weight.
     pub key_lengths: Option<Vec<usize>>,
+    /// Varlen packing: cumulative offsets `[0, n_0, n_0 + n_1, ..., total]` of sequences laid
+    /// back to back in a qkv of batch 1 and `total` tokens. Each sequence attends within itself
+    /// only, exactly as if it were its own batch row of length n_s, so captions trimmed to their
+    /// own lengths share one launch. None: every batch row is one sequence.
+    pub sequence_offsets: Option<Vec<usize>>,
+}
+
+/// One sequence of an attention call: where its tokens are in qkv (batch row, first position
+/// in the row) and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnSequence {
+    pub row: usize,
+    pub start: usize,
+    pub len: usize,
 }
 
 impl AttnMask {
@@ -47,17 +62,59 @@ impl AttnMask {
         Self::default()
     }
     pub fn causal() -> Self {
-        AttnMask { causal: true, key_lengths: None }
+        AttnMask { causal: true, ..Self::default() }
     }
     pub fn key_padding(lengths: Vec<usize>) -> Self {
-        AttnMask { causal: false, key_lengths: Some(lengths) }
+        AttnMask { key_lengths: Some(lengths), ..Self::default() }
+    }
+    /// Sequences packed back to back at the cumulative `offsets` (see [`AttnMask::sequence_offsets`]).
+    pub fn packed(offsets: Vec<usize>, causal: bool) -> Self {
+        AttnMask { causal, sequence_offsets: Some(offsets), ..Self::default() }
     }
 
-    /// How many keys query `q` of batch element `b` sees among `len`: the visible keys are
-    /// always a prefix, since both masks cut keys from the end.
-    pub fn visible_keys(&self, b: usize, q: usize, len: usize) -> usize {
+    /// The sequences of a call on qkv [batch, len, 3*width], in order: the batch rows, or the
+    /// packed sequences of row 0. Sequence s takes `key_lengths[s]`.
+    pub fn sequences(&self, batch: usize, len: usize) -> Vec<AttnSequence> {
+        match &self.sequence_offsets {
+            Some(offsets) => {
+                offsets.windows(2).map(|w| AttnSequence { row: 0, start: w[0], len: w[1] - w[0] }).collect()
+            }
+            None => (0..batch).map(|row| AttnSequence { row, start: 0, len }).collect(),
+        }
+    }
+
+    /// Whether the mask fits a call on qkv [batch, len, 3*width]: packed sequences need batch 1
+    /// and offsets that start at 0, never decrease and end at len; key lengths are one per
+    /// sequence and at most its length.
+    pub fn check(&self, op: &'static str, batch: usize, len: usize) -> Result<()> {
+        if let Some(offsets) = &self.sequence_offsets {
+            if batch != 1 {
+                return Err(Error::shape(op, format!("packed sequences need a batch of 1, not {batch}")));
+            }
+            let covers = offsets.first() == Some(&0) && offsets.last() == Some(&len);
+            if !covers || offsets.windows(2).any(|w| w[1] < w[0]) {
+                return Err(Error::index(op, format!("sequence offsets {offsets:?} do not split {len} tokens")));
+            }
+        }
+        if let Some(lengths) = &self.key_lengths {
+            let sequences = self.sequences(batch, len);
+            if lengths.len() != sequences.len() {
+                let detail = format!("{} key lengths for {} sequences", lengths.len(), sequences.len());
+                return Err(Error::shape(op, detail));
+            }
+            if let Some((s, seq)) = sequences.iter().enumerate().find(|(s, seq)| lengths[*s] > seq.len) {
+                let detail = format!("key length {} for sequence {s} of length {}", lengths[s], seq.len);
+                return Err(Error::index(op, detail));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many keys query `q` of sequence `s` sees among the sequence's `len`: the visible keys
+    /// are always a prefix, since both masks cut keys from the end.
+    pub fn visible_keys(&self, s: usize, q: usize, len: usize) -> usize {
         let causal_limit = if self.causal { q + 1 } else { len };
-        let padding_limit = self.key_lengths.as_ref().map_or(len, |lengths| lengths[b]);
+        let padding_limit = self.key_lengths.as_ref().map_or(len, |lengths| lengths[s]);
         causal_limit.min(padding_limit).min(len)
     }
 }
@@ -286,7 +343,8 @@ pub trait Backend: Send + Sync {
     /// Multi-head attention on packed projections. `qkv` is [batch, len, 3*width] with q, k
     /// and v blocks in that order, each split into `heads` heads; q is scaled by
     /// 1/sqrt(head_dim). Returns ([batch, len, width], log-sum-exp [batch, heads, len]).
-    /// A query that sees no key gets a zero output and a log-sum-exp of -inf.
+    /// A query that sees no key gets a zero output and a log-sum-exp of -inf. With
+    /// `mask.sequence_offsets`, batch is 1 and the tokens are several sequences back to back.
     fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)>;
     /// Returns d qkv. Probabilities are recomputed from q, k and the saved log-sum-exp.
     fn attention_backward(

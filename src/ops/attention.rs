@@ -8,7 +8,8 @@ use crate::tensor::Tensor;
 
 /// `softmax(q k^T / sqrt(head_dim) + mask) v` per head. `qkv` is [batch, len, 3*width] with
 /// the q, k and v blocks in that order (the layout of nn.MultiheadAttention's in_proj);
-/// returns [batch, len, width] with the heads concatenated.
+/// returns [batch, len, width] with the heads concatenated. With `mask.sequence_offsets`, batch
+/// is 1 and the len tokens are sequences back to back, each attending within itself.
 pub fn attention(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Tensor> {
     const OP: &str = "attention";
     check_rank(OP, "qkv", qkv, &[3])?;
@@ -16,14 +17,7 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Tensor> 
     if heads == 0 || packed % (3 * heads) != 0 {
         return Err(Error::shape(OP, format!("qkv {} cannot split into q, k, v of {heads} heads", qkv.shape())));
     }
-    if let Some(lengths) = &mask.key_lengths {
-        if lengths.len() != batch {
-            return Err(Error::shape(OP, format!("{} key lengths for qkv {}", lengths.len(), qkv.shape())));
-        }
-        if let Some(b) = lengths.iter().position(|&l| l > len) {
-            return Err(Error::index(OP, format!("key length {} for sequence {b} of length {len}", lengths[b])));
-        }
-    }
+    mask.check(OP, batch, len)?;
     let (out, lse) = be(qkv).attention(qkv, heads, mask)?;
     let (x, o, mask) = (qkv.clone(), out.clone(), mask.clone());
     Ok(record1(OP, &[qkv], out, move |dy, _| {

@@ -5,6 +5,9 @@
 //! matches the CPU reference to f32 rounding). Forward is one launch; backward is two
 //! (D = rowsum(dO * O), then dK/dV and dQ in one grid, each block writing its own part of dqkv,
 //! so the result is deterministic). The saved log-sum-exp is fp32 whatever the tensors' dtype.
+//! Grids run over (sequence, head) pairs, so varlen packed sequences
+//! ([`AttnMask::sequence_offsets`]) of any lengths share one launch; a tile past the end of a
+//! shorter sequence exits at once.
 
 use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
@@ -40,11 +43,14 @@ struct Geometry {
     len: usize,
     heads: usize,
     head_dim: usize,
+    /// Sequences (batch rows, or packed sequences) and the longest one's length.
+    sequences: usize,
+    longest: usize,
     kernels: Kernels,
 }
 
 impl Geometry {
-    fn of(qkv: &Tensor, heads: usize) -> Result<Self> {
+    fn of(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Self> {
         let dims = qkv.dims();
         let head_dim = dims[2] / (3 * heads);
         let kernels = match qkv.dtype() {
@@ -66,7 +72,11 @@ impl Geometry {
             }
             DType::F64 => return Err(Error::dtype("attention", "GPU kernels compute in f32 or bf16, not f64")),
         };
-        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, kernels })
+        // The kernels index by the offsets and key lengths: they must fit the tensor.
+        mask.check("attention", dims[0], dims[1])?;
+        let sequences = mask.sequences(dims[0], dims[1]);
+        let longest = sequences.iter().map(|s| s.len).max().unwrap_or(0);
+        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: sequences.len(), longest, kernels })
     }
 
     fn width(&self) -> usize {
@@ -88,24 +98,24 @@ impl Geometry {
         }
     }
 
-    /// One block per (batch, head) and 64-row tile (tensor cores) or 8 rows (exact); `layers`
-    /// blocks deep.
+    /// One block per (sequence, head) and 64-row tile (tensor cores) or 8 rows (exact) of the
+    /// longest sequence; `layers` blocks deep.
     fn grid(&self, layers: u32) -> Result<LaunchConfig> {
         let (rows, threads) = match self.kernels {
             Kernels::TensorCore => (TILE, TILE_THREADS),
             Kernels::Exact => (EXACT_ROWS, EXACT_THREADS),
         };
-        let pairs = u32::try_from(self.batch * self.heads)
-            .map_err(|_| Error::invalid("attention", "batch * heads does not fit a grid dimension"))?;
-        let tiles = u32::try_from(self.len.div_ceil(rows))
+        let pairs = u32::try_from(self.sequences * self.heads)
+            .map_err(|_| Error::invalid("attention", "sequences * heads does not fit a grid dimension"))?;
+        let tiles = u32::try_from(self.longest.div_ceil(rows))
             .ok()
             .filter(|&t| t <= 65_535)
-            .ok_or_else(|| Error::invalid("attention", format!("sequence length {} is too long", self.len)))?;
+            .ok_or_else(|| Error::invalid("attention", format!("sequence length {} is too long", self.longest)))?;
         Ok(LaunchConfig { grid: [pairs, tiles, layers], block: [threads, 1, 1], shared_bytes: 0 })
     }
 
-    /// The arguments every kernel takes after its tensors: `len, heads, key_lengths, causal`,
-    /// then for the exact kernels `head_dim, scale`.
+    /// The arguments every kernel takes after its tensors: `len, heads, offsets, key_lengths,
+    /// causal`, then for the exact kernels `head_dim, scale`.
     fn shape_args(&self, mask: &MaskArgs) -> Result<Vec<KernelArg>> {
         let mut args = vec![int(self.len, "sequence length")?, int(self.heads, "heads")?];
         args.extend(mask.args);
@@ -118,32 +128,37 @@ impl Geometry {
     }
 }
 
-/// The mask as kernel arguments: the device copy of the key lengths (kept alive for the launch)
-/// and `key_lengths, causal`.
+/// The mask as kernel arguments: the device copies of the sequence offsets and key lengths
+/// (kept alive for the launch), and `offsets, key_lengths, causal`.
 struct MaskArgs {
-    _lengths: Option<Scratch>,
-    args: [KernelArg; 2],
+    _tables: [Option<Scratch>; 2],
+    args: [KernelArg; 3],
 }
 
 impl MaskArgs {
     fn upload(gpu: &GpuBackend, mask: &AttnMask) -> Result<Self> {
-        let lengths = match &mask.key_lengths {
-            Some(lengths) => {
-                let as_i32 = lengths
-                    .iter()
-                    .map(|&l| i32::try_from(l).map_err(|_| Error::invalid("attention", format!("key length {l}"))))
-                    .collect::<Result<Vec<i32>>>()?;
-                Some(gpu.upload(&as_i32)?)
-            }
-            None => None,
-        };
-        let pointer = KernelArg::Ptr(lengths.as_ref().map_or(0, Scratch::ptr));
-        Ok(MaskArgs { args: [pointer, KernelArg::I32(i32::from(mask.causal))], _lengths: lengths })
+        let offsets = upload_ints(gpu, mask.sequence_offsets.as_deref(), "sequence offset")?;
+        let lengths = upload_ints(gpu, mask.key_lengths.as_deref(), "key length")?;
+        let pointer = |table: &Option<Scratch>| KernelArg::Ptr(table.as_ref().map_or(0, Scratch::ptr));
+        Ok(MaskArgs {
+            args: [pointer(&offsets), pointer(&lengths), KernelArg::I32(i32::from(mask.causal))],
+            _tables: [offsets, lengths],
+        })
     }
 }
 
+/// An optional table of counts as the kernels' `int`s, on the device.
+fn upload_ints(gpu: &GpuBackend, values: Option<&[usize]>, what: &str) -> Result<Option<Scratch>> {
+    let Some(values) = values else { return Ok(None) };
+    let as_i32 = values
+        .iter()
+        .map(|&v| i32::try_from(v).map_err(|_| Error::invalid("attention", format!("{what} {v}"))))
+        .collect::<Result<Vec<i32>>>()?;
+    Ok(Some(gpu.upload(&as_i32)?))
+}
+
 pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
-    let g = Geometry::of(qkv, heads)?;
+    let g = Geometry::of(qkv, heads, mask)?;
     let out = gpu.uninit([g.batch, g.len, g.width()], qkv.dtype())?;
     let lse = gpu.uninit([g.batch, g.heads, g.len], DType::F32)?;
     if g.is_empty() {
@@ -165,7 +180,7 @@ pub(super) fn attention_backward(
     heads: usize,
     mask: &AttnMask,
 ) -> Result<Tensor> {
-    let g = Geometry::of(qkv, heads)?;
+    let g = Geometry::of(qkv, heads, mask)?;
     if lse.dtype() != DType::F32 {
         return Err(Error::dtype("attention_backward", "the GPU kernels take the fp32 log-sum-exp of their forward"));
     }
