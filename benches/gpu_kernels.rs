@@ -9,12 +9,14 @@
 
 use std::time::Instant;
 
-use msclip::backend::{self, AdamWStep, AdamWTensor, Backend, BinaryOp, UnaryOp};
+use msclip::backend::{self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, UnaryOp};
 use msclip::{DType, Device, Rng, Tensor};
 use serde_json::json;
 
 /// H100 SXM HBM3 bandwidth from the datasheet.
 const DATASHEET_BYTES_PER_SECOND: f64 = 3.35e12;
+/// H100 SXM dense bf16 tensor-core rate from the datasheet.
+const DATASHEET_BF16_FLOPS: f64 = 989e12;
 
 struct Sizes {
     tokens: usize,
@@ -79,6 +81,19 @@ fn main() {
             100.0 * rate / DATASHEET_BYTES_PER_SECOND
         );
         records.push(json!({"kernel": r.name, "seconds": r.seconds, "bytes": r.bytes, "bytes_per_second": rate}));
+    }
+    let flop_rows = compute_bound_cases(gpu, device);
+    println!("{:<58} {:>9} {:>9} {:>8}", "kernel (matrix-bound)", "us", "TFLOP/s", "% spec");
+    for r in &flop_rows {
+        let rate = r.flops / r.seconds;
+        println!(
+            "{:<58} {:>9.1} {:>9.1} {:>7.1}%",
+            r.name,
+            r.seconds * 1e6,
+            rate / 1e12,
+            100.0 * rate / DATASHEET_BF16_FLOPS
+        );
+        records.push(json!({"kernel": r.name, "seconds": r.seconds, "flops": r.flops, "flops_per_second": rate}));
     }
     let report = json!({"device": device.to_string(), "copy_bytes_per_second": copy_rate, "kernels": records});
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -251,4 +266,75 @@ fn adamw_case(gpu: &dyn Backend, device: Device, s: &Sizes, reps: usize, rows: &
         gpu.adamw_multi(&mut updates, hp).unwrap();
     });
     rows.push(Row { name: format!("adamw fused, {count} params, + bf16 copies"), bytes: 30.0 * count as f64, seconds });
+}
+
+struct FlopRow {
+    name: String,
+    flops: f64,
+    seconds: f64,
+}
+
+/// Attention at CLIP's shapes (bf16, forward and forward + backward) and InfoNCE beside the
+/// three N x N x D GEMMs it must at least do. FLOPs count the useful products only: 4 L^2 d per
+/// head forward (QK^T and PV; half with the causal mask), 2.5x that more for the backward;
+/// InfoNCE 2 N^2 D per direction forward and 4 N^2 D backward. On the emulator every size is cut
+/// down so the harness runs in seconds.
+fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
+    let full = device == Device::Cuda;
+    let reps = if full { 20 } else { 1 };
+    let mut rng = Rng::new(6);
+    let mut rows = Vec::new();
+    // (name, batch, len, heads, causal)
+    let shapes: [(&str, usize, usize, usize, bool); 3] = if full {
+        [("B/32 vision", 256, 50, 12, false), ("B/16 vision", 64, 197, 12, false), ("text causal", 256, 77, 8, true)]
+    } else {
+        [("B/32 vision", 2, 50, 2, false), ("B/16 vision", 1, 197, 1, false), ("text causal", 2, 77, 1, true)]
+    };
+    for (name, batch, len, heads, causal) in shapes {
+        let width = 64 * heads;
+        let qkv = random(&mut rng, &[batch, len, 3 * width], device, DType::BF16);
+        let mask = if causal { AttnMask::causal() } else { AttnMask::none() };
+        let useful = if causal { 0.5 } else { 1.0 };
+        let fwd_flops = useful * 4.0 * (batch * heads * len * len * 64) as f64;
+        let fwd = time(device, reps, || {
+            gpu.attention(&qkv, heads, &mask).unwrap();
+        });
+        let (out, lse) = gpu.attention(&qkv, heads, &mask).unwrap();
+        let dout = random(&mut rng, &[batch, len, width], device, DType::BF16);
+        let both = time(device, reps, || {
+            gpu.attention(&qkv, heads, &mask).unwrap();
+            gpu.attention_backward(&qkv, &out, &lse, &dout, heads, &mask).unwrap();
+        });
+        let shape = format!("{name} b{batch} L{len} h{heads} bf16");
+        rows.push(FlopRow { name: format!("attention fwd {shape}"), flops: fwd_flops, seconds: fwd });
+        rows.push(FlopRow { name: format!("attention fwd+bwd {shape}"), flops: 3.5 * fwd_flops, seconds: both });
+    }
+    let sizes: &[usize] = if full { &[4096, 16384, 65536] } else { &[128] };
+    for &n in sizes {
+        let d = 512;
+        let img = random(&mut rng, &[n, d], device, DType::BF16);
+        let txt = random(&mut rng, &[n, d], device, DType::BF16);
+        let (img, _) = gpu.l2_normalize(&img, 1e-12).unwrap();
+        let (txt, _) = gpu.l2_normalize(&txt, 1e-12).unwrap();
+        let scale = Tensor::scalar(100f64.ln(), DType::F32).to_device(device).unwrap().to_dtype(DType::BF16).unwrap();
+        let (out, peak) =
+            msclip::backend::gpu::buffer::measure_allocations(|| gpu.infonce(&img, &txt, &scale, None).unwrap());
+        let dloss = Tensor::scalar(1.0, DType::BF16).to_device(device).unwrap();
+        let nn = (n * n * d) as f64;
+        let loss = time(device, reps, || {
+            let out = gpu.infonce(&img, &txt, &scale, None).unwrap();
+            gpu.infonce_backward(&img, &txt, &scale, &out, &dloss, None).unwrap();
+        });
+        let (a, b) = (img.reshape([1, n, d]).unwrap(), txt.reshape([1, n, d]).unwrap());
+        let gemms = time(device, reps, || {
+            let z = gpu.matmul(&a, &b, false, true, None).unwrap();
+            gpu.matmul(&z, &b, false, false, None).unwrap();
+            gpu.matmul(&z, &a, true, false, None).unwrap();
+        });
+        drop(out);
+        let name = format!("infonce fwd+bwd N{n} D{d} bf16 (peak {} MiB)", peak >> 20);
+        rows.push(FlopRow { name, flops: 8.0 * nn, seconds: loss });
+        rows.push(FlopRow { name: format!("its three NxNxD GEMMs (cuBLASLt) N{n}"), flops: 6.0 * nn, seconds: gemms });
+    }
+    rows
 }
