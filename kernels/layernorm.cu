@@ -4,90 +4,38 @@
 // loads per lane and needs no shared memory or block barriers. Rows before `second_from_row` use
 // gamma/beta; the rest use gamma2/beta2, so the image rows and the text rows of a modality-shared
 // layer (each modality keeps its own LayerNorm) normalise in one launch.
-#include "common.cuh"
+#include "vector_io.cuh"
 
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-// 16 bytes of T: the unit of a vector load.
-template <typename T>
-struct Pack {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
-};
-
-template <typename T>
-__device__ __forceinline__ Pack<T> load_pack(const T* p) {
-    Pack<T> out;
-    *reinterpret_cast<uint4*>(&out) = *reinterpret_cast<const uint4*>(p);
-    return out;
-}
-
-template <typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T>& pack) {
-    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&pack);
-}
-
-// Calls f(column) for this lane's columns of a row of `width`, in packs of VEC columns when
-// VEC > 1 (the caller guarantees width % VEC == 0, so every pack is whole and aligned).
-template <int VEC, typename F>
-__device__ __forceinline__ void for_lane_columns(int width, int lane, F f) {
-    for (int c = lane * VEC; c < width; c += 32 * VEC) f(c);
-}
-
 // Forward of one row. Pass 1 forms x (+ residual), rounded to T as it is stored, and its sum;
 // pass 2 the centred sum of squares (two passes: no cancellation for rows with a large mean);
-// pass 3 normalises. Passes 2 and 3 re-read the row, which the L1 cache still holds.
-template <typename T, int VEC>
+// pass 3 normalises. Passes 2 and 3 re-read the row, which the L1 cache still holds. `vec`:
+// the width is a multiple of the 16-byte pack, so every row is read in whole packs.
+template <typename T>
 __device__ void layernorm_row(const T* x, const T* residual, T* sum_out, T* y, float* mean_out, float* rstd_out,
-                              const T* gamma, const T* beta, int width, float eps, int lane) {
+                              const T* gamma, const T* beta, int width, float eps, bool vec) {
     const T* input = residual != nullptr ? sum_out : x;
     float sum = 0.0f;
-    for_lane_columns<VEC>(width, lane, [&](int c) {
-        if (VEC == 1) {
-            float v = to_float(x[c]);
-            if (residual != nullptr) {
-                const T s = from_float<T>(v + to_float(residual[c]));
-                sum_out[c] = s;
-                v = to_float(s);
-            }
-            sum += v;
-        } else {
-            Pack<T> px = load_pack(x + c);
-            if (residual != nullptr) {
-                const Pack<T> pr = load_pack(residual + c);
-                for (int i = 0; i < Pack<T>::N; ++i) px.v[i] = from_float<T>(to_float(px.v[i]) + to_float(pr.v[i]));
-                store_pack(sum_out + c, px);
-            }
-            for (int i = 0; i < Pack<T>::N; ++i) sum += to_float(px.v[i]);
-        }
-    });
+    if (residual != nullptr) {
+        row_map(x, residual, sum_out, width, vec, [&](int, float a, float b) {
+            const float s = to_float(from_float<T>(a + b));
+            sum += s;
+            return s;
+        });
+    } else {
+        row_visit(x, x, width, vec, [&](int, float v, float) { sum += v; });
+    }
     // The sum written above is re-read by this lane only (same columns), so no barrier is needed.
     const float mean = warp_sum(sum) / width;
     float squares = 0.0f;
-    for_lane_columns<VEC>(width, lane, [&](int c) {
-        for (int i = 0; i < VEC; ++i) {
-            const float d = to_float(input[c + i]) - mean;
-            squares += d * d;
-        }
-    });
+    row_visit(input, input, width, vec, [&](int, float v, float) { squares += (v - mean) * (v - mean); });
     const float rstd = rsqrtf(warp_sum(squares) / width + eps);
-    for_lane_columns<VEC>(width, lane, [&](int c) {
-        if (VEC == 1) {
-            y[c] = from_float<T>((to_float(input[c]) - mean) * rstd * to_float(gamma[c]) + to_float(beta[c]));
-        } else {
-            const Pack<T> pi = load_pack(input + c);
-            const Pack<T> pg = load_pack(gamma + c);
-            const Pack<T> pb = load_pack(beta + c);
-            Pack<T> out;
-            for (int i = 0; i < Pack<T>::N; ++i) {
-                out.v[i] = from_float<T>((to_float(pi.v[i]) - mean) * rstd * to_float(pg.v[i]) + to_float(pb.v[i]));
-            }
-            store_pack(y + c, out);
-        }
-    });
-    if (lane == 0) {
+    row_map(input, gamma, y, width, vec,
+            [&](int j, float v, float g) { return (v - mean) * rstd * g + to_float(beta[j]); });
+    if (threadIdx.x % 32 == 0) {
         *mean_out = mean;
         *rstd_out = rstd;
     }
@@ -97,22 +45,15 @@ template <typename T>
 __device__ void layernorm_forward(const T* x, const T* residual, T* sum_out, T* y, float* mean, float* rstd,
                                   const T* gamma, const T* beta, const T* gamma2, const T* beta2, int second_from_row,
                                   int rows, int width, float eps) {
-    const int lane = threadIdx.x % 32;
-    const int warps = gridDim.x * kWarpsPerBlock;
-    // Whole warps take the same branch (row depends only on the warp), so warp_sum stays converged.
-    for (int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32; row < rows; row += warps) {
+    const bool vec = width % kPack<T> == 0;
+    for_each_warp_row(rows, [&](int row) {
         const size_t at = static_cast<size_t>(row) * width;
         const bool second = row >= second_from_row;
-        const T* g = second ? gamma2 : gamma;
-        const T* b = second ? beta2 : beta;
         const T* r = residual != nullptr ? residual + at : nullptr;
         T* s = sum_out != nullptr ? sum_out + at : nullptr;
-        if (width % Pack<T>::N == 0) {
-            layernorm_row<T, Pack<T>::N>(x + at, r, s, y + at, mean + row, rstd + row, g, b, width, eps, lane);
-        } else {
-            layernorm_row<T, 1>(x + at, r, s, y + at, mean + row, rstd + row, g, b, width, eps, lane);
-        }
-    }
+        layernorm_row<T>(x + at, r, s, y + at, mean + row, rstd + row, second ? gamma2 : gamma,
+                         second ? beta2 : beta, width, eps, vec);
+    });
 }
 
 // Backward. With xhat = (input - mean) * rstd and g = dy * gamma:
