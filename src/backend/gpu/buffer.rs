@@ -51,44 +51,38 @@ unsafe fn free(driver: &dyn Driver, ptr: DevicePtr, bytes: usize) {
     COUNTS.set(Counts { live: c.live.saturating_sub(bytes), ..c });
 }
 
-/// A tensor's elements on a GPU device (or in the emulator's memory).
+/// A tensor's elements on a GPU device (or in the emulator's memory): typed view of one
+/// [`Scratch`] allocation.
 ///
 /// Each value owns its allocation. Cloning copies the elements into a fresh allocation, which is
 /// what copy-on-write (`Tensor::storage_mut`) needs: a write never shows through an alias.
 pub struct GpuStorage {
-    device: Device,
     dtype: DType,
     len: usize,
-    ptr: DevicePtr,
+    buffer: Scratch,
 }
 
 impl GpuStorage {
     /// `len` uninitialised elements.
     pub fn uninit(device: Device, dtype: DType, len: usize) -> Result<Self> {
-        let ptr = alloc(device, len * dtype.size_in_bytes())?;
-        Ok(GpuStorage { device, dtype, len, ptr })
+        Ok(GpuStorage { dtype, len, buffer: Scratch::uninit(device, len * dtype.size_in_bytes())? })
     }
 
     pub fn zeros(device: Device, dtype: DType, len: usize) -> Result<Self> {
-        let s = Self::uninit(device, dtype, len)?;
-        s.driver().zero(s.ptr, s.bytes())?;
-        Ok(s)
+        Ok(GpuStorage { dtype, len, buffer: Scratch::zeros(device, len * dtype.size_in_bytes())? })
     }
 
     pub fn from_cpu(device: Device, host: &CpuStorage) -> Result<Self> {
-        let s = Self::uninit(device, host.dtype(), host.len())?;
-        s.driver().upload(s.ptr, host.as_bytes())?;
-        Ok(s)
+        Ok(GpuStorage { dtype: host.dtype(), len: host.len(), buffer: Scratch::from_slice(device, host.as_bytes())? })
     }
 
     pub fn to_cpu(&self) -> Result<CpuStorage> {
-        let mut bytes = vec![0u8; self.bytes()];
-        self.driver().download(self.ptr, &mut bytes)?;
+        let bytes = self.buffer.read::<u8>()?;
         Ok(CpuStorage::from_bytes(self.dtype, &bytes).expect("a whole number of elements by construction"))
     }
 
     pub fn device(&self) -> Device {
-        self.device
+        self.buffer.device
     }
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -100,42 +94,34 @@ impl GpuStorage {
         self.len == 0
     }
     pub fn bytes(&self) -> usize {
-        self.len * self.dtype.size_in_bytes()
+        self.buffer.bytes
     }
     /// The address kernels receive.
     pub fn ptr(&self) -> DevicePtr {
-        self.ptr
-    }
-
-    fn driver(&self) -> &'static dyn Driver {
-        super::driver(self.device).expect("the driver of a device that already holds memory")
+        self.buffer.ptr
     }
 }
 
 impl Clone for GpuStorage {
     fn clone(&self) -> Self {
-        let copy = Self::uninit(self.device, self.dtype, self.len)
-            .unwrap_or_else(|e| panic!("copy-on-write of a {}-element {} tensor: {e}", self.len, self.device));
-        self.driver().copy(copy.ptr, self.ptr, self.bytes()).expect("device-to-device copy");
-        copy
-    }
-}
-
-impl Drop for GpuStorage {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` came from `alloc` of exactly `bytes()` and this value owns it.
-        unsafe { free(self.driver(), self.ptr, self.bytes()) }
+        let device = self.device();
+        let copy = Scratch::uninit(device, self.bytes())
+            .unwrap_or_else(|e| panic!("copy-on-write of a {}-element {} tensor: {e}", self.len, device));
+        super::driver(device)
+            .and_then(|driver| driver.copy(copy.ptr, self.ptr(), self.bytes()))
+            .expect("device-to-device copy");
+        GpuStorage { dtype: self.dtype, len: self.len, buffer: copy }
     }
 }
 
 impl std::fmt::Debug for GpuStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuStorage({} x {} on {})", self.len, self.dtype, self.device)
+        write!(f, "GpuStorage({} x {} on {})", self.len, self.dtype, self.device())
     }
 }
 
-/// Raw device bytes that are not a tensor: per-launch index tables (token ids, sequence
-/// lengths), partial sums, workspaces. Freed on drop.
+/// Raw device bytes, freed on drop: tensor storage, and what is not a tensor: per-launch index
+/// tables (token ids, sequence lengths), partial sums, workspaces.
 pub struct Scratch {
     device: Device,
     ptr: DevicePtr,
