@@ -3,41 +3,26 @@
 //! kernels/selftest.cu.
 
 use half::bf16;
-use msclip::Rng;
+use msclip::backend::gpu::buffer::Scratch;
+use msclip::{Device, Rng};
 use msclip::backend::gpu::emu::EmuDriver;
-use msclip::backend::gpu::{DevicePtr, Driver, KernelArg, LaunchConfig};
+use msclip::backend::gpu::{Driver, KernelArg, LaunchConfig};
 
-/// A driver allocation holding a copy of `data`, freed on drop.
-struct Buf {
-    ptr: DevicePtr,
-    bytes: usize,
+/// An emulator allocation holding a copy of `data`.
+fn upload<T: bytemuck::Pod>(data: &[T]) -> Scratch {
+    Scratch::from_slice(Device::Emu, data).unwrap()
 }
 
-impl Buf {
-    fn from<T: bytemuck::Pod>(data: &[T]) -> Buf {
-        let bytes = std::mem::size_of_val(data);
-        let ptr = EmuDriver.alloc(bytes).unwrap();
-        EmuDriver.upload(ptr, bytemuck::cast_slice(data)).unwrap();
-        Buf { ptr, bytes }
-    }
-    fn zeros<T: bytemuck::Pod + Default>(len: usize) -> Buf {
-        Buf::from(&vec![T::default(); len])
-    }
-    fn read<T: bytemuck::Pod + Default>(&self) -> Vec<T> {
-        let mut out = vec![T::default(); self.bytes / std::mem::size_of::<T>()];
-        EmuDriver.download(self.ptr, bytemuck::cast_slice_mut(&mut out)).unwrap();
-        out
-    }
-    fn arg(&self) -> KernelArg {
-        KernelArg::Ptr(self.ptr)
-    }
+fn zeros<T>(len: usize) -> Scratch {
+    Scratch::zeros(Device::Emu, len * std::mem::size_of::<T>()).unwrap()
 }
 
-impl Drop for Buf {
-    fn drop(&mut self) {
-        // SAFETY: allocated by EmuDriver.alloc(self.bytes) and dropped once.
-        unsafe { EmuDriver.free(self.ptr, self.bytes) }
-    }
+fn read<T: bytemuck::Pod + Default>(buffer: &Scratch) -> Vec<T> {
+    buffer.read().unwrap()
+}
+
+fn arg(buffer: &Scratch) -> KernelArg {
+    KernelArg::Ptr(buffer.ptr())
 }
 
 fn launch(kernel: &str, config: LaunchConfig, args: &[KernelArg]) {
@@ -49,10 +34,10 @@ fn barriers_order_shared_memory_rounds() {
     // 2-D blocks of 7 x 19 = 133 threads (a partial last warp), 3 blocks.
     let (bx, by, blocks, rounds) = (7u32, 19u32, 3u32, 5);
     let n = (bx * by) as usize;
-    let out = Buf::zeros::<i32>(n * blocks as usize);
+    let out = zeros::<i32>(n * blocks as usize);
     let config = LaunchConfig { grid: [blocks, 1, 1], block: [bx, by, 1], shared_bytes: (n * 4) as u32 };
-    launch("selftest_barrier_rounds", config, &[out.arg(), KernelArg::I32(rounds)]);
-    let got = out.read::<i32>();
+    launch("selftest_barrier_rounds", config, &[arg(&out), KernelArg::I32(rounds)]);
+    let got = read::<i32>(&out);
     for block in 0..blocks as usize {
         for tid in 0..n {
             let want: i32 = (0..rounds).map(|r| ((tid + r as usize + 1) % n) as i32 * 1000 + r).sum();
@@ -80,17 +65,17 @@ fn warp_shuffles_ballot_and_reductions_match_a_scalar_model() {
     let n = 3 * 64 + 13; // the last warp's tail lanes read 0
     let mut rng = Rng::new(7);
     let input: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    let inp = Buf::from(&input);
-    let out = Buf::zeros::<f32>(n * 7);
-    let ballots = Buf::zeros::<u32>(n.div_ceil(32));
+    let inp = upload(&input);
+    let out = zeros::<f32>(n * 7);
+    let ballots = zeros::<u32>(n.div_ceil(32));
     let blocks = n.div_ceil(64) as u32;
     launch(
         "selftest_warp_ops",
         LaunchConfig::linear(blocks, 64, 0),
-        &[inp.arg(), out.arg(), ballots.arg(), KernelArg::I32(n as i32)],
+        &[arg(&inp), arg(&out), arg(&ballots), KernelArg::I32(n as i32)],
     );
-    let got = out.read::<f32>();
-    let got_ballots = ballots.read::<u32>();
+    let got = read::<f32>(&out);
+    let got_ballots = read::<u32>(&ballots);
     for (warp, &got_ballot) in got_ballots.iter().enumerate() {
         let v: Vec<f32> = (0..32).map(|l| input.get(warp * 32 + l).copied().unwrap_or(0.0)).collect();
         let want_ballot = (0..32).filter(|&l| v[l] > 0.0).fold(0u32, |acc, l| acc | 1 << l);
@@ -118,13 +103,13 @@ fn warp_shuffles_ballot_and_reductions_match_a_scalar_model() {
 fn shared_memory_is_private_to_each_block_under_parallel_blocks() {
     let blocks = 24u32;
     let threads = 256u32;
-    let out = Buf::zeros::<i32>(blocks as usize);
+    let out = zeros::<i32>(blocks as usize);
     launch(
         "selftest_shared_isolation",
         LaunchConfig::linear(blocks, threads, threads * 4),
-        &[out.arg(), KernelArg::I32(20_000)],
+        &[arg(&out), KernelArg::I32(20_000)],
     );
-    for (b, &sum) in out.read::<i32>().iter().enumerate() {
+    for (b, &sum) in read::<i32>(&out).iter().enumerate() {
         assert_eq!(sum, 3 * b as i32 * threads as i32, "block {b}");
     }
 }
@@ -133,14 +118,14 @@ fn shared_memory_is_private_to_each_block_under_parallel_blocks() {
 fn block_sum_over_ragged_widths() {
     for &(rows, width, threads) in &[(1usize, 1usize, 32u32), (3, 1000, 256), (5, 77, 96), (2, 4099, 1024)] {
         let data: Vec<f32> = (0..rows * width).map(|i| ((i * 37 % 101) as f32) * 0.25 - 12.0).collect();
-        let inp = Buf::from(&data);
-        let out = Buf::zeros::<f32>(rows);
+        let inp = upload(&data);
+        let out = zeros::<f32>(rows);
         launch(
             "selftest_block_sum",
             LaunchConfig::linear(rows as u32, threads, 0),
-            &[inp.arg(), out.arg(), KernelArg::I32(width as i32)],
+            &[arg(&inp), arg(&out), KernelArg::I32(width as i32)],
         );
-        for (r, &got) in out.read::<f32>().iter().enumerate() {
+        for (r, &got) in read::<f32>(&out).iter().enumerate() {
             let want: f64 = data[r * width..(r + 1) * width].iter().map(|&x| x as f64).sum();
             assert!(
                 (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
@@ -152,12 +137,12 @@ fn block_sum_over_ragged_widths() {
 
 #[test]
 fn atomics_are_atomic_across_parallel_blocks() {
-    let fsum = Buf::zeros::<f32>(1);
-    let isum = Buf::zeros::<i32>(1);
+    let fsum = zeros::<f32>(1);
+    let isum = zeros::<i32>(1);
     let (blocks, threads) = (64u32, 128u32);
-    launch("selftest_atomics", LaunchConfig::linear(blocks, threads, 0), &[fsum.arg(), isum.arg()]);
-    assert_eq!(fsum.read::<f32>()[0], (blocks * threads) as f32);
-    assert_eq!(isum.read::<i32>()[0], (blocks * (threads * (threads - 1) / 2)) as i32);
+    launch("selftest_atomics", LaunchConfig::linear(blocks, threads, 0), &[arg(&fsum), arg(&isum)]);
+    assert_eq!(read::<f32>(&fsum)[0], (blocks * threads) as f32);
+    assert_eq!(read::<i32>(&isum)[0], (blocks * (threads * (threads - 1) / 2)) as i32);
 }
 
 #[test]
@@ -167,15 +152,15 @@ fn mma_and_ldmatrix_wrappers_match_a_naive_product() {
     let a = draw(256);
     let b = draw(256);
     let bt: Vec<bf16> = (0..256).map(|i| b[(i % 16) * 16 + i / 16]).collect();
-    let (ba, bb, bbt) = (Buf::from(&a), Buf::from(&b), Buf::from(&bt));
-    let d_trans = Buf::zeros::<f32>(256);
-    let d_plain = Buf::zeros::<f32>(256);
+    let (ba, bb, bbt) = (upload(&a), upload(&b), upload(&bt));
+    let d_trans = zeros::<f32>(256);
+    let d_plain = zeros::<f32>(256);
     launch(
         "selftest_mma",
         LaunchConfig::linear(1, 32, 0),
-        &[ba.arg(), bb.arg(), bbt.arg(), d_trans.arg(), d_plain.arg()],
+        &[arg(&ba), arg(&bb), arg(&bbt), arg(&d_trans), arg(&d_plain)],
     );
-    for (name, got) in [("trans", d_trans.read::<f32>()), ("plain", d_plain.read::<f32>())] {
+    for (name, got) in [("trans", read::<f32>(&d_trans)), ("plain", read::<f32>(&d_plain))] {
         for r in 0..16 {
             for c in 0..16 {
                 let want: f64 = (0..16).map(|k| a[r * 16 + k].to_f64() * b[k * 16 + c].to_f64()).sum();
@@ -188,7 +173,7 @@ fn mma_and_ldmatrix_wrappers_match_a_naive_product() {
 
 #[test]
 fn launches_outside_the_device_limits_are_rejected() {
-    let out = Buf::zeros::<i32>(64);
+    let out = zeros::<i32>(64);
     let bad = [
         LaunchConfig { grid: [1, 1, 1], block: [2048, 1, 1], shared_bytes: 0 },
         LaunchConfig { grid: [1, 1, 1], block: [1, 1, 65], shared_bytes: 0 },
@@ -197,13 +182,13 @@ fn launches_outside_the_device_limits_are_rejected() {
         LaunchConfig { grid: [1, 1, 1], block: [32, 1, 1], shared_bytes: 300 * 1024 },
     ];
     for config in bad {
-        let err = EmuDriver.launch("selftest_barrier_rounds", config, &[out.arg(), KernelArg::I32(1)]).unwrap_err();
+        let err = EmuDriver.launch("selftest_barrier_rounds", config, &[arg(&out), KernelArg::I32(1)]).unwrap_err();
         assert!(err.to_string().contains("limit") || err.to_string().contains("shared memory"), "{config:?}: {err}");
     }
-    let wrong_count = EmuDriver.launch("selftest_atomics", LaunchConfig::linear(1, 32, 0), &[out.arg()]).unwrap_err();
+    let wrong_count = EmuDriver.launch("selftest_atomics", LaunchConfig::linear(1, 32, 0), &[arg(&out)]).unwrap_err();
     assert!(wrong_count.to_string().contains("takes 2 arguments"), "{wrong_count}");
     let wrong_width = EmuDriver
-        .launch("selftest_barrier_rounds", LaunchConfig::linear(1, 32, 128), &[out.arg(), out.arg()])
+        .launch("selftest_barrier_rounds", LaunchConfig::linear(1, 32, 128), &[arg(&out), arg(&out)])
         .unwrap_err();
     assert!(wrong_width.to_string().contains("argument 1 is 4 bytes"), "{wrong_width}");
     let unknown = EmuDriver.launch("no_such_kernel", LaunchConfig::linear(1, 32, 0), &[]).unwrap_err();
@@ -212,11 +197,11 @@ fn launches_outside_the_device_limits_are_rejected() {
 
 #[test]
 fn a_barrier_that_cannot_complete_is_reported_not_hung() {
-    let out = Buf::zeros::<i32>(32);
-    let err = EmuDriver.launch("selftest_deadlock", LaunchConfig::linear(2, 32, 0), &[out.arg()]).unwrap_err();
+    let out = zeros::<i32>(32);
+    let err = EmuDriver.launch("selftest_deadlock", LaunchConfig::linear(2, 32, 0), &[arg(&out)]).unwrap_err();
     assert!(err.to_string().contains("deadlocked"), "{err}");
     // The emulator stays usable after an abandoned block.
-    launch("selftest_atomics", LaunchConfig::linear(1, 32, 0), &[out.arg(), out.arg()]);
+    launch("selftest_atomics", LaunchConfig::linear(1, 32, 0), &[arg(&out), arg(&out)]);
 }
 
 #[test]
