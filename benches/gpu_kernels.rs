@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use msclip::backend::gpu::buffer::{Scratch, measure_allocations};
 use msclip::backend::{self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, UnaryOp};
 use msclip::{DType, Device, Rng, Tensor};
 use serde_json::json;
@@ -105,15 +106,9 @@ fn main() {
 fn measure_copy_bandwidth(device: Device, reps: usize) -> f64 {
     let bytes = if device == Device::Cuda { 1 << 30 } else { 1 << 24 };
     let driver = backend::gpu::driver(device).unwrap();
-    let src = driver.alloc(bytes).unwrap();
-    let dst = driver.alloc(bytes).unwrap();
-    driver.zero(src, bytes).unwrap();
-    let seconds = time(device, reps, || driver.copy(dst, src, bytes).unwrap());
-    // SAFETY: both came from alloc(bytes) above and are not used afterwards.
-    unsafe {
-        driver.free(src, bytes);
-        driver.free(dst, bytes);
-    }
+    let src = Scratch::zeros(device, bytes).unwrap();
+    let dst = Scratch::uninit(device, bytes).unwrap();
+    let seconds = time(device, reps, || driver.copy(dst.ptr(), src.ptr(), bytes).unwrap());
     2.0 * bytes as f64 / seconds
 }
 
@@ -317,8 +312,7 @@ fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
         let (img, _) = gpu.l2_normalize(&img, 1e-12).unwrap();
         let (txt, _) = gpu.l2_normalize(&txt, 1e-12).unwrap();
         let scale = Tensor::scalar(100f64.ln(), DType::F32).to_device(device).unwrap().to_dtype(DType::BF16).unwrap();
-        let (out, peak) =
-            msclip::backend::gpu::buffer::measure_allocations(|| gpu.infonce(&img, &txt, &scale, None).unwrap());
+        let (out, peak) = measure_allocations(|| gpu.infonce(&img, &txt, &scale, None).unwrap());
         let dloss = Tensor::scalar(1.0, DType::BF16).to_device(device).unwrap();
         let nn = (n * n * d) as f64;
         let loss = time(device, reps, || {

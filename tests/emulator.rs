@@ -4,9 +4,9 @@
 
 use half::bf16;
 use msclip::backend::gpu::buffer::Scratch;
-use msclip::{Device, Rng};
 use msclip::backend::gpu::emu::EmuDriver;
 use msclip::backend::gpu::{Driver, KernelArg, LaunchConfig};
+use msclip::{Device, Rng};
 
 /// An emulator allocation holding a copy of `data`.
 fn upload<T: bytemuck::Pod>(data: &[T]) -> Scratch {
