@@ -90,33 +90,23 @@ __device__ __forceinline__ void bn_backward(const T* __restrict__ x, const T* __
     }
 }
 
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    bn_train_f32(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* var, int n,
-                 int c, int hw, float eps) {
-    bn_train(x, gamma, beta, y, mean, var, n, c, hw, eps);
-}
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    bn_train_bf16(const bf16* x, const bf16* gamma, const bf16* beta, bf16* y, bf16* mean, bf16* var, int n, int c,
-                  int hw, float eps) {
-    bn_train(x, gamma, beta, y, mean, var, n, c, hw, eps);
-}
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    bn_eval_f32(const float* x, const float* gamma, const float* beta, const float* mean, const float* var, float* y,
-                int n, int c, int hw, float eps) {
-    bn_eval(x, gamma, beta, mean, var, y, n, c, hw, eps);
-}
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    bn_eval_bf16(const bf16* x, const bf16* gamma, const bf16* beta, const bf16* mean, const bf16* var, bf16* y,
-                 int n, int c, int hw, float eps) {
-    bn_eval(x, gamma, beta, mean, var, y, n, c, hw, eps);
-}
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    bn_backward_f32(const float* x, const float* gamma, const float* mean, const float* var, const float* dy,
-                    float* dx, float* dgamma, float* dbeta, int n, int c, int hw, float eps, int batch_stats) {
-    bn_backward(x, gamma, mean, var, dy, dx, dgamma, dbeta, n, c, hw, eps, batch_stats);
-}
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-    bn_backward_bf16(const bf16* x, const bf16* gamma, const bf16* mean, const bf16* var, const bf16* dy, bf16* dx,
-                     bf16* dgamma, bf16* dbeta, int n, int c, int hw, float eps, int batch_stats) {
-    bn_backward(x, gamma, mean, var, dy, dx, dgamma, dbeta, n, c, hw, eps, batch_stats);
-}
+// The entry points, stamped out per element type (build.rs lists them after preprocessing).
+#define BATCHNORM_ENTRY_POINTS(T, SUFFIX)                                                                              \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
+        bn_train_##SUFFIX(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* var, int n, int c, int hw,    \
+                          float eps) {                                                                               \
+        bn_train(x, gamma, beta, y, mean, var, n, c, hw, eps);                                                       \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
+        bn_eval_##SUFFIX(const T* x, const T* gamma, const T* beta, const T* mean, const T* var, T* y, int n, int c, \
+                         int hw, float eps) {                                                                        \
+        bn_eval(x, gamma, beta, mean, var, y, n, c, hw, eps);                                                        \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
+        bn_backward_##SUFFIX(const T* x, const T* gamma, const T* mean, const T* var, const T* dy, T* dx, T* dgamma,  \
+                             T* dbeta, int n, int c, int hw, float eps, int batch_stats) {                           \
+        bn_backward(x, gamma, mean, var, dy, dx, dgamma, dbeta, n, c, hw, eps, batch_stats);                         \
+    }
+
+BATCHNORM_ENTRY_POINTS(float, f32)
+BATCHNORM_ENTRY_POINTS(bf16, bf16)

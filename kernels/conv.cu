@@ -149,51 +149,32 @@ __device__ __forceinline__ void dwconv_dw(const T* __restrict__ x, const T* __re
     if (threadIdx.x == 0) dw[ch * g.kh * g.kw + tap] = from_float<T>(total);
 }
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    im2col_f32(const float* x, float* col, CONV_GEOMETRY_PARAMS) {
-    im2col(x, col, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    im2col_bf16(const bf16* x, bf16* col, CONV_GEOMETRY_PARAMS) {
-    im2col(x, col, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    col2im_f32(const float* col, float* dx, CONV_GEOMETRY_PARAMS) {
-    col2im(col, dx, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    col2im_bf16(const bf16* col, bf16* dx, CONV_GEOMETRY_PARAMS) {
-    col2im(col, dx, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    swap_outer_f32(const float* in, float* out, int a, int b, int inner) {
-    swap_outer(in, out, a, b, inner);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    swap_outer_bf16(const bf16* in, bf16* out, int a, int b, int inner) {
-    swap_outer(in, out, a, b, inner);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    dwconv_fwd_f32(const float* x, const float* weight, float* y, CONV_GEOMETRY_PARAMS) {
-    dwconv_fwd(x, weight, y, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    dwconv_fwd_bf16(const bf16* x, const bf16* weight, bf16* y, CONV_GEOMETRY_PARAMS) {
-    dwconv_fwd(x, weight, y, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    dwconv_dx_f32(const float* dy, const float* weight, float* dx, CONV_GEOMETRY_PARAMS) {
-    dwconv_dx(dy, weight, dx, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    dwconv_dx_bf16(const bf16* dy, const bf16* weight, bf16* dx, CONV_GEOMETRY_PARAMS) {
-    dwconv_dx(dy, weight, dx, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    dwconv_dw_f32(const float* x, const float* dy, float* dw, CONV_GEOMETRY_PARAMS) {
-    dwconv_dw(x, dy, dw, CONV_GEOMETRY);
-}
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
-    dwconv_dw_bf16(const bf16* x, const bf16* dy, bf16* dw, CONV_GEOMETRY_PARAMS) {
-    dwconv_dw(x, dy, dw, CONV_GEOMETRY);
-}
+// The entry points, stamped out per element type (build.rs lists them after preprocessing).
+#define CONV_ENTRY_POINTS(T, SUFFIX)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        im2col_##SUFFIX(const T* x, T* col, CONV_GEOMETRY_PARAMS) {                                                  \
+        im2col(x, col, CONV_GEOMETRY);                                                                               \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        col2im_##SUFFIX(const T* col, T* dx, CONV_GEOMETRY_PARAMS) {                                                 \
+        col2im(col, dx, CONV_GEOMETRY);                                                                              \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        swap_outer_##SUFFIX(const T* in, T* out, int a, int b, int inner) {                                          \
+        swap_outer(in, out, a, b, inner);                                                                            \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        dwconv_fwd_##SUFFIX(const T* x, const T* weight, T* y, CONV_GEOMETRY_PARAMS) {                               \
+        dwconv_fwd(x, weight, y, CONV_GEOMETRY);                                                                     \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        dwconv_dx_##SUFFIX(const T* dy, const T* weight, T* dx, CONV_GEOMETRY_PARAMS) {                              \
+        dwconv_dx(dy, weight, dx, CONV_GEOMETRY);                                                                    \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        dwconv_dw_##SUFFIX(const T* x, const T* dy, T* dw, CONV_GEOMETRY_PARAMS) {                                   \
+        dwconv_dw(x, dy, dw, CONV_GEOMETRY);                                                                         \
+    }
+
+CONV_ENTRY_POINTS(float, f32)
+CONV_ENTRY_POINTS(bf16, bf16)
