@@ -2,10 +2,11 @@
 //!
 //! - for the host, always, through the `cc` crate with `MSCLIP_EMU` defined: the SIMT emulator
 //!   (`kernels/emu/`) runs these objects, so every kernel is testable without a GPU;
-//! - for sm_90 with nvcc when one is found (`NVCC`, `CUDA_HOME/bin`, `PATH`, then the repo-local
-//!   install of `scripts/install-cuda-toolchain.sh`): a fatbin per module holding the sm_90 cubin
-//!   and compute_90 PTX (newer GPUs JIT the PTX), with `ptxas -v`'s per-kernel report. A kernel
-//!   that spills registers fails the build.
+//! - for Hopper with nvcc when one is found (`NVCC`, `CUDA_HOME/bin`, `PATH`, then the repo-local
+//!   install of `scripts/install-cuda-toolchain.sh`): a fatbin per module holding the sm_90a cubin
+//!   (the `a` target has wgmma, kernels/wgmma.cuh; it runs on compute capability 9.0 only) and
+//!   compute_90 PTX (newer GPUs JIT the PTX, where the wgmma kernels trap and are never chosen),
+//!   with `ptxas -v`'s per-kernel report. A kernel that spills registers fails the build.
 //!
 //! Writes `$OUT_DIR/kernels.rs`, which `src/backend/gpu/modules.rs` includes: each module's
 //! kernel names, its fatbin (when nvcc ran) and the ptxas report.
@@ -154,7 +155,8 @@ fn build_emulator(kernel_dir: &Path, out: &Path, modules: &[Module]) {
         .flag_if_supported("-fno-strict-aliasing")
         .flag_if_supported("-Wno-unused-parameter")
         .file(kernel_dir.join("emu/runtime.cpp"))
-        .file(kernel_dir.join("emu/fiber.cpp"));
+        .file(kernel_dir.join("emu/fiber.cpp"))
+        .file(kernel_dir.join("emu/wgmma.cpp"));
     let mut registry = String::from("#include \"emu/emu.h\"\n");
     let mut table = String::from(
         "namespace emu {\nstruct ModuleTable {\n    const char* name;\n    const KernelEntry* (*entries)(int* count);\n};\nextern const ModuleTable kModules[] = {\n",
@@ -212,11 +214,11 @@ fn nvcc_version(nvcc: &Path) -> String {
     }
 }
 
-/// nvcc for sm_90 (cubin) plus compute_90 PTX in one fatbin; returns ptxas's per-kernel report.
+/// nvcc for sm_90a (cubin) plus compute_90 PTX in one fatbin; returns ptxas's per-kernel report.
 fn compile_module(nvcc: &Path, kernel_dir: &Path, module: &Module, fatbin: &Path) -> Vec<KernelResources> {
     let output = Command::new(nvcc)
         .args(["-std=c++17", "-O3", "--fatbin", "-Xptxas", "-v", "-lineinfo"])
-        .args(["-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90"])
+        .args(["-gencode", "arch=compute_90a,code=sm_90a", "-gencode", "arch=compute_90,code=compute_90"])
         .arg("-I")
         .arg(kernel_dir)
         .arg("-o")

@@ -1,7 +1,8 @@
 // Kernels that test the execution model itself: barriers, warp primitives, shared memory and the
 // tensor-core wrappers. The emulator's tests run them on the host (tests/emulator.rs); on a GPU
 // the same launches check that the emulator and the hardware agree.
-#include "common.cuh"
+#include "tile.cuh"
+#include "wgmma.cuh"
 
 // Several rounds of: write my slot, barrier, read a neighbour's slot, barrier. Any missing or
 // misplaced barrier returns a stale neighbour value.
@@ -114,6 +115,58 @@ extern "C" __global__ void selftest_mma(const bf16* a, const bf16* b, const bf16
             d_plain[row * 16 + col] = acc_plain[i];
         }
     }
+}
+
+// One warpgroup: d64 (64 x 64) = A B^T and d32 (64 x 32) = A B[32..64)^T, A and B 64 x 32
+// row-major (rows of B are the n index, k contiguous: wgmma's K-major B), staged in the core-matrix
+// layout and multiplied in two k-steps by m64n64k16 and m64n32k16 products in one group. Dynamic
+// shared memory: two 64 x 32 bf16 tiles.
+extern "C" __global__ void __launch_bounds__(128) selftest_wgmma(const bf16* a, const bf16* b, float* d64, float* d32) {
+    using Layout = tile::CoreMatrices<32>;
+    MSCLIP_DYNAMIC_SMEM(bf16, smem);
+    bf16* sa = smem;
+    bf16* sb = smem + Layout::ELEMENTS;
+    tile::stage_tile<32, Layout>(sa, a, 32, 64, 32);
+    tile::stage_tile<32, Layout>(sb, b, 32, 64, 32);
+    wgmma::fence_operands();
+    __syncthreads();
+    auto descriptor = [](const bf16* at) {
+        return wgmma::kmajor_descriptor(at, Layout::K_CORE_BYTES, Layout::ROW_GROUP_BYTES);
+    };
+    float acc64[32], acc32[16];
+    for (float& v : acc64) v = 0.0f;
+    for (float& v : acc32) v = 0.0f;
+    wgmma::pin<32>(acc64);
+    wgmma::pin<16>(acc32);
+    wgmma::fence();
+    for (int ks = 0; ks < 2; ++ks) {
+        const uint64_t da = descriptor(sa + Layout::offset(0, 16 * ks));
+        wgmma::mma_bf16<64>(acc64, da, descriptor(sb + Layout::offset(0, 16 * ks)));
+        wgmma::mma_bf16<32>(acc32, da, descriptor(sb + Layout::offset(32, 16 * ks)));
+    }
+    wgmma::commit_group();
+    wgmma::wait_group<0>();
+    wgmma::pin<32>(acc64);
+    wgmma::pin<16>(acc32);
+    const tile::Lane p = tile::lane_position();
+    for (int i = 0; i < 32; ++i) {
+        const int row = 16 * p.warp + p.g + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * p.t + i % 2;
+        d64[row * 64 + col] = acc64[i];
+        if (i < 16) d32[row * 32 + col] = acc32[i];
+    }
+}
+
+// Issues a product and returns without waiting for it: the emulator must report it.
+extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_unwaited(const bf16* a) {
+    MSCLIP_DYNAMIC_SMEM(bf16, smem);
+    tile::stage_tile<32, tile::CoreMatrices<32>>(smem, a, 32, 64, 32);
+    wgmma::fence_operands();
+    __syncthreads();
+    float acc[16] = {};
+    wgmma::fence();
+    const uint64_t d = wgmma::kmajor_descriptor(smem, tile::CoreMatrices<32>::K_CORE_BYTES, 128);
+    wgmma::mma_bf16<32>(acc, d, d);
+    wgmma::commit_group();
 }
 
 // Lanes 0-15 wait at a full-warp barrier that lanes 16-31 never reach: the emulator must report

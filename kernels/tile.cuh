@@ -70,18 +70,55 @@ __device__ __forceinline__ bool rows_vectorizable(const T* p, size_t stride) {
     return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride * sizeof(T)) % 16 == 0;
 }
 
+// ---- Shared operand tile layouts: where element (r, k) of a ROWS-row tile lives, and the order
+// in which staging visits its 8-element chunks (chunk c of ROWS * COLS / 8). ----
+
+// Row-major rows STRIDE elements apart (padded, so ldmatrix phases hit distinct banks); staged
+// row by row, so a warp reads contiguous global rows.
+template <int STRIDE>
+struct PaddedRows {
+    static constexpr int ELEMENTS = ROWS * STRIDE;
+    __device__ static constexpr int offset(int r, int k) { return r * STRIDE + k; }
+    template <int CHUNKS>
+    __device__ static void chunk(int c, int& r, int& k) {
+        r = c / CHUNKS;
+        k = (c % CHUNKS) * 8;
+    }
+};
+
+// wgmma's K-major unswizzled layout (wgmma.cuh): core matrices of 8 rows x 8 elements, 128
+// contiguous bytes each, the ROWS / 8 cores of one 8-column block after another, so cores
+// adjacent along K are ROWS * 16 bytes apart and row groups 128 bytes. ldmatrix reads it
+// conflict-free too. Staging gives each quarter warp 8 rows of one column block (one 128-byte
+// core, conflict-free stores) and each warp 64 contiguous bytes of 8 global rows.
+template <int COLS>
+struct CoreMatrices {
+    static_assert(COLS % 32 == 0, "a warp stages 4 column blocks of 8 rows");
+    static constexpr int ELEMENTS = ROWS * COLS;
+    static constexpr uint32_t K_CORE_BYTES = ROWS / 8 * 128;
+    static constexpr uint32_t ROW_GROUP_BYTES = 128;
+    __device__ static constexpr int offset(int r, int k) { return ((k / 8) * (ROWS / 8) + r / 8) * 64 + (r % 8) * 8 + k % 8; }
+    template <int CHUNKS>
+    __device__ static void chunk(int c, int& r, int& k) {
+        const int warp_step = c / 32;
+        r = (warp_step % (ROWS / 8)) * 8 + c % 8;
+        k = ((warp_step / (ROWS / 8)) * 4 + (c / 8) % 4) * 8;
+    }
+};
+
 // Stages rows [0, rows) x columns [0, cols) of the row-major matrix at `src` into the
-// ROWS x COLS shared tile `dst` (element type S, row stride STRIDE), with zeros elsewhere:
+// ROWS x COLS shared tile `dst` (element type S, laid out by Layout), with zeros elsewhere:
 // padding rows and columns then contribute nothing to the products (and never NaN).
-template <int COLS, int STRIDE, typename S, typename T>
-__device__ __forceinline__ void stage_rows(S* dst, const T* src, size_t src_stride, int rows, int cols) {
+template <int COLS, typename Layout, typename S, typename T>
+__device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stride, int rows, int cols) {
     static_assert(COLS % 8 == 0, "tiles are staged 8 elements at a time");
     constexpr int CHUNKS = COLS / 8;
     const bool aligned = rows_vectorizable(src, src_stride);
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += blockDim.x) {
-        const int r = c / CHUNKS, k = (c % CHUNKS) * 8;
+        int r, k;
+        Layout::template chunk<CHUNKS>(c, r, k);
         const T* from = src + static_cast<size_t>(r) * src_stride + k;
-        S* to = dst + r * STRIDE + k;
+        S* to = dst + Layout::offset(r, k);
         const bool vec = aligned && r < rows && k + 8 <= cols;
         if constexpr (sizeof(S) == 2 && sizeof(T) == 2) {
             if (vec) {
@@ -97,6 +134,11 @@ __device__ __forceinline__ void stage_rows(S* dst, const T* src, size_t src_stri
         }
         store8(to, v);
     }
+}
+
+template <int COLS, int STRIDE, typename S, typename T>
+__device__ __forceinline__ void stage_rows(S* dst, const T* src, size_t src_stride, int rows, int cols) {
+    stage_tile<COLS, PaddedRows<STRIDE>>(dst, src, src_stride, rows, cols);
 }
 
 // Writes rows [0, rows) x columns [0, cols) of the fp32 staging tile `stage` (row stride
@@ -170,22 +212,27 @@ __device__ __forceinline__ void fragment_as_a(const float c[8][4], uint32_t a[4]
     }
 }
 
-// acc (16 x 8*N8) += A B, A (16 x 64) as the bf16 A fragments of its 4 k-steps, B a row-major
-// 64 x 8*N8 shared tile.
-template <int N8, int STRIDE>
-__device__ __forceinline__ void mma_a_fragments(float acc[N8][4], const uint32_t fa[4][4], const bf16* b) {
+// acc (16 x 8*N8) += A B, A (16 x 64) as the bf16 A fragments of its 4 k-steps, B a 64 x 8*N8
+// shared tile (rows k, columns n) laid out by Layout.
+template <int N8, typename Layout>
+__device__ __forceinline__ void mma_a_fragments_in(float acc[N8][4], const uint32_t fa[4][4], const bf16* b) {
     static_assert(N8 % 2 == 0, "B fragments load two n-tiles at a time");
     const int lane = threadIdx.x % 32;
     for (int ks = 0; ks < 4; ++ks) {
         for (int j = 0; j < N8; j += 2) {
             uint32_t fb[4];
-            ldmatrix_x4_trans(fb, b + (16 * ks + lane % 8 + 8 * ((lane / 8) % 2)) * STRIDE + 8 * j + 8 * (lane / 16));
+            ldmatrix_x4_trans(fb, b + Layout::offset(16 * ks + lane % 8 + 8 * ((lane / 8) % 2), 8 * j + 8 * (lane / 16)));
             const uint32_t b0[2] = {fb[0], fb[1]};
             const uint32_t b1[2] = {fb[2], fb[3]};
             mma_m16n8k16_bf16(acc[j], fa[ks], b0, acc[j]);
             mma_m16n8k16_bf16(acc[j + 1], fa[ks], b1, acc[j + 1]);
         }
     }
+}
+
+template <int N8, int STRIDE>
+__device__ __forceinline__ void mma_a_fragments(float acc[N8][4], const uint32_t fa[4][4], const bf16* b) {
+    mma_a_fragments_in<N8, PaddedRows<STRIDE>>(acc, fa, b);
 }
 
 // acc (16 x 8*N8) += P (16 x 64, a fragment) B, B a row-major 64 x 8*N8 shared tile

@@ -211,3 +211,51 @@ fn every_selftest_kernel_is_registered() {
         assert!(names.iter().any(|n| n == k), "{k} missing from {names:?}");
     }
 }
+
+/// The wgmma wrappers (kernels/wgmma.cuh) on every driver that has them: the emulator always,
+/// a compute-capability 9.0 GPU when present (where this checks the emulator's reading of the
+/// descriptor and accumulator layouts against the hardware).
+#[test]
+fn wgmma_wrappers_match_a_naive_product() {
+    let mut rng = Rng::new(12);
+    let mut draw = |len: usize| -> Vec<bf16> { (0..len).map(|_| bf16::from_f64(rng.normal())).collect() };
+    let (a, b) = (draw(64 * 32), draw(64 * 32));
+    let mut drivers = vec![Device::Emu];
+    match msclip::backend::gpu::driver(Device::Cuda) {
+        Ok(d) if d.has_wgmma() => drivers.push(Device::Cuda),
+        Ok(_) => eprintln!("wgmma on cuda skipped: the GPU is not compute capability 9.0"),
+        Err(e) => eprintln!("wgmma on cuda skipped: {e}"),
+    }
+    for device in drivers {
+        let driver = msclip::backend::gpu::driver(device).unwrap();
+        let (ba, bb) = (Scratch::from_slice(device, &a).unwrap(), Scratch::from_slice(device, &b).unwrap());
+        let d64 = Scratch::zeros(device, 64 * 64 * 4).unwrap();
+        let d32 = Scratch::zeros(device, 64 * 32 * 4).unwrap();
+        let smem = (2 * 64 * 32 * std::mem::size_of::<bf16>()) as u32;
+        driver
+            .launch("selftest_wgmma", LaunchConfig::linear(1, 128, smem), &[arg(&ba), arg(&bb), arg(&d64), arg(&d32)])
+            .unwrap_or_else(|e| panic!("{device}: {e}"));
+        for (name, got, cols, first) in
+            [("n64", d64.read::<f32>().unwrap(), 64, 0), ("n32", d32.read().unwrap(), 32, 32)]
+        {
+            for r in 0..64 {
+                for c in 0..cols {
+                    let want: f64 = (0..32).map(|k| a[r * 32 + k].to_f64() * b[(first + c) * 32 + k].to_f64()).sum();
+                    let g = got[r * cols + c] as f64;
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{device} {name} d[{r}][{c}] = {g}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wgmma_never_waited_for_is_reported() {
+    let a = upload(&vec![bf16::ONE; 64 * 32]);
+    let err =
+        EmuDriver.launch("selftest_wgmma_unwaited", LaunchConfig::linear(1, 128, 64 * 32 * 2), &[arg(&a)]).unwrap_err();
+    assert!(err.to_string().contains("never waited for"), "{err}");
+}

@@ -8,9 +8,10 @@ use std::process::Command;
 
 use msclip::backend::gpu::modules::MODULES;
 
-/// Kernels whose products must run on tensor cores (mma.sync, HMMA in the SASS), by module.
+/// Kernels whose products must run on tensor cores, by module: mma.sync is HMMA in the SASS,
+/// wgmma (kernels/wgmma.cuh) HGMMA.
 const TENSOR_CORE_KERNELS: &[(&str, &[&str])] = &[
-    ("selftest", &["selftest_mma"]),
+    ("selftest", &["selftest_mma", "selftest_wgmma"]),
     (
         "attention",
         &["attention_fwd_d32_bf16", "attention_fwd_d64_bf16", "attention_bwd_d32_bf16", "attention_bwd_d64_bf16"],
@@ -42,14 +43,19 @@ fn sass_of(tools: &Path, image: &[u8], name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// HMMA instructions per kernel: cuobjdump prints each kernel's SASS after a
-/// `Function : <name>` line.
-fn hmma_per_kernel(sass: &str) -> Vec<(String, usize)> {
+/// The tensor-core instruction a kernel's products compile to.
+fn instruction_for(kernel: &str) -> &'static str {
+    if kernel.contains("wgmma") { "HGMMA" } else { "HMMA" }
+}
+
+/// Instructions whose mnemonic starts with `mnemonic`, per kernel: cuobjdump prints each
+/// kernel's SASS after a `Function : <name>` line.
+fn count_per_kernel(sass: &str, mnemonic: &str) -> Vec<(String, usize)> {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for line in sass.lines() {
         if let Some(at) = line.find("Function : ") {
             counts.push((line[at + "Function : ".len()..].trim().to_string(), 0));
-        } else if line.contains("HMMA")
+        } else if line.split_whitespace().any(|word| word.starts_with(mnemonic))
             && let Some(last) = counts.last_mut()
         {
             last.1 += 1;
@@ -70,11 +76,13 @@ fn tensor_core_kernels_contain_tensor_core_instructions() {
             eprintln!("SASS check skipped: this build has no GPU images (nvcc was not found)");
             return;
         };
-        let counts = hmma_per_kernel(&sass_of(&tools, image, module));
+        let sass = sass_of(&tools, image, module);
         for &kernel in kernels {
+            let mnemonic = instruction_for(kernel);
+            let counts = count_per_kernel(&sass, mnemonic);
             let count = counts.iter().find(|(name, _)| name == kernel).map(|(_, c)| *c);
-            eprintln!("{kernel}: {count:?} HMMA");
-            assert!(count.is_some_and(|c| c > 0), "{kernel} has no HMMA in the SASS of kernels/{module}.cu");
+            eprintln!("{kernel}: {count:?} {mnemonic}");
+            assert!(count.is_some_and(|c| c > 0), "{kernel} has no {mnemonic} in the SASS of kernels/{module}.cu");
         }
     }
 }

@@ -74,6 +74,13 @@ unsigned active_mask();
 // at `all + i * bytes` for every lane of `mask`.
 void warp_gather(unsigned mask, const void* mine, void* all, size_t bytes);
 
+// Warpgroup MMA (kernels/wgmma.cuh), in wgmma.cpp. `shared_address` is an offset into the
+// block's dynamic shared memory; an issued product runs when `wgmma_wait` completes its group.
+uint32_t shared_address(const void* p);
+void wgmma_issue(float* d, int n, uint64_t a_desc, uint64_t b_desc);
+void wgmma_commit();
+void wgmma_wait(int pending);
+
 }  // namespace emu
 
 #define threadIdx (::emu::thread_idx())

@@ -15,6 +15,7 @@
 
 #include "emu.h"
 #include "fiber.h"
+#include "runtime.h"
 
 namespace emu {
 
@@ -44,6 +45,7 @@ struct Thread {
     // Set when the thread yields from a barrier it had already been waiting at: it ran no
     // code since the scheduler last resumed it.
     bool stalled = false;
+    WgmmaQueue wgmma;
 };
 
 struct Warp {
@@ -112,10 +114,16 @@ void release_block_barrier_if_complete(Block& b) {
     }
 }
 
+void record_error(Launch& launch, const std::string& message);
+
 void thread_main() {
     Worker& w = worker();
     w.launch->kernel->run(w.launch->args);
     Thread& t = *w.current;
+    if (!t.wgmma.issued.empty()) {
+        record_error(*w.launch, std::string("kernel ") + w.launch->kernel->name +
+                                    ": a thread ended with wgmma products it never waited for (wgmma.wait_group)");
+    }
     t.done = true;
     --w.block.alive;
     release_block_barrier_if_complete(w.block);
@@ -334,6 +342,16 @@ const dim3& block_dim() { return t_worker->launch->block; }
 const dim3& grid_dim() { return t_worker->launch->grid; }
 unsigned char* dynamic_smem() { return t_worker->block.smem; }
 unsigned lane_id() { return t_worker->current->linear % 32; }
+unsigned thread_linear() { return t_worker->current->linear; }
+size_t dynamic_smem_bytes() { return t_worker->launch->smem_bytes; }
+WgmmaQueue& wgmma_queue() { return t_worker->current->wgmma; }
+void fail(const char* message) {
+    Launch& launch = *t_worker->launch;
+    const uint3& b = t_worker->block.idx;
+    char where[96];
+    std::snprintf(where, sizeof where, " (kernel %s, block (%u, %u, %u))", launch.kernel->name, b.x, b.y, b.z);
+    record_error(launch, std::string(message) + where);
+}
 
 unsigned active_mask() {
     Block& b = worker().block;

@@ -11,7 +11,7 @@ pub fn run(_args: KernelsArgs) -> anyhow::Result<()> {
     let emulated = EmuDriver::kernel_names();
     for module in MODULES {
         let image = match module.image {
-            Some(bytes) => format!("sm_90 fatbin, {} KiB", bytes.len().div_ceil(1024)),
+            Some(bytes) => format!("sm_90a + compute_90 fatbin, {} KiB", bytes.len().div_ceil(1024)),
             None => "no GPU image".to_string(),
         };
         println!("kernels/{}.cu ({image})", module.name);

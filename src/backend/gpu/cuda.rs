@@ -38,6 +38,8 @@ pub struct CudaDriver {
     blas: lt_sys::cublasLtHandle_t,
     workspace: DevicePtr,
     pub device_name: String,
+    /// Compute capability 9.0 (H100, H200): the sm_90a images, wgmma included, load as built.
+    hopper: bool,
 }
 
 // SAFETY: the handles are plain identifiers that the CUDA driver and cuBLASLt allow any thread
@@ -87,6 +89,15 @@ impl CudaDriver {
         }
         let device = cu::device::get(0).map_err(|e| driver_error("device 0", e))?;
         let device_name = cu::device::get_name(device).map_err(|e| driver_error("device name", e))?;
+        let attribute = |a| {
+            // SAFETY: a valid device ordinal and attribute.
+            unsafe { cu::device::get_attribute(device, a) }.map_err(|e| driver_error("compute capability", e))
+        };
+        use cu_sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+        };
+        let hopper = (attribute(MAJOR)?, attribute(MINOR)?) == (9, 0);
         // SAFETY: `device` is a valid ordinal; the primary context lives as long as the process.
         let context = unsafe { cu::primary_ctx::retain(device) }.map_err(|e| driver_error("primary context", e))?;
         // SAFETY: a context just retained.
@@ -122,7 +133,7 @@ impl CudaDriver {
         // SAFETY: the context is current.
         let workspace =
             unsafe { cu::malloc_sync(GEMM_WORKSPACE_BYTES) }.map_err(|e| driver_error("GEMM workspace", e))?;
-        Ok(CudaDriver { context, kernels: Mutex::new(kernels), blas, workspace, device_name })
+        Ok(CudaDriver { context, kernels: Mutex::new(kernels), blas, workspace, device_name, hopper })
     }
 
     /// Makes the context current on the calling thread (CUDA contexts are per thread).
@@ -135,6 +146,10 @@ impl CudaDriver {
 impl Driver for CudaDriver {
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn has_wgmma(&self) -> bool {
+        self.hopper
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {

@@ -66,6 +66,9 @@ pub struct GemmSpec {
 
 pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether kernels built on wgmma (kernels/wgmma.cuh) run here: the emulator models it; a GPU
+    /// needs compute capability 9.0, the one the sm_90a images run on.
+    fn has_wgmma(&self) -> bool;
     /// `bytes` of uninitialised memory (at least 256-byte aligned).
     fn alloc(&self, bytes: usize) -> Result<DevicePtr>;
     /// Returns memory from `alloc`, with the same size.

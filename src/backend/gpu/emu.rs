@@ -59,6 +59,10 @@ impl Driver for EmuDriver {
         "emu"
     }
 
+    fn has_wgmma(&self) -> bool {
+        true
+    }
+
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc(layout(bytes)) };

@@ -6,7 +6,7 @@ pub struct KernelModule {
     pub name: &'static str,
     /// Its `extern "C" __global__` entry points.
     pub kernels: &'static [&'static str],
-    /// The fatbin (sm_90 cubin + compute_90 PTX); `None` when the crate was built without nvcc.
+    /// The fatbin (sm_90a cubin + compute_90 PTX); `None` when the crate was built without nvcc.
     pub image: Option<&'static [u8]>,
 }
 

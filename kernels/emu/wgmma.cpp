@@ -1,0 +1,118 @@
+// The emulator's wgmma (kernels/wgmma.cuh): warpgroup products on descriptors of the block's
+// dynamic shared memory. Each thread computes its own accumulator elements from shared memory, so
+// no lane exchange is needed; a product runs only when wgmma_wait lets its group complete, the
+// latest moment the hardware may read its operands and write its results.
+#include <cstdio>
+#include <string>
+
+#include "emu.h"
+#include "runtime.h"
+
+namespace emu {
+
+namespace {
+
+// The fields of a shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format").
+struct Descriptor {
+    uint32_t start, k_core_bytes, row_group_bytes, base_offset, swizzle;
+
+    static Descriptor decode(uint64_t bits) {
+        auto field = [&](int shift) { return static_cast<uint32_t>((bits >> shift) & 0x3fffu) << 4; };
+        return Descriptor{field(0), field(16), field(32), static_cast<uint32_t>((bits >> 49) & 7u),
+                          static_cast<uint32_t>(bits >> 62)};
+    }
+
+    // Byte offset of element (row, k) of a K-major, unswizzled operand of 16-bit elements: core
+    // matrices of 8 rows x 8 elements (16 bytes a row, 128 contiguous bytes).
+    uint32_t offset(int row, int k) const {
+        return start + (row / 8) * row_group_bytes + (row % 8) * 16 + (k / 8) * k_core_bytes + (k % 8) * 2;
+    }
+};
+
+bool check_supported(const Descriptor& d, const char* operand) {
+    if (d.swizzle == 0 && d.base_offset == 0) return true;
+    char message[160];
+    std::snprintf(message, sizeof message,
+                  "wgmma operand %s: swizzle mode %u, base offset %u; the emulator models the unswizzled K-major "
+                  "layout only",
+                  operand, d.swizzle, d.base_offset);
+    fail(message);
+    return false;
+}
+
+float bf16_at(const unsigned char* smem, uint32_t offset) {
+    uint16_t bits;
+    std::memcpy(&bits, smem + offset, sizeof bits);
+    const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &wide, sizeof f);
+    return f;
+}
+
+// One m64nNk16 product for the calling thread's accumulator elements.
+void run(const WgmmaProduct& p) {
+    const Descriptor a = Descriptor::decode(p.a), b = Descriptor::decode(p.b);
+    if (!check_supported(a, "A") || !check_supported(b, "B")) return;
+    const unsigned char* smem = dynamic_smem();
+    const size_t bytes = dynamic_smem_bytes();
+    // The highest offsets either operand touches (row 63 / N-1, k 15), against the allocation.
+    if (a.offset(63, 15) + 2 > bytes || b.offset(p.n - 1, 15) + 2 > bytes) {
+        char message[160];
+        std::snprintf(message, sizeof message,
+                      "wgmma reads past the %zu bytes of dynamic shared memory (A ends at %u, B at %u)", bytes,
+                      a.offset(63, 15) + 2, b.offset(p.n - 1, 15) + 2);
+        fail(message);
+        return;
+    }
+    const unsigned linear = thread_linear();
+    const int warp_rank = static_cast<int>(linear / 32) % 4, lane = static_cast<int>(linear % 32);
+    const int g = lane / 4, t = lane % 4;
+    for (int j = 0; j < p.n / 8; ++j) {
+        for (int i = 0; i < 4; ++i) {
+            const int row = 16 * warp_rank + g + 8 * (i / 2), col = 8 * j + 2 * t + i % 2;
+            float acc = p.d[4 * j + i];
+            for (int k = 0; k < 16; ++k) acc += bf16_at(smem, a.offset(row, k)) * bf16_at(smem, b.offset(col, k));
+            p.d[4 * j + i] = acc;
+        }
+    }
+}
+
+}  // namespace
+
+uint32_t shared_address(const void* p) {
+    const unsigned char* base = dynamic_smem();
+    const unsigned char* at = static_cast<const unsigned char*>(p);
+    if (at < base || at >= base + dynamic_smem_bytes()) {
+        fail("a wgmma operand outside the block's dynamic shared memory (the emulator keeps static __shared__ "
+             "arrays elsewhere: stage wgmma tiles in MSCLIP_DYNAMIC_SMEM)");
+        return 0;
+    }
+    return static_cast<uint32_t>(at - base);
+}
+
+void wgmma_issue(float* d, int n, uint64_t a_desc, uint64_t b_desc) {
+    const dim3 dim = block_dim();
+    if ((dim.x * dim.y * dim.z) % 128 != 0) {
+        fail("wgmma issued by a block that is not made of whole warpgroups (a multiple of 128 threads)");
+        return;
+    }
+    wgmma_queue().issued.push_back(WgmmaProduct{d, n, a_desc, b_desc});
+}
+
+void wgmma_commit() {
+    WgmmaQueue& q = wgmma_queue();
+    q.group_ends.push_back(q.issued.size());
+}
+
+void wgmma_wait(int pending) {
+    WgmmaQueue& q = wgmma_queue();
+    const int complete = static_cast<int>(q.group_ends.size()) - pending;
+    if (complete <= 0) return;
+    const size_t end = q.group_ends[complete - 1];
+    for (size_t i = 0; i < end; ++i) run(q.issued[i]);
+    q.issued.erase(q.issued.begin(), q.issued.begin() + static_cast<std::ptrdiff_t>(end));
+    q.group_ends.erase(q.group_ends.begin(), q.group_ends.begin() + complete);
+    for (size_t& e : q.group_ends) e -= end;
+}
+
+}  // namespace emu
