@@ -44,7 +44,14 @@
 // Precision: bf16 features feed the tensor cores (their products are exact in fp32, so z is
 // fp32-accurate; dz is rounded to bf16 for the d own product). f32 features stay f32 on a SIMT
 // path: with t up to 100, rounding features to bf16 would move logits by ~0.4.
+//
+// Variants (INFONCE_KERNELS at the bottom): f32 on the CUDA cores; bf16 on mma.sync (any sm_90
+// and later GPU through the PTX); bf16 on wgmma (Hopper), where a warpgroup computes a whole
+// 64 x 64 logit tile (64 x 32 per warpgroup in the backward) from core-matrix tiles in shared
+// memory. The wgmma backward recomputes z on wgmma and keeps the dz product on mma.sync: its B
+// operand (the other rows' features, feature-contiguous) would need wgmma's transposed layout.
 #include "tile.cuh"
+#include "wgmma.cuh"
 
 namespace {
 
@@ -64,18 +71,84 @@ constexpr int GROUP_CHUNKS = 8;      // feature chunks whose d own a backward bl
 constexpr int HALF_COLS = ROWS / 2;  // other rows of z, and feature columns of a chunk, per backward warp
 constexpr int STAGE_STRIDE = f32_stride(K_CHUNK);
 
-// Shared operand tiles per feature dtype.
-template <typename T>
-struct Operand;
-template <>
-struct Operand<bf16> {
-    using S = bf16;
-    static constexpr int STRIDE = bf16_stride(K_CHUNK);
+// How a kernel variant stages and multiplies its operand tiles (64 rows x one feature chunk):
+// - SimtF32: f32 features, row-major padded tiles, fp32 FMAs on the CUDA cores;
+// - MmaBf16: bf16 features, row-major padded tiles, mma.sync (HMMA) per warp;
+// - WgmmaBf16: bf16 features, core-matrix tiles, wgmma (HGMMA) per warpgroup (Hopper only).
+// `product` adds own rows own_row..+15 times other rows other_row..+8*N8 (transposed) over the
+// chunk to a warp's fragment; the wgmma form multiplies the warpgroup's 64 own rows at once, its
+// warps' own_row being 16 * (warp % 4) as every caller has it. Every region of a kernel's shared
+// memory is a padded tile's size (Pad), which the core-matrix tiles fit in.
+struct SimtF32 {
+    using T = float;
+    using Layout = PaddedRows<f32_stride(K_CHUNK)>;
+    using Pad = Layout;
+    __device__ static void staged() {}
+
+    template <int N8>
+    __device__ static void product(float acc[N8][4], const float* own_tile, const float* other_tile, int own_row,
+                                   int other_row) {
+        const Lane p = lane_position();
+        const float* own = own_tile + Layout::offset(own_row, 0);
+        const float* other = other_tile + Layout::offset(other_row, 0);
+        for (int k = 0; k < K_CHUNK; k += 4) {
+            const float4 a[2] = {*reinterpret_cast<const float4*>(own + Layout::offset(p.g, k)),
+                                 *reinterpret_cast<const float4*>(own + Layout::offset(p.g + 8, k))};
+            for (int j = 0; j < N8; ++j) {
+                for (int e = 0; e < 2; ++e) {
+                    const float4 b = *reinterpret_cast<const float4*>(other + Layout::offset(8 * j + 2 * p.t + e, k));
+                    for (int half = 0; half < 2; ++half) {
+                        float& c = acc[j][2 * half + e];
+                        c = fmaf(a[half].x, b.x, c);
+                        c = fmaf(a[half].y, b.y, c);
+                        c = fmaf(a[half].z, b.z, c);
+                        c = fmaf(a[half].w, b.w, c);
+                    }
+                }
+            }
+        }
+    }
 };
-template <>
-struct Operand<float> {
-    using S = float;
-    static constexpr int STRIDE = f32_stride(K_CHUNK);
+
+struct MmaBf16 {
+    using T = bf16;
+    using Layout = PaddedRows<bf16_stride(K_CHUNK)>;
+    using Pad = Layout;
+    __device__ static void staged() {}
+
+    template <int N8>
+    __device__ static void product(float acc[N8][4], const bf16* own_tile, const bf16* other_tile, int own_row,
+                                   int other_row) {
+        constexpr int STRIDE = bf16_stride(K_CHUNK);
+        mma_rows<K_CHUNK / 16, N8, STRIDE>(acc, own_tile + own_row * STRIDE, other_tile + other_row * STRIDE);
+    }
+};
+
+struct WgmmaBf16 {
+    using T = bf16;
+    using Layout = CoreMatrices<K_CHUNK>;
+    using Pad = PaddedRows<bf16_stride(K_CHUNK)>;
+    // The tiles were written by ordinary stores; wgmma reads them through the async proxy.
+    __device__ static void staged() { wgmma::fence_operands(); }
+
+    __device__ static uint64_t descriptor(const bf16* at) {
+        return wgmma::kmajor_descriptor(at, Layout::K_CORE_BYTES, Layout::ROW_GROUP_BYTES);
+    }
+
+    template <int N8>
+    __device__ static void product(float acc[N8][4], const bf16* own_tile, const bf16* other_tile, int,
+                                   int other_row) {
+        float* d = &acc[0][0];
+        wgmma::pin<4 * N8>(d);
+        wgmma::fence();
+        for (int ks = 0; ks < K_CHUNK / 16; ++ks) {
+            wgmma::mma_bf16<8 * N8>(d, descriptor(own_tile + Layout::offset(0, 16 * ks)),
+                                    descriptor(other_tile + Layout::offset(other_row, 16 * ks)));
+        }
+        wgmma::commit_group();
+        wgmma::wait_group<0>();
+        wgmma::pin<4 * N8>(d);
+    }
 };
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
@@ -133,42 +206,15 @@ struct Side {
     }
 };
 
-// acc (16 own rows x 8*N8 other rows) += own other^T over one feature chunk.
-template <int N8>
-__device__ __forceinline__ void chunk_product(float acc[N8][4], const bf16* own, const bf16* other) {
-    mma_rows<K_CHUNK / 16, N8, Operand<bf16>::STRIDE>(acc, own, other);
-}
-
-template <int N8>
-__device__ __forceinline__ void chunk_product(float acc[N8][4], const float* own, const float* other) {
-    constexpr int S = Operand<float>::STRIDE;
-    const Lane p = lane_position();
-    for (int k = 0; k < K_CHUNK; k += 4) {
-        const float4 a[2] = {*reinterpret_cast<const float4*>(own + p.g * S + k),
-                             *reinterpret_cast<const float4*>(own + (p.g + 8) * S + k)};
-        for (int j = 0; j < N8; ++j) {
-            for (int e = 0; e < 2; ++e) {
-                const float4 b = *reinterpret_cast<const float4*>(other + (8 * j + 2 * p.t + e) * S + k);
-                for (int half = 0; half < 2; ++half) {
-                    float& c = acc[j][2 * half + e];
-                    c = fmaf(a[half].x, b.x, c);
-                    c = fmaf(a[half].y, b.y, c);
-                    c = fmaf(a[half].z, b.z, c);
-                    c = fmaf(a[half].w, b.w, c);
-                }
-            }
-        }
-    }
-}
-
 // Unscaled <own_r, other_c> for the warp's 16 own rows (from row own_row of the block's tile)
 // against the 8*N8 other rows other_row.. of the tile at c0, over every feature chunk. The chunks
 // g0 .. g0 + group - 1 are staged last, chunk g0 + i into slot i, where the caller finds them
 // afterwards; every other chunk goes through slot 0 (with group = 0 all of them, in order).
-template <int N8, typename T, typename S>
-__device__ void logits_tile(float acc[N8][4], const Side<T>& side, int c0, int d, S* own_tile, S* slots, int own_row,
-                            int other_row, int g0, int group) {
-    constexpr int STRIDE = Operand<T>::STRIDE;
+template <int N8, typename Tiles>
+__device__ void logits_tile(float acc[N8][4], const Side<typename Tiles::T>& side, int c0, int d,
+                            typename Tiles::T* own_tile, typename Tiles::T* slots, int own_row, int other_row, int g0,
+                            int group) {
+    using Layout = typename Tiles::Layout;
     zero_fragment<N8>(acc);
     const int chunks = (d + K_CHUNK - 1) / K_CHUNK;
     const int other_rows = imin(ROWS, side.other_count - c0);
@@ -176,25 +222,25 @@ __device__ void logits_tile(float acc[N8][4], const Side<T>& side, int c0, int d
         const int chunk = (g0 + group + i) % chunks;
         const int k0 = chunk * K_CHUNK;
         const int slot = chunk >= g0 && chunk < g0 + group ? chunk - g0 : 0;
-        S* other_tile = slots + slot * ROWS * STRIDE;
+        typename Tiles::T* other_tile = slots + slot * Tiles::Pad::ELEMENTS;
         __syncthreads();  // the previous chunk (or the dz product) is done with the tiles
-        stage_rows<K_CHUNK, STRIDE>(own_tile, side.own + static_cast<size_t>(side.r0) * d + k0, d, side.rows, d - k0);
-        stage_rows<K_CHUNK, STRIDE>(other_tile, side.other + static_cast<size_t>(c0) * d + k0, d, other_rows, d - k0);
+        stage_tile<K_CHUNK, Layout>(own_tile, side.own + static_cast<size_t>(side.r0) * d + k0, d, side.rows, d - k0);
+        stage_tile<K_CHUNK, Layout>(other_tile, side.other + static_cast<size_t>(c0) * d + k0, d, other_rows, d - k0);
+        Tiles::staged();
         __syncthreads();
-        chunk_product<N8>(acc, own_tile + own_row * STRIDE, other_tile + other_row * STRIDE);
+        Tiles::template product<N8>(acc, own_tile, other_tile, own_row, other_row);
     }
 }
 
 // Grid (max(ceil(n / 64), row blocks x row_splits), 2): y = 0 the rank's rows (lse over the texts
 // of the block's split, into row_lse[split][row]), y = 1 all columns (partial lse over the rank's
 // rows). positive_terms[x] = -2 sum of z_ii over the positive pairs of row-direction block x.
-template <typename T>
+// Dynamic shared memory: two padded tiles (own, other).
+template <typename Tiles, typename T = typename Tiles::T>
 __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale, float max_scale, Shard shard, int d,
                                 float* row_lse, float* col_lse, float* positive_terms) {
-    using S = typename Operand<T>::S;
-    constexpr int STRIDE = Operand<T>::STRIDE;
-    __shared__ __align__(16) S own_tile[ROWS * STRIDE];
-    __shared__ __align__(16) S other_tile[ROWS * STRIDE];
+    MSCLIP_DYNAMIC_SMEM(T, own_tile);
+    T* other_tile = own_tile + Tiles::Pad::ELEMENTS;
     const bool by_column = blockIdx.y == 1;
     const Side<T> side = Side<T>::of(by_column, img, txt, shard);
     if (side.rows <= 0) return;  // a row block past the rank's rows (the whole block leaves)
@@ -206,7 +252,7 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
     float diagonal = 0.0f;
     for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
         float z[8][4];
-        logits_tile<8>(z, side, c0, d, own_tile, other_tile, p.warp * WARP_ROWS, 0, 0, 0);
+        logits_tile<8, Tiles>(z, side, c0, d, own_tile, other_tile, p.warp * WARP_ROWS, 0, 0, 0);
         for (int j = 0; j < 8; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = c0 + 8 * j + 2 * p.t + i % 2, row = row0 + p.g + 8 * (i / 2);
@@ -238,28 +284,32 @@ __device__ __forceinline__ void store_pair(float* at, float a, float b) {
 }
 
 // acc[c] (the warp's 16 rows x 32 feature columns of the group's chunk c) += dz other_c, with dz
-// the warp's 16 rows of the 64 x 64 dz tile and other_c slot c from the warp's columns on.
-template <int STRIDE>
+// the warp's 16 rows of the 64 x 64 dz tile (a padded tile, Tiles::Pad) and other_c slot c (laid
+// out by Tiles::Layout) from the warp's columns on. The tensor-core variants both run it on mma.sync.
+template <typename Tiles>
 __device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const bf16* dz_rows, const bf16* other,
                                            int group) {
+    using Dz = typename Tiles::Pad;
     const int lane = threadIdx.x % 32;
     uint32_t fa[4][4];
-    for (int ks = 0; ks < 4; ++ks) ldmatrix_x4(fa[ks], dz_rows + (lane % 16) * STRIDE + 16 * ks + 8 * (lane / 16));
+    for (int ks = 0; ks < 4; ++ks) ldmatrix_x4(fa[ks], dz_rows + Dz::offset(lane % 16, 16 * ks + 8 * (lane / 16)));
     UNROLL
     for (int c = 0; c < GROUP_CHUNKS; ++c)
-        if (c < group) mma_a_fragments<4, STRIDE>(acc[c], fa, other + c * ROWS * STRIDE);
+        if (c < group) mma_a_fragments_in<4, typename Tiles::Layout>(acc[c], fa, other + c * Dz::ELEMENTS);
 }
 
-template <int STRIDE>
+template <typename Tiles>
 __device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const float* dz_rows, const float* other,
                                            int group) {
+    using Layout = typename Tiles::Layout;
     const Lane l = lane_position();
     for (int k = 0; k < K_CHUNK; ++k) {
-        const float p0 = dz_rows[l.g * STRIDE + k], p1 = dz_rows[(l.g + 8) * STRIDE + k];
+        const float p0 = dz_rows[Layout::offset(l.g, k)], p1 = dz_rows[Layout::offset(l.g + 8, k)];
         for (int c = 0; c < GROUP_CHUNKS; ++c) {
             if (c >= group) continue;
             for (int j = 0; j < 4; ++j) {
-                const float2 b = *reinterpret_cast<const float2*>(other + c * ROWS * STRIDE + k * STRIDE + 8 * j + 2 * l.t);
+                const float2 b =
+                    *reinterpret_cast<const float2*>(other + c * Layout::ELEMENTS + Layout::offset(k, 8 * j + 2 * l.t));
                 acc[c][j][0] = fmaf(p0, b.x, acc[c][j][0]);
                 acc[c][j][1] = fmaf(p0, b.y, acc[c][j][1]);
                 acc[c][j][2] = fmaf(p1, b.x, acc[c][j][2]);
@@ -272,20 +322,19 @@ __device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const 
 // Grid (as the forward's x, ceil(d / 512), 2): x own rows (and split), y the group of feature
 // columns, z = 0 d img (the rank's rows; with row_splits > 1 the splits' fp32 parts, into
 // dimg_parts[split]), 1 d txt (all rows, the rank's part). Dynamic shared memory: the own tile,
-// the dz tile and one slot per chunk of the first group (at least one), each 64 operand rows. The
+// the dz tile and one slot per chunk of the first group (at least one), each a padded tile. The
 // row-direction blocks of the first group write dscale_partials[x] = their sum of dz * z.
-template <typename T>
+template <typename Tiles, typename T = typename Tiles::T>
 __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,
                                  const float* row_lse, const float* col_lse, Shard shard, int d, T* dimg, T* dtxt,
                                  float* dimg_parts, float* dscale_partials) {
-    using S = typename Operand<T>::S;
-    constexpr int STRIDE = Operand<T>::STRIDE;
-    static_assert(ROWS * STAGE_STRIDE * sizeof(float) <= 3 * ROWS * STRIDE * sizeof(S),
+    using Dz = typename Tiles::Pad;
+    static_assert(ROWS * STAGE_STRIDE * sizeof(float) <= 3 * Dz::ELEMENTS * sizeof(T),
                   "the output staging fits over the smallest shared memory");
-    MSCLIP_DYNAMIC_SMEM(S, smem);
-    S* own_tile = smem;
-    S* dz_tile = smem + ROWS * STRIDE;
-    S* slots = smem + 2 * ROWS * STRIDE;
+    MSCLIP_DYNAMIC_SMEM(T, smem);
+    T* own_tile = smem;
+    T* dz_tile = smem + Dz::ELEMENTS;
+    T* slots = smem + 2 * Dz::ELEMENTS;
     const bool by_column = blockIdx.z == 1;
     const Side<T> side = Side<T>::of(by_column, img, txt, shard);
     if (side.rows <= 0) return;  // a row block past the rank's rows (the whole block leaves)
@@ -309,7 +358,7 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     float dscale = 0.0f;
     for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
         float z[4][4];
-        logits_tile<4>(z, side, c0, d, own_tile, slots, own_row, other_row, g0, group);
+        logits_tile<4, Tiles>(z, side, c0, d, own_tile, slots, own_row, other_row, g0, group);
         for (int j = 0; j < 4; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = c0 + other_row + 8 * j + 2 * p.t + i % 2;
@@ -325,10 +374,10 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
             }
         for (int j = 0; j < 4; ++j)
             for (int half = 0; half < 2; ++half)
-                store_pair(dz_tile + (own_row + p.g + 8 * half) * STRIDE + other_row + 8 * j + 2 * p.t,
+                store_pair(dz_tile + Dz::offset(own_row + p.g + 8 * half, other_row + 8 * j + 2 * p.t),
                            z[j][2 * half], z[j][2 * half + 1]);
         __syncthreads();  // the dz tile is complete
-        dz_product<STRIDE>(grad, dz_tile + own_row * STRIDE, slots + other_row, group);
+        dz_product<Tiles>(grad, dz_tile + Dz::offset(own_row, 0), slots + Tiles::Layout::offset(0, other_row), group);
     }
     __syncthreads();  // every warp is done with the tiles: they become the output staging
     float* stage = reinterpret_cast<float*>(smem);
@@ -380,34 +429,28 @@ __device__ void infonce_sum_splits(const float* parts, int splits, int count, T*
 
 }  // namespace
 
-// 128 threads per block; max_scale is +inf without a clamp. The whole batch: n_local = n, offset 0,
-// row_splits 1.
-extern "C" __global__ void __launch_bounds__(128)
-    infonce_fwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale, int n_local, int n,
-                    int offset, int row_splits, int d, float* row_lse, float* col_lse, float* positive_terms) {
-    infonce_forward<float>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset, row_splits}, d, row_lse,
-                           col_lse, positive_terms);
-}
-extern "C" __global__ void __launch_bounds__(128)
-    infonce_fwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, int n_local, int n,
-                     int offset, int row_splits, int d, float* row_lse, float* col_lse, float* positive_terms) {
-    infonce_forward<bf16>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset, row_splits}, d, row_lse,
-                          col_lse, positive_terms);
-}
-extern "C" __global__ void __launch_bounds__(BWD_THREADS)
-    infonce_bwd_f32(const float* img, const float* txt, const float* logit_scale, float max_scale,
-                    const float* dloss, const float* row_lse, const float* col_lse, int n_local, int n, int offset,
-                    int row_splits, int d, float* dimg, float* dtxt, float* dimg_parts, float* dscale_partials) {
-    infonce_backward<float>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse,
-                            Shard{n_local, n, offset, row_splits}, d, dimg, dtxt, dimg_parts, dscale_partials);
-}
-extern "C" __global__ void __launch_bounds__(BWD_THREADS)
-    infonce_bwd_bf16(const bf16* img, const bf16* txt, const bf16* logit_scale, float max_scale, const bf16* dloss,
-                     const float* row_lse, const float* col_lse, int n_local, int n, int offset, int row_splits, int d,
-                     bf16* dimg, bf16* dtxt, float* dimg_parts, float* dscale_partials) {
-    infonce_backward<bf16>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse,
-                           Shard{n_local, n, offset, row_splits}, d, dimg, dtxt, dimg_parts, dscale_partials);
-}
+// Forward and backward for one tile variant (see SimtF32, MmaBf16, WgmmaBf16): the forward with 128
+// threads per block, the backward with BWD_THREADS. max_scale is +inf without a clamp; the whole
+// batch is n_local = n, offset 0, row_splits 1.
+#define INFONCE_KERNELS(NAME, TILES, T)                                                                                \
+    extern "C" __global__ void __launch_bounds__(128)                                                                  \
+        infonce_fwd_##NAME(const T* img, const T* txt, const T* logit_scale, float max_scale, int n_local, int n,      \
+                           int offset, int row_splits, int d, float* row_lse, float* col_lse, float* positive_terms) { \
+        infonce_forward<TILES>(img, txt, logit_scale, max_scale, Shard{n_local, n, offset, row_splits}, d, row_lse,    \
+                               col_lse, positive_terms);                                                               \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                                          \
+        infonce_bwd_##NAME(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,          \
+                           const float* row_lse, const float* col_lse, int n_local, int n, int offset, int row_splits, \
+                           int d, T* dimg, T* dtxt, float* dimg_parts, float* dscale_partials) {                       \
+        infonce_backward<TILES>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse,                             \
+                                Shard{n_local, n, offset, row_splits}, d, dimg, dtxt, dimg_parts, dscale_partials);    \
+    }
+
+INFONCE_KERNELS(f32, SimtF32, float)
+INFONCE_KERNELS(bf16, MmaBf16, bf16)
+INFONCE_KERNELS(wgmma_bf16, WgmmaBf16, bf16)
+
 // One block of 256 threads.
 extern "C" __global__ void infonce_reduce_f32(const float* a, int a_count, const float* b, int b_count, const float* c,
                                               int c_count, float factor, float* out) {

@@ -1,6 +1,7 @@
 //! InfoNCE kernels (kernels/infonce.cu) against the CPU reference: the loss, both log-sum-exp
-//! vectors and all three gradients, for n in {1, 7, 33, 256, 1000}, ragged feature widths
-//! (1, 3, 33, 64, 96, 512, 600), f32 (SIMT fp32) and bf16 (tensor cores), with the scale clamp
+//! vectors and all three gradients, for n in {1, 7, 33, 256, 1000, 4099}, ragged feature widths
+//! (1, 3, 33, 64, 96, 512, 600), f32 (SIMT fp32) and bf16 (tensor cores: wgmma and mma.sync
+//! variants), with the scale clamp
 //! inactive, active, and absent; the data-parallel split of one batch into ranks (CPU and GPU
 //! backends), whose combined results must be the whole batch's; and the device memory of a call,
 //! which must grow linearly in n.
@@ -14,7 +15,7 @@
 mod common;
 
 use common::assert_close;
-use common::gpu::{gpu_devices, on, rtol_of};
+use common::gpu::{gpu_devices, on, rtol_of, tensor_core_backends};
 use msclip::backend::gpu::buffer::measure_allocations;
 use msclip::backend::{self, InfoNceOut, InfoNcePartial, InfoNceShard};
 use msclip::{DType, Device, Rng, Tensor};
@@ -93,12 +94,11 @@ fn check(case: &Case, seed: u64) {
         let [img64, txt64, scale64, dloss64] = [&img, &txt, &scale, &dloss].map(|t| t.to_dtype(DType::F64).unwrap());
         let want = cpu.infonce(&img64, &txt64, &scale64, case.max_scale).unwrap();
         let (di, dt, ds) = cpu.infonce_backward(&img64, &txt64, &scale64, &want, &dloss64, case.max_scale).unwrap();
-        for device in gpu_devices() {
+        for (device, label, be) in tensor_core_backends(dtype) {
             let name = format!(
-                "{device} {dtype} n {} d {} log scale {} max {:?}",
+                "{label} {dtype} n {} d {} log scale {} max {:?}",
                 case.n, case.d, case.log_scale, case.max_scale
             );
-            let be = backend::get(device);
             let [img_d, txt_d, scale_d, dloss_d] = [&img, &txt, &scale, &dloss].map(|t| on(t, device, dtype));
             let got = be.infonce(&img_d, &txt_d, &scale_d, case.max_scale).unwrap();
             // The loss is a mean of fp32 sums of lse values of size ~ln(n) + t.
@@ -143,6 +143,12 @@ fn wide_features() {
 #[test]
 fn a_thousand_pairs() {
     check(&Case::new(1000, 64), 3);
+}
+
+#[test]
+fn four_thousand_and_ninety_nine_pairs() {
+    // 65 row tiles, the last holding 3 rows; 48 features: a ragged single chunk.
+    check(&Case::new(4099, 48), 13);
 }
 
 #[test]

@@ -16,7 +16,7 @@ const TENSOR_CORE_KERNELS: &[(&str, &[&str])] = &[
         "attention",
         &["attention_fwd_d32_bf16", "attention_fwd_d64_bf16", "attention_bwd_d32_bf16", "attention_bwd_d64_bf16"],
     ),
-    ("infonce", &["infonce_fwd_bf16", "infonce_bwd_bf16"]),
+    ("infonce", &["infonce_fwd_bf16", "infonce_bwd_bf16", "infonce_fwd_wgmma_bf16", "infonce_bwd_wgmma_bf16"]),
 ];
 
 /// The directory holding cuobjdump and nvdisasm: next to `NVCC`, or the repo-local install.

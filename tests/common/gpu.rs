@@ -1,6 +1,6 @@
 //! Helpers for kernel parity tests: the devices to run on, and inputs both backends see exactly.
 
-use msclip::backend::gpu;
+use msclip::backend::{self, Backend, gpu};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// The GPU devices a parity test runs on: the emulator always; a real GPU when the CUDA driver
@@ -13,6 +13,21 @@ pub fn gpu_devices() -> Vec<Device> {
             vec![Device::Emu]
         }
     }
+}
+
+/// The GPU backends a parity test of a tensor-core kernel runs, with a label each: every device's
+/// default backend (wgmma where its driver has it: the emulator, a compute-capability 9.0 GPU)
+/// and, for bf16, the same device with every product on mma.sync.
+pub fn tensor_core_backends(dtype: DType) -> Vec<(Device, String, &'static dyn Backend)> {
+    let mut all = Vec::new();
+    for device in gpu_devices() {
+        all.push((device, device.to_string(), backend::get(device)));
+        if dtype == DType::BF16 {
+            let mma_only: &'static dyn Backend = Box::leak(Box::new(gpu::GpuBackend::without_wgmma(device)));
+            all.push((device, format!("{device} mma.sync"), mma_only));
+        }
+    }
+    all
 }
 
 /// A seeded N(0, std^2) CPU tensor in f32 whose values are exactly representable in `dtype`, so

@@ -32,6 +32,11 @@ impl GpuBackend {
         Scratch::from_slice(self.device, values)
     }
 
+    /// Whether this backend's kernels run their bf16 products on wgmma.
+    pub(super) fn uses_wgmma(&self) -> Result<bool> {
+        Ok(self.allow_wgmma && self.driver()?.has_wgmma())
+    }
+
     pub(super) fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         self.driver()?.launch(kernel, config, args)
     }

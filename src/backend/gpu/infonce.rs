@@ -8,7 +8,8 @@
 //! rank with offset 0, and never splits. Backward: one launch writes d img (or the splits' parts of
 //! it), d txt and partial sums of the scale gradient; the splits and the partial sums are then
 //! reduced. Besides the outputs, the workspace is one float per 64 rows, and with splits
-//! row_splits x n_local (about n) log-sum-exps and rows of d img in fp32.
+//! row_splits x n_local (about n) log-sum-exps and rows of d img in fp32. bf16 runs on wgmma where
+//! the backend uses it (a compute-capability 9.0 GPU, the emulator), else on mma.sync.
 
 use super::context::{device_ptr, int, kernel_for, ptr};
 use super::{GpuBackend, KernelArg, LaunchConfig};
@@ -71,15 +72,35 @@ fn element_blocks(count: usize) -> u32 {
     count.div_ceil(ELEMENT_THREADS as usize).max(1) as u32
 }
 
-/// The backward's dynamic shared memory: the own tile, the dz tile and one slot per feature chunk
-/// of a group, each TILE rows of TILE operands padded as kernels/tile.cuh pads them (bf16 rows by
-/// 8 elements, f32 rows by 4).
-fn backward_shared_bytes(dtype: DType, chunks: usize) -> u32 {
+/// One region of the kernels' dynamic shared memory: TILE rows of TILE operands padded as
+/// kernels/tile.cuh pads them (bf16 rows by 8 elements, f32 rows by 4); the wgmma variant's
+/// unpadded core-matrix tiles fit in it.
+fn tile_bytes(dtype: DType) -> usize {
     let row_bytes = match dtype {
         DType::BF16 => (TILE + 8) * 2,
         _ => (TILE + 4) * 4,
     };
-    ((2 + chunks.min(GROUP_CHUNKS)) * TILE * row_bytes) as u32
+    TILE * row_bytes
+}
+
+/// The forward's dynamic shared memory: the own and the other tile.
+fn forward_shared_bytes(dtype: DType) -> u32 {
+    (2 * tile_bytes(dtype)) as u32
+}
+
+/// The backward's dynamic shared memory: the own tile, the dz tile and one slot per feature chunk
+/// of a group.
+fn backward_shared_bytes(dtype: DType, chunks: usize) -> u32 {
+    ((2 + chunks.min(GROUP_CHUNKS)) * tile_bytes(dtype)) as u32
+}
+
+/// The forward or backward kernel for `dtype`: bf16 on wgmma where the backend uses it
+/// (`<base>_wgmma_bf16`), else on mma.sync (`<base>_bf16`); f32 on the CUDA cores.
+fn kernel(gpu: &GpuBackend, base: &str, dtype: DType) -> Result<String> {
+    match dtype {
+        DType::BF16 if gpu.uses_wgmma()? => Ok(format!("{base}_wgmma_bf16")),
+        _ => kernel_for(base, dtype),
+    }
 }
 
 /// A device array and how many of its floats to sum.
@@ -145,13 +166,18 @@ pub(super) fn infonce_partial(gpu: &GpuBackend, shard: InfoNceShard<'_>) -> Resu
     let mut args = vec![ptr(shard.img)?, ptr(shard.txt)?, ptr(shard.logit_scale)?, max_scale_arg(shard.max_scale)];
     args.extend(plan.args(&shard)?);
     args.extend([ptr(&row_lse_parts)?, ptr(&col_lse)?, ptr(&positive_terms)?]);
+    let dtype = shard.img.dtype();
     gpu.launch(
-        &kernel_for("infonce_fwd", shard.img.dtype())?,
-        LaunchConfig { grid: [plan.grid_x, 2, 1], block: [FORWARD_THREADS, 1, 1], shared_bytes: 0 },
+        &kernel(gpu, "infonce_fwd", dtype)?,
+        LaunchConfig {
+            grid: [plan.grid_x, 2, 1],
+            block: [FORWARD_THREADS, 1, 1],
+            shared_bytes: forward_shared_bytes(dtype),
+        },
         &args,
     )?;
     let row_lse = combine(gpu, &row_lse_parts)?;
-    Ok(InfoNcePartial { row_lse, col_lse, positive_terms, offset: shard.offset, dtype: shard.img.dtype() })
+    Ok(InfoNcePartial { row_lse, col_lse, positive_terms, offset: shard.offset, dtype })
 }
 
 pub(super) fn infonce_finish(gpu: &GpuBackend, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
@@ -227,7 +253,7 @@ pub(super) fn infonce_shard_backward(
     args.extend(plan.args(&shard)?);
     args.extend([dimg_arg, ptr(&dtxt)?, parts_arg, ptr(&dscale_partials)?]);
     gpu.launch(
-        &kernel_for("infonce_bwd", dtype)?,
+        &kernel(gpu, "infonce_bwd", dtype)?,
         LaunchConfig {
             grid: [plan.grid_x, groups, 2],
             block: [BACKWARD_THREADS, 1, 1],

@@ -57,11 +57,19 @@ pub fn driver(device: Device) -> Result<&'static dyn Driver> {
 /// The GPU backend of one device.
 pub struct GpuBackend {
     device: Device,
+    /// Whether kernels may use wgmma where the driver has it (kernels/wgmma.cuh); off, the
+    /// mma.sync variants run instead (for tests and benchmarks that compare the two).
+    allow_wgmma: bool,
 }
 
 impl GpuBackend {
     pub const fn new(device: Device) -> Self {
-        GpuBackend { device }
+        GpuBackend { device, allow_wgmma: true }
+    }
+
+    /// The backend with every tensor-core product on mma.sync, even where wgmma is available.
+    pub const fn without_wgmma(device: Device) -> Self {
+        GpuBackend { device, allow_wgmma: false }
     }
 }
 
