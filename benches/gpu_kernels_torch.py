@@ -56,7 +56,7 @@ def main():
 
 def compute_bound_rows():
     """SDPA and the naive InfoNCE (logits + two cross-entropies) at gpu_kernels.rs's shapes and
-    FLOP counts, bf16."""
+    FLOP counts (InfoNCE: 6 N^2 D, the logits and the two feature gradients), bf16."""
     rows = []
     for name, batch, length, heads, causal in (("B/32 vision", 256, 50, 12, False),
                                                ("B/16 vision", 64, 197, 12, False),
@@ -88,9 +88,9 @@ def compute_bound_rows():
             torch.cuda.reset_peak_memory_stats()
             us = time_us(naive)
             peak = torch.cuda.max_memory_allocated() >> 20
-            rows.append((f"torch naive infonce fwd+bwd N{n} D{d} (peak {peak} MiB)", 8 * n * n * d, us))
+            rows.append((f"torch naive infonce fwd+bwd N{n} D{d} (peak {peak} MiB)", 6 * n * n * d, us))
         except torch.cuda.OutOfMemoryError:
-            rows.append((f"torch naive infonce N{n} D{d}: out of memory", 8 * n * n * d, float("inf")))
+            rows.append((f"torch naive infonce N{n} D{d}: out of memory", 6 * n * n * d, float("inf")))
             torch.cuda.empty_cache()
     return rows
 
