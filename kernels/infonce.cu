@@ -83,6 +83,7 @@ struct SimtF32 {
     using T = float;
     using Layout = PaddedRows<f32_stride(K_CHUNK)>;
     using Pad = Layout;
+    static constexpr bool PIPELINED = false;
     __device__ static void staged() {}
 
     template <int N8>
@@ -114,6 +115,7 @@ struct MmaBf16 {
     using T = bf16;
     using Layout = PaddedRows<bf16_stride(K_CHUNK)>;
     using Pad = Layout;
+    static constexpr bool PIPELINED = false;
     __device__ static void staged() {}
 
     template <int N8>
@@ -128,6 +130,8 @@ struct WgmmaBf16 {
     using T = bf16;
     using Layout = CoreMatrices<K_CHUNK>;
     using Pad = PaddedRows<bf16_stride(K_CHUNK)>;
+    // The forward stages the next chunk while the tensor cores multiply this one.
+    static constexpr bool PIPELINED = true;
     // The tiles were written by ordinary stores; wgmma reads them through the async proxy.
     __device__ static void staged() { wgmma::fence_operands(); }
 
@@ -135,9 +139,9 @@ struct WgmmaBf16 {
         return wgmma::kmajor_descriptor(at, Layout::K_CORE_BYTES, Layout::ROW_GROUP_BYTES);
     }
 
+    // Starts acc += own other^T over the chunk as one group; acc is the tensor cores' until complete.
     template <int N8>
-    __device__ static void product(float acc[N8][4], const bf16* own_tile, const bf16* other_tile, int,
-                                   int other_row) {
+    __device__ static void issue(float acc[N8][4], const bf16* own_tile, const bf16* other_tile, int other_row) {
         float* d = &acc[0][0];
         wgmma::pin<4 * N8>(d);
         wgmma::fence();
@@ -146,8 +150,19 @@ struct WgmmaBf16 {
                                     descriptor(other_tile + Layout::offset(other_row, 16 * ks)));
         }
         wgmma::commit_group();
+    }
+
+    template <int N8>
+    __device__ static void complete(float acc[N8][4]) {
         wgmma::wait_group<0>();
-        wgmma::pin<4 * N8>(d);
+        wgmma::pin<4 * N8>(&acc[0][0]);
+    }
+
+    template <int N8>
+    __device__ static void product(float acc[N8][4], const bf16* own_tile, const bf16* other_tile, int,
+                                   int other_row) {
+        issue<N8>(acc, own_tile, other_tile, other_row);
+        complete<N8>(acc);
     }
 };
 
@@ -232,15 +247,64 @@ __device__ void logits_tile(float acc[N8][4], const Side<typename Tiles::T>& sid
     }
 }
 
+// Calls visit(z, c0) for each 64-row tile of the block's other rows (c0 its first row), z the warp's
+// 16 own rows (from 16 * warp) x 64 other rows of unscaled logits: the forward's stream of tiles.
+// Dynamic shared memory: forward_tiles<Tiles>() padded tiles. A pipelined variant runs the
+// (tile, chunk) steps through two buffers of own and other chunk: while the tensor cores multiply
+// step s, the threads stage step s + 1 into the other buffer.
+template <typename Tiles>
+__device__ constexpr int forward_tiles() {
+    return Tiles::PIPELINED ? 4 : 2;
+}
+
+template <typename Tiles, typename Visit>
+__device__ void for_each_logit_tile(const Side<typename Tiles::T>& side, int d, typename Tiles::T* smem,
+                                    Visit visit) {
+    constexpr int TILE = Tiles::Pad::ELEMENTS;
+    const int own_row = lane_position().warp * WARP_ROWS;
+    float z[8][4];
+    if constexpr (!Tiles::PIPELINED) {
+        for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
+            logits_tile<8, Tiles>(z, side, c0, d, smem, smem + TILE, own_row, 0, 0, 0);
+            visit(z, c0);
+        }
+    } else {
+        const int chunks = (d + K_CHUNK - 1) / K_CHUNK;
+        const int steps = tiles_of(side.c_end - side.c_begin) * chunks;
+        auto buffer = [&](int step) { return smem + (step % 2) * 2 * TILE; };
+        auto stage = [&](int step) {
+            const int c0 = side.c_begin + ROWS * (step / chunks), k0 = (step % chunks) * K_CHUNK;
+            const int other_rows = imin(ROWS, side.other_count - c0);
+            stage_tile<K_CHUNK, typename Tiles::Layout>(buffer(step), side.own + static_cast<size_t>(side.r0) * d + k0,
+                                                        d, side.rows, d - k0);
+            stage_tile<K_CHUNK, typename Tiles::Layout>(buffer(step) + TILE, side.other + static_cast<size_t>(c0) * d + k0,
+                                                        d, other_rows, d - k0);
+            Tiles::staged();
+        };
+        zero_fragment<8>(z);
+        if (steps > 0) stage(0);
+        __syncthreads();
+        for (int step = 0; step < steps; ++step) {
+            Tiles::template issue<8>(z, buffer(step), buffer(step) + TILE, 0);
+            if (step + 1 < steps) stage(step + 1);  // the buffer step - 1 read, free since its wait
+            Tiles::template complete<8>(z);
+            __syncthreads();  // this step's buffer is free again and the next one is staged
+            if (step % chunks == chunks - 1) {
+                visit(z, side.c_begin + ROWS * (step / chunks));
+                zero_fragment<8>(z);
+            }
+        }
+    }
+}
+
 // Grid (max(ceil(n / 64), row blocks x row_splits), 2): y = 0 the rank's rows (lse over the texts
 // of the block's split, into row_lse[split][row]), y = 1 all columns (partial lse over the rank's
 // rows). positive_terms[x] = -2 sum of z_ii over the positive pairs of row-direction block x.
-// Dynamic shared memory: two padded tiles (own, other).
+// Dynamic shared memory: forward_tiles<Tiles>() padded tiles.
 template <typename Tiles, typename T = typename Tiles::T>
 __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale, float max_scale, Shard shard, int d,
                                 float* row_lse, float* col_lse, float* positive_terms) {
-    MSCLIP_DYNAMIC_SMEM(T, own_tile);
-    T* other_tile = own_tile + Tiles::Pad::ELEMENTS;
+    MSCLIP_DYNAMIC_SMEM(T, smem);
     const bool by_column = blockIdx.y == 1;
     const Side<T> side = Side<T>::of(by_column, img, txt, shard);
     if (side.rows <= 0) return;  // a row block past the rank's rows (the whole block leaves)
@@ -250,9 +314,7 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
 
     RowStats st = empty_stats();
     float diagonal = 0.0f;
-    for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
-        float z[8][4];
-        logits_tile<8, Tiles>(z, side, c0, d, own_tile, other_tile, p.warp * WARP_ROWS, 0, 0, 0);
+    for_each_logit_tile<Tiles>(side, d, smem, [&](float z[8][4], int c0) {
         for (int j = 0; j < 8; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = c0 + 8 * j + 2 * p.t + i % 2, row = row0 + p.g + 8 * (i / 2);
@@ -262,7 +324,7 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
             }
         float rescale[2];
         softmax_step(z, st, rescale);
-    }
+    });
     float lse[2], inv_sum[2];
     finish_rows(st, lse, inv_sum);
     float* lse_out = by_column ? col_lse : row_lse + static_cast<size_t>(side.split) * side.own_count;

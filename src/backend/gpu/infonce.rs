@@ -83,23 +83,37 @@ fn tile_bytes(dtype: DType) -> usize {
     TILE * row_bytes
 }
 
-/// The forward's dynamic shared memory: the own and the other tile.
-fn forward_shared_bytes(dtype: DType) -> u32 {
-    (2 * tile_bytes(dtype)) as u32
-}
-
 /// The backward's dynamic shared memory: the own tile, the dz tile and one slot per feature chunk
 /// of a group.
 fn backward_shared_bytes(dtype: DType, chunks: usize) -> u32 {
     ((2 + chunks.min(GROUP_CHUNKS)) * tile_bytes(dtype)) as u32
 }
 
-/// The forward or backward kernel for `dtype`: bf16 on wgmma where the backend uses it
-/// (`<base>_wgmma_bf16`), else on mma.sync (`<base>_bf16`); f32 on the CUDA cores.
-fn kernel(gpu: &GpuBackend, base: &str, dtype: DType) -> Result<String> {
-    match dtype {
-        DType::BF16 if gpu.uses_wgmma()? => Ok(format!("{base}_wgmma_bf16")),
-        _ => kernel_for(base, dtype),
+/// Which of the .cu file's tile variants runs: bf16 on wgmma where the backend uses it, else
+/// bf16 on mma.sync; f32 on the CUDA cores.
+struct Variant {
+    dtype: DType,
+    wgmma: bool,
+}
+
+impl Variant {
+    fn of(gpu: &GpuBackend, dtype: DType) -> Result<Variant> {
+        Ok(Variant { dtype, wgmma: dtype == DType::BF16 && gpu.uses_wgmma()? })
+    }
+
+    /// `<base>_wgmma_bf16`, `<base>_bf16` or `<base>_f32`.
+    fn kernel(&self, base: &str) -> Result<String> {
+        match self.wgmma {
+            true => Ok(format!("{base}_wgmma_bf16")),
+            false => kernel_for(base, self.dtype),
+        }
+    }
+
+    /// The forward's dynamic shared memory: the own and the other tile, two of each for the
+    /// pipelined wgmma forward (it stages the next chunk while the tensor cores work).
+    fn forward_shared_bytes(&self) -> u32 {
+        let tiles = if self.wgmma { 4 } else { 2 };
+        (tiles * tile_bytes(self.dtype)) as u32
     }
 }
 
@@ -167,12 +181,13 @@ pub(super) fn infonce_partial(gpu: &GpuBackend, shard: InfoNceShard<'_>) -> Resu
     args.extend(plan.args(&shard)?);
     args.extend([ptr(&row_lse_parts)?, ptr(&col_lse)?, ptr(&positive_terms)?]);
     let dtype = shard.img.dtype();
+    let variant = Variant::of(gpu, dtype)?;
     gpu.launch(
-        &kernel(gpu, "infonce_fwd", dtype)?,
+        &variant.kernel("infonce_fwd")?,
         LaunchConfig {
             grid: [plan.grid_x, 2, 1],
             block: [FORWARD_THREADS, 1, 1],
-            shared_bytes: forward_shared_bytes(dtype),
+            shared_bytes: variant.forward_shared_bytes(),
         },
         &args,
     )?;
@@ -253,7 +268,7 @@ pub(super) fn infonce_shard_backward(
     args.extend(plan.args(&shard)?);
     args.extend([dimg_arg, ptr(&dtxt)?, parts_arg, ptr(&dscale_partials)?]);
     gpu.launch(
-        &kernel(gpu, "infonce_bwd", dtype)?,
+        &Variant::of(gpu, dtype)?.kernel("infonce_bwd")?,
         LaunchConfig {
             grid: [plan.grid_x, groups, 2],
             block: [BACKWARD_THREADS, 1, 1],
