@@ -99,9 +99,9 @@ fn shared_weights_get_the_sum_of_image_and_text_gradients() {
 fn padded_text_reference(model: &ClipModel, p: &ParamStore, tokens: &[u32]) -> Tensor {
     let c = &model.config;
     let (context, width, batch) = (c.text.context, c.text.width, tokens.len() / c.text.context);
-    let get = |names: [String; 2]| p.get(names.iter().find_map(|n| p.find(n)).expect("a checkpoint name"));
+    let get = |names: &[String]| p.get(names.iter().find_map(|n| p.find(n)).expect("a checkpoint name"));
     let block = |i: usize, what: &str| {
-        get([format!("transformer.resblocks.{i}.{what}"), format!("visual.transformer.resblocks.{i}.{what}")])
+        get(&[format!("transformer.resblocks.{i}.{what}"), format!("visual.transformer.resblocks.{i}.{what}")])
     };
     let linear = |x: &Tensor, i: usize, name: &str| {
         x.linear(block(i, &format!("{name}.weight")), Some(block(i, &format!("{name}.bias")))).unwrap()
@@ -109,7 +109,7 @@ fn padded_text_reference(model: &ClipModel, p: &ParamStore, tokens: &[u32]) -> T
     let norm = |x: &Tensor, i: usize, name: &str| {
         x.layer_norm(block(i, &format!("{name}.weight")), block(i, &format!("{name}.bias")), c.ln_eps).unwrap()
     };
-    let table = |name: &str| get([name.into(), name.into()]);
+    let table = |name: &str| get(&[name.into()]);
     let x = table("token_embedding.weight").index_rows(tokens).unwrap().reshape([batch, context, width]).unwrap();
     let mut x = x.add_broadcast(table("positional_embedding")).unwrap();
     for i in 0..c.text.layers {
@@ -122,9 +122,9 @@ fn padded_text_reference(model: &ClipModel, p: &ParamStore, tokens: &[u32]) -> T
     let rows: Vec<u32> =
         eot_positions(tokens, context).unwrap().iter().enumerate().map(|(b, &e)| (b * context + e) as u32).collect();
     let pooled = x.reshape([batch * context, width]).unwrap().index_rows(&rows).unwrap();
-    let head = |what: &str| get([format!("ln_final.{what}"), format!("head.ln.{what}")]);
+    let head = |what: &str| get(&[format!("ln_final.{what}"), format!("head.ln.{what}")]);
     let normed = pooled.layer_norm(head("weight"), head("bias"), c.ln_eps).unwrap();
-    normed.matmul(get(["text_projection".into(), "head.proj".into()])).unwrap().l2_normalize(1e-12).unwrap()
+    normed.matmul(get(&["text_projection".into(), "head.proj".into()])).unwrap().l2_normalize(1e-12).unwrap()
 }
 
 #[test]
