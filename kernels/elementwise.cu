@@ -84,13 +84,6 @@ __device__ void binary(const T* a, const T* b, T* out, int n, int period, int op
     }
 }
 
-extern "C" __global__ void binary_f32(const float* a, const float* b, float* out, int n, int period, int op) {
-    binary(a, b, out, n, period, op);
-}
-extern "C" __global__ void binary_bf16(const bf16* a, const bf16* b, bf16* out, int n, int period, int op) {
-    binary(a, b, out, n, period, op);
-}
-
 // ---- Unary ops and their backward; codes as UnaryOp in src/backend/gpu/elementwise.rs. ----
 
 enum UnaryCode { kExp = 0, kLn = 1, kRelu = 2, kQuickGelu = 3, kScale = 4 };
@@ -116,9 +109,6 @@ __device__ void unary(const T* x, T* y, int n, int op, float c) {
     }
 }
 
-extern "C" __global__ void unary_f32(const float* x, float* y, int n, int op, float c) { unary(x, y, n, op, c); }
-extern "C" __global__ void unary_bf16(const bf16* x, bf16* y, int n, int op, float c) { unary(x, y, n, op, c); }
-
 // dx from x, y = op(x) and dy.
 template <typename T>
 __device__ void unary_backward(const T* x, const T* y, const T* dy, T* dx, int n, int op, float c) {
@@ -131,27 +121,11 @@ __device__ void unary_backward(const T* x, const T* y, const T* dy, T* dx, int n
     }
 }
 
-extern "C" __global__ void unary_backward_f32(const float* x, const float* y, const float* dy, float* dx, int n,
-                                              int op, float c) {
-    unary_backward(x, y, dy, dx, n, op, c);
-}
-extern "C" __global__ void unary_backward_bf16(const bf16* x, const bf16* y, const bf16* dy, bf16* dx, int n, int op,
-                                               float c) {
-    unary_backward(x, y, dy, dx, n, op, c);
-}
-
 // ---- Bias + QuickGELU: y = quick_gelu(x + bias), bias [width] repeated over the rows. ----
 
 template <typename T>
 __device__ void bias_quick_gelu(const T* x, const T* bias, T* y, int n, int width) {
     map2_periodic(x, bias, y, n, width, [](float v, float b) { return quick_gelu(v + b); });
-}
-
-extern "C" __global__ void bias_quick_gelu_f32(const float* x, const float* bias, float* y, int n, int width) {
-    bias_quick_gelu(x, bias, y, n, width);
-}
-extern "C" __global__ void bias_quick_gelu_bf16(const bf16* x, const bf16* bias, bf16* y, int n, int width) {
-    bias_quick_gelu(x, bias, y, n, width);
 }
 
 // ---- Column sums in row chunks: the deterministic reduction behind sum_middle and d bias. ----
@@ -204,14 +178,6 @@ __device__ void sum_middle(const Tin* x, Tout* out, int outer, int n, int inner,
     }
 }
 
-extern "C" __global__ void sum_middle_f32(const float* x, float* out, int outer, int n, int inner, int rows_per_chunk,
-                                          int vec) {
-    sum_middle(x, out, outer, n, inner, rows_per_chunk, vec);
-}
-extern "C" __global__ void sum_middle_bf16(const bf16* x, bf16* out, int outer, int n, int inner, int rows_per_chunk,
-                                           int vec) {
-    sum_middle(x, out, outer, n, inner, rows_per_chunk, vec);
-}
 // First pass of a bf16 sum: fp32 partial sums, so the result is rounded once.
 extern "C" __global__ void sum_middle_bf16_to_f32(const bf16* x, float* out, int outer, int n, int inner,
                                                   int rows_per_chunk, int vec) {
@@ -260,17 +226,6 @@ __device__ void bias_quick_gelu_backward(const T* x, const T* bias, const T* dy,
     }
 }
 
-extern "C" __global__ void bias_quick_gelu_backward_f32(const float* x, const float* bias, const float* dy, float* dx,
-                                                        float* partial, int rows, int width, int rows_per_chunk,
-                                                        int vec) {
-    bias_quick_gelu_backward(x, bias, dy, dx, partial, rows, width, rows_per_chunk, vec);
-}
-extern "C" __global__ void bias_quick_gelu_backward_bf16(const bf16* x, const bf16* bias, const bf16* dy, bf16* dx,
-                                                         float* partial, int rows, int width, int rows_per_chunk,
-                                                         int vec) {
-    bias_quick_gelu_backward(x, bias, dy, dx, partial, rows, width, rows_per_chunk, vec);
-}
-
 // ---- Row-wise ops over the last dimension, one warp per row. `vec`: d is a multiple of the
 // pack width, so rows start 16-byte aligned. ----
 
@@ -286,13 +241,6 @@ __device__ void softmax(const T* x, T* y, int rows, int d, int vec) {
         const bool masked = s.max == -INFINITY;
         row_map(in, in, out, d, vec, [&](int, float v, float) { return masked ? 0.0f : expf(v - s.max) / s.sum; });
     });
-}
-
-extern "C" __global__ void softmax_f32(const float* x, float* y, int rows, int d, int vec) {
-    softmax(x, y, rows, d, vec);
-}
-extern "C" __global__ void softmax_bf16(const bf16* x, bf16* y, int rows, int d, int vec) {
-    softmax(x, y, rows, d, vec);
 }
 
 // dot(a row, b row), in every lane of the warp.
@@ -313,13 +261,6 @@ __device__ void softmax_backward(const T* y, const T* dy, T* dx, int rows, int d
     });
 }
 
-extern "C" __global__ void softmax_backward_f32(const float* y, const float* dy, float* dx, int rows, int d, int vec) {
-    softmax_backward(y, dy, dx, rows, d, vec);
-}
-extern "C" __global__ void softmax_backward_bf16(const bf16* y, const bf16* dy, bf16* dx, int rows, int d, int vec) {
-    softmax_backward(y, dy, dx, rows, d, vec);
-}
-
 // y = x / max(||x||, eps) per row; the fp32 norms are saved for backward.
 template <typename T>
 __device__ void l2_normalize(const T* x, T* y, float* norms, int rows, int d, int vec, float eps) {
@@ -330,15 +271,6 @@ __device__ void l2_normalize(const T* x, T* y, float* norms, int rows, int d, in
         row_map(x + at, x + at, y + at, d, vec, [&](int, float v, float) { return v / denom; });
         if (threadIdx.x % 32 == 0) norms[row] = norm;
     });
-}
-
-extern "C" __global__ void l2_normalize_f32(const float* x, float* y, float* norms, int rows, int d, int vec,
-                                            float eps) {
-    l2_normalize(x, y, norms, rows, d, vec, eps);
-}
-extern "C" __global__ void l2_normalize_bf16(const bf16* x, bf16* y, float* norms, int rows, int d, int vec,
-                                             float eps) {
-    l2_normalize(x, y, norms, rows, d, vec, eps);
 }
 
 // Above eps: dx = (dy - y <dy, y>) / ||x||; below it the denominator was the constant eps.
@@ -357,11 +289,44 @@ __device__ void l2_normalize_backward(const T* y, const float* norms, const T* d
     });
 }
 
-extern "C" __global__ void l2_normalize_backward_f32(const float* y, const float* norms, const float* dy, float* dx,
-                                                     int rows, int d, int vec, float eps) {
-    l2_normalize_backward(y, norms, dy, dx, rows, d, vec, eps);
-}
-extern "C" __global__ void l2_normalize_backward_bf16(const bf16* y, const float* norms, const bf16* dy, bf16* dx,
-                                                      int rows, int d, int vec, float eps) {
-    l2_normalize_backward(y, norms, dy, dx, rows, d, vec, eps);
-}
+// The entry points, stamped out per element type (build.rs lists them after preprocessing).
+#define ELEMENTWISE_ENTRY_POINTS(T, SUFFIX)                                                                            \
+    extern "C" __global__ void binary_##SUFFIX(const T* a, const T* b, T* out, int n, int period, int op) {            \
+        binary(a, b, out, n, period, op);                                                                              \
+    }                                                                                                                  \
+    extern "C" __global__ void unary_##SUFFIX(const T* x, T* y, int n, int op, float c) {                              \
+        unary(x, y, n, op, c);                                                                                         \
+    }                                                                                                                  \
+    extern "C" __global__ void unary_backward_##SUFFIX(const T* x, const T* y, const T* dy, T* dx, int n, int op,      \
+                                                       float c) {                                                      \
+        unary_backward(x, y, dy, dx, n, op, c);                                                                        \
+    }                                                                                                                  \
+    extern "C" __global__ void bias_quick_gelu_##SUFFIX(const T* x, const T* bias, T* y, int n, int width) {           \
+        bias_quick_gelu(x, bias, y, n, width);                                                                         \
+    }                                                                                                                  \
+    extern "C" __global__ void sum_middle_##SUFFIX(const T* x, T* out, int outer, int n, int inner,                    \
+                                                   int rows_per_chunk, int vec) {                                      \
+        sum_middle(x, out, outer, n, inner, rows_per_chunk, vec);                                                      \
+    }                                                                                                                  \
+    extern "C" __global__ void bias_quick_gelu_backward_##SUFFIX(const T* x, const T* bias, const T* dy, T* dx,        \
+                                                                 float* partial, int rows, int width,                  \
+                                                                 int rows_per_chunk, int vec) {                        \
+        bias_quick_gelu_backward(x, bias, dy, dx, partial, rows, width, rows_per_chunk, vec);                          \
+    }                                                                                                                  \
+    extern "C" __global__ void softmax_##SUFFIX(const T* x, T* y, int rows, int d, int vec) {                          \
+        softmax(x, y, rows, d, vec);                                                                                   \
+    }                                                                                                                  \
+    extern "C" __global__ void softmax_backward_##SUFFIX(const T* y, const T* dy, T* dx, int rows, int d, int vec) {   \
+        softmax_backward(y, dy, dx, rows, d, vec);                                                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void l2_normalize_##SUFFIX(const T* x, T* y, float* norms, int rows, int d, int vec,         \
+                                                     float eps) {                                                      \
+        l2_normalize(x, y, norms, rows, d, vec, eps);                                                                  \
+    }                                                                                                                  \
+    extern "C" __global__ void l2_normalize_backward_##SUFFIX(const T* y, const float* norms, const T* dy, T* dx,      \
+                                                              int rows, int d, int vec, float eps) {                   \
+        l2_normalize_backward(y, norms, dy, dx, rows, d, vec, eps);                                                    \
+    }
+
+ELEMENTWISE_ENTRY_POINTS(float, f32)
+ELEMENTWISE_ENTRY_POINTS(bf16, bf16)

@@ -18,19 +18,6 @@ __device__ void copy_block(const U* __restrict__ src, int src_stride, U* __restr
     }
 }
 
-extern "C" __global__ void copy_block_b16(const uint4* src, int src_stride, uint4* dst, int dst_stride, int rows,
-                                          int width) {
-    copy_block(src, src_stride, dst, dst_stride, rows, width);
-}
-extern "C" __global__ void copy_block_b4(const uint32_t* src, int src_stride, uint32_t* dst, int dst_stride, int rows,
-                                         int width) {
-    copy_block(src, src_stride, dst, dst_stride, rows, width);
-}
-extern "C" __global__ void copy_block_b2(const uint16_t* src, int src_stride, uint16_t* dst, int dst_stride, int rows,
-                                         int width) {
-    copy_block(src, src_stride, dst, dst_stride, rows, width);
-}
-
 // dst[o, i, :] = src[o, :] for i < n: [outer, width] repeated into [outer, n, width].
 template <typename U>
 __device__ void repeat_middle(const U* __restrict__ src, U* __restrict__ dst, int n, int total_rows, int width) {
@@ -39,16 +26,6 @@ __device__ void repeat_middle(const U* __restrict__ src, U* __restrict__ dst, in
         const unsigned row = t / width, j = t % width;
         dst[t] = src[static_cast<size_t>(row / n) * width + j];
     }
-}
-
-extern "C" __global__ void repeat_middle_b16(const uint4* src, uint4* dst, int n, int total_rows, int width) {
-    repeat_middle(src, dst, n, total_rows, width);
-}
-extern "C" __global__ void repeat_middle_b4(const uint32_t* src, uint32_t* dst, int n, int total_rows, int width) {
-    repeat_middle(src, dst, n, total_rows, width);
-}
-extern "C" __global__ void repeat_middle_b2(const uint16_t* src, uint16_t* dst, int n, int total_rows, int width) {
-    repeat_middle(src, dst, n, total_rows, width);
 }
 
 // out[i] = src[offset(i)] where i is decomposed over the output dims and each output dim
@@ -68,16 +45,6 @@ __device__ void permute(const U* __restrict__ src, U* __restrict__ dst, int n, i
     }
 }
 
-extern "C" __global__ void permute_b16(const uint4* src, uint4* dst, int n, int rank, const int* table) {
-    permute(src, dst, n, rank, table);
-}
-extern "C" __global__ void permute_b4(const uint32_t* src, uint32_t* dst, int n, int rank, const int* table) {
-    permute(src, dst, n, rank, table);
-}
-extern "C" __global__ void permute_b2(const uint16_t* src, uint16_t* dst, int n, int rank, const int* table) {
-    permute(src, dst, n, rank, table);
-}
-
 // out[j, :] = table[ids[j], :]: embedding lookup and token selection.
 template <typename U>
 __device__ void gather_rows(const U* __restrict__ table, const unsigned* __restrict__ ids, U* __restrict__ out,
@@ -87,18 +54,6 @@ __device__ void gather_rows(const U* __restrict__ table, const unsigned* __restr
         const unsigned j = t / width, c = t % width;
         out[t] = table[static_cast<size_t>(__ldg(ids + j)) * width + c];
     }
-}
-
-extern "C" __global__ void gather_rows_b16(const uint4* table, const unsigned* ids, uint4* out, int n_ids, int width) {
-    gather_rows(table, ids, out, n_ids, width);
-}
-extern "C" __global__ void gather_rows_b4(const uint32_t* table, const unsigned* ids, uint32_t* out, int n_ids,
-                                          int width) {
-    gather_rows(table, ids, out, n_ids, width);
-}
-extern "C" __global__ void gather_rows_b2(const uint16_t* table, const unsigned* ids, uint16_t* out, int n_ids,
-                                          int width) {
-    gather_rows(table, ids, out, n_ids, width);
 }
 
 // The adjoint of gather_rows, without atomics: out[r, :] = sum of dy[j, :] over the positions j
@@ -134,11 +89,33 @@ __device__ void index_rows_backward(const T* dy, const int* starts, const int* p
     }
 }
 
-extern "C" __global__ void index_rows_backward_f32(const float* dy, const int* starts, const int* positions,
-                                                   float* out, int rows, int d, int vec) {
-    index_rows_backward(dy, starts, positions, out, rows, d, vec);
-}
-extern "C" __global__ void index_rows_backward_bf16(const bf16* dy, const int* starts, const int* positions, bf16* out,
-                                                    int rows, int d, int vec) {
-    index_rows_backward(dy, starts, positions, out, rows, d, vec);
-}
+// The entry points, stamped out per access unit for the moves and per element type for the
+// scatter-add, which does arithmetic (build.rs lists them after preprocessing).
+#define MOVE_ENTRY_POINTS(U, SUFFIX)                                                                                   \
+    extern "C" __global__ void copy_block_##SUFFIX(const U* src, int src_stride, U* dst, int dst_stride, int rows,     \
+                                                   int width) {                                                        \
+        copy_block(src, src_stride, dst, dst_stride, rows, width);                                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void repeat_middle_##SUFFIX(const U* src, U* dst, int n, int total_rows, int width) {        \
+        repeat_middle(src, dst, n, total_rows, width);                                                                 \
+    }                                                                                                                  \
+    extern "C" __global__ void permute_##SUFFIX(const U* src, U* dst, int n, int rank, const int* table) {             \
+        permute(src, dst, n, rank, table);                                                                             \
+    }                                                                                                                  \
+    extern "C" __global__ void gather_rows_##SUFFIX(const U* table, const unsigned* ids, U* out, int n_ids,            \
+                                                    int width) {                                                       \
+        gather_rows(table, ids, out, n_ids, width);                                                                    \
+    }
+
+MOVE_ENTRY_POINTS(uint4, b16)
+MOVE_ENTRY_POINTS(uint32_t, b4)
+MOVE_ENTRY_POINTS(uint16_t, b2)
+
+#define SCATTER_ENTRY_POINTS(T, SUFFIX)                                                                                \
+    extern "C" __global__ void index_rows_backward_##SUFFIX(const T* dy, const int* starts, const int* positions,      \
+                                                            T* out, int rows, int d, int vec) {                        \
+        index_rows_backward(dy, starts, positions, out, rows, d, vec);                                                 \
+    }
+
+SCATTER_ENTRY_POINTS(float, f32)
+SCATTER_ENTRY_POINTS(bf16, bf16)

@@ -22,15 +22,6 @@ __device__ void cross_entropy(const T* z, const unsigned* targets, float* lse, f
     });
 }
 
-extern "C" __global__ void cross_entropy_f32(const float* z, const unsigned* targets, float* lse, float* terms,
-                                             int rows, int classes, int vec) {
-    cross_entropy(z, targets, lse, terms, rows, classes, vec);
-}
-extern "C" __global__ void cross_entropy_bf16(const bf16* z, const unsigned* targets, float* lse, float* terms,
-                                              int rows, int classes, int vec) {
-    cross_entropy(z, targets, lse, terms, rows, classes, vec);
-}
-
 // dz[row, j] = (dloss / rows) * (softmax(z[row])[j] - [j == target]), the softmax recomputed
 // from the saved fp32 log-sum-exp.
 template <typename T>
@@ -47,11 +38,17 @@ __device__ void cross_entropy_backward(const T* z, const float* lse, const unsig
     });
 }
 
-extern "C" __global__ void cross_entropy_backward_f32(const float* z, const float* lse, const unsigned* targets,
-                                                      const float* dloss, float* dz, int rows, int classes, int vec) {
-    cross_entropy_backward(z, lse, targets, dloss, dz, rows, classes, vec);
-}
-extern "C" __global__ void cross_entropy_backward_bf16(const bf16* z, const float* lse, const unsigned* targets,
-                                                       const float* dloss, bf16* dz, int rows, int classes, int vec) {
-    cross_entropy_backward(z, lse, targets, dloss, dz, rows, classes, vec);
-}
+// The entry points, stamped out per element type (build.rs lists them after preprocessing).
+#define LOSS_ENTRY_POINTS(T, SUFFIX)                                                                                   \
+    extern "C" __global__ void cross_entropy_##SUFFIX(const T* z, const unsigned* targets, float* lse, float* terms,   \
+                                                      int rows, int classes, int vec) {                                \
+        cross_entropy(z, targets, lse, terms, rows, classes, vec);                                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void cross_entropy_backward_##SUFFIX(const T* z, const float* lse, const unsigned* targets,  \
+                                                               const float* dloss, T* dz, int rows, int classes,       \
+                                                               int vec) {                                              \
+        cross_entropy_backward(z, lse, targets, dloss, dz, rows, classes, vec);                                        \
+    }
+
+LOSS_ENTRY_POINTS(float, f32)
+LOSS_ENTRY_POINTS(bf16, bf16)

@@ -69,7 +69,8 @@ fn one_step_gradients(seed: u64) -> Vec<Vec<u64>> {
     let qkv = h.linear(&params[0], Some(&params[1])).unwrap();
     let a = ops::attention(&qkv, 4, &AttnMask::causal()).unwrap();
     let y = a.linear(&params[4], None).unwrap().add(&x).unwrap();
-    let feats = y.select_tokens(&[6, 3, 0]).unwrap().l2_normalize(1e-12).unwrap();
+    let pooled = y.reshape([21, 16]).unwrap().index_rows(&[6, 10, 14]).unwrap();
+    let feats = pooled.l2_normalize(1e-12).unwrap();
     let other = feats.scale(-1.0).unwrap().exp().unwrap().l2_normalize(1e-12).unwrap();
     let scale = Tensor::scalar(1.0, DType::F32).set_requires_grad(true);
     let loss = ops::infonce(&feats, &other, &scale, None).unwrap();

@@ -61,8 +61,6 @@ fn dtype_mismatches_are_errors() {
 fn out_of_range_indices_are_errors() {
     let table = z(&[5, 3]);
     expect_err(table.index_rows(&[1, 5]), &["index_rows", "index 5", "0..5"]);
-    expect_err(z(&[2, 4, 3]).select_tokens(&[1, 4]), &["select_tokens", "position 4"]);
-    expect_err(z(&[2, 4, 3]).select_tokens(&[1]), &["select_tokens", "1 positions"]);
     expect_err(ops::cross_entropy(&z(&[2, 3]), &[0, 3]), &["cross_entropy", "index 3"]);
     expect_err(z(&[2, 4]).slice(1, 3, 2), &["slice", "3..5"]);
     expect_err(z(&[2, 4]).sum_dim(2), &["sum_dim", "dimension 2"]);

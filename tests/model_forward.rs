@@ -1,8 +1,15 @@
 //! The towers run end to end, share what the config says they share, and the shared
 //! weights receive the sum of both modalities' gradients.
 
+mod common;
+
+use common::{assert_close, captions_ending_at};
 use msclip::autograd;
+use msclip::backend::AttnMask;
 use msclip::model::{ClipModel, Mode, Role, preset};
+use msclip::nn::ParamStore;
+use msclip::ops;
+use msclip::text::eot_positions;
 use msclip::{DType, Rng, Tensor};
 
 /// Token rows shaped like real captions: SOT, some words, EOT (the largest id), padding.
@@ -86,26 +93,78 @@ fn shared_weights_get_the_sum_of_image_and_text_gradients() {
     assert_eq!(checked, 3 * 8, "3 shared blocks x (in_proj w, b, out_proj w, b, c_fc w, b, c_proj w, b)");
 }
 
-#[test]
-fn text_trimming_is_exact() {
-    // Padding after the longest EOT is dropped before the transformer; the features must not
-    // change when extra padding (a longer context) is present.
-    let mut cfg = preset("tiny").unwrap();
-    let model = ClipModel::new(cfg.clone()).unwrap();
-    let mut rng = Rng::new(9);
-    let (p, _) = model.init_params(&mut rng, DType::F64).unwrap();
-    let toks = tokens(&mut rng, 4, cfg.text.context, cfg.text.vocab);
-    let full = model.encode_text(&p, &toks).unwrap().to_f64_vec();
-    // Recompute row by row: each row trimmed to its own length.
-    for (b, row) in toks.chunks(cfg.text.context).enumerate() {
-        let single = model.encode_text(&p, row).unwrap().to_f64_vec();
-        let e = cfg.embed_dim;
-        for (a, s) in full[b * e..(b + 1) * e].iter().zip(&single) {
-            assert!((a - s).abs() < 1e-12);
-        }
+/// The text tower as CLIP runs it, written here from the checkpoint names: every caption padded
+/// to the full context in a batch row of its own, causal mask, argmax pooling. A shared weight
+/// resolves to the vision tower's name (MS-CLIP's attention and MLP, OneR's blocks and head).
+fn padded_text_reference(model: &ClipModel, p: &ParamStore, tokens: &[u32]) -> Tensor {
+    let c = &model.config;
+    let (context, width, batch) = (c.text.context, c.text.width, tokens.len() / c.text.context);
+    let get = |names: &[String]| p.get(names.iter().find_map(|n| p.find(n)).expect("a checkpoint name"));
+    let block = |i: usize, what: &str| {
+        get(&[format!("transformer.resblocks.{i}.{what}"), format!("visual.transformer.resblocks.{i}.{what}")])
+    };
+    let linear = |x: &Tensor, i: usize, name: &str| {
+        x.linear(block(i, &format!("{name}.weight")), Some(block(i, &format!("{name}.bias")))).unwrap()
+    };
+    let norm = |x: &Tensor, i: usize, name: &str| {
+        x.layer_norm(block(i, &format!("{name}.weight")), block(i, &format!("{name}.bias")), c.ln_eps).unwrap()
+    };
+    let table = |name: &str| get(&[name.into()]);
+    let x = table("token_embedding.weight").index_rows(tokens).unwrap().reshape([batch, context, width]).unwrap();
+    let mut x = x.add_broadcast(table("positional_embedding")).unwrap();
+    for i in 0..c.text.layers {
+        let qkv = norm(&x, i, "ln_1").linear(block(i, "attn.in_proj_weight"), Some(block(i, "attn.in_proj_bias")));
+        let attn = ops::attention(&qkv.unwrap(), c.text.heads, &AttnMask::causal()).unwrap();
+        x = x.add(&linear(&attn, i, "attn.out_proj")).unwrap();
+        let hidden = linear(&norm(&x, i, "ln_2"), i, "mlp.c_fc").quick_gelu().unwrap();
+        x = x.add(&linear(&hidden, i, "mlp.c_proj")).unwrap();
     }
-    cfg.text.context += 1;
-    assert!(ClipModel::new(cfg).is_ok());
+    let rows: Vec<u32> =
+        eot_positions(tokens, context).unwrap().iter().enumerate().map(|(b, &e)| (b * context + e) as u32).collect();
+    let pooled = x.reshape([batch * context, width]).unwrap().index_rows(&rows).unwrap();
+    let head = |what: &str| get(&[format!("ln_final.{what}"), format!("head.ln.{what}")]);
+    let normed = pooled.layer_norm(head("weight"), head("bias"), c.ln_eps).unwrap();
+    normed.matmul(get(&["text_projection".into(), "head.proj".into()])).unwrap().l2_normalize(1e-12).unwrap()
+}
+
+#[test]
+fn packed_text_matches_the_padded_reference() {
+    // Captions trimmed through their EOT and packed into one varlen sequence must give the
+    // features and parameter gradients of the padded computation, to f64 rounding: lengths from
+    // the full context down to one token (a caption cut before its EOT pools at SOT), with junk
+    // ids after each EOT that only the padded reference sees.
+    for name in ["tiny", "tiny-clip", "tiny-msclip", "tiny-msclip-s", "tiny-oner"] {
+        let model = ClipModel::new(preset(name).unwrap()).unwrap();
+        let c = &model.config;
+        let mut rng = Rng::new(9);
+        let (p, _) = model.init_params(&mut rng, DType::F64).unwrap();
+        let ends = [c.text.context - 1, 1, 0, 7, 2, c.text.context / 2 + 3];
+        let toks = captions_ending_at(&mut rng, &ends, c.text.context, c.text.vocab);
+        let probe = rng.normal_tensor([ends.len(), c.embed_dim], 1.0, DType::F64);
+        let run = |features: Tensor| {
+            let grads = autograd::backward(&features.mul(&probe).unwrap().sum_all().unwrap()).unwrap();
+            (features.to_f64_vec(), grads)
+        };
+        let (packed, packed_grads) = run(model.encode_text(&p, &toks).unwrap());
+        let (padded, padded_grads) = run(padded_text_reference(&model, &p, &toks));
+        assert_close(&format!("{name}: features"), &packed, &padded, 1e-12, 1e-12);
+        let mut text_params = 0;
+        for id in p.ids() {
+            let (got, want) = (packed_grads.get(p.get(id)), padded_grads.get(p.get(id)));
+            assert_eq!(got.is_some(), want.is_some(), "{name}: gradient presence of {}", p.name(id));
+            let (Some(got), Some(want)) = (got, want) else { continue };
+            assert_close(
+                &format!("{name}: gradient of {}", p.name(id)),
+                &got.to_f64_vec(),
+                &want.to_f64_vec(),
+                1e-12,
+                1e-10,
+            );
+            text_params += 1;
+        }
+        // Per layer two LayerNorms and the attention and MLP linears; two tables and the head.
+        assert_eq!(text_params, c.text.layers * 12 + 5, "{name}: parameters with a text gradient");
+    }
 }
 
 #[test]

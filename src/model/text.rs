@@ -54,8 +54,10 @@ impl TextTower {
     ///
     /// Pooling takes the first occurrence of the largest id in each row (EOT, the largest id
     /// of the vocabulary; a caption cut before its EOT pools at SOT, as in the reference).
-    /// Under the causal mask nothing after that position can change it, so the sequence is
-    /// trimmed to the longest pooled prefix in the batch: exact, and fewer FLOPs.
+    /// Under the causal mask nothing after that position can change it, so each caption is
+    /// trimmed through its pooled token and the captions run packed back to back as one
+    /// [1, total, width] sequence (varlen attention): exact, with no FLOPs spent on padding
+    /// and one attention launch per layer whatever the mix of lengths.
     pub fn forward(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
         if tokens.is_empty() || !tokens.len().is_multiple_of(self.context) {
             return Err(Error::shape(
@@ -66,15 +68,23 @@ impl TextTower {
         if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.vocab) {
             return Err(Error::index("encode_text", format!("token id {bad} for a vocabulary of {}", self.vocab)));
         }
-        let batch = tokens.len() / self.context;
         let pooled_at = eot_positions(tokens, self.context)?;
-        let len = pooled_at.iter().max().map_or(1, |&m| m + 1);
-        let ids: Vec<u32> = tokens.chunks(self.context).flat_map(|row| row[..len].iter().copied()).collect();
-        let x = p.get(self.token_embedding).index_rows(&ids)?.reshape([batch, len, self.width])?;
-        let mut x = x.add_broadcast(&p.get(self.positional_embedding).slice(0, 0, len)?)?;
-        for block in &self.blocks {
-            x = block.forward(p, &x, &AttnMask::causal())?;
+        let (mut ids, mut positions, mut offsets, mut pooled_rows) = (Vec::new(), Vec::new(), vec![0], Vec::new());
+        for (row, &last) in tokens.chunks(self.context).zip(&pooled_at) {
+            ids.extend_from_slice(&row[..=last]);
+            positions.extend(0..=last as u32);
+            offsets.push(ids.len());
+            // The pooled token is the last of its caption's packed sequence.
+            pooled_rows.push(ids.len() as u32 - 1);
         }
-        self.head.forward(p, &x.select_tokens(&pooled_at)?)
+        let total = ids.len();
+        let tokens_in = p.get(self.token_embedding).index_rows(&ids)?;
+        let x = tokens_in.add(&p.get(self.positional_embedding).index_rows(&positions)?)?;
+        let mut x = x.reshape([1, total, self.width])?;
+        let mask = AttnMask::packed(offsets, true);
+        for block in &self.blocks {
+            x = block.forward(p, &x, &mask)?;
+        }
+        self.head.forward(p, &x.reshape([total, self.width])?.index_rows(&pooled_rows)?)
     }
 }

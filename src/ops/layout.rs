@@ -63,22 +63,6 @@ impl Tensor {
         let ids = ids.to_vec();
         Ok(record1(OP, &[self], y, move |dy, _| Ok(vec![Some(be(dy).index_rows_backward(dy, &ids, rows)?)])))
     }
-
-    /// Token `positions[b]` of each sequence of a [batch, len, d] tensor: [batch, d].
-    /// CLIP's EOT pooling.
-    pub fn select_tokens(&self, positions: &[usize]) -> Result<Tensor> {
-        const OP: &str = "select_tokens";
-        check_rank(OP, "input", self, &[3])?;
-        let (batch, len, d) = (self.dims()[0], self.dims()[1], self.dims()[2]);
-        if positions.len() != batch {
-            return Err(Error::shape(OP, format!("{} positions for input {}", positions.len(), self.shape())));
-        }
-        if let Some(b) = positions.iter().position(|&p| p >= len) {
-            return Err(Error::index(OP, format!("position {} for sequence {b} of length {len}", positions[b])));
-        }
-        let flat_ids: Vec<u32> = positions.iter().enumerate().map(|(b, &p)| (b * len + p) as u32).collect();
-        self.reshape([batch * len, d])?.index_rows(&flat_ids)
-    }
 }
 
 /// Concatenation along `dim`; every other dimension must agree.

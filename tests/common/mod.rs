@@ -77,3 +77,20 @@ pub fn gradcheck(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<
         }
     }
 }
+
+/// Caption rows whose pooled token sits at `ends[b]`: SOT, random word ids, EOT (the largest id)
+/// at `ends[b]` and more random ids after it, which the causal mask must keep from the pooled
+/// token. An end of 0 is a caption cut before its EOT: it pools at SOT, a sequence of one token.
+pub fn captions_ending_at(rng: &mut Rng, ends: &[usize], context: usize, vocab: usize) -> Vec<u32> {
+    let (sot, eot) = (vocab as u32 - 2, vocab as u32 - 1);
+    ends.iter()
+        .flat_map(|&end| {
+            let mut row: Vec<u32> = (0..context).map(|_| 1 + rng.below(vocab - 3) as u32).collect();
+            row[0] = sot;
+            if end > 0 {
+                row[end] = eot;
+            }
+            row
+        })
+        .collect()
+}

@@ -17,7 +17,7 @@ use cudarc::cublaslt::sys as lt_sys;
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cu_sys;
 
-use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchArgs, LaunchConfig};
 use super::modules::{GPU_IMAGES_BUILT, MODULES};
 use crate::error::{Error, Result};
 
@@ -211,8 +211,7 @@ impl Driver for CudaDriver {
             }
             k.function
         };
-        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
-        let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+        let mut params = LaunchArgs::new(args);
         let [gx, gy, gz] = config.grid;
         let [bx, by, bz] = config.block;
         // SAFETY: `params` points at one value per kernel parameter, of the parameter's width
@@ -225,7 +224,7 @@ impl Driver for CudaDriver {
                 (bx, by, bz),
                 config.shared_bytes,
                 cu::stream::null(),
-                &mut params,
+                params.pointers(),
             )
         }
         .map_err(|e| driver_error(&format!("launch {kernel} {config:?}"), e))

@@ -2,6 +2,8 @@
 //! implementations: the CUDA driver (cudarc) and the SIMT emulator, which runs the same kernels
 //! on the host, so everything above this trait is tested without a GPU.
 
+use std::ffi::c_void;
+
 use crate::error::Result;
 
 /// An address in the driver's memory (a CUDA device pointer, or a host address for the
@@ -26,6 +28,34 @@ impl KernelArg {
             KernelArg::U32(v) => v.to_ne_bytes().to_vec(),
             KernelArg::F32(v) => v.to_ne_bytes().to_vec(),
         }
+    }
+}
+
+/// A launch's arguments as both drivers hand them over: each value in a buffer of its own, and
+/// the array of pointers to those buffers (`cuLaunchKernel`'s `void**`, which the emulator's
+/// launch takes too).
+pub struct LaunchArgs {
+    /// The bytes `pointers` points into. Moving this Vec leaves the inner buffers in place, so
+    /// the pointers stay valid for as long as `self` lives.
+    values: Vec<Vec<u8>>,
+    pointers: Vec<*mut c_void>,
+}
+
+impl LaunchArgs {
+    pub fn new(args: &[KernelArg]) -> Self {
+        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
+        let pointers = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+        LaunchArgs { values, pointers }
+    }
+
+    /// Each argument's size in bytes, in order.
+    pub fn sizes(&self) -> Vec<usize> {
+        self.values.iter().map(Vec::len).collect()
+    }
+
+    /// One pointer per argument, valid while `self` lives.
+    pub fn pointers(&mut self) -> &mut [*mut c_void] {
+        &mut self.pointers
     }
 }
 

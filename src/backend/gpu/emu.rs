@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use gemm::Parallelism;
 use half::bf16;
 
-use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchArgs, LaunchConfig};
 use crate::backend::cpu::matmul::gemm_into;
 use crate::error::{Error, Result};
 
@@ -103,9 +103,8 @@ impl Driver for EmuDriver {
 
     fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         let name = CString::new(kernel).map_err(|_| Error::Device(format!("kernel name {kernel:?} has a NUL")))?;
-        let mut values: Vec<Vec<u8>> = args.iter().map(KernelArg::bytes).collect();
-        let sizes: Vec<usize> = values.iter().map(Vec::len).collect();
-        let mut pointers: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr().cast()).collect();
+        let mut marshalled = LaunchArgs::new(args);
+        let sizes = marshalled.sizes();
         let mut error = vec![0 as c_char; 512];
         // SAFETY: every pointer names a live buffer of the size passed beside it; the runtime
         // checks the count and sizes against the kernel's signature before calling it, and
@@ -116,7 +115,7 @@ impl Driver for EmuDriver {
                 config.grid.as_ptr(),
                 config.block.as_ptr(),
                 config.shared_bytes as usize,
-                pointers.as_mut_ptr(),
+                marshalled.pointers().as_mut_ptr(),
                 sizes.as_ptr(),
                 args.len() as c_int,
                 error.as_mut_ptr(),
