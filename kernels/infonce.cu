@@ -48,8 +48,9 @@
 // Variants (INFONCE_KERNELS at the bottom): f32 on the CUDA cores; bf16 on mma.sync (any sm_90
 // and later GPU through the PTX); bf16 on wgmma (Hopper), where a warpgroup computes a whole
 // 64 x 64 logit tile (64 x 32 per warpgroup in the backward) from core-matrix tiles in shared
-// memory. The wgmma backward recomputes z on wgmma and keeps the dz product on mma.sync: its B
-// operand (the other rows' features, feature-contiguous) would need wgmma's transposed layout.
+// memory. Its backward runs both products on wgmma; the dz product's B operand (the other rows'
+// features, feature-contiguous) is staged a second time transposed, so that every wgmma operand is
+// K-major (the one layout the emulator models, and the one the selftest checks on hardware).
 #include "tile.cuh"
 #include "wgmma.cuh"
 
@@ -77,14 +78,41 @@ constexpr int STAGE_STRIDE = f32_stride(K_CHUNK);
 // - WgmmaBf16: bf16 features, core-matrix tiles, wgmma (HGMMA) per warpgroup (Hopper only).
 // `product` adds own rows own_row..+15 times other rows other_row..+8*N8 (transposed) over the
 // chunk to a warp's fragment; the wgmma form multiplies the warpgroup's 64 own rows at once, its
-// warps' own_row being 16 * (warp % 4) as every caller has it. Every region of a kernel's shared
-// memory is a padded tile's size (Pad), which the core-matrix tiles fit in.
+// warps' own_row being 16 * (warp % 4) as every caller has it. `dz_product` is the backward's
+// second product: acc[c] (the warp's 16 own rows x 32 feature columns other_row.. of the group's
+// chunk c) += dz (the 64 x 64 tile, DzLayout) times the other rows' chunk c (slot c). wgmma needs
+// that operand feature-major, so its variant also stages a transposed copy of each slot
+// (SLOT_COPIES). Every region of a kernel's shared memory is a padded tile's size (Pad), which the
+// core-matrix tiles fit in.
 struct SimtF32 {
     using T = float;
     using Layout = PaddedRows<f32_stride(K_CHUNK)>;
     using Pad = Layout;
+    using DzLayout = Layout;
     static constexpr bool PIPELINED = false;
+    static constexpr int SLOT_COPIES = 1;
     __device__ static void staged() {}
+
+    __device__ static void dz_product(float acc[GROUP_CHUNKS][4][4], const float* dz_tile, const float* slots,
+                                      const float*, int own_row, int other_row, int group) {
+        const Lane l = lane_position();
+        const float* other = slots + Layout::offset(0, other_row);
+        for (int k = 0; k < K_CHUNK; ++k) {
+            const float p0 = dz_tile[Layout::offset(own_row + l.g, k)];
+            const float p1 = dz_tile[Layout::offset(own_row + l.g + 8, k)];
+            for (int c = 0; c < GROUP_CHUNKS; ++c) {
+                if (c >= group) continue;
+                for (int j = 0; j < 4; ++j) {
+                    const float2 b = *reinterpret_cast<const float2*>(other + c * Layout::ELEMENTS +
+                                                                      Layout::offset(k, 8 * j + 2 * l.t));
+                    acc[c][j][0] = fmaf(p0, b.x, acc[c][j][0]);
+                    acc[c][j][1] = fmaf(p0, b.y, acc[c][j][1]);
+                    acc[c][j][2] = fmaf(p1, b.x, acc[c][j][2]);
+                    acc[c][j][3] = fmaf(p1, b.y, acc[c][j][3]);
+                }
+            }
+        }
+    }
 
     template <int N8>
     __device__ static void product(float acc[N8][4], const float* own_tile, const float* other_tile, int own_row,
@@ -115,8 +143,25 @@ struct MmaBf16 {
     using T = bf16;
     using Layout = PaddedRows<bf16_stride(K_CHUNK)>;
     using Pad = Layout;
+    using DzLayout = Layout;
     static constexpr bool PIPELINED = false;
+    static constexpr int SLOT_COPIES = 1;
     __device__ static void staged() {}
+
+    __device__ static void dz_product(float acc[GROUP_CHUNKS][4][4], const bf16* dz_tile, const bf16* slots,
+                                      const bf16*, int own_row, int other_row, int group) {
+        const int lane = threadIdx.x % 32;
+        uint32_t fa[4][4];
+        for (int ks = 0; ks < 4; ++ks) {
+            ldmatrix_x4(fa[ks], dz_tile + Layout::offset(own_row + lane % 16, 16 * ks + 8 * (lane / 16)));
+        }
+        UNROLL
+        for (int c = 0; c < GROUP_CHUNKS; ++c) {
+            if (c < group) {
+                mma_a_fragments_in<4, Layout>(acc[c], fa, slots + c * Layout::ELEMENTS + Layout::offset(0, other_row));
+            }
+        }
+    }
 
     template <int N8>
     __device__ static void product(float acc[N8][4], const bf16* own_tile, const bf16* other_tile, int own_row,
@@ -130,8 +175,10 @@ struct WgmmaBf16 {
     using T = bf16;
     using Layout = CoreMatrices<K_CHUNK>;
     using Pad = PaddedRows<bf16_stride(K_CHUNK)>;
+    using DzLayout = Layout;
     // The forward stages the next chunk while the tensor cores multiply this one.
     static constexpr bool PIPELINED = true;
+    static constexpr int SLOT_COPIES = 2;
     // The tiles were written by ordinary stores; wgmma reads them through the async proxy.
     __device__ static void staged() { wgmma::fence_operands(); }
 
@@ -163,6 +210,45 @@ struct WgmmaBf16 {
                                    int other_row) {
         issue<N8>(acc, own_tile, other_tile, other_row);
         complete<N8>(acc);
+    }
+
+    // The warpgroup's 64 own rows x the 32 features other_row.. of every chunk of the group, one
+    // m64n32 accumulator per chunk, all in one wgmma group: A the dz tile, B the transposed slot.
+    // GROUP is a constant so that no branch separates the products (ptxas would serialise them).
+    template <int GROUP>
+    __device__ static void dz_products(float acc[GROUP_CHUNKS][4][4], const bf16* dz_tile, const bf16* transposed,
+                                       int other_row) {
+        UNROLL
+        for (int c = 0; c < GROUP; ++c) wgmma::pin<16>(&acc[c][0][0]);
+        wgmma::fence();
+        UNROLL
+        for (int c = 0; c < GROUP; ++c) {
+            const bf16* slot = transposed + c * Pad::ELEMENTS;
+            UNROLL
+            for (int ks = 0; ks < K_CHUNK / 16; ++ks) {
+                wgmma::mma_bf16<32>(&acc[c][0][0], descriptor(dz_tile + Layout::offset(0, 16 * ks)),
+                                    descriptor(slot + Layout::offset(other_row, 16 * ks)));
+            }
+        }
+        wgmma::commit_group();
+        wgmma::wait_group<0>();
+        UNROLL
+        for (int c = 0; c < GROUP; ++c) wgmma::pin<16>(&acc[c][0][0]);
+    }
+
+    __device__ static void dz_product(float acc[GROUP_CHUNKS][4][4], const bf16* dz_tile, const bf16*,
+                                      const bf16* transposed, int, int other_row, int group) {
+        static_assert(GROUP_CHUNKS == 8, "one case per group size");
+        switch (group) {
+            case 1: return dz_products<1>(acc, dz_tile, transposed, other_row);
+            case 2: return dz_products<2>(acc, dz_tile, transposed, other_row);
+            case 3: return dz_products<3>(acc, dz_tile, transposed, other_row);
+            case 4: return dz_products<4>(acc, dz_tile, transposed, other_row);
+            case 5: return dz_products<5>(acc, dz_tile, transposed, other_row);
+            case 6: return dz_products<6>(acc, dz_tile, transposed, other_row);
+            case 7: return dz_products<7>(acc, dz_tile, transposed, other_row);
+            default: return dz_products<8>(acc, dz_tile, transposed, other_row);
+        }
     }
 };
 
@@ -224,11 +310,12 @@ struct Side {
 // Unscaled <own_r, other_c> for the warp's 16 own rows (from row own_row of the block's tile)
 // against the 8*N8 other rows other_row.. of the tile at c0, over every feature chunk. The chunks
 // g0 .. g0 + group - 1 are staged last, chunk g0 + i into slot i, where the caller finds them
-// afterwards; every other chunk goes through slot 0 (with group = 0 all of them, in order).
+// afterwards (and their transposes in transposed_slots, when given); every other chunk goes
+// through slot 0 (with group = 0 all of them, in order).
 template <int N8, typename Tiles>
 __device__ void logits_tile(float acc[N8][4], const Side<typename Tiles::T>& side, int c0, int d,
                             typename Tiles::T* own_tile, typename Tiles::T* slots, int own_row, int other_row, int g0,
-                            int group) {
+                            int group, typename Tiles::T* transposed_slots = nullptr) {
     using Layout = typename Tiles::Layout;
     zero_fragment<N8>(acc);
     const int chunks = (d + K_CHUNK - 1) / K_CHUNK;
@@ -236,11 +323,15 @@ __device__ void logits_tile(float acc[N8][4], const Side<typename Tiles::T>& sid
     for (int i = 0; i < chunks; ++i) {
         const int chunk = (g0 + group + i) % chunks;
         const int k0 = chunk * K_CHUNK;
-        const int slot = chunk >= g0 && chunk < g0 + group ? chunk - g0 : 0;
+        const bool in_group = chunk >= g0 && chunk < g0 + group;
+        const int slot = in_group ? chunk - g0 : 0;
         typename Tiles::T* other_tile = slots + slot * Tiles::Pad::ELEMENTS;
+        typename Tiles::T* transposed =
+            in_group && transposed_slots != nullptr ? transposed_slots + slot * Tiles::Pad::ELEMENTS : nullptr;
         __syncthreads();  // the previous chunk (or the dz product) is done with the tiles
         stage_tile<K_CHUNK, Layout>(own_tile, side.own + static_cast<size_t>(side.r0) * d + k0, d, side.rows, d - k0);
-        stage_tile<K_CHUNK, Layout>(other_tile, side.other + static_cast<size_t>(c0) * d + k0, d, other_rows, d - k0);
+        stage_tile<K_CHUNK, Layout>(other_tile, side.other + static_cast<size_t>(c0) * d + k0, d, other_rows, d - k0,
+                                    transposed);
         Tiles::staged();
         __syncthreads();
         Tiles::template product<N8>(acc, own_tile, other_tile, own_row, other_row);
@@ -345,47 +436,11 @@ __device__ __forceinline__ void store_pair(float* at, float a, float b) {
     *reinterpret_cast<float2*>(at) = float2{a, b};
 }
 
-// acc[c] (the warp's 16 rows x 32 feature columns of the group's chunk c) += dz other_c, with dz
-// the warp's 16 rows of the 64 x 64 dz tile (a padded tile, Tiles::Pad) and other_c slot c (laid
-// out by Tiles::Layout) from the warp's columns on. The tensor-core variants both run it on mma.sync.
-template <typename Tiles>
-__device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const bf16* dz_rows, const bf16* other,
-                                           int group) {
-    using Dz = typename Tiles::Pad;
-    const int lane = threadIdx.x % 32;
-    uint32_t fa[4][4];
-    for (int ks = 0; ks < 4; ++ks) ldmatrix_x4(fa[ks], dz_rows + Dz::offset(lane % 16, 16 * ks + 8 * (lane / 16)));
-    UNROLL
-    for (int c = 0; c < GROUP_CHUNKS; ++c)
-        if (c < group) mma_a_fragments_in<4, typename Tiles::Layout>(acc[c], fa, other + c * Dz::ELEMENTS);
-}
-
-template <typename Tiles>
-__device__ __forceinline__ void dz_product(float acc[GROUP_CHUNKS][4][4], const float* dz_rows, const float* other,
-                                           int group) {
-    using Layout = typename Tiles::Layout;
-    const Lane l = lane_position();
-    for (int k = 0; k < K_CHUNK; ++k) {
-        const float p0 = dz_rows[Layout::offset(l.g, k)], p1 = dz_rows[Layout::offset(l.g + 8, k)];
-        for (int c = 0; c < GROUP_CHUNKS; ++c) {
-            if (c >= group) continue;
-            for (int j = 0; j < 4; ++j) {
-                const float2 b =
-                    *reinterpret_cast<const float2*>(other + c * Layout::ELEMENTS + Layout::offset(k, 8 * j + 2 * l.t));
-                acc[c][j][0] = fmaf(p0, b.x, acc[c][j][0]);
-                acc[c][j][1] = fmaf(p0, b.y, acc[c][j][1]);
-                acc[c][j][2] = fmaf(p1, b.x, acc[c][j][2]);
-                acc[c][j][3] = fmaf(p1, b.y, acc[c][j][3]);
-            }
-        }
-    }
-}
-
 // Grid (as the forward's x, ceil(d / 512), 2): x own rows (and split), y the group of feature
 // columns, z = 0 d img (the rank's rows; with row_splits > 1 the splits' fp32 parts, into
 // dimg_parts[split]), 1 d txt (all rows, the rank's part). Dynamic shared memory: the own tile,
-// the dz tile and one slot per chunk of the first group (at least one), each a padded tile. The
-// row-direction blocks of the first group write dscale_partials[x] = their sum of dz * z.
+// the dz tile and SLOT_COPIES slots per chunk of the first group (at least one), each a padded
+// tile. The row-direction blocks of the first group write dscale_partials[x] = their sum of dz * z.
 template <typename Tiles, typename T = typename Tiles::T>
 __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,
                                  const float* row_lse, const float* col_lse, Shard shard, int d, T* dimg, T* dtxt,
@@ -397,6 +452,8 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     T* own_tile = smem;
     T* dz_tile = smem + Dz::ELEMENTS;
     T* slots = smem + 2 * Dz::ELEMENTS;
+    const int first_group = imin(GROUP_CHUNKS, (d + K_CHUNK - 1) / K_CHUNK);
+    T* transposed_slots = Tiles::SLOT_COPIES == 2 ? slots + first_group * Dz::ELEMENTS : nullptr;
     const bool by_column = blockIdx.z == 1;
     const Side<T> side = Side<T>::of(by_column, img, txt, shard);
     if (side.rows <= 0) return;  // a row block past the rank's rows (the whole block leaves)
@@ -420,7 +477,7 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     float dscale = 0.0f;
     for (int c0 = side.c_begin; c0 < side.c_end; c0 += ROWS) {
         float z[4][4];
-        logits_tile<4, Tiles>(z, side, c0, d, own_tile, slots, own_row, other_row, g0, group);
+        logits_tile<4, Tiles>(z, side, c0, d, own_tile, slots, own_row, other_row, g0, group, transposed_slots);
         for (int j = 0; j < 4; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = c0 + other_row + 8 * j + 2 * p.t + i % 2;
@@ -436,10 +493,11 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
             }
         for (int j = 0; j < 4; ++j)
             for (int half = 0; half < 2; ++half)
-                store_pair(dz_tile + Dz::offset(own_row + p.g + 8 * half, other_row + 8 * j + 2 * p.t),
+                store_pair(dz_tile + Tiles::DzLayout::offset(own_row + p.g + 8 * half, other_row + 8 * j + 2 * p.t),
                            z[j][2 * half], z[j][2 * half + 1]);
+        Tiles::staged();
         __syncthreads();  // the dz tile is complete
-        dz_product<Tiles>(grad, dz_tile + Dz::offset(own_row, 0), slots + Tiles::Layout::offset(0, other_row), group);
+        Tiles::dz_product(grad, dz_tile, slots, transposed_slots, own_row, other_row, group);
     }
     __syncthreads();  // every warp is done with the tiles: they become the output staging
     float* stage = reinterpret_cast<float*>(smem);

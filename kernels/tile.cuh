@@ -106,11 +106,20 @@ struct CoreMatrices {
     }
 };
 
+// Element (r, k .. k + 7) of a staged square tile, written into its transpose: `transposed`
+// holds element (k + e, r) where Layout puts it.
+template <typename Layout, typename S>
+__device__ __forceinline__ void scatter_transposed(S* transposed, int r, int k, const S values[8]) {
+    for (int e = 0; e < 8; ++e) transposed[Layout::offset(k + e, r)] = values[e];
+}
+
 // Stages rows [0, rows) x columns [0, cols) of the row-major matrix at `src` into the
 // ROWS x COLS shared tile `dst` (element type S, laid out by Layout), with zeros elsewhere:
-// padding rows and columns then contribute nothing to the products (and never NaN).
+// padding rows and columns then contribute nothing to the products (and never NaN). With
+// `transposed` (square tiles only), the transpose of the tile goes there too, in the same layout.
 template <int COLS, typename Layout, typename S, typename T>
-__device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stride, int rows, int cols) {
+__device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stride, int rows, int cols,
+                                           S* transposed = nullptr) {
     static_assert(COLS % 8 == 0, "tiles are staged 8 elements at a time");
     constexpr int CHUNKS = COLS / 8;
     const bool aligned = rows_vectorizable(src, src_stride);
@@ -122,7 +131,15 @@ __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stri
         const bool vec = aligned && r < rows && k + 8 <= cols;
         if constexpr (sizeof(S) == 2 && sizeof(T) == 2) {
             if (vec) {
-                *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from);
+                const uint4 raw = *reinterpret_cast<const uint4*>(from);
+                *reinterpret_cast<uint4*>(to) = raw;
+                if constexpr (COLS == ROWS) {
+                    if (transposed != nullptr) {
+                        S values[8];
+                        memcpy(values, &raw, sizeof values);
+                        scatter_transposed<Layout>(transposed, r, k, values);
+                    }
+                }
                 continue;
             }
         }
@@ -133,6 +150,13 @@ __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stri
             for (int e = 0; e < 8; ++e) v[e] = r < rows && k + e < cols ? to_float(from[e]) : 0.0f;
         }
         store8(to, v);
+        if constexpr (COLS == ROWS) {
+            if (transposed != nullptr) {
+                S values[8];
+                for (int e = 0; e < 8; ++e) values[e] = from_float<S>(v[e]);
+                scatter_transposed<Layout>(transposed, r, k, values);
+            }
+        }
     }
 }
 

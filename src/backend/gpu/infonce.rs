@@ -83,12 +83,6 @@ fn tile_bytes(dtype: DType) -> usize {
     TILE * row_bytes
 }
 
-/// The backward's dynamic shared memory: the own tile, the dz tile and one slot per feature chunk
-/// of a group.
-fn backward_shared_bytes(dtype: DType, chunks: usize) -> u32 {
-    ((2 + chunks.min(GROUP_CHUNKS)) * tile_bytes(dtype)) as u32
-}
-
 /// Which of the .cu file's tile variants runs: bf16 on wgmma where the backend uses it, else
 /// bf16 on mma.sync; f32 on the CUDA cores.
 struct Variant {
@@ -114,6 +108,13 @@ impl Variant {
     fn forward_shared_bytes(&self) -> u32 {
         let tiles = if self.wgmma { 4 } else { 2 };
         (tiles * tile_bytes(self.dtype)) as u32
+    }
+
+    /// The backward's dynamic shared memory: the own tile, the dz tile and a slot per feature
+    /// chunk of a group, plus the slots' transposes for wgmma (its second product's B operand).
+    fn backward_shared_bytes(&self, chunks: usize) -> u32 {
+        let copies = if self.wgmma { 2 } else { 1 };
+        ((2 + copies * chunks.min(GROUP_CHUNKS)) * tile_bytes(self.dtype)) as u32
     }
 }
 
@@ -267,12 +268,13 @@ pub(super) fn infonce_shard_backward(
     ];
     args.extend(plan.args(&shard)?);
     args.extend([dimg_arg, ptr(&dtxt)?, parts_arg, ptr(&dscale_partials)?]);
+    let variant = Variant::of(gpu, dtype)?;
     gpu.launch(
-        &Variant::of(gpu, dtype)?.kernel("infonce_bwd")?,
+        &variant.kernel("infonce_bwd")?,
         LaunchConfig {
             grid: [plan.grid_x, groups, 2],
             block: [BACKWARD_THREADS, 1, 1],
-            shared_bytes: backward_shared_bytes(dtype, chunks),
+            shared_bytes: variant.backward_shared_bytes(chunks),
         },
         &args,
     )?;
