@@ -25,6 +25,7 @@ pub mod modules;
 
 use std::sync::OnceLock;
 
+pub use attention::AttnTiles;
 pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
@@ -70,6 +71,41 @@ impl GpuBackend {
     /// The backend with every tensor-core product on mma.sync, even where wgmma is available.
     pub const fn without_wgmma(device: Device) -> Self {
         GpuBackend { device, allow_wgmma: false }
+    }
+
+    /// [`Backend::attention`] on the bf16 kernels of one tile shape rather than the one
+    /// [`GpuBackend::attention_tiles`] picks, so that benchmarks and tests reach every shape.
+    /// f32 tensors, whose kernels have no tile shapes, are an error.
+    pub fn attention_with_tiles(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        mask: &AttnMask,
+        tiles: AttnTiles,
+    ) -> Result<(Tensor, Tensor)> {
+        attention::attention(self, qkv, heads, mask, Some(tiles))
+    }
+
+    /// [`Backend::attention_backward`] on the bf16 kernels of one tile shape, as
+    /// [`GpuBackend::attention_with_tiles`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_with_tiles(
+        &self,
+        qkv: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        heads: usize,
+        mask: &AttnMask,
+        tiles: AttnTiles,
+    ) -> Result<Tensor> {
+        attention::attention_backward(self, qkv, out, lse, dout, heads, mask, Some(tiles))
+    }
+
+    /// The tile shape [`Backend::attention`] and its backward run a call with (None for f32
+    /// tensors, which run the exact kernels).
+    pub fn attention_tiles(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Option<AttnTiles>> {
+        attention::chosen_tiles(qkv, heads, mask)
     }
 }
 
@@ -180,7 +216,7 @@ impl Backend for GpuBackend {
     }
 
     fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
-        attention::attention(self, qkv, heads, mask)
+        attention::attention(self, qkv, heads, mask, None)
     }
 
     fn attention_backward(
@@ -192,7 +228,7 @@ impl Backend for GpuBackend {
         heads: usize,
         mask: &AttnMask,
     ) -> Result<Tensor> {
-        attention::attention_backward(self, qkv, out, lse, dout, heads, mask)
+        attention::attention_backward(self, qkv, out, lse, dout, heads, mask, None)
     }
 
     fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
