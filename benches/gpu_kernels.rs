@@ -289,7 +289,6 @@ fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
     } else {
         [("B/32 vision", 2, 50, 2, false), ("B/16 vision", 1, 197, 1, false), ("text causal", 2, 77, 1, true)]
     };
-    let tiled = GpuBackend::new(device);
     for (name, batch, len, heads, causal) in shapes {
         let width = 64 * heads;
         let qkv = random(&mut rng, &[batch, len, 3 * width], device, DType::BF16);
@@ -297,16 +296,16 @@ fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
         let mask = if causal { AttnMask::causal() } else { AttnMask::none() };
         let useful = if causal { 0.5 } else { 1.0 };
         let fwd_flops = useful * 4.0 * (batch * heads * len * len * 64) as f64;
-        let chosen = tiled.attention_tiles(&qkv, heads, &mask).unwrap();
+        let chosen = GpuBackend::new(device).attention_tiles(&qkv, heads, &mask).unwrap();
         for tiles in AttnTiles::ALL {
-            let forward = || tiled.attention_with_tiles(&qkv, heads, &mask, tiles).unwrap();
+            let tiled = GpuBackend::new(device).with_attention_tiles(tiles);
             let fwd = time(device, reps, || {
-                forward();
+                tiled.attention(&qkv, heads, &mask).unwrap();
             });
-            let (out, lse) = forward();
+            let (out, lse) = tiled.attention(&qkv, heads, &mask).unwrap();
             let both = time(device, reps, || {
-                forward();
-                tiled.attention_backward_with_tiles(&qkv, &out, &lse, &dout, heads, &mask, tiles).unwrap();
+                tiled.attention(&qkv, heads, &mask).unwrap();
+                tiled.attention_backward(&qkv, &out, &lse, &dout, heads, &mask).unwrap();
             });
             let mark = if chosen == Some(tiles) { ", chosen" } else { "" };
             let shape = format!("{name} b{batch} L{len} h{heads} bf16 {tiles}{mark}");

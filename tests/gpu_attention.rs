@@ -121,24 +121,19 @@ fn check(case: &Case, seed: u64) {
                 Some(tiles) => format!("{} {tiles}", case.name(dtype, device)),
                 None => case.name(dtype, device),
             };
-            let gpu = GpuBackend::new(device);
-            let (qkv_d, dout_d) = (on(&qkv, device, dtype), on(&dout, device, dtype));
-            let (out_d, lse_d) = match tiles {
-                Some(tiles) => gpu.attention_with_tiles(&qkv_d, case.heads, &case.mask, tiles),
-                None => gpu.attention(&qkv_d, case.heads, &case.mask),
-            }
-            .unwrap();
+            let gpu = match tiles {
+                Some(tiles) => GpuBackend::new(device).with_attention_tiles(tiles),
+                None => GpuBackend::new(device),
+            };
+            let qkv_d = on(&qkv, device, dtype);
+            let (out_d, lse_d) = gpu.attention(&qkv_d, case.heads, &case.mask).unwrap();
             assert_eq!(out_d.dims(), out.dims(), "{name}: output shape");
             assert_eq!(lse_d.dims(), lse.dims(), "{name}: lse shape");
             assert_scaled(&format!("{name}: output"), &out_d, &out, &tol);
             assert_lse(&format!("{name}: lse"), &lse_d, &lse, &tol);
-            let dqkv_d = match tiles {
-                Some(tiles) => {
-                    gpu.attention_backward_with_tiles(&qkv_d, &out_d, &lse_d, &dout_d, case.heads, &case.mask, tiles)
-                }
-                None => gpu.attention_backward(&qkv_d, &out_d, &lse_d, &dout_d, case.heads, &case.mask),
-            }
-            .unwrap();
+            let dqkv_d = gpu
+                .attention_backward(&qkv_d, &out_d, &lse_d, &on(&dout, device, dtype), case.heads, &case.mask)
+                .unwrap();
             // q, k and v gradients have different scales: compare each block on its own.
             let dqkv_d = dqkv_d.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
             for (which, part) in ["dq", "dk", "dv"].iter().enumerate() {
@@ -272,7 +267,8 @@ fn unsupported_head_dims_are_a_clear_error() {
     assert!(err.to_string().contains("head dims 1 to 128"), "{err}");
     let f32 = on(&Tensor::zeros([1, 4, 3 * 64], DType::F32), Device::Emu, DType::F32);
     let err = GpuBackend::new(Device::Emu)
-        .attention_with_tiles(&f32, 1, &AttnMask::none(), AttnTiles::ALL[0])
+        .with_attention_tiles(AttnTiles::ALL[0])
+        .attention(&f32, 1, &AttnMask::none())
         .expect_err("f32 has no tile shapes to force");
     assert!(err.to_string().contains("f32 has none"), "{err}");
 }

@@ -1,8 +1,8 @@
 //! Rust side of kernels/attention.cu and kernels/attention_exact.cu: attention on packed qkv.
 //!
 //! bf16 tensors run the flash-style tensor-core kernels (head dims 32 and 64, in the tile shape
-//! [`AttnTiles::choose`] picks for the sequence lengths, or one the caller forces through
-//! [`GpuBackend::attention_with_tiles`]); f32 tensors run
+//! [`AttnTiles::choose`] picks for the sequence lengths, or the one a backend made by
+//! [`GpuBackend::with_attention_tiles`] forces); f32 tensors run
 //! the exact SIMT kernels (any head dim up to 128, fp32 math throughout, so f32 training
 //! matches the CPU reference to f32 rounding). Forward is one launch; backward is two
 //! (D = rowsum(dO * O), then dK/dV and dQ in one grid, each block writing its own part of dqkv,
@@ -117,9 +117,10 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// The call's shapes and kernels; `tiles` forces the bf16 kernels' tile shape (an error for
-    /// f32, whose kernels have none), None leaves it to [`AttnTiles::choose`].
-    fn of(qkv: &Tensor, heads: usize, mask: &AttnMask, tiles: Option<AttnTiles>) -> Result<Self> {
+    /// The call's shapes and kernels: the bf16 kernels in the tile shape `gpu` forces (an error
+    /// for f32, whose kernels have none), or else in the one [`AttnTiles::choose`] picks.
+    fn of(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Self> {
+        let tiles = gpu.attention_tiles;
         let dims = qkv.dims();
         let head_dim = dims[2] / (3 * heads);
         // The kernels index by the offsets and key lengths: they must fit the tensor.
@@ -231,14 +232,8 @@ fn upload_ints(gpu: &GpuBackend, values: Option<&[usize]>, what: &str) -> Result
     Ok(Some(gpu.upload(&as_i32)?))
 }
 
-pub(super) fn attention(
-    gpu: &GpuBackend,
-    qkv: &Tensor,
-    heads: usize,
-    mask: &AttnMask,
-    tiles: Option<AttnTiles>,
-) -> Result<(Tensor, Tensor)> {
-    let g = Geometry::of(qkv, heads, mask, tiles)?;
+pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
+    let g = Geometry::of(gpu, qkv, heads, mask)?;
     let out = gpu.uninit([g.batch, g.len, g.width()], qkv.dtype())?;
     let lse = gpu.uninit([g.batch, g.heads, g.len], DType::F32)?;
     if g.is_empty() {
@@ -251,7 +246,6 @@ pub(super) fn attention(
     Ok((out, lse))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn attention_backward(
     gpu: &GpuBackend,
     qkv: &Tensor,
@@ -260,9 +254,8 @@ pub(super) fn attention_backward(
     dout: &Tensor,
     heads: usize,
     mask: &AttnMask,
-    tiles: Option<AttnTiles>,
 ) -> Result<Tensor> {
-    let g = Geometry::of(qkv, heads, mask, tiles)?;
+    let g = Geometry::of(gpu, qkv, heads, mask)?;
     if lse.dtype() != DType::F32 {
         return Err(Error::dtype("attention_backward", "the GPU kernels take the fp32 log-sum-exp of their forward"));
     }
@@ -294,9 +287,9 @@ pub(super) fn attention_backward(
     Ok(dqkv)
 }
 
-/// The tile shape the bf16 kernels would run a call with (None for f32 tensors).
-pub(super) fn chosen_tiles(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Option<AttnTiles>> {
-    Ok(match Geometry::of(qkv, heads, mask, None)?.kernels {
+/// The tile shape the bf16 kernels run a call in (None for f32 tensors).
+pub(super) fn tiles(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Option<AttnTiles>> {
+    Ok(match Geometry::of(gpu, qkv, heads, mask)?.kernels {
         Kernels::TensorCore(tiles) => Some(tiles),
         Kernels::Exact => None,
     })

@@ -61,51 +61,31 @@ pub struct GpuBackend {
     /// Whether kernels may use wgmma where the driver has it (kernels/wgmma.cuh); off, the
     /// mma.sync variants run instead (for tests and benchmarks that compare the two).
     allow_wgmma: bool,
+    /// The tile shape of the bf16 attention kernels when forced; None: `AttnTiles::choose`'s per call.
+    attention_tiles: Option<AttnTiles>,
 }
 
 impl GpuBackend {
     pub const fn new(device: Device) -> Self {
-        GpuBackend { device, allow_wgmma: true }
+        GpuBackend { device, allow_wgmma: true, attention_tiles: None }
     }
 
     /// The backend with every tensor-core product on mma.sync, even where wgmma is available.
     pub const fn without_wgmma(device: Device) -> Self {
-        GpuBackend { device, allow_wgmma: false }
+        GpuBackend { device, allow_wgmma: false, attention_tiles: None }
     }
 
-    /// [`Backend::attention`] on the bf16 kernels of one tile shape rather than the one
-    /// [`GpuBackend::attention_tiles`] picks, so that benchmarks and tests reach every shape.
-    /// f32 tensors, whose kernels have no tile shapes, are an error.
-    pub fn attention_with_tiles(
-        &self,
-        qkv: &Tensor,
-        heads: usize,
-        mask: &AttnMask,
-        tiles: AttnTiles,
-    ) -> Result<(Tensor, Tensor)> {
-        attention::attention(self, qkv, heads, mask, Some(tiles))
+    /// This backend with its bf16 attention (forward and backward) in one tile shape rather than
+    /// the one [`GpuBackend::attention_tiles`] would pick, so that benchmarks and tests reach
+    /// every shape. Its attention on f32 tensors, whose kernels have no tile shapes, is an error.
+    pub const fn with_attention_tiles(self, tiles: AttnTiles) -> Self {
+        GpuBackend { attention_tiles: Some(tiles), ..self }
     }
 
-    /// [`Backend::attention_backward`] on the bf16 kernels of one tile shape, as
-    /// [`GpuBackend::attention_with_tiles`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward_with_tiles(
-        &self,
-        qkv: &Tensor,
-        out: &Tensor,
-        lse: &Tensor,
-        dout: &Tensor,
-        heads: usize,
-        mask: &AttnMask,
-        tiles: AttnTiles,
-    ) -> Result<Tensor> {
-        attention::attention_backward(self, qkv, out, lse, dout, heads, mask, Some(tiles))
-    }
-
-    /// The tile shape [`Backend::attention`] and its backward run a call with (None for f32
-    /// tensors, which run the exact kernels).
+    /// The tile shape this backend's bf16 attention runs a call in (None for f32 tensors, which
+    /// run the exact kernels).
     pub fn attention_tiles(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Option<AttnTiles>> {
-        attention::chosen_tiles(qkv, heads, mask)
+        attention::tiles(self, qkv, heads, mask)
     }
 }
 
@@ -216,7 +196,7 @@ impl Backend for GpuBackend {
     }
 
     fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
-        attention::attention(self, qkv, heads, mask, None)
+        attention::attention(self, qkv, heads, mask)
     }
 
     fn attention_backward(
@@ -228,7 +208,7 @@ impl Backend for GpuBackend {
         heads: usize,
         mask: &AttnMask,
     ) -> Result<Tensor> {
-        attention::attention_backward(self, qkv, out, lse, dout, heads, mask, None)
+        attention::attention_backward(self, qkv, out, lse, dout, heads, mask)
     }
 
     fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
