@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use msclip::backend::gpu::GpuBackend;
 use msclip::backend::gpu::buffer::{Scratch, measure_allocations};
+use msclip::backend::gpu::{AttnTiles, GpuBackend};
 use msclip::backend::{self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, UnaryOp};
 use msclip::{DType, Device, Rng, Tensor};
 use serde_json::json;
@@ -85,11 +85,11 @@ fn main() {
         records.push(json!({"kernel": r.name, "seconds": r.seconds, "bytes": r.bytes, "bytes_per_second": rate}));
     }
     let flop_rows = compute_bound_cases(gpu, device);
-    println!("{:<58} {:>9} {:>9} {:>8}", "kernel (matrix-bound)", "us", "TFLOP/s", "% spec");
+    println!("{:<64} {:>9} {:>9} {:>8}", "kernel (matrix-bound)", "us", "TFLOP/s", "% spec");
     for r in &flop_rows {
         let rate = r.flops / r.seconds;
         println!(
-            "{:<58} {:>9.1} {:>9.1} {:>7.1}%",
+            "{:<64} {:>9.1} {:>9.1} {:>7.1}%",
             r.name,
             r.seconds * 1e6,
             rate / 1e12,
@@ -270,7 +270,9 @@ struct FlopRow {
     seconds: f64,
 }
 
-/// Attention at CLIP's shapes (bf16, forward and forward + backward) and InfoNCE beside the
+/// Attention at CLIP's shapes (bf16, forward and forward + backward) in every tile shape of its
+/// kernels, the one the backend picks marked `chosen` (the measurement that can replace
+/// `AttnTiles::choose`), and InfoNCE beside the
 /// three N x N x D GEMMs it must at least do. FLOPs count the useful products only: 4 L^2 d per
 /// head forward (QK^T and PV; half with the causal mask), 2.5x that more for the backward;
 /// InfoNCE 2 N^2 D forward and 6 N^2 D forward + backward (the logits once, d img and d txt; the
@@ -290,21 +292,26 @@ fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
     for (name, batch, len, heads, causal) in shapes {
         let width = 64 * heads;
         let qkv = random(&mut rng, &[batch, len, 3 * width], device, DType::BF16);
+        let dout = random(&mut rng, &[batch, len, width], device, DType::BF16);
         let mask = if causal { AttnMask::causal() } else { AttnMask::none() };
         let useful = if causal { 0.5 } else { 1.0 };
         let fwd_flops = useful * 4.0 * (batch * heads * len * len * 64) as f64;
-        let fwd = time(device, reps, || {
-            gpu.attention(&qkv, heads, &mask).unwrap();
-        });
-        let (out, lse) = gpu.attention(&qkv, heads, &mask).unwrap();
-        let dout = random(&mut rng, &[batch, len, width], device, DType::BF16);
-        let both = time(device, reps, || {
-            gpu.attention(&qkv, heads, &mask).unwrap();
-            gpu.attention_backward(&qkv, &out, &lse, &dout, heads, &mask).unwrap();
-        });
-        let shape = format!("{name} b{batch} L{len} h{heads} bf16");
-        rows.push(FlopRow { name: format!("attention fwd {shape}"), flops: fwd_flops, seconds: fwd });
-        rows.push(FlopRow { name: format!("attention fwd+bwd {shape}"), flops: 3.5 * fwd_flops, seconds: both });
+        let chosen = GpuBackend::new(device).attention_tiles(&qkv, heads, &mask).unwrap();
+        for tiles in AttnTiles::ALL {
+            let tiled = GpuBackend::new(device).with_attention_tiles(tiles);
+            let fwd = time(device, reps, || {
+                tiled.attention(&qkv, heads, &mask).unwrap();
+            });
+            let (out, lse) = tiled.attention(&qkv, heads, &mask).unwrap();
+            let both = time(device, reps, || {
+                tiled.attention(&qkv, heads, &mask).unwrap();
+                tiled.attention_backward(&qkv, &out, &lse, &dout, heads, &mask).unwrap();
+            });
+            let mark = if chosen == Some(tiles) { ", chosen" } else { "" };
+            let shape = format!("{name} b{batch} L{len} h{heads} bf16 {tiles}{mark}");
+            rows.push(FlopRow { name: format!("attention fwd {shape}"), flops: fwd_flops, seconds: fwd });
+            rows.push(FlopRow { name: format!("attention fwd+bwd {shape}"), flops: 3.5 * fwd_flops, seconds: both });
+        }
     }
     let sizes: &[usize] = if full { &[4096, 16384, 65536] } else { &[128] };
     for &n in sizes {

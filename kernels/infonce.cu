@@ -414,7 +414,7 @@ __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale
                 z[j][i] = col < side.other_count ? logit * LOG2E : -INFINITY;
             }
         float rescale[2];
-        softmax_step(z, st, rescale);
+        softmax_step<8>(z, st, rescale);
     });
     float lse[2], inv_sum[2];
     finish_rows(st, lse, inv_sum);

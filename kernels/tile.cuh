@@ -1,7 +1,8 @@
 // Warp tiles shared by the flash-style kernels (attention.cu, infonce.cu).
 //
-// A block of 4 warps works on 64 "own" rows (queries, keys, image or text rows); each warp owns
-// 16 of them and holds its results in the C-fragment layout of mma.m16n8k16 (common.cuh): lane
+// A block of warps works on "own" rows (queries, keys, image or text rows; 4 warps and 64 rows
+// unless a kernel picks its own shape, as attention.cu does); each warp owns 16 of them and holds
+// its results in the C-fragment layout of mma.m16n8k16 (common.cuh): lane
 // (g = lane/4, t = lane%4) holds acc[j][i] = row g + 8*(i/2), column 8*j + 2*t + i%2. Row
 // statistics (softmax max and sum) therefore live in the 4 lanes of a quad and reduce with two
 // shuffles; the products that consume a fragment (P V, dS K, ...) take it as the A operand
@@ -16,7 +17,7 @@
 
 namespace tile {
 
-constexpr int ROWS = 64;  // rows of a block tile, and columns (keys, k-chunk) per step
+constexpr int ROWS = 64;  // rows of a block tile, and columns (keys, k-chunk) per step, by default
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
 constexpr int WARP_ROWS = ROWS / WARPS;
@@ -74,10 +75,12 @@ __device__ __forceinline__ bool rows_vectorizable(const T* p, size_t stride) {
 // in which staging visits its 8-element chunks (chunk c of ROWS * COLS / 8). ----
 
 // Row-major rows STRIDE elements apart (padded, so ldmatrix phases hit distinct banks); staged
-// row by row, so a warp reads contiguous global rows.
-template <int STRIDE>
+// row by row, so a warp reads contiguous global rows. ROW_COUNT rows (attention.cu's tiles may
+// have fewer than ROWS).
+template <int STRIDE, int ROW_COUNT = ROWS>
 struct PaddedRows {
-    static constexpr int ELEMENTS = ROWS * STRIDE;
+    static constexpr int TILE_ROWS = ROW_COUNT;
+    static constexpr int ELEMENTS = TILE_ROWS * STRIDE;
     __device__ static constexpr int offset(int r, int k) { return r * STRIDE + k; }
     template <int CHUNKS>
     __device__ static void chunk(int c, int& r, int& k) {
@@ -94,6 +97,7 @@ struct PaddedRows {
 template <int COLS>
 struct CoreMatrices {
     static_assert(COLS % 32 == 0, "a warp stages 4 column blocks of 8 rows");
+    static constexpr int TILE_ROWS = ROWS;
     static constexpr int ELEMENTS = ROWS * COLS;
     static constexpr uint32_t K_CORE_BYTES = ROWS / 8 * 128;
     static constexpr uint32_t ROW_GROUP_BYTES = 128;
@@ -114,16 +118,16 @@ __device__ __forceinline__ void scatter_transposed(S* transposed, int r, int k, 
 }
 
 // Stages rows [0, rows) x columns [0, cols) of the row-major matrix at `src` into the
-// ROWS x COLS shared tile `dst` (element type S, laid out by Layout), with zeros elsewhere:
-// padding rows and columns then contribute nothing to the products (and never NaN). With
-// `transposed` (square tiles only), the transpose of the tile goes there too, in the same layout.
+// Layout::TILE_ROWS x COLS shared tile `dst` (element type S, laid out by Layout), with zeros
+// elsewhere: padding rows and columns then contribute nothing to the products (and never NaN).
+// With `transposed` (square tiles only), the transpose of the tile goes there too, same layout.
 template <int COLS, typename Layout, typename S, typename T>
 __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stride, int rows, int cols,
                                            S* transposed = nullptr) {
     static_assert(COLS % 8 == 0, "tiles are staged 8 elements at a time");
     constexpr int CHUNKS = COLS / 8;
     const bool aligned = rows_vectorizable(src, src_stride);
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += blockDim.x) {
+    for (int c = threadIdx.x; c < Layout::TILE_ROWS * CHUNKS; c += blockDim.x) {
         int r, k;
         Layout::template chunk<CHUNKS>(c, r, k);
         const T* from = src + static_cast<size_t>(r) * src_stride + k;
@@ -133,7 +137,7 @@ __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stri
             if (vec) {
                 const uint4 raw = *reinterpret_cast<const uint4*>(from);
                 *reinterpret_cast<uint4*>(to) = raw;
-                if constexpr (COLS == ROWS) {
+                if constexpr (COLS == Layout::TILE_ROWS) {
                     if (transposed != nullptr) {
                         S values[8];
                         memcpy(values, &raw, sizeof values);
@@ -150,7 +154,7 @@ __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stri
             for (int e = 0; e < 8; ++e) v[e] = r < rows && k + e < cols ? to_float(from[e]) : 0.0f;
         }
         store8(to, v);
-        if constexpr (COLS == ROWS) {
+        if constexpr (COLS == Layout::TILE_ROWS) {
             if (transposed != nullptr) {
                 S values[8];
                 for (int e = 0; e < 8; ++e) values[e] = from_float<S>(v[e]);
@@ -160,13 +164,13 @@ __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stri
     }
 }
 
-template <int COLS, int STRIDE, typename S, typename T>
+template <int COLS, int STRIDE, int TILE_ROWS = ROWS, typename S, typename T>
 __device__ __forceinline__ void stage_rows(S* dst, const T* src, size_t src_stride, int rows, int cols) {
-    stage_tile<COLS, PaddedRows<STRIDE>>(dst, src, src_stride, rows, cols);
+    stage_tile<COLS, PaddedRows<STRIDE, TILE_ROWS>>(dst, src, src_stride, rows, cols);
 }
 
 // Writes rows [0, rows) x columns [0, cols) of the fp32 staging tile `stage` (row stride
-// STRIDE) to the row-major matrix at `dst`.
+// STRIDE, at most ROWS rows) to the row-major matrix at `dst`.
 template <int COLS, int STRIDE, typename T>
 __device__ __forceinline__ void store_rows(T* dst, size_t dst_stride, const float* stage, int rows, int cols) {
     constexpr int CHUNKS = COLS / 8;
@@ -225,10 +229,12 @@ __device__ __forceinline__ void mma_rows(float acc[N8][4], const bf16* a, const 
     }
 }
 
-// The A fragments (16 x 64, bf16) of a 16 x 64 fp32 fragment: the C layout of two adjacent
+// The A fragments (16 x 8*N8, bf16) of a 16 x 8*N8 fp32 fragment: the C layout of two adjacent
 // n-tiles is the A layout of one k-step.
-__device__ __forceinline__ void fragment_as_a(const float c[8][4], uint32_t a[4][4]) {
-    for (int ks = 0; ks < 4; ++ks) {
+template <int N8>
+__device__ __forceinline__ void fragment_as_a(const float (&c)[N8][4], uint32_t (&a)[N8 / 2][4]) {
+    static_assert(N8 % 2 == 0, "a k-step takes two n-tiles");
+    for (int ks = 0; ks < N8 / 2; ++ks) {
         a[ks][0] = pack_bf16x2(c[2 * ks][0], c[2 * ks][1]);
         a[ks][1] = pack_bf16x2(c[2 * ks][2], c[2 * ks][3]);
         a[ks][2] = pack_bf16x2(c[2 * ks + 1][0], c[2 * ks + 1][1]);
@@ -236,13 +242,13 @@ __device__ __forceinline__ void fragment_as_a(const float c[8][4], uint32_t a[4]
     }
 }
 
-// acc (16 x 8*N8) += A B, A (16 x 64) as the bf16 A fragments of its 4 k-steps, B a 64 x 8*N8
-// shared tile (rows k, columns n) laid out by Layout.
-template <int N8, typename Layout>
-__device__ __forceinline__ void mma_a_fragments_in(float acc[N8][4], const uint32_t fa[4][4], const bf16* b) {
+// acc (16 x 8*N8) += A B, A (16 x 16*KSTEPS) as the bf16 A fragments of its k-steps, B a
+// 16*KSTEPS x 8*N8 shared tile (rows k, columns n) laid out by Layout.
+template <int N8, typename Layout, int KSTEPS>
+__device__ __forceinline__ void mma_a_fragments_in(float acc[N8][4], const uint32_t (&fa)[KSTEPS][4], const bf16* b) {
     static_assert(N8 % 2 == 0, "B fragments load two n-tiles at a time");
     const int lane = threadIdx.x % 32;
-    for (int ks = 0; ks < 4; ++ks) {
+    for (int ks = 0; ks < KSTEPS; ++ks) {
         for (int j = 0; j < N8; j += 2) {
             uint32_t fb[4];
             ldmatrix_x4_trans(fb, b + Layout::offset(16 * ks + lane % 8 + 8 * ((lane / 8) % 2), 8 * j + 8 * (lane / 16)));
@@ -254,18 +260,13 @@ __device__ __forceinline__ void mma_a_fragments_in(float acc[N8][4], const uint3
     }
 }
 
-template <int N8, int STRIDE>
-__device__ __forceinline__ void mma_a_fragments(float acc[N8][4], const uint32_t fa[4][4], const bf16* b) {
-    mma_a_fragments_in<N8, PaddedRows<STRIDE>>(acc, fa, b);
-}
-
-// acc (16 x 8*N8) += P (16 x 64, a fragment) B, B a row-major 64 x 8*N8 shared tile
+// acc (16 x 8*N8) += P (16 x 8*P8, a fragment) B, B a row-major 8*P8 x 8*N8 shared tile
 // (P against v, dS against k or q).
-template <int N8, int STRIDE>
-__device__ __forceinline__ void mma_fragment(float acc[N8][4], const float p[8][4], const bf16* b) {
-    uint32_t fa[4][4];
+template <int N8, int STRIDE, int P8>
+__device__ __forceinline__ void mma_fragment(float acc[N8][4], const float (&p)[P8][4], const bf16* b) {
+    uint32_t fa[P8 / 2][4];
     fragment_as_a(p, fa);
-    mma_a_fragments<N8, STRIDE>(acc, fa, b);
+    mma_a_fragments_in<N8, PaddedRows<STRIDE>>(acc, fa, b);
 }
 
 // ---- Online softmax over the columns of a fragment, per row (log2 domain). ----
@@ -294,15 +295,16 @@ __device__ __forceinline__ RowStats empty_stats() {
 // exp2(s - new max) and returns in `rescale` the factor that older sums (and outputs weighted by
 // them) must be multiplied by. A row with every score so far masked keeps max = -inf and sum 0,
 // and is computed against 0 so that no -inf - -inf appears.
-__device__ __forceinline__ void softmax_step(float s[8][4], RowStats& st, float rescale[2]) {
+template <int N8>
+__device__ __forceinline__ void softmax_step(float s[N8][4], RowStats& st, float rescale[2]) {
     for (int half = 0; half < 2; ++half) {
         float tile_max = -INFINITY;
-        for (int j = 0; j < 8; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * half], s[j][2 * half + 1]));
+        for (int j = 0; j < N8; ++j) tile_max = fmaxf(tile_max, fmaxf(s[j][2 * half], s[j][2 * half + 1]));
         const float new_max = fmaxf(st.max[half], quad_max(tile_max));
         const float base = new_max == -INFINITY ? 0.0f : new_max;
         rescale[half] = exp2f(st.max[half] - base);
         float sum = 0.0f;
-        for (int j = 0; j < 8; ++j) {
+        for (int j = 0; j < N8; ++j) {
             for (int e = 0; e < 2; ++e) {
                 s[j][2 * half + e] = exp2f(s[j][2 * half + e] - base);
                 sum += s[j][2 * half + e];

@@ -1,9 +1,10 @@
 //! Attention kernels (kernels/attention.cu, kernels/attention_exact.cu) against the CPU
 //! reference: forward output and log-sum-exp, and d qkv, for every mask, ragged sequence
-//! lengths (1, 7, 50, 65, 77, 197, tile edges), varlen packed sequences, odd batch x head
-//! counts, f32 and bf16.
+//! lengths (1, 33, 50, 65, 77, 197, 257, the edges of 32- and 64-row tiles), varlen packed
+//! sequences, odd batch x head counts, f32 and bf16.
 //!
-//! bf16 runs tensor-core products (head dims 32 and 64) and is held to bf16 tolerances; f32 runs
+//! bf16 runs tensor-core products (head dims 32 and 64) in every tile shape of the kernels
+//! ([`AttnTiles::ALL`]), each forced in turn, and is held to bf16 tolerances; f32 runs
 //! the exact fp32 kernels (any head dim up to 128, swept here) and is held to f32 tolerances:
 //! |got - want| <= atol + rtol |want|, atol a small fraction of the tensor's largest reference
 //! value (or of the inputs' scale, 1, when that is smaller: a gradient that cancels to ~0, as
@@ -13,7 +14,8 @@ mod common;
 
 use common::assert_close;
 use common::gpu::{gpu_devices, on, randn_as};
-use msclip::backend::{self, AttnMask};
+use msclip::backend::gpu::{AttnTiles, GpuBackend};
+use msclip::backend::{self, AttnMask, Backend};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// How close a dtype's results must be to the CPU's.
@@ -62,6 +64,24 @@ impl Case {
     }
 }
 
+/// The tile shapes a dtype runs in: each of the bf16 kernels' forced in turn (the backend's own
+/// pick is one of them), none for f32.
+fn tile_shapes(dtype: DType) -> Vec<Option<AttnTiles>> {
+    if dtype == DType::BF16 { AttnTiles::ALL.map(Some).to_vec() } else { vec![None] }
+}
+
+/// Every mask over a batch of one or two sequences of `len`: none, causal, key padding (len / 2
+/// keys, none at all for len 1; then all of them) and causal with key padding.
+fn every_mask(batch: usize, len: usize) -> [AttnMask; 4] {
+    let lengths = [len / 2, len][..batch].to_vec();
+    [
+        AttnMask::none(),
+        AttnMask::causal(),
+        AttnMask::key_padding(lengths.clone()),
+        AttnMask { causal: true, key_lengths: Some(lengths), ..AttnMask::none() },
+    ]
+}
+
 fn max_abs(values: &[f64]) -> f64 {
     values.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
@@ -94,16 +114,24 @@ fn check(case: &Case, seed: u64) {
         let dout = randn_as(&mut rng, &[case.batch, case.len, case.width()], 1.0, dtype);
         let (out, lse) = cpu.attention(&qkv, case.heads, &case.mask).unwrap();
         let dqkv = cpu.attention_backward(&qkv, &out, &lse, &dout, case.heads, &case.mask).unwrap();
-        for device in gpu_devices() {
-            let name = case.name(dtype, device);
-            let be = backend::get(device);
+        for (device, tiles) in
+            gpu_devices().into_iter().flat_map(|d| tile_shapes(dtype).into_iter().map(move |t| (d, t)))
+        {
+            let name = match tiles {
+                Some(tiles) => format!("{} {tiles}", case.name(dtype, device)),
+                None => case.name(dtype, device),
+            };
+            let gpu = match tiles {
+                Some(tiles) => GpuBackend::new(device).with_attention_tiles(tiles),
+                None => GpuBackend::new(device),
+            };
             let qkv_d = on(&qkv, device, dtype);
-            let (out_d, lse_d) = be.attention(&qkv_d, case.heads, &case.mask).unwrap();
+            let (out_d, lse_d) = gpu.attention(&qkv_d, case.heads, &case.mask).unwrap();
             assert_eq!(out_d.dims(), out.dims(), "{name}: output shape");
             assert_eq!(lse_d.dims(), lse.dims(), "{name}: lse shape");
             assert_scaled(&format!("{name}: output"), &out_d, &out, &tol);
             assert_lse(&format!("{name}: lse"), &lse_d, &lse, &tol);
-            let dqkv_d = be
+            let dqkv_d = gpu
                 .attention_backward(&qkv_d, &out_d, &lse_d, &on(&dout, device, dtype), case.heads, &case.mask)
                 .unwrap();
             // q, k and v gradients have different scales: compare each block on its own.
@@ -116,21 +144,27 @@ fn check(case: &Case, seed: u64) {
     }
 }
 
-#[test]
-fn unmasked_attention_matches_the_cpu_at_vision_lengths() {
-    check(&Case::new(1, 1, 3, AttnMask::none()), 1);
-    check(&Case::new(1, 50, 3, AttnMask::none()), 2);
+/// `check` with every mask at each of `lengths`.
+fn check_every_mask(batch: usize, heads: usize, lengths: &[usize], seed: u64) {
+    for (i, &len) in lengths.iter().enumerate() {
+        for (m, mask) in every_mask(batch, len).into_iter().enumerate() {
+            check(&Case::new(batch, len, heads, mask), seed + 10 * i as u64 + m as u64);
+        }
+    }
 }
 
 #[test]
-fn unmasked_attention_over_several_key_tiles() {
-    check(&Case::new(1, 197, 1, AttnMask::none()), 3);
+fn every_mask_at_clip_lengths() {
+    // 1 token (with key padding: a sequence that sees nothing), 33 (one past a 32-row tile) and
+    // the ViT-B/32 (50) and text (77) lengths.
+    check_every_mask(2, 3, &[1, 33, 50, 77], 10);
 }
 
 #[test]
-fn causal_attention_matches_the_cpu_at_text_lengths() {
-    check(&Case::new(3, 7, 1, AttnMask::causal()), 4);
-    check(&Case::new(1, 77, 1, AttnMask::causal()), 5);
+fn every_mask_over_several_tiles() {
+    // ViT-B/16's 197 tokens (7 tiles of 32, 4 of 64) and 257 (one past four 64-row tiles): one
+    // sequence, to keep the emulator's time down.
+    check_every_mask(1, 1, &[197, 257], 60);
 }
 
 #[test]
@@ -145,15 +179,10 @@ fn causal_attention_with_key_padding() {
 }
 
 #[test]
-fn every_mask_at_tile_edge_lengths() {
-    for (i, len) in [2, 16, 17, 63, 64, 127, 128, 129, 257].into_iter().enumerate() {
-        let lengths = vec![len, len / 2 + 1];
-        let mask = match i % 4 {
-            0 => AttnMask::none(),
-            1 => AttnMask::causal(),
-            2 => AttnMask::key_padding(lengths),
-            _ => AttnMask { causal: true, key_lengths: Some(lengths), ..AttnMask::none() },
-        };
+fn masks_at_tile_edge_lengths() {
+    // Around the edges of 16-row warps and 32- and 64-row tiles, one mask each in turn.
+    for (i, len) in [2, 16, 17, 31, 32, 63, 64, 65, 95, 96, 97, 127, 128, 129].into_iter().enumerate() {
+        let mask = every_mask(2, len)[i % 4].clone();
         check(&Case::new(2, len, 1, mask), 100 + i as u64);
     }
 }
@@ -206,6 +235,28 @@ fn backward_is_deterministic() {
 }
 
 #[test]
+fn tile_shapes_follow_the_padded_work_at_clip_lengths() {
+    let gpu = GpuBackend::new(Device::Emu);
+    let pick = |batch: usize, len: usize, heads: usize, mask: AttnMask| {
+        let qkv = Tensor::zeros([batch, len, 3 * 64 * heads], DType::BF16);
+        gpu.attention_tiles(&qkv, heads, &mask).unwrap().map(|t| t.to_string())
+    };
+    let pick = |batch, len, heads, mask| pick(batch, len, heads, mask).expect("bf16 has tile shapes");
+    // 50 pads to 64 x 64 in every shape: 32 x 12 blocks of 64 rows fill the GPU, and fewer,
+    // larger blocks stage the keys less often; 12 blocks would leave it idle, 32 rows give 24.
+    assert_eq!(pick(32, 50, 12, AttnMask::none()), "q64k64");
+    assert_eq!(pick(1, 50, 12, AttnMask::none()), "q32k64");
+    // 77 pads to 96 x 96 with 32 x 32 tiles (128 x 128 with 64 x 64), 197 to 224 x 224.
+    assert_eq!(pick(4, 77, 8, AttnMask::causal()), "q32k32");
+    assert_eq!(pick(64, 197, 12, AttnMask::none()), "q32k32");
+    // Packed sequences count each one's padding: 128 tokens pad to nothing in any shape, 32
+    // only with 32 x 32 tiles.
+    assert_eq!(pick(1, 160, 12, AttnMask::packed(vec![0, 128, 160], false)), "q32k32");
+    let f32 = Tensor::zeros([1, 50, 3 * 64], DType::F32);
+    assert_eq!(gpu.attention_tiles(&f32, 1, &AttnMask::none()).unwrap(), None, "f32 runs the exact kernels");
+}
+
+#[test]
 fn unsupported_head_dims_are_a_clear_error() {
     let emu = backend::get(Device::Emu);
     let bf16 = on(&Tensor::zeros([1, 4, 3 * 48], DType::F32), Device::Emu, DType::BF16);
@@ -214,4 +265,10 @@ fn unsupported_head_dims_are_a_clear_error() {
     let f32 = on(&Tensor::zeros([1, 4, 3 * 160], DType::F32), Device::Emu, DType::F32);
     let err = emu.attention(&f32, 1, &AttnMask::none()).expect_err("f32 head dim 160 is rejected");
     assert!(err.to_string().contains("head dims 1 to 128"), "{err}");
+    let f32 = on(&Tensor::zeros([1, 4, 3 * 64], DType::F32), Device::Emu, DType::F32);
+    let err = GpuBackend::new(Device::Emu)
+        .with_attention_tiles(AttnTiles::ALL[0])
+        .attention(&f32, 1, &AttnMask::none())
+        .expect_err("f32 has no tile shapes to force");
+    assert!(err.to_string().contains("f32 has none"), "{err}");
 }

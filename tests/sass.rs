@@ -6,18 +6,29 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use msclip::backend::gpu::AttnTiles;
 use msclip::backend::gpu::modules::MODULES;
 
 /// Kernels whose products must run on tensor cores, by module: mma.sync is HMMA in the SASS,
-/// wgmma (kernels/wgmma.cuh) HGMMA.
-const TENSOR_CORE_KERNELS: &[(&str, &[&str])] = &[
-    ("selftest", &["selftest_mma", "selftest_wgmma"]),
-    (
-        "attention",
-        &["attention_fwd_d32_bf16", "attention_fwd_d64_bf16", "attention_bwd_d32_bf16", "attention_bwd_d64_bf16"],
-    ),
-    ("infonce", &["infonce_fwd_bf16", "infonce_bwd_bf16", "infonce_fwd_wgmma_bf16", "infonce_bwd_wgmma_bf16"]),
-];
+/// wgmma (kernels/wgmma.cuh) HGMMA. Attention's in every head dim and tile shape the Rust side
+/// may launch.
+fn tensor_core_kernels() -> Vec<(&'static str, Vec<String>)> {
+    let attention = ["fwd", "bwd"]
+        .into_iter()
+        .flat_map(|stage| {
+            [32, 64].into_iter().flat_map(move |d| AttnTiles::ALL.map(|t| format!("attention_{stage}_d{d}_{t}_bf16")))
+        })
+        .collect();
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    vec![
+        ("selftest", names(&["selftest_mma", "selftest_wgmma"])),
+        ("attention", attention),
+        (
+            "infonce",
+            names(&["infonce_fwd_bf16", "infonce_bwd_bf16", "infonce_fwd_wgmma_bf16", "infonce_bwd_wgmma_bf16"]),
+        ),
+    ]
+}
 
 /// The directory holding cuobjdump and nvdisasm: next to `NVCC`, or the repo-local install.
 fn tool_dir() -> Option<PathBuf> {
@@ -70,14 +81,14 @@ fn tensor_core_kernels_contain_tensor_core_instructions() {
         eprintln!("SASS check skipped: cuobjdump/nvdisasm not found (scripts/install-cuda-toolchain.sh installs them)");
         return;
     };
-    for &(module, kernels) in TENSOR_CORE_KERNELS {
+    for (module, kernels) in tensor_core_kernels() {
         let m = MODULES.iter().find(|m| m.name == module).unwrap_or_else(|| panic!("no module {module}"));
         let Some(image) = m.image else {
             eprintln!("SASS check skipped: this build has no GPU images (nvcc was not found)");
             return;
         };
         let sass = sass_of(&tools, image, module);
-        for &kernel in kernels {
+        for kernel in &kernels {
             let mnemonic = instruction_for(kernel);
             let counts = count_per_kernel(&sass, mnemonic);
             let count = counts.iter().find(|(name, _)| name == kernel).map(|(_, c)| *c);

@@ -1,6 +1,8 @@
 //! Rust side of kernels/attention.cu and kernels/attention_exact.cu: attention on packed qkv.
 //!
-//! bf16 tensors run the flash-style tensor-core kernels (head dims 32 and 64); f32 tensors run
+//! bf16 tensors run the flash-style tensor-core kernels (head dims 32 and 64, in the tile shape
+//! [`AttnTiles::choose`] picks for the sequence lengths, or the one a backend made by
+//! [`GpuBackend::with_attention_tiles`] forces); f32 tensors run
 //! the exact SIMT kernels (any head dim up to 128, fp32 math throughout, so f32 training
 //! matches the CPU reference to f32 rounding). Forward is one launch; backward is two
 //! (D = rowsum(dO * O), then dK/dV and dQ in one grid, each block writing its own part of dqkv,
@@ -9,6 +11,9 @@
 //! ([`AttnMask::sequence_offsets`]) of any lengths share one launch; a tile past the end of a
 //! shorter sequence exits at once.
 
+use std::cmp::Reverse;
+use std::fmt;
+
 use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
 use super::{GpuBackend, KernelArg, LaunchConfig};
@@ -16,10 +21,6 @@ use crate::backend::AttnMask;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
-/// The tensor-core kernels: rows of a query or key tile, and threads of a tile's block (4 warps
-/// of 16 rows).
-const TILE: usize = 64;
-const TILE_THREADS: u32 = 128;
 /// The exact kernels: rows of a block (one per warp), and its threads.
 const EXACT_ROWS: usize = 8;
 const EXACT_THREADS: u32 = 256;
@@ -27,12 +28,78 @@ const EXACT_THREADS: u32 = 256;
 const EXACT_MAX_HEAD_DIM: usize = 128;
 /// The delta kernel's block: 8 warps, one (token, head) row each.
 const DELTA_THREADS: u32 = 256;
+/// Launches of fewer blocks leave part of the GPU idle: two blocks on each of an H100's 132 SMs.
+const FILL_BLOCKS: usize = 2 * 132;
+
+/// The tile shape of a bf16 tensor-core kernel (kernels/attention.cu): a block owns `rows` rows
+/// (queries; keys for dK and dV), 16 per warp, and streams the other side `cols` rows per step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnTiles {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl AttnTiles {
+    /// Every shape the kernels come in (ATTENTION_TILE_SHAPES in kernels/attention.cu).
+    pub const ALL: [AttnTiles; 4] = [
+        AttnTiles { rows: 64, cols: 64 },
+        AttnTiles { rows: 64, cols: 32 },
+        AttnTiles { rows: 32, cols: 64 },
+        AttnTiles { rows: 32, cols: 32 },
+    ];
+
+    /// 32 threads per 16 own rows.
+    fn threads(self) -> u32 {
+        2 * self.rows as u32
+    }
+
+    /// Query-key pairs one (sequence, head) of `len` tokens computes with these tiles, padding
+    /// included: each own tile against the streamed tiles up to the last key its last row sees
+    /// (all of them, or up to the diagonal under the causal mask). Backward's dK/dV half, keys
+    /// against query tiles, pads the same way by symmetry. Key padding is left out: it cuts the
+    /// work of every shape alike.
+    fn padded_work(self, len: usize, causal: bool) -> usize {
+        (0..len.div_ceil(self.rows))
+            .map(|tile| {
+                let keys = if causal { len.min((tile + 1) * self.rows) } else { len };
+                self.rows * keys.next_multiple_of(self.cols)
+            })
+            .sum()
+    }
+
+    /// The shape for sequences of `lengths` over `heads` heads: the least padded work, where
+    /// CLIP's short sequences differ most (77 tokens: 128 x 128 pairs with 64 x 64 tiles, 96 x 96
+    /// with 32 x 32); on a tie, more blocks when even the largest tiles launch too few to fill
+    /// the GPU, otherwise fewer (a block stages every key tile it sees, so smaller own tiles
+    /// stage keys more often); then wider streamed tiles (fewer steps and barriers). A model
+    /// from the shapes alone: `cargo bench --bench gpu_kernels` times every shape at CLIP's
+    /// lengths, and a table of its winners can take this function's place.
+    fn choose(lengths: &[usize], causal: bool, heads: usize) -> AttnTiles {
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let blocks = |t: AttnTiles| lengths.len() * heads * longest.div_ceil(t.rows);
+        let fills = AttnTiles::ALL.into_iter().map(blocks).min().unwrap_or(0) >= FILL_BLOCKS;
+        let rank = |t: AttnTiles| {
+            let work: usize = lengths.iter().map(|&len| t.padded_work(len, causal)).sum();
+            let blocks = blocks(t) as i64;
+            let blocks = if fills { blocks } else { -blocks };
+            (work, blocks, Reverse(t.cols))
+        };
+        AttnTiles::ALL.into_iter().min_by_key(|&t| rank(t)).expect("there are tile shapes")
+    }
+}
+
+/// `q<rows>k<cols>`, as in the kernels' names.
+impl fmt::Display for AttnTiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "q{}k{}", self.rows, self.cols)
+    }
+}
 
 /// Which kernels serve a dtype.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kernels {
-    /// bf16: the tensor-core tiles of attention.cu.
-    TensorCore,
+    /// bf16: the tensor-core tiles of attention.cu, in one of their shapes.
+    TensorCore(AttnTiles),
     /// f32: the SIMT kernels of attention_exact.cu.
     Exact,
 }
@@ -50,16 +117,27 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn of(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Self> {
+    /// The call's shapes and kernels: the bf16 kernels in the tile shape `gpu` forces (an error
+    /// for f32, whose kernels have none), or else in the one [`AttnTiles::choose`] picks.
+    fn of(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Self> {
+        let tiles = gpu.attention_tiles;
         let dims = qkv.dims();
         let head_dim = dims[2] / (3 * heads);
+        // The kernels index by the offsets and key lengths: they must fit the tensor.
+        mask.check("attention", dims[0], dims[1])?;
+        let lengths: Vec<usize> = mask.sequences(dims[0], dims[1]).iter().map(|s| s.len).collect();
         let kernels = match qkv.dtype() {
-            DType::BF16 if head_dim == 32 || head_dim == 64 => Kernels::TensorCore,
+            DType::BF16 if head_dim == 32 || head_dim == 64 => {
+                Kernels::TensorCore(tiles.unwrap_or_else(|| AttnTiles::choose(&lengths, mask.causal, heads)))
+            }
             DType::BF16 => {
                 return Err(Error::invalid(
                     "attention",
                     format!("the bf16 GPU kernels are built for head dims 32 and 64, not {head_dim} ({heads} heads)"),
                 ));
+            }
+            DType::F32 if tiles.is_some() => {
+                return Err(Error::invalid("attention", "tile shapes are those of the bf16 kernels; f32 has none"));
             }
             DType::F32 if (1..=EXACT_MAX_HEAD_DIM).contains(&head_dim) => Kernels::Exact,
             DType::F32 => {
@@ -72,11 +150,8 @@ impl Geometry {
             }
             DType::F64 => return Err(Error::dtype("attention", "GPU kernels compute in f32 or bf16, not f64")),
         };
-        // The kernels index by the offsets and key lengths: they must fit the tensor.
-        mask.check("attention", dims[0], dims[1])?;
-        let sequences = mask.sequences(dims[0], dims[1]);
-        let longest = sequences.iter().map(|s| s.len).max().unwrap_or(0);
-        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: sequences.len(), longest, kernels })
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: lengths.len(), longest, kernels })
     }
 
     fn width(&self) -> usize {
@@ -87,22 +162,22 @@ impl Geometry {
         self.batch * self.len * self.heads == 0
     }
 
-    /// `attention_<stage>_d<head dim>_bf16`, or `attention_exact_<stage>_d<head dim rounded up to
-    /// 32>_f32`.
+    /// `attention_<stage>_d<head dim>_q<rows>k<cols>_bf16`, or `attention_exact_<stage>_d<head dim
+    /// rounded up to 32>_f32`.
     fn kernel(&self, stage: &str, dtype: DType) -> Result<String> {
         match self.kernels {
-            Kernels::TensorCore => kernel_for(&format!("attention_{stage}_d{}", self.head_dim), dtype),
+            Kernels::TensorCore(tiles) => kernel_for(&format!("attention_{stage}_d{}_{tiles}", self.head_dim), dtype),
             Kernels::Exact => {
                 kernel_for(&format!("attention_exact_{stage}_d{}", self.head_dim.next_multiple_of(32)), dtype)
             }
         }
     }
 
-    /// One block per (sequence, head) and 64-row tile (tensor cores) or 8 rows (exact) of the
+    /// One block per (sequence, head) and own tile (tensor cores) or 8 rows (exact) of the
     /// longest sequence; `layers` blocks deep.
     fn grid(&self, layers: u32) -> Result<LaunchConfig> {
         let (rows, threads) = match self.kernels {
-            Kernels::TensorCore => (TILE, TILE_THREADS),
+            Kernels::TensorCore(tiles) => (tiles.rows, tiles.threads()),
             Kernels::Exact => (EXACT_ROWS, EXACT_THREADS),
         };
         let pairs = u32::try_from(self.sequences * self.heads)
@@ -158,7 +233,7 @@ fn upload_ints(gpu: &GpuBackend, values: Option<&[usize]>, what: &str) -> Result
 }
 
 pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
-    let g = Geometry::of(qkv, heads, mask)?;
+    let g = Geometry::of(gpu, qkv, heads, mask)?;
     let out = gpu.uninit([g.batch, g.len, g.width()], qkv.dtype())?;
     let lse = gpu.uninit([g.batch, g.heads, g.len], DType::F32)?;
     if g.is_empty() {
@@ -180,7 +255,7 @@ pub(super) fn attention_backward(
     heads: usize,
     mask: &AttnMask,
 ) -> Result<Tensor> {
-    let g = Geometry::of(qkv, heads, mask)?;
+    let g = Geometry::of(gpu, qkv, heads, mask)?;
     if lse.dtype() != DType::F32 {
         return Err(Error::dtype("attention_backward", "the GPU kernels take the fp32 log-sum-exp of their forward"));
     }
@@ -210,4 +285,12 @@ pub(super) fn attention_backward(
     // z = 0: dK and dV; z = 1: dQ.
     gpu.launch(&g.kernel("bwd", qkv.dtype())?, g.grid(2)?, &args)?;
     Ok(dqkv)
+}
+
+/// The tile shape the bf16 kernels run a call in (None for f32 tensors).
+pub(super) fn tiles(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Option<AttnTiles>> {
+    Ok(match Geometry::of(gpu, qkv, heads, mask)?.kernels {
+        Kernels::TensorCore(tiles) => Some(tiles),
+        Kernels::Exact => None,
+    })
 }

@@ -25,6 +25,7 @@ pub mod modules;
 
 use std::sync::OnceLock;
 
+pub use attention::AttnTiles;
 pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
@@ -60,16 +61,31 @@ pub struct GpuBackend {
     /// Whether kernels may use wgmma where the driver has it (kernels/wgmma.cuh); off, the
     /// mma.sync variants run instead (for tests and benchmarks that compare the two).
     allow_wgmma: bool,
+    /// The tile shape of the bf16 attention kernels when forced; None: `AttnTiles::choose`'s per call.
+    attention_tiles: Option<AttnTiles>,
 }
 
 impl GpuBackend {
     pub const fn new(device: Device) -> Self {
-        GpuBackend { device, allow_wgmma: true }
+        GpuBackend { device, allow_wgmma: true, attention_tiles: None }
     }
 
     /// The backend with every tensor-core product on mma.sync, even where wgmma is available.
     pub const fn without_wgmma(device: Device) -> Self {
-        GpuBackend { device, allow_wgmma: false }
+        GpuBackend { device, allow_wgmma: false, attention_tiles: None }
+    }
+
+    /// This backend with its bf16 attention (forward and backward) in one tile shape rather than
+    /// the one [`GpuBackend::attention_tiles`] would pick, so that benchmarks and tests reach
+    /// every shape. Its attention on f32 tensors, whose kernels have no tile shapes, is an error.
+    pub const fn with_attention_tiles(self, tiles: AttnTiles) -> Self {
+        GpuBackend { attention_tiles: Some(tiles), ..self }
+    }
+
+    /// The tile shape this backend's bf16 attention runs a call in (None for f32 tensors, which
+    /// run the exact kernels).
+    pub fn attention_tiles(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Option<AttnTiles>> {
+        attention::tiles(self, qkv, heads, mask)
     }
 }
 
