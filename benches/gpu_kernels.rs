@@ -270,47 +270,99 @@ struct FlopRow {
     seconds: f64,
 }
 
-/// Attention at CLIP's shapes (bf16, forward and forward + backward) in every tile shape of its
-/// kernels, the one the backend picks marked `chosen` (the measurement that can replace
-/// `AttnTiles::choose`), and InfoNCE beside the
-/// three N x N x D GEMMs it must at least do. FLOPs count the useful products only: 4 L^2 d per
-/// head forward (QK^T and PV; half with the causal mask), 2.5x that more for the backward;
-/// InfoNCE 2 N^2 D forward and 6 N^2 D forward + backward (the logits once, d img and d txt; the
-/// kernels' recomputation of logit tiles is not counted), on wgmma and on mma.sync. On the emulator every size is cut
-/// down so the harness runs in seconds.
+/// One attention benchmark: packed projections [batch, len, 3 * 64 heads], the mask, and the
+/// useful forward FLOPs (4 L^2 d per head and sequence, QK^T and PV; half under the causal mask).
+struct AttentionCase {
+    name: String,
+    qkv_shape: [usize; 3],
+    heads: usize,
+    mask: AttnMask,
+    fwd_flops: f64,
+}
+
+/// CLIP's attention shapes: B/32 vision (50 tokens), B/16 vision (197), text (77, causal, padded)
+/// and the same captions trimmed to their lengths and packed (varlen; lengths 8..77 spread
+/// evenly, as `AttnMask::packed` takes them from the text tower). Cut down on the emulator.
+fn attention_cases(full: bool) -> Vec<AttentionCase> {
+    let dense = |name: &str, batch: usize, len: usize, heads: usize, causal: bool| {
+        let useful = if causal { 0.5 } else { 1.0 };
+        AttentionCase {
+            name: format!("{name} b{batch} L{len} h{heads}"),
+            qkv_shape: [batch, len, 3 * 64 * heads],
+            heads,
+            mask: if causal { AttnMask::causal() } else { AttnMask::none() },
+            fwd_flops: useful * 4.0 * (batch * heads * len * len * 64) as f64,
+        }
+    };
+    let packed = |batch: usize, heads: usize| {
+        let lengths: Vec<usize> = (0..batch).map(|i| 8 + (i * 37) % 70).collect();
+        let mut offsets = vec![0];
+        offsets.extend(lengths.iter().scan(0, |end, len| {
+            *end += len;
+            Some(*end)
+        }));
+        let total = *offsets.last().unwrap();
+        let squares: usize = lengths.iter().map(|l| l * l).sum();
+        AttentionCase {
+            name: format!("text packed b{batch} ({total} tok) h{heads}"),
+            qkv_shape: [1, total, 3 * 64 * heads],
+            heads,
+            mask: AttnMask::packed(offsets, true),
+            fwd_flops: 0.5 * 4.0 * (squares * heads * 64) as f64,
+        }
+    };
+    match full {
+        true => vec![
+            dense("B/32 vision", 256, 50, 12, false),
+            dense("B/16 vision", 64, 197, 12, false),
+            dense("text causal", 256, 77, 8, true),
+            packed(256, 8),
+        ],
+        false => vec![
+            dense("B/32 vision", 2, 50, 2, false),
+            dense("B/16 vision", 1, 197, 1, false),
+            dense("text causal", 2, 77, 1, true),
+            packed(2, 1),
+        ],
+    }
+}
+
+/// Attention (bf16, forward and forward + backward) in every tile shape of its kernels, the one
+/// the backend picks marked `chosen` (the measurement that can replace `AttnTiles::choose`), and
+/// InfoNCE beside the three N x N x D GEMMs it must at least do. FLOPs count the useful products
+/// only: attention's forward as `AttentionCase` says, 2.5x that more for the backward; InfoNCE
+/// 2 N^2 D forward and 6 N^2 D forward + backward (the logits once, d img and d txt; the kernels'
+/// recomputation of logit tiles is not counted), on wgmma and on mma.sync. On the emulator every
+/// size is cut down so the harness runs in seconds.
 fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
     let full = device == Device::Cuda;
     let reps = if full { 20 } else { 1 };
     let mut rng = Rng::new(6);
     let mut rows = Vec::new();
-    // (name, batch, len, heads, causal)
-    let shapes: [(&str, usize, usize, usize, bool); 3] = if full {
-        [("B/32 vision", 256, 50, 12, false), ("B/16 vision", 64, 197, 12, false), ("text causal", 256, 77, 8, true)]
-    } else {
-        [("B/32 vision", 2, 50, 2, false), ("B/16 vision", 1, 197, 1, false), ("text causal", 2, 77, 1, true)]
-    };
-    for (name, batch, len, heads, causal) in shapes {
-        let width = 64 * heads;
-        let qkv = random(&mut rng, &[batch, len, 3 * width], device, DType::BF16);
-        let dout = random(&mut rng, &[batch, len, width], device, DType::BF16);
-        let mask = if causal { AttnMask::causal() } else { AttnMask::none() };
-        let useful = if causal { 0.5 } else { 1.0 };
-        let fwd_flops = useful * 4.0 * (batch * heads * len * len * 64) as f64;
-        let chosen = GpuBackend::new(device).attention_tiles(&qkv, heads, &mask).unwrap();
+    for case in attention_cases(full) {
+        let [batch, len, packed_width] = case.qkv_shape;
+        let (heads, mask) = (case.heads, &case.mask);
+        let qkv = random(&mut rng, &case.qkv_shape, device, DType::BF16);
+        let dout = random(&mut rng, &[batch, len, packed_width / 3], device, DType::BF16);
+        let chosen = GpuBackend::new(device).attention_tiles(&qkv, heads, mask).unwrap();
         for tiles in AttnTiles::ALL {
             let tiled = GpuBackend::new(device).with_attention_tiles(tiles);
             let fwd = time(device, reps, || {
-                tiled.attention(&qkv, heads, &mask).unwrap();
+                tiled.attention(&qkv, heads, mask).unwrap();
             });
-            let (out, lse) = tiled.attention(&qkv, heads, &mask).unwrap();
+            let (out, lse) = tiled.attention(&qkv, heads, mask).unwrap();
             let both = time(device, reps, || {
-                tiled.attention(&qkv, heads, &mask).unwrap();
-                tiled.attention_backward(&qkv, &out, &lse, &dout, heads, &mask).unwrap();
+                tiled.attention(&qkv, heads, mask).unwrap();
+                tiled.attention_backward(&qkv, &out, &lse, &dout, heads, mask).unwrap();
             });
             let mark = if chosen == Some(tiles) { ", chosen" } else { "" };
-            let shape = format!("{name} b{batch} L{len} h{heads} bf16 {tiles}{mark}");
-            rows.push(FlopRow { name: format!("attention fwd {shape}"), flops: fwd_flops, seconds: fwd });
-            rows.push(FlopRow { name: format!("attention fwd+bwd {shape}"), flops: 3.5 * fwd_flops, seconds: both });
+            let shape = format!("{} bf16 {tiles}{mark}", case.name);
+            rows.push(FlopRow { name: format!("attention fwd {shape}"), flops: case.fwd_flops, seconds: fwd });
+            rows.push(FlopRow {
+                name: format!("attention fwd+bwd {shape}"),
+                flops: 3.5 * case.fwd_flops,
+                seconds: both,
+            });
         }
     }
     let sizes: &[usize] = if full { &[4096, 16384, 65536] } else { &[128] };

@@ -6,7 +6,8 @@
 //!   install of `scripts/install-cuda-toolchain.sh`): a fatbin per module holding the sm_90a cubin
 //!   (the `a` target has wgmma, kernels/wgmma.cuh; it runs on compute capability 9.0 only) and
 //!   compute_90 PTX (newer GPUs JIT the PTX, where the wgmma kernels trap and are never chosen),
-//!   with `ptxas -v`'s per-kernel report. A kernel that spills registers fails the build.
+//!   with `ptxas -v`'s per-kernel report. A kernel that spills registers fails the build, and so
+//!   does one whose wgmma sequences ptxas had to serialise (its C7517/C7519 notes).
 //!
 //! Writes `$OUT_DIR/kernels.rs`, which `src/backend/gpu/modules.rs` includes: each module's
 //! kernel names, its fatbin (when nvcc ran) and the ptxas report.
@@ -36,6 +37,9 @@ struct KernelResources {
     stack_bytes: u32,
     spill_stores: u32,
     spill_loads: u32,
+    /// ptxas had to inject a warpgroup wait or arrive (notes C7517, C7519): the kernel's wgmma
+    /// sequences run serialised, or rely on the compiler for a wait the source forgot.
+    wgmma_serialised: bool,
 }
 
 pub fn emit() {
@@ -59,6 +63,7 @@ pub fn emit() {
         )
         .unwrap();
         let mut spills = Vec::new();
+        let mut serialised = Vec::new();
         for module in &modules {
             let fatbin = out.join(format!("{}.fatbin", module.name));
             for k in compile_module(nvcc, &kernel_dir, module, &fatbin) {
@@ -71,12 +76,23 @@ pub fn emit() {
                 if k.spill_stores > 0 || k.spill_loads > 0 {
                     spills.push(format!("{} ({} B stores, {} B loads)", k.name, k.spill_stores, k.spill_loads));
                 }
+                // selftest.cu misuses wgmma on purpose, for the emulator's error reports.
+                if k.wgmma_serialised && module.name != "selftest" {
+                    serialised.push(k.name.clone());
+                }
             }
             fatbins.push(Some(fatbin));
         }
         fs::write(out.join("ptxas_report.txt"), &report).expect("write the ptxas report");
         if !spills.is_empty() {
             panic!("register spills are build errors; these kernels spill: {}\n{report}", spills.join(", "));
+        }
+        if !serialised.is_empty() {
+            panic!(
+                "ptxas injected warpgroup waits or arrives (C7517/C7519) into {}: keep wgmma sequences free of \
+                 branches and accumulator accesses between fence and wait",
+                serialised.join(", ")
+            );
         }
     } else {
         report.push_str(
@@ -233,12 +249,20 @@ fn compile_module(nvcc: &Path, kernel_dir: &Path, module: &Module, fatbin: &Path
     parse_ptxas(&log)
 }
 
-/// Reads `ptxas info` lines: "Compiling entry function 'k' for 'sm_90'", then
+/// Reads `ptxas info` lines: "Compiling entry function 'k' for 'sm_90a'", then
 /// "N bytes stack frame, N bytes spill stores, N bytes spill loads" and
-/// "Used N registers, ... N bytes smem, ...".
+/// "Used N registers, ... N bytes smem, ...", and the notes "(C7517) warpgroup.wait is injected
+/// ... in function 'k'" / "(C7519) warpgroup.arrive ...".
 fn parse_ptxas(log: &str) -> Vec<KernelResources> {
     let mut kernels: Vec<KernelResources> = Vec::new();
+    let mut serialised = Vec::new();
     for line in log.lines() {
+        if (line.contains("(C7517)") || line.contains("(C7519)"))
+            && let Some(at) = line.find("in function '")
+        {
+            serialised.push(line[at + "in function '".len()..].split('\'').next().unwrap_or_default().to_string());
+            continue;
+        }
         if let Some(at) = line.find("Compiling entry function '") {
             let rest = &line[at + "Compiling entry function '".len()..];
             let name = rest.split('\'').next().unwrap_or_default().to_string();
@@ -254,6 +278,9 @@ fn parse_ptxas(log: &str) -> Vec<KernelResources> {
             k.registers = number_before(line, "registers");
             k.shared_bytes = number_before(line, "bytes smem");
         }
+    }
+    for k in &mut kernels {
+        k.wgmma_serialised = serialised.contains(&k.name);
     }
     kernels
 }

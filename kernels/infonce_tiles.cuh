@@ -36,15 +36,21 @@ constexpr int STAGE_STRIDE = f32_stride(K_CHUNK);
 // that operand feature-major, so its variant also stages a transposed copy of each slot
 // (SLOT_COPIES). Every region of a kernel's shared memory is a padded tile's size (Pad), which the
 // core-matrix tiles fit in.
-struct SimtF32 {
-    using T = float;
-    using Layout = PaddedRows<f32_stride(K_CHUNK)>;
+
+// What the two variants on row-major padded tiles share: every tile in the one layout, products
+// that complete before they return, nothing to do after staging.
+template <typename Element, int STRIDE>
+struct PaddedTiles {
+    using T = Element;
+    using Layout = PaddedRows<STRIDE>;
     using Pad = Layout;
     using DzLayout = Layout;
     static constexpr bool PIPELINED = false;
     static constexpr int SLOT_COPIES = 1;
     __device__ static void staged() {}
+};
 
+struct SimtF32 : PaddedTiles<float, f32_stride(K_CHUNK)> {
     __device__ static void dz_product(float acc[GROUP_CHUNKS][4][4], const float* dz_tile, const float* slots,
                                       const float*, int own_row, int other_row, int group) {
         const Lane l = lane_position();
@@ -91,15 +97,7 @@ struct SimtF32 {
     }
 };
 
-struct MmaBf16 {
-    using T = bf16;
-    using Layout = PaddedRows<bf16_stride(K_CHUNK)>;
-    using Pad = Layout;
-    using DzLayout = Layout;
-    static constexpr bool PIPELINED = false;
-    static constexpr int SLOT_COPIES = 1;
-    __device__ static void staged() {}
-
+struct MmaBf16 : PaddedTiles<bf16, bf16_stride(K_CHUNK)> {
     __device__ static void dz_product(float acc[GROUP_CHUNKS][4][4], const bf16* dz_tile, const bf16* slots,
                                       const bf16*, int own_row, int other_row, int group) {
         const int lane = threadIdx.x % 32;

@@ -156,17 +156,23 @@ extern "C" __global__ void __launch_bounds__(128) selftest_wgmma(const bf16* a, 
     }
 }
 
-// Issues a product and returns without waiting for it: the emulator must report it.
-extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_unwaited(const bf16* a) {
+// wgmma misuse the emulator must report: with `wait` 0 the product is never waited for; with
+// `mismatched` set, the warps of the warpgroup give different B descriptors.
+extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_misuse(const bf16* a, int mismatched, int wait) {
+    using Layout = tile::CoreMatrices<32>;
     MSCLIP_DYNAMIC_SMEM(bf16, smem);
-    tile::stage_tile<32, tile::CoreMatrices<32>>(smem, a, 32, 64, 32);
+    tile::stage_tile<32, Layout>(smem, a, 32, 64, 32);
     wgmma::fence_operands();
     __syncthreads();
     float acc[16] = {};
     wgmma::fence();
-    const uint64_t d = wgmma::kmajor_descriptor(smem, tile::CoreMatrices<32>::K_CORE_BYTES, 128);
-    wgmma::mma_bf16<32>(acc, d, d);
+    const int b_row = mismatched ? 8 * (static_cast<int>(threadIdx.x) / 32) : 0;
+    const uint64_t da = wgmma::kmajor_descriptor(smem, Layout::K_CORE_BYTES, Layout::ROW_GROUP_BYTES);
+    const uint64_t db = wgmma::kmajor_descriptor(smem + Layout::offset(b_row, 0), Layout::K_CORE_BYTES,
+                                                 Layout::ROW_GROUP_BYTES);
+    wgmma::mma_bf16<32>(acc, da, db);
     wgmma::commit_group();
+    if (wait) wgmma::wait_group<0>();
 }
 
 // Lanes 0-15 wait at a full-warp barrier that lanes 16-31 never reach: the emulator must report

@@ -253,9 +253,15 @@ fn wgmma_wrappers_match_a_naive_product() {
 }
 
 #[test]
-fn a_wgmma_never_waited_for_is_reported() {
+fn wgmma_misuse_is_reported() {
     let a = upload(&vec![bf16::ONE; 64 * 32]);
-    let err =
-        EmuDriver.launch("selftest_wgmma_unwaited", LaunchConfig::linear(1, 128, 64 * 32 * 2), &[arg(&a)]).unwrap_err();
-    assert!(err.to_string().contains("never waited for"), "{err}");
+    let run = |mismatched: i32, wait: i32| {
+        let config = LaunchConfig::linear(1, 128, 64 * 32 * 2);
+        EmuDriver.launch("selftest_wgmma_misuse", config, &[arg(&a), KernelArg::I32(mismatched), KernelArg::I32(wait)])
+    };
+    run(0, 1).unwrap();
+    let never_waited = run(0, 0).unwrap_err();
+    assert!(never_waited.to_string().contains("never waited for"), "{never_waited}");
+    let mismatched = run(1, 1).unwrap_err();
+    assert!(mismatched.to_string().contains("different wgmma operands"), "{mismatched}");
 }

@@ -63,6 +63,7 @@ struct Block {
     unsigned barrier_generation = 0;
     std::vector<Thread> threads;
     std::vector<Warp> warps;
+    std::vector<std::vector<WgmmaIssue>> warpgroup_logs;
     unsigned char* smem = nullptr;
 };
 
@@ -147,6 +148,7 @@ bool run_block(Worker& w, uint3 block_idx) {
     b.barrier_arrived = 0;
     b.threads.assign(b.n_threads, Thread{});
     b.warps.assign((b.n_threads + 31) / 32, Warp{});
+    b.warpgroup_logs.assign((b.n_threads + 127) / 128, {});
     for (int i = 0; i < b.n_threads; ++i) {
         Thread& t = b.threads[i];
         t.linear = static_cast<unsigned>(i);
@@ -345,6 +347,7 @@ unsigned lane_id() { return t_worker->current->linear % 32; }
 unsigned thread_linear() { return t_worker->current->linear; }
 size_t dynamic_smem_bytes() { return t_worker->launch->smem_bytes; }
 WgmmaQueue& wgmma_queue() { return t_worker->current->wgmma; }
+std::vector<WgmmaIssue>& warpgroup_log() { return t_worker->block.warpgroup_logs[t_worker->current->linear / 128]; }
 void fail(const char* message) {
     Launch& launch = *t_worker->launch;
     const uint3& b = t_worker->block.idx;

@@ -96,7 +96,17 @@ void wgmma_issue(float* d, int n, uint64_t a_desc, uint64_t b_desc) {
         fail("wgmma issued by a block that is not made of whole warpgroups (a multiple of 128 threads)");
         return;
     }
-    wgmma_queue().issued.push_back(WgmmaProduct{d, n, a_desc, b_desc});
+    WgmmaQueue& q = wgmma_queue();
+    std::vector<WgmmaIssue>& log = warpgroup_log();
+    const size_t index = q.issued_total++;
+    if (index == log.size()) {
+        log.push_back(WgmmaIssue{n, a_desc, b_desc});
+    } else if (log[index].n != n || log[index].a != a_desc || log[index].b != b_desc) {
+        fail("the threads of a warpgroup issued different wgmma operands (shape or descriptors); the hardware "
+             "takes them from the warpgroup as a whole");
+        return;
+    }
+    q.issued.push_back(WgmmaProduct{d, n, a_desc, b_desc});
 }
 
 void wgmma_commit() {
