@@ -145,14 +145,9 @@ __device__ void logits_tile(float acc[N8][4], const Side<typename Tiles::T>& sid
 
 // Calls visit(z, c0) for each 64-row tile of the block's other rows (c0 its first row), z the warp's
 // 16 own rows (from 16 * warp) x 64 other rows of unscaled logits: the forward's stream of tiles.
-// Dynamic shared memory: forward_tiles<Tiles>() padded tiles. A pipelined variant runs the
-// (tile, chunk) steps through two buffers of own and other chunk: while the tensor cores multiply
-// step s, the threads stage step s + 1 into the other buffer.
-template <typename Tiles>
-__device__ constexpr int forward_tiles() {
-    return Tiles::PIPELINED ? 4 : 2;
-}
-
+// Dynamic shared memory: two padded tiles (own, other chunk), four for a PIPELINED variant, which
+// runs the (tile, chunk) steps through two such buffers: while the tensor cores multiply step s,
+// the threads stage step s + 1 into the other buffer.
 template <typename Tiles, typename Visit>
 __device__ void for_each_logit_tile(const Side<typename Tiles::T>& side, int d, typename Tiles::T* smem,
                                     Visit visit) {
@@ -196,7 +191,7 @@ __device__ void for_each_logit_tile(const Side<typename Tiles::T>& side, int d, 
 // Grid (max(ceil(n / 64), row blocks x row_splits), 2): y = 0 the rank's rows (lse over the texts
 // of the block's split, into row_lse[split][row]), y = 1 all columns (partial lse over the rank's
 // rows). positive_terms[x] = -2 sum of z_ii over the positive pairs of row-direction block x.
-// Dynamic shared memory: forward_tiles<Tiles>() padded tiles.
+// Dynamic shared memory: as for_each_logit_tile says.
 template <typename Tiles, typename T = typename Tiles::T>
 __device__ void infonce_forward(const T* img, const T* txt, const T* logit_scale, float max_scale, Shard shard, int d,
                                 float* row_lse, float* col_lse, float* positive_terms) {

@@ -113,7 +113,7 @@ struct CoreMatrices {
 // Element (r, k .. k + 7) of a staged square tile, written into its transpose: `transposed`
 // holds element (k + e, r) where Layout puts it.
 template <typename Layout, typename S>
-__device__ __forceinline__ void scatter_transposed(S* transposed, int r, int k, const S values[8]) {
+__device__ __forceinline__ void scatter_transposed(S* transposed, int r, int k, const S* values) {
     for (int e = 0; e < 8; ++e) transposed[Layout::offset(k + e, r)] = values[e];
 }
 
@@ -133,33 +133,25 @@ __device__ __forceinline__ void stage_tile(S* dst, const T* src, size_t src_stri
         const T* from = src + static_cast<size_t>(r) * src_stride + k;
         S* to = dst + Layout::offset(r, k);
         const bool vec = aligned && r < rows && k + 8 <= cols;
+        bool copied = false;  // 16-bit to 16-bit rows move as raw 16-byte words
         if constexpr (sizeof(S) == 2 && sizeof(T) == 2) {
             if (vec) {
-                const uint4 raw = *reinterpret_cast<const uint4*>(from);
-                *reinterpret_cast<uint4*>(to) = raw;
-                if constexpr (COLS == Layout::TILE_ROWS) {
-                    if (transposed != nullptr) {
-                        S values[8];
-                        memcpy(values, &raw, sizeof values);
-                        scatter_transposed<Layout>(transposed, r, k, values);
-                    }
-                }
-                continue;
+                *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(from);
+                copied = true;
             }
         }
-        float v[8];
-        if (vec) {
-            load8(from, v);
-        } else {
-            for (int e = 0; e < 8; ++e) v[e] = r < rows && k + e < cols ? to_float(from[e]) : 0.0f;
+        if (!copied) {
+            float v[8];
+            if (vec) {
+                load8(from, v);
+            } else {
+                for (int e = 0; e < 8; ++e) v[e] = r < rows && k + e < cols ? to_float(from[e]) : 0.0f;
+            }
+            store8(to, v);
         }
-        store8(to, v);
         if constexpr (COLS == Layout::TILE_ROWS) {
-            if (transposed != nullptr) {
-                S values[8];
-                for (int e = 0; e < 8; ++e) values[e] = from_float<S>(v[e]);
-                scatter_transposed<Layout>(transposed, r, k, values);
-            }
+            // The chunk as just stored (S-rounded, zero-padded) goes to its transposed place too.
+            if (transposed != nullptr) scatter_transposed<Layout>(transposed, r, k, to);
         }
     }
 }

@@ -115,7 +115,10 @@ void release_block_barrier_if_complete(Block& b) {
     }
 }
 
-void record_error(Launch& launch, const std::string& message);
+void record_error(Launch& launch, const std::string& message) {
+    std::lock_guard<std::mutex> lock(launch.error_mutex);
+    if (launch.error.empty()) launch.error = message;
+}
 
 void thread_main() {
     Worker& w = worker();
@@ -130,11 +133,6 @@ void thread_main() {
     release_block_barrier_if_complete(w.block);
     fiber_switch(&t.ctx, &w.scheduler);
     std::abort();  // a finished fiber is never resumed
-}
-
-void record_error(Launch& launch, const std::string& message) {
-    std::lock_guard<std::mutex> lock(launch.error_mutex);
-    if (launch.error.empty()) launch.error = message;
 }
 
 // Runs every thread of one block to completion; false on a deadlock.

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <string>
 
-#include "emu.h"
+#include "../common.cuh"  // bf16 and its widening, as the kernels see them (pulls in emu.h)
 #include "runtime.h"
 
 namespace emu {
@@ -40,13 +40,11 @@ bool check_supported(const Descriptor& d, const char* operand) {
     return false;
 }
 
+// A bf16 operand element at a byte offset, widened as the kernels widen it.
 float bf16_at(const unsigned char* smem, uint32_t offset) {
-    uint16_t bits;
-    std::memcpy(&bits, smem + offset, sizeof bits);
-    const uint32_t wide = static_cast<uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &wide, sizeof f);
-    return f;
+    bf16 x;
+    std::memcpy(&x.bits, smem + offset, sizeof x.bits);
+    return bf16_to_float(x);
 }
 
 // One m64nNk16 product for the calling thread's accumulator elements.
