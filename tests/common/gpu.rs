@@ -23,7 +23,9 @@ pub fn tensor_core_backends(dtype: DType) -> Vec<(Device, String, &'static dyn B
     for device in gpu_devices() {
         all.push((device, device.to_string(), backend::get(device)));
         if dtype == DType::BF16 {
-            let mma_only: &'static dyn Backend = Box::leak(Box::new(gpu::GpuBackend::without_wgmma(device)));
+            static EMU_MMA_ONLY: gpu::GpuBackend = gpu::GpuBackend::without_wgmma(Device::Emu);
+            static CUDA_MMA_ONLY: gpu::GpuBackend = gpu::GpuBackend::without_wgmma(Device::Cuda);
+            let mma_only: &'static dyn Backend = if device == Device::Cuda { &CUDA_MMA_ONLY } else { &EMU_MMA_ONLY };
             all.push((device, format!("{device} mma.sync"), mma_only));
         }
     }
