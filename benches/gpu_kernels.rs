@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use msclip::backend::gpu::buffer::{Scratch, measure_allocations};
 use msclip::backend::gpu::{AttnTiles, GpuBackend};
-use msclip::backend::{self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, UnaryOp};
+use msclip::backend::{self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, Conv2dGeometry, UnaryOp};
 use msclip::{DType, Device, Rng, Tensor};
 use serde_json::json;
 
@@ -65,6 +65,8 @@ fn main() {
         layernorm_cases(gpu, device, dtype, &sizes, reps, &mut rows);
         bias_gelu_cases(gpu, device, dtype, &sizes, reps, &mut rows);
         l2_cases(gpu, device, dtype, &sizes, reps, &mut rows);
+        row_op_cases(gpu, device, dtype, &sizes, reps, &mut rows);
+        conv_branch_cases(gpu, device, dtype, &sizes, reps, &mut rows);
     }
     cast_cases(gpu, device, &sizes, reps, &mut rows);
     adamw_case(gpu, device, &sizes, reps, &mut rows);
@@ -205,6 +207,92 @@ fn l2_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps: us
         gpu.l2_normalize_backward(&y, &norm, &dy, 1e-12).unwrap();
     });
     rows.push(Row { name: format!("l2_normalize bwd {shape}"), bytes: 3.0 * act + (n * 4) as f64, seconds: bwd });
+}
+
+/// The remaining row-wise and data-movement kernels at activation size: softmax (fwd, bwd), the
+/// attention head split (a permute of [tokens / 50, 50, 3, heads, 64] into [3, ..., heads, 50, 64])
+/// and cross-entropy over 1000 classes (a zero-shot classifier's logits), fwd and bwd.
+fn row_op_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
+    let mut rng = Rng::new(7);
+    let (n, d) = (s.tokens, s.width);
+    let e = dtype.size_in_bytes() as f64;
+    let act = (n * d) as f64 * e;
+    let shape = format!("{n}x{d} {dtype}");
+    let x = random(&mut rng, &[n, d], device, dtype);
+    let dy = random(&mut rng, &[n, d], device, dtype);
+    let fwd = time(device, reps, || {
+        gpu.softmax(&x).unwrap();
+    });
+    rows.push(Row { name: format!("softmax fwd {shape}"), bytes: 2.0 * act, seconds: fwd });
+    let y = gpu.softmax(&x).unwrap();
+    let bwd = time(device, reps, || {
+        gpu.softmax_backward(&y, &dy).unwrap();
+    });
+    rows.push(Row { name: format!("softmax bwd {shape}"), bytes: 3.0 * act, seconds: bwd });
+
+    let heads = (d / 64).max(1);
+    let qkv = random(&mut rng, &[n / 50, 50, 3, heads, 64], device, dtype);
+    let split = time(device, reps, || {
+        gpu.permute(&qkv, &[2, 0, 3, 1, 4]).unwrap();
+    });
+    let qkv_bytes = (qkv.numel() as f64) * e;
+    rows.push(Row {
+        name: format!("permute qkv head split {:?} {dtype}", qkv.dims()),
+        bytes: 2.0 * qkv_bytes,
+        seconds: split,
+    });
+
+    let (batch, classes) = (n / 8, 1000);
+    let logits = random(&mut rng, &[batch, classes], device, dtype);
+    let targets: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % classes as u32).collect();
+    let logit_bytes = (batch * classes) as f64 * e;
+    let ce = time(device, reps, || {
+        gpu.cross_entropy(&logits, &targets).unwrap();
+    });
+    let ce_name = format!("cross_entropy {batch}x{classes} {dtype}");
+    rows.push(Row { name: format!("{ce_name} fwd"), bytes: logit_bytes + (batch * 8) as f64, seconds: ce });
+    let (loss, lse) = gpu.cross_entropy(&logits, &targets).unwrap();
+    let dloss = Tensor::scalar(1.0, dtype).to_device(device).unwrap();
+    let ce_bwd = time(device, reps, || {
+        gpu.cross_entropy_backward(&logits, &lse, &targets, &dloss).unwrap();
+    });
+    drop(loss);
+    rows.push(Row { name: format!("{ce_name} bwd"), bytes: 2.0 * logit_bytes + (batch * 4) as f64, seconds: ce_bwd });
+}
+
+/// MS-CLIP's parallel conv branch on a ViT-B/32 token grid (7 x 7, width channels): the depthwise
+/// 3 x 3 convolution and BatchNorm with batch statistics, forward and backward. Bytes: every
+/// input read once, every output written once.
+fn conv_branch_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
+    let mut rng = Rng::new(8);
+    let (batch, c) = (s.tokens / 50, s.width);
+    let x = random(&mut rng, &[batch, c, 7, 7], device, dtype);
+    let w = random(&mut rng, &[c, 1, 3, 3], device, dtype);
+    let dy = random(&mut rng, &[batch, c, 7, 7], device, dtype);
+    let e = dtype.size_in_bytes() as f64;
+    let act = (x.numel() as f64) * e;
+    let shape = format!("{batch}x{c}x7x7 {dtype}");
+    let geo = Conv2dGeometry { stride: 1, padding: 1, groups: c };
+    let conv = time(device, reps, || {
+        gpu.conv2d(&x, &w, geo).unwrap();
+    });
+    rows.push(Row { name: format!("depthwise conv 3x3 fwd {shape}"), bytes: 2.0 * act, seconds: conv });
+    let conv_bwd = time(device, reps, || {
+        gpu.conv2d_backward(&x, &w, &dy, geo, true).unwrap();
+    });
+    rows.push(Row { name: format!("depthwise conv 3x3 bwd (dx, dw) {shape}"), bytes: 3.0 * act, seconds: conv_bwd });
+    let gamma = random(&mut rng, &[c], device, DType::F32);
+    let beta = random(&mut rng, &[c], device, DType::F32);
+    let stats = (4 * c * 4) as f64;
+    let bn = time(device, reps, || {
+        gpu.batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
+    });
+    rows.push(Row { name: format!("batchnorm train fwd {shape}"), bytes: 2.0 * act + stats, seconds: bn });
+    let out = gpu.batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
+    let bn_bwd = time(device, reps, || {
+        gpu.batch_norm_backward(&x, &gamma, &out.mean, &out.var, &dy, 1e-5, true).unwrap();
+    });
+    rows.push(Row { name: format!("batchnorm bwd {shape}"), bytes: 3.0 * act + stats, seconds: bn_bwd });
 }
 
 /// fp32 -> bf16 and back over one activation tensor.
