@@ -16,6 +16,7 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod model;
 pub mod nn;
 pub mod ops;

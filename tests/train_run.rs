@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use msclip::model::{ClipModel, preset};
 use msclip::nn::{AdamW, AdamWConfig, ParamGroup};
 use msclip::train::checkpoint::{self, TrainingState};
-use msclip::train::{Resume, RunOptions, TrainConfig, train};
+use msclip::train::{Resume, RunEnd, RunOptions, TrainConfig, train};
 use msclip::{DType, Rng, Tensor};
 
 fn scratch(name: &str) -> PathBuf {
@@ -104,7 +104,8 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     let restored = checkpoint::load(&ckpt, &model.config, &mut p, &mut b, Some(&mut opt)).unwrap();
     let id = p.find("visual.proj").unwrap();
     let shape = p.get(id).shape().clone();
-    p.set(id, Tensor::full(shape, f64::NAN, DType::F32)).unwrap();
+    // Finite, so the checkpoint loads (NaN would be refused on load), but the features overflow.
+    p.set(id, Tensor::full(shape, 3e38, DType::F32)).unwrap();
     let state = TrainingState {
         config: &model.config,
         params: &p,
@@ -146,5 +147,150 @@ fn a_short_run_learns_far_above_chance() {
     assert!(metrics["zeroshot/colour/seen/acc1"] > 0.6, "{report}");
     assert!(metrics["retrieval/seen/image_to_text_R@10"] > 0.25, "{report}");
     assert!(metrics["retrieval/seen/text_to_image_R@10"] > 0.25, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn resume_latest() -> RunOptions {
+    RunOptions { resume: Some(Resume::Latest), quiet: true, ..Default::default() }
+}
+
+fn logged_steps(run_dir: &Path, file: &str) -> Vec<u64> {
+    msclip::train::read_jsonl(&run_dir.join(file)).unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect()
+}
+
+// Issue 11, item 1: a second run of the same name used to overwrite the first and mix its logs.
+#[test]
+fn a_new_run_refuses_an_existing_run_directory_unless_overwrite() {
+    let dir = scratch("reuse");
+    let first = small_config("base", &dir, 2);
+    train(&first, &quiet()).unwrap();
+    let config_before = std::fs::read(dir.join("base/config.json")).unwrap();
+    let mut second = first.clone();
+    second.seed = 7;
+    let err = train(&second, &quiet()).unwrap_err().to_string();
+    assert!(err.contains("exists already") && err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(dir.join("base/config.json")).unwrap(), config_before, "the first run is untouched");
+
+    let overwrite = RunOptions { overwrite: true, quiet: true, ..Default::default() };
+    train(&second, &overwrite).unwrap();
+    assert_eq!(logged_steps(&dir.join("base"), "results.jsonl"), [2], "only the new run's results");
+    // A directory holding files msclip did not write is never removed.
+    std::fs::write(dir.join("base/notes.txt"), "mine").unwrap();
+    let err = train(&second, &overwrite).unwrap_err().to_string();
+    assert!(err.contains("notes.txt") && err.contains("not removing"), "{err}");
+    assert!(dir.join("base/notes.txt").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Item 7: --steps extends a run; the log never repeats a step; a finished run says so;
+// settings that decide what is learnt cannot change.
+#[test]
+fn resume_extends_refuses_other_changes_and_never_logs_a_step_twice() {
+    let dir = scratch("extend");
+    let mut config = small_config("run", &dir, 4);
+    config.log_every = 1;
+    let run_dir = dir.join("run");
+    // A crash after step 3's log line but before its checkpoint: step 3 is replayed on resume.
+    train(&config, &RunOptions { stop_after: Some(2), quiet: true, ..Default::default() }).unwrap();
+    let log = run_dir.join("train_loss.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"step\":3,\"loss\":9.0}\n{\"step\":4,\"lo"); // and a torn last line
+    std::fs::write(&log, text).unwrap();
+    let done = train(&config, &resume_latest()).unwrap();
+    assert_eq!((done.end, done.steps_done), (RunEnd::Finished, 4));
+    assert_eq!(logged_steps(&run_dir, "train_loss.jsonl"), [1, 2, 3, 4]);
+    assert_eq!(logged_steps(&run_dir, "results.jsonl"), [4]);
+
+    // Resuming the finished run does nothing and says so.
+    let again = train(&config, &resume_latest()).unwrap();
+    assert_eq!(again.end, RunEnd::AlreadyFinished);
+    assert_eq!(logged_steps(&run_dir, "results.jsonl"), [4], "no duplicate results line");
+
+    // A larger --steps extends it; the config on disk says so.
+    let mut longer = config.clone();
+    longer.steps = 6;
+    let extended = train(&longer, &resume_latest()).unwrap();
+    assert_eq!((extended.end, extended.steps_done), (RunEnd::Finished, 6));
+    assert_eq!(logged_steps(&run_dir, "train_loss.jsonl"), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(msclip::train::read_run_config(&run_dir).unwrap().0.steps, 6);
+
+    // Another batch size or seed is refused with the list of differences.
+    let mut other = longer.clone();
+    other.steps = 8;
+    other.batch_size = 16;
+    other.seed = 5;
+    let err = train(&other, &resume_latest()).unwrap_err().to_string();
+    assert!(err.contains("batch_size: 8 -> 16") && err.contains("seed: 0 -> 5"), "{err}");
+    // A checkpoint past the run's steps is refused, not "finished" without evaluation.
+    let mut shorter = longer.clone();
+    shorter.steps = 5;
+    let err = train(&shorter, &resume_latest()).unwrap_err().to_string();
+    assert!(err.contains("at step 6") && err.contains("--steps 6 or more"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Items 4, 8 and 9: an interrupted run saves a checkpoint; stale temporaries of a killed
+// run are removed when it resumes; only the newest step_N files are kept.
+#[test]
+fn interruption_saves_temporaries_are_cleaned_and_old_checkpoints_pruned() {
+    let dir = scratch("stop");
+    let mut config = small_config("run", &dir, 6);
+    config.save_every = 1;
+    config.keep_checkpoints = 2;
+    config.eval_samples = 0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let options = RunOptions { stop: Some(stop), quiet: true, ..Default::default() };
+    let stopped = train(&config, &options).unwrap();
+    assert_eq!((stopped.end, stopped.steps_done), (RunEnd::Interrupted, 1), "stops after the step under way");
+    let ckpts = dir.join("run/checkpoints");
+    assert!(ckpts.join("latest.safetensors").exists());
+    let stale = ckpts.join(".step_2.safetensors.999-0.msclip-tmp");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+    let done = train(&config, &resume_latest()).unwrap();
+    assert_eq!((done.end, done.eval.is_none()), (RunEnd::Finished, true), "--eval-samples 0: no evaluation");
+    assert!(!stale.exists(), "the killed run's temporary is removed");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&ckpts).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["latest.safetensors", "step_5.safetensors", "step_6.safetensors"]);
+    assert!(!dir.join("run/results.jsonl").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Item 10: weights that are not finite are refused on load, by name; identical state gives
+// identical checkpoint bytes.
+#[test]
+fn checkpoints_are_byte_stable_and_non_finite_weights_are_refused() {
+    let model = ClipModel::new(preset("tiny").unwrap()).unwrap();
+    let (mut p, b) = model.init_params(&mut Rng::new(3), DType::F32).unwrap();
+    let groups = vec![ParamGroup { name: "all".into(), weight_decay: 0.0, lr_scale: 1.0 }];
+    let opt = AdamW::new(&p, AdamWConfig::default(), groups, |_, _| 0).unwrap();
+    let rng = Rng::new(9);
+    let bytes = |p: &msclip::nn::ParamStore| {
+        let state = TrainingState {
+            config: &model.config,
+            params: p,
+            buffers: &b,
+            optimizer: &opt,
+            step: 4,
+            samples_seen: 32,
+            rng: &rng,
+        };
+        checkpoint::to_bytes(&state).unwrap()
+    };
+    assert_eq!(bytes(&p), bytes(&p));
+
+    let id = p.find("visual.proj").unwrap();
+    let mut values = p.get(id).to_f64_vec();
+    values[0] = f64::NAN;
+    values[1] = 1e300; // infinite in f32
+    p.set(id, Tensor::from_f64(&values, p.get(id).shape().clone(), DType::F32).unwrap()).unwrap();
+    let dir = scratch("finite");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("poisoned.safetensors");
+    std::fs::write(&path, bytes(&p)).unwrap();
+    let (mut q, mut c) = model.init_params(&mut Rng::new(0), DType::F32).unwrap();
+    let err = checkpoint::load(&path, &model.config, &mut q, &mut c, None).unwrap_err().to_string();
+    assert!(err.contains("not finite") && err.contains("param/visual.proj (2 of"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use msclip::Rng;
 use msclip::eval::evaluate;
 use msclip::model::ClipModel;
 use msclip::train::checkpoint::{self, Restored};
-use msclip::train::{load_run_tokenizer, read_run_config};
+use msclip::train::{load_run_tokenizer, memory, read_run_config};
 use serde_json::json;
 
 #[derive(Args)]
@@ -29,7 +29,18 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if args.samples == 0 {
+        anyhow::bail!("--samples must be at least 1 (images per evaluation split)");
+    }
     let (train, model_config) = read_run_config(&args.run)?;
+    let output = args.output.unwrap_or_else(|| args.run.join("eval.json"));
+    if output.is_dir() {
+        anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
+    }
+    let state = memory::training_state_bytes(ClipModel::new(model_config.clone())?.counts().total as u64);
+    memory::check_fits("--samples", args.samples as u64, 1, |n| {
+        state.saturating_add(memory::evaluation_bytes(&model_config, n))
+    })?;
     let model = ClipModel::new(model_config)?;
     let tokenizer = load_run_tokenizer(&train, &args.run)?;
     let (mut params, mut buffers) = model.init_params(&mut Rng::new(0), DType::F32)?;
@@ -37,7 +48,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let Restored { step, .. } = checkpoint::load(&ckpt, &model.config, &mut params, &mut buffers, None)?;
     let report = evaluate(&model, &params, &mut buffers, &tokenizer, &train.data, args.samples)?;
     println!("{} at step {step}, {} images per split\n{}", model.config.name, args.samples, report.summary());
-    let output = args.output.unwrap_or_else(|| args.run.join("eval.json"));
     let record = json!({
         "dataset": "shapes",
         "model": model.config.name,
@@ -47,7 +57,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "samples_per_split": args.samples,
         "metrics": report.metrics(),
     });
-    checkpoint::write_atomically(&output, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    msclip::files::write_atomically(&output, serde_json::to_string_pretty(&record)?.as_bytes())?;
     println!("metrics written to {}", output.display());
     Ok(())
 }

@@ -1,31 +1,45 @@
 //! `msclip train`: the embedded default trains `tiny` on the shapes world on the CPU.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use msclip::Device;
-use msclip::train::{Precision, Resume, RunOptions, TokenizerSource, TrainConfig, train};
+use msclip::train::{
+    Precision, Resume, RunEnd, RunOptions, TokenizerSource, TrainConfig, read_run_config, run_dir_of_checkpoint, train,
+};
+
+/// Exit status of a run stopped by Ctrl-C or SIGTERM (the shell's 128 + SIGINT).
+const INTERRUPTED_EXIT: i32 = 130;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Model preset.
-    #[arg(long, default_value = "tiny")]
-    preset: String,
-    /// Run name: the run lives in <output>/<name>/.
+    /// Model preset [default: tiny]. Every preset trains on the shapes world, rendered at the
+    /// preset's image size.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Run name: the run lives in <output>/<name>/ [default: the preset]. One plain directory
+    /// name; a new run refuses an existing run directory (see --resume, --overwrite).
     #[arg(long)]
     name: Option<String>,
-    #[arg(long, default_value = "runs")]
-    output: PathBuf,
+    /// Folder that holds the run directories [default: runs].
+    #[arg(long)]
+    output: Option<PathBuf>,
     /// Training data; only the procedural shapes world is available so far.
     #[arg(long, default_value = "shapes")]
     data: String,
-    /// Compute device: cpu (the reference), cuda (an NVIDIA GPU), or emu (the CUDA kernels on
-    /// the host's SIMT emulator: slow, for checking the GPU path without a GPU).
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// Compute precision of the towers: fp32, or bf16 (GPU devices; fp32 masters and loss).
-    #[arg(long, default_value = "fp32")]
-    precision: Precision,
+    /// Compute device [default: cpu, or the resumed run's]: cpu (the reference), cuda (an
+    /// NVIDIA GPU), or emu (the CUDA kernels on the host's SIMT emulator: slow, for checking
+    /// the GPU path without a GPU).
+    #[arg(long)]
+    device: Option<Device>,
+    /// Compute precision of the towers [default: fp32, or the resumed run's]: fp32, or bf16
+    /// (GPU devices; fp32 masters and loss).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Optimizer steps [default: 650]. On --resume, a new total: the run is extended (or
+    /// shortened, not below its checkpoint) and the cosine schedule spans the new total.
     #[arg(long)]
     steps: Option<u64>,
     /// Alternative to --steps: passes over --epoch-samples samples.
@@ -33,37 +47,56 @@ pub struct TrainArgs {
     epochs: Option<u64>,
     #[arg(long, default_value_t = 32_768)]
     epoch_samples: u64,
+    /// Image-text pairs per step [default: 128]; at least 2, at most what fits in memory.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Peak learning rate [default: 1e-3].
     #[arg(long)]
     lr: Option<f64>,
+    /// Floor of the cosine schedule [default: --lr / 100].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Linear warmup steps [default: 50].
     #[arg(long)]
     warmup: Option<u64>,
-    #[arg(long)]
+    /// Weight decay of the unshared weight matrices [default: 0.05].
+    #[arg(long, allow_hyphen_values = true)]
     wd: Option<f64>,
-    /// Weight decay of the modality-shared weights (MS-CLIP's WD_SHARE).
-    #[arg(long)]
+    /// Weight decay of the modality-shared weights (MS-CLIP's WD_SHARE) [default: 0.2].
+    #[arg(long, allow_hyphen_values = true)]
     wd_shared: Option<f64>,
-    /// Global gradient-norm clip; 0 disables.
-    #[arg(long)]
+    /// Global gradient-norm clip [default: 1.0]; exactly 0 turns clipping off.
+    #[arg(long, allow_hyphen_values = true)]
     grad_clip: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Steps between console lines and train_loss.jsonl records [default: 50].
     #[arg(long)]
     log_every: Option<u64>,
+    /// Steps between evaluations [default: 325]; 0 evaluates only at the end.
     #[arg(long)]
     eval_every: Option<u64>,
+    /// Steps between checkpoints [default: 500]; a checkpoint is also written at the end and
+    /// when the run is interrupted.
     #[arg(long)]
     save_every: Option<u64>,
-    /// Images per evaluation split.
+    /// How many step_N checkpoints to keep besides latest [default: 3].
+    #[arg(long)]
+    keep_checkpoints: Option<usize>,
+    /// Images per evaluation split [default: 1000]; 0 turns evaluation off.
     #[arg(long)]
     eval_samples: Option<usize>,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).
     #[arg(long)]
     clip_tokenizer: bool,
-    /// Continue a run: `latest` or a checkpoint path. The run's saved config.json is used.
+    /// Continue a run: `latest` (the run named by --output/--name) or a checkpoint path (its own
+    /// run). The run's config.json applies; --steps, --device, --precision and the logging,
+    /// evaluation and checkpoint flags may change it, any other flag that differs is refused.
     #[arg(long)]
     resume: Option<String>,
+    /// Replace an existing run directory of the same name (deleted first) instead of refusing.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
 }
 
 /// Overrides `field` when the flag was given.
@@ -74,25 +107,117 @@ fn set<T>(field: &mut T, value: Option<T>) {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.device.is_gpu() {
+    if args.device.is_some_and(|d| d.is_gpu()) {
         // Fail before any work when the GPU (or this build's kernels) is missing.
-        msclip::backend::gpu::driver(args.device)?;
+        msclip::backend::gpu::driver(args.device.expect("checked"))?;
     }
     if args.data != "shapes" {
         anyhow::bail!("data {:?} is not supported yet: only the procedural shapes world (--data shapes)", args.data);
     }
-    let mut config = TrainConfig::tiny_default();
-    config.name = args.name.clone().unwrap_or_else(|| args.preset.clone());
-    config.preset = args.preset;
-    config.device = args.device;
-    config.precision = args.precision;
-    config.output_dir = args.output;
+    let (mut config, resume) = base_config(&args)?;
+    apply_flags(&mut config, &args)?;
+    config.validate()?;
+    msclip::train::memory::check_training(&config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    install_interrupt_handler(stop.clone())?;
+    let options = RunOptions { resume, overwrite: args.overwrite, stop: Some(stop), ..Default::default() };
+    let summary = train(&config, &options)?;
+    let run_dir = summary.run_dir.display();
+    match summary.end {
+        RunEnd::Finished => println!(
+            "done: {} steps, final loss {:.4}; run directory {run_dir} (config.json, results.jsonl, checkpoints/, loss.png, accuracy.png)",
+            summary.steps_done, summary.final_loss
+        ),
+        RunEnd::AlreadyFinished => println!(
+            "{run_dir} is already finished ({} of {} steps, evaluated); pass --steps with a larger total to extend it",
+            summary.steps_done, config.steps
+        ),
+        RunEnd::StoppedEarly | RunEnd::Interrupted => {
+            eprintln!(
+                "interrupted after step {} of {}; checkpoint saved. Continue with: msclip train --resume latest --output {} --name {}",
+                summary.steps_done,
+                config.steps,
+                shell_word(&config.output_dir.display().to_string()),
+                shell_word(&config.name)
+            );
+            std::process::exit(INTERRUPTED_EXIT);
+        }
+    }
+    Ok(())
+}
+
+/// The config a run starts from: the preset's defaults for a new run; for a resumed run, its
+/// saved config.json, located where the run directory now is.
+fn base_config(args: &TrainArgs) -> anyhow::Result<(TrainConfig, Option<Resume>)> {
+    let output = args.output.clone().unwrap_or_else(|| PathBuf::from("runs"));
+    let Some(resume) = &args.resume else {
+        let preset = args.preset.as_deref().unwrap_or("tiny");
+        let mut config = TrainConfig::for_preset(preset)?;
+        config.output_dir = output;
+        set(&mut config.name, args.name.clone());
+        return Ok((config, None));
+    };
+    let (run_dir, resume) = if resume == "latest" {
+        let name = args.name.clone().or_else(|| args.preset.clone()).unwrap_or_else(|| "tiny".into());
+        msclip::train::validate_run_name(&name)?;
+        (output.join(name), Resume::Latest)
+    } else {
+        let checkpoint = PathBuf::from(resume);
+        let run_dir = run_dir_of_checkpoint(&checkpoint)?;
+        if args.name.is_some() || args.output.is_some() {
+            let own_name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let named = output.join(args.name.as_deref().unwrap_or(&own_name));
+            if !same_path(&named, &run_dir) {
+                anyhow::bail!(
+                    "--resume {resume} belongs to the run {}, not to {} (named by --output/--name)",
+                    run_dir.display(),
+                    named.display()
+                );
+            }
+        }
+        (run_dir, Resume::Path(checkpoint))
+    };
+    let (mut config, _) = read_run_config(&run_dir)?;
+    // Where the run is now, which is not always where it was created.
+    config.name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    config.output_dir = run_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(preset) = &args.preset {
+        config.preset = preset.clone(); // refused by the resume check when it differs
+    }
+    Ok((config, Some(resume)))
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Applies the flags that were given to `config`, checking what clap cannot.
+fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
+    set(&mut config.device, args.device);
+    set(&mut config.precision, args.precision);
     set(&mut config.batch_size, args.batch_size);
     if let Some(epochs) = args.epochs {
-        config.steps = (epochs * args.epoch_samples).div_ceil(config.batch_size as u64);
+        if epochs == 0 || args.epoch_samples == 0 {
+            anyhow::bail!("--epochs and --epoch-samples must be at least 1");
+        }
+        let samples = epochs.checked_mul(args.epoch_samples).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--epochs {epochs} x --epoch-samples {} overflows a 64-bit sample count",
+                args.epoch_samples
+            )
+        })?;
+        config.steps = samples.div_ceil(config.batch_size.max(1) as u64);
     }
     set(&mut config.steps, args.steps);
-    set(&mut config.lr, args.lr);
+    if let Some(lr) = args.lr.filter(|&lr| lr != config.lr) {
+        // The floor keeps its ratio to the peak unless given.
+        config.min_lr = lr * (config.min_lr / config.lr);
+        config.lr = lr;
+    }
+    set(&mut config.min_lr, args.min_lr);
     set(&mut config.warmup_steps, args.warmup);
     set(&mut config.weight_decay, args.wd);
     set(&mut config.shared_weight_decay, args.wd_shared);
@@ -100,23 +225,36 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     set(&mut config.log_every, args.log_every);
     set(&mut config.eval_every, args.eval_every);
     set(&mut config.save_every, args.save_every);
+    set(&mut config.keep_checkpoints, args.keep_checkpoints);
     set(&mut config.eval_samples, args.eval_samples);
     if let Some(clip) = args.grad_clip {
-        config.grad_clip_norm = (clip > 0.0).then_some(clip);
+        // Exactly 0 turns clipping off; anything else must be a valid norm (checked by validate).
+        config.grad_clip_norm = (clip != 0.0).then_some(clip);
     }
     if args.clip_tokenizer {
         config.tokenizer = TokenizerSource::Clip;
     }
-    let resume = args.resume.map(|r| if r == "latest" { Resume::Latest } else { Resume::Path(r.into()) });
-    if resume.is_some() {
-        println!("resuming {}: the run's saved config.json applies", config.run_dir().display());
-    }
-    let summary = train(&config, &RunOptions { resume, ..Default::default() })?;
-    println!(
-        "done: {} steps, final loss {:.4}; run directory {} (config.json, results.jsonl, checkpoints/, loss.png, accuracy.png)",
-        summary.steps_done,
-        summary.final_loss,
-        summary.run_dir.display()
-    );
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM raises `stop`: the run finishes its step, saves and exits. A second one
+/// exits at once (the checkpoint on disk is whole: files are written atomically).
+fn install_interrupt_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now; the last checkpoint on disk is intact");
+            std::process::exit(INTERRUPTED_EXIT);
+        }
+        eprintln!("\ninterrupt: finishing this step and saving a checkpoint (interrupt again to exit at once)");
+    })
+    .map_err(|e| anyhow::anyhow!("cannot install the Ctrl-C handler: {e}"))
+}
+
+/// `s` quoted for a POSIX shell when it needs quoting.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

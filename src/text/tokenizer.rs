@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::alphabet::{EOT, SOT};
 use super::clean::clean;
+use crate::files::write_atomically;
 use crate::{Error, Result};
 
 /// A CLIP-style BPE tokenizer: the `tokenizers` engine plus the ids of its two special tokens.
@@ -51,18 +52,10 @@ impl Tokenizer {
     }
 
     /// Writes the tokenizer as `tokenizer.json`, readable by [`Tokenizer::from_file`]. The file
-    /// is written beside its final name and renamed into place, so a reader never sees half of it.
+    /// is written atomically, so a reader never sees half of it.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = self.engine.to_string(true).map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
-        let name =
-            path.file_name().ok_or_else(|| Error::invalid("save", format!("{} names no file", path.display())))?;
-        let temporary = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-        fs::write(&temporary, json).map_err(|e| Error::io(&temporary, e))?;
-        fs::rename(&temporary, path).map_err(|e| {
-            // Best effort: the rename error is the one worth reporting.
-            let _ = fs::remove_file(&temporary);
-            Error::io(path, e)
-        })
+        write_atomically(path, json.as_bytes())
     }
 
     /// The number of ids, 0 through EOT: the rows a token embedding needs.

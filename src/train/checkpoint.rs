@@ -1,15 +1,17 @@
 //! Checkpoints: one safetensors file holding the parameters, the BatchNorm running
 //! statistics and the AdamW moments, with the step, samples seen, RNG state and the model
-//! config in its metadata. Written to a temporary file and renamed, so a crash mid-write
-//! never leaves a truncated checkpoint under the real name.
+//! config in its metadata. Written atomically, so a crash mid-write never leaves a truncated
+//! checkpoint under the real name, and with a byte-stable header. Loading refuses tensors that
+//! are not finite: a run resumed from NaN weights would only diverge later, further from the cause.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use super::safetensors_out::{Entry, serialize};
 use crate::error::{Error, Result};
+use crate::files::write_atomically;
 use crate::model::{Buffers, ModelConfig};
 use crate::nn::{AdamW, ParamStore};
 use crate::tensor::{CpuStorage, DType, Rng, Storage, Tensor};
@@ -51,7 +53,8 @@ fn host_storage(t: &Tensor) -> Result<std::borrow::Cow<'_, CpuStorage>> {
     }
 }
 
-pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
+/// The checkpoint file's bytes; identical state gives identical bytes.
+pub fn to_bytes(state: &TrainingState) -> Result<Vec<u8>> {
     let mut entries: Vec<(String, &Tensor)> = Vec::new();
     for id in state.params.ids() {
         let name = state.params.name(id);
@@ -64,18 +67,19 @@ pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
         entries.push((format!("buffer/{name}"), t));
     }
     let hosts: Vec<_> = entries.iter().map(|(_, t)| host_storage(t)).collect::<Result<_>>()?;
-    let views: Vec<(String, TensorView)> = entries
+    let views: Vec<Entry> = entries
         .iter()
         .zip(&hosts)
-        .map(|((name, t), host)| {
-            TensorView::new(st_dtype(t.dtype()), t.dims().to_vec(), host.as_bytes())
-                .map(|v| (name.clone(), v))
-                .map_err(|e| Error::format(name.clone(), e.to_string()))
+        .map(|((name, t), host)| Entry {
+            name: name.clone(),
+            dtype: st_dtype(t.dtype()),
+            shape: t.dims().to_vec(),
+            data: host.as_bytes(),
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let config_json = serde_json::to_string(state.config).map_err(|e| Error::format("model config", e.to_string()))?;
     let rng = state.rng.state().iter().map(|w| format!("{w:016x}")).collect::<Vec<_>>().join(",");
-    let metadata = HashMap::from([
+    let metadata = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("config".to_string(), config_json),
         ("step".to_string(), state.step.to_string()),
@@ -83,16 +87,12 @@ pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
         ("samples_seen".to_string(), state.samples_seen.to_string()),
         ("rng".to_string(), rng),
     ]);
-    let bytes =
-        safetensors::serialize(views, Some(metadata)).map_err(|e| Error::format("checkpoint", e.to_string()))?;
-    write_atomically(path, &bytes)
+    serialize(views, &metadata)
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+/// Writes the state to `path` atomically.
+pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
+    write_atomically(path, &to_bytes(state)?)
 }
 
 /// Loads a checkpoint into an already-built model's parameters, buffers and (when given,
@@ -134,6 +134,7 @@ pub fn load(
     let rng_state: [u64; 4] = words.try_into().map_err(|_| corrupt("rng state is not four words".into()))?;
 
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let non_finite = std::cell::RefCell::new(Vec::new());
     let read = |name: &str| -> Result<Tensor> {
         let view = tensors.tensor(name).map_err(|_| corrupt(format!("missing tensor {name}")))?;
         let dtype = match view.dtype() {
@@ -144,6 +145,10 @@ pub fn load(
         };
         let storage =
             CpuStorage::from_bytes(dtype, view.data()).ok_or_else(|| corrupt(format!("{name}: ragged data")))?;
+        let bad = storage.to_f64_vec().iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            non_finite.borrow_mut().push(format!("{name} ({bad} of {})", view.shape().iter().product::<usize>()));
+        }
         Tensor::from_storage(Storage::Cpu(storage), view.shape().to_vec())
     };
     // Read everything first, so a failure leaves the run's state untouched.
@@ -160,6 +165,18 @@ pub fn load(
         .iter()
         .map(|(name, _)| Ok((name.to_string(), read(&format!("buffer/{name}"))?)))
         .collect::<Result<_>>()?;
+    let non_finite = non_finite.into_inner();
+    if !non_finite.is_empty() {
+        return Err(Error::format(
+            what,
+            format!(
+                "holds values that are not finite (NaN or infinite) in {} tensor(s): {}{}",
+                non_finite.len(),
+                non_finite[..non_finite.len().min(5)].join(", "),
+                if non_finite.len() > 5 { ", ..." } else { "" }
+            ),
+        ));
+    }
     for (id, p, moments) in new_params {
         params.set(id, p)?;
         if let (Some(opt), Some((m, v))) = (optimizer.as_deref_mut(), moments) {

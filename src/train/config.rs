@@ -78,7 +78,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     pub eval_every: u64,
     pub save_every: u64,
-    /// Images per evaluation split.
+    /// How many `step_N` checkpoints to keep besides `latest` (the newest are kept).
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    /// Images per evaluation split; 0 turns evaluation off.
     pub eval_samples: usize,
     pub tokenizer: TokenizerSource,
     pub data: ShapesConfig,
@@ -113,6 +116,7 @@ impl TrainConfig {
             log_every: 50,
             eval_every: 325,
             save_every: 500,
+            keep_checkpoints: default_keep_checkpoints(),
             eval_samples: 1000,
             tokenizer: TokenizerSource::TrainedBpe,
             data: ShapesConfig::tiny(),
@@ -121,30 +125,110 @@ impl TrainConfig {
         }
     }
 
+    /// The embedded default's training settings for any preset, with the shapes world
+    /// rendered at the size the preset's images have.
+    pub fn for_preset(preset: &str) -> Result<Self> {
+        let model = crate::model::preset(preset)?;
+        let mut config = TrainConfig::tiny_default();
+        config.name = preset.into();
+        config.preset = preset.into();
+        config.data.image_size = model.vision.image_size;
+        Ok(config)
+    }
+
+    /// Checks every setting, naming the flag that sets it and the range it must lie in.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: &str| Err(Error::config(format!("training: {msg}")));
-        if self.steps == 0 || self.batch_size < 2 {
-            return fail("needs at least one step and a batch of two pairs (a contrastive batch needs negatives)");
+        let fail = |msg: String| Err(Error::config(format!("training: {msg}")));
+        validate_run_name(&self.name)?;
+        if self.steps == 0 {
+            return fail("--steps must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return fail("learning rates must satisfy 0 <= min_lr <= lr, lr > 0");
+        if self.batch_size < 2 {
+            return fail(format!(
+                "--batch-size must be at least 2 (a contrastive batch needs negatives), got {}",
+                self.batch_size
+            ));
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps <= 0.0 {
-            return fail("AdamW betas must lie in [0, 1) and eps be positive");
+        if self.steps.checked_mul(self.batch_size as u64).is_none() {
+            return fail(format!(
+                "--steps {} x --batch-size {} pairs overflows a 64-bit sample count",
+                self.steps, self.batch_size
+            ));
         }
-        if self.grad_clip_norm.is_some_and(|c| c <= 0.0) || self.logit_scale_max.is_some_and(|m| m < 1.0) {
-            return fail("grad_clip_norm must be positive and logit_scale_max at least 1");
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return fail(format!("--lr must be a finite number above 0, got {}", self.lr));
+        }
+        if !(self.min_lr.is_finite() && (0.0..=self.lr).contains(&self.min_lr)) {
+            return fail(format!(
+                "--min-lr (the cosine schedule's floor) must lie in [0, --lr = {}], got {}",
+                self.lr, self.min_lr
+            ));
+        }
+        if !(self.shared_lr_scale.is_finite() && self.shared_lr_scale > 0.0) {
+            return fail(format!("shared_lr_scale must be a finite number above 0, got {}", self.shared_lr_scale));
+        }
+        for (flag, wd, lr) in [
+            ("--wd", self.weight_decay, self.lr),
+            ("--wd-shared", self.shared_weight_decay, self.lr * self.shared_lr_scale),
+        ] {
+            // Decoupled weight decay scales the weights by 1 - lr * wd each step.
+            if !(wd.is_finite() && wd >= 0.0 && lr * wd < 1.0) {
+                return fail(format!(
+                    "{flag} must be a finite number >= 0 with learning rate x decay below 1 (lr {lr}), got {wd}"
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return fail(format!("AdamW betas must lie in [0, 1), got {} and {}", self.beta1, self.beta2));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return fail(format!("AdamW eps must be a finite number above 0, got {}", self.eps));
+        }
+        if let Some(clip) = self.grad_clip_norm.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return fail(format!(
+                "--grad-clip must be a finite number above 0 (or exactly 0 to turn clipping off), got {clip}"
+            ));
+        }
+        if let Some(max) = self.logit_scale_max.filter(|m| !(m.is_finite() && *m >= 1.0)) {
+            return fail(format!("logit_scale_max must be a finite number >= 1, got {max}"));
+        }
+        if self.log_every == 0 || self.save_every == 0 {
+            return fail(format!(
+                "--log-every and --save-every must be at least 1 step, got {} and {}",
+                self.log_every, self.save_every
+            ));
         }
         if self.precision == Precision::Bf16 && !self.device.is_gpu() {
-            return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32");
-        }
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return fail("the run name must be a plain directory name");
+            return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32".into());
         }
         self.data.validate()
     }
 
     pub fn run_dir(&self) -> PathBuf {
         self.output_dir.join(&self.name)
+    }
+}
+
+fn default_keep_checkpoints() -> usize {
+    3
+}
+
+/// A run name is one plain path component: not empty, not `.` or `..`, no separator and no
+/// control character, so `<output>/<name>` always names a directory inside the output folder.
+pub fn validate_run_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("is empty")
+    } else if name == "." || name == ".." {
+        Some("would name the output folder or its parent")
+    } else if name.contains(['/', '\\']) {
+        Some("contains a path separator")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(Error::config(format!("--name {name:?} {r}: a run name must be a plain directory name"))),
+        None => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::files::write_atomically;
 
 /// A progress bar over the run's steps (hidden automatically when stderr is not a terminal).
 pub fn progress_bar(total: u64, done: u64) -> ProgressBar {
@@ -63,15 +64,40 @@ pub fn append_jsonl(path: &Path, record: &impl Serialize) -> Result<()> {
     writeln!(file, "{line}").map_err(|e| Error::io(path, e))
 }
 
-/// Every line of a JSON-lines file, parsed; a missing file is empty.
+/// Every line of a JSON-lines file, parsed; a missing file is empty. A last line without its
+/// newline is what a process killed mid-append leaves: it is skipped, any other bad line is an
+/// error.
 pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    text.lines()
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    complete
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| Error::format(path.display().to_string(), e.to_string())))
         .collect()
+}
+
+/// Keeps the records of steps up to `step` (and drops a torn last line), rewriting the file
+/// atomically when that changes it: a resumed run replays the steps after its checkpoint, and
+/// the log must not hold them twice.
+pub fn truncate_jsonl_after(path: &Path, step: u64) -> Result<()> {
+    let rows = read_jsonl(path)?;
+    let kept: Vec<&serde_json::Value> = rows.iter().filter(|r| r["step"].as_u64().is_some_and(|s| s <= step)).collect();
+    let mut text = String::new();
+    for row in &kept {
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    let unchanged = std::fs::read_to_string(path).map(|old| old == text).unwrap_or(kept.is_empty());
+    if unchanged {
+        return Ok(());
+    }
+    write_atomically(path, text.as_bytes())
 }

@@ -2,17 +2,22 @@
 
 mod batch;
 pub mod checkpoint;
+mod checkpoint_dir;
 mod config;
 mod log;
+pub mod memory;
 mod param_groups;
 mod plot;
+mod resume;
 mod run;
 mod run_dir;
+mod safetensors_out;
 mod schedule;
 
 pub use batch::{Batch, CLIP_MEAN, CLIP_STD, images_to_tensor, make_batch};
-pub use config::{Precision, TokenizerSource, TrainConfig};
+pub use config::{Precision, TokenizerSource, TrainConfig, validate_run_name};
 pub use log::read_jsonl;
-pub use run::{Resume, RunOptions, RunSummary, train};
-pub use run_dir::{load_run_tokenizer, read_run_config};
+pub use resume::changes as resume_changes;
+pub use run::{Resume, RunEnd, RunOptions, RunSummary, train};
+pub use run_dir::{load_run_tokenizer, read_run_config, run_dir_of_checkpoint};
 pub use schedule::CosineSchedule;

@@ -7,6 +7,11 @@ use std::sync::Once;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::files::write_rgb_png;
+
+/// Plot size in pixels.
+const WIDTH: u32 = 900;
+const HEIGHT: u32 = 500;
 
 /// A named series of (x, y) points.
 pub struct Series {
@@ -22,7 +27,7 @@ fn register_font() {
     });
 }
 
-/// Draws `series` into a PNG at `path` (written to a temporary file, then renamed).
+/// Draws `series` into a PNG at `path` (rendered in memory, then written atomically).
 pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     register_font();
     let points = series.iter().flat_map(|s| s.points.iter());
@@ -35,10 +40,10 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let (x1, y0, y1) = (x1.max(x0 + 1.0), y0 - pad, y1 + pad);
-    let tmp = path.with_extension("tmp.png");
     let err = |e: String| Error::format(path.display().to_string(), e);
+    let mut rgb = vec![0u8; 3 * (WIDTH * HEIGHT) as usize];
     {
-        let root = BitMapBackend::new(&tmp, (900, 500)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 22))
@@ -66,5 +71,5 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    write_rgb_png(path, WIDTH, HEIGHT, &rgb)
 }

@@ -1,17 +1,21 @@
 //! The training loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde_json::json;
 
 use super::batch::make_batch;
 use super::checkpoint::{self, TrainingState};
+use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
-use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl};
+use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
 use super::param_groups;
 use super::plot::{Series, line_plot};
-use super::run_dir::{load_run_tokenizer, read_run_config, train_run_tokenizer, write_run_config};
+use super::resume;
+use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
 use super::schedule::CosineSchedule;
 use crate::autograd::{self, Gradients};
 use crate::data::shapes::{self, Split};
@@ -33,55 +37,146 @@ pub enum Resume {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub resume: Option<Resume>,
+    /// A new run replaces an existing run directory (removed first) instead of refusing it.
+    pub overwrite: bool,
     /// Stop (after saving a checkpoint) once this many steps are done, as an interruption
     /// would; the schedule still spans `config.steps`.
     pub stop_after: Option<u64>,
+    /// Raised by a signal handler: the run finishes the step under way, saves a checkpoint and
+    /// returns [`RunEnd::Interrupted`].
+    pub stop: Option<Arc<AtomicBool>>,
     /// No progress bar or console lines (tests).
     pub quiet: bool,
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// All `config.steps` are done (and evaluated, unless evaluation is off).
+    Finished,
+    /// Stopped at `stop_after`, with a checkpoint.
+    StoppedEarly,
+    /// Stopped by the `stop` flag, with a checkpoint.
+    Interrupted,
+    /// A resumed run that had already finished: nothing was trained or evaluated again.
+    AlreadyFinished,
 }
 
 #[derive(Debug)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
     pub steps_done: u64,
+    /// The loss of the last step this call trained; NaN when it trained none.
     pub final_loss: f64,
     pub eval: Option<EvalReport>,
     pub params: ParamStore,
+    pub end: RunEnd,
 }
 
 const DTYPE: DType = DType::F32;
 /// Weight of the newest loss in the smoothed loss of the console line.
 const LOSS_EMA: f64 = 0.05;
+const TRAIN_LOG: &str = "train_loss.jsonl";
+const RESULTS: &str = "results.jsonl";
 
-/// Trains `config` (or, resuming, the run saved in its directory) and evaluates at the end.
+/// Trains `config`, or resumes the run saved in its directory (whose config.json `config` may
+/// change only in what [`resume::changes`] allows), and evaluates at the end. Every check
+/// that can refuse the run runs before anything is written.
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
-    let run_dir = config.run_dir();
-    let config = match options.resume {
-        Some(_) => read_run_config(&run_dir)?.0,
-        None => config.clone(),
-    };
     config.validate()?;
     let model = ClipModel::new(preset(&config.preset)?)?;
-    let ckpt_dir = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
-    let tokenizer = prepare_tokenizer(&config, &model, &run_dir, options.resume.is_some())?;
-    if options.resume.is_none() {
-        write_run_config(&run_dir, &config, &model.config)?;
+    if config.data.image_size != model.config.vision.image_size {
+        return Err(Error::config(format!(
+            "the shapes world renders {} px images but {} takes {} px",
+            config.data.image_size, model.config.name, model.config.vision.image_size
+        )));
     }
+    let run_dir = config.run_dir();
+    let (_lock, changes, tokenizer) = match &options.resume {
+        None => {
+            // Made before the run directory, so a tokenizer that does not fit refuses the run
+            // before anything is written.
+            let tokenizer = fitting_tokenizer(
+                &model,
+                match config.tokenizer {
+                    TokenizerSource::TrainedBpe => {
+                        let corpus = shapes::caption_corpus(&config.data, 20_000);
+                        Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab)?
+                    }
+                    _ => load_run_tokenizer(config, &run_dir)?,
+                },
+            )?;
+            let lock = run_dir::create_new(&run_dir, options.overwrite)?;
+            if config.tokenizer == TokenizerSource::TrainedBpe {
+                save_run_tokenizer(&tokenizer, &run_dir)?;
+            }
+            (lock, Vec::new(), tokenizer)
+        }
+        Some(_) => {
+            let lock = run_dir::open_existing(&run_dir)?;
+            let changes = resume::changes(&read_run_config(&run_dir)?.0, config)?;
+            (lock, changes, fitting_tokenizer(&model, load_run_tokenizer(config, &run_dir)?)?)
+        }
+    };
 
     let mut rng = Rng::new(config.seed);
     let (mut params, mut buffers) = model.init_params(&mut rng, DTYPE)?;
     let groups = param_groups::groups(config.weight_decay, config.shared_weight_decay, config.shared_lr_scale);
     let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
     let mut optimizer = AdamW::new(&params, adam, groups, |name, _| param_groups::assign(&model.spec, name))?;
+    let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"), config.keep_checkpoints);
     let (mut step, mut samples_seen) = (0u64, 0u64);
     if let Some(resume) = &options.resume {
         let path = match resume {
-            Resume::Latest => ckpt_dir.join("latest.safetensors"),
+            Resume::Latest => checkpoints.latest(),
             Resume::Path(p) => p.clone(),
         };
         let restored = checkpoint::load(&path, &model.config, &mut params, &mut buffers, Some(&mut optimizer))?;
+        if restored.step > config.steps {
+            return Err(Error::config(format!(
+                "{} is at step {} but the run has {} steps: pass --steps {} or more to continue from it",
+                path.display(),
+                restored.step,
+                config.steps,
+                restored.step
+            )));
+        }
         (step, samples_seen, rng) = (restored.step, restored.samples_seen, restored.rng);
+        for log in [TRAIN_LOG, RESULTS] {
+            truncate_jsonl_after(&run_dir.join(log), step)?;
+        }
+    }
+    if !changes.is_empty() || options.resume.is_none() {
+        write_run_config(&run_dir, config, &model.config)?;
+    }
+    let say_now = |line: &str| {
+        if !options.quiet {
+            println!("{line}");
+        }
+    };
+    if options.resume.is_some() {
+        say_now(&format!("resuming {} at step {step} of {}", run_dir.display(), config.steps));
+        for change in &changes {
+            say_now(&format!("  changed: {change}"));
+        }
+    }
+    let evaluates = config.eval_samples > 0;
+    if !evaluates {
+        say_now("evaluation is off (--eval-samples 0)");
+    }
+    let evaluated_at = |step: u64| -> Result<bool> {
+        Ok(read_jsonl(&run_dir.join(RESULTS))?.iter().any(|r| r["step"].as_u64() == Some(step)))
+    };
+    if step == config.steps && (!evaluates || evaluated_at(step)?) {
+        write_plots(&run_dir)?;
+        return Ok(RunSummary {
+            run_dir,
+            steps_done: step,
+            final_loss: f64::NAN,
+            eval: None,
+            params,
+            end: RunEnd::AlreadyFinished,
+        });
     }
     // Initialised (or restored) on the CPU, so every device starts from the same values.
     move_training_state(config.device, &mut params, &mut buffers, &mut optimizer)?;
@@ -93,6 +188,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         total_steps: config.steps,
     };
     let end = options.stop_after.unwrap_or(config.steps).min(config.steps);
+    let interrupted = || options.stop.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+    let mut ended = if end < config.steps { RunEnd::StoppedEarly } else { RunEnd::Finished };
     let bar = (!options.quiet).then(|| progress_bar(config.steps, step));
     // Console lines go above the bar on a terminal, to stdout otherwise (CI logs).
     let say = |line: &str| match &bar {
@@ -100,7 +197,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         Some(_) => println!("{line}"),
         None => {}
     };
-    let loss_log = run_dir.join("train_loss.jsonl");
+    let loss_log = run_dir.join(TRAIN_LOG);
     let context = model.config.text.context;
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
     let compute_dtype = config.precision.dtype();
@@ -133,11 +230,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             autograd::clear_tape();
             return Err(Error::invalid(
                 "train",
-                format!(
-                    "loss is {loss_value} at step {}; stopping, the last checkpoint in {} is intact",
-                    step + 1,
-                    ckpt_dir.display()
-                ),
+                format!("loss is {loss_value} at step {}; stopping. {}", step + 1, checkpoints.describe()),
             ));
         }
         let grads = autograd::backward(&loss)?;
@@ -157,7 +250,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             b.set_position(step);
             b.set_message(format!("loss {loss_value:.4}"));
         }
-        if step % config.log_every.max(1) == 0 || step == end {
+        if step.is_multiple_of(config.log_every) || step == end {
             let line = StepLine {
                 step: step - 1,
                 total_steps: config.steps,
@@ -175,7 +268,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
                 "logit_scale": logit_scale, "samples_per_second": config.batch_size as f64 / batch_seconds });
             append_jsonl(&loss_log, &record)?;
         }
-        if step % config.save_every.max(1) == 0 || step == end {
+        let stopping = step < config.steps && interrupted();
+        if step.is_multiple_of(config.save_every) || step == end || stopping {
             let state = TrainingState {
                 config: &model.config,
                 params: &params,
@@ -185,18 +279,22 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
                 samples_seen,
                 rng: &rng,
             };
-            save_checkpoint(&ckpt_dir, &state)?;
+            checkpoints.save(&state)?;
         }
-        if config.eval_every > 0 && step % config.eval_every == 0 && step < config.steps {
-            let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, &config, step, &run_dir)?;
+        if stopping {
+            ended = RunEnd::Interrupted;
+            break;
+        }
+        if evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps {
+            let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, config, step, &run_dir)?;
             say(&report.summary());
         }
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let eval = if step == config.steps {
-        let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, &config, step, &run_dir)?;
+    let eval = if step == config.steps && evaluates {
+        let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, config, step, &run_dir)?;
         if !options.quiet {
             println!("{}", report.summary());
         }
@@ -205,17 +303,11 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         None
     };
     write_plots(&run_dir)?;
-    Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params })
+    Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params, end: ended })
 }
 
-/// The run's tokenizer: trained on the corpus (and saved) for a new run, read back on resume.
-fn prepare_tokenizer(config: &TrainConfig, model: &ClipModel, run_dir: &Path, resuming: bool) -> Result<Tokenizer> {
-    let tokenizer = if config.tokenizer == TokenizerSource::TrainedBpe && !resuming {
-        let corpus = shapes::caption_corpus(&config.data, 20_000);
-        train_run_tokenizer(corpus.iter().map(String::as_str), model.config.text.vocab, run_dir)?
-    } else {
-        load_run_tokenizer(config, run_dir)?
-    };
+/// `tokenizer`, when the model embeds every id it produces.
+fn fitting_tokenizer(model: &ClipModel, tokenizer: Tokenizer) -> Result<Tokenizer> {
     if tokenizer.vocab_size() > model.config.text.vocab {
         return Err(Error::config(format!(
             "the tokenizer has {} tokens but model {} embeds only {}",
@@ -271,15 +363,6 @@ fn clamp_logit_scale(params: &mut ParamStore, model: &ClipModel, max_log: f64) -
     Ok(())
 }
 
-fn save_checkpoint(dir: &Path, state: &TrainingState) -> Result<()> {
-    let path = dir.join(format!("step_{}.safetensors", state.step));
-    checkpoint::save(&path, state)?;
-    let latest = dir.join("latest.safetensors");
-    let tmp = latest.with_extension("tmp");
-    std::fs::copy(&path, &tmp).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &latest).map_err(|e| Error::io(&latest, e))
-}
-
 fn evaluate_and_record(
     model: &ClipModel,
     params: &ParamStore,
@@ -295,7 +378,7 @@ fn evaluate_and_record(
     for (k, v) in report.metrics() {
         record.insert(k, json!(v));
     }
-    append_jsonl(&run_dir.join("results.jsonl"), &record)?;
+    append_jsonl(&run_dir.join(RESULTS), &record)?;
     Ok(report)
 }
 
@@ -304,13 +387,13 @@ fn write_plots(run_dir: &Path) -> Result<()> {
     let column = |rows: &[serde_json::Value], key: &str| -> Vec<(f64, f64)> {
         rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
     };
-    let losses = read_jsonl(&run_dir.join("train_loss.jsonl"))?;
+    let losses = read_jsonl(&run_dir.join(TRAIN_LOG))?;
     let loss_series = vec![
         Series { name: "loss".into(), points: column(&losses, "loss") },
         Series { name: "loss (EMA)".into(), points: column(&losses, "loss_ema") },
     ];
     line_plot(&run_dir.join("loss.png"), "contrastive loss", "step", "loss", &loss_series)?;
-    let results = read_jsonl(&run_dir.join("results.jsonl"))?;
+    let results = read_jsonl(&run_dir.join(RESULTS))?;
     let accuracy: Vec<Series> = eval::PLOTTED_METRICS
         .iter()
         .map(|&key| Series { name: key.to_string(), points: column(&results, key) })

@@ -2,8 +2,6 @@
 //! underneath, as one PNG. Seeing the images with their captions is the quickest check that
 //! a change to the generator did what it meant to.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use super::config::ShapesConfig;
@@ -11,6 +9,7 @@ use super::font::{GLYPH_HEIGHT, GLYPH_WIDTH, draw_text};
 use super::split::Split;
 use super::{Sample, samples};
 use crate::error::{Error, Result};
+use crate::files::write_rgb_png;
 
 /// Images are enlarged (nearest neighbour, whole multiples) to at least this many pixels.
 const MIN_TILE: usize = 96;
@@ -119,7 +118,7 @@ fn wrap(text: &str, width: usize, lines: usize) -> Vec<String> {
 }
 
 /// Writes a preview of samples `0..count` of `split` to `path` as a PNG. The file appears
-/// whole or not at all: it is written next to `path` under a temporary name and renamed.
+/// whole or not at all (written atomically).
 pub fn write_preview(path: &Path, cfg: &ShapesConfig, split: Split, count: usize) -> Result<()> {
     cfg.validate()?;
     if !(1..=MAX_COUNT).contains(&count) {
@@ -127,29 +126,5 @@ pub fn write_preview(path: &Path, cfg: &ShapesConfig, split: Split, count: usize
     }
     let layout = PreviewLayout::new(cfg.image_size, count);
     let sheet = layout.compose(&samples(cfg, split, 0..count as u64), cfg.image_size);
-    let name = path.file_name().ok_or_else(|| Error::invalid("write_preview", "the path has no file name"))?;
-    let temp = path.with_file_name(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let written = write_png(&temp, layout.width as u32, layout.height as u32, &sheet)
-        .and_then(|()| std::fs::rename(&temp, path).map_err(|e| Error::io(path, e)));
-    if written.is_err() {
-        // Best effort: the error being returned matters more than a leftover temp file.
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
-}
-
-fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
-    let encoding = |e: png::EncodingError| match e {
-        png::EncodingError::IoError(e) => Error::io(path, e),
-        other => Error::format("png", other.to_string()),
-    };
-    let mut out = BufWriter::new(File::create(path).map_err(|e| Error::io(path, e))?);
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(encoding)?;
-    writer.write_image_data(rgb).map_err(encoding)?;
-    writer.finish().map_err(encoding)?;
-    out.flush().map_err(|e| Error::io(path, e))?;
-    out.get_ref().sync_all().map_err(|e| Error::io(path, e))
+    write_rgb_png(path, layout.width as u32, layout.height as u32, &sheet)
 }

@@ -1,0 +1,135 @@
+//! Misuse probes of `msclip train` and `msclip eval` (issue 11): each once lost or misplaced
+//! data; now each is refused before anything is written, or handled without loss.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn msclip_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msclip")).current_dir(dir).args(args).output().expect("the binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("msclip-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+const FAST: &[&str] = &["--steps", "2", "--batch-size", "4", "--eval-samples", "4"];
+
+#[test]
+fn bad_names_and_flags_are_refused_by_name_before_anything_is_written() {
+    let dir = scratch("flags");
+    let probes: &[(&[&str], &str)] = &[
+        (&["--name", ".."], "--name \"..\""),
+        (&["--name", "."], "--name \".\""),
+        (&["--name", "a\tb"], "control character"),
+        (&["--name", "a/b"], "separator"),
+        (&["--lr", "inf"], "--lr"),
+        (&["--lr", "nan"], "--lr"),
+        (&["--wd", "nan"], "--wd"),
+        (&["--wd=-5"], "--wd"),
+        (&["--wd-shared", "inf"], "--wd-shared"),
+        (&["--grad-clip", "nan"], "--grad-clip"),
+        (&["--grad-clip", "-1"], "--grad-clip"),
+        (&["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr"),
+        (&["--steps", "18446744073709551615"], "overflows"),
+        (&["--epochs", "18446744073709551615"], "overflows"),
+        (&["--epochs", "0"], "--epochs"),
+        (&["--batch-size", "1"], "--batch-size"),
+        (&["--log-every", "0"], "--log-every"),
+        (&["--batch-size", "100000000"], "the largest that fits is about"),
+        (&["--eval-samples", "100000000"], "the largest that fits is about"),
+        (&["--preset", "vit-h14"], "unknown preset"),
+        (&["--clip-tokenizer"], "embeds only 1024"),
+    ];
+    for (args, fragment) in probes {
+        let out = msclip_in(&dir, &[&["train"], *args].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(fragment) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(entries(&dir).is_empty(), "nothing written: {:?}", entries(&dir));
+    // A learning rate below the old fixed floor of 1e-5 now trains: the floor follows --lr.
+    let out = msclip_in(&dir, &["train", "--lr", "1e-6", "--eval-samples", "0", "--steps", "2", "--batch-size", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("evaluation is off"));
+    assert!(!dir.join("runs/tiny/results.jsonl").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn eval_output_never_destroys_a_neighbour_or_leaves_a_temporary() {
+    let dir = scratch("eval");
+    let out = msclip_in(&dir, &[&["train", "--name", "r"], FAST].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(dir.join("notes.tmp"), "mine").unwrap();
+    let out = msclip_in(&dir, &["eval", "--run", "runs/r", "--samples", "4", "--output", "notes.json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(dir.join("notes.tmp")).unwrap(), "mine");
+    std::fs::create_dir(dir.join("outdir")).unwrap();
+    let out = msclip_in(&dir, &["eval", "--run", "runs/r", "--samples", "4", "--output", "outdir"]);
+    assert!(stderr(&out).contains("is a directory"), "{}", stderr(&out));
+    for samples in ["0", "100000000"] {
+        let out = msclip_in(&dir, &["eval", "--run", "runs/r", "--samples", samples]);
+        assert!(stderr(&out).contains("--samples"), "{}", stderr(&out));
+    }
+    assert_eq!(entries(&dir), ["notes.json", "notes.tmp", "outdir", "runs"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Item 5: the shapes world is rendered at the preset's image size, so a B/32 preset trains.
+#[test]
+fn a_vit_b32_preset_trains_a_step_on_the_cpu() {
+    let dir = scratch("b32");
+    let args = ["train", "--preset", "clip-b32", "--steps", "1", "--batch-size", "2", "--eval-samples", "0"];
+    let out = msclip_in(&dir, &[&args[..], &["--keep-checkpoints", "0"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(dir.join("runs/clip-b32/config.json")).unwrap();
+    assert!(config.contains("\"image_size\": 224"), "{config}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Item 8: Ctrl-C finishes the step, writes a checkpoint and says how to resume; the run then
+// resumes from it.
+#[test]
+fn sigint_saves_a_checkpoint_and_exits_non_zero_with_the_resume_command() {
+    let dir = scratch("sigint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msclip"))
+        .current_dir(&dir)
+        .args(["train", "--steps", "400", "--batch-size", "4", "--log-every", "1", "--save-every", "1000"])
+        .args(["--eval-samples", "4", "--name", "r"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("Train Step"))).expect("a step line").unwrap();
+    assert!(first.contains("Train Step: 1 "), "{first}");
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}\n{rest:?}");
+    assert!(err.contains("checkpoint saved") && err.contains("--resume latest"), "{err}");
+    let ckpt = dir.join("runs/r/checkpoints/latest.safetensors");
+    assert!(ckpt.exists(), "{err}");
+    let resumed = msclip_in(&dir, &["train", "--resume", "latest", "--name", "r", "--steps", "4"]);
+    let text = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(text.contains("resuming runs/r at step") && text.contains("done: 4 steps"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
