@@ -37,11 +37,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if output.is_dir() {
         anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
     }
-    let state = memory::training_state_bytes(ClipModel::new(model_config.clone())?.counts().total as u64);
-    memory::check_fits("--samples", args.samples as u64, 1, |n| {
-        state.saturating_add(memory::evaluation_bytes(&model_config, n))
-    })?;
     let model = ClipModel::new(model_config)?;
+    memory::check_evaluation(&model, "--samples", args.samples as u64)?;
     let tokenizer = load_run_tokenizer(&train, &args.run)?;
     let (mut params, mut buffers) = model.init_params(&mut Rng::new(0), DType::F32)?;
     let ckpt = args.checkpoint.unwrap_or_else(|| args.run.join("checkpoints").join("latest.safetensors"));

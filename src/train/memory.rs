@@ -77,9 +77,14 @@ pub fn check_training(config: &TrainConfig) -> Result<()> {
     let state = training_state_bytes(model.counts().total as u64);
     let per_pair = training_bytes_per_pair(&model.config);
     check_fits("--batch-size", config.batch_size as u64, 2, |b| state.saturating_add(b.saturating_mul(per_pair)))?;
-    check_fits("--eval-samples", config.eval_samples as u64, 1, |n| {
-        state.saturating_add(evaluation_bytes(&model.config, n))
-    })
+    check_evaluation(&model, "--eval-samples", config.eval_samples as u64)
+}
+
+/// Refuses an evaluation of `samples` images per split (set by `flag`) that would not fit
+/// beside the model's weights and optimizer state.
+pub fn check_evaluation(model: &ClipModel, flag: &str, samples: u64) -> Result<()> {
+    let state = training_state_bytes(model.counts().total as u64);
+    check_fits(flag, samples, 1, |n| state.saturating_add(evaluation_bytes(&model.config, n)))
 }
 
 /// Refuses `what` (a flag and its value) when `bytes(value)` exceeds the usable memory, naming
