@@ -158,10 +158,48 @@ fn entry_points(text: &str) -> Vec<String> {
 
 /// One C++ translation unit per module (so helpers of different modules never collide) that
 /// includes the kernel source and exports its table of entry points, plus the registry the
-/// runtime searches.
+/// runtime searches; and a second copy of every module compiled with GCC's `-fsanitize=thread`
+/// instrumentation, whose access hooks the emulator serves (kernels/emu/tsan_abi.cpp) for the
+/// sanitizer and the profiler. That copy lives in a namespace per module, with its entry points
+/// renamed, so none of its symbols (inline helpers above all) merges with the plain copy's.
 fn build_emulator(kernel_dir: &Path, out: &Path, modules: &[Module]) {
     let emu_dir = out.join("emu");
     fs::create_dir_all(&emu_dir).expect("create OUT_DIR/emu");
+    let mut build = emulator_build(kernel_dir);
+    for file in ["runtime", "fiber", "wgmma", "memory_map", "sanitizer", "profiler", "tsan_abi"] {
+        build.file(kernel_dir.join(format!("emu/{file}.cpp")));
+    }
+    let mut instrumented = emulator_build(kernel_dir);
+    // No scalar replacement of aggregates: a vector load (`*(const float4*)p`) stays one access of
+    // its width, as on the GPU, instead of four scalar ones.
+    instrumented.define("MSCLIP_EMU_CHECKED", "1").flag("-fsanitize=thread").flag("-fno-tree-sra");
+    let mut registry = String::from("#include \"emu/emu.h\"\n");
+    let mut tables = [("kModules", String::new()), ("kInstrumentedModules", String::new())];
+    for m in modules {
+        let plain = emu_dir.join(format!("emu_{}.cpp", m.name));
+        write_if_changed(&plain, &plain_unit(m));
+        build.file(&plain);
+        let checked = emu_dir.join(format!("emu_instrumented_{}.cpp", m.name));
+        write_if_changed(&checked, &instrumented_unit(m));
+        instrumented.file(&checked);
+        for (prefix, (_, table)) in ["msclip_emu_module_", "msclip_emu_instrumented_module_"].iter().zip(&mut tables) {
+            writeln!(registry, "extern \"C\" const emu::KernelEntry* {prefix}{}(int* count);", m.name).unwrap();
+            writeln!(table, "    {{\"{0}\", &{prefix}{0}}},", m.name).unwrap();
+        }
+    }
+    registry.push_str("namespace emu {\nstruct ModuleTable {\n    const char* name;\n    const KernelEntry* (*entries)(int* count);\n};\n");
+    for (name, table) in &tables {
+        write!(registry, "extern const ModuleTable {name}[] = {{\n{table}    {{nullptr, nullptr}},\n}};\n").unwrap();
+    }
+    registry.push_str("}  // namespace emu\n");
+    let registry_path = emu_dir.join("emu_registry.cpp");
+    write_if_changed(&registry_path, &registry);
+    build.file(&registry_path);
+    instrumented.compile("msclip_emu_instrumented");
+    build.compile("msclip_emu");
+}
+
+fn emulator_build(kernel_dir: &Path) -> cc::Build {
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -169,35 +207,45 @@ fn build_emulator(kernel_dir: &Path, out: &Path, modules: &[Module]) {
         .define("MSCLIP_EMU", "1")
         .include(kernel_dir)
         .flag_if_supported("-fno-strict-aliasing")
-        .flag_if_supported("-Wno-unused-parameter")
-        .file(kernel_dir.join("emu/runtime.cpp"))
-        .file(kernel_dir.join("emu/fiber.cpp"))
-        .file(kernel_dir.join("emu/wgmma.cpp"));
-    let mut registry = String::from("#include \"emu/emu.h\"\n");
-    let mut table = String::from(
-        "namespace emu {\nstruct ModuleTable {\n    const char* name;\n    const KernelEntry* (*entries)(int* count);\n};\nextern const ModuleTable kModules[] = {\n",
-    );
-    for m in modules {
-        let unit = emu_dir.join(format!("emu_{}.cpp", m.name));
-        let entries: String = m.kernels.iter().map(|k| format!("        MSCLIP_EMU_ENTRY({k}),\n")).collect();
-        let text = format!(
-            "#include \"{}\"\n\nextern \"C\" const emu::KernelEntry* msclip_emu_module_{name}(int* count) {{\n    \
-             static const emu::KernelEntry entries[] = {{\n{entries}        {{nullptr, nullptr, 0, nullptr}},\n    }};\n    \
-             *count = static_cast<int>(sizeof(entries) / sizeof(entries[0])) - 1;\n    return entries;\n}}\n",
-            m.source.display(),
-            name = m.name,
-        );
-        write_if_changed(&unit, &text);
-        build.file(&unit);
-        writeln!(registry, "extern \"C\" const emu::KernelEntry* msclip_emu_module_{}(int* count);", m.name).unwrap();
-        writeln!(table, "    {{\"{0}\", &msclip_emu_module_{0}}},", m.name).unwrap();
+        .flag_if_supported("-Wno-unused-parameter");
+    build
+}
+
+/// The function returning a module's table of entry points, each as `symbol(name)`.
+fn entry_table(function: &str, entries: &[(String, &String)]) -> String {
+    let rows: String =
+        entries.iter().map(|(symbol, name)| format!("        MSCLIP_EMU_ENTRY({symbol}, \"{name}\"),\n")).collect();
+    format!(
+        "extern \"C\" const emu::KernelEntry* {function}(int* count) {{\n    \
+         static const emu::KernelEntry entries[] = {{\n{rows}        {{nullptr, nullptr, 0, nullptr}},\n    }};\n    \
+         *count = static_cast<int>(sizeof(entries) / sizeof(entries[0])) - 1;\n    return entries;\n}}\n"
+    )
+}
+
+fn plain_unit(m: &Module) -> String {
+    let entries: Vec<_> = m.kernels.iter().map(|k| (k.clone(), k)).collect();
+    format!(
+        "#include \"{}\"\n\n{}",
+        m.source.display(),
+        entry_table(&format!("msclip_emu_module_{}", m.name), &entries)
+    )
+}
+
+fn instrumented_unit(m: &Module) -> String {
+    let namespace = format!("msclip_checked_{}", m.name);
+    let mut text =
+        String::from("#include \"emu/emu.h\"  // before the namespace: it holds the runtime's declarations\n");
+    for k in &m.kernels {
+        writeln!(text, "#define {k} {k}__instrumented").unwrap();
     }
-    table.push_str("    {nullptr, nullptr},\n};\n}  // namespace emu\n");
-    registry.push_str(&table);
-    let registry_path = emu_dir.join("emu_registry.cpp");
-    write_if_changed(&registry_path, &registry);
-    build.file(&registry_path);
-    build.compile("msclip_emu");
+    write!(text, "namespace {namespace} {{\n#include \"{}\"\n}}  // namespace {namespace}\n", m.source.display())
+        .unwrap();
+    for k in &m.kernels {
+        writeln!(text, "#undef {k}").unwrap();
+    }
+    let entries: Vec<_> = m.kernels.iter().map(|k| (format!("{namespace}::{k}__instrumented"), k)).collect();
+    text.push_str(&entry_table(&format!("msclip_emu_instrumented_module_{}", m.name), &entries));
+    text
 }
 
 fn write_if_changed(path: &Path, text: &str) {

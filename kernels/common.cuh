@@ -107,7 +107,8 @@ inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[
     };
     Fragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
     Fragments all[32];
-    warp_gather(FULL_MASK, &mine, all, sizeof(Fragments));
+    ::emu::warp_gather(FULL_MASK, &mine, all, sizeof(Fragments));
+    ::emu::count_mma_sync();
     auto half = [](uint32_t pair, int hi) { return bf16_to_float(bf16{static_cast<uint16_t>(pair >> (16 * hi))}); };
     auto a_at = [&](int row, int col) {
         const int g = row % 8, t = (col % 8) / 2;
@@ -118,7 +119,7 @@ inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[
         const int t = (k % 8) / 2;
         return half(all[col * 4 + t].b[k / 8], k % 2);
     };
-    const int lane = static_cast<int>(lane_id());
+    const int lane = static_cast<int>(::emu::lane_id());
     const int g = lane / 4, t = lane % 4;
     for (int i = 0; i < 4; ++i) {
         const int row = g + 8 * (i / 2);
@@ -135,8 +136,8 @@ inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[
 inline void ldmatrix_x4(uint32_t r[4], const void* row_address, bool transpose) {
     const unsigned char* rows[32];
     const unsigned char* mine = static_cast<const unsigned char*>(row_address);
-    warp_gather(FULL_MASK, &mine, rows, sizeof mine);
-    const int lane = static_cast<int>(lane_id());
+    ::emu::warp_gather(FULL_MASK, &mine, rows, sizeof mine);
+    const int lane = static_cast<int>(::emu::lane_id());
     auto element = [&](int matrix, int row, int col) {
         uint16_t v;
         memcpy(&v, rows[matrix * 8 + row] + 2 * col, sizeof v);
@@ -149,7 +150,7 @@ inline void ldmatrix_x4(uint32_t r[4], const void* row_address, bool transpose) 
             r[j] = element(j, lane / 4, 2 * (lane % 4)) | (element(j, lane / 4, 2 * (lane % 4) + 1) << 16);
         }
     }
-    syncwarp(FULL_MASK);
+    ::emu::syncwarp(FULL_MASK);
 }
 }  // namespace emu
 #endif

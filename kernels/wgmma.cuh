@@ -56,14 +56,18 @@ __device__ __forceinline__ uint64_t kmajor_descriptor(const void* tile, uint32_t
 // Makes this thread's ordinary shared-memory stores visible to wgmma, which reads through the
 // async proxy; every writing thread runs it before the barrier that precedes the product.
 __device__ __forceinline__ void fence_operands() {
-#ifndef MSCLIP_EMU
+#ifdef MSCLIP_EMU
+    ::emu::fence_proxy_async();
+#else
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #endif
 }
 
 // Orders earlier register accesses (of the accumulators above all) before the wgmma that follows.
 __device__ __forceinline__ void fence() {
-#if !defined(MSCLIP_EMU) && !defined(MSCLIP_WGMMA_UNAVAILABLE)
+#ifdef MSCLIP_EMU
+    ::emu::wgmma_fence();
+#elif !defined(MSCLIP_WGMMA_UNAVAILABLE)
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #endif
 }

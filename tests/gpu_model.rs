@@ -11,7 +11,7 @@
 mod common;
 
 use common::captions_ending_at;
-use common::gpu::gpu_devices;
+use common::gpu::model_devices;
 use msclip::autograd::{self, Gradients};
 use msclip::data::shapes::{ShapesConfig, Split};
 use msclip::model::{Buffers, ClipModel, preset};
@@ -87,7 +87,7 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
         let cpu_loss = loss.item().unwrap();
         let cpu_grads = autograd::backward(&loss).unwrap();
 
-        for device in gpu_devices() {
+        for device in model_devices() {
             let mut params = cpu_params.clone();
             params.to_device(device).unwrap();
             let mut bufs = cpu_buffers.clone();
@@ -123,7 +123,7 @@ fn packed_captions_of_mixed_lengths_match_the_cpu() {
     };
     let params64 = cpu_params.cast_for_compute(DType::F64, |_| false).unwrap();
     let (want, cpu_grads) = run(&params64, &probe.to_dtype(DType::F64).unwrap());
-    for device in gpu_devices() {
+    for device in model_devices() {
         let mut params = cpu_params.clone();
         params.to_device(device).unwrap();
         let (got, grads) = run(&params, &probe.to_device(device).unwrap());

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::gpu::gpu_devices;
+use common::gpu::model_devices;
 use msclip::train::{Precision, RunOptions, TrainConfig, read_jsonl, train};
 use msclip::{Device, Result};
 
@@ -102,7 +102,7 @@ fn assert_tracks(what: &str, got: &[f64], cpu: &[f64], tracking: &Tracking) {
 fn gpu_backend_loss_curves_follow_the_cpu_for_fifty_steps() {
     let dir = scratch("curves");
     let cpu = run(&dir, "cpu", Device::Cpu, Precision::Fp32);
-    for device in gpu_devices() {
+    for device in model_devices() {
         let fp32 = run(&dir, &format!("{device}-fp32"), device, Precision::Fp32);
         assert_tracks(&format!("{device} fp32"), &fp32, &cpu, &FP32);
         let bf16 = run(&dir, &format!("{device}-bf16"), device, Precision::Bf16);

@@ -28,8 +28,38 @@
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
+#ifdef MSCLIP_EMU_CHECKED
+// The sanitizer's copy (build/kernels.rs): every `__shared__` variable gets a 64-byte redzone
+// declared before it, which the sanitizer finds in the symbol table (static_shared.cpp) with the
+// variables themselves, so a store just past an array lands in a redzone and is reported.
+#define MSCLIP_EMU_CAT2(a, b) a##b
+#define MSCLIP_EMU_CAT(a, b) MSCLIP_EMU_CAT2(a, b)
+#define __shared__                                                                                       \
+    static thread_local __attribute__((used, retain)) unsigned char MSCLIP_EMU_CAT(msclip_redzone_, \
+                                                                                   __COUNTER__)[64];  \
+    static thread_local
+#else
 #define __shared__ static thread_local
+#endif
 #define MSCLIP_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::emu::dynamic_smem())
+
+namespace emu {
+// A vector store of the instrumented copy (tsan_abi.cpp): one access of the vector's width, as
+// the GPU makes it, where the compiler would split the assignment into scalar stores.
+void vector_store(void* dst, const void* src, size_t bytes);
+}  // namespace emu
+
+#ifdef MSCLIP_EMU_CHECKED
+#define MSCLIP_EMU_VECTOR_STORE(T)                                 \
+    T() = default;                                                 \
+    T(const T&) = default;                                         \
+    inline __attribute__((always_inline)) T& operator=(const T& o) { \
+        ::emu::vector_store(this, &o, sizeof(T));                  \
+        return *this;                                              \
+    }
+#else
+#define MSCLIP_EMU_VECTOR_STORE(T)
+#endif
 
 struct uint3 {
     unsigned int x, y, z;
@@ -39,24 +69,30 @@ struct dim3 {
 };
 struct alignas(8) float2 {
     float x, y;
+    MSCLIP_EMU_VECTOR_STORE(float2)
 };
 struct alignas(16) float4 {
     float x, y, z, w;
+    MSCLIP_EMU_VECTOR_STORE(float4)
 };
 struct alignas(8) uint2 {
     unsigned int x, y;
+    MSCLIP_EMU_VECTOR_STORE(uint2)
 };
 struct alignas(16) uint4 {
     unsigned int x, y, z, w;
+    MSCLIP_EMU_VECTOR_STORE(uint4)
 };
 
 namespace emu {
 
 // Position of the running fiber; defined in runtime.cpp.
-const uint3& thread_idx();
-const uint3& block_idx();
-const dim3& block_dim();
-const dim3& grid_dim();
+// By value: a kernel reading `threadIdx.x` must not touch the runtime's memory, which the
+// sanitizer would see as an access outside every allocation.
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
 unsigned char* dynamic_smem();
 
 // Fiber barriers. `syncthreads` waits for every live thread of the block; `syncwarp` for the
@@ -80,6 +116,13 @@ uint32_t shared_address(const void* p);
 void wgmma_issue(float* d, int n, uint64_t a_desc, uint64_t b_desc);
 void wgmma_commit();
 void wgmma_wait(int pending);
+// wgmma.fence (orders the thread's register accesses before its next products) and
+// fence.proxy.async (makes its ordinary shared-memory stores visible to the tensor cores): both
+// checked, since leaving either out computes right here and wrong on the GPU.
+void wgmma_fence();
+void fence_proxy_async();
+// A warp's mma.sync, for the profiler's tensor-core count.
+void count_mma_sync();
 
 }  // namespace emu
 
@@ -89,8 +132,12 @@ void wgmma_wait(int pending);
 #define gridDim (::emu::grid_dim())
 static constexpr int warpSize = 32;
 
-inline void __syncthreads() { ::emu::syncthreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
+// Always inlined, here and below, so the barrier's return address (which the sanitizer compares
+// across threads) is the kernel's call site, and so the sanitizer's copy instruments the accesses
+// of atomics in the kernel's own translation unit.
+#define MSCLIP_EMU_INLINE inline __attribute__((always_inline))
+MSCLIP_EMU_INLINE void __syncthreads() { ::emu::syncthreads(); }
+MSCLIP_EMU_INLINE void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline unsigned __activemask() { return ::emu::active_mask(); }
@@ -143,7 +190,7 @@ inline int __all_sync(unsigned mask, int predicate) {
 
 // Atomics: blocks run on several OS threads at once.
 template <typename T>
-inline T emu_atomic_cas_loop_add(T* address, T value) {
+MSCLIP_EMU_INLINE T emu_atomic_cas_loop_add(T* address, T value) {
     static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomic width");
     using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
     Bits* bits = reinterpret_cast<Bits*>(address);
@@ -159,25 +206,25 @@ inline T emu_atomic_cas_loop_add(T* address, T value) {
         }
     }
 }
-inline float atomicAdd(float* address, float value) { return emu_atomic_cas_loop_add(address, value); }
-inline double atomicAdd(double* address, double value) { return emu_atomic_cas_loop_add(address, value); }
-inline int atomicAdd(int* address, int value) { return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST); }
-inline unsigned atomicAdd(unsigned* address, unsigned value) {
+MSCLIP_EMU_INLINE float atomicAdd(float* address, float value) { return emu_atomic_cas_loop_add(address, value); }
+MSCLIP_EMU_INLINE double atomicAdd(double* address, double value) { return emu_atomic_cas_loop_add(address, value); }
+MSCLIP_EMU_INLINE int atomicAdd(int* address, int value) { return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST); }
+MSCLIP_EMU_INLINE unsigned atomicAdd(unsigned* address, unsigned value) {
     return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST);
 }
-inline int atomicMax(int* address, int value) {
+MSCLIP_EMU_INLINE int atomicMax(int* address, int value) {
     int old = __atomic_load_n(address, __ATOMIC_RELAXED);
     while (old < value &&
            !__atomic_compare_exchange_n(address, &old, value, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
     }
     return old;
 }
-inline int atomicExch(int* address, int value) { return __atomic_exchange_n(address, value, __ATOMIC_SEQ_CST); }
-inline int atomicCAS(int* address, int compare, int value) {
+MSCLIP_EMU_INLINE int atomicExch(int* address, int value) { return __atomic_exchange_n(address, value, __ATOMIC_SEQ_CST); }
+MSCLIP_EMU_INLINE int atomicCAS(int* address, int compare, int value) {
     __atomic_compare_exchange_n(address, &compare, value, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return compare;
 }
-inline unsigned atomicCAS(unsigned* address, unsigned compare, unsigned value) {
+MSCLIP_EMU_INLINE unsigned atomicCAS(unsigned* address, unsigned compare, unsigned value) {
     __atomic_compare_exchange_n(address, &compare, value, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return compare;
 }
@@ -214,9 +261,12 @@ struct Trampolines;
 template <typename... A, void (*f)(A...)>
 struct Trampolines<void (*)(A...), f> {
     static constexpr size_t sizes[sizeof...(A) + 1] = {sizeof(A)..., 0};
-    static void run(void** args) { run_with(args, std::index_sequence_for<A...>{}); }
+    __attribute__((no_sanitize_thread)) static void run(void** args) {
+        run_with(args, std::index_sequence_for<A...>{});
+    }
+    // Reads the launch's argument buffers (host memory): not the kernel's accesses.
     template <size_t... I>
-    static void run_with(void** args, std::index_sequence<I...>) {
+    __attribute__((no_sanitize_thread)) static void run_with(void** args, std::index_sequence<I...>) {
         f(*static_cast<std::remove_reference_t<A>*>(args[I])...);
     }
     static KernelEntry entry(const char* name) {
@@ -225,4 +275,4 @@ struct Trampolines<void (*)(A...), f> {
 };
 }  // namespace emu
 
-#define MSCLIP_EMU_ENTRY(kernel) ::emu::Trampolines<decltype(&kernel), &kernel>::entry(#kernel)
+#define MSCLIP_EMU_ENTRY(kernel, name) ::emu::Trampolines<decltype(&kernel), &kernel>::entry(name)

@@ -4,7 +4,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "emu.h"
 
 namespace emu {
 
@@ -21,6 +24,8 @@ struct WgmmaQueue {
     std::vector<WgmmaProduct> issued;
     std::vector<size_t> group_ends;
     size_t issued_total = 0;
+    // A wgmma.fence since the thread began or last completed products (which it then reads).
+    bool fenced = false;
 };
 
 // The operands of the i-th product a warpgroup issued, as its first thread to get there gave them:
@@ -39,5 +44,47 @@ unsigned thread_linear();
 size_t dynamic_smem_bytes();
 // Records `message` as the launch's error (the first one wins); the thread goes on.
 void fail(const char* message);
+
+// ---- What the sanitizer (sanitizer.cpp) and the profiler see of the running fiber. ----
+
+// How a launch runs: the plain copy of the kernels, or the instrumented copy under the sanitizer
+// (one OS thread, blocks in order) with the fibers of a block resumed in a given order between
+// barriers; the profiler counts the instrumented copy's accesses instead of checking them.
+enum class Schedule { forward = 0, reverse = 1, shuffled = 2 };
+struct LaunchOptions {
+    bool checked = false;
+    bool profiled = false;
+    Schedule schedule = Schedule::forward;
+    uint64_t seed = 0;
+};
+
+// Where the running fiber is, in the terms the race rules use. Block serials and barrier epochs
+// count up across every instrumented launch of the process, so a record from an earlier block or
+// interval compares as ordered without clearing any shadow memory.
+struct FiberPosition {
+    uint3 block;
+    unsigned thread;               // linear index in the block
+    uint32_t block_serial;         // this block's run
+    uint32_t first_block_serial;   // the launch's first block: older records are ordered
+    uint32_t epoch;                // barrier interval of the block
+    uint32_t warp_generation;      // completed warp-level syncs of the thread's warp
+    uint32_t synced_generation;    // warp_generation after the thread's own last warp sync
+};
+
+// Non-null while an instrumented launch runs a fiber on this OS thread.
+const LaunchOptions* instrumented_launch();
+// The same, and the span of this OS thread's fiber stacks (local memory, never checked), as
+// variables: the access hooks test them before anything else, on every load and store.
+extern thread_local const LaunchOptions* t_instrumented;
+extern thread_local uintptr_t t_stacks_begin;
+extern thread_local uintptr_t t_stacks_end;
+FiberPosition fiber_position();
+const char* kernel_name();
+bool in_fiber_stacks(uintptr_t address);
+// The running block's dynamic shared memory and its size as launched.
+unsigned char* dynamic_smem_base();
+// Ends the launch at a fault the hardware would trap on (the access must not happen): records
+// `report` and switches to the scheduler for good; the launch returns it as its error.
+[[noreturn]] void trap(const std::string& report);
 
 }  // namespace emu

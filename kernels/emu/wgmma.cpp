@@ -6,7 +6,9 @@
 #include <string>
 
 #include "../common.cuh"  // bf16 and its widening, as the kernels see them (pulls in emu.h)
+#include "profiler.h"
 #include "runtime.h"
+#include "sanitizer.h"
 
 namespace emu {
 
@@ -75,7 +77,32 @@ void run(const WgmmaProduct& p) {
     }
 }
 
+// The sanitizer's view of a product's operand reads: each 16-byte row of a core matrix, through
+// the async proxy.
+void check_operand_reads(int n, uint64_t a_bits, uint64_t b_bits, uintptr_t pc) {
+    const Descriptor a = Descriptor::decode(a_bits), b = Descriptor::decode(b_bits);
+    const uintptr_t smem = reinterpret_cast<uintptr_t>(dynamic_smem());
+    for (int k = 0; k < 16; k += 8) {
+        for (int row = 0; row < 64; ++row) sanitizer::on_async_read(smem + a.offset(row, k), 16, pc);
+        for (int row = 0; row < n; ++row) sanitizer::on_async_read(smem + b.offset(row, k), 16, pc);
+    }
+}
+
 }  // namespace
+
+void wgmma_fence() { wgmma_queue().fenced = true; }
+
+void fence_proxy_async() {
+    if (const LaunchOptions* launch = instrumented_launch(); launch != nullptr && !launch->profiled) {
+        sanitizer::on_proxy_fence();
+    }
+}
+
+void count_mma_sync() {
+    if (const LaunchOptions* launch = instrumented_launch(); launch != nullptr && launch->profiled) {
+        profiler::on_mma_sync();
+    }
+}
 
 uint32_t shared_address(const void* p) {
     const unsigned char* base = dynamic_smem();
@@ -95,10 +122,23 @@ void wgmma_issue(float* d, int n, uint64_t a_desc, uint64_t b_desc) {
         return;
     }
     WgmmaQueue& q = wgmma_queue();
+    if (!q.fenced) {
+        fail("wgmma issued without a wgmma.fence since the thread began or last waited for products: the "
+             "accumulators its ordinary code wrote or read are not ordered before the product");
+        return;
+    }
     std::vector<WgmmaIssue>& log = warpgroup_log();
     const size_t index = q.issued_total++;
     if (index == log.size()) {
         log.push_back(WgmmaIssue{n, a_desc, b_desc});
+        // The warpgroup's first thread to issue stands for the product's read of its operands.
+        if (const LaunchOptions* launch = instrumented_launch()) {
+            if (launch->profiled) {
+                profiler::on_wgmma(n);
+            } else {
+                check_operand_reads(n, a_desc, b_desc, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+            }
+        }
     } else if (log[index].n != n || log[index].a != a_desc || log[index].b != b_desc) {
         fail("the threads of a warpgroup issued different wgmma operands (shape or descriptors); the hardware "
              "takes them from the warpgroup as a whole");
@@ -118,6 +158,7 @@ void wgmma_wait(int pending) {
     if (complete <= 0) return;
     const size_t end = q.group_ends[complete - 1];
     for (size_t i = 0; i < end; ++i) run(q.issued[i]);
+    q.fenced = false;
     q.issued.erase(q.issued.begin(), q.issued.begin() + static_cast<std::ptrdiff_t>(end));
     q.group_ends.erase(q.group_ends.begin(), q.group_ends.begin() + complete);
     for (size_t& e : q.group_ends) e -= end;

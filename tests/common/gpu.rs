@@ -1,11 +1,29 @@
 //! Helpers for kernel parity tests: the devices to run on, and inputs both backends see exactly.
 
+use msclip::backend::gpu::emu::{self, Instrumentation};
 use msclip::backend::{self, Backend, gpu};
 use msclip::{DType, Device, Rng, Tensor};
 
-/// The GPU devices a parity test runs on: the emulator always; a real GPU when the CUDA driver
-/// and a device are present (otherwise a line says the GPU half was skipped).
+/// The GPU devices a kernel parity test runs on: the emulator always, with this test's launches
+/// under its sanitizer (so every kernel test also proves its kernels free of races, out-of-bounds
+/// accesses, unwritten reads and barrier misuse at the shapes it uses); a real GPU when the CUDA
+/// driver and a device are present (otherwise a line says the GPU half was skipped).
 pub fn gpu_devices() -> Vec<Device> {
+    emu::instrument_this_thread_by_default(Instrumentation::Sanitizer);
+    model_devices()
+}
+
+/// Runs `f` (a kernel test at a scale the sanitizer would take minutes over) on the plain
+/// emulator; its kernels are checked by the same test file at smaller shapes.
+pub fn plain_emulator<R>(f: impl FnOnce() -> R) -> R {
+    emu::instrument(Instrumentation::Off, emu::Schedule::Forward, f)
+}
+
+/// The devices of a model-level test, which runs the plain (uninstrumented) emulator: whole
+/// training steps under the sanitizer would take minutes.
+///
+/// A kernel test whose shape is too large for the sanitizer wraps itself in [`plain_emulator`].
+pub fn model_devices() -> Vec<Device> {
     match gpu::driver(Device::Cuda) {
         Ok(_) => vec![Device::Emu, Device::Cuda],
         Err(e) => {

@@ -1,7 +1,12 @@
 //! The emulator driver: "device" memory is host memory, kernels are the host build of
 //! `kernels/*.cu` run by the SIMT emulator (`kernels/emu/`), GEMMs are the CPU reference's.
+//!
+//! Launches from a thread run the plain copy of the kernels, or the instrumented copy under the
+//! sanitizer or the profiler ([`instrument`]); the driver tells the emulator of every allocation,
+//! free and host write, so the sanitizer knows what memory is live and what was written.
 
 use std::alloc::Layout;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
 use gemm::Parallelism;
@@ -20,10 +25,126 @@ unsafe extern "C" {
         args: *mut *mut c_void,
         arg_sizes: *const usize,
         n_args: c_int,
+        options: *const LaunchOptions,
+        counters: *mut KernelCounters,
         error: *mut c_char,
         error_len: usize,
     ) -> c_int;
     fn msclip_emu_kernel_name(i: c_int, name: *mut *const c_char) -> c_int;
+    fn msclip_emu_note_alloc(base: usize, bytes: usize, tracked: c_int);
+    fn msclip_emu_note_free(base: usize);
+    fn msclip_emu_note_written(base: usize, bytes: usize);
+}
+
+/// How launches from a thread run (the emulator's `MsclipEmuLaunchOptions`).
+#[repr(C)]
+struct LaunchOptions {
+    instrumentation: c_int,
+    schedule: c_int,
+    seed: u64,
+}
+
+/// What the emulator does with a launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instrumentation {
+    /// The plain copy of the kernels, blocks on every core.
+    Off,
+    /// The instrumented copy under the sanitizer: bounds, use after free, alignment, unwritten
+    /// reads, shared- and global-memory races, barrier and warp-mask rules, Hopper's proxy
+    /// fences. A finding fails the launch with its report.
+    Sanitizer,
+    /// The instrumented copy under the profiler: each launch's memory and tensor-core counters
+    /// are kept ([`take_profiles`]).
+    Profiler,
+}
+
+/// The order a block's threads are resumed in between barriers (instrumented launches): a
+/// kernel whose results depend on it has a race the barriers do not cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Forward,
+    Reverse,
+    Shuffled(u64),
+}
+
+/// The counters of one profiled launch (the emulator's `MsclipEmuCounters`, field for field).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub global_load_requests: u64,
+    pub global_load_sectors: u64,
+    pub global_load_bytes: u64,
+    pub global_store_requests: u64,
+    pub global_store_sectors: u64,
+    pub global_store_bytes: u64,
+    pub unique_bytes_read: u64,
+    pub unique_bytes_written: u64,
+    pub unique_sectors_read: u64,
+    pub unique_sectors_written: u64,
+    pub shared_load_requests: u64,
+    pub shared_load_wavefronts: u64,
+    pub shared_store_requests: u64,
+    pub shared_store_wavefronts: u64,
+    pub mma_sync_instructions: u64,
+    pub wgmma_instructions: u64,
+    pub tensor_flops: u64,
+}
+
+/// One profiled launch.
+#[derive(Debug, Clone)]
+pub struct LaunchProfile {
+    pub kernel: String,
+    pub config: LaunchConfig,
+    pub counters: KernelCounters,
+}
+
+thread_local! {
+    static MODE: Cell<Option<(Instrumentation, Schedule)>> = const { Cell::new(None) };
+    static PROFILES: RefCell<Vec<LaunchProfile>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The calling thread's mode: what [`instrument`] set, else `MSCLIP_EMU_SANITIZE=1` in the
+/// environment puts every launch under the sanitizer (as `compute-sanitizer ./app` would).
+fn mode() -> (Instrumentation, Schedule) {
+    MODE.get().unwrap_or_else(|| {
+        static FROM_ENV: std::sync::OnceLock<Instrumentation> = std::sync::OnceLock::new();
+        let default = *FROM_ENV.get_or_init(|| match std::env::var("MSCLIP_EMU_SANITIZE").as_deref() {
+            Ok("1") => Instrumentation::Sanitizer,
+            _ => Instrumentation::Off,
+        });
+        (default, Schedule::Forward)
+    })
+}
+
+/// Runs `f` with every emulator launch, allocation and copy it makes on this thread under
+/// `instrumentation`, threads resumed in `schedule`'s order; the previous mode comes back after.
+pub fn instrument<R>(instrumentation: Instrumentation, schedule: Schedule, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<(Instrumentation, Schedule)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            MODE.set(self.0);
+        }
+    }
+    let _restore = Restore(MODE.replace(Some((instrumentation, schedule))));
+    f()
+}
+
+/// Puts this thread's launches under `instrumentation` from now on, unless an enclosing
+/// [`instrument`] chose already (tests that run a whole test body under the sanitizer).
+pub fn instrument_this_thread_by_default(instrumentation: Instrumentation) {
+    if MODE.get().is_none() {
+        MODE.set(Some((instrumentation, Schedule::Forward)));
+    }
+}
+
+/// The profiles of the launches this thread made under the profiler since the last call.
+pub fn take_profiles() -> Vec<LaunchProfile> {
+    PROFILES.take()
+}
+
+fn note_written(ptr: DevicePtr, bytes: usize) {
+    // SAFETY: plain values; the emulator only records the range.
+    unsafe { msclip_emu_note_written(ptr as usize, bytes) }
 }
 
 /// Alignment of every allocation, as cudaMalloc's (256 bytes).
@@ -69,17 +190,25 @@ impl Driver for EmuDriver {
         if ptr.is_null() {
             return Err(Error::Device(format!("emu: cannot allocate {bytes} bytes")));
         }
+        let tracked = mode().0 == Instrumentation::Sanitizer;
+        // SAFETY: plain values; the emulator records the range.
+        unsafe { msclip_emu_note_alloc(ptr as usize, bytes, tracked as c_int) };
         Ok(ptr as DevicePtr)
     }
 
     unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {
-        // SAFETY: the caller guarantees ptr came from alloc(bytes), i.e. from this layout.
-        unsafe { std::alloc::dealloc(ptr as *mut u8, layout(bytes)) }
+        // SAFETY: the caller guarantees ptr came from alloc(bytes), i.e. from this layout; the
+        // emulator forgets the range first, so no launch sees it live after the free.
+        unsafe {
+            msclip_emu_note_free(ptr as usize);
+            std::alloc::dealloc(ptr as *mut u8, layout(bytes))
+        }
     }
 
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         // SAFETY: dst is an allocation of at least src.len() bytes (the backend's invariant).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        note_written(dst, src.len());
         Ok(())
     }
 
@@ -92,12 +221,14 @@ impl Driver for EmuDriver {
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
         // SAFETY: both are allocations of at least `bytes`; `copy` allows overlap.
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        note_written(dst, bytes);
         Ok(())
     }
 
     fn zero(&self, dst: DevicePtr, bytes: usize) -> Result<()> {
         // SAFETY: dst is an allocation of at least `bytes`.
         unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+        note_written(dst, bytes);
         Ok(())
     }
 
@@ -105,7 +236,20 @@ impl Driver for EmuDriver {
         let name = CString::new(kernel).map_err(|_| Error::Device(format!("kernel name {kernel:?} has a NUL")))?;
         let mut marshalled = LaunchArgs::new(args);
         let sizes = marshalled.sizes();
-        let mut error = vec![0 as c_char; 512];
+        let (instrumentation, schedule) = mode();
+        let (schedule, seed) = match schedule {
+            Schedule::Forward => (0, 0),
+            Schedule::Reverse => (1, 0),
+            Schedule::Shuffled(seed) => (2, seed),
+        };
+        let instrumentation = match instrumentation {
+            Instrumentation::Off => 0,
+            Instrumentation::Sanitizer => 1,
+            Instrumentation::Profiler => 2,
+        };
+        let options = LaunchOptions { instrumentation, schedule, seed };
+        let mut counters = KernelCounters::default();
+        let mut error = vec![0 as c_char; 16 * 1024];
         // SAFETY: every pointer names a live buffer of the size passed beside it; the runtime
         // checks the count and sizes against the kernel's signature before calling it, and
         // writes at most error.len() bytes of message.
@@ -118,6 +262,8 @@ impl Driver for EmuDriver {
                 marshalled.pointers().as_mut_ptr(),
                 sizes.as_ptr(),
                 args.len() as c_int,
+                &options,
+                &mut counters,
                 error.as_mut_ptr(),
                 error.len(),
             )
@@ -126,6 +272,9 @@ impl Driver for EmuDriver {
             // SAFETY: the runtime NUL-terminates the message (snprintf).
             let message = unsafe { CStr::from_ptr(error.as_ptr()) }.to_string_lossy().into_owned();
             return Err(Error::Device(format!("emu: {message}")));
+        }
+        if instrumentation == 2 {
+            PROFILES.with_borrow_mut(|p| p.push(LaunchProfile { kernel: kernel.to_string(), config, counters }));
         }
         Ok(())
     }
@@ -149,6 +298,8 @@ impl Driver for EmuDriver {
             gemm_into(dst, lhs, rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), par);
         }
         write_from_f32(spec.dtype, c, &out);
+        let element = if spec.dtype == GemmType::F32 { 4 } else { 2 };
+        note_written(c, out.len() * element);
         Ok(())
     }
 
