@@ -183,3 +183,25 @@ extern "C" __global__ void selftest_deadlock(int* out) {
         out[threadIdx.x] = 1;
     }
 }
+
+// Performance twins for the profiler (tests/profiler.rs), whose counters are known exactly: a
+// copy whose loads are coalesced (stride 1: 4 sectors per warp request) or strided by 8 floats
+// (one 32-byte sector per lane: 32 per request); stores coalesced in both.
+extern "C" __global__ void selftest_strided_copy(const float* in, float* out, int n, int stride) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = in[(static_cast<long long>(i) * stride) % n];
+}
+
+// A 32 x 32 transpose through a shared tile of 32 rows of `PITCH` floats: rows are written
+// conflict-free, columns read back with a 32-way bank conflict when PITCH is 32 and none when
+// the padding makes it 33. One block of 32 x 32 threads.
+template <int PITCH>
+__device__ void transpose_tile(const float* in, float* out) {
+    __shared__ float tile[32 * PITCH];
+    const int x = threadIdx.x, y = threadIdx.y;
+    tile[y * PITCH + x] = in[y * 32 + x];
+    __syncthreads();
+    out[y * 32 + x] = tile[x * PITCH + y];
+}
+extern "C" __global__ void selftest_transpose_unpadded(const float* in, float* out) { transpose_tile<32>(in, out); }
+extern "C" __global__ void selftest_transpose_padded(const float* in, float* out) { transpose_tile<33>(in, out); }

@@ -155,6 +155,7 @@ void begin_launch() {
 }
 
 void begin_block(unsigned threads) {
+    close_requests(-1);  // the previous block's last requests
     t_state.warps.clear();
     t_state.warps.resize((threads + 31) / 32);
 }

@@ -1,0 +1,57 @@
+//! The emulator's profiler on performance twins whose counters are known exactly
+//! (kernels/selftest.cu): sectors per request of coalesced and strided loads, and shared-memory
+//! wavefronts of a transpose with and without padding.
+
+use msclip::Device;
+use msclip::backend::gpu::buffer::Scratch;
+use msclip::backend::gpu::emu::{EmuDriver, Instrumentation, KernelCounters, Schedule, instrument, take_profiles};
+use msclip::backend::gpu::{Driver, KernelArg, LaunchConfig};
+
+/// The counters of one profiled launch.
+fn profile(kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> KernelCounters {
+    instrument(Instrumentation::Profiler, Schedule::Forward, || {
+        take_profiles();
+        EmuDriver.launch(kernel, config, args).unwrap_or_else(|e| panic!("{kernel}: {e}"));
+        let profiles = take_profiles();
+        assert_eq!(profiles.len(), 1, "{kernel}: one launch profiled");
+        assert_eq!(profiles[0].kernel, kernel);
+        profiles[0].counters
+    })
+}
+
+fn floats(n: usize) -> Scratch {
+    Scratch::from_slice(Device::Emu, &(0..n).map(|i| i as f32).collect::<Vec<_>>()).unwrap()
+}
+
+#[test]
+fn coalesced_loads_take_4_sectors_per_request_and_strided_ones_32() {
+    let n = 4096;
+    let (input, out) = (floats(n), floats(n));
+    for (stride, sectors_per_request) in [(1, 4), (8, 32)] {
+        let args =
+            [KernelArg::Ptr(input.ptr()), KernelArg::Ptr(out.ptr()), KernelArg::I32(n as i32), KernelArg::I32(stride)];
+        let c = profile("selftest_strided_copy", LaunchConfig::linear(16, 256, 0), &args);
+        assert_eq!(c.global_load_requests, (n / 32) as u64, "stride {stride}");
+        assert_eq!(c.global_load_sectors, (n / 32 * sectors_per_request) as u64, "stride {stride}");
+        assert_eq!(c.global_store_sectors, c.global_store_requests * 4, "stride {stride}: stores stay coalesced");
+        assert_eq!(c.global_load_bytes, (n * 4) as u64);
+        assert_eq!(c.unique_bytes_written, (n * 4) as u64);
+        // Stride 8 reads every 8th float only (the index wraps onto the same ones).
+        assert_eq!(c.unique_bytes_read, (n * 4 / stride as usize) as u64, "stride {stride}");
+    }
+}
+
+#[test]
+fn an_unpadded_transpose_has_32_way_bank_conflicts_and_a_padded_one_none() {
+    let (input, out) = (floats(1024), floats(1024));
+    let config = LaunchConfig { grid: [1, 1, 1], block: [32, 32, 1], shared_bytes: 0 };
+    let args = [KernelArg::Ptr(input.ptr()), KernelArg::Ptr(out.ptr())];
+    for (kernel, wavefronts_per_load) in [("selftest_transpose_unpadded", 32), ("selftest_transpose_padded", 1)] {
+        let c = profile(kernel, config, &args);
+        assert_eq!(c.shared_store_requests, 32, "{kernel}");
+        assert_eq!(c.shared_store_wavefronts, 32, "{kernel}: row stores are conflict-free");
+        assert_eq!(c.shared_load_requests, 32, "{kernel}");
+        assert_eq!(c.shared_load_wavefronts, 32 * wavefronts_per_load, "{kernel}");
+        assert_eq!(c.global_load_sectors, 32 * 4, "{kernel}");
+    }
+}
