@@ -114,8 +114,7 @@ std::pair<uint64_t, uint64_t> population(const std::vector<uint64_t>& bits) {
 }  // namespace
 
 void on_access(uintptr_t address, size_t size, bool write, uintptr_t pc) {
-    if (in_fiber_stacks(address)) return;
-    const uintptr_t smem = reinterpret_cast<uintptr_t>(dynamic_smem_base());
+    const uintptr_t smem = reinterpret_cast<uintptr_t>(dynamic_smem());
     bool shared = address >= smem && address < smem + dynamic_smem_bytes();
     if (!shared) find_static_shared(address, &shared);
     if (!shared) {

@@ -140,6 +140,16 @@ void record_error(Launch& launch, const std::string& message) {
     if (launch.error.empty()) launch.error = message;
 }
 
+// A broken execution-model rule (barriers, warp masks): a finding of the sanitizer in an
+// instrumented launch, the launch's error otherwise.
+void rule_broken(const char* kind, const char* message, uintptr_t pc) {
+    if (t_instrumented != nullptr) {
+        sanitizer::report(kind, message, pc);
+    } else {
+        fail(message);
+    }
+}
+
 // The source line of the barrier call at `pc`, with its inlining chain: the compiler may copy one
 // barrier of the source into several places (loop header copying), so two different call sites
 // are one barrier when they come from one line. Empty without line tables. Cached: a kernel has
@@ -178,11 +188,7 @@ void check_barrier_convergence(Block& b) {
                           "(%u, %u, %u) (%s against %s)",
                           i.x, i.y, i.z, j.x, j.y, j.z, sanitizer::describe_pc(t.barrier_pc).c_str(),
                           sanitizer::describe_pc(first->barrier_pc).c_str());
-            if (t_instrumented != nullptr) {
-                sanitizer::report("divergent barrier", message, t.barrier_pc);
-            } else {
-                fail(message);
-            }
+            rule_broken("divergent barrier", message, t.barrier_pc);
             return;
         }
     }
@@ -445,8 +451,6 @@ std::string check_launch(const KernelEntry* kernel, const char* name, dim3 grid,
 unsigned worker_count(unsigned long long blocks) {
     unsigned n = std::max(1u, std::thread::hardware_concurrency());
     if (const char* env = std::getenv("MSCLIP_EMU_THREADS")) n = std::max(1, std::atoi(env));
-    // The sanitizer's and the profiler's state is the launching thread's, and their race rules
-    // number blocks in the order they run.
     return static_cast<unsigned>(std::min<unsigned long long>(n, blocks));
 }
 
@@ -461,13 +465,7 @@ unsigned lane_id() { return t_worker->current->linear % 32; }
 unsigned thread_linear() { return t_worker->current->linear; }
 size_t dynamic_smem_bytes() { return t_worker->launch->smem_bytes; }
 WgmmaQueue& wgmma_queue() { return t_worker->current->wgmma; }
-const LaunchOptions* instrumented_launch() { return t_instrumented; }
 const char* kernel_name() { return t_worker->launch->kernel->name; }
-unsigned char* dynamic_smem_base() { return t_worker->block.smem; }
-bool in_fiber_stacks(uintptr_t address) {
-    const uintptr_t base = reinterpret_cast<uintptr_t>(t_worker->stacks);
-    return address >= base && address < base + StackCache::kBytes;
-}
 FiberPosition fiber_position() {
     const Worker& w = *t_worker;
     const Thread& t = *w.current;
@@ -495,17 +493,6 @@ void fail(const char* message) {
     record_error(launch, std::string(message) + where);
 }
 
-unsigned active_mask() {
-    Block& b = worker().block;
-    const Thread& t = current_thread();
-    const unsigned warp = t.linear / 32;
-    unsigned mask = 0;
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        const unsigned i = warp * 32 + lane;
-        if (i < static_cast<unsigned>(b.n_threads) && !b.threads[i].done) mask |= 1u << lane;
-    }
-    return mask;
-}
 
 void syncthreads() {
     Block& b = worker().block;
@@ -517,7 +504,7 @@ void syncthreads() {
 }
 
 // The lanes of the caller's warp that still run (not exited, and present in a partial warp).
-unsigned live_lanes(const Block& b, unsigned warp) {
+static unsigned live_lanes(const Block& b, unsigned warp) {
     unsigned mask = 0;
     for (unsigned lane = 0; lane < 32; ++lane) {
         const unsigned i = warp * 32 + lane;
@@ -528,7 +515,9 @@ unsigned live_lanes(const Block& b, unsigned warp) {
 
 // A warp-level operation's mask must name the caller and lanes that run, and every lane must give
 // the same mask (synccheck's rules); a violation is the launch's error.
-void check_warp_mask(const Block& b, const Warp& warp, unsigned mask) {
+unsigned active_mask() { return live_lanes(worker().block, current_thread().linear / 32); }
+
+static void check_warp_mask(const Block& b, const Warp& warp, unsigned mask) {
     const unsigned lane = lane_id();
     const unsigned live = live_lanes(b, current_thread().linear / 32);
     char message[200];
@@ -544,11 +533,7 @@ void check_warp_mask(const Block& b, const Warp& warp, unsigned mask) {
     } else {
         return;
     }
-    if (t_instrumented != nullptr) {
-        sanitizer::report("warp mask", message, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
-    } else {
-        fail(message);
-    }
+    rule_broken("warp mask", message, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
 }
 
 void syncwarp(unsigned mask) {
@@ -577,12 +562,7 @@ void warp_exchange(unsigned mask, const void* mine, void* theirs, int src_lane, 
         std::snprintf(message, sizeof message,
                       "lane %u shuffles from lane %d, outside the mask 0x%08x (the value it gets is undefined)",
                       lane_id(), src_lane & 31, mask);
-        if (t_instrumented != nullptr) {
-            sanitizer::report("shuffle outside its mask", message,
-                              reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
-        } else {
-            fail(message);
-        }
+        rule_broken("shuffle outside its mask", message, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
     }
     std::memcpy(warp.slots[lane_id()], mine, bytes);
     syncwarp(mask);
@@ -651,7 +631,9 @@ extern "C" int msclip_emu_launch(const char* name, const unsigned grid[3], const
         // Never destroyed: pool threads may still be parked when static destructors run.
         static WorkerPool* pool = new WorkerPool;
         if (instrumented) {
-            // One OS thread, blocks in order, the memory map held still for the whole launch.
+            // One OS thread, blocks in order, the memory map held still for the whole launch: the
+            // sanitizer's and the profiler's state is the launching thread's, and the race rules
+            // number blocks in the order they run.
             std::lock_guard<std::mutex> map_lock(memory_map_mutex());
             launch.first_block_serial = g_block_serials + 1;
             sanitizer::begin_launch();

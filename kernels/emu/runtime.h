@@ -71,18 +71,14 @@ struct FiberPosition {
     uint32_t synced_generation;    // warp_generation after the thread's own last warp sync
 };
 
-// Non-null while an instrumented launch runs a fiber on this OS thread.
-const LaunchOptions* instrumented_launch();
-// The same, and the span of this OS thread's fiber stacks (local memory, never checked), as
-// variables: the access hooks test them before anything else, on every load and store.
+// Non-null while an instrumented launch runs a fiber on this OS thread, and the span of this OS
+// thread's fiber stacks (local memory, never checked): the access hooks (tsan_abi.cpp) test them
+// before anything else, on every load and store.
 extern thread_local const LaunchOptions* t_instrumented;
 extern thread_local uintptr_t t_stacks_begin;
 extern thread_local uintptr_t t_stacks_end;
 FiberPosition fiber_position();
 const char* kernel_name();
-bool in_fiber_stacks(uintptr_t address);
-// The running block's dynamic shared memory and its size as launched.
-unsigned char* dynamic_smem_base();
 // Ends the launch at a fault the hardware would trap on (the access must not happen): records
 // `report` and switches to the scheduler for good; the launch returns it as its error.
 [[noreturn]] void trap(const std::string& report);

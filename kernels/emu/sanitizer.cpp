@@ -79,18 +79,16 @@ std::string access_words(size_t size, bool write, bool atomic) {
     trap(end_launch());
 }
 
-// Classifies `address`; traps on an address no kernel may touch. Returns false for the fiber's
-// own stack (local memory, not checked).
-bool classify(uintptr_t address, size_t size, bool write, bool atomic, uintptr_t pc, Region* region) {
-    if (in_fiber_stacks(address)) return false;
+// Classifies `address` (never the fiber's stack: the hooks filter local memory out); traps on an
+// address no kernel may touch.
+Region classify(uintptr_t address, size_t size, bool write, bool atomic, uintptr_t pc) {
     // The last allocation hit (live for the whole launch, which holds the memory map still):
     // most accesses of a kernel go to a few buffers.
     Allocation*& last = t_state.last_allocation;
     if (last != nullptr && address >= last->base && address + size <= last->base + last->bytes) {
-        *region = Region{Region::global, last->base, last->bytes, last, nullptr};
-        return true;
+        return Region{Region::global, last->base, last->bytes, last, nullptr};
     }
-    const uintptr_t smem = reinterpret_cast<uintptr_t>(dynamic_smem_base());
+    const uintptr_t smem = reinterpret_cast<uintptr_t>(dynamic_smem());
     const size_t smem_bytes = dynamic_smem_bytes();
     auto access = [&] { return access_words(size, write, atomic); };
     if (address >= smem && address < smem + smem_bytes) {
@@ -99,8 +97,7 @@ bool classify(uintptr_t address, size_t size, bool write, bool atomic, uintptr_t
                                        " runs past its " + std::to_string(smem_bytes) + " bytes as launched",
                   pc);
         }
-        *region = Region{Region::shared, smem, smem_bytes, nullptr, nullptr};
-        return true;
+        return Region{Region::shared, smem, smem_bytes, nullptr, nullptr};
     }
     bool in_span = false;
     if (const StaticShared* var = find_static_shared(address, &in_span)) {
@@ -115,8 +112,7 @@ bool classify(uintptr_t address, size_t size, bool write, bool atomic, uintptr_t
                                        " bytes) runs past its end",
                   pc);
         }
-        *region = Region{Region::shared, var->base, var->bytes, nullptr, var};
-        return true;
+        return Region{Region::shared, var->base, var->bytes, nullptr, var};
     }
     if (in_span) fault("out of bounds", access() + " between static __shared__ variables at " + hex(address), pc);
     if (Allocation* a = find_allocation(address)) {
@@ -127,8 +123,7 @@ bool classify(uintptr_t address, size_t size, bool write, bool atomic, uintptr_t
                   pc);
         }
         last = a;
-        *region = Region{Region::global, a->base, a->bytes, a, nullptr};
-        return true;
+        return Region{Region::global, a->base, a->bytes, a, nullptr};
     }
     fault("out of bounds", access() + " at " + hex(address) + ", outside every allocation: " + describe_nearest(address),
           pc);
@@ -231,8 +226,7 @@ void check_global(const Region& r, uintptr_t address, size_t size, bool write, b
 }  // namespace
 
 void on_access(uintptr_t address, size_t size, bool write, bool atomic, uintptr_t pc) {
-    Region region{};
-    if (!classify(address, size, write, atomic, pc, &region)) return;
+    const Region region = classify(address, size, write, atomic, pc);
     const FiberPosition now = fiber_position();
     if (region.kind == Region::shared) {
         check_shared(region, address, size, write, atomic, pc, now);
@@ -285,8 +279,7 @@ void begin_block(unsigned threads) { t_state.proxy_fences.assign(threads, 0); }
 void on_proxy_fence() { ++t_state.proxy_fences[fiber_position().thread]; }
 
 void on_async_read(uintptr_t address, size_t bytes, uintptr_t pc) {
-    Region region{};
-    if (!classify(address, bytes, false, false, pc, &region)) return;
+    const Region region = classify(address, bytes, false, false, pc);
     const FiberPosition now = fiber_position();
     if (region.kind != Region::shared) return;
     SharedShadow& s = shared_shadow(region);

@@ -79,51 +79,40 @@ void __tsan_atomic_signal_fence(int) {}
 
 // The atomics GCC lowers __atomic builtins to under the instrumentation: each is the access
 // (marked atomic, so concurrent atomics are not races) and then the operation itself.
-#define MSCLIP_TSAN_ATOMICS(bits, T)                                                                       \
-    extern "C" T __tsan_atomic##bits##_load(const volatile T* a, int) {                                  \
-        access(a, sizeof(T), false, true, true, RET);                                                     \
-        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                      \
-    }                                                                                                     \
-    extern "C" void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                                \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                         \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                               \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                               \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                               \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                               \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                 \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                               \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                \
-    }                                                                                                     \
-    extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* expected, T v, int, int) { \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_compare_exchange_n(a, expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);    \
-    }                                                                                                     \
-    extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* expected, T v, int, int) { \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        return __atomic_compare_exchange_n(a, expected, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);     \
-    }                                                                                                     \
-    extern "C" T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T expected, T v, int, int) {   \
-        access(a, sizeof(T), true, true, true, RET);                                                      \
-        __atomic_compare_exchange_n(a, &expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);          \
-        return expected;                                                                                  \
+#define MSCLIP_TSAN_RMW(bits, T, op)                                                \
+    extern "C" T __tsan_atomic##bits##_##op(volatile T* a, T v, int) {              \
+        access(a, sizeof(T), true, true, true, RET);                                \
+        return __atomic_##op(a, v, __ATOMIC_SEQ_CST);                               \
+    }
+#define MSCLIP_TSAN_CAS(bits, T, kind, weak)                                                                   \
+    extern "C" int __tsan_atomic##bits##_compare_exchange_##kind(volatile T* a, T* expected, T v, int, int) { \
+        access(a, sizeof(T), true, true, true, RET);                                                          \
+        return __atomic_compare_exchange_n(a, expected, v, weak, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);         \
+    }
+#define MSCLIP_TSAN_ATOMICS(bits, T)                                                                     \
+    extern "C" T __tsan_atomic##bits##_load(const volatile T* a, int) {                                \
+        access(a, sizeof(T), false, true, true, RET);                                                   \
+        return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                    \
+    }                                                                                                   \
+    extern "C" void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                              \
+        access(a, sizeof(T), true, true, true, RET);                                                    \
+        __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                       \
+    }                                                                                                   \
+    extern "C" T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                              \
+        access(a, sizeof(T), true, true, true, RET);                                                    \
+        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                             \
+    }                                                                                                   \
+    MSCLIP_TSAN_RMW(bits, T, fetch_add)                                                                 \
+    MSCLIP_TSAN_RMW(bits, T, fetch_sub)                                                                 \
+    MSCLIP_TSAN_RMW(bits, T, fetch_and)                                                                 \
+    MSCLIP_TSAN_RMW(bits, T, fetch_or)                                                                  \
+    MSCLIP_TSAN_RMW(bits, T, fetch_xor)                                                                 \
+    MSCLIP_TSAN_CAS(bits, T, strong, false)                                                             \
+    MSCLIP_TSAN_CAS(bits, T, weak, true)                                                                \
+    extern "C" T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T expected, T v, int, int) { \
+        access(a, sizeof(T), true, true, true, RET);                                                    \
+        __atomic_compare_exchange_n(a, &expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);        \
+        return expected;                                                                                \
     }
 
 MSCLIP_TSAN_ATOMICS(8, uint8_t)

@@ -93,13 +93,13 @@ void check_operand_reads(int n, uint64_t a_bits, uint64_t b_bits, uintptr_t pc) 
 void wgmma_fence() { wgmma_queue().fenced = true; }
 
 void fence_proxy_async() {
-    if (const LaunchOptions* launch = instrumented_launch(); launch != nullptr && !launch->profiled) {
+    if (const LaunchOptions* launch = t_instrumented; launch != nullptr && !launch->profiled) {
         sanitizer::on_proxy_fence();
     }
 }
 
 void count_mma_sync() {
-    if (const LaunchOptions* launch = instrumented_launch(); launch != nullptr && launch->profiled) {
+    if (const LaunchOptions* launch = t_instrumented; launch != nullptr && launch->profiled) {
         profiler::on_mma_sync();
     }
 }
@@ -132,7 +132,7 @@ void wgmma_issue(float* d, int n, uint64_t a_desc, uint64_t b_desc) {
     if (index == log.size()) {
         log.push_back(WgmmaIssue{n, a_desc, b_desc});
         // The warpgroup's first thread to issue stands for the product's read of its operands.
-        if (const LaunchOptions* launch = instrumented_launch()) {
+        if (const LaunchOptions* launch = t_instrumented) {
             if (launch->profiled) {
                 profiler::on_wgmma(n);
             } else {

@@ -298,8 +298,6 @@ impl Driver for EmuDriver {
             gemm_into(dst, lhs, rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), par);
         }
         write_from_f32(spec.dtype, c, &out);
-        let element = if spec.dtype == GemmType::F32 { 4 } else { 2 };
-        note_written(c, out.len() * element);
         Ok(())
     }
 
@@ -322,15 +320,21 @@ fn read_as_f32(dtype: GemmType, ptr: DevicePtr, len: usize) -> Vec<f32> {
 /// Stores f32 values at `ptr` as `dtype` (round to nearest even for bf16).
 fn write_from_f32(dtype: GemmType, ptr: DevicePtr, values: &[f32]) {
     // SAFETY: the backend passes an allocation holding values.len() elements of `dtype`.
-    unsafe {
+    let bytes = unsafe {
         match dtype {
-            GemmType::F32 => std::slice::from_raw_parts_mut(ptr as *mut f32, values.len()).copy_from_slice(values),
+            GemmType::F32 => {
+                let dst = std::slice::from_raw_parts_mut(ptr as *mut f32, values.len());
+                dst.copy_from_slice(values);
+                size_of_val(dst)
+            }
             GemmType::BF16 => {
                 let dst = std::slice::from_raw_parts_mut(ptr as *mut bf16, values.len());
                 for (d, v) in dst.iter_mut().zip(values) {
                     *d = bf16::from_f32(*v);
                 }
+                size_of_val(dst)
             }
         }
-    }
+    };
+    note_written(ptr, bytes);
 }
