@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::schedule::CosineSchedule;
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device};
@@ -202,6 +203,11 @@ impl TrainConfig {
             return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32".into());
         }
         self.data.validate()
+    }
+
+    /// The learning-rate schedule of the run: warmup to --lr, cosine down to --min-lr.
+    pub fn schedule(&self) -> CosineSchedule {
+        CosineSchedule { peak: self.lr, floor: self.min_lr, warmup_steps: self.warmup_steps, total_steps: self.steps }
     }
 
     pub fn run_dir(&self) -> PathBuf {
