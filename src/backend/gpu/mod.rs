@@ -24,6 +24,7 @@ mod layout;
 mod loss;
 mod matmul;
 pub mod modules;
+pub mod occupancy;
 
 use std::sync::OnceLock;
 
