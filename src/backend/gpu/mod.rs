@@ -25,6 +25,7 @@ mod loss;
 mod matmul;
 pub mod modules;
 pub mod occupancy;
+pub mod roofline;
 
 use std::sync::OnceLock;
 
