@@ -61,3 +61,55 @@ fn data_preview_writes_a_png() {
     assert_eq!(&bytes[1..4], b"PNG");
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn profile_step_counts_the_driver_calls_of_a_tiny_step_on_the_emulator() {
+    let json = std::env::temp_dir().join(format!("msclip-profile-{}.json", std::process::id()));
+    let out = msclip(&["profile", "step", "--preset", "tiny", "--batch", "2", "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for label in [
+        "kernel launches",
+        "distinct kernels",
+        "GEMM calls",
+        "allocations",
+        "H2D copies",
+        "D2H copies",
+        "D2D copies",
+        "memsets",
+        "host syncs",
+        "top kernels by launches",
+    ] {
+        assert!(text.contains(label), "missing {label:?} in:\n{text}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let total = |key: &str| report["totals"][key].as_u64().unwrap_or_else(|| panic!("totals.{key} in {report}"));
+    assert_eq!((report["preset"].as_str(), report["batch"].as_u64()), (Some("tiny"), Some(2)));
+    // Today's baseline: a step launches kernels, and waits for the device (every loss read,
+    // every gradient norm, every upload) more than once.
+    assert!(total("launches") > 0 && total("gemms") > 0, "{report}");
+    assert!(total("host_syncs") > 0 && total("downloads") > 0, "{report}");
+    assert_eq!(total("host_syncs"), total("downloads") + total("uploads") + total("synchronizes"));
+    assert_eq!(total("allocations_bytes"), total("frees_bytes"), "a step frees what it allocates");
+    let kernels = report["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len() as u64, total("distinct_kernels"));
+    assert_eq!(kernels.iter().map(|k| k["launches"].as_u64().unwrap()).sum::<u64>(), total("launches"));
+}
+
+#[test]
+fn profile_step_refuses_bad_input_by_name() {
+    let probes: &[(&[&str], &str)] = &[
+        (&["--preset", "vit-h14", "--batch", "2"], "unknown preset \"vit-h14\""),
+        (&["--batch", "0"], "--batch must be at least 2"),
+        (&["--batch", "2", "--steps", "0"], "--steps must be at least 1"),
+        (&["--batch", "2", "--device", "cpu"], "use emu or cuda"),
+        (&["--batch", "100000000"], "the largest that fits is about"),
+    ];
+    for (args, fragment) in probes {
+        let out = msclip(&[&["profile", "step"], *args].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(fragment) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -5,6 +5,7 @@ mod data;
 mod eval;
 mod kernels;
 mod params;
+mod profile;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     Data(data::DataArgs),
     /// The CUDA kernels in this build: modules, entry points, registers, shared memory, spills.
     Kernels(kernels::KernelsArgs),
+    /// What the engine asks of a GPU, counted on any GPU device (the emulator included).
+    Profile(profile::ProfileArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Params(args) => params::run(args),
         Command::Data(args) => data::run(args),
         Command::Kernels(args) => kernels::run(args),
+        Command::Profile(args) => profile::run(args),
     }
 }

@@ -4,9 +4,11 @@
 
 use rayon::prelude::*;
 
+use super::config::TrainConfig;
+use super::step::MASTER_DTYPE;
 use crate::data::shapes::{self, ShapesConfig, Split};
 use crate::error::Result;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 use crate::text::{Tokenizer, Truncation};
 
 /// open_clip's (OpenAI CLIP's) per-channel pixel statistics.
@@ -33,6 +35,20 @@ pub struct Batch {
     /// Row-major [n, context].
     pub tokens: Vec<u32>,
     pub captions: Vec<String>,
+}
+
+impl Batch {
+    /// The images on `device` in `dtype`, as a training step takes them.
+    pub fn images_on(&self, device: Device, dtype: DType) -> Result<Tensor> {
+        self.images.to_device(device)?.to_dtype(dtype)
+    }
+}
+
+/// The batch of 0-based training step `step`: samples `step * B..(step + 1) * B` of the
+/// training split.
+pub fn training_batch(config: &TrainConfig, tokenizer: &Tokenizer, context: usize, step: u64) -> Result<Batch> {
+    let start = step * config.batch_size as u64;
+    make_batch(&config.data, Split::Train, start, config.batch_size, tokenizer, context, MASTER_DTYPE)
 }
 
 /// Samples `start..start + n` of `split`, rendered, normalised and tokenised.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::schedule::CosineSchedule;
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device};
@@ -38,6 +39,15 @@ impl Precision {
             Precision::Fp32 => DType::F32,
             Precision::Bf16 => DType::BF16,
         }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
     }
 }
 
@@ -202,6 +212,11 @@ impl TrainConfig {
             return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32".into());
         }
         self.data.validate()
+    }
+
+    /// The learning-rate schedule of the run: warmup to --lr, cosine down to --min-lr.
+    pub fn schedule(&self) -> CosineSchedule {
+        CosineSchedule { peak: self.lr, floor: self.min_lr, warmup_steps: self.warmup_steps, total_steps: self.steps }
     }
 
     pub fn run_dir(&self) -> PathBuf {

@@ -74,10 +74,16 @@ pub fn check_training(config: &TrainConfig) -> Result<()> {
         return Ok(());
     }
     let model = ClipModel::new(preset(&config.preset)?)?;
+    check_batch(&model, "--batch-size", config.batch_size as u64)?;
+    check_evaluation(&model, "--eval-samples", config.eval_samples as u64)
+}
+
+/// Refuses a training batch of `pairs` (set by `flag`) that would not fit beside the model's
+/// weights and optimizer state.
+pub fn check_batch(model: &ClipModel, flag: &str, pairs: u64) -> Result<()> {
     let state = training_state_bytes(model.counts().total as u64);
     let per_pair = training_bytes_per_pair(&model.config);
-    check_fits("--batch-size", config.batch_size as u64, 2, |b| state.saturating_add(b.saturating_mul(per_pair)))?;
-    check_evaluation(&model, "--eval-samples", config.eval_samples as u64)
+    check_fits(flag, pairs, 2, |b| state.saturating_add(b.saturating_mul(per_pair)))
 }
 
 /// Refuses an evaluation of `samples` images per split (set by `flag`) that would not fit

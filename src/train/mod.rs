@@ -13,11 +13,13 @@ mod run;
 mod run_dir;
 mod safetensors_out;
 mod schedule;
+mod step;
 
-pub use batch::{Batch, CLIP_MEAN, CLIP_STD, images_to_tensor, make_batch};
+pub use batch::{Batch, CLIP_MEAN, CLIP_STD, images_to_tensor, make_batch, training_batch};
 pub use config::{Precision, TokenizerSource, TrainConfig, validate_run_name};
 pub use log::read_jsonl;
 pub use resume::changes as resume_changes;
-pub use run::{Resume, RunEnd, RunOptions, RunSummary, train};
+pub use run::{Resume, RunEnd, RunOptions, RunSummary, new_run_tokenizer, train};
 pub use run_dir::{load_run_tokenizer, read_run_config, run_dir_of_checkpoint};
 pub use schedule::CosineSchedule;
+pub use step::{MASTER_DTYPE, StepState};

@@ -7,23 +7,21 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::batch::make_batch;
+use super::batch::training_batch;
 use super::checkpoint::{self, TrainingState};
 use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
-use super::param_groups;
 use super::plot::{Series, line_plot};
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
-use super::schedule::CosineSchedule;
-use crate::autograd::{self, Gradients};
-use crate::data::shapes::{self, Split};
+use super::step::StepState;
+use crate::data::shapes;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, preset};
-use crate::nn::{AdamW, AdamWConfig, ParamStore};
-use crate::tensor::{DType, Device, Rng, Tensor};
+use crate::nn::ParamStore;
+use crate::tensor::Rng;
 use crate::text::Tokenizer;
 
 /// Where a resumed run continues from.
@@ -73,7 +71,6 @@ pub struct RunSummary {
     pub end: RunEnd,
 }
 
-const DTYPE: DType = DType::F32;
 /// Weight of the newest loss in the smoothed loss of the console line.
 const LOSS_EMA: f64 = 0.05;
 const TRAIN_LOG: &str = "train_loss.jsonl";
@@ -96,16 +93,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         None => {
             // Made before the run directory, so a tokenizer that does not fit refuses the run
             // before anything is written.
-            let tokenizer = fitting_tokenizer(
-                &model,
-                match config.tokenizer {
-                    TokenizerSource::TrainedBpe => {
-                        let corpus = shapes::caption_corpus(&config.data, 20_000);
-                        Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab)?
-                    }
-                    _ => load_run_tokenizer(config, &run_dir)?,
-                },
-            )?;
+            let tokenizer = new_run_tokenizer(config, &model)?;
             let lock = run_dir::create_new(&run_dir, options.overwrite)?;
             if config.tokenizer == TokenizerSource::TrainedBpe {
                 save_run_tokenizer(&tokenizer, &run_dir)?;
@@ -120,10 +108,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     };
 
     let mut rng = Rng::new(config.seed);
-    let (mut params, mut buffers) = model.init_params(&mut rng, DTYPE)?;
-    let groups = param_groups::groups(config.weight_decay, config.shared_weight_decay, config.shared_lr_scale);
-    let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
-    let mut optimizer = AdamW::new(&params, adam, groups, |name, _| param_groups::assign(&model.spec, name))?;
+    let mut state = StepState::init(&model, config, &mut rng)?;
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"), config.keep_checkpoints);
     let (mut step, mut samples_seen) = (0u64, 0u64);
     if let Some(resume) = &options.resume {
@@ -131,7 +116,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             Resume::Latest => checkpoints.latest(),
             Resume::Path(p) => p.clone(),
         };
-        let restored = checkpoint::load(&path, &model.config, &mut params, &mut buffers, Some(&mut optimizer))?;
+        let restored =
+            checkpoint::load(&path, &model.config, &mut state.params, &mut state.buffers, Some(&mut state.optimizer))?;
         if restored.step > config.steps {
             return Err(Error::config(format!(
                 "{} is at step {} but the run has {} steps: pass --steps {} or more to continue from it",
@@ -174,19 +160,14 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             steps_done: step,
             final_loss: f64::NAN,
             eval: None,
-            params,
+            params: state.params,
             end: RunEnd::AlreadyFinished,
         });
     }
     // Initialised (or restored) on the CPU, so every device starts from the same values.
-    move_training_state(config.device, &mut params, &mut buffers, &mut optimizer)?;
+    state.to_device(config.device)?;
 
-    let schedule = CosineSchedule {
-        peak: config.lr,
-        floor: config.min_lr,
-        warmup_steps: config.warmup_steps,
-        total_steps: config.steps,
-    };
+    let schedule = config.schedule();
     let end = options.stop_after.unwrap_or(config.steps).min(config.steps);
     let interrupted = || options.stop.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
     let mut ended = if end < config.steps { RunEnd::StoppedEarly } else { RunEnd::Finished };
@@ -200,51 +181,25 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let loss_log = run_dir.join(TRAIN_LOG);
     let context = model.config.text.context;
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
-    let compute_dtype = config.precision.dtype();
 
     while step < end {
         let started = Instant::now();
-        let batch = make_batch(
-            &config.data,
-            Split::Train,
-            step * config.batch_size as u64,
-            config.batch_size,
-            &tokenizer,
-            context,
-            DTYPE,
-        )?;
-        let images = batch.images.to_device(config.device)?.to_dtype(compute_dtype)?;
+        let batch = training_batch(config, &tokenizer, context, step)?;
+        let images = batch.images_on(config.device, config.precision.dtype())?;
         let data_seconds = started.elapsed().as_secs_f64();
-        let compute_params = (compute_dtype != DTYPE)
-            .then(|| params.cast_for_compute(compute_dtype, |id| id == model.logit_scale()))
-            .transpose()?;
-        let loss = model.contrastive_loss(
-            compute_params.as_ref().unwrap_or(&params),
-            &mut buffers,
-            &images,
-            &batch.tokens,
-            None,
-        )?;
-        let loss_value = loss.item()?;
+        let lr = schedule.lr(step);
+        let loss_value = state.step(&model, config, &images, &batch.tokens, lr)?;
         if !loss_value.is_finite() {
-            autograd::clear_tape();
             return Err(Error::invalid(
                 "train",
                 format!("loss is {loss_value} at step {}; stopping. {}", step + 1, checkpoints.describe()),
             ));
         }
-        let grads = autograd::backward(&loss)?;
-        let grad_scale = clip_scale(&params, &grads, config.grad_clip_norm)?;
-        let lr = schedule.lr(step);
-        optimizer.step(&mut params, &grads, lr, grad_scale)?;
-        if let Some(max) = config.logit_scale_max {
-            clamp_logit_scale(&mut params, &model, max.ln())?;
-        }
         step += 1;
         samples_seen += config.batch_size as u64;
         final_loss = loss_value;
         loss_ema = if loss_ema.is_nan() { loss_value } else { (1.0 - LOSS_EMA) * loss_ema + LOSS_EMA * loss_value };
-        let logit_scale = params.get(model.logit_scale()).item()?.exp();
+        let logit_scale = state.params.get(model.logit_scale()).item()?.exp();
         let batch_seconds = started.elapsed().as_secs_f64();
         if let Some(b) = &bar {
             b.set_position(step);
@@ -270,23 +225,23 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         }
         let stopping = step < config.steps && interrupted();
         if step.is_multiple_of(config.save_every) || step == end || stopping {
-            let state = TrainingState {
+            checkpoints.save(&TrainingState {
                 config: &model.config,
-                params: &params,
-                buffers: &buffers,
-                optimizer: &optimizer,
+                params: &state.params,
+                buffers: &state.buffers,
+                optimizer: &state.optimizer,
                 step,
                 samples_seen,
                 rng: &rng,
-            };
-            checkpoints.save(&state)?;
+            })?;
         }
         if stopping {
             ended = RunEnd::Interrupted;
             break;
         }
         if evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps {
-            let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, config, step, &run_dir)?;
+            let report =
+                evaluate_and_record(&model, &state.params, &mut state.buffers, &tokenizer, config, step, &run_dir)?;
             say(&report.summary());
         }
     }
@@ -294,7 +249,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         b.finish_and_clear();
     }
     let eval = if step == config.steps && evaluates {
-        let report = evaluate_and_record(&model, &params, &mut buffers, &tokenizer, config, step, &run_dir)?;
+        let report =
+            evaluate_and_record(&model, &state.params, &mut state.buffers, &tokenizer, config, step, &run_dir)?;
         if !options.quiet {
             println!("{}", report.summary());
         }
@@ -303,7 +259,21 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         None
     };
     write_plots(&run_dir)?;
-    Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params, end: ended })
+    Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params: state.params, end: ended })
+}
+
+/// The tokenizer a new run of `config` starts with: a BPE trained on the shapes-world
+/// captions, CLIP's, or the configured file; refused when `model` cannot embed every id.
+pub fn new_run_tokenizer(config: &TrainConfig, model: &ClipModel) -> Result<Tokenizer> {
+    let tokenizer = match config.tokenizer {
+        TokenizerSource::TrainedBpe => {
+            let corpus = shapes::caption_corpus(&config.data, 20_000);
+            Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab)?
+        }
+        // These two read nothing from the run directory.
+        _ => load_run_tokenizer(config, &config.run_dir())?,
+    };
+    fitting_tokenizer(model, tokenizer)
 }
 
 /// `tokenizer`, when the model embeds every id it produces.
@@ -317,50 +287,6 @@ fn fitting_tokenizer(model: &ClipModel, tokenizer: Tokenizer) -> Result<Tokenize
         )));
     }
     Ok(tokenizer)
-}
-
-/// Puts parameters, BatchNorm statistics and AdamW moments on `device`.
-fn move_training_state(
-    device: Device,
-    params: &mut ParamStore,
-    buffers: &mut crate::model::Buffers,
-    optimizer: &mut AdamW,
-) -> Result<()> {
-    params.to_device(device)?;
-    buffers.to_device(device)?;
-    optimizer.to_device(device)
-}
-
-/// The factor that scales gradients down to `max_norm` global L2 norm (1 when below).
-fn clip_scale(params: &ParamStore, grads: &Gradients, max_norm: Option<f64>) -> Result<f64> {
-    let Some(max_norm) = max_norm else { return Ok(1.0) };
-    let mut squares = 0.0;
-    for g in params.ids().filter_map(|id| grads.get(params.get(id))) {
-        squares += squared_norm(g)?;
-    }
-    let norm = squares.sqrt();
-    Ok(if norm > max_norm { max_norm / norm } else { 1.0 })
-}
-
-/// Sum of squares of a gradient: in f64 on the host for CPU tensors; on a GPU reduced where it
-/// lives, so only one number per tensor crosses to the host instead of the whole gradient.
-fn squared_norm(g: &Tensor) -> Result<f64> {
-    if g.device() == Device::Cpu {
-        return Ok(g.to_f64_vec().iter().map(|v| v * v).sum());
-    }
-    autograd::no_grad(|| g.mul(g)?.sum_all()?.item())
-}
-
-/// open_clip clamps the logit scale parameter to [0, ln 100] after every step.
-fn clamp_logit_scale(params: &mut ParamStore, model: &ClipModel, max_log: f64) -> Result<()> {
-    let id = model.logit_scale();
-    let value = params.get(id).item()?;
-    let clamped = value.clamp(0.0, max_log);
-    if clamped != value {
-        let device = params.get(id).device();
-        params.set(id, Tensor::from_f64(&[clamped], [1], params.get(id).dtype())?.to_device(device)?)?;
-    }
-    Ok(())
 }
 
 fn evaluate_and_record(

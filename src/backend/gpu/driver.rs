@@ -75,15 +75,16 @@ impl LaunchConfig {
 }
 
 /// Element type of a GEMM operand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum GemmType {
     F32,
     BF16,
 }
 
 /// `c[b] = op(a[b]) @ op(b[b]) (+ bias)` for every batch element, all row-major and contiguous;
-/// accumulation in fp32 and `c` of the same type as the inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// accumulation in fp32 and `c` of the same type as the inputs. Ordered (field by field) so
+/// that counts can be kept per spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GemmSpec {
     pub dtype: GemmType,
     pub batch: usize,

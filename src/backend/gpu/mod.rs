@@ -12,6 +12,8 @@ mod batchnorm;
 pub mod buffer;
 mod context;
 mod conv;
+mod counted;
+pub mod counters;
 pub mod cuda;
 pub mod driver;
 mod elementwise;
@@ -22,8 +24,12 @@ mod layout;
 mod loss;
 mod matmul;
 pub mod modules;
+pub mod occupancy;
+pub mod roofline;
 
 use std::sync::OnceLock;
+
+use counted::Counted;
 
 pub use attention::AttnTiles;
 pub use buffer::GpuStorage;
@@ -36,14 +42,16 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
-/// The driver behind a GPU device, created on first use. For `cuda` this loads the CUDA driver
-/// library and the kernel images and fails with a message that says what is missing.
+/// The driver behind a GPU device, created on first use, with its calls counted
+/// ([`counters`]). For `cuda` this loads the CUDA driver library and the kernel images and fails
+/// with a message that says what is missing.
 pub fn driver(device: Device) -> Result<&'static dyn Driver> {
-    static CUDA: OnceLock<std::result::Result<cuda::CudaDriver, String>> = OnceLock::new();
+    static EMU: Counted<emu::EmuDriver> = Counted::new(emu::EmuDriver);
+    static CUDA: OnceLock<std::result::Result<Counted<cuda::CudaDriver>, String>> = OnceLock::new();
     match device {
-        Device::Emu => Ok(&emu::EmuDriver),
+        Device::Emu => Ok(&EMU),
         Device::Cuda => match CUDA.get_or_init(|| {
-            cuda::CudaDriver::new().map_err(|e| match e {
+            cuda::CudaDriver::new().map(Counted::new).map_err(|e| match e {
                 Error::Device(message) => message,
                 other => other.to_string(),
             })

@@ -1,0 +1,72 @@
+//! A driver wrapped so that every call it receives is counted ([`super::counters`]) before it
+//! runs. [`super::driver`] hands out only wrapped drivers, so the emulator and the GPU are
+//! counted by the same code and neither driver knows about it.
+
+use super::counters;
+use super::driver::{DevicePtr, Driver, GemmSpec, KernelArg, LaunchConfig};
+use crate::error::Result;
+
+/// `D`, with its calls counted. Calls are counted when made, whether or not they succeed.
+pub struct Counted<D>(D);
+
+impl<D> Counted<D> {
+    pub const fn new(driver: D) -> Self {
+        Counted(driver)
+    }
+}
+
+impl<D: Driver> Driver for Counted<D> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn has_wgmma(&self) -> bool {
+        self.0.has_wgmma()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        counters::allocation(bytes);
+        self.0.alloc(bytes)
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {
+        counters::free(bytes);
+        // SAFETY: the caller's contract is the wrapped driver's.
+        unsafe { self.0.free(ptr, bytes) }
+    }
+
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        counters::upload(src.len());
+        self.0.upload(dst, src)
+    }
+
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        counters::download(dst.len());
+        self.0.download(src, dst)
+    }
+
+    fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        counters::device_copy(bytes);
+        self.0.copy(dst, src, bytes)
+    }
+
+    fn zero(&self, dst: DevicePtr, bytes: usize) -> Result<()> {
+        counters::memset(bytes);
+        self.0.zero(dst, bytes)
+    }
+
+    fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        counters::launch(kernel);
+        self.0.launch(kernel, config, args)
+    }
+
+    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()> {
+        counters::gemm(spec);
+        self.0.gemm(spec, a, b, bias, c)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        counters::synchronize();
+        self.0.synchronize()
+    }
+}
