@@ -33,8 +33,7 @@ __device__ void layernorm_row(const T* x, const T* residual, T* sum_out, T* y, f
     float squares = 0.0f;
     row_visit(input, input, width, vec, [&](int, float v, float) { squares += (v - mean) * (v - mean); });
     const float rstd = rsqrtf(warp_sum(squares) / width + eps);
-    row_map(input, gamma, y, width, vec,
-            [&](int j, float v, float g) { return (v - mean) * rstd * g + to_float(beta[j]); });
+    row_map3(input, gamma, beta, y, width, vec, [&](float v, float g, float b) { return (v - mean) * rstd * g + b; });
     if (threadIdx.x % 32 == 0) {
         *mean_out = mean;
         *rstd_out = rstd;

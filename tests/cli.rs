@@ -79,6 +79,7 @@ fn profile_step_counts_the_driver_calls_of_a_tiny_step_on_the_emulator() {
         "memsets",
         "host syncs",
         "top kernels by launches",
+        "modelled lower bound per step",
     ] {
         assert!(text.contains(label), "missing {label:?} in:\n{text}");
     }
@@ -95,6 +96,51 @@ fn profile_step_counts_the_driver_calls_of_a_tiny_step_on_the_emulator() {
     let kernels = report["kernels"].as_array().unwrap();
     assert_eq!(kernels.len() as u64, total("distinct_kernels"));
     assert_eq!(kernels.iter().map(|k| k["launches"].as_u64().unwrap()).sum::<u64>(), total("launches"));
+    let bounds = report["modelled_lower_bounds"].as_array().unwrap();
+    assert!(bounds.iter().all(|b| b["total_seconds"].as_f64().unwrap() > 0.0), "{report}");
+}
+
+#[test]
+fn profile_kernels_reports_the_counters_footprint_and_bound_of_every_kernel_of_a_tiny_step() {
+    let json = std::env::temp_dir().join(format!("msclip-profile-kernels-{}.json", std::process::id()));
+    let args =
+        ["profile", "kernels", "--preset", "tiny", "--batch", "2", "--per-kernel", "--json", json.to_str().unwrap()];
+    let out = msclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for label in ["ld sec/req", "sect.eff", "/footprint", "smem wf/req", "occupancy", "GEMMs", "h100-sxm", "h200"] {
+        assert!(text.contains(label), "missing {label:?} in:\n{text}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let kernels = report["kernels"].as_array().unwrap();
+    let row = |name: &str| kernels.iter().find(|k| k["kernel"] == name).unwrap_or_else(|| panic!("{name} in {report}"));
+    for k in kernels {
+        // Every launch of a step comes from the backend, which states its footprint; a broadcast
+        // never makes the used bytes exceed the fetched ones.
+        assert!(k["unique_over_footprint"].as_f64().is_some(), "{k}");
+        assert!(k["sector_efficiency"].as_f64().unwrap() <= 1.0, "{k}");
+    }
+    // Counters of defects the profiler found and that were fixed (counts, never timings): the
+    // column sums once read 29 sectors per request (rows of a chunk were rows_per_chunk apart),
+    // LayerNorm read beta one float per lane at a 16-byte stride.
+    for name in ["sum_middle_f32", "layernorm_fwd_f32", "layernorm_bwd_f32", "binary_f32", "adamw_multi"] {
+        let efficiency = row(name)["sector_efficiency"].as_f64().unwrap();
+        assert!(efficiency >= 0.9, "{name}: sector efficiency {efficiency}");
+        let ratio = row(name)["unique_over_footprint"].as_f64().unwrap();
+        assert!((0.95..=1.1).contains(&ratio), "{name}: unique bytes {ratio} x the footprint");
+    }
+    // The inner loops of attention and InfoNCE stay within 2-way bank conflicts.
+    for k in kernels
+        .iter()
+        .filter(|k| k["kernel"].as_str().is_some_and(|n| n.starts_with("attention") || n.starts_with("infonce")))
+    {
+        assert!(k["bank_conflict_factor"].as_f64().is_none_or(|f| f <= 2.0), "{k}");
+    }
+    let bounds = report["modelled_lower_bounds"].as_array().unwrap();
+    let total = |i: usize| bounds[i]["total_seconds"].as_f64().unwrap();
+    assert_eq!((bounds[0]["device"].as_str(), bounds[1]["device"].as_str()), (Some("h100-sxm"), Some("h200")));
+    assert!(total(0) > total(1) && total(1) > 0.0, "the H200's faster HBM lowers the bound: {report}");
 }
 
 #[test]
@@ -105,6 +151,7 @@ fn profile_step_refuses_bad_input_by_name() {
         (&["--batch", "2", "--steps", "0"], "--steps must be at least 1"),
         (&["--batch", "2", "--device", "cpu"], "use emu or cuda"),
         (&["--batch", "100000000"], "the largest that fits is about"),
+        (&["--batch", "2", "--layers", "0"], "at least one transformer block"),
     ];
     for (args, fragment) in probes {
         let out = msclip(&[&["profile", "step"], *args].concat());

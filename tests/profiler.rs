@@ -52,6 +52,42 @@ fn an_unpadded_transpose_has_32_way_bank_conflicts_and_a_padded_one_none() {
         assert_eq!(c.shared_store_wavefronts, 32, "{kernel}: row stores are conflict-free");
         assert_eq!(c.shared_load_requests, 32, "{kernel}");
         assert_eq!(c.shared_load_wavefronts, 32 * wavefronts_per_load, "{kernel}");
+        assert_eq!(c.shared_load_ideal_wavefronts, 32, "{kernel}: one wavefront per load without conflicts");
         assert_eq!(c.global_load_sectors, 32 * 4, "{kernel}");
     }
+}
+
+#[test]
+fn a_broadcast_load_fetches_one_sector_and_uses_each_byte_once() {
+    let n = 1024;
+    let (input, out) = (floats(n), floats(n));
+    let args = [KernelArg::Ptr(input.ptr()), KernelArg::Ptr(out.ptr()), KernelArg::I32(n as i32), KernelArg::I32(0)];
+    let c = profile("selftest_strided_copy", LaunchConfig::linear(4, 256, 0), &args);
+    // Every lane reads in[0]: one sector per request, of which the warp uses 4 bytes.
+    assert_eq!(c.global_load_requests, (n / 32) as u64);
+    assert_eq!(c.global_load_sectors, c.global_load_requests);
+    assert_eq!(c.global_load_bytes, c.global_load_requests * 4);
+    assert_eq!(c.unique_bytes_read, 4);
+}
+
+#[test]
+fn a_vector_copy_counts_16_byte_loads_and_stores_of_16_sectors_per_request() {
+    // copy_block_b16 assigns uint4 to uint4: the emulator's vector assignment reports the load
+    // of the right-hand side as well as the store (emu.h).
+    let units = 1024;
+    let (input, out) = (floats(units * 4), floats(units * 4));
+    let args = [
+        KernelArg::Ptr(input.ptr()),
+        KernelArg::I32(units as i32),
+        KernelArg::Ptr(out.ptr()),
+        KernelArg::I32(units as i32),
+        KernelArg::I32(1),
+        KernelArg::I32(units as i32),
+    ];
+    let c = profile("copy_block_b16", LaunchConfig::linear(4, 256, 0), &args);
+    let requests = (units / 32) as u64;
+    assert_eq!((c.global_load_requests, c.global_store_requests), (requests, requests));
+    assert_eq!((c.global_load_sectors, c.global_store_sectors), (requests * 16, requests * 16));
+    assert_eq!((c.global_load_bytes, c.global_store_bytes), ((units * 16) as u64, (units * 16) as u64));
+    assert_eq!((c.unique_bytes_read, c.unique_bytes_written), ((units * 16) as u64, (units * 16) as u64));
 }

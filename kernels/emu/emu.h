@@ -44,8 +44,9 @@
 #define MSCLIP_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::emu::dynamic_smem())
 
 namespace emu {
-// A vector store of the instrumented copy (tsan_abi.cpp): one access of the vector's width, as
-// the GPU makes it, where the compiler would split the assignment into scalar stores.
+// A vector assignment of the instrumented copy (tsan_abi.cpp): one load of the right-hand side
+// and one store, each of the vector's width, as the GPU makes them, where the compiler would
+// split the assignment into scalar accesses (or, for the load, none it reports).
 void vector_store(void* dst, const void* src, size_t bytes);
 }  // namespace emu
 

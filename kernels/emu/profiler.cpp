@@ -28,11 +28,19 @@ struct Request {
     std::vector<LaneAccess> lanes;
 };
 
+// An instruction: the call site of the access hook and whether it stores. One call site can
+// make a load and a store (a vector assignment, emu.h), which are two instructions on a GPU.
+using Instruction = std::pair<uintptr_t, bool>;
+
+struct InstructionHash {
+    size_t operator()(const Instruction& i) const { return std::hash<uintptr_t>()(i.first * 2 + i.second); }
+};
+
 struct Warp {
-    // (pc, k): the k-th execution of the instruction at pc since the warp last synchronised.
-    std::map<std::pair<uintptr_t, uint32_t>, Request> pending;
-    // Per lane: how many times it executed each pc since then.
-    std::unordered_map<uintptr_t, uint32_t> executions[32];
+    // (instruction, k): its k-th execution since the warp last synchronised.
+    std::map<std::pair<Instruction, uint32_t>, Request> pending;
+    // Per lane: how many times it executed each instruction since then.
+    std::unordered_map<Instruction, uint32_t, InstructionHash> executions[32];
 };
 
 // Bytes of one allocation a launch read and wrote, one bit per byte.
@@ -52,10 +60,11 @@ thread_local State t_state;
 // Shared memory serves 32 banks of 4 bytes per wavefront; accesses wider than 4 bytes are split
 // into phases of 128 bytes worth of lanes (16 lanes for 8 bytes, 8 for 16). A phase needs as
 // many wavefronts as the most distinct words any one bank holds (lanes reading one word share it).
-uint64_t wavefronts(const std::vector<LaneAccess>& lanes) {
+// Returns (wavefronts, phases with a lane in them: the wavefronts without bank conflicts).
+std::pair<uint64_t, uint64_t> wavefronts(const std::vector<LaneAccess>& lanes) {
     const unsigned size = lanes.empty() ? 4 : std::max(4u, lanes.front().size);
     const unsigned lanes_per_phase = std::max(1u, 128 / size);
-    uint64_t total = 0;
+    uint64_t total = 0, phases = 0;
     for (unsigned phase = 0; phase < 32 / lanes_per_phase; ++phase) {
         std::unordered_set<uintptr_t> words[32];
         bool any = false;
@@ -65,26 +74,31 @@ uint64_t wavefronts(const std::vector<LaneAccess>& lanes) {
             for (uintptr_t w = a.address / 4; w <= (a.address + a.size - 1) / 4; ++w) words[w % 32].insert(w);
         }
         if (!any) continue;
+        ++phases;
         size_t most = 1;
         for (const auto& bank : words) most = std::max(most, bank.size());
         total += most;
     }
-    return total;
+    return {total, phases};
 }
 
 void count(const Request& r) {
     MsclipEmuCounters& c = t_state.counters;
     if (r.shared) {
         (r.write ? c.shared_store_requests : c.shared_load_requests) += 1;
-        (r.write ? c.shared_store_wavefronts : c.shared_load_wavefronts) += wavefronts(r.lanes);
+        const auto [total, ideal] = wavefronts(r.lanes);
+        (r.write ? c.shared_store_wavefronts : c.shared_load_wavefronts) += total;
+        (r.write ? c.shared_store_ideal_wavefronts : c.shared_load_ideal_wavefronts) += ideal;
         return;
     }
-    std::unordered_set<uintptr_t> sectors;
-    uint64_t bytes = 0;
+    // Sector -> the bytes of it the lanes asked for; lanes asking for one byte share it (a
+    // broadcast), so the bytes used never exceed the sectors' bytes.
+    std::unordered_map<uintptr_t, uint32_t> sectors;
     for (const LaneAccess& a : r.lanes) {
-        bytes += a.size;
-        for (uintptr_t s = a.address / 32; s <= (a.address + a.size - 1) / 32; ++s) sectors.insert(s);
+        for (uintptr_t byte = a.address; byte < a.address + a.size; ++byte) sectors[byte / 32] |= 1u << (byte % 32);
     }
+    uint64_t bytes = 0;
+    for (const auto& [sector, used] : sectors) bytes += static_cast<uint64_t>(__builtin_popcount(used));
     (r.write ? c.global_store_requests : c.global_load_requests) += 1;
     (r.write ? c.global_store_sectors : c.global_load_sectors) += sectors.size();
     (r.write ? c.global_store_bytes : c.global_load_bytes) += bytes;
@@ -96,9 +110,17 @@ void close_warp(Warp& w) {
     for (auto& e : w.executions) e.clear();
 }
 
+// A byte read after the launch wrote it is not counted as read: it comes back from the caches,
+// never from DRAM (LayerNorm re-reads the residual sum it has just stored).
 void mark(Touched& t, size_t offset, size_t size, bool write) {
-    std::vector<uint64_t>& bits = write ? t.written : t.read;
-    for (size_t i = offset; i < offset + size && i < t.bytes; ++i) bits[i / 64] |= uint64_t{1} << (i % 64);
+    for (size_t i = offset; i < offset + size && i < t.bytes; ++i) {
+        const uint64_t bit = uint64_t{1} << (i % 64);
+        if (write) {
+            t.written[i / 64] |= bit;
+        } else if ((t.written[i / 64] & bit) == 0) {
+            t.read[i / 64] |= bit;
+        }
+    }
 }
 
 // (bytes, 32-byte sectors) set in a bitmap.
@@ -130,8 +152,9 @@ void on_access(uintptr_t address, size_t size, bool write, uintptr_t pc) {
     }
     const unsigned thread = fiber_position().thread;
     Warp& w = t_state.warps[thread / 32];
-    const uint32_t k = w.executions[thread % 32][pc]++;
-    Request& r = w.pending[{pc, k}];
+    const Instruction instruction{pc, write};
+    const uint32_t k = w.executions[thread % 32][instruction]++;
+    Request& r = w.pending[{instruction, k}];
     r.shared = shared;
     r.write = write;
     r.lanes.push_back(LaneAccess{thread % 32, address, static_cast<unsigned>(size)});

@@ -15,6 +15,9 @@ extern "C" struct MsclipEmuCounters {
     uint64_t unique_sectors_read, unique_sectors_written;
     uint64_t shared_load_requests, shared_load_wavefronts;
     uint64_t shared_store_requests, shared_store_wavefronts;
+    // The wavefronts the same requests would take without bank conflicts: one per phase that
+    // has a lane in it.
+    uint64_t shared_load_ideal_wavefronts, shared_store_ideal_wavefronts;
     uint64_t mma_sync_instructions, wgmma_instructions, tensor_flops;
 };
 

@@ -39,6 +39,9 @@ enum MemoryOrder { relaxed, consume, acquire, release, acq_rel, seq_cst };
 #define RET __builtin_return_address(0)
 
 void emu::vector_store(void* dst, const void* src, size_t bytes) {
+    // `src` is the right-hand side: a vector in memory (a copy between arrays of vectors) or
+    // a temporary on the fiber's stack, which `access` ignores.
+    access(src, bytes, false, false, true, RET);
     access(dst, bytes, true, false, true, RET);
     __builtin_memcpy(dst, src, bytes);
 }

@@ -3,6 +3,7 @@
 use super::GpuBackend;
 use super::context::{device_ptr, int};
 use super::driver::{DevicePtr, KernelArg, LaunchConfig};
+use super::footprint::Footprint;
 use crate::backend::{AdamWStep, AdamWTensor};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -22,8 +23,13 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
     let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
     let mut slots: Vec<Slot> = Vec::with_capacity(tensors.len());
     let mut chunks = 0usize;
+    let mut footprint = Footprint::default();
     for t in tensors.iter_mut().filter(|t| t.param.numel() > 0) {
         check(t)?;
+        // Masters and moments are read and written back, the gradient read, the copy written.
+        let updated: [&Tensor; 3] = [t.param, t.m, t.v];
+        let copy: Vec<&Tensor> = t.bf16_copy.as_deref().into_iter().collect();
+        footprint = footprint + Footprint::of(&[&updated[..], &[t.grad]].concat(), &[&updated[..], &copy].concat());
         // The same f32 constants as the CPU reference.
         let decay = (1.0 - t.lr * t.weight_decay) as f32;
         let step_size = (t.lr / bc1) as f32;
@@ -62,6 +68,7 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
             KernelArg::F32(bc2.sqrt() as f32),
             KernelArg::F32(hp.grad_scale as f32),
         ],
+        footprint.reads(table.bytes()),
     )
 }
 

@@ -16,6 +16,7 @@ use std::fmt;
 
 use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
+use super::footprint::Footprint;
 use super::{GpuBackend, KernelArg, LaunchConfig};
 use crate::backend::AttnMask;
 use crate::error::{Error, Result};
@@ -206,7 +207,7 @@ impl Geometry {
 /// The mask as kernel arguments: the device copies of the sequence offsets and key lengths
 /// (kept alive for the launch), and `offsets, key_lengths, causal`.
 struct MaskArgs {
-    _tables: [Option<Scratch>; 2],
+    tables: [Option<Scratch>; 2],
     args: [KernelArg; 3],
 }
 
@@ -217,8 +218,13 @@ impl MaskArgs {
         let pointer = |table: &Option<Scratch>| KernelArg::Ptr(table.as_ref().map_or(0, Scratch::ptr));
         Ok(MaskArgs {
             args: [pointer(&offsets), pointer(&lengths), KernelArg::I32(i32::from(mask.causal))],
-            _tables: [offsets, lengths],
+            tables: [offsets, lengths],
         })
+    }
+
+    /// The bytes of the uploaded tables, which the kernels read.
+    fn table_bytes(&self) -> usize {
+        self.tables.iter().flatten().map(Scratch::bytes).sum()
     }
 }
 
@@ -242,7 +248,8 @@ pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &Att
     let mask = MaskArgs::upload(gpu, mask)?;
     let mut args = vec![ptr(qkv)?, ptr(&out)?, ptr(&lse)?];
     args.extend(g.shape_args(&mask)?);
-    gpu.launch(&g.kernel("fwd", qkv.dtype())?, g.grid(1)?, &args)?;
+    let footprint = Footprint::of(&[qkv], &[&out, &lse]).reads(mask.table_bytes());
+    gpu.launch(&g.kernel("fwd", qkv.dtype())?, g.grid(1)?, &args, footprint)?;
     Ok((out, lse))
 }
 
@@ -278,12 +285,14 @@ pub(super) fn attention_backward(
             int(g.head_dim, "head dim")?,
             int(rows, "attention rows")?,
         ],
+        Footprint::of(&[out, dout], &[]).writes(delta.bytes()),
     )?;
     let mask = MaskArgs::upload(gpu, mask)?;
     let mut args = vec![ptr(qkv)?, ptr(dout)?, ptr(lse)?, KernelArg::Ptr(delta.ptr()), ptr(&dqkv)?];
     args.extend(g.shape_args(&mask)?);
     // z = 0: dK and dV; z = 1: dQ.
-    gpu.launch(&g.kernel("bwd", qkv.dtype())?, g.grid(2)?, &args)?;
+    let footprint = Footprint::of(&[qkv, dout, lse], &[&dqkv]).reads(delta.bytes() + mask.table_bytes());
+    gpu.launch(&g.kernel("bwd", qkv.dtype())?, g.grid(2)?, &args, footprint)?;
     Ok(dqkv)
 }
 

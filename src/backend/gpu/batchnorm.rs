@@ -4,6 +4,7 @@
 use super::GpuBackend;
 use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
+use super::footprint::Footprint;
 use crate::backend::BatchNormOut;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -23,10 +24,17 @@ fn per_channel(x: &Tensor) -> LaunchConfig {
     LaunchConfig::linear(x.dims()[1] as u32, THREADS, 0)
 }
 
-fn launch(gpu: &GpuBackend, base: &str, config: LaunchConfig, tensors: &[&Tensor], tail: &[KernelArg]) -> Result<()> {
-    let mut args = tensors.iter().map(|t| ptr(t)).collect::<Result<Vec<_>>>()?;
+/// Launches `<base>_<dtype>` on the pointers of `inputs` then `outputs`, then `tail`.
+fn launch(
+    gpu: &GpuBackend,
+    base: &str,
+    config: LaunchConfig,
+    [inputs, outputs]: [&[&Tensor]; 2],
+    tail: &[KernelArg],
+) -> Result<()> {
+    let mut args = inputs.iter().chain(outputs).map(|t| ptr(t)).collect::<Result<Vec<_>>>()?;
     args.extend_from_slice(tail);
-    gpu.launch(&kernel_for(base, tensors[0].dtype())?, config, &args)
+    gpu.launch(&kernel_for(base, inputs[0].dtype())?, config, &args, Footprint::of(inputs, outputs))
 }
 
 pub(super) fn batch_norm_train(
@@ -43,8 +51,8 @@ pub(super) fn batch_norm_train(
         var: gpu.uninit([c], dtype)?,
     };
     if c > 0 {
-        let tensors = [x, gamma, beta, &out.y, &out.mean, &out.var];
-        launch(gpu, "bn_train", per_channel(x), &tensors, &sizes(x, eps)?)?;
+        let tensors: [&[&Tensor]; 2] = [&[x, gamma, beta], &[&out.y, &out.mean, &out.var]];
+        launch(gpu, "bn_train", per_channel(x), tensors, &sizes(x, eps)?)?;
     }
     Ok(out)
 }
@@ -61,7 +69,7 @@ pub(super) fn batch_norm_eval(
     let y = gpu.uninit(x.shape().clone(), x.dtype())?;
     if y.numel() > 0 {
         let config = LaunchConfig::linear(blocks_for(y.numel(), THREADS), THREADS, 0);
-        launch(gpu, "bn_eval", config, &[x, gamma, beta, mean, var, &y], &sizes(x, eps)?)?;
+        launch(gpu, "bn_eval", config, [&[x, gamma, beta, mean, var], &[&y]], &sizes(x, eps)?)?;
     }
     Ok(y)
 }
@@ -83,8 +91,8 @@ pub(super) fn batch_norm_backward(
     if c > 0 {
         let mut tail = sizes(x, eps)?.to_vec();
         tail.push(KernelArg::I32(i32::from(batch_stats)));
-        let tensors = [x, gamma, mean, var, dy, &dx, &dgamma, &dbeta];
-        launch(gpu, "bn_backward", per_channel(x), &tensors, &tail)?;
+        let tensors: [&[&Tensor]; 2] = [&[x, gamma, mean, var, dy], &[&dx, &dgamma, &dbeta]];
+        launch(gpu, "bn_backward", per_channel(x), tensors, &tail)?;
     }
     Ok((dx, dgamma, dbeta))
 }

@@ -151,6 +151,10 @@ impl Scratch {
         self.ptr
     }
 
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The bytes back on the host.
     pub fn read<T: bytemuck::Pod + Default>(&self) -> Result<Vec<T>> {
         let mut out = vec![T::default(); self.bytes / std::mem::size_of::<T>()];

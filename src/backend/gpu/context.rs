@@ -3,6 +3,7 @@
 
 use super::buffer::Scratch;
 use super::driver::{DevicePtr, Driver, KernelArg, LaunchConfig};
+use super::footprint::Footprint;
 use super::{GpuBackend, GpuStorage};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Shape, Storage, Tensor};
@@ -37,8 +38,17 @@ impl GpuBackend {
         Ok(self.allow_wgmma && self.driver()?.has_wgmma())
     }
 
-    pub(super) fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
-        self.driver()?.launch(kernel, config, args)
+    /// Launches `kernel`; `footprint` is what it must move at the least, which the emulator's
+    /// profiler reports beside what it did move.
+    pub(super) fn launch(
+        &self,
+        kernel: &str,
+        config: LaunchConfig,
+        args: &[KernelArg],
+        footprint: Footprint,
+    ) -> Result<()> {
+        let driver = self.driver()?;
+        super::emu::with_footprint(footprint, || driver.launch(kernel, config, args))
     }
 }
 

@@ -11,6 +11,7 @@
 use super::GpuBackend;
 use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
 use super::driver::{GemmSpec, GemmType, KernelArg, LaunchConfig};
+use super::footprint::Footprint;
 use crate::backend::Conv2dGeometry;
 use crate::backend::cpu::conv::Dims;
 use crate::error::{Error, Result};
@@ -48,8 +49,8 @@ fn geometry_args(d: &Dims) -> Result<Vec<KernelArg>> {
     .collect()
 }
 
-/// Launches `<base>_<dtype>` on `tensors` and the geometry: with `grid` blocks, or one thread
-/// per element of a range of `elements` when `grid` is None.
+/// Launches `<base>_<dtype>` on `tensors` (inputs, then the one output) and the geometry: with
+/// `grid` blocks, or one thread per element of a range of `elements` when `grid` is None.
 fn launch(
     gpu: &GpuBackend,
     d: &Dims,
@@ -63,7 +64,8 @@ fn launch(
     args.extend(geometry_args(d)?);
     let grid = grid.unwrap_or([blocks_for(elements, THREADS), 1, 1]);
     let config = LaunchConfig { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
-    gpu.launch(&kernel_for(base, tensors[0].dtype())?, config, &args)
+    let (output, inputs) = tensors.split_last().expect("a conv kernel has inputs and an output");
+    gpu.launch(&kernel_for(base, tensors[0].dtype())?, config, &args, Footprint::of(inputs, &[output]))
 }
 
 /// The [C_in*kh*kw, N*Ho*Wo] patch matrix of the batch.
@@ -80,7 +82,7 @@ fn swap_outer(gpu: &GpuBackend, x: &Tensor, (a, b, inner): (usize, usize, usize)
     let args = [ptr(x)?, ptr(&out)?, int(a, "rows")?, int(b, "columns")?, int(inner, "inner size")?];
     int(out.numel(), "conv elements")?;
     let config = LaunchConfig::linear(blocks_for(out.numel(), THREADS), THREADS, 0);
-    gpu.launch(&kernel_for("swap_outer", x.dtype())?, config, &args)?;
+    gpu.launch(&kernel_for("swap_outer", x.dtype())?, config, &args, Footprint::of(&[x], &[&out]))?;
     Ok(out)
 }
 

@@ -81,6 +81,15 @@ pub enum GemmType {
     BF16,
 }
 
+impl GemmType {
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmType::F32 => "f32",
+            GemmType::BF16 => "bf16",
+        }
+    }
+}
+
 /// `c[b] = op(a[b]) @ op(b[b]) (+ bias)` for every batch element, all row-major and contiguous;
 /// accumulation in fp32 and `c` of the same type as the inputs. Ordered (field by field) so
 /// that counts can be kept per spec.

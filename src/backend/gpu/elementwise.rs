@@ -5,6 +5,7 @@ use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
 use super::driver::{DevicePtr, KernelArg, LaunchConfig};
+use super::footprint::Footprint;
 use super::layout::{element_bytes, unit_bytes};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
@@ -55,7 +56,8 @@ pub(super) fn cast(gpu: &GpuBackend, x: &Tensor, dtype: DType) -> Result<Tensor>
         }
     };
     let y = gpu.uninit(x.shape().clone(), dtype)?;
-    map_launch(gpu, kernel, x, &[ptr(x)?, ptr(&y)?, int(x.numel(), "elements")?])?;
+    let args = [ptr(x)?, ptr(&y)?, int(x.numel(), "elements")?];
+    map_launch(gpu, kernel, x, &args, Footprint::of(&[x], &[&y]))?;
     Ok(y)
 }
 
@@ -68,11 +70,11 @@ pub(super) fn copy_as(gpu: &GpuBackend, x: &Tensor, shape: Shape) -> Result<Tens
 
 /// Launches an element map over `x`'s elements (one thread per 128-bit pack); nothing for an
 /// empty tensor.
-fn map_launch(gpu: &GpuBackend, kernel: &str, x: &Tensor, args: &[KernelArg]) -> Result<()> {
+fn map_launch(gpu: &GpuBackend, kernel: &str, x: &Tensor, args: &[KernelArg], footprint: Footprint) -> Result<()> {
     if x.numel() == 0 {
         return Ok(());
     }
-    gpu.launch(kernel, grid_stride(x.numel().div_ceil(pack_width(x.dtype()))), args)
+    gpu.launch(kernel, grid_stride(x.numel().div_ceil(pack_width(x.dtype()))), args, footprint)
 }
 
 fn binary_code(op: BinaryOp) -> i32 {
@@ -100,7 +102,7 @@ fn periodic(gpu: &GpuBackend, base: &str, a: &Tensor, b: &Tensor, extra: &[Kerne
     let y = gpu.uninit(a.shape().clone(), a.dtype())?;
     let n = int(a.numel(), "elements")?;
     let args = [ptr(a)?, ptr(b)?, ptr(&y)?, n, int(b.numel(), "period")?];
-    map_launch(gpu, &kernel, a, &[&args, extra].concat())?;
+    map_launch(gpu, &kernel, a, &[&args, extra].concat(), Footprint::of(&[a, b], &[&y]))?;
     Ok(y)
 }
 
@@ -113,7 +115,7 @@ pub(super) fn unary(gpu: &GpuBackend, op: UnaryOp, x: &Tensor) -> Result<Tensor>
     let (code, c) = unary_code(op);
     let y = gpu.uninit(x.shape().clone(), x.dtype())?;
     let args = [ptr(x)?, ptr(&y)?, int(x.numel(), "elements")?, KernelArg::I32(code), KernelArg::F32(c)];
-    map_launch(gpu, &kernel, x, &args)?;
+    map_launch(gpu, &kernel, x, &args, Footprint::of(&[x], &[&y]))?;
     Ok(y)
 }
 
@@ -123,7 +125,7 @@ pub(super) fn unary_backward(gpu: &GpuBackend, op: UnaryOp, x: &Tensor, y: &Tens
     let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
     let n = int(x.numel(), "elements")?;
     let args = [ptr(x)?, ptr(y)?, ptr(dy)?, ptr(&dx)?, n, KernelArg::I32(code), KernelArg::F32(c)];
-    map_launch(gpu, &kernel, x, &args)?;
+    map_launch(gpu, &kernel, x, &args, Footprint::of(&[x, y, dy], &[&dx]))?;
     Ok(dx)
 }
 
@@ -161,7 +163,8 @@ pub(super) fn bias_quick_gelu_backward(
         int(rows_per_chunk, "rows per chunk")?,
         vec_flag(width, x.dtype()),
     ];
-    gpu.launch(&kernel, grid_stride(chunks * packs), &args)?;
+    let footprint = Footprint::of(&[x, bias, dy], &[&dx]).writes(partial.bytes());
+    gpu.launch(&kernel, grid_stride(chunks * packs), &args, footprint)?;
     column_sums(gpu, (partial.ptr(), DType::F32), [1, chunks, width], &dbias)?;
     Ok((dx, dbias))
 }
@@ -212,7 +215,10 @@ pub(super) fn column_sums(
             int(rows_per_chunk, "rows per chunk")?,
             vec_flag(inner, src.1),
         ];
-        gpu.launch(&sum_kernel(src.1, dst.1)?, grid_stride(outer * chunks * packs), &args)?;
+        let footprint = Footprint::default()
+            .reads(outer * n * inner * src.1.size_in_bytes())
+            .writes(outer * chunks * inner * dst.1.size_in_bytes());
+        gpu.launch(&sum_kernel(src.1, dst.1)?, grid_stride(outer * chunks * packs), &args, footprint)?;
         if next.is_none() {
             return Ok(());
         }
@@ -251,31 +257,39 @@ pub(super) fn repeat_middle(gpu: &GpuBackend, x: &Tensor, outer: usize, n: usize
     let unit = unit_bytes(&[inner * size]);
     let width = inner * size / unit;
     let args = [ptr(x)?, ptr(&y)?, int(n, "repeats")?, int(outer * n, "rows")?, int(width, "width")?];
-    gpu.launch(&format!("repeat_middle_b{unit}"), grid_stride(outer * n * width), &args)?;
+    let footprint = Footprint::of(&[x], &[&y]);
+    gpu.launch(&format!("repeat_middle_b{unit}"), grid_stride(outer * n * width), &args, footprint)?;
     Ok(y)
 }
 
-/// A row-wise kernel over the last dimension of `x`: `args` come before (rows, d, vec), then
-/// `extra`.
-fn row_launch(gpu: &GpuBackend, base: &str, x: &Tensor, args: &[KernelArg], extra: &[KernelArg]) -> Result<()> {
+/// A row-wise kernel over the last dimension of `x`, reading `inputs` and writing `outputs`:
+/// `args` come before (rows, d, vec), then `extra`.
+fn row_launch(
+    gpu: &GpuBackend,
+    base: &str,
+    x: &Tensor,
+    [args, extra]: [&[KernelArg]; 2],
+    [inputs, outputs]: [&[&Tensor]; 2],
+) -> Result<()> {
     let kernel = kernel_for(base, x.dtype())?;
     let (rows, d) = rows_of(x)?;
     if x.numel() == 0 {
         return Ok(());
     }
     let shape_args = [int(rows, "rows")?, int(d, "row width")?, vec_flag(d, x.dtype())];
-    gpu.launch(&kernel, warp_per_row(rows), &[args, &shape_args, extra].concat())
+    let footprint = Footprint::of(inputs, outputs);
+    gpu.launch(&kernel, warp_per_row(rows), &[args, &shape_args, extra].concat(), footprint)
 }
 
 pub(super) fn softmax(gpu: &GpuBackend, x: &Tensor) -> Result<Tensor> {
     let y = gpu.uninit(x.shape().clone(), x.dtype())?;
-    row_launch(gpu, "softmax", x, &[ptr(x)?, ptr(&y)?], &[])?;
+    row_launch(gpu, "softmax", x, [&[ptr(x)?, ptr(&y)?], &[]], [&[x], &[&y]])?;
     Ok(y)
 }
 
 pub(super) fn softmax_backward(gpu: &GpuBackend, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let dx = gpu.uninit(y.shape().clone(), y.dtype())?;
-    row_launch(gpu, "softmax_backward", y, &[ptr(y)?, ptr(dy)?, ptr(&dx)?], &[])?;
+    row_launch(gpu, "softmax_backward", y, [&[ptr(y)?, ptr(dy)?, ptr(&dx)?], &[]], [&[y, dy], &[&dx]])?;
     Ok(dx)
 }
 
@@ -284,7 +298,8 @@ pub(super) fn l2_normalize(gpu: &GpuBackend, x: &Tensor, eps: f64) -> Result<(Te
     let (rows, _) = rows_of(x)?;
     let y = gpu.uninit(x.shape().clone(), x.dtype())?;
     let norms = gpu.uninit([rows], DType::F32)?;
-    row_launch(gpu, "l2_normalize", x, &[ptr(x)?, ptr(&y)?, ptr(&norms)?], &[KernelArg::F32(eps as f32)])?;
+    let args = [ptr(x)?, ptr(&y)?, ptr(&norms)?];
+    row_launch(gpu, "l2_normalize", x, [&args, &[KernelArg::F32(eps as f32)]], [&[x], &[&y, &norms]])?;
     Ok((y, norms))
 }
 
@@ -298,7 +313,8 @@ pub(super) fn l2_normalize_backward(
     let norm = to_f32(gpu, norm)?;
     let dx = gpu.uninit(y.shape().clone(), y.dtype())?;
     let args = [ptr(y)?, ptr(&norm)?, ptr(dy)?, ptr(&dx)?];
-    row_launch(gpu, "l2_normalize_backward", y, &args, &[KernelArg::F32(eps as f32)])?;
+    let tensors: [&[&Tensor]; 2] = [&[y, &norm, dy], &[&dx]];
+    row_launch(gpu, "l2_normalize_backward", y, [&args, &[KernelArg::F32(eps as f32)]], tensors)?;
     Ok(dx)
 }
 

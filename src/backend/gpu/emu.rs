@@ -13,6 +13,7 @@ use gemm::Parallelism;
 use half::bf16;
 
 use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchArgs, LaunchConfig};
+use super::footprint::Footprint;
 use crate::backend::cpu::matmul::gemm_into;
 use crate::error::{Error, Result};
 
@@ -85,6 +86,9 @@ pub struct KernelCounters {
     pub shared_load_wavefronts: u64,
     pub shared_store_requests: u64,
     pub shared_store_wavefronts: u64,
+    /// What the shared-memory requests would take without bank conflicts.
+    pub shared_load_ideal_wavefronts: u64,
+    pub shared_store_ideal_wavefronts: u64,
     pub mma_sync_instructions: u64,
     pub wgmma_instructions: u64,
     pub tensor_flops: u64,
@@ -96,11 +100,24 @@ pub struct LaunchProfile {
     pub kernel: String,
     pub config: LaunchConfig,
     pub counters: KernelCounters,
+    /// What the launch code said the launch must move; None for a launch made on the driver
+    /// directly (tests of single kernels).
+    pub footprint: Option<Footprint>,
 }
 
 thread_local! {
     static MODE: Cell<Option<(Instrumentation, Schedule)>> = const { Cell::new(None) };
     static PROFILES: RefCell<Vec<LaunchProfile>> = const { RefCell::new(Vec::new()) };
+    static FOOTPRINT: Cell<Option<Footprint>> = const { Cell::new(None) };
+}
+
+/// Runs `f` (which launches one kernel) with `footprint` as what that launch must move, for
+/// the profile of the launch.
+pub fn with_footprint<R>(footprint: Footprint, f: impl FnOnce() -> R) -> R {
+    FOOTPRINT.set(Some(footprint));
+    let result = f();
+    FOOTPRINT.set(None);
+    result
 }
 
 /// The calling thread's mode: what [`instrument`] set, else `MSCLIP_EMU_SANITIZE=1` in the
@@ -274,7 +291,10 @@ impl Driver for EmuDriver {
             return Err(Error::Device(format!("emu: {message}")));
         }
         if instrumentation == 2 {
-            PROFILES.with_borrow_mut(|p| p.push(LaunchProfile { kernel: kernel.to_string(), config, counters }));
+            let footprint = FOOTPRINT.get();
+            PROFILES.with_borrow_mut(|p| {
+                p.push(LaunchProfile { kernel: kernel.to_string(), config, counters, footprint });
+            });
         }
         Ok(())
     }

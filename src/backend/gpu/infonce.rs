@@ -12,6 +12,7 @@
 //! the backend uses it (a compute-capability 9.0 GPU, the emulator), else on mma.sync.
 
 use super::context::{device_ptr, int, kernel_for, ptr};
+use super::footprint::Footprint;
 use super::{GpuBackend, KernelArg, LaunchConfig};
 use crate::backend::{InfoNceOut, InfoNcePartial, InfoNceShard};
 use crate::error::{Error, Result};
@@ -129,6 +130,7 @@ fn reduce(gpu: &GpuBackend, [a, b, c]: [Span; 3], factor: f64, dtype: DType) -> 
         &kernel_for("infonce_reduce", dtype)?,
         LaunchConfig::linear(1, REDUCE_THREADS, 0),
         &[a.0, count(a.1)?, b.0, count(b.1)?, c.0, count(c.1)?, KernelArg::F32(factor as f32), ptr(&out)?],
+        Footprint::of(&[], &[&out]).reads((a.1 + b.1 + c.1) * size_of::<f32>()),
     )?;
     Ok(out)
 }
@@ -144,6 +146,7 @@ fn combine(gpu: &GpuBackend, parts: &Tensor) -> Result<Tensor> {
         "infonce_combine_f32",
         LaunchConfig::linear(element_blocks(n), ELEMENT_THREADS, 0),
         &[ptr(parts)?, int(p, "partial lse rows")?, int(n, "columns")?, ptr(&out)?],
+        Footprint::of(&[parts], &[&out]),
     )?;
     Ok(out)
 }
@@ -156,6 +159,7 @@ fn sum_splits(gpu: &GpuBackend, parts: &Tensor, dtype: DType) -> Result<Tensor> 
         &kernel_for("infonce_sum_splits", dtype)?,
         LaunchConfig::linear(element_blocks(rows * d), ELEMENT_THREADS, 0),
         &[ptr(parts)?, int(splits, "row splits")?, int(rows * d, "gradient elements")?, ptr(&out)?],
+        Footprint::of(&[parts], &[&out]),
     )?;
     Ok(out)
 }
@@ -191,6 +195,7 @@ pub(super) fn infonce_partial(gpu: &GpuBackend, shard: InfoNceShard<'_>) -> Resu
             shared_bytes: variant.forward_shared_bytes(),
         },
         &args,
+        Footprint::of(&[shard.img, shard.txt, shard.logit_scale], &[&row_lse_parts, &col_lse, &positive_terms]),
     )?;
     let row_lse = combine(gpu, &row_lse_parts)?;
     Ok(InfoNcePartial { row_lse, col_lse, positive_terms, offset: shard.offset, dtype })
@@ -277,6 +282,10 @@ pub(super) fn infonce_shard_backward(
             shared_bytes: variant.backward_shared_bytes(chunks),
         },
         &args,
+        Footprint::of(
+            &[shard.img, shard.txt, shard.logit_scale, dloss, &out.row_lse, &out.col_lse],
+            &[&dimg, &dtxt, &dscale_partials],
+        ),
     )?;
     let dimg = if split { sum_splits(gpu, &dimg, dtype)? } else { dimg };
     let partials = (ptr(&dscale_partials)?, dscale_partials.numel());

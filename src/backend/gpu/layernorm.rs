@@ -4,6 +4,7 @@ use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
+use super::footprint::Footprint;
 use crate::backend::LayerNormOut;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -39,6 +40,10 @@ pub(super) fn layer_norm(
     let rstd = gpu.uninit([rows], DType::F32)?;
     let null = KernelArg::Ptr(0);
     let blocks = blocks_for(rows, WARPS_PER_BLOCK as u32).min(MAX_FORWARD_BLOCKS as u32);
+    let (mut reads, mut writes) = (vec![x, gamma, beta], vec![&y, &mean, &rstd]);
+    reads.extend(residual);
+    writes.extend(&sum);
+    let footprint = Footprint::of(&reads, &writes);
     gpu.launch(
         &kernel_for("layernorm_fwd", dtype)?,
         LaunchConfig::linear(blocks, THREADS, 0),
@@ -58,6 +63,7 @@ pub(super) fn layer_norm(
             int(width, "width")?,
             KernelArg::F32(eps as f32),
         ],
+        footprint,
     )?;
     Ok(LayerNormOut { sum, y, mean, rstd })
 }
@@ -97,6 +103,7 @@ pub(super) fn layer_norm_backward(
             int(BACKWARD_ROWS_PER_BLOCK, "rows per block")?,
             int(blocks, "blocks")?,
         ],
+        Footprint::of(&[input, gamma, mean, rstd, dy], &[&dx]).writes(partials.bytes()),
     )?;
     let reduce_threads = 256;
     gpu.launch(
@@ -116,6 +123,7 @@ pub(super) fn layer_norm_backward(
             int(blocks, "blocks")?,
             int(width, "width")?,
         ],
+        Footprint::of(&[], &[&dgamma, &dbeta]).reads(partials.bytes()),
     )?;
     Ok((dx, dgamma, dbeta))
 }

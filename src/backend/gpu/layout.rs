@@ -6,6 +6,7 @@ use super::GpuBackend;
 use super::context::{device_ptr, int, kernel_for, ptr};
 use super::driver::{DevicePtr, KernelArg};
 use super::elementwise::{copy_as, grid_stride, packs_per_row, vec_flag};
+use super::footprint::Footprint;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -46,7 +47,8 @@ fn copy_block(
         int(rows, "rows")?,
         int(width / unit, "width")?,
     ];
-    gpu.launch(&format!("copy_block_b{unit}"), grid_stride(rows * (width / unit)), &args)
+    let footprint = Footprint::default().reads(rows * width).writes(rows * width);
+    gpu.launch(&format!("copy_block_b{unit}"), grid_stride(rows * (width / unit)), &args, footprint)
 }
 
 /// Bytes of one index step along `dim` (the inner block) and the outer count, as every
@@ -148,7 +150,8 @@ pub(super) fn permute(gpu: &GpuBackend, x: &Tensor, perm: &[usize]) -> Result<Te
     let table = gpu.upload(&table)?;
     let n = x.numel() * size / unit;
     let args = [ptr(x)?, ptr(&y)?, int(n, "elements")?, int(dims.len(), "rank")?, KernelArg::Ptr(table.ptr())];
-    gpu.launch(&format!("permute_b{unit}"), grid_stride(n), &args)?;
+    let footprint = Footprint::of(&[x], &[&y]).reads(table.bytes());
+    gpu.launch(&format!("permute_b{unit}"), grid_stride(n), &args, footprint)?;
     Ok(y)
 }
 
@@ -173,7 +176,10 @@ pub(super) fn index_rows(gpu: &GpuBackend, table: &Tensor, ids: &[u32]) -> Resul
     let ids_on_device = gpu.upload(ids)?;
     let args =
         [ptr(table)?, KernelArg::Ptr(ids_on_device.ptr()), ptr(&y)?, int(ids.len(), "ids")?, int(width, "width")?];
-    gpu.launch(&format!("gather_rows_b{unit}"), grid_stride(ids.len() * width), &args)?;
+    // Each table row that an id names is read once, however many ids name it.
+    let distinct_rows = ids.iter().collect::<std::collections::BTreeSet<_>>().len();
+    let footprint = Footprint::of(&[], &[&y]).reads(distinct_rows * d * size + ids_on_device.bytes());
+    gpu.launch(&format!("gather_rows_b{unit}"), grid_stride(ids.len() * width), &args, footprint)?;
     Ok(y)
 }
 
@@ -220,6 +226,7 @@ pub(super) fn index_rows_backward(gpu: &GpuBackend, dy: &Tensor, ids: &[u32], ro
         int(d, "width")?,
         vec_flag(d, dy.dtype()),
     ];
-    gpu.launch(&kernel, grid_stride(rows * packs), &args)?;
+    let footprint = Footprint::of(&[dy], &[&out]).reads(starts.bytes() + positions.bytes());
+    gpu.launch(&kernel, grid_stride(rows * packs), &args, footprint)?;
     Ok(out)
 }

@@ -5,6 +5,7 @@ use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
 use super::elementwise::{column_sums, to_f32, vec_flag, warp_per_row};
+use super::footprint::Footprint;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -43,7 +44,8 @@ pub(super) fn cross_entropy(gpu: &GpuBackend, logits: &Tensor, targets: &[u32]) 
         int(classes, "classes")?,
         vec_flag(classes, logits.dtype()),
     ];
-    gpu.launch(&kernel, launch, &args)?;
+    let footprint = Footprint::of(&[logits], &[&lse]).reads(targets_on_device.bytes()).writes(terms.bytes());
+    gpu.launch(&kernel, launch, &args, footprint)?;
     let loss = gpu.uninit([1], logits.dtype())?;
     column_sums(gpu, (terms.ptr(), DType::F32), [1, n, 1], &loss)?;
     Ok((loss, lse))
@@ -70,6 +72,7 @@ pub(super) fn cross_entropy_backward(
         int(classes, "classes")?,
         vec_flag(classes, logits.dtype()),
     ];
-    gpu.launch(&kernel, launch, &args)?;
+    let footprint = Footprint::of(&[logits, &lse, &dloss], &[&dz]).reads(targets_on_device.bytes());
+    gpu.launch(&kernel, launch, &args, footprint)?;
     Ok(dz)
 }

@@ -7,29 +7,24 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use msclip::backend::gpu::counters::{DriverCounters, measure};
-use msclip::backend::gpu::{self, GemmType, modules};
+use msclip::backend::gpu::counters::DriverCounters;
+use msclip::backend::gpu::modules;
 use msclip::files::write_atomically;
-use msclip::model::{ClipModel, preset};
-use msclip::train::{Precision, StepState, TrainConfig, memory, new_run_tokenizer, training_batch};
-use msclip::{Device, Error, Rng};
 use serde_json::{Value, json};
+
+use super::bounds::{StepBound, bounds_json, bounds_table, step_bounds};
+use super::steps::{StepsArgs, WARMUP_STEPS, count_steps};
+use msclip::Device;
 
 #[derive(Args)]
 pub struct StepArgs {
-    /// Model preset.
-    #[arg(long, default_value = "tiny")]
-    preset: String,
-    /// Image-text pairs per step; at least 2.
-    #[arg(long)]
-    batch: usize,
+    #[command(flatten)]
+    steps_args: StepsArgs,
     /// The GPU device whose driver calls are counted: emu (the CUDA kernels on the host's SIMT
-    /// emulator) or cuda. Both receive the same calls.
+    /// emulator, whose profiler also gives each kernel's bound) or cuda. Both receive the same
+    /// calls.
     #[arg(long, default_value = "emu")]
     device: Device,
-    /// Compute precision of the towers: fp32 or bf16.
-    #[arg(long, default_value = "fp32")]
-    precision: Precision,
     /// Steps counted after the warm-up step; the table shows their mean.
     #[arg(long, default_value_t = 1)]
     steps: u64,
@@ -40,67 +35,21 @@ pub struct StepArgs {
 
 /// Kernels listed under the table.
 const TOP_KERNELS: usize = 10;
-/// Steps run before counting: the first step's calls include one-time work.
-const WARMUP_STEPS: u64 = 1;
 
 pub fn run(args: StepArgs) -> anyhow::Result<()> {
-    let config = step_config(&args)?;
-    let model = ClipModel::new(preset(&config.preset)?)?;
-    if config.device == Device::Emu {
-        // The emulator's device memory is host memory.
-        memory::check_batch(&model, "--batch", args.batch as u64)?;
+    if args.steps == 0 {
+        anyhow::bail!("--steps must be at least 1");
     }
-    let counts = count_steps(&model, &config, args.steps)?;
-    print!("{}", table(&args, &counts));
+    let (model, config) = args.steps_args.prepare(args.device, args.steps)?;
+    let counted = count_steps(&model, &config, args.steps)?;
+    let bounds = step_bounds(&counted, args.steps);
+    print!("{}{}", table(&args, &counted.counters), bounds_table(&bounds));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report_json(&args, &counts))? + "\n";
+        let text = serde_json::to_string_pretty(&report_json(&args, &counted.counters, &bounds))? + "\n";
         write_atomically(path, text.as_bytes())?;
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-/// The preset's training settings at `--batch` on `--device`, after checking the flags.
-fn step_config(args: &StepArgs) -> anyhow::Result<TrainConfig> {
-    if !args.device.is_gpu() {
-        anyhow::bail!("--device {}: profile step counts GPU driver calls; use emu or cuda", args.device);
-    }
-    if args.batch < 2 {
-        anyhow::bail!("--batch must be at least 2 (a contrastive batch needs negatives), got {}", args.batch);
-    }
-    if args.steps == 0 {
-        anyhow::bail!("--steps must be at least 1");
-    }
-    let mut config = TrainConfig::for_preset(&args.preset)?;
-    config.batch_size = args.batch;
-    config.device = args.device;
-    config.precision = args.precision;
-    config.steps = WARMUP_STEPS + args.steps;
-    config.validate()?;
-    // Fails now, with what is missing, when the device cannot run.
-    gpu::driver(args.device)?;
-    Ok(config)
-}
-
-/// Runs the warm-up steps, then `steps` more, and returns the driver calls of the latter.
-fn count_steps(model: &ClipModel, config: &TrainConfig, steps: u64) -> msclip::Result<DriverCounters> {
-    let tokenizer = new_run_tokenizer(config, model)?;
-    let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
-    state.to_device(config.device)?;
-    let schedule = config.schedule();
-    let context = model.config.text.context;
-    let mut train_step = |step: u64| -> msclip::Result<()> {
-        let batch = training_batch(config, &tokenizer, context, step)?;
-        let images = batch.images_on(config.device, config.precision.dtype())?;
-        let loss = state.step(model, config, &images, &batch.tokens, schedule.lr(step))?;
-        if !loss.is_finite() {
-            return Err(Error::invalid("profile step", format!("loss is {loss} at step {}", step + 1)));
-        }
-        Ok(())
-    };
-    (0..WARMUP_STEPS).try_for_each(&mut train_step)?;
-    let (counted, counts) = measure(|| (WARMUP_STEPS..WARMUP_STEPS + steps).try_for_each(&mut train_step));
-    counted.map(|()| counts)
 }
 
 /// One counted quantity: its JSON key, its table label, how many (calls, or kernels when not
@@ -139,9 +88,10 @@ fn table(args: &StepArgs, counts: &DriverCounters) -> String {
         if steps == 1 { n.to_string() } else { format!("{:.1}", n as f64 / steps as f64) }
     };
     let volume = |bytes: u64| format!("{:10.3} MB {:>12} B", bytes as f64 / 1e6 / steps as f64, per_step(bytes));
+    let run = &args.steps_args;
     let mut out = format!(
         "profile step: preset {}, batch {}, {} on {}; {WARMUP_STEPS} warm-up step, then {steps} counted\n",
-        args.preset, args.batch, args.precision, args.device
+        run.preset, run.batch, run.precision, args.device
     );
     out += &if steps == 1 {
         "driver calls per step\n".to_string()
@@ -165,7 +115,7 @@ fn table(args: &StepArgs, counts: &DriverCounters) -> String {
 }
 
 /// The run's settings and every count, summed over the counted steps.
-fn report_json(args: &StepArgs, counts: &DriverCounters) -> Value {
+fn report_json(args: &StepArgs, counts: &DriverCounters, bounds: &[StepBound]) -> Value {
     let mut totals = serde_json::Map::new();
     for row in rows(counts) {
         totals.insert(row.key.into(), json!(row.count));
@@ -186,23 +136,22 @@ fn report_json(args: &StepArgs, counts: &DriverCounters) -> Value {
         .gemms_by_spec
         .iter()
         .map(|(spec, calls)| {
-            let dtype = match spec.dtype {
-                GemmType::F32 => "f32",
-                GemmType::BF16 => "bf16",
-            };
-            json!({ "dtype": dtype, "batch": spec.batch, "m": spec.m, "n": spec.n, "k": spec.k,
+            json!({ "dtype": spec.dtype.name(), "batch": spec.batch, "m": spec.m, "n": spec.n, "k": spec.k,
                 "trans_a": spec.trans_a, "trans_b": spec.trans_b, "calls": calls })
         })
         .collect();
+    let run = &args.steps_args;
     json!({
-        "preset": args.preset,
-        "batch": args.batch,
+        "preset": run.preset,
+        "batch": run.batch,
+        "layers": run.layers,
         "device": args.device.to_string(),
-        "precision": args.precision.to_string(),
+        "precision": run.precision.to_string(),
         "warmup_steps": WARMUP_STEPS,
         "counted_steps": args.steps,
         "totals": totals,
         "kernels": kernels,
         "gemms": gemms,
+        "modelled_lower_bounds": bounds_json(bounds),
     })
 }

@@ -1,0 +1,100 @@
+//! The training steps both profile commands count: the settings they share (preset, batch,
+//! device, precision, depth), a warm-up step, then the counted steps with every driver call
+//! recorded and, on the emulator, every kernel launch profiled.
+
+use clap::Args;
+use msclip::backend::gpu;
+use msclip::backend::gpu::counters::{DriverCounters, measure};
+use msclip::backend::gpu::emu::{self, Instrumentation, LaunchProfile, Schedule};
+use msclip::model::{ClipModel, preset};
+use msclip::train::{Precision, StepState, TrainConfig, memory, new_run_tokenizer, training_batch};
+use msclip::{Device, Error, Rng};
+
+/// Steps run before counting: the first step's calls include one-time work.
+pub const WARMUP_STEPS: u64 = 1;
+
+#[derive(Args)]
+pub struct StepsArgs {
+    /// Model preset.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Image-text pairs per step; at least 2.
+    #[arg(long)]
+    pub batch: usize,
+    /// Layers of each tower instead of the preset's (say 1, to profile one layer of a large
+    /// preset on the emulator); a conv stem counts as visual layer 0, as in the presets.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Compute precision of the towers: fp32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    pub precision: Precision,
+}
+
+/// What the counted steps asked of the driver, and the profiles of their kernel launches
+/// (empty unless they ran on the emulator's profiler).
+pub struct CountedSteps {
+    pub counters: DriverCounters,
+    pub profiles: Vec<LaunchProfile>,
+}
+
+impl StepsArgs {
+    /// The model, with `--layers` applied, and the preset's training settings at `--batch` on
+    /// `device`, after checking the flags.
+    pub fn prepare(&self, device: Device, steps: u64) -> anyhow::Result<(ClipModel, TrainConfig)> {
+        if !device.is_gpu() {
+            anyhow::bail!("--device {device}: profiling counts GPU driver calls; use emu or cuda");
+        }
+        if self.batch < 2 {
+            anyhow::bail!("--batch must be at least 2 (a contrastive batch needs negatives), got {}", self.batch);
+        }
+        let mut model_config = preset(&self.preset)?;
+        if let Some(layers) = self.layers {
+            model_config.vision.layers = layers;
+            model_config.text.layers = layers;
+        }
+        let model = ClipModel::new(model_config)?;
+        let mut config = TrainConfig::for_preset(&self.preset)?;
+        config.batch_size = self.batch;
+        config.device = device;
+        config.precision = self.precision;
+        config.steps = WARMUP_STEPS + steps;
+        config.validate()?;
+        if device == Device::Emu {
+            // The emulator's device memory is host memory.
+            memory::check_batch(&model, "--batch", self.batch as u64)?;
+        }
+        // Fails now, with what is missing, when the device cannot run.
+        gpu::driver(device)?;
+        Ok((model, config))
+    }
+}
+
+/// Runs the warm-up step, then `steps` more, counting the driver calls of the latter; on the
+/// emulator their launches run on the profiler (single-threaded, so slower).
+pub fn count_steps(model: &ClipModel, config: &TrainConfig, steps: u64) -> msclip::Result<CountedSteps> {
+    let tokenizer = new_run_tokenizer(config, model)?;
+    let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
+    state.to_device(config.device)?;
+    let schedule = config.schedule();
+    let context = model.config.text.context;
+    let mut train_step = |step: u64| -> msclip::Result<()> {
+        let batch = training_batch(config, &tokenizer, context, step)?;
+        let images = batch.images_on(config.device, config.precision.dtype())?;
+        let loss = state.step(model, config, &images, &batch.tokens, schedule.lr(step))?;
+        if !loss.is_finite() {
+            return Err(Error::invalid("profile", format!("loss is {loss} at step {}", step + 1)));
+        }
+        Ok(())
+    };
+    (0..WARMUP_STEPS).try_for_each(&mut train_step)?;
+    let mut counted = || measure(|| (WARMUP_STEPS..WARMUP_STEPS + steps).try_for_each(&mut train_step));
+    let (result, counters) = match config.device {
+        Device::Emu => {
+            emu::take_profiles();
+            emu::instrument(Instrumentation::Profiler, Schedule::Forward, counted)
+        }
+        _ => counted(),
+    };
+    result?;
+    Ok(CountedSteps { counters, profiles: emu::take_profiles() })
+}
