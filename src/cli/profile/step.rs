@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use msclip::Device;
 use msclip::backend::gpu::counters::{DriverCounters, measure};
 use msclip::backend::gpu::{self, GemmType, modules};
 use msclip::files::write_atomically;
 use msclip::model::{ClipModel, preset};
-use msclip::train::{Precision, StepState, TrainConfig, memory, new_run_tokenizer, training_batch};
-use msclip::{Device, Error, Rng};
+use msclip::train::{Precision, Steps, TrainConfig, memory, new_run_tokenizer};
 use serde_json::{Value, json};
 
 #[derive(Args)]
@@ -71,12 +71,8 @@ fn step_config(args: &StepArgs) -> anyhow::Result<TrainConfig> {
     if args.steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
-    let mut config = TrainConfig::for_preset(&args.preset)?;
-    config.batch_size = args.batch;
-    config.device = args.device;
-    config.precision = args.precision;
-    config.steps = WARMUP_STEPS + args.steps;
-    config.validate()?;
+    let config =
+        TrainConfig::for_steps(&args.preset, args.batch, args.device, args.precision, WARMUP_STEPS + args.steps)?;
     // Fails now, with what is missing, when the device cannot run.
     gpu::driver(args.device)?;
     Ok(config)
@@ -85,19 +81,8 @@ fn step_config(args: &StepArgs) -> anyhow::Result<TrainConfig> {
 /// Runs the warm-up steps, then `steps` more, and returns the driver calls of the latter.
 fn count_steps(model: &ClipModel, config: &TrainConfig, steps: u64) -> msclip::Result<DriverCounters> {
     let tokenizer = new_run_tokenizer(config, model)?;
-    let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
-    state.to_device(config.device)?;
-    let schedule = config.schedule();
-    let context = model.config.text.context;
-    let mut train_step = |step: u64| -> msclip::Result<()> {
-        let batch = training_batch(config, &tokenizer, context, step)?;
-        let images = batch.images_on(config.device, config.precision.dtype())?;
-        let loss = state.step(model, config, &images, &batch.tokens, schedule.lr(step))?;
-        if !loss.is_finite() {
-            return Err(Error::invalid("profile step", format!("loss is {loss} at step {}", step + 1)));
-        }
-        Ok(())
-    };
+    let mut runner = Steps::new(model, config, &tokenizer)?;
+    let mut train_step = |step: u64| runner.run(step).map(drop);
     (0..WARMUP_STEPS).try_for_each(&mut train_step)?;
     let (counted, counts) = measure(|| (WARMUP_STEPS..WARMUP_STEPS + steps).try_for_each(&mut train_step));
     counted.map(|()| counts)
