@@ -10,6 +10,8 @@
 //! - [`nn`]: parameters with names, and optimizers.
 //! - [`text`]: captions to token ids (CLIP's BPE, or one trained on the corpus).
 //! - [`data`]: training and evaluation data; [`data::shapes`] is the procedural shapes world.
+//! - [`kernel_check`]: every GPU kernel under the emulator's sanitizer, from training steps
+//!   and op calls (`msclip kernels --check`).
 
 pub mod autograd;
 pub mod backend;
@@ -17,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod files;
+pub mod kernel_check;
 pub mod model;
 pub mod nn;
 pub mod ops;

@@ -1,13 +1,25 @@
-//! `msclip kernels`: the CUDA kernels built into this binary and ptxas's resource report.
+//! `msclip kernels`: the CUDA kernels built into this binary and ptxas's resource report; with
+//! `--check`, every kernel run under the emulator's sanitizer.
+
+mod check;
 
 use clap::Args;
 use msclip::backend::gpu::emu::EmuDriver;
 use msclip::backend::gpu::modules::{GPU_IMAGES_BUILT, MODULES, PTXAS_REPORT};
 
 #[derive(Args)]
-pub struct KernelsArgs {}
+pub struct KernelsArgs {
+    /// Run every kernel under the emulator's sanitizer instead (training steps of the tiny
+    /// presets and op-level cases, each in three thread orders); fails on any report, any output
+    /// that depends on the order, or any kernel no case launched.
+    #[arg(long)]
+    check: bool,
+}
 
-pub fn run(_args: KernelsArgs) -> anyhow::Result<()> {
+pub fn run(args: KernelsArgs) -> anyhow::Result<()> {
+    if args.check {
+        return check::run();
+    }
     let emulated = EmuDriver::kernel_names();
     for module in MODULES {
         let image = match module.image {

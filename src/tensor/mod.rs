@@ -10,6 +10,7 @@ mod init;
 mod shape;
 mod storage;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -173,6 +174,15 @@ impl Tensor {
         match self.storage() {
             Storage::Cpu(s) => s.to_f64_vec(),
             Storage::Gpu(g) => g.to_cpu().unwrap_or_else(|e| panic!("copy {self:?} to the host: {e}")).to_f64_vec(),
+        }
+    }
+
+    /// The elements on the host: borrowed when the tensor is on the CPU, copied back from a GPU
+    /// device otherwise.
+    pub fn host_storage(&self) -> Result<Cow<'_, CpuStorage>> {
+        match self.storage() {
+            Storage::Cpu(s) => Ok(Cow::Borrowed(s)),
+            Storage::Gpu(g) => Ok(Cow::Owned(g.to_cpu()?)),
         }
     }
 

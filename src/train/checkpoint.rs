@@ -45,28 +45,31 @@ fn st_dtype(dtype: DType) -> StDtype {
     }
 }
 
-/// The raw bytes of a tensor, copied to the host first when it lives on a GPU device.
-fn host_storage(t: &Tensor) -> Result<std::borrow::Cow<'_, CpuStorage>> {
-    match t.storage() {
-        Storage::Cpu(s) => Ok(std::borrow::Cow::Borrowed(s)),
-        Storage::Gpu(g) => Ok(std::borrow::Cow::Owned(g.to_cpu()?)),
+/// Every tensor a checkpoint holds, named as in its file: each parameter followed by its AdamW
+/// moments, then the BatchNorm statistics.
+pub fn named_tensors<'a>(
+    params: &'a ParamStore,
+    optimizer: &'a AdamW,
+    buffers: &'a Buffers,
+) -> Vec<(String, &'a Tensor)> {
+    let mut entries = Vec::new();
+    for id in params.ids() {
+        let name = params.name(id);
+        entries.push((format!("param/{name}"), params.get(id)));
+        let (m, v) = optimizer.moments(id);
+        entries.push((format!("adam_m/{name}"), m));
+        entries.push((format!("adam_v/{name}"), v));
     }
+    for (name, t) in buffers.iter() {
+        entries.push((format!("buffer/{name}"), t));
+    }
+    entries
 }
 
 /// The checkpoint file's bytes; identical state gives identical bytes.
 pub fn to_bytes(state: &TrainingState) -> Result<Vec<u8>> {
-    let mut entries: Vec<(String, &Tensor)> = Vec::new();
-    for id in state.params.ids() {
-        let name = state.params.name(id);
-        entries.push((format!("param/{name}"), state.params.get(id)));
-        let (m, v) = state.optimizer.moments(id);
-        entries.push((format!("adam_m/{name}"), m));
-        entries.push((format!("adam_v/{name}"), v));
-    }
-    for (name, t) in state.buffers.iter() {
-        entries.push((format!("buffer/{name}"), t));
-    }
-    let hosts: Vec<_> = entries.iter().map(|(_, t)| host_storage(t)).collect::<Result<_>>()?;
+    let entries = named_tensors(state.params, state.optimizer, state.buffers);
+    let hosts: Vec<_> = entries.iter().map(|(_, t)| t.host_storage()).collect::<Result<_>>()?;
     let views: Vec<Entry> = entries
         .iter()
         .zip(&hosts)

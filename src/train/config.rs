@@ -146,6 +146,18 @@ impl TrainConfig {
         Ok(config)
     }
 
+    /// The preset's settings for `steps` steps of `batch` pairs on `device` in `precision`,
+    /// checked: training steps outside a run ([`super::Steps`]).
+    pub fn for_steps(preset: &str, batch: usize, device: Device, precision: Precision, steps: u64) -> Result<Self> {
+        let mut config = TrainConfig::for_preset(preset)?;
+        config.batch_size = batch;
+        config.device = device;
+        config.precision = precision;
+        config.steps = steps;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks every setting, naming the flag that sets it and the range it must lie in.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::config(format!("training: {msg}")));

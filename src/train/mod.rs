@@ -22,4 +22,4 @@ pub use resume::changes as resume_changes;
 pub use run::{Resume, RunEnd, RunOptions, RunSummary, new_run_tokenizer, train};
 pub use run_dir::{load_run_tokenizer, read_run_config, run_dir_of_checkpoint};
 pub use schedule::CosineSchedule;
-pub use step::{MASTER_DTYPE, StepState};
+pub use step::{MASTER_DTYPE, StepState, Steps};

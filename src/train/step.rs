@@ -1,14 +1,18 @@
 //! One training step: forward, backward, gradient clipping, AdamW and the logit-scale clamp,
-//! on whatever device the state lives on. The training loop runs it; `msclip profile step`
-//! measures what it asks of a GPU driver.
+//! on whatever device the state lives on. The training loop runs it; [`Steps`] runs it without
+//! a loop, for `msclip profile step` (what a step asks of a GPU driver) and `msclip kernels
+//! --check` (a step's kernels under the emulator's sanitizer).
 
+use super::batch::training_batch;
 use super::config::TrainConfig;
 use super::param_groups;
+use super::schedule::CosineSchedule;
 use crate::autograd::{self, Gradients};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Buffers, ClipModel};
 use crate::nn::{AdamW, AdamWConfig, ParamStore};
 use crate::tensor::{DType, Device, Rng, Tensor};
+use crate::text::Tokenizer;
 
 /// The dtype of master weights, optimizer moments and the loss, whatever the compute precision.
 pub const MASTER_DTYPE: DType = DType::F32;
@@ -73,6 +77,39 @@ impl StepState {
             clamp_logit_scale(&mut self.params, model, max.ln())?;
         }
         Ok(loss_value)
+    }
+}
+
+/// Training steps without a run around them (no logs, evaluations or checkpoints): the state a
+/// run of the config starts from, on the config's device, and step k on the batch such a run
+/// trains step k on.
+pub struct Steps<'a> {
+    model: &'a ClipModel,
+    config: &'a TrainConfig,
+    tokenizer: &'a Tokenizer,
+    schedule: CosineSchedule,
+    pub state: StepState,
+}
+
+impl<'a> Steps<'a> {
+    /// Fresh state drawn from the config's seed, put on the config's device.
+    pub fn new(model: &'a ClipModel, config: &'a TrainConfig, tokenizer: &'a Tokenizer) -> Result<Self> {
+        let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
+        state.to_device(config.device)?;
+        Ok(Steps { model, config, tokenizer, schedule: config.schedule(), state })
+    }
+
+    /// Runs 0-based step `step` on its batch and returns the loss; a loss that is not finite is
+    /// an error.
+    pub fn run(&mut self, step: u64) -> Result<f64> {
+        let (model, config) = (self.model, self.config);
+        let batch = training_batch(config, self.tokenizer, model.config.text.context, step)?;
+        let images = batch.images_on(config.device, config.precision.dtype())?;
+        let loss = self.state.step(model, config, &images, &batch.tokens, self.schedule.lr(step))?;
+        if !loss.is_finite() {
+            return Err(Error::invalid("training step", format!("loss is {loss} at step {}", step + 1)));
+        }
+        Ok(loss)
     }
 }
 

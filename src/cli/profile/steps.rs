@@ -3,12 +3,12 @@
 //! recorded and, on the emulator, every kernel launch profiled.
 
 use clap::Args;
+use msclip::Device;
 use msclip::backend::gpu;
 use msclip::backend::gpu::counters::{DriverCounters, measure};
 use msclip::backend::gpu::emu::{self, Instrumentation, LaunchProfile, Schedule};
 use msclip::model::{ClipModel, preset};
-use msclip::train::{Precision, StepState, TrainConfig, memory, new_run_tokenizer, training_batch};
-use msclip::{Device, Error, Rng};
+use msclip::train::{Precision, Steps, TrainConfig, memory, new_run_tokenizer};
 
 /// Steps run before counting: the first step's calls include one-time work.
 pub const WARMUP_STEPS: u64 = 1;
@@ -53,12 +53,7 @@ impl StepsArgs {
             model_config.text.layers = layers;
         }
         let model = ClipModel::new(model_config)?;
-        let mut config = TrainConfig::for_preset(&self.preset)?;
-        config.batch_size = self.batch;
-        config.device = device;
-        config.precision = self.precision;
-        config.steps = WARMUP_STEPS + steps;
-        config.validate()?;
+        let config = TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
         if device == Device::Emu {
             // The emulator's device memory is host memory.
             memory::check_batch(&model, "--batch", self.batch as u64)?;
@@ -73,19 +68,8 @@ impl StepsArgs {
 /// emulator their launches run on the profiler (single-threaded, so slower).
 pub fn count_steps(model: &ClipModel, config: &TrainConfig, steps: u64) -> msclip::Result<CountedSteps> {
     let tokenizer = new_run_tokenizer(config, model)?;
-    let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
-    state.to_device(config.device)?;
-    let schedule = config.schedule();
-    let context = model.config.text.context;
-    let mut train_step = |step: u64| -> msclip::Result<()> {
-        let batch = training_batch(config, &tokenizer, context, step)?;
-        let images = batch.images_on(config.device, config.precision.dtype())?;
-        let loss = state.step(model, config, &images, &batch.tokens, schedule.lr(step))?;
-        if !loss.is_finite() {
-            return Err(Error::invalid("profile", format!("loss is {loss} at step {}", step + 1)));
-        }
-        Ok(())
-    };
+    let mut runner = Steps::new(model, config, &tokenizer)?;
+    let mut train_step = |step: u64| runner.run(step).map(drop);
     (0..WARMUP_STEPS).try_for_each(&mut train_step)?;
     let mut counted = || measure(|| (WARMUP_STEPS..WARMUP_STEPS + steps).try_for_each(&mut train_step));
     let (result, counters) = match config.device {
