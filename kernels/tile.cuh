@@ -111,10 +111,18 @@ struct CoreMatrices {
 };
 
 // Element (r, k .. k + 7) of a staged square tile, written into its transpose: `transposed`
-// holds element (k + e, r) where Layout puts it.
+// holds element (k + e, r) where Layout puts it. A warp stages four k blocks whose rows sit 32
+// words apart in the core-matrix layout, so the four would read and write the same banks at
+// every e; each block starts at a different e instead (by 2 per block), which puts the warp's
+// 2-byte loads and stores in distinct banks. In order they were 4-way conflicts: 2.8-way over
+// the whole wgmma InfoNCE backward (tests/profiler.rs).
 template <typename Layout, typename S>
 __device__ __forceinline__ void scatter_transposed(S* transposed, int r, int k, const S* values) {
-    for (int e = 0; e < 8; ++e) transposed[Layout::offset(k + e, r)] = values[e];
+    const int rotation = 2 * ((k / 8) % 4);
+    for (int i = 0; i < 8; ++i) {
+        const int e = (i + rotation) % 8;
+        transposed[Layout::offset(k + e, r)] = values[e];
+    }
 }
 
 // Stages rows [0, rows) x columns [0, cols) of the row-major matrix at `src` into the

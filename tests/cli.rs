@@ -130,6 +130,10 @@ fn profile_kernels_reports_the_counters_footprint_and_bound_of_every_kernel_of_a
         let ratio = row(name)["unique_over_footprint"].as_f64().unwrap();
         assert!((0.95..=1.1).contains(&ratio), "{name}: unique bytes {ratio} x the footprint");
     }
+    // The conv stem's feature maps become tokens through the tiled transpose, not the gather
+    // (12-21% sector efficiency); 36-float rows take 5 sectors for 4.5 sectors' worth of bytes.
+    assert!(kernels.iter().all(|k| k["kernel"] != "permute_b4"), "{report}");
+    assert!(row("transpose_b4")["sector_efficiency"].as_f64().unwrap() >= 0.89, "{report}");
     // The inner loops of attention and InfoNCE stay within 2-way bank conflicts.
     for k in kernels
         .iter()

@@ -7,6 +7,7 @@
 mod common;
 
 use common::gpu::{gpu_devices, on, randn_as};
+use msclip::backend::gpu::counters::measure;
 use msclip::backend::{self, Backend};
 use msclip::{DType, Device, Result, Rng, Tensor};
 
@@ -45,6 +46,21 @@ fn permutations(n: usize) -> Vec<Vec<usize>> {
         }
     }
     out
+}
+
+#[test]
+fn transposes_of_the_two_innermost_dims_run_in_tiles_with_ragged_edges() {
+    // [planes, rows, cols] -> [planes, cols, rows] with partial 32 x 32 tiles on both edges, a
+    // plain 2-D transpose, and NCHW maps to tokens (a size-1 dim in between collapses away).
+    let cases: [(&[usize], &[usize]); 4] =
+        [(&[3, 37, 45], &[0, 2, 1]), (&[70, 33], &[1, 0]), (&[2, 8, 1, 9], &[0, 2, 3, 1]), (&[1, 64, 32], &[0, 2, 1])];
+    for (dims, perm) in cases {
+        let what = format!("transpose {dims:?} by {perm:?}");
+        let (_, counts) = measure(|| same_as_cpu(&what, 2, &[dims], |be, t| be.permute(&t[0], perm)));
+        let kernels: Vec<&String> = counts.launches_by_kernel.keys().collect();
+        assert!(kernels.iter().all(|k| k.starts_with("transpose_b")), "{what}: launched {kernels:?}");
+        assert!(!kernels.is_empty(), "{what}: no transpose launched");
+    }
 }
 
 #[test]

@@ -2,10 +2,17 @@
 //! (kernels/selftest.cu): sectors per request of coalesced and strided loads, and shared-memory
 //! wavefronts of a transpose with and without padding.
 
-use msclip::Device;
+use msclip::backend::Backend;
+use msclip::backend::gpu::GpuBackend;
 use msclip::backend::gpu::buffer::Scratch;
 use msclip::backend::gpu::emu::{EmuDriver, Instrumentation, KernelCounters, Schedule, instrument, take_profiles};
+use msclip::backend::gpu::kernel_stats::{Grouping, KernelStats};
 use msclip::backend::gpu::{Driver, KernelArg, LaunchConfig};
+use msclip::{DType, Device, Rng, Tensor};
+
+mod common;
+
+use common::gpu::{on, randn_as};
 
 /// The counters of one profiled launch.
 fn profile(kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> KernelCounters {
@@ -90,4 +97,46 @@ fn a_vector_copy_counts_16_byte_loads_and_stores_of_16_sectors_per_request() {
     assert_eq!((c.global_load_sectors, c.global_store_sectors), (requests * 16, requests * 16));
     assert_eq!((c.global_load_bytes, c.global_store_bytes), ((units * 16) as u64, (units * 16) as u64));
     assert_eq!((c.unique_bytes_read, c.unique_bytes_written), ((units * 16) as u64, (units * 16) as u64));
+}
+
+#[test]
+fn infonce_inner_loops_stay_within_two_way_bank_conflicts_on_every_path() {
+    // 160 pairs of CLIP-width (512) embeddings, through the f32 SIMT kernels, bf16 on wgmma and
+    // bf16 on mma.sync: shared-memory wavefronts over the conflict-free count (issue 12's goal).
+    let (pairs, width) = (160, 512);
+    let mut rng = Rng::new(7);
+    let (img, txt) =
+        (randn_as(&mut rng, &[pairs, width], 0.05, DType::F32), randn_as(&mut rng, &[pairs, width], 0.05, DType::F32));
+    let paths = [
+        ("f32", GpuBackend::new(Device::Emu), DType::F32),
+        ("bf16 wgmma", GpuBackend::new(Device::Emu), DType::BF16),
+        ("bf16 mma.sync", GpuBackend::without_wgmma(Device::Emu), DType::BF16),
+    ];
+    let mut over = Vec::new();
+    for (label, be, dtype) in paths {
+        let (img, txt) = (on(&img, Device::Emu, dtype), on(&txt, Device::Emu, dtype));
+        let scale = on(&Tensor::scalar(2.0, DType::F32), Device::Emu, dtype);
+        let dloss = on(&Tensor::scalar(1.0, DType::F32), Device::Emu, dtype);
+        let profiles = instrument(Instrumentation::Profiler, Schedule::Forward, || {
+            take_profiles();
+            let out = be.infonce(&img, &txt, &scale, None).unwrap();
+            be.infonce_backward(&img, &txt, &scale, &out, &dloss, None).unwrap();
+            take_profiles()
+        });
+        let rows = KernelStats::group(&profiles, Grouping::Kernel);
+        let tiles: Vec<&KernelStats> = rows
+            .iter()
+            .filter(|r| r.kernel.starts_with("infonce_fwd") || r.kernel.starts_with("infonce_bwd"))
+            .collect();
+        assert_eq!(tiles.len(), 2, "{label}: {rows:?}");
+        for row in tiles {
+            let factor =
+                row.bank_conflict_factor().unwrap_or_else(|| panic!("{label}: {} uses no shared memory", row.kernel));
+            eprintln!("{label}: {} bank-conflict factor {factor:.3}", row.kernel);
+            if factor > 2.0 {
+                over.push(format!("{label}: {} at {factor:.2}-way bank conflicts", row.kernel));
+            }
+        }
+    }
+    assert!(over.is_empty(), "{over:?}");
 }

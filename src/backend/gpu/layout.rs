@@ -4,7 +4,7 @@
 
 use super::GpuBackend;
 use super::context::{device_ptr, int, kernel_for, ptr};
-use super::driver::{DevicePtr, KernelArg};
+use super::driver::{DevicePtr, KernelArg, LaunchConfig};
 use super::elementwise::{copy_as, grid_stride, packs_per_row, vec_flag};
 use super::footprint::Footprint;
 use crate::error::{Error, Result};
@@ -134,8 +134,9 @@ fn widen_inner(dims: &mut [(usize, usize)], size: usize) -> usize {
     unit
 }
 
-/// A gather over the collapsed dims, each output element read from its input offset; the dims
-/// and strides travel as an uploaded table, so any rank works.
+/// A tiled transpose when the collapsed permute swaps the two innermost dims of its input;
+/// otherwise a gather over the collapsed dims, each output element read from its input offset,
+/// the dims and strides travelling as an uploaded table, so any rank works.
 pub(super) fn permute(gpu: &GpuBackend, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let size = element_bytes("permute", x.dtype())?;
     int(x.numel(), "elements")?;
@@ -145,6 +146,9 @@ pub(super) fn permute(gpu: &GpuBackend, x: &Tensor, perm: &[usize]) -> Result<Te
         return copy_as(gpu, x, out_dims.into());
     }
     let y = gpu.uninit(out_dims, x.dtype())?;
+    if let Some(planes) = batched_transpose(&dims) {
+        return transpose(gpu, x, y, planes);
+    }
     let unit = widen_inner(&mut dims, size);
     let table: Vec<i32> = dims.iter().map(|d| d.0 as i32).chain(dims.iter().map(|d| d.1 as i32)).collect();
     let table = gpu.upload(&table)?;
@@ -152,6 +156,42 @@ pub(super) fn permute(gpu: &GpuBackend, x: &Tensor, perm: &[usize]) -> Result<Te
     let args = [ptr(x)?, ptr(&y)?, int(n, "elements")?, int(dims.len(), "rank")?, KernelArg::Ptr(table.ptr())];
     let footprint = Footprint::of(&[x], &[&y]).reads(table.bytes());
     gpu.launch(&format!("permute_b{unit}"), grid_stride(n), &args, footprint)?;
+    Ok(y)
+}
+
+/// Side of the tiles of kernels/layout.cu's `transpose` and the rows of threads in its blocks.
+const TRANSPOSE_TILE: usize = 32;
+const TRANSPOSE_ROWS_PER_PASS: u32 = 8;
+/// The largest grid y and z.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// (planes, rows, cols) when the collapsed permute swaps the two innermost dims of a
+/// [planes, rows, cols] input: output element (p, c, r) reads input (p, r, c). The tiled
+/// kernel then applies, when its grid fits.
+fn batched_transpose(dims: &[(usize, usize)]) -> Option<(usize, usize, usize)> {
+    let (planes, rows, cols) = match *dims {
+        [(cols, 1), (rows, row_stride)] if row_stride == cols => (1, rows, cols),
+        [(planes, plane_stride), (cols, 1), (rows, row_stride)]
+            if row_stride == cols && plane_stride == rows * cols =>
+        {
+            (planes, rows, cols)
+        }
+        _ => return None,
+    };
+    (planes <= MAX_GRID_YZ && rows.div_ceil(TRANSPOSE_TILE) <= MAX_GRID_YZ).then_some((planes, rows, cols))
+}
+
+/// `x` as [planes, rows, cols] transposed into `y`, [planes, cols, rows], in 32 x 32 tiles.
+fn transpose(gpu: &GpuBackend, x: &Tensor, y: Tensor, (planes, rows, cols): (usize, usize, usize)) -> Result<Tensor> {
+    let kernel = format!("transpose_b{}", element_bytes("permute", x.dtype())?);
+    let tiles = |n: usize| n.div_ceil(TRANSPOSE_TILE) as u32;
+    let config = LaunchConfig {
+        grid: [tiles(cols), tiles(rows), planes as u32],
+        block: [TRANSPOSE_TILE as u32, TRANSPOSE_ROWS_PER_PASS, 1],
+        shared_bytes: 0,
+    };
+    let args = [ptr(x)?, ptr(&y)?, int(rows, "rows")?, int(cols, "columns")?];
+    gpu.launch(&kernel, config, &args, Footprint::of(&[x], &[&y]))?;
     Ok(y)
 }
 
