@@ -155,7 +155,7 @@ fn profile_step_refuses_bad_input_by_name() {
         (&["--batch", "2", "--steps", "0"], "--steps must be at least 1"),
         (&["--batch", "2", "--device", "cpu"], "use emu or cuda"),
         (&["--batch", "100000000"], "the largest that fits is about"),
-        (&["--batch", "2", "--layers", "0"], "at least one transformer block"),
+        (&["--batch", "2", "--layers", "0"], "--layers 0 does not fit preset tiny"),
     ];
     for (args, fragment) in probes {
         let out = msclip(&[&["profile", "step"], *args].concat());

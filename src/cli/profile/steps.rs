@@ -52,7 +52,10 @@ impl StepsArgs {
             model_config.vision.layers = layers;
             model_config.text.layers = layers;
         }
-        let model = ClipModel::new(model_config)?;
+        let model = ClipModel::new(model_config).map_err(|e| match self.layers {
+            Some(layers) => anyhow::anyhow!("--layers {layers} does not fit preset {}: {e}", self.preset),
+            None => e.into(),
+        })?;
         let config = TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
         if device == Device::Emu {
             // The emulator's device memory is host memory.
