@@ -1,7 +1,8 @@
 //! The modelled lower bound of counted steps on each GPU with a roof: their kernels' bounds
 //! (from the emulator's profiles) plus their GEMMs' (from the shapes). Never a measurement.
 
-use msclip::backend::gpu::kernel_stats::{Grouping, KernelStats, gemm_bound};
+use msclip::backend::gpu::GemmSpec;
+use msclip::backend::gpu::kernel_stats::{Grouping, KernelStats, gemm_bound, gemm_work};
 use msclip::backend::gpu::roofline::{DEVICE_ROOFS, DeviceRoof};
 use serde_json::{Value, json};
 
@@ -49,6 +50,26 @@ pub fn bounds_table(bounds: &[StepBound]) -> String {
         out += &format!("  {:<9} kernels {kernels} + GEMMs {}{total}\n", b.roof.name, micros(b.gemms));
     }
     out
+}
+
+/// `{device: seconds}` for every roof.
+pub fn seconds_by_device(seconds: impl Fn(&DeviceRoof) -> f64) -> Value {
+    DEVICE_ROOFS
+        .iter()
+        .map(|roof| (roof.name.to_string(), json!(seconds(roof))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The GEMM calls of one shape: the shape, the calls, their least work and bound on every roof.
+pub fn gemm_json(spec: &GemmSpec, calls: u64) -> Value {
+    let (bytes, flops) = gemm_work(spec);
+    json!({
+        "dtype": spec.dtype.name(), "batch": spec.batch, "m": spec.m, "n": spec.n, "k": spec.k,
+        "trans_a": spec.trans_a, "trans_b": spec.trans_b, "calls": calls,
+        "flops": flops * calls, "minimum_bytes": bytes * calls,
+        "bound_seconds": seconds_by_device(|roof| gemm_bound(spec, calls, roof).seconds),
+    })
 }
 
 pub fn bounds_json(bounds: &[StepBound]) -> Value {

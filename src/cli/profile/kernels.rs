@@ -15,7 +15,7 @@ use msclip::backend::gpu::roofline::{H100_SXM, H200};
 use msclip::files::write_atomically;
 use serde_json::{Value, json};
 
-use super::bounds::{bounds_json, bounds_table, step_bounds};
+use super::bounds::{bounds_json, bounds_table, gemm_json, seconds_by_device, step_bounds};
 use super::steps::{StepsArgs, WARMUP_STEPS, count_steps};
 
 #[derive(Args)]
@@ -158,17 +158,6 @@ fn row_json(r: &KernelStats) -> Value {
         "tensor_flops": c.tensor_flops,
         "occupancy": occupancy.map(|o| o.fraction),
         "occupancy_limited_by": occupancy.map(|o| format!("{:?}", o.limited_by)),
-        "bound_seconds": { "h100-sxm": r.bound(&H100_SXM).seconds, "h200": r.bound(&H200).seconds },
-    })
-}
-
-fn gemm_json(spec: &GemmSpec, calls: u64) -> Value {
-    let (bytes, flops) = gemm_work(spec);
-    json!({
-        "dtype": spec.dtype.name(), "batch": spec.batch, "m": spec.m, "n": spec.n, "k": spec.k,
-        "trans_a": spec.trans_a, "trans_b": spec.trans_b, "calls": calls,
-        "flops": flops * calls, "minimum_bytes": bytes * calls,
-        "bound_seconds": { "h100-sxm": gemm_bound(spec, calls, &H100_SXM).seconds,
-            "h200": gemm_bound(spec, calls, &H200).seconds },
+        "bound_seconds": seconds_by_device(|roof| r.bound(roof).seconds),
     })
 }

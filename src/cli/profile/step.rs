@@ -12,7 +12,7 @@ use msclip::backend::gpu::modules;
 use msclip::files::write_atomically;
 use serde_json::{Value, json};
 
-use super::bounds::{StepBound, bounds_json, bounds_table, step_bounds};
+use super::bounds::{StepBound, bounds_json, bounds_table, gemm_json, step_bounds};
 use super::steps::{StepsArgs, WARMUP_STEPS, count_steps};
 use msclip::Device;
 
@@ -132,14 +132,7 @@ fn report_json(args: &StepArgs, counts: &DriverCounters, bounds: &[StepBound]) -
                 "static_shared_bytes": resources.map(|k| k.shared_bytes) })
         })
         .collect();
-    let gemms: Vec<Value> = counts
-        .gemms_by_spec
-        .iter()
-        .map(|(spec, calls)| {
-            json!({ "dtype": spec.dtype.name(), "batch": spec.batch, "m": spec.m, "n": spec.n, "k": spec.k,
-                "trans_a": spec.trans_a, "trans_b": spec.trans_b, "calls": calls })
-        })
-        .collect();
+    let gemms: Vec<Value> = counts.gemms_by_spec.iter().map(|(spec, &calls)| gemm_json(spec, calls)).collect();
     let run = &args.steps_args;
     json!({
         "preset": run.preset,
