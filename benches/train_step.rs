@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use msclip::autograd;
 use msclip::model::{ClipModel, preset};
-use msclip::nn::{AdamW, AdamWConfig, ParamGroup};
+use msclip::nn::{AdamW, AdamWConfig, ParamGroup, Update};
 use msclip::{DType, Rng};
 
 const BATCH: usize = 128;
@@ -40,7 +40,7 @@ fn main() {
             let start = Instant::now();
             let loss = model.contrastive_loss(&params, &mut buffers, &images, &tokens, None).unwrap();
             let grads = autograd::backward(&loss).unwrap();
-            opt.step(&mut params, &grads, 1e-4, 1.0).unwrap();
+            opt.step(&mut params, None, &grads, Update::at(1e-4)).unwrap();
             times.push(start.elapsed().as_secs_f64());
         }
         times.remove(0); // warm-up

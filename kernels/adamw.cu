@@ -1,6 +1,13 @@
-// Fused AdamW over all parameters of a model: one launch per optimizer step.
+// Fused AdamW over all parameters of a model, with global-norm gradient clipping, in three
+// launches per optimizer step and without the host reading anything back:
+//   grad_sq_partials  the sum of squares of each chunk's gradient, one partial per chunk;
+//   grad_norm_finish  the partials added in a fixed order (in double) into the global norm and
+//                     the clipping factor, both left in device memory;
+//   adamw_multi       every tensor's update, its gradients times that factor. A norm that is not
+//                     finite (a NaN or infinite gradient anywhere) leaves a NaN factor, and then
+//                     nothing is updated: the step is skipped, as PyTorch's GradScaler skips it.
 //
-// The host uploads a table with one slot per tensor. The concatenation of all tensors is cut
+// The host uploads a table with one slot per tensor, which all three kernels read. The concatenation of all tensors is cut
 // into chunks of ADAMW_CHUNK elements that never straddle two tensors (a tensor's last chunk
 // may be short); block b takes chunk b and finds its tensor by binary search over the slots'
 // first chunks (a prefix sum of chunk counts). Each thread updates 4 consecutive elements per
@@ -17,7 +24,7 @@ constexpr int ADAMW_VEC = 4;
 // uses the same number to count chunks.
 constexpr int ADAMW_CHUNK = ADAMW_THREADS * ADAMW_VEC * 4;
 
-// One tensor of the update; src/backend/gpu/adamw.rs writes this layout as nine 64-bit words.
+// One tensor of the update; src/backend/gpu/adamw.rs writes this layout as ten 64-bit words.
 // All pointers come from separate allocations (256-byte aligned), so the vector accesses of a
 // chunk, which starts at a multiple of ADAMW_CHUNK elements, are aligned.
 struct AdamWSlot {
@@ -30,12 +37,34 @@ struct AdamWSlot {
     long long first_chunk;
     float decay;      // 1 - lr * weight_decay
     float step_size;  // lr / (1 - beta1^t)
-    long long grad_bf16;
+    int grad_bf16;
+    int clamped;  // whether the updated parameter is clamped to [lo, hi] (open_clip's logit scale)
+    float lo, hi;
 };
 
 struct AdamWShared {
     float beta1, beta2, eps, sqrt_bc2, grad_scale;
 };
+
+// The slot that owns chunk `chunk`: slots are in increasing first_chunk order.
+__device__ __forceinline__ const AdamWSlot& slot_of_chunk(const AdamWSlot* slots, int count, long long chunk) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (slots[mid].first_chunk <= chunk) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return slots[lo];
+}
+
+// The element range [start, end) of chunk `chunk` inside slot s.
+__device__ __forceinline__ void chunk_range(const AdamWSlot& s, long long chunk, long long& start, long long& end) {
+    start = (chunk - s.first_chunk) * ADAMW_CHUNK;
+    end = start + ADAMW_CHUNK < s.n ? start + ADAMW_CHUNK : s.n;
+}
 
 __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamWShared& h,
                                               float decay, float step_size) {
@@ -44,6 +73,8 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, floa
     v = h.beta2 * v + (1.0f - h.beta2) * g * g;
     p = p * decay - step_size * m / (sqrtf(v) / h.sqrt_bc2 + h.eps);
 }
+
+__device__ __forceinline__ float clampf(float p, float lo, float hi) { return p < lo ? lo : (p > hi ? hi : p); }
 
 __device__ __forceinline__ float bf16_half(uint32_t pair, int hi) {
     return bf16_to_float(bf16{static_cast<uint16_t>(pair >> (16 * hi))});
@@ -71,6 +102,9 @@ __device__ __forceinline__ void adamw_vector(const AdamWSlot& s, long long i, co
     adamw_element(p.y, m.y, v.y, g.y, h, s.decay, s.step_size);
     adamw_element(p.z, m.z, v.z, g.z, h, s.decay, s.step_size);
     adamw_element(p.w, m.w, v.w, g.w, h, s.decay, s.step_size);
+    if (s.clamped) {
+        p = float4{clampf(p.x, s.lo, s.hi), clampf(p.y, s.lo, s.hi), clampf(p.z, s.lo, s.hi), clampf(p.w, s.lo, s.hi)};
+    }
     *reinterpret_cast<float4*>(s.param + i) = p;
     *reinterpret_cast<float4*>(s.m + i) = m;
     *reinterpret_cast<float4*>(s.v + i) = v;
@@ -82,7 +116,7 @@ __device__ __forceinline__ void adamw_tail(const AdamWSlot& s, long long i, long
     for (; i < end; ++i) {
         float p = s.param[i], m = s.m[i], v = s.v[i];
         adamw_element(p, m, v, load_grad(s, i), h, s.decay, s.step_size);
-        s.param[i] = p;
+        s.param[i] = s.clamped ? clampf(p, s.lo, s.hi) : p;
         s.m[i] = m;
         s.v[i] = v;
         if (s.copy != nullptr) s.copy[i] = float_to_bf16(p);
@@ -90,24 +124,72 @@ __device__ __forceinline__ void adamw_tail(const AdamWSlot& s, long long i, long
 }
 
 // Grid: one block per chunk (the sum over tensors of ceil(n / ADAMW_CHUNK)); `count` slots,
-// every one with n > 0, in increasing first_chunk order.
+// every one with n > 0, in increasing first_chunk order. partials[chunk] = the sum of squares
+// of the chunk's gradient elements, each thread over a fixed stride and block_sum in a fixed
+// tree, so the norm is the same on every run.
 extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
-    adamw_multi(const AdamWSlot* slots, int count, float beta1, float beta2, float eps, float sqrt_bc2,
-                float grad_scale) {
+    grad_sq_partials(const AdamWSlot* slots, int count, float* partials) {
     const long long chunk = blockIdx.x;
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (slots[mid].first_chunk <= chunk) {
-            lo = mid;
+    const AdamWSlot& s = slot_of_chunk(slots, count, chunk);
+    long long start, end;
+    chunk_range(s, chunk, start, end);
+    float acc = 0.0f;
+    for (long long i = start + static_cast<long long>(threadIdx.x) * ADAMW_VEC; i < end;
+         i += ADAMW_THREADS * ADAMW_VEC) {
+        if (i + ADAMW_VEC <= end) {
+            const float4 g = load_grad4(s, i);
+            acc += g.x * g.x + g.y * g.y + g.z * g.z + g.w * g.w;
         } else {
-            hi = mid - 1;
+            for (long long j = i; j < end; ++j) {
+                const float g = load_grad(s, j);
+                acc += g * g;
+            }
         }
     }
-    const AdamWSlot s = slots[lo];
+    const float total = block_sum(acc);
+    if (threadIdx.x == 0) partials[chunk] = total;
+}
+
+// One block of ADAMW_THREADS threads. norm = the global L2 norm of the gradients (the
+// partials added in double, each thread over a fixed stride, then a fixed tree);
+// scale = the factor every gradient is multiplied by: max_norm / norm when the norm exceeds
+// max_norm > 0, else 1, and NaN when the norm is not finite (adamw_multi then skips the step).
+extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
+    grad_norm_finish(const float* partials, int chunks, float max_norm, float* norm_out, float* scale_out) {
+    __shared__ double sums[ADAMW_THREADS];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < chunks; i += ADAMW_THREADS) acc += static_cast<double>(partials[i]);
+    sums[threadIdx.x] = acc;
+    __syncthreads();
+    for (int stride = ADAMW_THREADS / 2; stride > 0; stride /= 2) {
+        if (static_cast<int>(threadIdx.x) < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const double norm = sqrt(sums[0]);
+        const bool finite = norm < static_cast<double>(INFINITY);  // false for NaN too
+        double scale = 1.0;
+        if (!finite) {
+            scale = static_cast<double>(NAN);
+        } else if (max_norm > 0.0f && norm > static_cast<double>(max_norm)) {
+            scale = static_cast<double>(max_norm) / norm;
+        }
+        *norm_out = static_cast<float>(norm);
+        *scale_out = static_cast<float>(scale);
+    }
+}
+
+// Grid: as grad_sq_partials. *clip_scale is grad_norm_finish's factor.
+extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
+    adamw_multi(const AdamWSlot* slots, int count, float beta1, float beta2, float eps, float sqrt_bc2,
+                const float* clip_scale) {
+    const float grad_scale = *clip_scale;
+    if (!(grad_scale < INFINITY)) return;  // a non-finite gradient norm: skip the step
+    const long long chunk = blockIdx.x;
+    const AdamWSlot s = slot_of_chunk(slots, count, chunk);
     const AdamWShared h{beta1, beta2, eps, sqrt_bc2, grad_scale};
-    const long long start = (chunk - s.first_chunk) * ADAMW_CHUNK;
-    const long long end = start + ADAMW_CHUNK < s.n ? start + ADAMW_CHUNK : s.n;
+    long long start, end;
+    chunk_range(s, chunk, start, end);
     for (long long i = start + static_cast<long long>(threadIdx.x) * ADAMW_VEC; i < end;
          i += ADAMW_THREADS * ADAMW_VEC) {
         if (i + ADAMW_VEC <= end) {

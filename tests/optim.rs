@@ -1,7 +1,7 @@
 //! The parameter store and AdamW.
 
 use msclip::autograd;
-use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamStore};
+use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamId, ParamStore, Update};
 use msclip::{DType, Tensor};
 
 fn group(name: &str, weight_decay: f64) -> ParamGroup {
@@ -23,7 +23,7 @@ fn first_adamw_step_matches_the_formula() {
     let loss = store.get(w).mul(&c).unwrap().sum_all().unwrap().add(&store.get(b).scale(3.0).unwrap()).unwrap();
     let grads = autograd::backward(&loss).unwrap();
     let lr = 0.01;
-    opt.step(&mut store, &grads, lr, 1.0).unwrap();
+    opt.step(&mut store, None, &grads, Update::at(lr)).unwrap();
     // Step 1: m_hat = g, v_hat = g^2, so the Adam update is lr * g / (|g| + eps).
     let adam = |p: f64, g: f64, wd: f64| p * (1.0 - lr * wd) - lr * g / (g.abs() + 1e-8);
     let want_w: Vec<f64> = [(1.0, 0.5), (-2.0, -1.0), (0.5, 2.0)].iter().map(|&(p, g)| adam(p, g, 0.1)).collect();
@@ -45,23 +45,45 @@ fn duplicate_parameter_names_are_rejected() {
     assert_eq!(store.num_elements(), 2);
 }
 
+/// Two AdamW steps of a one-element parameter at loss `g * p` under `update`, with eps = 1
+/// (Adam is nearly scale-invariant, and eps = 1 lets a gradient's size show). Returns the
+/// parameter and the gradient norm of the last step.
+fn two_steps<'a>(g: f64, update: impl Fn(ParamId) -> Update<'a>) -> (f64, f64) {
+    let mut store = ParamStore::new();
+    let p = store.add("p", Tensor::from_vec(vec![1.0f64], [1]).unwrap()).unwrap();
+    let config = AdamWConfig { eps: 1.0, ..AdamWConfig::default() };
+    let mut opt = AdamW::new(&store, config, vec![group("g", 0.0)], |_, _| 0).unwrap();
+    let mut norm = f64::NAN;
+    for _ in 0..2 {
+        let loss = store.get(p).scale(g).unwrap().sum_all().unwrap();
+        let grads = autograd::backward(&loss).unwrap();
+        norm = opt.step(&mut store, None, &grads, update(p)).unwrap().item().unwrap();
+    }
+    (store.get(p).item().unwrap(), norm)
+}
+
 #[test]
-fn grad_scale_multiplies_the_gradient() {
-    // Adam is nearly scale-invariant, so use eps = 1 where the gradient's size shows:
-    // gradient 2 at scale 0.25 must step exactly like gradient 0.5 at scale 1, and unlike
-    // gradient 2 unscaled.
-    let run = |g: f64, scale: f64| {
-        let mut store = ParamStore::new();
-        let p = store.add("p", Tensor::from_vec(vec![1.0f64], [1]).unwrap()).unwrap();
-        let config = AdamWConfig { eps: 1.0, ..AdamWConfig::default() };
-        let mut opt = AdamW::new(&store, config, vec![group("g", 0.0)], |_, _| 0).unwrap();
-        for _ in 0..2 {
-            let loss = store.get(p).scale(g).unwrap().sum_all().unwrap();
-            let grads = autograd::backward(&loss).unwrap();
-            opt.step(&mut store, &grads, 0.1, scale).unwrap();
-        }
-        store.get(p).item().unwrap()
-    };
-    assert_eq!(run(2.0, 0.25), run(0.5, 1.0));
-    assert!((run(2.0, 0.25) - run(2.0, 1.0)).abs() > 1e-3);
+fn clipping_scales_gradients_above_the_global_norm_only() {
+    let clip = |max| move |_| Update { max_grad_norm: Some(max), ..Update::at(0.1) };
+    // Gradient 2 clipped to norm 0.5 steps exactly like gradient 0.5 unclipped, and unlike 2.
+    assert_eq!(two_steps(2.0, clip(0.5)).0, two_steps(0.5, |_| Update::at(0.1)).0);
+    assert!((two_steps(2.0, clip(0.5)).0 - two_steps(2.0, |_| Update::at(0.1)).0).abs() > 1e-3);
+    // Below the limit nothing changes; the norm is reported before clipping.
+    assert_eq!(two_steps(0.25, clip(0.5)).0, two_steps(0.25, |_| Update::at(0.1)).0);
+    assert_eq!(two_steps(2.0, clip(0.5)).1, 2.0);
+}
+
+#[test]
+fn a_non_finite_gradient_skips_the_whole_update() {
+    let (p, norm) = two_steps(f64::NAN, |_| Update::at(0.1));
+    assert!(norm.is_nan());
+    assert_eq!(p, 1.0, "the parameter must be left as it was");
+}
+
+#[test]
+fn clamped_parameters_stay_in_their_range() {
+    // A negative gradient pushes p = 1 up by about lr per step; the clamp holds it at 1.05.
+    let clamps = [(ParamId::from_index(0), (0.0, 1.05))];
+    let (p, _) = two_steps(-3.0, |_| Update { clamps: &clamps, ..Update::at(0.1) });
+    assert_eq!(p, 1.05);
 }

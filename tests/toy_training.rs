@@ -2,7 +2,7 @@
 //! stack (ops, tape, parameter store, AdamW) working together.
 
 use msclip::autograd;
-use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamStore};
+use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamStore, Update};
 use msclip::ops;
 use msclip::{DType, Rng, Tensor};
 
@@ -40,7 +40,7 @@ fn two_layer_network_loss_falls() {
         let loss = ops::cross_entropy(&forward(&store), &y).unwrap();
         losses.push(loss.item().unwrap());
         let grads = autograd::backward(&loss).unwrap();
-        opt.step(&mut store, &grads, 0.03, 1.0).unwrap();
+        opt.step(&mut store, None, &grads, Update::at(0.03)).unwrap();
     }
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(first > 0.5, "starts near chance, got {first}");

@@ -252,8 +252,9 @@ pub struct AdamWStep {
     pub eps: f64,
     /// 1-based step count, for bias correction.
     pub step: u64,
-    /// Multiplies every gradient before use (global-norm clipping folded into the update).
-    pub grad_scale: f64,
+    /// Global-norm clipping: when the L2 norm of all the step's gradients exceeds this, every
+    /// gradient is multiplied by `max / norm` before use. None: no clipping.
+    pub max_grad_norm: Option<f64>,
 }
 
 /// One tensor of a multi-tensor AdamW update, with its group's learning rate and weight decay.
@@ -269,6 +270,9 @@ pub struct AdamWTensor<'a> {
     pub bf16_copy: Option<&'a mut Tensor>,
     pub lr: f64,
     pub weight_decay: f64,
+    /// When given, the updated parameter is clamped to `[lo, hi]` (in its own dtype) in the same
+    /// pass: open_clip's clamp of the logit scale, with no round trip to the host.
+    pub clamp: Option<(f64, f64)>,
 }
 
 /// The op set of a device.
@@ -432,9 +436,13 @@ pub trait Backend: Send + Sync {
         batch_stats: bool,
     ) -> Result<(Tensor, Tensor, Tensor)>;
 
-    /// One decoupled-weight-decay Adam update of every tensor in `tensors`, in place (one fused
-    /// launch on a GPU). Each element's update is independent of the others.
-    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()>;
+    /// One decoupled-weight-decay Adam update of every tensor in `tensors`, in place, with
+    /// global-norm clipping (three launches on a GPU, none of them waited for). Returns the L2 norm of all
+    /// the gradients before clipping, as a [1] tensor of the parameters' dtype on this device
+    /// (reading it is the caller's choice: on a GPU that waits for the step). When that norm is
+    /// not finite nothing is updated, parameters, moments and copies alike: the step is
+    /// skipped, as PyTorch's GradScaler skips it, and the caller learns of it from the norm.
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor>;
 }
 
 /// The backend of a device.

@@ -48,8 +48,8 @@ fn step(preset_name: &str, precision: Precision, tokenizer: &OnceLock<Tokenizer>
     }
     let tokenizer = tokenizer.get().expect("trained above");
     let mut steps = Steps::new(&model, &config, tokenizer)?;
-    let loss = steps.run(0)?;
-    let mut outputs = vec![("loss".to_string(), loss.to_le_bytes().to_vec())];
+    let step = steps.run(0)?;
+    let mut outputs = vec![output("loss", &step.loss)?, output("grad_norm", &step.grad_norm)?];
     let state = &steps.state;
     for (name, tensor) in named_tensors(&state.params, &state.optimizer, &state.buffers) {
         outputs.push(output(name, tensor)?);

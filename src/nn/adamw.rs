@@ -4,7 +4,7 @@
 use crate::autograd::Gradients;
 use crate::backend::{self, AdamWStep, AdamWTensor};
 use crate::error::{Error, Result};
-use crate::nn::{ParamId, ParamStore};
+use crate::nn::{ComputeCopies, ParamId, ParamStore};
 use crate::tensor::{Device, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,12 +109,20 @@ impl AdamW {
         self.step = steps;
     }
 
-    /// One update at learning rate `lr` (times each group's scale), with every gradient
-    /// multiplied by `grad_scale` (1, or the global-norm clipping factor), as one multi-tensor
-    /// call to the device. Parameters without a gradient (unused by this loss) are left as they
-    /// are, as in PyTorch.
-    pub fn step(&mut self, store: &mut ParamStore, grads: &Gradients, lr: f64, grad_scale: f64) -> Result<()> {
-        if self.state.len() != store.len() {
+    /// One update: every gradient (looked up on the compute copy of a parameter where `copies`
+    /// has one, which AdamW then rewrites from the new master) clipped to the global norm and
+    /// applied at the scheduled learning rate times each group's scale, as one multi-tensor call
+    /// to the device. Parameters without a gradient (unused by this loss) are left as they are,
+    /// as in PyTorch. Returns the gradients' global norm before clipping, on the device; when
+    /// it is not finite nothing was updated (see [`crate::backend::Backend::adamw_multi`]).
+    pub fn step(
+        &mut self,
+        store: &mut ParamStore,
+        copies: Option<&mut ComputeCopies>,
+        grads: &Gradients,
+        update: Update<'_>,
+    ) -> Result<Tensor> {
+        if self.state.len() != store.len() || copies.as_ref().is_some_and(|c| c.len() != store.len()) {
             return Err(Error::invalid("adamw", "the parameter store changed after the optimizer was built"));
         }
         self.step += 1;
@@ -123,25 +131,38 @@ impl AdamW {
             beta2: self.config.beta2,
             eps: self.config.eps,
             step: self.step,
-            grad_scale,
+            max_grad_norm: update.max_grad_norm,
         };
+        let device = store.device();
         // Looked up before the parameters are borrowed mutably below.
-        let grads: Vec<Option<Tensor>> = store.ids().map(|id| grads.get(store.get(id)).cloned()).collect();
+        let grads: Vec<Option<Tensor>> = store
+            .ids()
+            .map(|id| {
+                let used = copies.as_ref().and_then(|c| c.get(id)).unwrap_or(store.get(id));
+                grads.get(used).cloned()
+            })
+            .collect();
+        let mut copy_slots: Vec<Option<&mut Tensor>> = match copies {
+            Some(c) => c.values_mut().map(Option::as_mut).collect(),
+            None => (0..store.len()).map(|_| None).collect(),
+        };
         let mut updates = Vec::with_capacity(grads.len());
-        for ((param, (g, m, v)), grad) in store.values_mut().zip(self.state.iter_mut()).zip(&grads) {
+        let params = store.values_mut().zip(self.state.iter_mut()).zip(&grads).zip(copy_slots.iter_mut());
+        for (index, (((param, (g, m, v)), grad), copy)) in params.enumerate() {
             let Some(grad) = grad else { continue };
             let group = &self.groups[*g];
+            let clamp = update.clamps.iter().find(|(id, _)| id.index() == index).map(|(_, range)| *range);
             updates.push(AdamWTensor {
                 param,
                 grad,
                 m,
                 v,
-                bf16_copy: None,
-                lr: lr * group.lr_scale,
+                bf16_copy: copy.take(),
+                lr: update.lr * group.lr_scale,
                 weight_decay: group.weight_decay,
+                clamp,
             });
         }
-        let Some(device) = updates.first().map(|u| u.param.device()) else { return Ok(()) };
         if let Some(other) = updates.iter().find(|u| u.param.device() != device) {
             return Err(Error::invalid(
                 "adamw",
@@ -149,5 +170,23 @@ impl AdamW {
             ));
         }
         backend::get(device).adamw_multi(&mut updates, hp)
+    }
+}
+
+/// What one optimizer step applies besides the gradients.
+#[derive(Debug, Clone, Copy)]
+pub struct Update<'a> {
+    /// The scheduled learning rate (each group multiplies it by its scale).
+    pub lr: f64,
+    /// Global-norm gradient clipping (torch.nn.utils.clip_grad_norm_); None: none.
+    pub max_grad_norm: Option<f64>,
+    /// Parameters clamped to a range after their update (open_clip's logit scale).
+    pub clamps: &'a [(ParamId, (f64, f64))],
+}
+
+impl Update<'_> {
+    /// A plain step at `lr`: no clipping, no clamps.
+    pub fn at(lr: f64) -> Update<'static> {
+        Update { lr, max_grad_norm: None, clamps: &[] }
     }
 }

@@ -105,6 +105,12 @@ impl ParamStore {
         Ok(())
     }
 
+    /// A store of the same names holding `value(id, current)` for each parameter.
+    pub(super) fn with_values(&self, value: impl Fn(ParamId, &Tensor) -> Tensor) -> ParamStore {
+        let tensors = self.ids().map(|id| value(id, self.get(id))).collect();
+        ParamStore { names: self.names.clone(), tensors }
+    }
+
     /// The parameters as `dtype` for computing (mixed precision): each cast is recorded on the
     /// tape, so gradients reach the masters in their own dtype. Parameters for which `keep`
     /// holds stay as they are (the logit scale, whose exp needs fp32).

@@ -13,6 +13,7 @@ use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
 use super::plot::{Series, line_plot};
+use super::readback::Readback;
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
 use super::step::StepState;
@@ -21,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, preset};
 use crate::nn::ParamStore;
-use crate::tensor::Rng;
+use crate::tensor::{Device, Rng};
 use crate::text::Tokenizer;
 
 /// Where a resumed run continues from.
@@ -181,6 +182,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let loss_log = run_dir.join(TRAIN_LOG);
     let context = model.config.text.context;
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
+    let mut readback = Readback::new();
 
     while step < end {
         let started = Instant::now();
@@ -188,43 +190,50 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let images = batch.images_on(config.device, config.precision.dtype())?;
         let data_seconds = started.elapsed().as_secs_f64();
         let lr = schedule.lr(step);
-        let loss_value = state.step(&model, config, &images, &batch.tokens, lr)?;
-        if !loss_value.is_finite() {
-            return Err(Error::invalid(
-                "train",
-                format!("loss is {loss_value} at step {}; stopping. {}", step + 1, checkpoints.describe()),
-            ));
-        }
+        let output = state.step(&model, config, &images, &batch.tokens, lr)?;
         step += 1;
         samples_seen += config.batch_size as u64;
-        final_loss = loss_value;
-        loss_ema = if loss_ema.is_nan() { loss_value } else { (1.0 - LOSS_EMA) * loss_ema + LOSS_EMA * loss_value };
-        let logit_scale = state.params.get(model.logit_scale()).item()?.exp();
-        let batch_seconds = started.elapsed().as_secs_f64();
-        if let Some(b) = &bar {
-            b.set_position(step);
-            b.set_message(format!("loss {loss_value:.4}"));
-        }
-        if step.is_multiple_of(config.log_every) || step == end {
-            let line = StepLine {
-                step: step - 1,
-                total_steps: config.steps,
-                samples_seen,
-                data_seconds,
-                batch_seconds,
-                batch_size: config.batch_size,
-                lr,
-                logit_scale,
-                loss: loss_value,
-                loss_ema,
-            };
-            say(&line.to_string());
-            let record = json!({ "step": step, "loss": loss_value, "loss_ema": loss_ema, "lr": lr,
-                "logit_scale": logit_scale, "samples_per_second": config.batch_size as f64 / batch_seconds });
-            append_jsonl(&loss_log, &record)?;
-        }
+        readback.push(step, lr, data_seconds, output);
         let stopping = step < config.steps && interrupted();
-        if step.is_multiple_of(config.save_every) || step == end || stopping {
+        let logs = step.is_multiple_of(config.log_every) || step == end;
+        let saves = step.is_multiple_of(config.save_every) || step == end || stopping;
+        let evaluates_now =
+            evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps;
+        // The host waits for the device only here: on the CPU after every step (nothing to wait
+        // for), on a GPU when the numbers are needed.
+        if config.device == Device::Cpu || logs || saves || evaluates_now {
+            let read = readback.read(&checkpoints.describe())?;
+            for r in &read.steps {
+                final_loss = r.loss;
+                loss_ema = if loss_ema.is_nan() { r.loss } else { (1.0 - LOSS_EMA) * loss_ema + LOSS_EMA * r.loss };
+            }
+            if let Some(b) = &bar {
+                b.set_position(step);
+                b.set_message(format!("loss {final_loss:.4}"));
+            }
+            let last = read.steps.last().expect("this step was pending");
+            if logs {
+                let logit_scale = state.params.get(model.logit_scale()).item()?.exp();
+                let line = StepLine {
+                    step: step - 1,
+                    total_steps: config.steps,
+                    samples_seen,
+                    data_seconds: last.data_seconds,
+                    batch_seconds: read.seconds_per_step,
+                    batch_size: config.batch_size,
+                    lr: last.lr,
+                    logit_scale,
+                    loss: last.loss,
+                    loss_ema,
+                };
+                say(&line.to_string());
+                let record = json!({ "step": step, "loss": last.loss, "loss_ema": loss_ema, "lr": last.lr,
+                    "grad_norm": last.grad_norm, "logit_scale": logit_scale,
+                    "samples_per_second": config.batch_size as f64 / read.seconds_per_step });
+                append_jsonl(&loss_log, &record)?;
+            }
+        }
+        if saves {
             checkpoints.save(&TrainingState {
                 config: &model.config,
                 params: &state.params,
@@ -239,7 +248,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             ended = RunEnd::Interrupted;
             break;
         }
-        if evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps {
+        if evaluates_now {
             let report =
                 evaluate_and_record(&model, &state.params, &mut state.buffers, &tokenizer, config, step, &run_dir)?;
             say(&report.summary());

@@ -257,10 +257,7 @@ impl Backend for CpuBackend {
         )
     }
 
-    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
-        for t in tensors.iter_mut() {
-            float_dispatch!("adamw", t.param.dtype(), adamw::step(t, hp))?;
-        }
-        Ok(())
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
+        adamw::step_all(tensors, hp)
     }
 }

@@ -1,7 +1,9 @@
-//! Rust side of kernels/adamw.cu: one launch updates every tensor of an optimizer step.
+//! Rust side of kernels/adamw.cu: the global gradient norm, the clipping factor and the update
+//! of every tensor of an optimizer step in three launches, with nothing read back by the host.
 
 use super::GpuBackend;
-use super::context::{device_ptr, int};
+use super::buffer::Scratch;
+use super::context::{device_ptr, int, ptr};
 use super::driver::{DevicePtr, KernelArg, LaunchConfig};
 use super::footprint::Footprint;
 use crate::backend::{AdamWStep, AdamWTensor};
@@ -13,12 +15,17 @@ const CHUNK: usize = 4096;
 /// `ADAMW_THREADS` in kernels/adamw.cu.
 const THREADS: u32 = 256;
 
-/// One `AdamWSlot` of kernels/adamw.cu as nine 64-bit words: param, grad, m, v and bf16-copy
-/// pointers (0 for none), element count, first chunk, then the f32 pair (decay, step size) in
-/// one word (little-endian: decay in the low half) and the gradient's bf16 flag.
-type Slot = [u64; 9];
+/// One `AdamWSlot` of kernels/adamw.cu as ten 64-bit words: param, grad, m, v and bf16-copy
+/// pointers (0 for none), element count, first chunk, then three pairs of 32-bit fields, low
+/// half first (little-endian): (decay, step size), (gradient is bf16, clamped), (lo, hi).
+type Slot = [u64; 10];
 
-pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
+/// Two 32-bit values in one table word, `low` in the low half.
+fn pair(low: u32, high: u32) -> u64 {
+    u64::from(low) | (u64::from(high) << 32)
+}
+
+pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
     let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
     let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
     let mut slots: Vec<Slot> = Vec::with_capacity(tensors.len());
@@ -37,6 +44,7 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
             Some(c) => writable_ptr(c)?,
             None => 0,
         };
+        let (lo, hi) = t.clamp.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
         slots.push([
             writable_ptr(t.param)?,
             device_ptr(t.grad)?,
@@ -45,31 +53,56 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
             copy,
             t.param.numel() as u64,
             chunks as u64,
-            u64::from(decay.to_bits()) | (u64::from(step_size.to_bits()) << 32),
-            u64::from(t.grad.dtype() == DType::BF16),
+            pair(decay.to_bits(), step_size.to_bits()),
+            pair(u32::from(t.grad.dtype() == DType::BF16), u32::from(t.clamp.is_some())),
+            pair((lo as f32).to_bits(), (hi as f32).to_bits()),
         ]);
         chunks += t.param.numel().div_ceil(CHUNK);
     }
     if slots.is_empty() {
-        return Ok(());
+        return gpu.zeros([1], DType::F32); // the norm of no gradients; nothing to update
     }
     let blocks = u32::try_from(chunks)
         .map_err(|_| Error::invalid("adamw", format!("{chunks} chunks of {CHUNK} exceed one launch's grid")))?;
     let table = gpu.upload(&slots)?;
+    let count = int(slots.len(), "adamw tensors")?;
+    let partials = Scratch::uninit(gpu.device(), chunks * 4)?;
+    let norm = gpu.uninit([1], DType::F32)?;
+    let scale = Scratch::uninit(gpu.device(), 4)?;
+    let grads: Vec<&Tensor> = tensors.iter().filter(|t| t.param.numel() > 0).map(|t| t.grad).collect();
+    gpu.launch(
+        "grad_sq_partials",
+        LaunchConfig::linear(blocks, THREADS, 0),
+        &[KernelArg::Ptr(table.ptr()), count, KernelArg::Ptr(partials.ptr())],
+        Footprint::of(&grads, &[]).reads(table.bytes()).writes(partials.bytes()),
+    )?;
+    gpu.launch(
+        "grad_norm_finish",
+        LaunchConfig::linear(1, THREADS, 0),
+        &[
+            KernelArg::Ptr(partials.ptr()),
+            int(chunks, "adamw chunks")?,
+            KernelArg::F32(hp.max_grad_norm.unwrap_or(0.0) as f32),
+            ptr(&norm)?,
+            KernelArg::Ptr(scale.ptr()),
+        ],
+        Footprint::of(&[], &[&norm]).reads(partials.bytes()).writes(scale.bytes()),
+    )?;
     gpu.launch(
         "adamw_multi",
         LaunchConfig::linear(blocks, THREADS, 0),
         &[
             KernelArg::Ptr(table.ptr()),
-            int(slots.len(), "adamw tensors")?,
+            count,
             KernelArg::F32(hp.beta1 as f32),
             KernelArg::F32(hp.beta2 as f32),
             KernelArg::F32(hp.eps as f32),
             KernelArg::F32(bc2.sqrt() as f32),
-            KernelArg::F32(hp.grad_scale as f32),
+            KernelArg::Ptr(scale.ptr()),
         ],
-        footprint.reads(table.bytes()),
-    )
+        footprint.reads(table.bytes() + scale.bytes()),
+    )?;
+    Ok(norm)
 }
 
 /// The kernel reads fp32 masters and moments, an f32 or bf16 gradient and writes a bf16 copy,

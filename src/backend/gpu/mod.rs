@@ -306,7 +306,7 @@ impl Backend for GpuBackend {
         batchnorm::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
     }
 
-    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<()> {
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
         adamw::adamw_multi(self, tensors, hp)
     }
 }
