@@ -72,7 +72,8 @@ fn profile_step_counts_the_driver_calls_of_a_tiny_step_on_the_emulator() {
         "kernel launches",
         "distinct kernels",
         "GEMM calls",
-        "allocations",
+        "driver allocations",
+        "cached allocations",
         "H2D copies",
         "D2H copies",
         "D2D copies",
@@ -87,12 +88,12 @@ fn profile_step_counts_the_driver_calls_of_a_tiny_step_on_the_emulator() {
     let _ = std::fs::remove_file(&json);
     let total = |key: &str| report["totals"][key].as_u64().unwrap_or_else(|| panic!("totals.{key} in {report}"));
     assert_eq!((report["preset"].as_str(), report["batch"].as_u64()), (Some("tiny"), Some(2)));
-    // Today's baseline: a step launches kernels, and waits for the device (every loss read,
-    // every gradient norm, every upload) more than once.
+    // A step reads nothing back (the loss, gradient norm and clipping stay on the device) and
+    // its buffers come from the caching allocator, which gives nothing back to the driver.
     assert!(total("launches") > 0 && total("gemms") > 0, "{report}");
-    assert!(total("host_syncs") > 0 && total("downloads") > 0, "{report}");
-    assert_eq!(total("host_syncs"), total("downloads") + total("uploads") + total("synchronizes"));
-    assert_eq!(total("allocations_bytes"), total("frees_bytes"), "a step frees what it allocates");
+    assert_eq!((total("downloads"), total("synchronizes"), total("frees")), (0, 0, 0), "{report}");
+    assert_eq!(total("host_syncs"), total("uploads"));
+    assert!(total("cached_allocations") > total("allocations"), "the warm-up step filled the cache: {report}");
     let kernels = report["kernels"].as_array().unwrap();
     assert_eq!(kernels.len() as u64, total("distinct_kernels"));
     assert_eq!(kernels.iter().map(|k| k["launches"].as_u64().unwrap()).sum::<u64>(), total("launches"));

@@ -16,6 +16,13 @@ fn on_device(device: Device) -> Tensor {
     Tensor::from_f64(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3], DType::F32).unwrap().to_device(device).unwrap()
 }
 
+/// The counts without the buffer requests, which the caching allocator serves from the driver
+/// or from its cache depending on what tests on other threads gave back before.
+fn without_buffers(counts: &DriverCounters) -> DriverCounters {
+    assert_eq!(counts.frees, Calls::default(), "the cache frees nothing");
+    DriverCounters { allocations: Calls::default(), cached_allocations: Calls::default(), ..counts.clone() }
+}
+
 #[test]
 fn an_upload_a_launch_and_a_download_count_as_exactly_that() {
     for device in gpu_devices() {
@@ -27,13 +34,12 @@ fn an_upload_a_launch_and_a_download_count_as_exactly_that() {
         assert_eq!(values, [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
         let want = DriverCounters {
             launches_by_kernel: BTreeMap::from([("unary_f32".to_string(), 1)]),
-            allocations: Calls { count: 2, bytes: 48 },
-            frees: Calls { count: 2, bytes: 48 },
             uploads: Calls { count: 1, bytes: 24 },
             downloads: Calls { count: 1, bytes: 24 },
             ..DriverCounters::new()
         };
-        assert_eq!(counts, want, "{device}");
+        assert_eq!(without_buffers(&counts), want, "{device}");
+        assert_eq!(counts.buffer_requests(), 2, "{device}: the input and the output");
         assert_eq!((counts.launches(), counts.distinct_kernels(), counts.host_syncs()), (1, 1, 2), "{device}");
     }
 }
@@ -64,14 +70,13 @@ fn copies_memsets_and_synchronize_are_counted_and_do_not_wait_except_synchronize
             gpu::driver(device).unwrap().synchronize().unwrap();
         });
         let want = DriverCounters {
-            allocations: Calls { count: 2, bytes: 80 },
-            frees: Calls { count: 2, bytes: 80 },
             device_copies: Calls { count: 1, bytes: 40 },
             memsets: Calls { count: 1, bytes: 40 },
             synchronizes: 1,
             ..DriverCounters::new()
         };
-        assert_eq!(counts, want, "{device}");
+        assert_eq!(without_buffers(&counts), want, "{device}");
+        assert_eq!(counts.buffer_requests(), 2, "{device}");
         assert_eq!(counts.host_syncs(), 1, "{device}");
     }
 }

@@ -1,7 +1,9 @@
-//! Tensor storage in a driver's memory: one allocation per tensor, freed on drop.
+//! Tensor storage in a driver's memory: one block per tensor from the caching allocator
+//! ([`super::pool`]), given back on drop.
 //!
 //! Every allocation and free goes through `alloc` / `free` below, which count live bytes per
-//! thread, so a test can measure what an op allocates ([`measure_allocations`]).
+//! thread (the bytes requested, not the blocks' capacities), so a test can measure what an op
+//! allocates ([`measure_allocations`]).
 
 use std::cell::Cell;
 
@@ -35,17 +37,17 @@ pub fn measure_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
 }
 
 fn alloc(device: Device, bytes: usize) -> Result<DevicePtr> {
-    let ptr = super::driver(device)?.alloc(bytes)?;
+    let ptr = super::pool::take(device, super::driver(device)?, bytes)?;
     let c = COUNTS.get();
     COUNTS.set(Counts { live: c.live + bytes, peak: c.peak.max(c.live + bytes) });
     Ok(ptr)
 }
 
 /// # Safety
-/// `ptr` came from `alloc(bytes)` on this driver and nothing uses it afterwards.
-unsafe fn free(driver: &dyn Driver, ptr: DevicePtr, bytes: usize) {
+/// `ptr` came from `alloc(device, bytes)` and nothing uses it afterwards.
+unsafe fn free(device: Device, driver: &dyn Driver, ptr: DevicePtr, bytes: usize) {
     // SAFETY: the caller's contract.
-    unsafe { driver.free(ptr, bytes) };
+    unsafe { super::pool::give_back(device, driver, ptr, bytes) };
     // A buffer allocated on another thread may be freed here: never below zero.
     let c = COUNTS.get();
     COUNTS.set(Counts { live: c.live.saturating_sub(bytes), ..c });
@@ -167,7 +169,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if let Ok(driver) = super::driver(self.device) {
             // SAFETY: `ptr` came from `alloc` of `bytes` and this value owns it.
-            unsafe { free(driver, self.ptr, self.bytes) }
+            unsafe { free(self.device, driver, self.ptr, self.bytes) }
         }
     }
 }

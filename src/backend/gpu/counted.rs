@@ -35,6 +35,14 @@ impl<D: Driver> Driver for Counted<D> {
         unsafe { self.0.free(ptr, bytes) }
     }
 
+    fn reuse(&self, ptr: DevicePtr, bytes: usize) {
+        self.0.reuse(ptr, bytes)
+    }
+
+    fn retire(&self, ptr: DevicePtr) {
+        self.0.retire(ptr)
+    }
+
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         counters::upload(src.len());
         self.0.upload(dst, src)

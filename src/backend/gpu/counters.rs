@@ -39,7 +39,11 @@ pub struct DriverCounters {
     pub launches_by_kernel: BTreeMap<String, u64>,
     /// GEMM calls by shape and type.
     pub gemms_by_spec: BTreeMap<GemmSpec, u64>,
+    /// Driver allocations: the caching allocator ([`super::pool`]) found no free block.
     pub allocations: Calls,
+    /// Requests the caching allocator served from a free block, with no driver call.
+    pub cached_allocations: Calls,
+    /// Driver frees: the caching allocator released blocks (out of memory, or on request).
     pub frees: Calls,
     /// Host to device copies.
     pub uploads: Calls,
@@ -59,6 +63,7 @@ impl DriverCounters {
             launches_by_kernel: BTreeMap::new(),
             gemms_by_spec: BTreeMap::new(),
             allocations: Calls { count: 0, bytes: 0 },
+            cached_allocations: Calls { count: 0, bytes: 0 },
             frees: Calls { count: 0, bytes: 0 },
             uploads: Calls { count: 0, bytes: 0 },
             downloads: Calls { count: 0, bytes: 0 },
@@ -76,6 +81,11 @@ impl DriverCounters {
     /// How many different kernels were launched.
     pub fn distinct_kernels(&self) -> usize {
         self.launches_by_kernel.len()
+    }
+
+    /// Buffers asked of the caching allocator, whether the driver or the cache served them.
+    pub fn buffer_requests(&self) -> u64 {
+        self.allocations.count + self.cached_allocations.count
     }
 
     pub fn gemms(&self) -> u64 {
@@ -105,6 +115,7 @@ impl DriverCounters {
             launches_by_kernel: difference(&self.launches_by_kernel, &earlier.launches_by_kernel),
             gemms_by_spec: difference(&self.gemms_by_spec, &earlier.gemms_by_spec),
             allocations: self.allocations.since(earlier.allocations),
+            cached_allocations: self.cached_allocations.since(earlier.cached_allocations),
             frees: self.frees.since(earlier.frees),
             uploads: self.uploads.since(earlier.uploads),
             downloads: self.downloads.since(earlier.downloads),
@@ -163,6 +174,10 @@ pub(super) fn allocation(bytes: usize) {
     record(|c| c.allocations.add(bytes));
 }
 
+pub(super) fn cached_allocation(bytes: usize) {
+    record(|c| c.cached_allocations.add(bytes));
+}
+
 pub(super) fn free(bytes: usize) {
     record(|c| c.frees.add(bytes));
 }
@@ -208,6 +223,7 @@ mod tests {
             download(12);
             synchronize();
             allocation(256);
+            cached_allocation(128);
             free(256);
             device_copy(64);
             memset(32);
@@ -222,6 +238,7 @@ mod tests {
             (counts.allocations, counts.frees),
             (Calls { count: 1, bytes: 256 }, Calls { count: 1, bytes: 256 })
         );
+        assert_eq!(counts.cached_allocations, Calls { count: 1, bytes: 128 });
         assert_eq!(
             (counts.device_copies, counts.memsets),
             (Calls { count: 1, bytes: 64 }, Calls { count: 1, bytes: 32 })

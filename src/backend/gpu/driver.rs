@@ -116,6 +116,13 @@ pub trait Driver: Send + Sync {
     /// # Safety
     /// `ptr` came from `alloc(bytes)` of this driver and nothing uses it afterwards.
     unsafe fn free(&self, ptr: DevicePtr, bytes: usize);
+    /// A block from `alloc` is handed out (again) for `bytes` of new contents, at most its
+    /// size: the emulator checks accesses against that extent and as uninitialised. Nothing
+    /// to do on a GPU.
+    fn reuse(&self, _ptr: DevicePtr, _bytes: usize) {}
+    /// A block goes back into the caching allocator: nothing may touch it until it is reused
+    /// (the emulator flags any access). Nothing to do on a GPU.
+    fn retire(&self, _ptr: DevicePtr) {}
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;

@@ -207,10 +207,20 @@ impl Driver for EmuDriver {
         if ptr.is_null() {
             return Err(Error::Device(format!("emu: cannot allocate {bytes} bytes")));
         }
-        let tracked = mode().0 == Instrumentation::Sanitizer;
-        // SAFETY: plain values; the emulator records the range.
-        unsafe { msclip_emu_note_alloc(ptr as usize, bytes, tracked as c_int) };
+        self.reuse(ptr as DevicePtr, bytes);
         Ok(ptr as DevicePtr)
+    }
+
+    fn reuse(&self, ptr: DevicePtr, bytes: usize) {
+        let tracked = mode().0 == Instrumentation::Sanitizer;
+        // SAFETY: plain values; the emulator records the range (replacing any record of the
+        // same base), with nothing written yet.
+        unsafe { msclip_emu_note_alloc(ptr as usize, bytes, tracked as c_int) };
+    }
+
+    fn retire(&self, ptr: DevicePtr) {
+        // SAFETY: a plain value; the emulator forgets the range, so any access is flagged.
+        unsafe { msclip_emu_note_free(ptr as usize) };
     }
 
     unsafe fn free(&self, ptr: DevicePtr, bytes: usize) {

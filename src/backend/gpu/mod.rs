@@ -27,6 +27,7 @@ mod loss;
 mod matmul;
 pub mod modules;
 pub mod occupancy;
+pub mod pool;
 pub mod roofline;
 
 use std::sync::OnceLock;
