@@ -92,7 +92,7 @@ fn profile_step_counts_the_driver_calls_of_a_tiny_step_on_the_emulator() {
     // its buffers come from the caching allocator, which gives nothing back to the driver.
     assert!(total("launches") > 0 && total("gemms") > 0, "{report}");
     assert_eq!((total("downloads"), total("synchronizes"), total("frees")), (0, 0, 0), "{report}");
-    assert_eq!(total("host_syncs"), total("uploads"));
+    assert_eq!(total("host_syncs"), 0, "uploads are queued, not waited for: {report}");
     assert!(total("cached_allocations") > total("allocations"), "the warm-up step filled the cache: {report}");
     let kernels = report["kernels"].as_array().unwrap();
     assert_eq!(kernels.len() as u64, total("distinct_kernels"));
