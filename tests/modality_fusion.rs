@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::captions_ending_at;
 use common::gpu::model_devices;
+use common::{assert_gradients_match, captions_ending_at, relative_error};
 use msclip::autograd::{self, Gradients};
 use msclip::backend::gpu::counters::measure;
 use msclip::model::{Buffers, ClipModel, ModalityFusion, Sharing, preset};
@@ -46,13 +46,6 @@ fn run(preset_name: &str, fusion: ModalityFusion, inputs: (&ParamStore, &Buffers
     Run { loss: loss.item().unwrap(), grads: autograd::backward(&loss).unwrap(), buffers }
 }
 
-/// ||a - b|| / ||b||.
-fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm: f64 = b.iter().map(|y| y * y).sum();
-    (diff / norm.max(1e-300)).sqrt()
-}
-
 /// Fused against two-pass on `device` in `dtype`; returns the worst gradient error and its name.
 fn compare(preset_name: &str, device: Device, dtype: DType, (loss_rtol, grad_rtol): (f64, f64)) -> (f64, String) {
     let model = ClipModel::new(preset(preset_name).unwrap()).unwrap();
@@ -72,19 +65,7 @@ fn compare(preset_name: &str, device: Device, dtype: DType, (loss_rtol, grad_rto
     let what = format!("{preset_name} on {device} in {dtype}");
     let loss_err = (fused.loss - two_pass.loss).abs() / two_pass.loss.abs();
     assert!(loss_err <= loss_rtol, "{what}: loss {} fused, {} two-pass", fused.loss, two_pass.loss);
-    let mut worst = (0.0, String::new());
-    for id in params.ids() {
-        let name = params.name(id);
-        let grad = |r: &Run| r.grads.get(params.get(id)).map(Tensor::to_f64_vec);
-        let (got, want) = (grad(&fused), grad(&two_pass));
-        assert_eq!(got.is_some(), want.is_some(), "{what}: gradient presence of {name}");
-        let (Some(got), Some(want)) = (got, want) else { continue };
-        let err = relative_error(&got, &want);
-        assert!(err <= grad_rtol, "{what}: gradient of {name} off by {err:.2e} (relative norm)");
-        if err > worst.0 {
-            worst = (err, name.to_string());
-        }
-    }
+    let worst = assert_gradients_match(&what, (&params, &two_pass.grads), (&params, &fused.grads), grad_rtol);
     for ((name, got), (_, want)) in fused.buffers.iter().zip(two_pass.buffers.iter()) {
         let err = relative_error(&got.to_f64_vec(), &want.to_f64_vec());
         assert!(err <= grad_rtol, "{what}: BatchNorm statistic {name} off by {err:.2e}");
