@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use msclip::backend::{self, BinaryOp};
+use msclip::backend::{self, BinaryOp, LnAffine};
 use msclip::{DType, Device, Rng};
 
 /// Median seconds per call over enough repetitions to fill about half a second.
@@ -57,29 +57,30 @@ fn main() {
     let res = rng.normal_tensor([tokens, d], 1.0, DType::F32);
     let gamma = rng.normal_tensor([d], 1.0, DType::F32);
     let beta = rng.normal_tensor([d], 1.0, DType::F32);
+    let affine = LnAffine::new(&gamma, &beta);
     let bytes = (tokens * d * 4) as f64;
     let report = |name: &str, secs: f64, tensors_moved: f64| {
         println!("{:<44} {:>10.3} {:>7.1} GB/s", name, secs * 1e3, tensors_moved * bytes / secs / 1e9);
     };
 
     let secs = time(|| {
-        cpu.layer_norm(&x, None, &gamma, &beta, 1e-5).unwrap();
+        cpu.layer_norm(&x, None, &affine, 1e-5).unwrap();
     });
     report(&format!("layer_norm fwd [{tokens}x{d}]"), secs, 2.0); // read x, write y
 
-    let out = cpu.layer_norm(&x, None, &gamma, &beta, 1e-5).unwrap();
+    let out = cpu.layer_norm(&x, None, &affine, 1e-5).unwrap();
     let secs = time(|| {
-        cpu.layer_norm_backward(&x, &gamma, &out.mean, &out.rstd, &res).unwrap();
+        cpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &res).unwrap();
     });
     report(&format!("layer_norm bwd [{tokens}x{d}]"), secs, 3.0); // read x, dy; write dx
 
     let fused = time(|| {
-        cpu.layer_norm(&x, Some(&res), &gamma, &beta, 1e-5).unwrap();
+        cpu.layer_norm(&x, Some(&res), &affine, 1e-5).unwrap();
     });
     report(&format!("residual add + layer_norm fused [{tokens}x{d}]"), fused, 4.0); // read x, r; write sum, y
     let unfused = time(|| {
         let sum = cpu.binary(BinaryOp::Add, &x, &res).unwrap();
-        cpu.layer_norm(&sum, None, &gamma, &beta, 1e-5).unwrap();
+        cpu.layer_norm(&sum, None, &affine, 1e-5).unwrap();
     });
     report(&format!("residual add, then layer_norm [{tokens}x{d}]"), unfused, 4.0);
     println!("fused / unfused time: {:.2}", fused / unfused);

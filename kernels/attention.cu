@@ -410,16 +410,17 @@ ATTENTION_DELTA_ENTRY_POINT(bf16, bf16)
 #define ATTENTION_ENTRY_POINTS(D, ROWS, COLS)                                                                        \
     extern "C" __global__ void __launch_bounds__(2 * ROWS) attention_fwd_d##D##_q##ROWS##k##COLS##_bf16(             \
         const bf16* qkv, bf16* out, float* lse, int len, int heads, const int* offsets, const int* key_lengths,     \
-        int causal) {                                                                                                \
+        int first_causal) {                                                                                          \
         attention_forward<bf16, Tiles<D, ROWS, COLS>>(                                                               \
-            qkv, out, lse, attn::sequence_of_block(len, heads, offsets, key_lengths, causal), heads);                \
+            qkv, out, lse, attn::sequence_of_block(len, heads, offsets, key_lengths, first_causal), heads);          \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(2 * ROWS, 256 / (2 * ROWS))                                         \
         attention_bwd_d##D##_q##ROWS##k##COLS##_bf16(const bf16* qkv, const bf16* dout, const float* lse,            \
                                                      const float* delta, bf16* dqkv, int len, int heads,             \
-                                                     const int* offsets, const int* key_lengths, int causal) {       \
+                                                     const int* offsets, const int* key_lengths, int first_causal) { \
         attention_backward<bf16, Tiles<D, ROWS, COLS>>(                                                              \
-            qkv, dout, lse, delta, dqkv, attn::sequence_of_block(len, heads, offsets, key_lengths, causal), heads);  \
+            qkv, dout, lse, delta, dqkv, attn::sequence_of_block(len, heads, offsets, key_lengths, first_causal),     \
+            heads);                                                                                                  \
     }
 
 // Every tile shape the Rust side may pick (AttnTiles::ALL there), for one head dim.

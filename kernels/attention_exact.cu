@@ -56,10 +56,10 @@ struct Block {
     __device__ size_t stat(int row) const { return sq.stat0 + row; }
 };
 
-__device__ __forceinline__ Block block_of(int len, int heads, const int* offsets, const int* key_lengths, int causal,
-                                          int head_dim, float scale) {
+__device__ __forceinline__ Block block_of(int len, int heads, const int* offsets, const int* key_lengths,
+                                          int first_causal, int head_dim, float scale) {
     const size_t width = static_cast<size_t>(heads) * head_dim;
-    return Block{attn::sequence_of_block(len, heads, offsets, key_lengths, causal),
+    return Block{attn::sequence_of_block(len, heads, offsets, key_lengths, first_causal),
                  static_cast<int>(blockIdx.y) * WARPS,
                  head_dim,
                  scale,
@@ -275,16 +275,16 @@ __device__ void attention_backward(const float* qkv, const float* dout, const fl
 #define ATTENTION_EXACT_ENTRY_POINTS(N, C)                                                                        \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         attention_exact_fwd_d##N##_f32(const float* qkv, float* out, float* lse, int len, int heads,             \
-                                       const int* offsets, const int* key_lengths, int causal, int head_dim,     \
-                                       float scale) {                                                            \
-        const Block blk = block_of(len, heads, offsets, key_lengths, causal, head_dim, scale);                   \
+                                       const int* offsets, const int* key_lengths, int first_causal,             \
+                                       int head_dim, float scale) {                                              \
+        const Block blk = block_of(len, heads, offsets, key_lengths, first_causal, head_dim, scale);             \
         attention_forward<C>(qkv, out, lse, blk);                                                                \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         attention_exact_bwd_d##N##_f32(const float* qkv, const float* dout, const float* lse, const float* delta, \
                                        float* dqkv, int len, int heads, const int* offsets,                      \
-                                       const int* key_lengths, int causal, int head_dim, float scale) {          \
-        const Block blk = block_of(len, heads, offsets, key_lengths, causal, head_dim, scale);                   \
+                                       const int* key_lengths, int first_causal, int head_dim, float scale) {    \
+        const Block blk = block_of(len, heads, offsets, key_lengths, first_causal, head_dim, scale);             \
         attention_backward<C>(qkv, dout, lse, delta, dqkv, blk);                                                 \
     }
 

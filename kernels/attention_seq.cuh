@@ -7,6 +7,9 @@
 // runs over (sequence, head); lse and delta are [batch, heads, len] either way. Within its
 // sequence every mask leaves a query a prefix of visible keys: the causal mask cuts keys past
 // the query, key padding (key_lengths, one per sequence) keys past the sequence's valid length.
+// The causal mask applies to sequences `first_causal` onwards: 0 for causal text, the number of
+// sequences for none, and in between when a modality-fused layer packs the image sequences (full
+// attention) before the captions (causal) into one launch.
 #pragma once
 
 #include "common.cuh"
@@ -16,7 +19,7 @@ namespace attn {
 struct Sequence {
     int len;        // tokens
     int key_len;    // keys any query may see (key padding), at most len
-    int causal;
+    bool causal;
     int head;
     size_t token0;  // its first token among all of qkv's batch * len tokens
     size_t stat0;   // index of (its head, its first token) in lse and delta
@@ -33,9 +36,9 @@ struct Sequence {
 // The sequence and head of this block (grid x = sequence * heads + head). `offsets` and
 // `key_lengths` may be null: one sequence per batch row, no key padding.
 __device__ __forceinline__ Sequence sequence_of_block(int len, int heads, const int* offsets, const int* key_lengths,
-                                                      int causal) {
+                                                      int first_causal) {
     const int s = blockIdx.x / heads, h = blockIdx.x % heads;
-    Sequence seq{len, len, causal, h, static_cast<size_t>(s) * len, static_cast<size_t>(blockIdx.x) * len};
+    Sequence seq{len, len, s >= first_causal, h, static_cast<size_t>(s) * len, static_cast<size_t>(blockIdx.x) * len};
     if (offsets) {
         const int start = offsets[s];
         seq.len = offsets[s + 1] - start;

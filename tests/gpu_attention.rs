@@ -218,6 +218,14 @@ fn packed_sequences_of_different_lengths_share_one_launch() {
 }
 
 #[test]
+fn images_in_full_then_causal_captions_share_one_launch() {
+    // A modality-fused layer's rows: three images of 50 tokens, then captions of 7, 0, 77, 1.
+    let offsets = vec![0, 50, 100, 150, 157, 157, 234, 235];
+    check(&Case::new(1, 235, 2, AttnMask::packed_causal_after(offsets.clone(), 3)), 310);
+    check(&Case { head_dim: 32, ..Case::new(1, 235, 1, AttnMask::packed_causal_after(offsets, 3)) }, 311);
+}
+
+#[test]
 fn backward_is_deterministic() {
     let case = Case::new(1, 77, 1, AttnMask::causal());
     for dtype in case.dtypes() {

@@ -10,9 +10,9 @@
 
 mod common;
 
-use common::captions_ending_at;
 use common::gpu::model_devices;
-use msclip::autograd::{self, Gradients};
+use common::{assert_gradients_match, captions_ending_at, relative_error};
+use msclip::autograd;
 use msclip::data::shapes::{ShapesConfig, Split};
 use msclip::model::{Buffers, ClipModel, preset};
 use msclip::nn::ParamStore;
@@ -28,36 +28,6 @@ const GRAD_RTOL: f64 = 1.5e-4;
 /// ||features - reference|| / ||reference|| of the text tower alone: measured 2.5e-7 (its worst
 /// gradient 5.9e-7, well inside GRAD_RTOL).
 const FEATURE_RTOL: f64 = 5e-6;
-
-/// ||a - b|| / ||b|| over all elements.
-fn relative_error(a: &[f64], b: &[f64]) -> f64 {
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let norm: f64 = b.iter().map(|y| y * y).sum();
-    (diff / norm.max(1e-300)).sqrt()
-}
-
-/// Every parameter has a gradient on the device exactly where the reference has one, within
-/// GRAD_RTOL of it; returns the worst (relative error, parameter name).
-fn assert_gradients_match(
-    what: &str,
-    reference: (&ParamStore, &Gradients),
-    device: (&ParamStore, &Gradients),
-) -> (f64, String) {
-    let mut worst = (0.0, String::new());
-    for id in reference.0.ids() {
-        let pname = reference.0.name(id);
-        let want = reference.1.get(reference.0.get(id)).map(|g| g.to_f64_vec());
-        let got = device.1.get(device.0.get(id)).map(|g| g.to_f64_vec());
-        assert_eq!(want.is_some(), got.is_some(), "{what}: gradient presence of {pname}");
-        let (Some(want), Some(got)) = (want, got) else { continue };
-        let err = relative_error(&got, &want);
-        assert!(err <= GRAD_RTOL, "{what}: gradient of {pname} off by {err:.2e} (relative norm)");
-        if err > worst.0 {
-            worst = (err, pname.to_string());
-        }
-    }
-    worst
-}
 
 /// `buffers` converted to `dtype`.
 fn buffers_as(buffers: &Buffers, dtype: DType) -> Buffers {
@@ -99,7 +69,7 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
             let what = format!("{name} on {device}");
             let loss_err = (gpu_loss - cpu_loss).abs() / cpu_loss;
             assert!(loss_err <= LOSS_RTOL, "{what}: loss {gpu_loss} vs {cpu_loss} (f64)");
-            let worst = assert_gradients_match(&what, (&cpu_params, &cpu_grads), (&params, &grads));
+            let worst = assert_gradients_match(&what, (&cpu_params, &cpu_grads), (&params, &grads), GRAD_RTOL);
             eprintln!("{what}: loss off by {loss_err:.1e}; worst gradient {} at {:.2e}", worst.1, worst.0);
         }
     }
@@ -129,8 +99,8 @@ fn packed_captions_of_mixed_lengths_match_the_cpu() {
         let (got, grads) = run(&params, &probe.to_device(device).unwrap());
         let err = relative_error(&got, &want);
         assert!(err <= FEATURE_RTOL, "text features on {device} off by {err:.2e} (relative norm)");
-        let worst =
-            assert_gradients_match(&format!("packed text on {device}"), (&cpu_params, &cpu_grads), (&params, &grads));
+        let what = format!("packed text on {device}");
+        let worst = assert_gradients_match(&what, (&cpu_params, &cpu_grads), (&params, &grads), GRAD_RTOL);
         eprintln!("packed text on {device}: features off by {err:.1e}; worst gradient {} at {:.2e}", worst.1, worst.0);
     }
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{gradcheck, rand_range, randn};
-use msclip::backend::{AttnMask, Conv2dGeometry};
+use msclip::backend::{AttnMask, Conv2dGeometry, LnAffine};
 use msclip::ops::{self, BatchNormMode};
 use msclip::{Rng, Tensor};
 
@@ -131,6 +131,34 @@ fn layer_norm_plain_and_fused() {
             let (sum, y) = t[0].add_layer_norm(&t[1], &t[2], &t[3], 1e-5)?;
             sum.scale(0.7)?.add(&y)
         });
+    }
+}
+
+#[test]
+fn layer_norm_two_segments_plain_and_fused() {
+    let mut r = rng();
+    // (shape, first row of the second segment): a split inside, at an odd row, and either
+    // segment empty.
+    for (shape, split) in [(vec![5, 7], 2), (vec![2, 3, 5], 3), (vec![4, 3], 0), (vec![4, 3], 4), (vec![1, 1], 1)] {
+        let d = *shape.last().unwrap();
+        let rows: usize = shape[..shape.len() - 1].iter().product();
+        let (x, res) = (randn(&mut r, &shape), randn(&mut r, &shape));
+        let (g, b, g2, b2) = (randn(&mut r, &[d]), randn(&mut r, &[d]), randn(&mut r, &[d]), randn(&mut r, &[d]));
+        let affine = |t: &[Tensor]| LnAffine::new(&t[0], &t[1]).with_second(split, &t[2], &t[3]);
+        let name = format!("layer_norm {shape:?} split at {split}");
+        gradcheck(&name, &[x.clone(), g.clone(), b.clone(), g2.clone(), b2.clone()], |t| {
+            t[0].layer_norm_segments(&affine(&t[1..]), 1e-12)
+        });
+        gradcheck(&format!("add_{name}"), &[x.clone(), res, g.clone(), b.clone(), g2.clone(), b2.clone()], |t| {
+            let (sum, y) = t[0].add_layer_norm_segments(&t[1], &affine(&t[2..]), 1e-5)?;
+            sum.scale(0.7)?.add(&y)
+        });
+        // Each segment's rows are those of a plain LayerNorm with its own gamma and beta.
+        let flat = x.reshape([rows, d]).unwrap();
+        let y = flat.layer_norm_segments(&affine(&[g.clone(), b.clone(), g2.clone(), b2.clone()]), 1e-5).unwrap();
+        let want = [(0, split, &g, &b), (split, rows - split, &g2, &b2)]
+            .map(|(start, len, g, b)| flat.slice(0, start, len).unwrap().layer_norm(g, b, 1e-5).unwrap().to_f64_vec());
+        assert_eq!(y.to_f64_vec(), want.concat(), "{name}: segments");
     }
 }
 

@@ -37,8 +37,13 @@ pub enum UnaryOp {
 /// over the batch rows or over packed sequences.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttnMask {
-    /// Query i sees keys 0..=i only (positions within its sequence).
+    /// Query i sees keys 0..=i only (positions within its sequence), in the sequences from
+    /// `first_causal_sequence` on.
     pub causal: bool,
+    /// With `causal`, the first sequence the causal mask applies to; the ones before it attend in
+    /// full. 0 (the default): every sequence. A modality-fused layer packs its images (full
+    /// attention) before its captions (causal) and starts the causal mask at the first caption.
+    pub first_causal_sequence: usize,
     /// Per sequence, the number of valid keys; keys at or past it get zero weight.
     pub key_lengths: Option<Vec<usize>>,
     /// Varlen packing: cumulative offsets `[0, n_0, n_0 + n_1, ..., total]` of sequences laid
@@ -71,6 +76,15 @@ impl AttnMask {
     pub fn packed(offsets: Vec<usize>, causal: bool) -> Self {
         AttnMask { causal, sequence_offsets: Some(offsets), ..Self::default() }
     }
+    /// Packed sequences of which the first `full` attend in full and the rest causally.
+    pub fn packed_causal_after(offsets: Vec<usize>, full: usize) -> Self {
+        AttnMask { first_causal_sequence: full, ..Self::packed(offsets, true) }
+    }
+
+    /// Whether sequence `s` is under the causal mask.
+    pub fn is_causal(&self, s: usize) -> bool {
+        self.causal && s >= self.first_causal_sequence
+    }
 
     /// The sequences of a call on qkv [batch, len, 3*width], in order: the batch rows, or the
     /// packed sequences of row 0. Sequence s takes `key_lengths[s]`.
@@ -85,7 +99,8 @@ impl AttnMask {
 
     /// Whether the mask fits a call on qkv [batch, len, 3*width]: packed sequences need batch 1
     /// and offsets that start at 0, never decrease and end at len; key lengths are one per
-    /// sequence and at most its length.
+    /// sequence and at most its length; the causal mask starts at one of the sequences (or just
+    /// past the last).
     pub fn check(&self, op: &'static str, batch: usize, len: usize) -> Result<()> {
         if let Some(offsets) = &self.sequence_offsets {
             if batch != 1 {
@@ -107,13 +122,18 @@ impl AttnMask {
                 return Err(Error::index(op, detail));
             }
         }
+        let sequences = self.sequences(batch, len).len();
+        if self.first_causal_sequence > sequences {
+            let detail = format!("the causal mask starts at sequence {} of {sequences}", self.first_causal_sequence);
+            return Err(Error::index(op, detail));
+        }
         Ok(())
     }
 
     /// How many keys query `q` of sequence `s` sees among the sequence's `len`: the visible keys
     /// are always a prefix, since both masks cut keys from the end.
     pub fn visible_keys(&self, s: usize, q: usize, len: usize) -> usize {
-        let causal_limit = if self.causal { q + 1 } else { len };
+        let causal_limit = if self.is_causal(s) { q + 1 } else { len };
         let padding_limit = self.key_lengths.as_ref().map_or(len, |lengths| lengths[s]);
         causal_limit.min(padding_limit).min(len)
     }
@@ -125,6 +145,59 @@ pub struct Conv2dGeometry {
     pub stride: usize,
     pub padding: usize,
     pub groups: usize,
+}
+
+/// The gamma and beta of a LayerNorm by row segment: every row takes `gamma` and `beta` or, with
+/// `second`, the rows from `second.first_row` on take the second pair. So the image rows and the
+/// text rows of a modality-shared layer, each modality with its own LayerNorm, normalise in one
+/// launch.
+#[derive(Clone)]
+pub struct LnAffine {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub second: Option<LnSegment>,
+}
+
+/// The second row segment of an [`LnAffine`].
+#[derive(Clone)]
+pub struct LnSegment {
+    /// Its first row among the rows of the normalised tensor (all dimensions but the last).
+    pub first_row: usize,
+    pub gamma: Tensor,
+    pub beta: Tensor,
+}
+
+impl LnAffine {
+    /// One gamma and beta for every row.
+    pub fn new(gamma: &Tensor, beta: &Tensor) -> Self {
+        LnAffine { gamma: gamma.clone(), beta: beta.clone(), second: None }
+    }
+
+    /// These for the rows before `first_row`, `gamma` and `beta` for the rest.
+    pub fn with_second(self, first_row: usize, gamma: &Tensor, beta: &Tensor) -> Self {
+        LnAffine { second: Some(LnSegment { first_row, gamma: gamma.clone(), beta: beta.clone() }), ..self }
+    }
+
+    /// How many of `rows` rows the first segment holds.
+    pub fn first_rows(&self, rows: usize) -> usize {
+        self.second.as_ref().map_or(rows, |s| s.first_row.min(rows))
+    }
+
+    /// The gamma and beta of the rows from `first_rows` on: the second segment's, or the first's
+    /// when there is none.
+    pub fn second_or_first(&self) -> (&Tensor, &Tensor) {
+        self.second.as_ref().map_or((&self.gamma, &self.beta), |s| (&s.gamma, &s.beta))
+    }
+}
+
+/// Backward outputs of LayerNorm.
+pub struct LayerNormGrads {
+    pub dx: Tensor,
+    /// Over the rows of the first segment (all rows without a second).
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+    /// d gamma and d beta of the second segment, when the affine has one.
+    pub second: Option<(Tensor, Tensor)>,
 }
 
 /// Forward outputs of (residual-add +) LayerNorm.
@@ -317,24 +390,18 @@ pub trait Backend: Send + Sync {
     /// fixed order so the result is deterministic.
     fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor>;
 
-    /// LayerNorm over the last dimension of `x` (or of `x + residual`).
-    fn layer_norm(
-        &self,
-        x: &Tensor,
-        residual: Option<&Tensor>,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> Result<LayerNormOut>;
-    /// Returns (d input, d gamma, d beta); `input` is the normalised tensor (x or x + residual).
+    /// LayerNorm over the last dimension of `x` (or of `x + residual`), each row segment of
+    /// `affine` with its own gamma and beta.
+    fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut>;
+    /// `input` is the normalised tensor (x or x + residual); the betas of `affine` are not read.
     fn layer_norm_backward(
         &self,
         input: &Tensor,
-        gamma: &Tensor,
+        affine: &LnAffine,
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)>;
+    ) -> Result<LayerNormGrads>;
 
     /// Softmax over the last dimension.
     fn softmax(&self, x: &Tensor) -> Result<Tensor>;

@@ -5,6 +5,7 @@ mod builder;
 mod config;
 mod convnet;
 mod count;
+mod fused;
 mod presets;
 mod text;
 mod transformer;
@@ -14,6 +15,7 @@ pub use builder::{BufferId, Buffers, Init, ModelSpec, ParamSpec, Role};
 pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, VisionConfig, VisionStem};
 pub use convnet::Mode;
 pub use count::ParamCounts;
+pub use fused::ModalityFusion;
 pub use presets::{PRESETS, preset};
 
 use crate::error::Result;
@@ -34,6 +36,8 @@ pub struct ClipModel {
     vision: VisionTower,
     text: TextTower,
     logit_scale: ParamId,
+    /// How `contrastive_loss` runs the towers.
+    fusion: ModalityFusion,
 }
 
 impl ClipModel {
@@ -92,7 +96,17 @@ impl ClipModel {
         let vision = VisionTower::new(&mut spec, &config, vision_blocks, vision_head);
         let text = TextTower::new(&mut spec, &config, text_blocks, text_head);
         let logit_scale = spec.param("logit_scale", &[1], Init::Constant(config.logit_scale_init), Role::Joint);
-        Ok(ClipModel { config, spec, vision, text, logit_scale })
+        let fusion = ModalityFusion::default_for(&config);
+        Ok(ClipModel { config, spec, vision, text, logit_scale, fusion })
+    }
+
+    /// The model with `contrastive_loss` running its towers as `fusion` says.
+    pub fn with_fusion(self, fusion: ModalityFusion) -> Self {
+        ClipModel { fusion, ..self }
+    }
+
+    pub fn fusion(&self) -> ModalityFusion {
+        self.fusion
     }
 
     /// Parameter values drawn from `rng`, and fresh running statistics.
@@ -119,7 +133,7 @@ impl ClipModel {
     }
 
     /// The symmetric InfoNCE loss of a batch of matching pairs; `max_scale` clamps
-    /// exp(logit_scale) (open_clip uses 100).
+    /// exp(logit_scale) (open_clip uses 100). The towers run as [`ClipModel::fusion`] says.
     pub fn contrastive_loss(
         &self,
         p: &ParamStore,
@@ -128,10 +142,12 @@ impl ClipModel {
         tokens: &[u32],
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
+        let (img, txt) = match self.fusion {
+            ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, tokens, Mode::Train)?,
+            ModalityFusion::TwoPass => (self.encode_image(p, bufs, images, Mode::Train)?, self.encode_text(p, tokens)?),
+        };
         // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
         let scale = p.get(self.logit_scale);
-        let img = self.encode_image(p, bufs, images, Mode::Train)?.to_dtype(scale.dtype())?;
-        let txt = self.encode_text(p, tokens)?.to_dtype(scale.dtype())?;
-        ops::infonce(&img, &txt, scale, max_scale)
+        ops::infonce(&img.to_dtype(scale.dtype())?, &txt.to_dtype(scale.dtype())?, scale, max_scale)
     }
 }

@@ -51,6 +51,17 @@ impl TextTower {
     }
 
     /// Row-major [batch, context] token ids to L2-normalised features.
+    pub fn forward(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
+        let captions = self.embed(p, tokens)?;
+        let mask = captions.mask();
+        let mut x = captions.x;
+        for block in &self.blocks {
+            x = block.forward(p, &x, &mask)?;
+        }
+        self.head.forward(p, &self.pool(&x, &captions.pooled_rows)?)
+    }
+
+    /// The blocks' input: each caption's embedded tokens through its pooled token, packed.
     ///
     /// Pooling takes the first occurrence of the largest id in each row (EOT, the largest id
     /// of the vocabulary; a caption cut before its EOT pools at SOT, as in the reference).
@@ -58,7 +69,7 @@ impl TextTower {
     /// trimmed through its pooled token and the captions run packed back to back as one
     /// [1, total, width] sequence (varlen attention): exact, with no FLOPs spent on padding
     /// and one attention launch per layer whatever the mix of lengths.
-    pub fn forward(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
+    pub fn embed(&self, p: &ParamStore, tokens: &[u32]) -> Result<PackedCaptions> {
         if tokens.is_empty() || !tokens.len().is_multiple_of(self.context) {
             return Err(Error::shape(
                 "encode_text",
@@ -80,11 +91,28 @@ impl TextTower {
         let total = ids.len();
         let tokens_in = p.get(self.token_embedding).index_rows(&ids)?;
         let x = tokens_in.add(&p.get(self.positional_embedding).index_rows(&positions)?)?;
-        let mut x = x.reshape([1, total, self.width])?;
-        let mask = AttnMask::packed(offsets, true);
-        for block in &self.blocks {
-            x = block.forward(p, &x, &mask)?;
-        }
-        self.head.forward(p, &x.reshape([total, self.width])?.index_rows(&pooled_rows)?)
+        Ok(PackedCaptions { x: x.reshape([1, total, self.width])?, offsets, pooled_rows })
+    }
+
+    /// The pooled token of each caption, [captions, width], from the blocks' packed output.
+    pub fn pool(&self, x: &Tensor, pooled_rows: &[u32]) -> Result<Tensor> {
+        x.reshape([x.numel() / self.width, self.width])?.index_rows(pooled_rows)
+    }
+}
+
+/// Captions trimmed through their pooled tokens and packed back to back.
+pub struct PackedCaptions {
+    /// [1, total tokens, width].
+    pub x: Tensor,
+    /// Cumulative offsets of the captions in `x`: [0, n_0, n_0 + n_1, ..., total].
+    pub offsets: Vec<usize>,
+    /// The row of each caption's pooled token in `x` (the last of its sequence).
+    pub pooled_rows: Vec<u32>,
+}
+
+impl PackedCaptions {
+    /// Causal attention within each caption.
+    pub fn mask(&self) -> AttnMask {
+        AttnMask::packed(self.offsets.clone(), true)
     }
 }

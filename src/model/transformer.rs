@@ -2,14 +2,14 @@
 
 use super::builder::{Init, ModelSpec, Role};
 use super::config::InitStyle;
-use crate::backend::AttnMask;
-use crate::error::Result;
+use crate::backend::{AttnMask, LnAffine};
+use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
 
 /// LayerNorm over the last dimension with its own weight and bias.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerNorm {
     weight: ParamId,
     bias: ParamId,
@@ -26,17 +26,51 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
-        x.layer_norm(p.get(self.weight), p.get(self.bias), self.eps)
+        RowNorms::one(*self).forward(p, x)
+    }
+}
+
+/// The LayerNorm of each row of a block's input: one for all rows, or, in a modality-fused
+/// layer, the image block's for the image rows and the text block's for the text rows after
+/// them, in one op.
+#[derive(Debug, Clone, Copy)]
+struct RowNorms {
+    first: LayerNorm,
+    /// The LayerNorm of the rows from the given row on.
+    second: Option<(LayerNorm, usize)>,
+}
+
+impl RowNorms {
+    fn one(norm: LayerNorm) -> Self {
+        RowNorms { first: norm, second: None }
+    }
+
+    /// `first` for rows before `split`, `second` from it on. One LayerNorm for all rows when
+    /// they are the same (a single tower shares its LayerNorms too).
+    fn split(first: LayerNorm, second: LayerNorm, split: usize) -> Self {
+        RowNorms { first, second: (second != first).then_some((second, split)) }
+    }
+
+    fn affine(&self, p: &ParamStore) -> LnAffine {
+        let affine = LnAffine::new(p.get(self.first.weight), p.get(self.first.bias));
+        match self.second {
+            Some((norm, split)) => affine.with_second(split, p.get(norm.weight), p.get(norm.bias)),
+            None => affine,
+        }
+    }
+
+    fn forward(&self, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
+        x.layer_norm_segments(&self.affine(p), self.first.eps)
     }
 
     /// `(x + residual, LayerNorm(x + residual))` in one fused op.
-    pub fn forward_residual(&self, p: &ParamStore, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
-        x.add_layer_norm(residual, p.get(self.weight), p.get(self.bias), self.eps)
+    fn forward_residual(&self, p: &ParamStore, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
+        x.add_layer_norm_segments(residual, &self.affine(p), self.first.eps)
     }
 }
 
 /// `x W^T + b` with a PyTorch-layout [out, in] weight.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Linear {
     weight: ParamId,
     bias: ParamId,
@@ -62,7 +96,7 @@ impl Linear {
 }
 
 /// The weights a block's sublayers may share across modalities.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnMlp {
     in_proj_weight: ParamId,
     in_proj_bias: ParamId,
@@ -178,8 +212,43 @@ impl Block {
 
     /// `x` is [batch, tokens, width].
     pub fn forward(&self, p: &ParamStore, x: &Tensor, mask: &AttnMask) -> Result<Tensor> {
-        let attn = self.weights.attention(p, &self.ln_1.forward(p, x)?, mask)?;
-        let (x, h) = self.ln_2.forward_residual(p, &attn, x)?;
+        self.forward_rows(p, x, mask, (RowNorms::one(self.ln_1), RowNorms::one(self.ln_2)))
+    }
+
+    /// Whether `other` runs the same attention and MLP weights (a modality-shared layer).
+    pub fn shares_weights_with(&self, other: &Block) -> bool {
+        self.weights == other.weights
+    }
+
+    /// Modality-fused execution of a shared layer: `x` is [1, image rows + text rows, width],
+    /// the rows of `image` (this block) before `split` and those of `text` from it on, which
+    /// must share this block's weights. Each modality keeps its LayerNorms (one launch over
+    /// both segments); the QKV, out-projection and MLP products run once over all rows; `mask`
+    /// packs the image sequences (full attention) before the captions (causal).
+    pub fn forward_fused(
+        &self,
+        text: &Block,
+        p: &ParamStore,
+        x: &Tensor,
+        split: usize,
+        mask: &AttnMask,
+    ) -> Result<Tensor> {
+        if !self.shares_weights_with(text) {
+            return Err(Error::invalid("fused block", "the image and text blocks do not share their weights"));
+        }
+        let norms = (RowNorms::split(self.ln_1, text.ln_1, split), RowNorms::split(self.ln_2, text.ln_2, split));
+        self.forward_rows(p, x, mask, norms)
+    }
+
+    fn forward_rows(
+        &self,
+        p: &ParamStore,
+        x: &Tensor,
+        mask: &AttnMask,
+        (ln_1, ln_2): (RowNorms, RowNorms),
+    ) -> Result<Tensor> {
+        let attn = self.weights.attention(p, &ln_1.forward(p, x)?, mask)?;
+        let (x, h) = ln_2.forward_residual(p, &attn, x)?;
         x.add(&self.weights.mlp(p, &h)?)
     }
 }

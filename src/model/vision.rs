@@ -20,7 +20,7 @@ enum Stem {
 
 /// LayerNorm and projection applied to the pooled token. With sharing `All` the image and
 /// text towers use one head.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Head {
     pub ln: LayerNorm,
     pub proj: ParamId,
@@ -110,6 +110,20 @@ impl VisionTower {
 
     /// [batch, 3, size, size] normalised images to L2-normalised features.
     pub fn forward(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = self.embed(p, bufs, images, mode)?;
+        let mut branch = BranchProgress::start(images);
+        for (layer, block) in &self.blocks {
+            if self.lateral_before(&branch, *layer) {
+                x = self.fuse_branch(&mut branch, p, bufs, &x, mode)?;
+            }
+            x = block.forward(p, &x, &AttnMask::none())?;
+        }
+        self.head.forward(p, &self.pool(&x)?)
+    }
+
+    /// The trunk's input: stem tokens after the CLS token, positional embeddings added and
+    /// ln_pre applied, [batch, tokens, width].
+    pub fn embed(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
         let dims = images.dims();
         if dims.len() != 4 || dims[1] != 3 || dims[2] != self.image_size || dims[3] != self.image_size {
             return Err(Error::shape(
@@ -128,20 +142,53 @@ impl VisionTower {
             .to_device(images.device())?
             .add_broadcast(&p.get(self.class_embedding).reshape([1, self.width])?)?;
         let x = ops::concat(&[&cls, &map_to_tokens(&map)?], 1)?.add_broadcast(p.get(self.positional_embedding))?;
-        let mut x = self.ln_pre.forward(p, &x)?;
+        self.ln_pre.forward(p, &x)
+    }
 
-        let mut branch_state = images.clone();
-        let mut next_stage = 0;
-        for (layer, block) in &self.blocks {
-            if let Some((net, laterals)) = &self.branch
-                && laterals.get(next_stage) == Some(layer)
-            {
-                (branch_state, x) = net.fuse(next_stage, p, bufs, &branch_state, &x, mode)?;
-                next_stage += 1;
-            }
-            x = block.forward(p, &x, &AttnMask::none())?;
-        }
-        let pooled = x.slice(1, 0, 1)?.reshape([batch, self.width])?;
-        self.head.forward(p, &pooled)
+    /// The block of transformer layer `layer`, if the tower has one there (the conv stem takes
+    /// the place of layer 0).
+    pub fn block_at(&self, layer: usize) -> Option<&Block> {
+        self.blocks.iter().find(|(l, _)| *l == layer).map(|(_, block)| block)
+    }
+
+    /// Whether the parallel branch's next stage fuses into the trunk just before `layer`.
+    pub fn lateral_before(&self, branch: &BranchProgress, layer: usize) -> bool {
+        self.branch.as_ref().is_some_and(|(_, laterals)| laterals.get(branch.next_stage) == Some(&layer))
+    }
+
+    /// Runs the parallel branch's next stage and fuses it into the trunk `x` [batch, tokens,
+    /// width] through its lateral adapter; returns the new trunk.
+    pub fn fuse_branch(
+        &self,
+        branch: &mut BranchProgress,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        x: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let Some((net, _)) = &self.branch else {
+            return Err(Error::invalid("encode_image", "the tower has no parallel branch to fuse"));
+        };
+        let (stage, x) = net.fuse(branch.next_stage, p, bufs, &branch.state, x, mode)?;
+        *branch = BranchProgress { state: stage, next_stage: branch.next_stage + 1 };
+        Ok(x)
+    }
+
+    /// The CLS token of each image: [batch, width] from the trunk's [batch, tokens, width].
+    pub fn pool(&self, x: &Tensor) -> Result<Tensor> {
+        x.slice(1, 0, 1)?.reshape([x.dims()[0], self.width])
+    }
+}
+
+/// How far the parallel branch has run in a forward: its latest stage's output (the images
+/// before stage 0) and the stage to run next.
+pub struct BranchProgress {
+    state: Tensor,
+    next_stage: usize,
+}
+
+impl BranchProgress {
+    pub fn start(images: &Tensor) -> Self {
+        BranchProgress { state: images.clone(), next_stage: 0 }
     }
 }

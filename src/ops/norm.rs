@@ -3,7 +3,7 @@
 
 use super::{be, check_rank, check_same_kind};
 use crate::autograd::{record, record1};
-use crate::backend::LayerNormOut;
+use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -23,17 +23,62 @@ fn check_affine(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, wid
     Ok(())
 }
 
+/// Checks a LayerNorm's input and the gamma and beta of each of its row segments.
+fn check_layer_norm(op: &'static str, x: &Tensor, affine: &LnAffine) -> Result<()> {
+    check_rank(op, "input", x, &[1, 2, 3, 4])?;
+    let width = x.shape().last();
+    check_affine(op, x, &affine.gamma, &affine.beta, width)?;
+    if let Some(second) = &affine.second {
+        check_affine(op, x, &second.gamma, &second.beta, width)?;
+        let rows = x.shape().rows();
+        if second.first_row > rows {
+            let detail = format!("the second segment starts at row {} of {rows} ({})", second.first_row, x.shape());
+            return Err(Error::index(op, detail));
+        }
+    }
+    Ok(())
+}
+
+/// The tape inputs of a LayerNorm's affine parameters, in the order its backward returns their
+/// gradients: gamma, beta, then the second segment's.
+fn affine_inputs(affine: &LnAffine) -> Vec<&Tensor> {
+    let mut inputs = vec![&affine.gamma, &affine.beta];
+    if let Some(second) = &affine.second {
+        inputs.extend([&second.gamma, &second.beta]);
+    }
+    inputs
+}
+
+/// The gradients of `affine_inputs`, or None for each when the output had no gradient.
+fn affine_grads(grads: Option<&LayerNormGrads>, affine: &LnAffine) -> Vec<Option<Tensor>> {
+    let Some(grads) = grads else { return vec![None; affine_inputs(affine).len()] };
+    let mut out = vec![Some(grads.dgamma.clone()), Some(grads.dbeta.clone())];
+    if let Some((dgamma, dbeta)) = &grads.second {
+        out.extend([Some(dgamma.clone()), Some(dbeta.clone())]);
+    }
+    out
+}
+
 impl Tensor {
     /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
     pub fn layer_norm(&self, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-        check_rank("layer_norm", "input", self, &[1, 2, 3, 4])?;
-        check_affine("layer_norm", self, gamma, beta, self.shape().last())?;
-        let out = be(self).layer_norm(self, None, gamma, beta, eps)?;
-        let (x, g) = (self.clone(), gamma.clone());
-        let LayerNormOut { y, mean, rstd, .. } = out;
-        Ok(record1("layer_norm", &[self, gamma, beta], y, move |dy, _| {
-            let (dx, dg, db) = be(dy).layer_norm_backward(&x, &g, &mean, &rstd, dy)?;
-            Ok(vec![Some(dx), Some(dg), Some(db)])
+        self.layer_norm_segments(&LnAffine::new(gamma, beta), eps)
+    }
+
+    /// LayerNorm with a gamma and beta per row segment of `affine`: one op (one launch on a GPU)
+    /// for the image and text rows of a modality-fused layer.
+    pub fn layer_norm_segments(&self, affine: &LnAffine, eps: f64) -> Result<Tensor> {
+        const OP: &str = "layer_norm";
+        check_layer_norm(OP, self, affine)?;
+        let LayerNormOut { y, mean, rstd, .. } = be(self).layer_norm(self, None, affine, eps)?;
+        let mut inputs = vec![self];
+        inputs.extend(affine_inputs(affine));
+        let (x, saved) = (self.clone(), affine.clone());
+        Ok(record1(OP, &inputs, y, move |dy, _| {
+            let grads = be(dy).layer_norm_backward(&x, &saved, &mean, &rstd, dy)?;
+            let mut out = vec![Some(grads.dx.clone())];
+            out.extend(affine_grads(Some(&grads), &saved));
+            Ok(out)
         }))
     }
 
@@ -46,33 +91,36 @@ impl Tensor {
         beta: &Tensor,
         eps: f64,
     ) -> Result<(Tensor, Tensor)> {
+        self.add_layer_norm_segments(residual, &LnAffine::new(gamma, beta), eps)
+    }
+
+    /// [`Tensor::add_layer_norm`] with a gamma and beta per row segment of `affine`.
+    pub fn add_layer_norm_segments(&self, residual: &Tensor, affine: &LnAffine, eps: f64) -> Result<(Tensor, Tensor)> {
         const OP: &str = "add_layer_norm";
         if self.shape() != residual.shape() {
             return Err(Error::shape(OP, format!("input {} and residual {}", self.shape(), residual.shape())));
         }
-        check_rank(OP, "input", self, &[1, 2, 3, 4])?;
-        check_affine(OP, self, gamma, beta, self.shape().last())?;
+        check_layer_norm(OP, self, affine)?;
         check_same_kind(OP, &[self, residual])?;
-        let out = be(self).layer_norm(self, Some(residual), gamma, beta, eps)?;
+        let out = be(self).layer_norm(self, Some(residual), affine, eps)?;
         let sum = out.sum.expect("a residual was given");
-        let (saved_sum, g, mean, rstd) = (sum.clone(), gamma.clone(), out.mean, out.rstd);
-        let mut outs = record(OP, &[self, residual, gamma, beta], vec![sum, out.y], move |grads, _| {
+        let (saved_sum, saved, mean, rstd) = (sum.clone(), affine.clone(), out.mean, out.rstd);
+        let mut inputs = vec![self, residual];
+        inputs.extend(affine_inputs(affine));
+        let mut outs = record(OP, &inputs, vec![sum, out.y], move |grads, _| {
             // Both outputs flow back into the sum: d sum = (direct) + LayerNorm backward.
-            let backend = be(&saved_sum);
-            let (mut dsum, dg, db) = match &grads[1] {
-                Some(dy) => {
-                    let (dx, dg, db) = backend.layer_norm_backward(&saved_sum, &g, &mean, &rstd, dy)?;
-                    (Some(dx), Some(dg), Some(db))
-                }
-                None => (None, None, None),
+            let norm_grads = match &grads[1] {
+                Some(dy) => Some(be(&saved_sum).layer_norm_backward(&saved_sum, &saved, &mean, &rstd, dy)?),
+                None => None,
             };
-            if let Some(direct) = &grads[0] {
-                dsum = Some(match dsum {
-                    Some(d) => crate::autograd::add_grads(&d, direct)?,
-                    None => direct.clone(),
-                });
-            }
-            Ok(vec![dsum.clone(), dsum, dg, db])
+            let dsum = match (norm_grads.as_ref().map(|g| &g.dx), &grads[0]) {
+                (Some(d), Some(direct)) => Some(crate::autograd::add_grads(d, direct)?),
+                (Some(d), None) => Some(d.clone()),
+                (None, direct) => direct.clone(),
+            };
+            let mut out = vec![dsum.clone(), dsum];
+            out.extend(affine_grads(norm_grads.as_ref(), &saved));
+            Ok(out)
         });
         let y = outs.pop().expect("two outputs");
         let sum = outs.pop().expect("two outputs");

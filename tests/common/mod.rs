@@ -3,7 +3,8 @@
 
 pub mod gpu;
 
-use msclip::autograd::{self, no_grad};
+use msclip::autograd::{self, Gradients, no_grad};
+use msclip::nn::ParamStore;
 use msclip::{DType, Result, Rng, Tensor};
 
 /// A seeded N(0, 1) f64 tensor.
@@ -93,4 +94,35 @@ pub fn captions_ending_at(rng: &mut Rng, ends: &[usize], context: usize, vocab: 
             row
         })
         .collect()
+}
+
+/// ||a - b|| / ||b|| over all elements.
+pub fn relative_error(a: &[f64], b: &[f64]) -> f64 {
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| y * y).sum();
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+/// Every parameter has a gradient in `got` exactly where `reference` has one, within `rtol` of
+/// it (relative norm); returns the worst (relative error, parameter name).
+pub fn assert_gradients_match(
+    what: &str,
+    reference: (&ParamStore, &Gradients),
+    got: (&ParamStore, &Gradients),
+    rtol: f64,
+) -> (f64, String) {
+    let mut worst = (0.0, String::new());
+    for id in reference.0.ids() {
+        let pname = reference.0.name(id);
+        let want = reference.1.get(reference.0.get(id)).map(|g| g.to_f64_vec());
+        let have = got.1.get(got.0.get(id)).map(|g| g.to_f64_vec());
+        assert_eq!(want.is_some(), have.is_some(), "{what}: gradient presence of {pname}");
+        let (Some(want), Some(have)) = (want, have) else { continue };
+        let err = relative_error(&have, &want);
+        assert!(err <= rtol, "{what}: gradient of {pname} off by {err:.2e} (relative norm)");
+        if err > worst.0 {
+            worst = (err, pname.to_string());
+        }
+    }
+    worst
 }

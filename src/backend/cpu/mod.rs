@@ -17,7 +17,7 @@ mod norm;
 
 use crate::backend::{
     AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    InfoNceShard, LayerNormOut, UnaryOp,
+    InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -103,26 +103,19 @@ impl Backend for CpuBackend {
         float_dispatch!("index_rows_backward", dy.dtype(), layout::index_rows_backward(dy, ids, rows))
     }
 
-    fn layer_norm(
-        &self,
-        x: &Tensor,
-        residual: Option<&Tensor>,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> Result<LayerNormOut> {
-        float_dispatch!("layer_norm", x.dtype(), norm::layer_norm(x, residual, gamma, beta, eps))
+    fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {
+        float_dispatch!("layer_norm", x.dtype(), norm::layer_norm(x, residual, affine, eps))
     }
 
     fn layer_norm_backward(
         &self,
         input: &Tensor,
-        gamma: &Tensor,
+        affine: &LnAffine,
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        float_dispatch!("layer_norm_backward", input.dtype(), norm::layer_norm_backward(input, gamma, mean, rstd, dy))
+    ) -> Result<LayerNormGrads> {
+        float_dispatch!("layer_norm_backward", input.dtype(), norm::layer_norm_backward(input, affine, mean, rstd, dy))
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,9 +1,11 @@
 //! Row-wise normalisations over the last dimension: LayerNorm (with the fused residual
 //! add), softmax and L2 normalisation.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
-use crate::backend::LayerNormOut;
+use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
@@ -11,12 +13,12 @@ use crate::tensor::{Real, Tensor};
 /// contiguous runs of every row.
 const COLUMN_BLOCK: usize = 64;
 
-/// out[j] = sum over rows r of f(r, j), column blocks in parallel, rows in a fixed order.
-fn column_sums<T: Real>(rows: usize, d: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+/// out[j] = sum over `rows` r of f(r, j), column blocks in parallel, rows in a fixed order.
+fn column_sums<T: Real>(rows: Range<usize>, d: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); d];
     out.par_chunks_mut(COLUMN_BLOCK).enumerate().for_each(|(c, acc)| {
         let j0 = c * COLUMN_BLOCK;
-        for r in 0..rows {
+        for r in rows.clone() {
             for (k, a) in acc.iter_mut().enumerate() {
                 *a += f(r, j0 + k);
             }
@@ -25,13 +27,30 @@ fn column_sums<T: Real>(rows: usize, d: usize, f: impl Fn(usize, usize) -> T + S
     out
 }
 
-pub fn layer_norm<T: Real>(
-    x: &Tensor,
-    residual: Option<&Tensor>,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<LayerNormOut> {
+/// The gamma (and beta) slices of each row segment of `affine`, and the first segment's rows.
+struct Segments<'a, T> {
+    first_rows: usize,
+    first: (&'a [T], &'a [T]),
+    second: (&'a [T], &'a [T]),
+}
+
+impl<'a, T: Real> Segments<'a, T> {
+    fn of(affine: &'a LnAffine, rows: usize) -> Result<Self> {
+        let (g2, b2) = affine.second_or_first();
+        Ok(Segments {
+            first_rows: affine.first_rows(rows),
+            first: (affine.gamma.cpu_slice::<T>()?, affine.beta.cpu_slice::<T>()?),
+            second: (g2.cpu_slice::<T>()?, b2.cpu_slice::<T>()?),
+        })
+    }
+
+    /// (gamma, beta) of row `r`.
+    fn of_row(&self, r: usize) -> (&'a [T], &'a [T]) {
+        if r < self.first_rows { self.first } else { self.second }
+    }
+}
+
+pub fn layer_norm<T: Real>(x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {
     let d = x.shape().last();
     let rows = x.shape().rows();
     let xs = x.cpu_slice::<T>()?;
@@ -40,13 +59,15 @@ pub fn layer_norm<T: Real>(
         None => None,
     };
     let input: &[T] = summed.as_deref().unwrap_or(xs);
-    let (g, b) = (gamma.cpu_slice::<T>()?, beta.cpu_slice::<T>()?);
+    let segments = Segments::<T>::of(affine, rows)?;
     let n = T::of(d as f64);
     let mut y = vec![T::zero(); input.len()];
     let stats: Vec<(T, T)> = y
         .par_chunks_mut(d.max(1))
         .zip(input.par_chunks(d.max(1)))
-        .map(|(yr, xr)| {
+        .enumerate()
+        .map(|(r, (yr, xr))| {
+            let (g, b) = segments.of_row(r);
             let mean = xr.iter().copied().sum::<T>() / n;
             let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
             let rstd = T::one() / (var + T::of(eps)).sqrt();
@@ -68,20 +89,22 @@ pub fn layer_norm<T: Real>(
 
 pub fn layer_norm_backward<T: Real>(
     input: &Tensor,
-    gamma: &Tensor,
+    affine: &LnAffine,
     mean: &Tensor,
     rstd: &Tensor,
     dy: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<LayerNormGrads> {
     let d = input.shape().last();
     let rows = input.shape().rows();
-    let (xs, g, dys) = (input.cpu_slice::<T>()?, gamma.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
+    let (xs, dys) = (input.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
+    let segments = Segments::<T>::of(affine, rows)?;
     let (mu, rs) = (mean.cpu_slice::<T>()?, rstd.cpu_slice::<T>()?);
     let xhat = |r: usize, j: usize| (xs[r * d + j] - mu[r]) * rs[r];
     let n = T::of(d as f64);
 
     let mut dx = vec![T::zero(); xs.len()];
     dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, dxr)| {
+        let g = segments.of_row(r).0;
         // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy * xhat))
         let mut mean_gdy = T::zero();
         let mut mean_gdy_xhat = T::zero();
@@ -96,9 +119,15 @@ pub fn layer_norm_backward<T: Real>(
             dxr[j] = rs[r] * (g[j] * dys[r * d + j] - mean_gdy - xhat(r, j) * mean_gdy_xhat);
         }
     });
-    let dgamma = column_sums(rows, d, |r, j| dys[r * d + j] * xhat(r, j));
-    let dbeta = column_sums(rows, d, |r, j| dys[r * d + j]);
-    Ok((Tensor::from_vec(dx, input.shape().clone())?, Tensor::from_vec(dgamma, [d])?, Tensor::from_vec(dbeta, [d])?))
+    // d gamma and d beta of the rows of one segment.
+    let affine_grads = |rows: Range<usize>| -> Result<(Tensor, Tensor)> {
+        let dgamma = column_sums(rows.clone(), d, |r, j| dys[r * d + j] * xhat(r, j));
+        let dbeta = column_sums(rows, d, |r, j| dys[r * d + j]);
+        Ok((Tensor::from_vec(dgamma, [d])?, Tensor::from_vec(dbeta, [d])?))
+    };
+    let (dgamma, dbeta) = affine_grads(0..segments.first_rows)?;
+    let second = affine.second.as_ref().map(|_| affine_grads(segments.first_rows..rows)).transpose()?;
+    Ok(LayerNormGrads { dx: Tensor::from_vec(dx, input.shape().clone())?, dgamma, dbeta, second })
 }
 
 /// Softmax of each row. A row that is entirely -inf (fully masked) gives zeros, not NaN.

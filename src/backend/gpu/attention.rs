@@ -68,19 +68,19 @@ impl AttnTiles {
             .sum()
     }
 
-    /// The shape for sequences of `lengths` over `heads` heads: the least padded work, where
+    /// The shape for `sequences` (length, whether causal) over `heads` heads: the least padded work, where
     /// CLIP's short sequences differ most (77 tokens: 128 x 128 pairs with 64 x 64 tiles, 96 x 96
     /// with 32 x 32); on a tie, more blocks when even the largest tiles launch too few to fill
     /// the GPU, otherwise fewer (a block stages every key tile it sees, so smaller own tiles
     /// stage keys more often); then wider streamed tiles (fewer steps and barriers). A model
     /// from the shapes alone: `cargo bench --bench gpu_kernels` times every shape at CLIP's
     /// lengths, and a table of its winners can take this function's place.
-    fn choose(lengths: &[usize], causal: bool, heads: usize) -> AttnTiles {
-        let longest = lengths.iter().copied().max().unwrap_or(0);
-        let blocks = |t: AttnTiles| lengths.len() * heads * longest.div_ceil(t.rows);
+    fn choose(sequences: &[(usize, bool)], heads: usize) -> AttnTiles {
+        let longest = sequences.iter().map(|&(len, _)| len).max().unwrap_or(0);
+        let blocks = |t: AttnTiles| sequences.len() * heads * longest.div_ceil(t.rows);
         let fills = AttnTiles::ALL.into_iter().map(blocks).min().unwrap_or(0) >= FILL_BLOCKS;
         let rank = |t: AttnTiles| {
-            let work: usize = lengths.iter().map(|&len| t.padded_work(len, causal)).sum();
+            let work: usize = sequences.iter().map(|&(len, causal)| t.padded_work(len, causal)).sum();
             let blocks = blocks(t) as i64;
             let blocks = if fills { blocks } else { -blocks };
             (work, blocks, Reverse(t.cols))
@@ -126,10 +126,11 @@ impl Geometry {
         let head_dim = dims[2] / (3 * heads);
         // The kernels index by the offsets and key lengths: they must fit the tensor.
         mask.check("attention", dims[0], dims[1])?;
-        let lengths: Vec<usize> = mask.sequences(dims[0], dims[1]).iter().map(|s| s.len).collect();
+        let sequences: Vec<(usize, bool)> =
+            mask.sequences(dims[0], dims[1]).iter().enumerate().map(|(s, seq)| (seq.len, mask.is_causal(s))).collect();
         let kernels = match qkv.dtype() {
             DType::BF16 if head_dim == 32 || head_dim == 64 => {
-                Kernels::TensorCore(tiles.unwrap_or_else(|| AttnTiles::choose(&lengths, mask.causal, heads)))
+                Kernels::TensorCore(tiles.unwrap_or_else(|| AttnTiles::choose(&sequences, heads)))
             }
             DType::BF16 => {
                 return Err(Error::invalid(
@@ -151,8 +152,8 @@ impl Geometry {
             }
             DType::F64 => return Err(Error::dtype("attention", "GPU kernels compute in f32 or bf16, not f64")),
         };
-        let longest = lengths.iter().copied().max().unwrap_or(0);
-        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: lengths.len(), longest, kernels })
+        let longest = sequences.iter().map(|&(len, _)| len).max().unwrap_or(0);
+        Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: sequences.len(), longest, kernels })
     }
 
     fn width(&self) -> usize {
@@ -191,7 +192,7 @@ impl Geometry {
     }
 
     /// The arguments every kernel takes after its tensors: `len, heads, offsets, key_lengths,
-    /// causal`, then for the exact kernels `head_dim, scale`.
+    /// first_causal`, then for the exact kernels `head_dim, scale`.
     fn shape_args(&self, mask: &MaskArgs) -> Result<Vec<KernelArg>> {
         let mut args = vec![int(self.len, "sequence length")?, int(self.heads, "heads")?];
         args.extend(mask.args);
@@ -205,7 +206,8 @@ impl Geometry {
 }
 
 /// The mask as kernel arguments: the device copies of the sequence offsets and key lengths
-/// (kept alive for the launch), and `offsets, key_lengths, causal`.
+/// (kept alive for the launch), and `offsets, key_lengths, first_causal` (the first sequence
+/// under the causal mask: past the last, i32::MAX, when there is no causal mask).
 struct MaskArgs {
     tables: [Option<Scratch>; 2],
     args: [KernelArg; 3],
@@ -216,10 +218,11 @@ impl MaskArgs {
         let offsets = upload_ints(gpu, mask.sequence_offsets.as_deref(), "sequence offset")?;
         let lengths = upload_ints(gpu, mask.key_lengths.as_deref(), "key length")?;
         let pointer = |table: &Option<Scratch>| KernelArg::Ptr(table.as_ref().map_or(0, Scratch::ptr));
-        Ok(MaskArgs {
-            args: [pointer(&offsets), pointer(&lengths), KernelArg::I32(i32::from(mask.causal))],
-            tables: [offsets, lengths],
-        })
+        let first_causal = match mask.causal {
+            true => int(mask.first_causal_sequence, "first causal sequence")?,
+            false => KernelArg::I32(i32::MAX),
+        };
+        Ok(MaskArgs { args: [pointer(&offsets), pointer(&lengths), first_causal], tables: [offsets, lengths] })
     }
 
     /// The bytes of the uploaded tables, which the kernels read.

@@ -1,11 +1,12 @@
-//! Rust side of kernels/layernorm.cu: residual add + LayerNorm, one warp per row.
+//! Rust side of kernels/layernorm.cu: residual add + LayerNorm, one warp per row, with a gamma
+//! and beta per row segment (the image and text rows of a modality-fused layer).
 
 use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
 use super::footprint::Footprint;
-use crate::backend::LayerNormOut;
+use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -28,8 +29,7 @@ pub(super) fn layer_norm(
     gpu: &GpuBackend,
     x: &Tensor,
     residual: Option<&Tensor>,
-    gamma: &Tensor,
-    beta: &Tensor,
+    affine: &LnAffine,
     eps: f64,
 ) -> Result<LayerNormOut> {
     let (rows, width) = rows_width(x);
@@ -40,7 +40,10 @@ pub(super) fn layer_norm(
     let rstd = gpu.uninit([rows], DType::F32)?;
     let null = KernelArg::Ptr(0);
     let blocks = blocks_for(rows, WARPS_PER_BLOCK as u32).min(MAX_FORWARD_BLOCKS as u32);
-    let (mut reads, mut writes) = (vec![x, gamma, beta], vec![&y, &mean, &rstd]);
+    // Without a second segment the kernel's second gamma and beta are the first's, from row
+    // `rows` on: none of its rows take them.
+    let (gamma2, beta2) = affine.second_or_first();
+    let (mut reads, mut writes) = (vec![x, &affine.gamma, &affine.beta, gamma2, beta2], vec![&y, &mean, &rstd]);
     reads.extend(residual);
     writes.extend(&sum);
     let footprint = Footprint::of(&reads, &writes);
@@ -54,11 +57,11 @@ pub(super) fn layer_norm(
             ptr(&y)?,
             ptr(&mean)?,
             ptr(&rstd)?,
-            ptr(gamma)?,
-            ptr(beta)?,
-            ptr(gamma)?,
-            ptr(beta)?,
-            int(rows, "rows")?,
+            ptr(&affine.gamma)?,
+            ptr(&affine.beta)?,
+            ptr(gamma2)?,
+            ptr(beta2)?,
+            int(affine.first_rows(rows), "rows")?,
             int(rows, "rows")?,
             int(width, "width")?,
             KernelArg::F32(eps as f32),
@@ -71,18 +74,24 @@ pub(super) fn layer_norm(
 pub(super) fn layer_norm_backward(
     gpu: &GpuBackend,
     input: &Tensor,
-    gamma: &Tensor,
+    affine: &LnAffine,
     mean: &Tensor,
     rstd: &Tensor,
     dy: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<LayerNormGrads> {
     let (rows, width) = rows_width(input);
     let dtype = input.dtype();
     let dx = gpu.uninit(input.shape().clone(), dtype)?;
     let dgamma = gpu.uninit([width], dtype)?;
     let dbeta = gpu.uninit([width], dtype)?;
-    // One segment here (the trait's LayerNorm has one gamma); the kernel also takes a second.
-    let blocks = rows.div_ceil(BACKWARD_ROWS_PER_BLOCK).max(1);
+    let second = affine.second.as_ref().map(|_| Ok((gpu.uninit([width], dtype)?, gpu.uninit([width], dtype)?)));
+    let second: Option<(Tensor, Tensor)> = second.transpose()?;
+    let gamma2 = affine.second_or_first().0;
+    // Each block's rows lie in one segment (the kernel's partial sums are per segment), so each
+    // segment starts a block; an empty one has none. At least one block, which may own no row.
+    let first_rows = affine.first_rows(rows);
+    let first_blocks = first_rows.div_ceil(BACKWARD_ROWS_PER_BLOCK);
+    let blocks = (first_blocks + (rows - first_rows).div_ceil(BACKWARD_ROWS_PER_BLOCK)).max(1);
     let partials = Scratch::uninit(gpu.device(), blocks * 2 * width * 4)?;
     let smem = (WARPS_PER_BLOCK * 2 * width * 4) as u32;
     gpu.launch(
@@ -90,26 +99,28 @@ pub(super) fn layer_norm_backward(
         LaunchConfig::linear(blocks as u32, THREADS, smem),
         &[
             ptr(input)?,
-            ptr(gamma)?,
-            ptr(gamma)?,
+            ptr(&affine.gamma)?,
+            ptr(gamma2)?,
             ptr(mean)?,
             ptr(rstd)?,
             ptr(dy)?,
             ptr(&dx)?,
             KernelArg::Ptr(partials.ptr()),
-            int(rows, "rows")?,
+            int(first_rows, "rows")?,
             int(rows, "rows")?,
             int(width, "width")?,
             int(BACKWARD_ROWS_PER_BLOCK, "rows per block")?,
-            int(blocks, "blocks")?,
+            int(first_blocks, "blocks")?,
         ],
-        Footprint::of(&[input, gamma, mean, rstd, dy], &[&dx]).writes(partials.bytes()),
+        Footprint::of(&[input, &affine.gamma, gamma2, mean, rstd, dy], &[&dx]).writes(partials.bytes()),
     )?;
+    // grid y: one row of blocks per segment, each adding its own blocks' partial sums.
     let reduce_threads = 256;
+    let (dgamma2, dbeta2) = second.as_ref().map_or((&dgamma, &dbeta), |(g, b)| (g, b));
     gpu.launch(
         &kernel_for("layernorm_reduce", dtype)?,
         LaunchConfig {
-            grid: [blocks_for(width, reduce_threads), 1, 1],
+            grid: [blocks_for(width, reduce_threads), if second.is_some() { 2 } else { 1 }, 1],
             block: [reduce_threads, 1, 1],
             shared_bytes: 0,
         },
@@ -117,13 +128,13 @@ pub(super) fn layer_norm_backward(
             KernelArg::Ptr(partials.ptr()),
             ptr(&dgamma)?,
             ptr(&dbeta)?,
-            ptr(&dgamma)?,
-            ptr(&dbeta)?,
-            int(blocks, "blocks")?,
+            ptr(dgamma2)?,
+            ptr(dbeta2)?,
+            int(first_blocks, "blocks")?,
             int(blocks, "blocks")?,
             int(width, "width")?,
         ],
-        Footprint::of(&[], &[&dgamma, &dbeta]).reads(partials.bytes()),
+        Footprint::of(&[], &[&dgamma, &dbeta, dgamma2, dbeta2]).reads(partials.bytes()),
     )?;
-    Ok((dx, dgamma, dbeta))
+    Ok(LayerNormGrads { dx, dgamma, dbeta, second })
 }

@@ -40,7 +40,7 @@ pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig}
 
 use crate::backend::{
     AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    InfoNceShard, LayerNormOut, UnaryOp,
+    InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -168,26 +168,19 @@ impl Backend for GpuBackend {
         layout::index_rows_backward(self, dy, ids, rows)
     }
 
-    fn layer_norm(
-        &self,
-        x: &Tensor,
-        residual: Option<&Tensor>,
-        gamma: &Tensor,
-        beta: &Tensor,
-        eps: f64,
-    ) -> Result<LayerNormOut> {
-        layernorm::layer_norm(self, x, residual, gamma, beta, eps)
+    fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {
+        layernorm::layer_norm(self, x, residual, affine, eps)
     }
 
     fn layer_norm_backward(
         &self,
         input: &Tensor,
-        gamma: &Tensor,
+        affine: &LnAffine,
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        layernorm::layer_norm_backward(self, input, gamma, mean, rstd, dy)
+    ) -> Result<LayerNormGrads> {
+        layernorm::layer_norm_backward(self, input, affine, mean, rstd, dy)
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,0 +1,154 @@
+//! Modality-fused execution of the two towers: the layers run in step, and in each
+//! modality-shared layer the image rows and the packed caption rows go through one op each
+//! (one two-segment LayerNorm, one QKV product, one attention, one out-projection, one MLP)
+//! instead of one per tower. Unshared work (stems, embeddings, an unshared first text layer,
+//! the parallel branch, the heads) runs per tower in between.
+
+use super::config::{ModelConfig, Sharing};
+use super::convnet::Mode;
+use super::text::PackedCaptions;
+use super::vision::BranchProgress;
+use super::{Buffers, ClipModel};
+use crate::backend::AttnMask;
+use crate::error::Result;
+use crate::nn::ParamStore;
+use crate::ops;
+use crate::tensor::Tensor;
+
+/// How a model runs its image and text towers in a training forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModalityFusion {
+    /// The towers in step, each modality-shared layer over the rows of both at once.
+    Fused,
+    /// The image tower, then the text tower: the unfused baseline.
+    TwoPass,
+}
+
+impl ModalityFusion {
+    /// Fused when the towers share weights, two passes otherwise (nothing to fuse).
+    pub fn default_for(config: &ModelConfig) -> Self {
+        match config.sharing {
+            Sharing::None => ModalityFusion::TwoPass,
+            Sharing::AttnMlp | Sharing::All => ModalityFusion::Fused,
+        }
+    }
+}
+
+/// Sizes of the image half of the joint rows.
+#[derive(Clone, Copy)]
+struct ImageRows {
+    batch: usize,
+    tokens: usize,
+    width: usize,
+}
+
+impl ImageRows {
+    fn rows(&self) -> usize {
+        self.batch * self.tokens
+    }
+}
+
+/// The towers' token rows between two layers: apart, or joint through a run of shared layers,
+/// so consecutive shared layers need no split and join between them.
+enum Rows {
+    /// Images [batch, tokens, width] and packed captions [1, caption tokens, width].
+    Apart { image: Tensor, text: Tensor },
+    /// [1, image rows + caption tokens, width], the images' rows first.
+    Joint(Tensor),
+}
+
+impl Rows {
+    fn joint(self, img: ImageRows) -> Result<Tensor> {
+        match self {
+            Rows::Joint(x) => Ok(x),
+            Rows::Apart { image, text } => ops::concat(&[&image.reshape([1, img.rows(), img.width])?, &text], 1),
+        }
+    }
+
+    fn apart(self, img: ImageRows) -> Result<(Tensor, Tensor)> {
+        match self {
+            Rows::Apart { image, text } => Ok((image, text)),
+            Rows::Joint(x) => {
+                let captions = x.dims()[1] - img.rows();
+                let image = x.slice(1, 0, img.rows())?.reshape([img.batch, img.tokens, img.width])?;
+                Ok((image, x.slice(1, img.rows(), captions)?))
+            }
+        }
+    }
+}
+
+/// The attention mask of the joint rows: each image a sequence of its own with full attention,
+/// then the captions, causal. One launch covers both modalities: the kernels take per sequence
+/// whether it is causal, and a block works on one sequence, so the images cost what they cost
+/// alone; a second launch would instead need the image and caption rows of qkv copied apart.
+fn joint_mask(img: ImageRows, captions: &PackedCaptions) -> AttnMask {
+    let images = (0..=img.batch).map(|b| b * img.tokens);
+    let texts = captions.offsets.iter().skip(1).map(|&o| img.rows() + o);
+    AttnMask::packed_causal_after(images.chain(texts).collect(), img.batch)
+}
+
+/// Image and text features ([batch, embed_dim] each, L2-normalised) with the layers in step and
+/// every modality-shared layer fused.
+pub(super) fn encode_fused(
+    model: &ClipModel,
+    p: &ParamStore,
+    bufs: &mut Buffers,
+    images: &Tensor,
+    tokens: &[u32],
+    mode: Mode,
+) -> Result<(Tensor, Tensor)> {
+    let (vision, text) = (&model.vision, &model.text);
+    let image = vision.embed(p, bufs, images, mode)?;
+    let captions = text.embed(p, tokens)?;
+    let img = ImageRows { batch: image.dims()[0], tokens: image.dims()[1], width: image.dims()[2] };
+    let (text_mask, joint_mask) = (captions.mask(), joint_mask(img, &captions));
+    let mut branch = BranchProgress::start(images);
+    let mut rows = Rows::Apart { image, text: captions.x };
+    let layers = vision.blocks.iter().map(|(layer, _)| layer + 1).max().unwrap_or(0).max(text.blocks.len());
+    for layer in 0..layers {
+        let (image_block, text_block) = (vision.block_at(layer), text.blocks.get(layer));
+        if vision.lateral_before(&branch, layer) {
+            let (image, text) = rows.apart(img)?;
+            rows = Rows::Apart { image: vision.fuse_branch(&mut branch, p, bufs, &image, mode)?, text };
+        }
+        rows = match (image_block, text_block) {
+            (Some(i), Some(t)) if i.shares_weights_with(t) => {
+                Rows::Joint(i.forward_fused(t, p, &rows.joint(img)?, img.rows(), &joint_mask)?)
+            }
+            _ => {
+                let (mut image, mut text) = rows.apart(img)?;
+                if let Some(block) = image_block {
+                    image = block.forward(p, &image, &AttnMask::none())?;
+                }
+                if let Some(block) = text_block {
+                    text = block.forward(p, &text, &text_mask)?;
+                }
+                Rows::Apart { image, text }
+            }
+        };
+    }
+    match rows {
+        Rows::Joint(x) => {
+            // One gather of the images' CLS rows and the captions' pooled rows.
+            let cls = (0..img.batch).map(|b| (b * img.tokens) as u32);
+            let pooled = captions.pooled_rows.iter().map(|&r| (img.rows() + r as usize) as u32);
+            let rows = cls.chain(pooled).collect::<Vec<u32>>();
+            let gathered = x.reshape([x.dims()[1], img.width])?.index_rows(&rows)?;
+            if vision.head == text.head {
+                // A single tower's one head, over both modalities' pooled rows at once.
+                return split_rows(&vision.head.forward(p, &gathered)?, img.batch);
+            }
+            let (image, text_pooled) = split_rows(&gathered, img.batch)?;
+            Ok((vision.head.forward(p, &image)?, text.head.forward(p, &text_pooled)?))
+        }
+        Rows::Apart { image, text: packed } => Ok((
+            vision.head.forward(p, &vision.pool(&image)?)?,
+            text.head.forward(p, &text.pool(&packed, &captions.pooled_rows)?)?,
+        )),
+    }
+}
+
+/// The first `first` rows of `x` [rows, d], and the rest.
+fn split_rows(x: &Tensor, first: usize) -> Result<(Tensor, Tensor)> {
+    Ok((x.slice(0, 0, first)?, x.slice(0, first, x.dims()[0] - first)?))
+}
