@@ -165,3 +165,45 @@ fn profile_step_refuses_bad_input_by_name() {
         assert!(err.contains(fragment) && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_step_times_a_tiny_step_on_the_cpu_and_the_emulator() {
+    let json = std::env::temp_dir().join(format!("msclip-bench-{}.json", std::process::id()));
+    let path = json.to_str().unwrap();
+    let common = ["bench", "step", "--preset", "tiny", "--batch", "3", "--steps", "2", "--warmup", "1", "--json", path];
+    let out = msclip(&[&common[..], &["--device", "cpu"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for label in ["pairs/s", "FLOPs per step", "where the time goes", "gemm", "attention", "optimizer", "other"] {
+        assert!(text.contains(label), "missing {label:?} in:\n{text}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["step_seconds"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["pairs_per_second"].as_f64().unwrap() > 0.0, "{report}");
+    let flops = report["training_flops_per_step"].as_f64().unwrap();
+    let forward = &report["forward_flops_per_step"];
+    let forward_sum: f64 = ["gemm", "attention", "conv", "loss"].iter().map(|k| forward[k].as_f64().unwrap()).sum();
+    assert!(flops > 0.0 && (flops - 3.0 * forward_sum).abs() <= 1e-6 * flops, "{report}");
+    assert_eq!(report["breakdown"].as_array().unwrap().len(), 7, "{report}");
+    assert!(report["mfu"].is_null() && report["driver_per_step"].is_null(), "{report}");
+
+    // The emulator, two-pass: driver counts per step, and modelled bounds per kind of op.
+    let out = msclip(&[&common[..], &["--device", "emu", "--unfused", "modality"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(report["fusion"], "modality unfused", "{report}");
+    let driver = &report["driver_per_step"];
+    assert!(driver["launches"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(driver["host_syncs"].as_f64(), Some(1.0), "only the loss read: {report}");
+    let gemm = &report["breakdown"][0];
+    assert_eq!(gemm["op"], "gemm");
+    assert!(gemm["h200_bound_seconds"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[test]
+fn bench_step_refuses_a_bad_unfused_name() {
+    let out = msclip(&["bench", "step", "--batch", "2", "--unfused", "everything"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("modality"), "{}", stderr(&out));
+}

@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod timed;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
@@ -512,13 +513,17 @@ pub trait Backend: Send + Sync {
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor>;
 }
 
-/// The backend of a device.
+/// The backend of a device (timed per kind of op while [`timed::measure`] runs on this thread).
 pub fn get(device: Device) -> &'static dyn Backend {
-    static EMU: gpu::GpuBackend = gpu::GpuBackend::new(Device::Emu);
-    static CUDA: gpu::GpuBackend = gpu::GpuBackend::new(Device::Cuda);
+    if timed::active() {
+        return timed::backend(device);
+    }
     match device {
         Device::Cpu => &cpu::CpuBackend,
         Device::Emu => &EMU,
         Device::Cuda => &CUDA,
     }
 }
+
+static EMU: gpu::GpuBackend = gpu::GpuBackend::new(Device::Emu);
+static CUDA: gpu::GpuBackend = gpu::GpuBackend::new(Device::Cuda);

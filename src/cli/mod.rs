@@ -1,6 +1,7 @@
 //! Subcommands. Each returns an error rather than panicking, and `main` turns it into a
 //! message and exit status 1.
 
+mod bench;
 mod data;
 mod eval;
 mod kernels;
@@ -32,6 +33,8 @@ enum Command {
     Kernels(kernels::KernelsArgs),
     /// What the engine asks of a GPU, counted on any GPU device (the emulator included).
     Profile(profile::ProfileArgs),
+    /// Measured throughput: a training step's pairs/s, MFU and time per kind of op.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,5 +45,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::Kernels(args) => kernels::run(args),
         Command::Profile(args) => profile::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -4,7 +4,7 @@
 mod bounds;
 mod kernels;
 mod step;
-mod steps;
+pub(super) mod steps;
 
 use clap::{Args, Subcommand};
 

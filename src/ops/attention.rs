@@ -19,6 +19,7 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Tensor> 
     }
     mask.check(OP, batch, len)?;
     let (out, lse) = be(qkv).attention(qkv, heads, mask)?;
+    super::flops::attention(batch, len, packed / 3, mask);
     let (x, o, mask) = (qkv.clone(), out.clone(), mask.clone());
     Ok(record1(OP, &[qkv], out, move |dy, _| {
         Ok(vec![Some(be(dy).attention_backward(&x, &o, &lse, dy, heads, &mask)?)])

@@ -24,6 +24,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geo: Conv2dGeometry) -> Result<Tensor
         return Err(Error::shape(OP, format!("{shapes}: kernel larger than the padded input")));
     }
     let y = be(x).conv2d(x, weight, geo)?;
+    super::flops::conv(y.dims(), c, (kh, kw), geo);
     let (xs, ws) = (x.clone(), weight.clone());
     Ok(record1(OP, &[x, weight], y, move |dy, needs| {
         let (dx, dw) = be(dy).conv2d_backward(&xs, &ws, dy, geo, needs[0])?;

@@ -22,6 +22,7 @@ pub fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Opti
         return Err(Error::invalid(OP, format!("max_scale must be positive, got {m}")));
     }
     let out = be(img).infonce(img, txt, logit_scale, max_scale)?;
+    super::flops::contrastive_logits(img.dims()[0], img.dims()[1]);
     let loss = out.loss.clone();
     let (i, t, s) = (img.clone(), txt.clone(), logit_scale.clone());
     let scale_shape = logit_scale.shape().clone();

@@ -22,6 +22,7 @@ impl Tensor {
             return Err(Error::shape(OP, format!("{} @ {}", self.shape(), other.shape())));
         }
         let y = be(self).matmul(&a, &b, false, false, None)?;
+        super::flops::gemm(ad[0], ad[1], bd[2], ad[2]);
         let y = if batched { y } else { y.view_as(Shape::new([ad[1], bd[2]]))? };
         let (a_saved, b_saved) = (a.clone(), b.clone());
         let (a_shape, b_shape) = (self.shape().clone(), other.shape().clone());
@@ -59,6 +60,7 @@ impl Tensor {
         let x2 = self.view_as(Shape::new([1, rows, in_f]))?;
         let w3 = weight.view_as(Shape::new([1, out_f, in_f]))?;
         let y = be(self).matmul(&x2, &w3, false, true, bias)?;
+        super::flops::gemm(1, rows, out_f, in_f);
         let mut out_dims = self.dims().to_vec();
         *out_dims.last_mut().expect("rank checked above") = out_f;
         let y = y.view_as(Shape::new(out_dims))?;

@@ -8,6 +8,7 @@
 mod attention;
 mod conv;
 mod elementwise;
+pub mod flops;
 mod layout;
 mod loss;
 mod matmul;

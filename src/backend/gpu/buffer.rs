@@ -36,6 +36,11 @@ pub fn measure_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
     (result, end.peak - start.live)
 }
 
+/// The device bytes this thread's tensors and scratch buffers hold now.
+pub fn live_bytes() -> usize {
+    COUNTS.get().live
+}
+
 fn alloc(device: Device, bytes: usize) -> Result<DevicePtr> {
     let ptr = super::pool::take(device, super::driver(device)?, bytes)?;
     let c = COUNTS.get();

@@ -20,6 +20,10 @@ impl<D: Driver> Driver for Counted<D> {
         self.0.name()
     }
 
+    fn device_name(&self) -> String {
+        self.0.device_name()
+    }
+
     fn has_wgmma(&self) -> bool {
         self.0.has_wgmma()
     }

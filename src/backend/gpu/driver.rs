@@ -106,6 +106,10 @@ pub struct GemmSpec {
 
 pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The device in words, as its vendor names it (the emulator names itself).
+    fn device_name(&self) -> String {
+        self.name().to_string()
+    }
     /// Whether kernels built on wgmma (kernels/wgmma.cuh) run here: the emulator models it; a GPU
     /// needs compute capability 9.0, the one the sm_90a images run on.
     fn has_wgmma(&self) -> bool;

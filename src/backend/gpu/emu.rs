@@ -197,6 +197,10 @@ impl Driver for EmuDriver {
         "emu"
     }
 
+    fn device_name(&self) -> String {
+        "the SIMT emulator, on the host".into()
+    }
+
     fn has_wgmma(&self) -> bool {
         true
     }

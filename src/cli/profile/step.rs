@@ -40,6 +40,9 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
+    if !args.device.is_gpu() {
+        anyhow::bail!("--device {}: profiling counts GPU driver calls; use emu or cuda", args.device);
+    }
     let (model, config) = args.steps_args.prepare(args.device, args.steps)?;
     let counted = count_steps(&model, &config, args.steps)?;
     let bounds = step_bounds(&counted, args.steps);

@@ -41,9 +41,6 @@ impl StepsArgs {
     /// The model, with `--layers` applied, and the preset's training settings at `--batch` on
     /// `device`, after checking the flags.
     pub fn prepare(&self, device: Device, steps: u64) -> anyhow::Result<(ClipModel, TrainConfig)> {
-        if !device.is_gpu() {
-            anyhow::bail!("--device {device}: profiling counts GPU driver calls; use emu or cuda");
-        }
         if self.batch < 2 {
             anyhow::bail!("--batch must be at least 2 (a contrastive batch needs negatives), got {}", self.batch);
         }
@@ -57,12 +54,14 @@ impl StepsArgs {
             None => e.into(),
         })?;
         let config = TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
-        if device == Device::Emu {
-            // The emulator's device memory is host memory.
+        if device != Device::Cuda {
+            // The CPU's and the emulator's device memory is host memory.
             memory::check_batch(&model, "--batch", self.batch as u64)?;
         }
-        // Fails now, with what is missing, when the device cannot run.
-        gpu::driver(device)?;
+        if device.is_gpu() {
+            // Fails now, with what is missing, when the device cannot run.
+            gpu::driver(device)?;
+        }
         Ok((model, config))
     }
 }

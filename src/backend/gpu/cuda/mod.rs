@@ -174,6 +174,10 @@ impl Driver for CudaDriver {
         "cuda"
     }
 
+    fn device_name(&self) -> String {
+        self.device_name.clone()
+    }
+
     fn has_wgmma(&self) -> bool {
         self.hopper
     }

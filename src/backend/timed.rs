@@ -1,0 +1,364 @@
+//! Time per kind of op: a [`Backend`] that wraps another and adds each call's wall time to its
+//! kind (GEMM, attention, LayerNorm, ...). While [`measure`] runs, [`super::get`] hands out the
+//! wrapped backends on that thread, so every op of a training step is timed without the ops or
+//! the model knowing. On a GPU the wrapper waits for the device before and after each call, so a
+//! call's time is its device time (plus one synchronisation); such a run says where the time
+//! goes, not how fast the step is, and a throughput measurement runs without it.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use super::{
+    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
+    InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
+};
+use crate::error::Result;
+use crate::tensor::{DType, Device, Tensor};
+
+/// What an op is, for the breakdown of a step's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Gemm,
+    Attention,
+    LayerNorm,
+    /// Casts, element-wise arithmetic, activations, reductions and layout changes.
+    Elementwise,
+    /// The contrastive and cross-entropy losses.
+    Loss,
+    /// Convolutions and BatchNorm (the conv stem and the parallel branch).
+    Convolution,
+    Optimizer,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 7] = [
+        OpKind::Gemm,
+        OpKind::Attention,
+        OpKind::LayerNorm,
+        OpKind::Elementwise,
+        OpKind::Loss,
+        OpKind::Convolution,
+        OpKind::Optimizer,
+    ];
+
+    /// The kind of a GPU kernel, from its family's name (kernels/*.cu); GEMMs are [`OpKind::Gemm`].
+    pub fn of_kernel(name: &str) -> OpKind {
+        let starts = |prefixes: &[&str]| prefixes.iter().any(|p| name.starts_with(p));
+        if starts(&["attention"]) {
+            OpKind::Attention
+        } else if starts(&["layernorm"]) {
+            OpKind::LayerNorm
+        } else if starts(&["infonce", "cross_entropy"]) {
+            OpKind::Loss
+        } else if starts(&["adamw", "grad_"]) {
+            OpKind::Optimizer
+        } else if starts(&["im2col", "col2im", "bn_", "dwconv"]) {
+            OpKind::Convolution
+        } else {
+            OpKind::Elementwise
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Gemm => "gemm",
+            OpKind::Attention => "attention",
+            OpKind::LayerNorm => "layernorm",
+            OpKind::Elementwise => "elementwise",
+            OpKind::Loss => "loss",
+            OpKind::Convolution => "convolution",
+            OpKind::Optimizer => "optimizer",
+        }
+    }
+}
+
+/// Seconds and calls per kind of op.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpTimes {
+    seconds: [f64; 7],
+    calls: [u64; 7],
+}
+
+impl OpTimes {
+    pub fn seconds(&self, kind: OpKind) -> f64 {
+        self.seconds[kind as usize]
+    }
+
+    pub fn calls(&self, kind: OpKind) -> u64 {
+        self.calls[kind as usize]
+    }
+
+    pub fn total_seconds(&self) -> f64 {
+        self.seconds.iter().sum()
+    }
+}
+
+thread_local! {
+    /// The times of the [`measure`] running on this thread, if any.
+    static TIMES: Cell<Option<OpTimes>> = const { Cell::new(None) };
+    /// Whether a timed call is running: a backend call made inside another is the outer's time.
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether ops on this thread are being timed.
+pub fn active() -> bool {
+    TIMES.get().is_some()
+}
+
+/// Runs `f` with every backend call on this thread timed; returns the times per kind of op.
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, OpTimes) {
+    let outer = TIMES.replace(Some(OpTimes::default()));
+    let result = f();
+    let times = TIMES.replace(outer).unwrap_or_default();
+    (result, times)
+}
+
+/// The wrapped backend of each device.
+pub fn backend(device: Device) -> &'static dyn Backend {
+    static CPU: Timed = Timed { inner: &super::cpu::CpuBackend, device: Device::Cpu };
+    static EMU: Timed = Timed { inner: &super::EMU, device: Device::Emu };
+    static CUDA: Timed = Timed { inner: &super::CUDA, device: Device::Cuda };
+    match device {
+        Device::Cpu => &CPU,
+        Device::Emu => &EMU,
+        Device::Cuda => &CUDA,
+    }
+}
+
+struct Timed {
+    inner: &'static dyn Backend,
+    device: Device,
+}
+
+impl Timed {
+    /// Waits for a GPU device, so that wall time brackets the device's work.
+    fn settle(&self) {
+        if self.device.is_gpu()
+            && let Ok(driver) = super::gpu::driver(self.device)
+        {
+            let _ = driver.synchronize();
+        }
+    }
+
+    fn timed<R>(&self, kind: OpKind, call: impl FnOnce() -> R) -> R {
+        if INSIDE.get() {
+            return call();
+        }
+        self.settle();
+        INSIDE.set(true);
+        let started = Instant::now();
+        let result = call();
+        self.settle();
+        let seconds = started.elapsed().as_secs_f64();
+        INSIDE.set(false);
+        if let Some(mut t) = TIMES.get() {
+            t.seconds[kind as usize] += seconds;
+            t.calls[kind as usize] += 1;
+            TIMES.set(Some(t));
+        }
+        result
+    }
+}
+
+impl Backend for Timed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.cast(x, dtype))
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.timed(OpKind::Gemm, || self.inner.matmul(a, b, trans_a, trans_b, bias))
+    }
+
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.binary(op, a, b))
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.unary(op, x))
+    }
+
+    fn unary_backward(&self, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.unary_backward(op, x, y, dy))
+    }
+
+    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.bias_quick_gelu(x, bias))
+    }
+
+    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.timed(OpKind::Elementwise, || self.inner.bias_quick_gelu_backward(x, bias, dy))
+    }
+
+    fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.sum_middle(x, outer, n, inner))
+    }
+
+    fn repeat_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.repeat_middle(x, outer, n, inner))
+    }
+
+    fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.permute(x, perm))
+    }
+
+    fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.concat(xs, dim))
+    }
+
+    fn slice(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.slice(x, dim, start, len))
+    }
+
+    fn pad_slice(&self, x: &Tensor, dim: usize, start: usize, full: usize) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.pad_slice(x, dim, start, full))
+    }
+
+    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.index_rows(table, ids))
+    }
+
+    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.index_rows_backward(dy, ids, rows))
+    }
+
+    fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {
+        self.timed(OpKind::LayerNorm, || self.inner.layer_norm(x, residual, affine, eps))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        input: &Tensor,
+        affine: &LnAffine,
+        mean: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+    ) -> Result<LayerNormGrads> {
+        self.timed(OpKind::LayerNorm, || self.inner.layer_norm_backward(input, affine, mean, rstd, dy))
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.softmax(x))
+    }
+
+    fn softmax_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.softmax_backward(y, dy))
+    }
+
+    fn l2_normalize(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        self.timed(OpKind::Elementwise, || self.inner.l2_normalize(x, eps))
+    }
+
+    fn l2_normalize_backward(&self, y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, || self.inner.l2_normalize_backward(y, norm, dy, eps))
+    }
+
+    fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
+        self.timed(OpKind::Attention, || self.inner.attention(qkv, heads, mask))
+    }
+
+    fn attention_backward(
+        &self,
+        qkv: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        heads: usize,
+        mask: &AttnMask,
+    ) -> Result<Tensor> {
+        self.timed(OpKind::Attention, || self.inner.attention_backward(qkv, out, lse, dout, heads, mask))
+    }
+
+    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
+        self.timed(OpKind::Loss, || self.inner.infonce(img, txt, logit_scale, max_scale))
+    }
+
+    fn infonce_backward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        logit_scale: &Tensor,
+        out: &InfoNceOut,
+        dloss: &Tensor,
+        max_scale: Option<f64>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.timed(OpKind::Loss, || self.inner.infonce_backward(img, txt, logit_scale, out, dloss, max_scale))
+    }
+
+    fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
+        self.timed(OpKind::Loss, || self.inner.infonce_partial(shard))
+    }
+
+    fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
+        self.timed(OpKind::Loss, || self.inner.infonce_finish(partial, col_partials))
+    }
+
+    fn infonce_shard_backward(
+        &self,
+        shard: InfoNceShard<'_>,
+        out: &InfoNceOut,
+        dloss: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.timed(OpKind::Loss, || self.inner.infonce_shard_backward(shard, out, dloss))
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+        self.timed(OpKind::Loss, || self.inner.cross_entropy(logits, targets))
+    }
+
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+        self.timed(OpKind::Loss, || self.inner.cross_entropy_backward(logits, lse, targets, dloss))
+    }
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
+        self.timed(OpKind::Convolution, || self.inner.conv2d(x, w, geo))
+    }
+
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        geo: Conv2dGeometry,
+        need_dx: bool,
+    ) -> Result<(Option<Tensor>, Tensor)> {
+        self.timed(OpKind::Convolution, || self.inner.conv2d_backward(x, w, dy, geo, need_dx))
+    }
+
+    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
+        self.timed(OpKind::Convolution, || self.inner.batch_norm_train(x, gamma, beta, eps))
+    }
+
+    fn batch_norm_eval(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        self.timed(OpKind::Convolution, || self.inner.batch_norm_eval(x, gamma, beta, mean, var, eps))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        dy: &Tensor,
+        eps: f64,
+        batch_stats: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.timed(OpKind::Convolution, || self.inner.batch_norm_backward(x, gamma, mean, var, dy, eps, batch_stats))
+    }
+
+    fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
+        self.timed(OpKind::Optimizer, || self.inner.adamw_multi(tensors, hp))
+    }
+}
