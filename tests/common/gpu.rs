@@ -26,6 +26,8 @@ pub fn plain_emulator<R>(f: impl FnOnce() -> R) -> R {
 pub fn model_devices() -> Vec<Device> {
     match gpu::driver(Device::Cuda) {
         Ok(_) => vec![Device::Emu, Device::Cuda],
+        // scripts/gpu-session.sh sets this: there a missing GPU is a failure, not a skip.
+        Err(e) if std::env::var_os("MSCLIP_REQUIRE_GPU").is_some() => panic!("MSCLIP_REQUIRE_GPU is set: {e}"),
         Err(e) => {
             eprintln!("GPU parity skipped, no usable GPU: {e}");
             vec![Device::Emu]

@@ -225,7 +225,7 @@ impl Report<'_> {
         let f = t.flops;
         let steps = t.seconds.len() as f64;
         let mut out = format!(
-            "bench step: preset {}, batch {}, {} on {} ({}), {}; {} warm-up steps, {} timed\n",
+            "bench step: preset {}, batch {}, {} on {} ({}), {}; steps: {} warm-up, {} timed\n",
             s.preset,
             s.batch,
             s.precision,

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The one command for the day a GPU is lent (leases are short: build first, with
+# scripts/gpu-session-prepare.sh, and carry gpu-session/ and wheels/). It runs, on the GPU:
+#   0. the GPU parity tests (every test of tests/gpu_*.rs and modality_fusion.rs runs on the
+#      emulator and on the GPU against the CPU: GEMMs over transposes, bias, batches and odd
+#      shapes through cuBLASLt's cached plans, every kernel family, whole model steps);
+#   1. a whole training step of each B-scale preset through `msclip bench step` (forward,
+#      backward, clipping, AdamW in bf16, the loss checked finite), timed at batch 256, with
+#      the driver's counts and the time per kind of op, fused and with modality fusion off;
+#   2. PyTorch's step of the same models at the same batch (benches/pytorch_reference.py: open_clip's
+#      ViT-B-32-quickgelu and MS-CLIP-S / OneR written from the spec, parameter counts checked);
+#   3. a table of both, ours against PyTorch, into OUT/summary.md, beside every JSON.
+# Every part runs even when one before it failed; the exit status says whether all passed.
+#
+# Usage (repository root):   bash scripts/gpu-session.sh [OUT]           (OUT: $OUT or gpu-session-out)
+# Rehearsal without a GPU:   bash scripts/gpu-session.sh --rehearse [OUT]
+#   the same parts at small shapes: ours on the emulator (two layers, batch 2), PyTorch on the CPU.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+rehearse=false
+if [[ ${1:-} == --rehearse ]]; then
+    rehearse=true
+    shift
+fi
+out=${1:-${OUT:-gpu-session-out}}
+mkdir -p "$out"
+# The binaries: from the bundle on the GPU machine, from the build here.
+bin=$out/bin
+if [[ -f gpu-session/bundle.tar.gz ]]; then
+    mkdir -p "$bin" && tar -xzf gpu-session/bundle.tar.gz -C "$bin"
+    msclip=$bin/msclip
+else
+    msclip=target/release/msclip
+fi
+# cuBLASLt 13 from wherever it is installed (the CUDA toolkit, or the nvidia-cublas wheel
+# PyTorch brought), when the loader does not find it by itself.
+if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
+    lib=$(find / -xdev -name 'libcublasLt.so.13*' -print -quit 2>/dev/null)
+    [[ -n $lib ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+failures=0
+step() { # name, command...: runs and logs one part, counting failures
+    local name=$1
+    shift
+    echo "== $name: $*" | tee -a "$out/session.log"
+    if ! "$@" 2>&1 | tee -a "$out/session.log"; then
+        echo "== $name FAILED" | tee -a "$out/session.log"
+        failures=$((failures + 1))
+    fi
+}
+
+if $rehearse; then
+    device=emu
+    sizes=(--batch 2 --layers 2 --steps 1 --warmup 1)
+    torch=(--device cpu --batch 2 --steps 1 --warmup 1)
+else
+    device=cuda
+    sizes=(--batch 256 --steps 10 --warmup 3)
+    torch=(--device cuda --batch 256 --steps 10 --warmup 3)
+    step gpu nvidia-smi -L
+    for t in "$bin"/tests/*; do
+        step "parity $(basename "$t")" env MSCLIP_REQUIRE_GPU=1 "$t" --test-threads 8
+    done
+fi
+
+presets=(clip-b32 msclip-s-b32 msclip-s-b16 oner-b32)
+for preset in "${presets[@]}"; do
+    step "bench $preset" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 "${sizes[@]}" \
+        --json "$out/bench-$preset.json"
+    if [[ $preset != clip-b32 ]]; then
+        step "bench $preset two-pass" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
+            "${sizes[@]}" --unfused modality --json "$out/bench-$preset-two-pass.json"
+    fi
+done
+
+if [[ -d wheels ]] && ! python3 -c 'import open_clip' 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/open-clip-site wheels/*.whl \
+        && export PYTHONPATH=/tmp/open-clip-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+step pytorch env PYTHONUNBUFFERED=1 python3 benches/pytorch_reference.py --model all "${torch[@]}" --msclip "$msclip" \
+    --json "$out/pytorch.json"
+
+python3 - "$out" "${presets[@]}" <<'PY' | tee "$out/summary.md"
+import json, os, sys
+
+out, presets = sys.argv[1], sys.argv[2:]
+
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+rows = {r["model"]: r for r in (load("pytorch.json") or {}).get("results", [])}
+print("| preset | msclip pairs/s | MFU | two-pass pairs/s | PyTorch pairs/s | msclip / PyTorch |")
+print("|---|---|---|---|---|---|")
+for preset in presets:
+    ours, two_pass, ref = load(f"bench-{preset}.json"), load(f"bench-{preset}-two-pass.json"), rows.get(preset)
+    fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)
+    mine = ours and ours["pairs_per_second"]
+    theirs = ref and ref["pairs_per_s"]
+    mfu = ours and ours.get("mfu")
+    mfu_text = "-" if mfu is None else f"{100 * mfu:.1f}%"
+    print(f"| {preset} | {fmt(mine)} | {mfu_text} | {fmt(two_pass and two_pass['pairs_per_second'])} "
+          f"| {fmt(theirs)} | {fmt(mine and theirs and mine / theirs, '.2f')} |")
+PY
+echo "session: $failures part(s) failed; logs and JSON in $out"
+exit $((failures > 0))
