@@ -8,6 +8,7 @@
 use std::cell::Cell;
 
 use super::driver::{DevicePtr, Driver};
+use super::pool::Block;
 use crate::error::Result;
 use crate::tensor::{CpuStorage, DType, Device};
 
@@ -41,18 +42,18 @@ pub fn live_bytes() -> usize {
     COUNTS.get().live
 }
 
-fn alloc(device: Device, bytes: usize) -> Result<DevicePtr> {
-    let ptr = super::pool::take(device, super::driver(device)?, bytes)?;
+fn alloc(device: Device, bytes: usize) -> Result<Block> {
+    let block = super::pool::take(device, super::driver(device)?, bytes)?;
     let c = COUNTS.get();
     COUNTS.set(Counts { live: c.live + bytes, peak: c.peak.max(c.live + bytes) });
-    Ok(ptr)
+    Ok(block)
 }
 
 /// # Safety
-/// `ptr` came from `alloc(device, bytes)` and nothing uses it afterwards.
-unsafe fn free(device: Device, driver: &dyn Driver, ptr: DevicePtr, bytes: usize) {
+/// `block` came from `alloc(device, bytes)` and nothing uses it afterwards.
+unsafe fn free(device: Device, driver: &dyn Driver, block: Block, bytes: usize) {
     // SAFETY: the caller's contract.
-    unsafe { super::pool::give_back(device, driver, ptr, bytes) };
+    unsafe { super::pool::give_back(device, driver, block) };
     // A buffer allocated on another thread may be freed here: never below zero.
     let c = COUNTS.get();
     COUNTS.set(Counts { live: c.live.saturating_sub(bytes), ..c });
@@ -133,12 +134,14 @@ pub struct Scratch {
     device: Device,
     ptr: DevicePtr,
     bytes: usize,
+    /// The size of the caching allocator's block, at least `bytes`.
+    capacity: usize,
 }
 
 impl Scratch {
     pub fn uninit(device: Device, bytes: usize) -> Result<Self> {
-        let ptr = alloc(device, bytes)?;
-        Ok(Scratch { device, ptr, bytes })
+        let Block { ptr, capacity } = alloc(device, bytes)?;
+        Ok(Scratch { device, ptr, bytes, capacity })
     }
 
     /// A copy of `values` on the device.
@@ -173,8 +176,8 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         if let Ok(driver) = super::driver(self.device) {
-            // SAFETY: `ptr` came from `alloc` of `bytes` and this value owns it.
-            unsafe { free(self.device, driver, self.ptr, self.bytes) }
+            // SAFETY: the block came from `alloc` of `bytes` and this value owns it.
+            unsafe { free(self.device, driver, Block { ptr: self.ptr, capacity: self.capacity }, self.bytes) }
         }
     }
 }
