@@ -3,7 +3,7 @@
 //! counted by the same code and neither driver knows about it.
 
 use super::counters;
-use super::driver::{DevicePtr, Driver, GemmSpec, KernelArg, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmSpec, GraphId, KernelArg, LaunchConfig};
 use crate::error::Result;
 
 /// `D`, with its calls counted. Calls are counted when made, whether or not they succeed.
@@ -80,5 +80,22 @@ impl<D: Driver> Driver for Counted<D> {
     fn synchronize(&self) -> Result<()> {
         counters::synchronize();
         self.0.synchronize()
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        self.0.begin_capture()
+    }
+
+    fn end_capture(&self) -> Result<GraphId> {
+        self.0.end_capture()
+    }
+
+    fn launch_graph(&self, graph: GraphId) -> Result<()> {
+        counters::graph_launch();
+        self.0.launch_graph(graph)
+    }
+
+    fn destroy_graph(&self, graph: GraphId) {
+        self.0.destroy_graph(graph)
     }
 }

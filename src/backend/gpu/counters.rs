@@ -55,6 +55,9 @@ pub struct DriverCounters {
     pub memsets: Calls,
     /// Explicit waits for the device (`Driver::synchronize`).
     pub synchronizes: u64,
+    /// Launches of captured graphs, each queuing a whole recorded step at once. The calls made
+    /// while capturing are counted above as the host made them; a replay adds only this.
+    pub graph_launches: u64,
 }
 
 impl DriverCounters {
@@ -70,6 +73,7 @@ impl DriverCounters {
             device_copies: Calls { count: 0, bytes: 0 },
             memsets: Calls { count: 0, bytes: 0 },
             synchronizes: 0,
+            graph_launches: 0,
         }
     }
 
@@ -121,6 +125,7 @@ impl DriverCounters {
             device_copies: self.device_copies.since(earlier.device_copies),
             memsets: self.memsets.since(earlier.memsets),
             synchronizes: self.synchronizes.saturating_sub(earlier.synchronizes),
+            graph_launches: self.graph_launches.saturating_sub(earlier.graph_launches),
         }
     }
 }
@@ -195,6 +200,10 @@ pub(super) fn device_copy(bytes: usize) {
 
 pub(super) fn memset(bytes: usize) {
     record(|c| c.memsets.add(bytes));
+}
+
+pub(super) fn graph_launch() {
+    record(|c| c.graph_launches += 1);
 }
 
 pub(super) fn synchronize() {

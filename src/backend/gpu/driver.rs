@@ -104,6 +104,9 @@ pub struct GemmSpec {
     pub trans_b: bool,
 }
 
+/// A captured graph of device work, as the driver that captured it names it.
+pub type GraphId = u64;
+
 pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
     /// The device in words, as its vendor names it (the emulator names itself).
@@ -137,4 +140,18 @@ pub trait Driver: Send + Sync {
     fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()>;
     /// Waits for every launched kernel and reports asynchronous errors.
     fn synchronize(&self) -> Result<()>;
+
+    /// From now until [`Self::end_capture`], the calling thread's launches, GEMMs, copies,
+    /// memsets and uploads are recorded into a graph instead of run (CUDA's stream capture).
+    /// An upload's bytes are copied when it is recorded: a replay writes those same bytes
+    /// again, so an upload inside a capture is a constant of the graph. Memory allocated while
+    /// capturing is allocated at once, not by the graph. Downloading or synchronising while
+    /// capturing is an error; so is a second capture.
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the calling thread's capture and makes its graph, ready to launch.
+    fn end_capture(&self) -> Result<GraphId>;
+    /// Queues the whole graph's work, in the order it was captured, as one launch.
+    fn launch_graph(&self, graph: GraphId) -> Result<()>;
+    /// Forgets a graph once the work queued before is done with it.
+    fn destroy_graph(&self, graph: GraphId);
 }

@@ -5,6 +5,8 @@
 //! sanitizer or the profiler ([`instrument`]); the driver tells the emulator of every allocation,
 //! free and host write, so the sanitizer knows what memory is live and what was written.
 
+mod graph;
+
 use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
@@ -12,10 +14,11 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use gemm::Parallelism;
 use half::bf16;
 
-use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchArgs, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, GraphId, KernelArg, LaunchArgs, LaunchConfig};
 use super::footprint::Footprint;
 use crate::backend::cpu::matmul::gemm_into;
 use crate::error::{Error, Result};
+use graph::Node;
 
 unsafe extern "C" {
     fn msclip_emu_launch(
@@ -216,6 +219,9 @@ impl Driver for EmuDriver {
     }
 
     fn reuse(&self, ptr: DevicePtr, bytes: usize) {
+        if graph::record(|| Node::Reuse { ptr, bytes }) {
+            return;
+        }
         let tracked = mode().0 == Instrumentation::Sanitizer;
         // SAFETY: plain values; the emulator records the range (replacing any record of the
         // same base), with nothing written yet.
@@ -223,6 +229,9 @@ impl Driver for EmuDriver {
     }
 
     fn retire(&self, ptr: DevicePtr) {
+        if graph::record(|| Node::Retire { ptr }) {
+            return;
+        }
         // SAFETY: a plain value; the emulator forgets the range, so any access is flagged.
         unsafe { msclip_emu_note_free(ptr as usize) };
     }
@@ -237,6 +246,9 @@ impl Driver for EmuDriver {
     }
 
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        if graph::record(|| Node::Upload { dst, bytes: src.to_vec() }) {
+            return Ok(());
+        }
         // SAFETY: dst is an allocation of at least src.len() bytes (the backend's invariant).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         note_written(dst, src.len());
@@ -244,12 +256,16 @@ impl Driver for EmuDriver {
     }
 
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        graph::refuse_while_capturing("downloading")?;
         // SAFETY: src is an allocation of at least dst.len() bytes.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        if graph::record(|| Node::Copy { dst, src, bytes }) {
+            return Ok(());
+        }
         // SAFETY: both are allocations of at least `bytes`; `copy` allows overlap.
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
         note_written(dst, bytes);
@@ -257,6 +273,9 @@ impl Driver for EmuDriver {
     }
 
     fn zero(&self, dst: DevicePtr, bytes: usize) -> Result<()> {
+        if graph::record(|| Node::Zero { dst, bytes }) {
+            return Ok(());
+        }
         // SAFETY: dst is an allocation of at least `bytes`.
         unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
         note_written(dst, bytes);
@@ -264,6 +283,11 @@ impl Driver for EmuDriver {
     }
 
     fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let recorded =
+            || Node::Launch { kernel: kernel.into(), config, args: args.to_vec(), footprint: FOOTPRINT.get() };
+        if graph::record(recorded) {
+            return Ok(());
+        }
         let name = CString::new(kernel).map_err(|_| Error::Device(format!("kernel name {kernel:?} has a NUL")))?;
         let mut marshalled = LaunchArgs::new(args);
         let sizes = marshalled.sizes();
@@ -314,6 +338,9 @@ impl Driver for EmuDriver {
     }
 
     fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()> {
+        if graph::record(|| Node::Gemm { spec, a, b, bias, c }) {
+            return Ok(());
+        }
         let GemmSpec { batch, m, n, k, .. } = spec;
         let a = read_as_f32(spec.dtype, a, batch * m * k);
         let b = read_as_f32(spec.dtype, b, batch * k * n);
@@ -336,7 +363,40 @@ impl Driver for EmuDriver {
     }
 
     fn synchronize(&self) -> Result<()> {
+        graph::refuse_while_capturing("synchronizing")
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        graph::begin()
+    }
+
+    fn end_capture(&self) -> Result<GraphId> {
+        graph::end()
+    }
+
+    /// Runs the nodes in order on this thread, in this thread's instrumentation mode.
+    fn launch_graph(&self, id: GraphId) -> Result<()> {
+        for node in graph::nodes(id)?.iter() {
+            match node {
+                Node::Launch { kernel, config, args, footprint } => {
+                    FOOTPRINT.set(*footprint);
+                    let result = self.launch(kernel, *config, args);
+                    FOOTPRINT.set(None);
+                    result?
+                }
+                &Node::Gemm { spec, a, b, bias, c } => self.gemm(spec, a, b, bias, c)?,
+                Node::Upload { dst, bytes } => self.upload(*dst, bytes)?,
+                &Node::Copy { dst, src, bytes } => self.copy(dst, src, bytes)?,
+                &Node::Zero { dst, bytes } => self.zero(dst, bytes)?,
+                &Node::Reuse { ptr, bytes } => self.reuse(ptr, bytes),
+                &Node::Retire { ptr } => self.retire(ptr),
+            }
+        }
         Ok(())
+    }
+
+    fn destroy_graph(&self, id: GraphId) {
+        graph::destroy(id)
     }
 }
 

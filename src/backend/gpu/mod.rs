@@ -19,6 +19,7 @@ pub mod driver;
 mod elementwise;
 pub mod emu;
 pub mod footprint;
+pub mod graph;
 mod infonce;
 pub mod kernel_stats;
 mod layernorm;

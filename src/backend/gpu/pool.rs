@@ -13,6 +13,7 @@
 //! out ([`Driver::reuse`]) and that a cached block is dead ([`Driver::retire`]), so its
 //! sanitizer checks bounds and initialisation exactly as if every request were fresh.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -48,6 +49,64 @@ struct FreeLists {
 
 static FREE: Mutex<Option<FreeLists>> = Mutex::new(None);
 
+thread_local! {
+    /// While this thread captures a graph: the blocks given back during the capture, which the
+    /// graph's work goes on using at every launch, so no one outside the capture may get them.
+    static PRIVATE: RefCell<Option<(Device, FreeLists)>> = const { RefCell::new(None) };
+}
+
+/// The blocks a graph's work uses after its capture ended: given back to the caching
+/// allocator only when the graph is gone ([`end_private`], [`give_back_private`]).
+pub struct PrivateBlocks {
+    device: Device,
+    blocks: Vec<Block>,
+}
+
+impl PrivateBlocks {
+    /// Whether one of the blocks starts at `ptr`.
+    pub fn contains(&self, ptr: DevicePtr) -> bool {
+        self.blocks.iter().any(|b| b.ptr == ptr)
+    }
+}
+
+/// From now on, blocks this thread gives back on `device` are kept apart, for requests of the
+/// same thread only, until [`end_private`]: the memory of a graph capture.
+pub fn begin_private(device: Device) {
+    PRIVATE.set(Some((device, FreeLists::default())));
+}
+
+/// Ends [`begin_private`] and hands over the blocks kept apart.
+pub fn end_private() -> PrivateBlocks {
+    let (device, lists) = PRIVATE.take().expect("end_private after begin_private on this thread");
+    let blocks = lists
+        .blocks
+        .into_iter()
+        .flat_map(|((_, capacity), ptrs)| ptrs.into_iter().map(move |ptr| Block { ptr, capacity }))
+        .collect();
+    PrivateBlocks { device, blocks }
+}
+
+/// Returns a graph's blocks to the general free lists.
+///
+/// # Safety
+/// Nothing uses the blocks afterwards (the graph is destroyed and no launch of it is pending).
+pub unsafe fn give_back_private(driver: &dyn Driver, private: PrivateBlocks) {
+    for block in private.blocks {
+        if !with_free(|free| free.push(private.device, block.capacity, block.ptr)) {
+            // SAFETY: the block came from `driver.alloc(capacity)` and the caller gives it up.
+            unsafe { driver.free(block.ptr, block.capacity) };
+        }
+    }
+}
+
+/// Runs `f` on this thread's private free lists when it keeps them for `device`.
+fn with_private<R>(device: Device, f: impl FnOnce(&mut FreeLists) -> R) -> Option<R> {
+    PRIVATE.with_borrow_mut(|private| match private {
+        Some((d, lists)) if *d == device => Some(f(lists)),
+        _ => None,
+    })
+}
+
 /// The capacity of the block that serves a request of `bytes`.
 pub fn capacity_for(bytes: usize) -> usize {
     if bytes <= MIN_BLOCK {
@@ -76,9 +135,14 @@ impl FreeLists {
         if device == Device::Emu && *cached + capacity > EMU_CACHE_LIMIT {
             return false;
         }
-        *cached += capacity;
-        self.blocks.entry((device, capacity)).or_default().push(ptr);
+        self.keep(device, capacity, ptr);
         true
+    }
+
+    /// Keeps a block, however full the cache.
+    fn keep(&mut self, device: Device, capacity: usize, ptr: DevicePtr) {
+        *self.bytes.entry(device).or_default() += capacity;
+        self.blocks.entry((device, capacity)).or_default().push(ptr);
     }
 }
 
@@ -87,9 +151,11 @@ impl FreeLists {
 /// allocation is tried once more.
 pub fn take(device: Device, driver: &dyn Driver, bytes: usize) -> Result<Block> {
     let capacity = capacity_for(bytes);
-    let classes = std::iter::successors(Some(capacity), |&c| Some(capacity_for(c + 1))).take(1 + LARGER_CLASSES);
-    let cached =
-        with_free(|free| classes.into_iter().find_map(|c| free.pop(device, c).map(|ptr| Block { ptr, capacity: c })));
+    let classes: Vec<usize> =
+        std::iter::successors(Some(capacity), |&c| Some(capacity_for(c + 1))).take(1 + LARGER_CLASSES).collect();
+    let from =
+        |free: &mut FreeLists| classes.iter().find_map(|&c| free.pop(device, c).map(|ptr| Block { ptr, capacity: c }));
+    let cached = with_private(device, from).flatten().or_else(|| with_free(from));
     if let Some(block) = cached {
         counters::cached_allocation(bytes);
         driver.reuse(block.ptr, bytes);
@@ -118,6 +184,10 @@ pub fn take(device: Device, driver: &dyn Driver, bytes: usize) -> Result<Block> 
 /// Nothing uses the block afterwards, except through a later [`take`].
 pub unsafe fn give_back(device: Device, driver: &dyn Driver, block: Block) {
     driver.retire(block.ptr);
+    // Private lists have no cap: each of their blocks is in a graph's use.
+    if with_private(device, |private| private.keep(device, block.capacity, block.ptr)).is_some() {
+        return;
+    }
     if !with_free(|free| free.push(device, block.capacity, block.ptr)) {
         // SAFETY: the block came from `driver.alloc(capacity)` and the caller gives it up.
         unsafe { driver.free(block.ptr, block.capacity) };

@@ -10,6 +10,7 @@
 //! embedded are loaded once, when the driver is created.
 
 mod gemm;
+mod graph;
 mod staging;
 
 use std::collections::HashMap;
@@ -21,10 +22,11 @@ use cudarc::cublaslt::sys as lt_sys;
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cu_sys;
 
-use super::driver::{DevicePtr, Driver, GemmSpec, KernelArg, LaunchArgs, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmSpec, GraphId, KernelArg, LaunchArgs, LaunchConfig};
 use super::modules::{GPU_IMAGES_BUILT, MODULES};
 use crate::error::{Error, Result};
 use gemm::GemmPlans;
+use graph::Graphs;
 use staging::PinnedRing;
 /// Dynamic shared memory a launch gets without opting in.
 const DEFAULT_DYNAMIC_SMEM: u32 = 48 * 1024;
@@ -44,6 +46,7 @@ pub struct CudaDriver {
     workspace: DevicePtr,
     gemm_plans: Mutex<GemmPlans>,
     staging: Mutex<PinnedRing>,
+    graphs: Mutex<Graphs>,
     pub device_name: String,
     /// Compute capability 9.0 (H100, H200): the sm_90a images, wgmma included, load as built.
     hopper: bool,
@@ -151,6 +154,7 @@ impl CudaDriver {
             workspace,
             gemm_plans: Mutex::new(GemmPlans::default()),
             staging: Mutex::new(staging),
+            graphs: Mutex::new(Graphs::default()),
             device_name,
             hopper,
         })
@@ -184,28 +188,50 @@ impl Driver for CudaDriver {
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         self.bind()?;
-        // SAFETY: the context is current; every use of the memory is on the same stream; pool
-        // allocations are aligned to at least 256 bytes.
-        unsafe { cu::malloc_async(self.stream, bytes.max(1)) }
-            .map_err(|e| driver_error(&format!("allocate {bytes} bytes"), e))
+        let mut graphs = lock(&self.graphs);
+        // SAFETY: the context is current; every use of the memory is on the same stream; both
+        // kinds of allocation are aligned to at least 256 bytes.
+        let allocated = unsafe {
+            match graphs.is_capturing() {
+                // A stream-ordered allocation would be captured as a node and freed with the
+                // graph; a plain one is not captured (legal in relaxed capture mode).
+                true => cu::malloc_sync(bytes.max(1)).inspect(|&ptr| graphs.note_plain_allocation(ptr)),
+                false => cu::malloc_async(self.stream, bytes.max(1)),
+            }
+        };
+        allocated.map_err(|e| driver_error(&format!("allocate {bytes} bytes"), e))
     }
 
     unsafe fn free(&self, ptr: DevicePtr, _bytes: usize) {
         if self.bind().is_ok() {
-            // SAFETY: the caller passes a live allocation of this driver. A failure here means
-            // the context is already broken; the error surfaces at the next checked call.
-            let _ = unsafe { cu::free_async(ptr, self.stream) };
+            // SAFETY: the caller passes a live allocation of this driver, made one way or the
+            // other. A failure here means the context is already broken; the error surfaces at
+            // the next checked call.
+            let _ = unsafe {
+                match lock(&self.graphs).forget_plain_allocation(ptr) {
+                    true => cu::free_sync(ptr),
+                    false => cu::free_async(ptr, self.stream),
+                }
+            };
         }
     }
 
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         self.bind()?;
-        // SAFETY: dst holds at least src.len() bytes; the stream is this context's.
-        unsafe { lock(&self.staging).upload(dst, src, self.stream) }
+        let mut graphs = lock(&self.graphs);
+        // SAFETY: dst holds at least src.len() bytes; the stream is this context's (and, in
+        // a capture, dst outlives the graph: the caching allocator keeps captured blocks).
+        unsafe {
+            match graphs.is_capturing() {
+                true => graphs.upload(dst, src, self.stream),
+                false => lock(&self.staging).upload(dst, src, self.stream),
+            }
+        }
     }
 
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         self.bind()?;
+        lock(&self.graphs).refuse_while_capturing("downloading")?;
         // SAFETY: src holds at least dst.len() bytes. Queued behind the work that writes src;
         // the host then waits for the stream, so the bytes are there on return.
         unsafe {
@@ -267,7 +293,36 @@ impl Driver for CudaDriver {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
+        lock(&self.graphs).refuse_while_capturing("synchronizing")?;
         // SAFETY: this context's stream.
         unsafe { cu::stream::synchronize(self.stream) }.map_err(|e| driver_error("a kernel failed (synchronize)", e))
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the context is current; the stream is its own.
+        unsafe { lock(&self.graphs).begin(self.stream) }
+    }
+
+    fn end_capture(&self) -> Result<GraphId> {
+        self.bind()?;
+        // SAFETY: as above.
+        unsafe { lock(&self.graphs).end(self.stream) }
+    }
+
+    fn launch_graph(&self, graph: GraphId) -> Result<()> {
+        self.bind()?;
+        // SAFETY: as above.
+        unsafe { lock(&self.graphs).launch(graph, self.stream) }
+    }
+
+    fn destroy_graph(&self, graph: GraphId) {
+        // A launch still queued may read the graph's constants: wait for the stream first.
+        if self.bind().is_ok() {
+            // SAFETY: this context's stream; an error here surfaces at the next checked call.
+            let _ = unsafe { cu::stream::synchronize(self.stream) };
+            // SAFETY: the context is current and nothing queued uses the graph any more.
+            unsafe { lock(&self.graphs).destroy(graph) }
+        }
     }
 }

@@ -1,0 +1,113 @@
+//! Graph capture (issue 13): work captured once and launched again does what the captured calls
+//! would do on the inputs of the moment, with one driver call per launch; uploads made while
+//! capturing are constants; what a capture cannot hold is refused; the captured work's memory
+//! is its own. On the emulator under its sanitizer, and on a GPU when there is one.
+
+mod common;
+
+use common::gpu::gpu_devices;
+use msclip::backend::gpu::counters::{DriverCounters, measure};
+use msclip::backend::gpu::graph::{self, Graph};
+use msclip::backend::gpu::{self as gpu_backend, DevicePtr};
+use msclip::backend::{self, BinaryOp, UnaryOp};
+use msclip::error::Result;
+use msclip::tensor::Storage;
+use msclip::{DType, Device, Tensor};
+
+fn on_device(values: &[f64], device: Device) -> Tensor {
+    Tensor::from_f64(values, [values.len()], DType::F32).unwrap().to_device(device).unwrap()
+}
+
+fn address(t: &Tensor) -> DevicePtr {
+    match t.storage() {
+        Storage::Gpu(g) => g.ptr(),
+        Storage::Cpu(_) => panic!("a device tensor"),
+    }
+}
+
+/// Overwrites a device tensor's f32 elements in place, as a step's inputs are refreshed.
+fn write(t: &Tensor, values: &[f32]) {
+    gpu_backend::driver(t.device()).unwrap().upload(address(t), bytemuck::cast_slice(values)).unwrap();
+}
+
+/// 3x + 1 through a temporary: the temporaries are freed inside the work.
+fn three_x_plus_one(x: &Tensor) -> Result<Tensor> {
+    let be = backend::get(x.device());
+    let doubled = be.unary(UnaryOp::Scale(2.0), x)?;
+    let tripled = be.binary(BinaryOp::Add, &doubled, x)?;
+    let one = on_device(&vec![1.0; x.numel()], x.device());
+    be.binary(BinaryOp::Add, &tripled, &one)
+}
+
+fn capture_three_x_plus_one(x: &Tensor) -> (Tensor, Graph) {
+    graph::capture(x.device(), || three_x_plus_one(x)).unwrap()
+}
+
+#[test]
+fn a_launch_runs_the_captured_work_on_the_inputs_of_the_moment_in_one_driver_call() {
+    for device in gpu_devices() {
+        let x = on_device(&[0.0; 5], device);
+        let (out, graph) = capture_three_x_plus_one(&x);
+        for round in 0..3 {
+            let values: Vec<f32> = (0..5).map(|i| (i * 10 + round) as f32 - 7.5).collect();
+            write(&x, &values);
+            let ((), counts) = measure(|| graph.launch().unwrap());
+            let want = DriverCounters { graph_launches: 1, ..DriverCounters::new() };
+            assert_eq!(counts, want, "{device}: a launch is one call, with no upload, allocation or kernel of its own");
+            let got = out.to_f64_vec();
+            let expected: Vec<f64> = values.iter().map(|&v| 3.0 * v as f64 + 1.0).collect();
+            assert_eq!(got, expected, "{device}, round {round}");
+        }
+    }
+}
+
+#[test]
+fn an_upload_made_while_capturing_is_repeated_with_the_bytes_it_had() {
+    for device in gpu_devices() {
+        let x = on_device(&[0.0; 3], device);
+        let (out, graph) = graph::capture(device, || {
+            let constant = on_device(&[1.0, 2.0, 3.0], device);
+            backend::get(device).binary(BinaryOp::Mul, &x, &constant)
+        })
+        .unwrap();
+        write(&x, &[5.0, 5.0, 5.0]);
+        graph.launch().unwrap();
+        assert_eq!(out.to_f64_vec(), [5.0, 10.0, 15.0], "{device}");
+    }
+}
+
+#[test]
+fn reading_back_or_waiting_inside_a_capture_is_refused_and_leaves_no_capture_behind() {
+    for device in gpu_devices() {
+        let x = on_device(&[1.0, 2.0], device);
+        let read = graph::capture(device, || three_x_plus_one(&x)?.host_storage().map(|_| ()));
+        let err = read.err().expect("a download inside a capture").to_string();
+        assert!(err.contains("capturing"), "{device}: {err}");
+        let nested = graph::capture(device, || graph::capture(device, || Ok(())).map(|_| ()));
+        let err = nested.err().expect("a capture inside a capture").to_string();
+        assert!(err.contains("already"), "{device}: {err}");
+        // Nothing is left capturing: eager work runs again.
+        assert_eq!(three_x_plus_one(&x).unwrap().to_f64_vec(), [4.0, 7.0], "{device}");
+    }
+}
+
+#[test]
+fn the_captured_work_keeps_its_memory_while_the_graph_lives() {
+    for device in gpu_devices() {
+        let x = on_device(&[1.0; 7], device);
+        let (out, graph) = capture_three_x_plus_one(&x);
+        // Buffers of the same sizes as the work's temporaries, made and filled after the
+        // capture: none may be one the graph writes.
+        let others: Vec<Tensor> = (0..4).map(|i| on_device(&[100.0 + i as f64; 7], device)).collect();
+        for t in &others {
+            assert!(!graph.owns_block(address(t)), "{device}: a graph's block handed out");
+        }
+        graph.launch().unwrap();
+        assert_eq!(out.to_f64_vec(), [4.0; 7], "{device}");
+        for (i, t) in others.iter().enumerate() {
+            assert_eq!(t.to_f64_vec(), [100.0 + i as f64; 7], "{device}: the launch wrote another buffer");
+        }
+        drop(graph);
+        assert_eq!(out.to_f64_vec(), [4.0; 7], "{device}: the output outlives the graph");
+    }
+}
