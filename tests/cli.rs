@@ -187,18 +187,35 @@ fn bench_step_times_a_tiny_step_on_the_cpu_and_the_emulator() {
     assert_eq!(report["breakdown"].as_array().unwrap().len(), 7, "{report}");
     assert!(report["mfu"].is_null() && report["driver_per_step"].is_null(), "{report}");
 
-    // The emulator, two-pass: driver counts per step, and modelled bounds per kind of op.
-    let out = msclip(&[&common[..], &["--device", "emu", "--unfused", "modality"]].concat());
+    // The emulator, op by op, two-pass and with attention unfused: driver counts per step, and
+    // modelled bounds per kind of op.
+    let eager = ["--device", "emu", "--cuda-graph", "off", "--unfused", "modality,attention"];
+    let out = msclip(&[&common[..], &eager].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
-    assert_eq!(report["fusion"], "modality unfused", "{report}");
+    assert_eq!(report["fusion"], "unfused: modality, attention", "{report}");
+    assert_eq!(report["cuda_graph"], false, "{report}");
     let driver = &report["driver_per_step"];
     assert!(driver["launches"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(driver["graph_launches"].as_f64(), Some(0.0), "{report}");
     assert_eq!(driver["host_syncs"].as_f64(), Some(1.0), "only the loss read: {report}");
     let gemm = &report["breakdown"][0];
     assert_eq!(gemm["op"], "gemm");
     assert!(gemm["h200_bound_seconds"].as_f64().unwrap() > 0.0, "{report}");
+
+    // The default on a GPU device: each timed step one launch of the captured step, here in
+    // bf16 with attention forced into one tile shape.
+    let graphed = ["--device", "emu", "--precision", "bf16", "--kernel", "attention=q32k32"];
+    let out = msclip(&[&common[..], &graphed].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(report["kernels"], serde_json::json!(["attention=q32k32"]), "{report}");
+    assert_eq!(report["cuda_graph"], true, "{report}");
+    let driver = &report["driver_per_step"];
+    for (count, want) in [("graph_launches", 1.0), ("launches", 0.0), ("allocations", 0.0), ("host_syncs", 1.0)] {
+        assert_eq!(driver[count].as_f64(), Some(want), "{count}: {report}");
+    }
 }
 
 #[test]
@@ -206,4 +223,18 @@ fn bench_step_refuses_a_bad_unfused_name() {
     let out = msclip(&["bench", "step", "--batch", "2", "--unfused", "everything"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("modality"), "{}", stderr(&out));
+}
+
+#[test]
+fn bench_step_refuses_kernel_choices_that_cannot_apply() {
+    let probes: [(&[&str], &str); 3] = [
+        (&["--kernel", "attention=q16k16", "--precision", "bf16"], "q64k64"),
+        (&["--kernel", "softmax=fast"], "attention does"),
+        (&["--kernel", "attention=q32k32"], "--precision bf16"),
+    ];
+    for (args, fragment) in probes {
+        let out = msclip(&[&["bench", "step", "--batch", "2", "--device", "emu"], args].concat());
+        let err = stderr(&out);
+        assert!(!out.status.success() && err.contains(fragment) && !err.contains("panicked"), "{args:?}: {err}");
+    }
 }

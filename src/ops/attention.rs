@@ -1,5 +1,7 @@
 //! Multi-head self-attention on packed QKV projections.
 
+use super::flops;
+use super::fusion::{self, Fusion};
 use super::{be, check_rank};
 use crate::autograd::record1;
 use crate::backend::AttnMask;
@@ -18,8 +20,11 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Tensor> 
         return Err(Error::shape(OP, format!("qkv {} cannot split into q, k, v of {heads} heads", qkv.shape())));
     }
     mask.check(OP, batch, len)?;
+    flops::attention(batch, len, packed / 3, mask);
+    if fusion::is_off(Fusion::Attention) {
+        return flops::uncounted(|| super::unfused::attention(qkv, heads, mask));
+    }
     let (out, lse) = be(qkv).attention(qkv, heads, mask)?;
-    super::flops::attention(batch, len, packed / 3, mask);
     let (x, o, mask) = (qkv.clone(), out.clone(), mask.clone());
     Ok(record1(OP, &[qkv], out, move |dy, _| {
         Ok(vec![Some(be(dy).attention_backward(&x, &o, &lse, dy, heads, &mask)?)])

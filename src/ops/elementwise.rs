@@ -1,5 +1,6 @@
 //! Element-wise arithmetic and activations.
 
+use super::fusion::{self, Fusion};
 use super::{be, check_same_kind};
 use crate::autograd::record1;
 use crate::backend::{BinaryOp, UnaryOp};
@@ -64,6 +65,9 @@ impl Tensor {
                 OP,
                 format!("bias {} for input {}: bias must be [last dim]", bias.shape(), self.shape()),
             ));
+        }
+        if fusion::is_off(Fusion::BiasGelu) {
+            return self.add_broadcast(bias)?.quick_gelu();
         }
         let y = be(self).bias_quick_gelu(self, bias)?;
         let (x_saved, bias_saved) = (self.clone(), bias.clone());

@@ -54,6 +54,15 @@ pub fn count<R>(f: impl FnOnce() -> R) -> (R, FlopCounts) {
     (result, counted)
 }
 
+/// Runs `f` with nothing it does counted: an unfused composition, whose work is counted as its
+/// fused op's (the model's FLOPs, not the padded or masked work a composition also does).
+pub(super) fn uncounted<R>(f: impl FnOnce() -> R) -> R {
+    let outer = COUNTS.replace(None);
+    let result = f();
+    COUNTS.set(outer);
+    result
+}
+
 fn add(update: impl FnOnce(&mut FlopCounts)) {
     if let Some(mut c) = COUNTS.get() {
         update(&mut c);

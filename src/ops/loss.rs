@@ -1,5 +1,7 @@
 //! Losses: symmetric InfoNCE with a learnable temperature, and cross-entropy.
 
+use super::flops;
+use super::fusion::{self, Fusion};
 use super::{be, check_ids, check_rank, check_same_kind};
 use crate::autograd::record1;
 use crate::error::{Error, Result};
@@ -21,8 +23,11 @@ pub fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Opti
     if let Some(m) = max_scale.filter(|m| m.is_nan() || *m <= 0.0) {
         return Err(Error::invalid(OP, format!("max_scale must be positive, got {m}")));
     }
+    flops::contrastive_logits(img.dims()[0], img.dims()[1]);
+    if fusion::is_off(Fusion::InfoNce) {
+        return flops::uncounted(|| super::unfused::infonce(img, txt, logit_scale, max_scale));
+    }
     let out = be(img).infonce(img, txt, logit_scale, max_scale)?;
-    super::flops::contrastive_logits(img.dims()[0], img.dims()[1]);
     let loss = out.loss.clone();
     let (i, t, s) = (img.clone(), txt.clone(), logit_scale.clone());
     let scale_shape = logit_scale.shape().clone();

@@ -9,11 +9,13 @@ mod attention;
 mod conv;
 mod elementwise;
 pub mod flops;
+pub mod fusion;
 mod layout;
 mod loss;
 mod matmul;
 mod norm;
 mod reduce;
+mod unfused;
 
 pub use attention::attention;
 pub use conv::conv2d;

@@ -1,6 +1,7 @@
 //! Normalisations: LayerNorm (plain and fused with the residual add), softmax, L2
 //! normalisation and BatchNorm2d.
 
+use super::fusion::{self, Fusion};
 use super::{be, check_rank, check_same_kind};
 use crate::autograd::{record, record1};
 use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
@@ -102,6 +103,11 @@ impl Tensor {
         }
         check_layer_norm(OP, self, affine)?;
         check_same_kind(OP, &[self, residual])?;
+        if fusion::is_off(Fusion::ResidualLayerNorm) {
+            let sum = self.add(residual)?;
+            let y = sum.layer_norm_segments(affine, eps)?;
+            return Ok((sum, y));
+        }
         let out = be(self).layer_norm(self, Some(residual), affine, eps)?;
         let sum = out.sum.expect("a residual was given");
         let (saved_sum, saved, mean, rstd) = (sum.clone(), affine.clone(), out.mean, out.rstd);

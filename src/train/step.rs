@@ -8,7 +8,8 @@ use super::config::TrainConfig;
 use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
-use crate::error::Result;
+use crate::backend::gpu::graph::{self, Graph};
+use crate::error::{Error, Result};
 use crate::model::{Buffers, ClipModel};
 use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamStore, Update};
 use crate::tensor::{DType, Device, Rng, Tensor};
@@ -113,5 +114,18 @@ impl<'a> Steps<'a> {
         let batch = training_batch(config, self.tokenizer, model.config.text.context, step)?;
         let images = batch.images_on(config.device, config.precision.dtype())?;
         self.state.step(model, config, &images, &batch.tokens, self.schedule.lr(step))
+    }
+
+    /// Captures step `step` (its batch upload, forward, backward, clipping and AdamW) into one
+    /// graph without running it, on a GPU device. Every launch of the graph runs that step
+    /// again as captured: the same batch, learning rate and bias correction, into the outputs
+    /// returned here. That is a throughput measurement's step (`msclip bench step --cuda-graph on`),
+    /// not a training loop's, whose batch and learning rate change from step to step.
+    pub fn capture(&mut self, step: u64) -> Result<(StepOutput, Graph)> {
+        let device = self.config.device;
+        if !device.is_gpu() {
+            return Err(Error::Device(format!("graph capture needs a GPU device (cuda or emu), not {device}")));
+        }
+        graph::capture(device, || self.run(step))
     }
 }

@@ -11,8 +11,10 @@
 //! ([`AttnMask::sequence_offsets`]) of any lengths share one launch; a tile past the end of a
 //! shorter sequence exits at once.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::fmt;
+use std::str::FromStr;
 
 use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
@@ -89,6 +91,38 @@ impl AttnTiles {
     }
 }
 
+thread_local! {
+    /// The tile shape [`with_tiles`] forces on this thread's bf16 attention calls.
+    static FORCED: Cell<Option<AttnTiles>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every bf16 attention call of this thread, on any GPU backend, in `tiles`
+/// (`msclip bench step --kernel attention=q32k32`): a kernel variant measured in a whole step
+/// without touching the orchestration. A backend's own forced shape
+/// ([`GpuBackend::with_attention_tiles`]) wins over this one.
+pub fn with_tiles<R>(tiles: AttnTiles, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<AttnTiles>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.set(self.0);
+        }
+    }
+    let _restore = Restore(FORCED.replace(Some(tiles)));
+    f()
+}
+
+/// `q<rows>k<cols>`, one of [`AttnTiles::ALL`].
+impl FromStr for AttnTiles {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        AttnTiles::ALL.into_iter().find(|t| t.to_string() == s).ok_or_else(|| {
+            let all: Vec<String> = AttnTiles::ALL.iter().map(|t| t.to_string()).collect();
+            format!("no attention tile shape {s:?}; the kernels come in {}", all.join(", "))
+        })
+    }
+}
+
 /// `q<rows>k<cols>`, as in the kernels' names.
 impl fmt::Display for AttnTiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -121,7 +155,7 @@ impl Geometry {
     /// The call's shapes and kernels: the bf16 kernels in the tile shape `gpu` forces (an error
     /// for f32, whose kernels have none), or else in the one [`AttnTiles::choose`] picks.
     fn of(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<Self> {
-        let tiles = gpu.attention_tiles;
+        let tiles = gpu.attention_tiles.or(FORCED.get());
         let dims = qkv.dims();
         let head_dim = dims[2] / (3 * heads);
         // The kernels index by the offsets and key lengths: they must fit the tensor.

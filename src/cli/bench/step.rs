@@ -17,11 +17,11 @@ use msclip::backend::gpu::kernel_stats::{Grouping, KernelStats, gemm_bound};
 use msclip::backend::gpu::roofline::{DEVICE_ROOFS, DeviceRoof, H100_SXM, H200};
 use msclip::backend::gpu::{self, pool};
 use msclip::backend::timed::{self, OpKind, OpTimes};
-use msclip::model::ModalityFusion;
 use msclip::ops::flops::{self, FlopCounts};
 use msclip::train::{Steps, new_run_tokenizer};
 use serde_json::{Value, json};
 
+use super::variants::{KernelChoice, Unfused, Variants};
 use crate::cli::profile::steps::StepsArgs;
 
 #[derive(Args)]
@@ -39,17 +39,30 @@ pub struct StepArgs {
     #[arg(long, default_value_t = 2)]
     warmup: u64,
     /// Fusions to turn off, comma-separated, to measure what each one buys: `modality` runs
-    /// the image tower and then the text tower instead of the shared layers over both at once.
+    /// the image tower and then the text tower instead of the shared layers over both at once;
+    /// the others run the fused op as a composition of plain ops (FLOPs still counted as the
+    /// model's, so MFU compares).
     #[arg(long, value_delimiter = ',')]
-    unfused: Vec<Fusion>,
+    unfused: Vec<Unfused>,
+    /// Kernel variants to force, comma-separated KERNEL=VARIANT: `attention=q32k32` (or q64k64,
+    /// q64k32, q32k64) runs every bf16 attention call in that tile shape.
+    #[arg(long, value_delimiter = ',')]
+    kernel: Vec<KernelChoice>,
+    /// on (GPU devices): after the warm-up, one step is captured into a CUDA graph (on the
+    /// emulator, its recording of the same calls) and every timed step launches it again, on
+    /// the captured batch and learning rate; the breakdown step still runs op by op. off: every
+    /// step is issued op by op.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    cuda_graph: Switch,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Fusion {
-    Modality,
+enum Switch {
+    On,
+    Off,
 }
 
 /// The timed steps' measurements.
@@ -81,30 +94,60 @@ impl Timing {
     }
 }
 
+impl StepArgs {
+    fn variants(&self) -> Variants<'_> {
+        Variants { unfused: &self.unfused, kernels: &self.kernel }
+    }
+}
+
 pub fn run(args: StepArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
+    args.variants().check(args.steps_args.precision)?;
+    args.variants().apply(|| measure_step(&args))
+}
+
+/// The run, with the variants applied.
+fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     let device = args.device;
     let total_steps = args.warmup + args.steps + 1;
     let (model, config) = args.steps_args.prepare(device, total_steps)?;
-    let model =
-        if args.unfused.contains(&Fusion::Modality) { model.with_fusion(ModalityFusion::TwoPass) } else { model };
+    let model = args.variants().model(model);
     let tokenizer = new_run_tokenizer(&config, &model)?;
     let mut runner = Steps::new(&model, &config, &tokenizer)?;
-    let mut run_step = |k: u64| -> anyhow::Result<()> {
-        let loss = runner.run(k)?.loss.item()?;
-        if !loss.is_finite() {
-            anyhow::bail!("the loss of step {} is {loss}", k + 1);
-        }
-        Ok(())
+    let check = |k: u64, loss: f64| match loss.is_finite() {
+        true => Ok(()),
+        false => Err(anyhow::anyhow!("the loss of step {} is {loss}", k + 1)),
     };
-    (0..args.warmup).try_for_each(&mut run_step)?;
+    for k in 0..args.warmup {
+        check(k, runner.run(k)?.loss.item()?)?;
+    }
+    let use_graph = device.is_gpu() && args.cuda_graph == Switch::On;
+    // The graph's step is the first timed one; its ops run on the host only while captured, so
+    // their FLOPs are counted then, once per launch.
+    let (graph, graph_flops) = match use_graph {
+        true => {
+            let (captured, flops) = flops::count(|| runner.capture(args.warmup));
+            (Some(captured?), flops)
+        }
+        false => (None, FlopCounts::default()),
+    };
+    let mut run_step = |k: u64| -> anyhow::Result<()> {
+        let loss = match &graph {
+            Some((output, graph)) => {
+                graph.launch()?;
+                output.loss.item()?
+            }
+            None => runner.run(k)?.loss.item()?,
+        };
+        check(k, loss)
+    };
 
     let timed_steps = args.warmup..args.warmup + args.steps;
     let held_before = live_bytes();
     let mut seconds = Vec::new();
-    let (((result, extra_bytes), flops), counters) = measure(|| {
+    let (((result, extra_bytes), mut flops), counters) = measure(|| {
         flops::count(|| {
             measure_allocations(|| {
                 timed_steps.clone().try_for_each(|k| {
@@ -117,6 +160,10 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
         })
     });
     result?;
+    for _ in timed_steps.clone().filter(|_| use_graph) {
+        flops += graph_flops;
+    }
+    drop(graph);
     let peak_bytes = device.is_gpu().then_some(held_before + extra_bytes);
     let timing = Timing { seconds, flops, counters, peak_bytes };
 
@@ -130,7 +177,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     let mut breakdown = || {
         measure(|| {
             let started = Instant::now();
-            let (result, times) = timed::measure(|| run_step(breakdown_step));
+            let (result, times) = timed::measure(|| check(breakdown_step, runner.run(breakdown_step)?.loss.item()?));
             (result, times, started.elapsed().as_secs_f64())
         })
     };
@@ -139,7 +186,7 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
     result?;
     let bounds = profiling.then(|| bounds_by_kind(&emu::take_profiles(), &breakdown_counters));
 
-    let report = Report { args: &args, device_name: device_name(device)?, timing, op_times, breakdown_seconds, bounds };
+    let report = Report { args, device_name: device_name(device)?, timing, op_times, breakdown_seconds, bounds };
     print!("{}", report.text());
     if let Some(path) = &args.json {
         msclip::files::write_atomically(path, serde_json::to_string_pretty(&report.json())?.as_bytes())?;
@@ -214,8 +261,13 @@ impl Report<'_> {
             .map(|roof| self.achieved_flops() / roof.tensor_flops_per_second)
     }
 
-    fn fusion(&self) -> &'static str {
-        if self.args.unfused.contains(&Fusion::Modality) { "modality unfused" } else { "all fusions on" }
+    fn fusion(&self) -> String {
+        self.args.variants().describe()
+    }
+
+    /// Whether the timed steps were launches of one captured graph.
+    fn graph(&self) -> bool {
+        self.args.device.is_gpu() && self.args.cuda_graph == Switch::On
     }
 
     fn text(&self) -> String {
@@ -225,7 +277,7 @@ impl Report<'_> {
         let f = t.flops;
         let steps = t.seconds.len() as f64;
         let mut out = format!(
-            "bench step: preset {}, batch {}, {} on {} ({}), {}; steps: {} warm-up, {} timed\n",
+            "bench step: preset {}, batch {}, {} on {} ({}), {}; steps: {} warm-up, {} timed{}\n",
             s.preset,
             s.batch,
             s.precision,
@@ -233,7 +285,8 @@ impl Report<'_> {
             self.device_name,
             self.fusion(),
             a.warmup,
-            a.steps
+            a.steps,
+            if self.graph() { ", each one launch of a captured graph (the same batch each time)" } else { "" }
         );
         let (min, max) = t.seconds.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         out += &format!(
@@ -272,8 +325,9 @@ impl Report<'_> {
         if a.device.is_gpu() {
             let c = &t.counters;
             out += &format!(
-                "  driver per step   {:.0} launches, {:.0} GEMMs, {:.1} host syncs (the loss read included), {:.1} \
-                 allocations, {:.0} from the cache, {:.0} uploads\n",
+                "  driver per step   {:.0} graph launches, {:.0} launches, {:.0} GEMMs, {:.1} host syncs (the loss read \
+                 included), {:.1} allocations, {:.0} from the cache, {:.0} uploads\n",
+                t.per_step(c.graph_launches),
                 t.per_step(c.launches()),
                 t.per_step(c.gemms()),
                 t.per_step(c.host_syncs()),
@@ -353,6 +407,8 @@ impl Report<'_> {
             "device": a.device.to_string(),
             "device_name": self.device_name,
             "fusion": self.fusion(),
+            "unfused": a.unfused.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+            "kernels": a.kernel.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
             "warmup_steps": a.warmup,
             "step_seconds": t.seconds,
             "median_step_seconds": t.median(),
@@ -363,8 +419,9 @@ impl Report<'_> {
             "achieved_flops_per_second": self.achieved_flops(),
             "mfu": self.mfu(),
             "peak_device_bytes": t.peak_bytes,
+            "cuda_graph": self.graph(),
             "driver_per_step": a.device.is_gpu().then(|| json!({
-                "launches": t.per_step(c.launches()), "gemms": t.per_step(c.gemms()),
+                "graph_launches": t.per_step(c.graph_launches), "launches": t.per_step(c.launches()), "gemms": t.per_step(c.gemms()),
                 "host_syncs": t.per_step(c.host_syncs()), "allocations": t.per_step(c.allocations.count),
                 "cached_allocations": t.per_step(c.cached_allocations.count), "uploads": t.per_step(c.uploads.count),
             })),
