@@ -70,7 +70,7 @@ for preset in "${presets[@]}"; do
         --json "$out/bench-$preset.json"
     # The same step issued op by op: its number stands if the graph path fails on this GPU.
     step "bench $preset op by op" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
-        "${sizes[@]}" --cuda-graph off --json "$out/bench-$preset-eager.json"
+        "${sizes[@]}" --cuda-graph off --json "$out/bench-$preset-eager.json" --trace "$out/trace-$preset.json"
     if [[ $preset != clip-b32 ]]; then
         step "bench $preset two-pass" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
             "${sizes[@]}" --unfused modality --json "$out/bench-$preset-two-pass.json"

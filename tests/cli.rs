@@ -171,7 +171,8 @@ fn bench_step_times_a_tiny_step_on_the_cpu_and_the_emulator() {
     let json = std::env::temp_dir().join(format!("msclip-bench-{}.json", std::process::id()));
     let path = json.to_str().unwrap();
     let common = ["bench", "step", "--preset", "tiny", "--batch", "3", "--steps", "2", "--warmup", "1", "--json", path];
-    let out = msclip(&[&common[..], &["--device", "cpu"]].concat());
+    let trace = json.with_extension("trace.json");
+    let out = msclip(&[&common[..], &["--device", "cpu", "--trace", trace.to_str().unwrap()]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     for label in ["pairs/s", "FLOPs per step", "where the time goes", "gemm", "attention", "optimizer", "other"] {
@@ -186,6 +187,18 @@ fn bench_step_times_a_tiny_step_on_the_cpu_and_the_emulator() {
     assert!(flops > 0.0 && (flops - 3.0 * forward_sum).abs() <= 1e-6 * flops, "{report}");
     assert_eq!(report["breakdown"].as_array().unwrap().len(), 7, "{report}");
     assert!(report["mfu"].is_null() && report["driver_per_step"].is_null(), "{report}");
+
+    // The breakdown step as a Chrome trace: one complete event per backend call, in time order,
+    // each named by its method and filed under its kind of op.
+    let trace_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&trace);
+    let calls: Vec<&serde_json::Value> =
+        trace_json["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").collect();
+    let named = |name: &str, kind: &str| calls.iter().any(|e| e["name"] == name && e["cat"] == kind);
+    assert!(named("matmul", "gemm") && named("adamw_multi", "optimizer"), "{trace_json}");
+    let starts: Vec<f64> = calls.iter().map(|e| e["ts"].as_f64().unwrap()).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "events in time order: {starts:?}");
+    assert!(calls.iter().all(|e| e["dur"].as_f64().unwrap() >= 0.0));
 
     // The emulator, op by op, two-pass and with attention unfused: driver counts per step, and
     // modelled bounds per kind of op.

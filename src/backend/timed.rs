@@ -4,8 +4,11 @@
 //! the model knowing. On a GPU the wrapper waits for the device before and after each call, so a
 //! call's time is its device time (plus one synchronisation); such a run says where the time
 //! goes, not how fast the step is, and a throughput measurement runs without it.
+//!
+//! Each call is also kept as an [`OpEvent`] (its name, kind, start and length), from which
+//! `msclip bench step --trace` writes a Chrome/Perfetto trace of the step.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use super::{
@@ -93,9 +96,29 @@ impl OpTimes {
     }
 }
 
+/// One timed backend call: which, and when relative to the start of its [`measure`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpEvent {
+    /// The backend method (`matmul`, `layer_norm_backward`, ...).
+    pub name: &'static str,
+    pub kind: OpKind,
+    pub start_seconds: f64,
+    pub seconds: f64,
+}
+
+/// What one [`measure`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub times: OpTimes,
+    /// Every timed call in order.
+    pub events: Vec<OpEvent>,
+}
+
 thread_local! {
     /// The times of the [`measure`] running on this thread, if any.
     static TIMES: Cell<Option<OpTimes>> = const { Cell::new(None) };
+    /// The calls that [`measure`] has seen so far, and when it started.
+    static EVENTS: RefCell<(Vec<OpEvent>, Option<Instant>)> = const { RefCell::new((Vec::new(), None)) };
     /// Whether a timed call is running: a backend call made inside another is the outer's time.
     static INSIDE: Cell<bool> = const { Cell::new(false) };
 }
@@ -105,12 +128,15 @@ pub fn active() -> bool {
     TIMES.get().is_some()
 }
 
-/// Runs `f` with every backend call on this thread timed; returns the times per kind of op.
-pub fn measure<R>(f: impl FnOnce() -> R) -> (R, OpTimes) {
+/// Runs `f` with every backend call on this thread timed; returns the times per kind of op and
+/// each call. Not nested: an enclosing measure's calls made inside are this one's only.
+pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
     let outer = TIMES.replace(Some(OpTimes::default()));
+    let outer_events = EVENTS.replace((Vec::new(), Some(Instant::now())));
     let result = f();
     let times = TIMES.replace(outer).unwrap_or_default();
-    (result, times)
+    let (events, _) = EVENTS.replace(outer_events);
+    (result, Measured { times, events })
 }
 
 /// The wrapped backend of each device.
@@ -140,7 +166,7 @@ impl Timed {
         }
     }
 
-    fn timed<R>(&self, kind: OpKind, call: impl FnOnce() -> R) -> R {
+    fn timed<R>(&self, kind: OpKind, name: &'static str, call: impl FnOnce() -> R) -> R {
         if INSIDE.get() {
             return call();
         }
@@ -156,6 +182,12 @@ impl Timed {
             t.calls[kind as usize] += 1;
             TIMES.set(Some(t));
         }
+        EVENTS.with_borrow_mut(|(events, origin)| {
+            if let Some(origin) = origin {
+                let start_seconds = started.duration_since(*origin).as_secs_f64();
+                events.push(OpEvent { name, kind, start_seconds, seconds });
+            }
+        });
         result
     }
 }
@@ -166,67 +198,67 @@ impl Backend for Timed {
     }
 
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.cast(x, dtype))
+        self.timed(OpKind::Elementwise, "cast", || self.inner.cast(x, dtype))
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>) -> Result<Tensor> {
-        self.timed(OpKind::Gemm, || self.inner.matmul(a, b, trans_a, trans_b, bias))
+        self.timed(OpKind::Gemm, "matmul", || self.inner.matmul(a, b, trans_a, trans_b, bias))
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.binary(op, a, b))
+        self.timed(OpKind::Elementwise, "binary", || self.inner.binary(op, a, b))
     }
 
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.unary(op, x))
+        self.timed(OpKind::Elementwise, "unary", || self.inner.unary(op, x))
     }
 
     fn unary_backward(&self, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.unary_backward(op, x, y, dy))
+        self.timed(OpKind::Elementwise, "unary_backward", || self.inner.unary_backward(op, x, y, dy))
     }
 
     fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.bias_quick_gelu(x, bias))
+        self.timed(OpKind::Elementwise, "bias_quick_gelu", || self.inner.bias_quick_gelu(x, bias))
     }
 
     fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.timed(OpKind::Elementwise, || self.inner.bias_quick_gelu_backward(x, bias, dy))
+        self.timed(OpKind::Elementwise, "bias_quick_gelu_backward", || self.inner.bias_quick_gelu_backward(x, bias, dy))
     }
 
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.sum_middle(x, outer, n, inner))
+        self.timed(OpKind::Elementwise, "sum_middle", || self.inner.sum_middle(x, outer, n, inner))
     }
 
     fn repeat_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.repeat_middle(x, outer, n, inner))
+        self.timed(OpKind::Elementwise, "repeat_middle", || self.inner.repeat_middle(x, outer, n, inner))
     }
 
     fn permute(&self, x: &Tensor, perm: &[usize]) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.permute(x, perm))
+        self.timed(OpKind::Elementwise, "permute", || self.inner.permute(x, perm))
     }
 
     fn concat(&self, xs: &[&Tensor], dim: usize) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.concat(xs, dim))
+        self.timed(OpKind::Elementwise, "concat", || self.inner.concat(xs, dim))
     }
 
     fn slice(&self, x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.slice(x, dim, start, len))
+        self.timed(OpKind::Elementwise, "slice", || self.inner.slice(x, dim, start, len))
     }
 
     fn pad_slice(&self, x: &Tensor, dim: usize, start: usize, full: usize) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.pad_slice(x, dim, start, full))
+        self.timed(OpKind::Elementwise, "pad_slice", || self.inner.pad_slice(x, dim, start, full))
     }
 
     fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.index_rows(table, ids))
+        self.timed(OpKind::Elementwise, "index_rows", || self.inner.index_rows(table, ids))
     }
 
     fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.index_rows_backward(dy, ids, rows))
+        self.timed(OpKind::Elementwise, "index_rows_backward", || self.inner.index_rows_backward(dy, ids, rows))
     }
 
     fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {
-        self.timed(OpKind::LayerNorm, || self.inner.layer_norm(x, residual, affine, eps))
+        self.timed(OpKind::LayerNorm, "layer_norm", || self.inner.layer_norm(x, residual, affine, eps))
     }
 
     fn layer_norm_backward(
@@ -237,27 +269,29 @@ impl Backend for Timed {
         rstd: &Tensor,
         dy: &Tensor,
     ) -> Result<LayerNormGrads> {
-        self.timed(OpKind::LayerNorm, || self.inner.layer_norm_backward(input, affine, mean, rstd, dy))
+        self.timed(OpKind::LayerNorm, "layer_norm_backward", || {
+            self.inner.layer_norm_backward(input, affine, mean, rstd, dy)
+        })
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.softmax(x))
+        self.timed(OpKind::Elementwise, "softmax", || self.inner.softmax(x))
     }
 
     fn softmax_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.softmax_backward(y, dy))
+        self.timed(OpKind::Elementwise, "softmax_backward", || self.inner.softmax_backward(y, dy))
     }
 
     fn l2_normalize(&self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-        self.timed(OpKind::Elementwise, || self.inner.l2_normalize(x, eps))
+        self.timed(OpKind::Elementwise, "l2_normalize", || self.inner.l2_normalize(x, eps))
     }
 
     fn l2_normalize_backward(&self, y: &Tensor, norm: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, || self.inner.l2_normalize_backward(y, norm, dy, eps))
+        self.timed(OpKind::Elementwise, "l2_normalize_backward", || self.inner.l2_normalize_backward(y, norm, dy, eps))
     }
 
     fn attention(&self, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
-        self.timed(OpKind::Attention, || self.inner.attention(qkv, heads, mask))
+        self.timed(OpKind::Attention, "attention", || self.inner.attention(qkv, heads, mask))
     }
 
     fn attention_backward(
@@ -269,11 +303,13 @@ impl Backend for Timed {
         heads: usize,
         mask: &AttnMask,
     ) -> Result<Tensor> {
-        self.timed(OpKind::Attention, || self.inner.attention_backward(qkv, out, lse, dout, heads, mask))
+        self.timed(OpKind::Attention, "attention_backward", || {
+            self.inner.attention_backward(qkv, out, lse, dout, heads, mask)
+        })
     }
 
     fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
-        self.timed(OpKind::Loss, || self.inner.infonce(img, txt, logit_scale, max_scale))
+        self.timed(OpKind::Loss, "infonce", || self.inner.infonce(img, txt, logit_scale, max_scale))
     }
 
     fn infonce_backward(
@@ -285,15 +321,17 @@ impl Backend for Timed {
         dloss: &Tensor,
         max_scale: Option<f64>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        self.timed(OpKind::Loss, || self.inner.infonce_backward(img, txt, logit_scale, out, dloss, max_scale))
+        self.timed(OpKind::Loss, "infonce_backward", || {
+            self.inner.infonce_backward(img, txt, logit_scale, out, dloss, max_scale)
+        })
     }
 
     fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
-        self.timed(OpKind::Loss, || self.inner.infonce_partial(shard))
+        self.timed(OpKind::Loss, "infonce_partial", || self.inner.infonce_partial(shard))
     }
 
     fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
-        self.timed(OpKind::Loss, || self.inner.infonce_finish(partial, col_partials))
+        self.timed(OpKind::Loss, "infonce_finish", || self.inner.infonce_finish(partial, col_partials))
     }
 
     fn infonce_shard_backward(
@@ -302,19 +340,21 @@ impl Backend for Timed {
         out: &InfoNceOut,
         dloss: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        self.timed(OpKind::Loss, || self.inner.infonce_shard_backward(shard, out, dloss))
+        self.timed(OpKind::Loss, "infonce_shard_backward", || self.inner.infonce_shard_backward(shard, out, dloss))
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
-        self.timed(OpKind::Loss, || self.inner.cross_entropy(logits, targets))
+        self.timed(OpKind::Loss, "cross_entropy", || self.inner.cross_entropy(logits, targets))
     }
 
     fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Loss, || self.inner.cross_entropy_backward(logits, lse, targets, dloss))
+        self.timed(OpKind::Loss, "cross_entropy_backward", || {
+            self.inner.cross_entropy_backward(logits, lse, targets, dloss)
+        })
     }
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
-        self.timed(OpKind::Convolution, || self.inner.conv2d(x, w, geo))
+        self.timed(OpKind::Convolution, "conv2d", || self.inner.conv2d(x, w, geo))
     }
 
     fn conv2d_backward(
@@ -325,11 +365,11 @@ impl Backend for Timed {
         geo: Conv2dGeometry,
         need_dx: bool,
     ) -> Result<(Option<Tensor>, Tensor)> {
-        self.timed(OpKind::Convolution, || self.inner.conv2d_backward(x, w, dy, geo, need_dx))
+        self.timed(OpKind::Convolution, "conv2d_backward", || self.inner.conv2d_backward(x, w, dy, geo, need_dx))
     }
 
     fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-        self.timed(OpKind::Convolution, || self.inner.batch_norm_train(x, gamma, beta, eps))
+        self.timed(OpKind::Convolution, "batch_norm_train", || self.inner.batch_norm_train(x, gamma, beta, eps))
     }
 
     fn batch_norm_eval(
@@ -341,7 +381,9 @@ impl Backend for Timed {
         var: &Tensor,
         eps: f64,
     ) -> Result<Tensor> {
-        self.timed(OpKind::Convolution, || self.inner.batch_norm_eval(x, gamma, beta, mean, var, eps))
+        self.timed(OpKind::Convolution, "batch_norm_eval", || {
+            self.inner.batch_norm_eval(x, gamma, beta, mean, var, eps)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -355,10 +397,12 @@ impl Backend for Timed {
         eps: f64,
         batch_stats: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        self.timed(OpKind::Convolution, || self.inner.batch_norm_backward(x, gamma, mean, var, dy, eps, batch_stats))
+        self.timed(OpKind::Convolution, "batch_norm_backward", || {
+            self.inner.batch_norm_backward(x, gamma, mean, var, dy, eps, batch_stats)
+        })
     }
 
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
-        self.timed(OpKind::Optimizer, || self.inner.adamw_multi(tensors, hp))
+        self.timed(OpKind::Optimizer, "adamw_multi", || self.inner.adamw_multi(tensors, hp))
     }
 }

@@ -1,6 +1,7 @@
 //! `msclip bench`: measured performance, beside the counts and bounds of `msclip profile`.
 
 mod step;
+mod trace;
 mod variants;
 
 use clap::{Args, Subcommand};

@@ -21,6 +21,7 @@ use msclip::ops::flops::{self, FlopCounts};
 use msclip::train::{Steps, new_run_tokenizer};
 use serde_json::{Value, json};
 
+use super::trace::chrome_trace;
 use super::variants::{KernelChoice, Unfused, Variants};
 use crate::cli::profile::steps::StepsArgs;
 
@@ -57,6 +58,9 @@ pub struct StepArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the breakdown step's backend calls to this file as a Chrome/Perfetto trace.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,20 +181,27 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     let mut breakdown = || {
         measure(|| {
             let started = Instant::now();
-            let (result, times) = timed::measure(|| check(breakdown_step, runner.run(breakdown_step)?.loss.item()?));
-            (result, times, started.elapsed().as_secs_f64())
+            let (result, measured) = timed::measure(|| check(breakdown_step, runner.run(breakdown_step)?.loss.item()?));
+            (result, measured, started.elapsed().as_secs_f64())
         })
     };
-    let ((result, op_times, breakdown_seconds), breakdown_counters) =
+    let ((result, measured, breakdown_seconds), breakdown_counters) =
         if profiling { emu::instrument(Instrumentation::Profiler, Schedule::Forward, breakdown) } else { breakdown() };
     result?;
     let bounds = profiling.then(|| bounds_by_kind(&emu::take_profiles(), &breakdown_counters));
 
+    let op_times = measured.times;
     let report = Report { args, device_name: device_name(device)?, timing, op_times, breakdown_seconds, bounds };
     print!("{}", report.text());
     if let Some(path) = &args.json {
         msclip::files::write_atomically(path, serde_json::to_string_pretty(&report.json())?.as_bytes())?;
         println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.trace {
+        let process = format!("msclip bench step ({}) on {}", report.fusion(), report.device_name);
+        let trace = chrome_trace(&measured.events, &process);
+        msclip::files::write_atomically(path, serde_json::to_string(&trace)?.as_bytes())?;
+        println!("wrote {} ({} backend calls of the breakdown step)", path.display(), measured.events.len());
     }
     Ok(())
 }
