@@ -15,8 +15,9 @@ if [[ ! -x $NVCC ]]; then
     echo "error: no nvcc at $NVCC: run scripts/install-cuda-toolchain.sh first (the GPU kernels need it)" >&2
     exit 1
 fi
-# The test files whose every test also runs on a GPU when one is present (common::gpu::gpu_devices).
-tests=(gpu_matmul gpu_model modality_fusion gpu_attention gpu_adamw gpu_layernorm gpu_infonce gpu_elementwise)
+# The test files that run on a GPU when one is present: those taking their devices from
+# tests/common/gpu.rs (gpu_devices, model_devices, tensor_core_backends).
+mapfile -t tests < <(grep -lE 'gpu_devices|model_devices|tensor_core_backends' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
 
 cargo build --release
 staging=$(mktemp -d)

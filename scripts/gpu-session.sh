@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one command for the day a GPU is lent (leases are short: build first, with
 # scripts/gpu-session-prepare.sh, and carry gpu-session/ and wheels/). It runs, on the GPU:
-#   0. the GPU parity tests (every test of tests/gpu_*.rs and modality_fusion.rs runs on the
-#      emulator and on the GPU against the CPU: GEMMs over transposes, bias, batches and odd
-#      shapes through cuBLASLt's cached plans, every kernel family, whole model steps);
+#   0. the GPU parity tests (every test file that takes its devices from tests/common/gpu.rs,
+#      on the GPU only, against the CPU: GEMMs over transposes, bias, batches and odd shapes
+#      through cuBLASLt's cached plans, every kernel family, a captured step, whole model
+#      steps of the tiny presets and of the four B-scale presets at batch 2);
 #   1. a whole training step of each B-scale preset through `msclip bench step` (forward,
 #      backward, clipping, AdamW in bf16, the loss checked finite), timed at batch 256, with
 #      the driver's counts and the time per kind of op, fused and with modality fusion off;

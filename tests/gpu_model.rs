@@ -11,10 +11,10 @@
 mod common;
 
 use common::gpu::model_devices;
-use common::{assert_gradients_match, captions_ending_at, relative_error};
+use common::{assert_gradients_match, buffers_as, captions_ending_at, relative_error};
 use msclip::autograd;
 use msclip::data::shapes::{ShapesConfig, Split};
-use msclip::model::{Buffers, ClipModel, preset};
+use msclip::model::{ClipModel, preset};
 use msclip::nn::ParamStore;
 use msclip::text::Tokenizer;
 use msclip::train::make_batch;
@@ -28,15 +28,6 @@ const GRAD_RTOL: f64 = 1.5e-4;
 /// ||features - reference|| / ||reference|| of the text tower alone: measured 2.5e-7 (its worst
 /// gradient 5.9e-7, well inside GRAD_RTOL).
 const FEATURE_RTOL: f64 = 5e-6;
-
-/// `buffers` converted to `dtype`.
-fn buffers_as(buffers: &Buffers, dtype: DType) -> Buffers {
-    let mut out = buffers.clone();
-    for (name, value) in buffers.iter() {
-        out.set(out.find(name).unwrap(), value.to_dtype(dtype).unwrap());
-    }
-    out
-}
 
 #[test]
 fn one_step_loss_and_every_gradient_match_the_cpu() {

@@ -110,3 +110,23 @@ fn gpu_backend_loss_curves_follow_the_cpu_for_fifty_steps() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_head_dim_without_a_kernel_is_refused_before_the_first_step() {
+    // tiny with one head of 128: the exact f32 kernels take it, the bf16 tensor-core kernels
+    // (head dims 32 and 64) do not. The CPU runs any head dim.
+    let mut model_config = msclip::model::preset("tiny").unwrap();
+    model_config.vision.heads = 1;
+    model_config.text.heads = 1;
+    let model = msclip::model::ClipModel::new(model_config).unwrap();
+    let state = |device, precision| {
+        let config = TrainConfig::for_steps("tiny", 4, device, precision, 1).unwrap();
+        msclip::train::StepState::init(&model, &config, &mut msclip::Rng::new(1)).map(drop)
+    };
+    state(Device::Cpu, Precision::Fp32).unwrap();
+    state(Device::Emu, Precision::Fp32).unwrap();
+    let err = state(Device::Emu, Precision::Bf16).unwrap_err().to_string();
+    for fragment in ["vision tower cannot run on emu", "head dims 32 and 64, not 128 (1 heads)"] {
+        assert!(err.contains(fragment), "{err}");
+    }
+}

@@ -10,7 +10,7 @@ use common::gpu::model_devices;
 use common::{assert_gradients_match, captions_ending_at, relative_error};
 use msclip::autograd::{self, Gradients};
 use msclip::backend::gpu::counters::measure;
-use msclip::model::{Buffers, ClipModel, ModalityFusion, Sharing, preset};
+use msclip::model::{Buffers, ClipModel, ModalityFusion, ModelConfig, Sharing, preset};
 use msclip::nn::ParamStore;
 use msclip::{DType, Device, Rng, Tensor};
 
@@ -39,17 +39,18 @@ struct Run {
     buffers: Buffers,
 }
 
-fn run(preset_name: &str, fusion: ModalityFusion, inputs: (&ParamStore, &Buffers), batch: (&Tensor, &[u32])) -> Run {
-    let model = ClipModel::new(preset(preset_name).unwrap()).unwrap().with_fusion(fusion);
+fn run(config: &ModelConfig, fusion: ModalityFusion, inputs: (&ParamStore, &Buffers), batch: (&Tensor, &[u32])) -> Run {
+    let model = ClipModel::new(config.clone()).unwrap().with_fusion(fusion);
     let mut buffers = inputs.1.clone();
     let loss = model.contrastive_loss(inputs.0, &mut buffers, batch.0, batch.1, None).unwrap();
     Run { loss: loss.item().unwrap(), grads: autograd::backward(&loss).unwrap(), buffers }
 }
 
 /// Fused against two-pass on `device` in `dtype`; returns the worst gradient error and its name.
-fn compare(preset_name: &str, device: Device, dtype: DType, (loss_rtol, grad_rtol): (f64, f64)) -> (f64, String) {
-    let model = ClipModel::new(preset(preset_name).unwrap()).unwrap();
-    assert_eq!(model.fusion(), ModalityFusion::Fused, "{preset_name} shares layers: fused by default");
+fn compare(config: &ModelConfig, device: Device, dtype: DType, (loss_rtol, grad_rtol): (f64, f64)) -> (f64, String) {
+    let model = ClipModel::new(config.clone()).unwrap();
+    let name = &config.name;
+    assert_eq!(model.fusion(), ModalityFusion::Fused, "{name} shares layers: fused by default");
     let c = &model.config;
     let mut rng = Rng::new(21);
     let (mut params, mut buffers) = model.init_params(&mut rng, dtype).unwrap();
@@ -60,9 +61,9 @@ fn compare(preset_name: &str, device: Device, dtype: DType, (loss_rtol, grad_rto
     let tokens = captions_ending_at(&mut rng, &CAPTION_ENDS, c.text.context, c.text.vocab);
 
     let inputs = (&params, &buffers);
-    let fused = run(preset_name, ModalityFusion::Fused, inputs, (&images, &tokens));
-    let two_pass = run(preset_name, ModalityFusion::TwoPass, inputs, (&images, &tokens));
-    let what = format!("{preset_name} on {device} in {dtype}");
+    let fused = run(config, ModalityFusion::Fused, inputs, (&images, &tokens));
+    let two_pass = run(config, ModalityFusion::TwoPass, inputs, (&images, &tokens));
+    let what = format!("{name} ({} layers) on {device} in {dtype}", c.vision.layers);
     let loss_err = (fused.loss - two_pass.loss).abs() / two_pass.loss.abs();
     assert!(loss_err <= loss_rtol, "{what}: loss {} fused, {} two-pass", fused.loss, two_pass.loss);
     let worst = assert_gradients_match(&what, (&params, &two_pass.grads), (&params, &fused.grads), grad_rtol);
@@ -77,7 +78,7 @@ fn compare(preset_name: &str, device: Device, dtype: DType, (loss_rtol, grad_rto
 #[test]
 fn fused_matches_two_pass_on_the_cpu_in_f64() {
     for name in PRESETS {
-        compare(name, Device::Cpu, DType::F64, (F64_RTOL, F64_RTOL));
+        compare(&preset(name).unwrap(), Device::Cpu, DType::F64, (F64_RTOL, F64_RTOL));
     }
 }
 
@@ -85,8 +86,36 @@ fn fused_matches_two_pass_on_the_cpu_in_f64() {
 fn fused_matches_two_pass_on_the_gpu_backend_in_f32() {
     for device in model_devices() {
         for name in PRESETS {
-            compare(name, device, DType::F32, (F32_LOSS_RTOL, F32_GRAD_RTOL));
+            compare(&preset(name).unwrap(), device, DType::F32, (F32_LOSS_RTOL, F32_GRAD_RTOL));
         }
+    }
+}
+
+#[test]
+fn branch_stages_fused_before_one_block_all_train() {
+    // tiny-msclip-s cut to two layers (`--layers 2`): both parallel-branch stages fuse in before
+    // its one shared block, one after the other, on either path.
+    let config = preset("tiny-msclip-s").unwrap().with_depth(2).unwrap();
+    assert_eq!(config.vision.parallel_branch.as_ref().unwrap().lateral_layers, [1, 1]);
+    for (device, dtype, rtol) in
+        [(Device::Cpu, DType::F64, (F64_RTOL, F64_RTOL)), (Device::Emu, DType::F32, (F32_LOSS_RTOL, F32_GRAD_RTOL))]
+    {
+        compare(&config, device, dtype, rtol);
+    }
+    // Both stages did work: every branch parameter gets a gradient.
+    let model = ClipModel::new(config.clone()).unwrap();
+    let mut rng = Rng::new(23);
+    let (params, mut buffers) = model.init_params(&mut rng, DType::F64).unwrap();
+    let size = config.vision.image_size;
+    let images = rng.normal_tensor([2, 3, size, size], 1.0, DType::F64);
+    let tokens = captions_ending_at(&mut rng, &[4, 9], config.text.context, config.text.vocab);
+    let loss = model.contrastive_loss(&params, &mut buffers, &images, &tokens, None).unwrap();
+    let grads = autograd::backward(&loss).unwrap();
+    let branch: Vec<_> = params.ids().filter(|&id| params.name(id).starts_with("visual.branch.")).collect();
+    assert!(branch.iter().any(|&id| params.name(id).contains("stages.1.")), "the second stage has parameters");
+    for id in branch {
+        let grad = grads.get(params.get(id)).unwrap_or_else(|| panic!("no gradient for {}", params.name(id)));
+        assert!(grad.to_f64_vec().iter().any(|g| *g != 0.0), "zero gradient for {}", params.name(id));
     }
 }
 
@@ -101,7 +130,7 @@ fn fused_launches_fewer_kernels_and_gemms() {
     let size = c.vision.image_size;
     let images = rng.normal_tensor([2, 3, size, size], 1.0, DType::F32).to_device(Device::Emu).unwrap();
     let tokens = captions_ending_at(&mut rng, &[7, 3], c.text.context, c.text.vocab);
-    let counts = |fusion| measure(|| run("tiny-msclip", fusion, (&params, &buffers), (&images, &tokens))).1;
+    let counts = |fusion| measure(|| run(&model.config, fusion, (&params, &buffers), (&images, &tokens))).1;
     let (fused, two_pass) = (counts(ModalityFusion::Fused), counts(ModalityFusion::TwoPass));
     // Every product of a shared layer runs once instead of once per modality: 4 forward, 8
     // backward (d input and d weight of each). The LayerNorm, attention, activation and residual

@@ -23,3 +23,20 @@ fn impossible_configs_are_errors() {
     assert_eq!(clip.sharing, Sharing::None);
     assert!(ClipModel::new(clip).is_ok());
 }
+
+#[test]
+fn a_shallow_cut_keeps_every_branch_stage_at_its_relative_depth() {
+    let full = preset("msclip-s-b32").unwrap();
+    let laterals = |layers| full.clone().with_depth(layers).unwrap().vision.parallel_branch.unwrap().lateral_layers;
+    assert_eq!(laterals(12), [2, 4, 6, 8, 10]);
+    assert_eq!(laterals(6), [1, 2, 3, 4, 5]);
+    assert_eq!(laterals(2), [1; 5]);
+    let cut = full.clone().with_depth(3).unwrap();
+    assert_eq!((cut.vision.layers, cut.text.layers), (3, 3));
+    // The conv stem is layer 0: one layer leaves no block.
+    assert!(full.with_depth(1).unwrap_err().to_string().contains("at least one transformer block"));
+    // Stages run in order, so their layers cannot decrease.
+    let mut backwards = preset("tiny-msclip-s").unwrap();
+    backwards.vision.parallel_branch.as_mut().unwrap().lateral_layers = vec![3, 2];
+    assert!(ClipModel::new(backwards).unwrap_err().to_string().contains("must not decrease"));
+}

@@ -52,7 +52,8 @@ pub struct ParallelBranch {
     pub channels: Vec<usize>,
     /// Stride of each stage.
     pub strides: Vec<usize>,
-    /// Trunk block index before which each stage's adapter is fused in.
+    /// Trunk block index before which each stage's adapter is fused in, in stage order; several
+    /// stages may fuse before one block (a shallow tower), one after another.
     pub lateral_layers: Vec<usize>,
 }
 
@@ -124,6 +125,26 @@ impl VisionConfig {
 }
 
 impl ModelConfig {
+    /// This configuration with `layers` transformer layers in each tower (a quick, shallow model
+    /// of a preset's shapes, as `--layers` asks). The parallel branch keeps every stage, each
+    /// fused in before the block at the same relative depth as in the full tower (rounded
+    /// down), so a shallow tower may take several stages before one block.
+    pub fn with_depth(mut self, layers: usize) -> Result<Self> {
+        let (full, first) = (self.vision.layers, self.vision.first_block());
+        if let Some(branch) = &mut self.vision.parallel_branch
+            && full > first
+            && layers > first
+        {
+            for lateral in &mut branch.lateral_layers {
+                *lateral = first + lateral.saturating_sub(first) * (layers - first) / (full - first);
+            }
+        }
+        self.vision.layers = layers;
+        self.text.layers = layers;
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Rejects configurations that cannot be built, with the reason.
     pub fn validate(&self) -> Result<()> {
         let v = &self.vision;
@@ -183,6 +204,12 @@ impl ModelConfig {
                 if layer < v.first_block() || layer >= v.layers {
                     return fail(format!("lateral layer {layer} is not a transformer block"));
                 }
+            }
+            if pb.lateral_layers.windows(2).any(|w| w[1] < w[0]) {
+                return fail(format!(
+                    "lateral layers {:?} must not decrease: the stages run in order",
+                    pb.lateral_layers
+                ));
             }
             if pb.channels.iter().skip(1).any(|c| !c.is_multiple_of(2)) {
                 return fail("parallel branch bottleneck channels must be even".into());

@@ -107,7 +107,7 @@ pub(super) fn encode_fused(
     let layers = vision.blocks.iter().map(|(layer, _)| layer + 1).max().unwrap_or(0).max(text.blocks.len());
     for layer in 0..layers {
         let (image_block, text_block) = (vision.block_at(layer), text.blocks.get(layer));
-        if vision.lateral_before(&branch, layer) {
+        while vision.lateral_before(&branch, layer) {
             let (image, text) = rows.apart(img)?;
             rows = Rows::Apart { image: vision.fuse_branch(&mut branch, p, bufs, &image, mode)?, text };
         }

@@ -113,7 +113,7 @@ impl VisionTower {
         let mut x = self.embed(p, bufs, images, mode)?;
         let mut branch = BranchProgress::start(images);
         for (layer, block) in &self.blocks {
-            if self.lateral_before(&branch, *layer) {
+            while self.lateral_before(&branch, *layer) {
                 x = self.fuse_branch(&mut branch, p, bufs, &x, mode)?;
             }
             x = block.forward(p, &x, &AttnMask::none())?;
@@ -151,7 +151,8 @@ impl VisionTower {
         self.blocks.iter().find(|(l, _)| *l == layer).map(|(_, block)| block)
     }
 
-    /// Whether the parallel branch's next stage fuses into the trunk just before `layer`.
+    /// Whether the parallel branch's next stage fuses into the trunk just before `layer` (ask
+    /// again after fusing it: the stage after may fuse there too).
     pub fn lateral_before(&self, branch: &BranchProgress, layer: usize) -> bool {
         self.branch.as_ref().is_some_and(|(_, laterals)| laterals.get(branch.next_stage) == Some(&layer))
     }

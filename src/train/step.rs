@@ -8,6 +8,7 @@ use super::config::TrainConfig;
 use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
+use crate::backend::gpu::check_attention_head_dim;
 use crate::backend::gpu::graph::{self, Graph};
 use crate::error::{Error, Result};
 use crate::model::{Buffers, ClipModel};
@@ -42,6 +43,7 @@ impl StepState {
     /// Fresh parameters drawn from `rng` on the CPU (so every device starts from the same
     /// values) and an AdamW with the config's hyperparameters and parameter groups.
     pub fn init(model: &ClipModel, config: &TrainConfig, rng: &mut Rng) -> Result<Self> {
+        check_kernels_exist(model, config)?;
         let (params, buffers) = model.init_params(rng, MASTER_DTYPE)?;
         let groups = param_groups::groups(config.weight_decay, config.shared_weight_decay, config.shared_lr_scale);
         let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
@@ -98,6 +100,21 @@ pub struct Steps<'a> {
     tokenizer: &'a Tokenizer,
     schedule: CosineSchedule,
     pub state: StepState,
+}
+
+/// Refuses, before the first step, a model the device's kernels cannot run (a head dim with no
+/// attention kernel), with the reason, rather than failing inside the first forward.
+fn check_kernels_exist(model: &ClipModel, config: &TrainConfig) -> Result<()> {
+    if !config.device.is_gpu() {
+        return Ok(());
+    }
+    let (vision, text) = (&model.config.vision, &model.config.text);
+    for (tower, width, heads) in [("vision", vision.width, vision.heads), ("text", text.width, text.heads)] {
+        check_attention_head_dim(config.precision.dtype(), width / heads, heads).map_err(|e| {
+            Error::config(format!("{}: the {tower} tower cannot run on {}: {e}", model.config.name, config.device))
+        })?;
+    }
+    Ok(())
 }
 
 impl<'a> Steps<'a> {

@@ -4,6 +4,7 @@
 pub mod gpu;
 
 use msclip::autograd::{self, Gradients, no_grad};
+use msclip::model::Buffers;
 use msclip::nn::ParamStore;
 use msclip::{DType, Result, Rng, Tensor};
 
@@ -111,6 +112,16 @@ pub fn assert_gradients_match(
     got: (&ParamStore, &Gradients),
     rtol: f64,
 ) -> (f64, String) {
+    assert_gradients_match_by(what, reference, got, |_| rtol)
+}
+
+/// [`assert_gradients_match`] with a tolerance per parameter, `rtol_of(name)`.
+pub fn assert_gradients_match_by(
+    what: &str,
+    reference: (&ParamStore, &Gradients),
+    got: (&ParamStore, &Gradients),
+    rtol_of: impl Fn(&str) -> f64,
+) -> (f64, String) {
     let mut worst = (0.0, String::new());
     for id in reference.0.ids() {
         let pname = reference.0.name(id);
@@ -119,10 +130,20 @@ pub fn assert_gradients_match(
         assert_eq!(want.is_some(), have.is_some(), "{what}: gradient presence of {pname}");
         let (Some(want), Some(have)) = (want, have) else { continue };
         let err = relative_error(&have, &want);
-        assert!(err <= rtol, "{what}: gradient of {pname} off by {err:.2e} (relative norm)");
+        let rtol = rtol_of(pname);
+        assert!(err <= rtol, "{what}: gradient of {pname} off by {err:.2e} (relative norm, allowed {rtol:.0e})");
         if err > worst.0 {
             worst = (err, pname.to_string());
         }
     }
     worst
+}
+
+/// `buffers` (a model's batch-norm statistics) converted to `dtype`, for an f64 reference step.
+pub fn buffers_as(buffers: &Buffers, dtype: DType) -> Buffers {
+    let mut out = buffers.clone();
+    for (name, value) in buffers.iter() {
+        out.set(out.find(name).unwrap(), value.to_dtype(dtype).unwrap());
+    }
+    out
 }

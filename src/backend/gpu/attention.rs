@@ -34,6 +34,23 @@ const DELTA_THREADS: u32 = 256;
 /// Launches of fewer blocks leave part of the GPU idle: two blocks on each of an H100's 132 SMs.
 const FILL_BLOCKS: usize = 2 * 132;
 
+/// Whether the GPU has attention kernels for heads of `head_dim` in `dtype` (the reason when not):
+/// checked by every call, and by a training step's setup before its first step.
+pub fn check_head_dim(dtype: DType, head_dim: usize, heads: usize) -> Result<()> {
+    let reason = match dtype {
+        DType::BF16 if head_dim == 32 || head_dim == 64 => return Ok(()),
+        DType::BF16 => {
+            format!("the bf16 GPU kernels are built for head dims 32 and 64, not {head_dim} ({heads} heads)")
+        }
+        DType::F32 if (1..=EXACT_MAX_HEAD_DIM).contains(&head_dim) => return Ok(()),
+        DType::F32 => {
+            format!("the f32 GPU kernels take head dims 1 to {EXACT_MAX_HEAD_DIM}, not {head_dim} ({heads} heads)")
+        }
+        DType::F64 => return Err(Error::dtype("attention", "GPU kernels compute in f32 or bf16, not f64")),
+    };
+    Err(Error::invalid("attention", reason))
+}
+
 /// The tile shape of a bf16 tensor-core kernel (kernels/attention.cu): a block owns `rows` rows
 /// (queries; keys for dK and dV), 16 per warp, and streams the other side `cols` rows per step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,29 +179,13 @@ impl Geometry {
         mask.check("attention", dims[0], dims[1])?;
         let sequences: Vec<(usize, bool)> =
             mask.sequences(dims[0], dims[1]).iter().enumerate().map(|(s, seq)| (seq.len, mask.is_causal(s))).collect();
+        check_head_dim(qkv.dtype(), head_dim, heads)?;
         let kernels = match qkv.dtype() {
-            DType::BF16 if head_dim == 32 || head_dim == 64 => {
-                Kernels::TensorCore(tiles.unwrap_or_else(|| AttnTiles::choose(&sequences, heads)))
-            }
-            DType::BF16 => {
-                return Err(Error::invalid(
-                    "attention",
-                    format!("the bf16 GPU kernels are built for head dims 32 and 64, not {head_dim} ({heads} heads)"),
-                ));
-            }
+            DType::BF16 => Kernels::TensorCore(tiles.unwrap_or_else(|| AttnTiles::choose(&sequences, heads))),
             DType::F32 if tiles.is_some() => {
                 return Err(Error::invalid("attention", "tile shapes are those of the bf16 kernels; f32 has none"));
             }
-            DType::F32 if (1..=EXACT_MAX_HEAD_DIM).contains(&head_dim) => Kernels::Exact,
-            DType::F32 => {
-                return Err(Error::invalid(
-                    "attention",
-                    format!(
-                        "the f32 GPU kernels take head dims 1 to {EXACT_MAX_HEAD_DIM}, not {head_dim} ({heads} heads)"
-                    ),
-                ));
-            }
-            DType::F64 => return Err(Error::dtype("attention", "GPU kernels compute in f32 or bf16, not f64")),
+            _ => Kernels::Exact,
         };
         let longest = sequences.iter().map(|&(len, _)| len).max().unwrap_or(0);
         Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: sequences.len(), longest, kernels })

@@ -35,7 +35,7 @@ use std::sync::OnceLock;
 
 use counted::Counted;
 
-pub use attention::{AttnTiles, with_tiles as with_attention_tiles};
+pub use attention::{AttnTiles, check_head_dim as check_attention_head_dim, with_tiles as with_attention_tiles};
 pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 

@@ -22,7 +22,8 @@ pub struct StepsArgs {
     #[arg(long)]
     pub batch: usize,
     /// Layers of each tower instead of the preset's (say 1, to profile one layer of a large
-    /// preset on the emulator); a conv stem counts as visual layer 0, as in the presets.
+    /// preset on the emulator); a conv stem counts as visual layer 0, as in the presets, and a
+    /// parallel branch keeps its stages, fused in at the same relative depths.
     #[arg(long)]
     pub layers: Option<usize>,
     /// Compute precision of the towers: fp32 or bf16.
@@ -46,13 +47,11 @@ impl StepsArgs {
         }
         let mut model_config = preset(&self.preset)?;
         if let Some(layers) = self.layers {
-            model_config.vision.layers = layers;
-            model_config.text.layers = layers;
+            model_config = model_config
+                .with_depth(layers)
+                .map_err(|e| anyhow::anyhow!("--layers {layers} does not fit preset {}: {e}", self.preset))?;
         }
-        let model = ClipModel::new(model_config).map_err(|e| match self.layers {
-            Some(layers) => anyhow::anyhow!("--layers {layers} does not fit preset {}: {e}", self.preset),
-            None => e.into(),
-        })?;
+        let model = ClipModel::new(model_config)?;
         let config = TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
         if device != Device::Cuda {
             // The CPU's and the emulator's device memory is host memory.
