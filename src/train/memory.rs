@@ -8,6 +8,7 @@
 //! of retrieval. docs/training.md compares them with measured peak memory.
 
 use super::config::TrainConfig;
+use crate::backend::gpu;
 use crate::error::{Error, Result};
 use crate::model::{ClipModel, ModelConfig, VisionStem, preset};
 use crate::tensor::Device;
@@ -66,24 +67,27 @@ pub fn evaluation_bytes(model: &ModelConfig, samples: u64) -> u64 {
     samples.saturating_mul(3 * pixels + features).saturating_add(samples.saturating_mul(samples).saturating_mul(16))
 }
 
-/// Refuses a training config whose batch or evaluation would not fit in host memory. The CPU
-/// and the emulator hold everything in host memory; on a real GPU the activations live in
-/// device memory, which this does not model yet, so `cuda` runs are not checked.
+/// Refuses a training config whose batch or evaluation would not fit. The CPU and the emulator
+/// hold everything in host memory; on a GPU the step's state and activations must fit in the
+/// device's free memory (the evaluation's similarity matrices stay on the host there).
 pub fn check_training(config: &TrainConfig) -> Result<()> {
-    if config.device == Device::Cuda {
-        return Ok(());
-    }
     let model = ClipModel::new(preset(&config.preset)?)?;
-    check_batch(&model, "--batch-size", config.batch_size as u64)?;
+    check_batch(&model, config.device, "--batch-size", config.batch_size as u64)?;
     check_evaluation(&model, "--eval-samples", config.eval_samples as u64)
 }
 
-/// Refuses a training batch of `pairs` (set by `flag`) that would not fit beside the model's
-/// weights and optimizer state.
-pub fn check_batch(model: &ClipModel, flag: &str, pairs: u64) -> Result<()> {
+/// Refuses a training batch of `pairs` (set by `flag`) that would not fit on `device` beside
+/// the model's weights and optimizer state: the planned memory (the state, and activations per
+/// pair) against the device's free memory on a GPU, the host's otherwise.
+pub fn check_batch(model: &ClipModel, device: Device, flag: &str, pairs: u64) -> Result<()> {
     let state = training_state_bytes(model.counts().total as u64);
     let per_pair = training_bytes_per_pair(&model.config);
-    check_fits(flag, pairs, 2, |b| state.saturating_add(b.saturating_mul(per_pair)))
+    let available = match device {
+        Device::Cuda => gpu::driver(device)?.free_memory()?,
+        _ => available_bytes(),
+    };
+    let place = if device == Device::Cuda { "device memory" } else { "memory" };
+    check_fits_in(available, place, flag, pairs, 2, |b| state.saturating_add(b.saturating_mul(per_pair)))
 }
 
 /// Refuses an evaluation of `samples` images per split (set by `flag`) that would not fit
@@ -93,10 +97,22 @@ pub fn check_evaluation(model: &ClipModel, flag: &str, samples: u64) -> Result<(
     check_fits(flag, samples, 1, |n| state.saturating_add(evaluation_bytes(&model.config, n)))
 }
 
-/// Refuses `what` (a flag and its value) when `bytes(value)` exceeds the usable memory, naming
-/// the estimate, what is available and the largest value that fits.
+/// Refuses `what` (a flag and its value) when `bytes(value)` exceeds the usable host memory,
+/// naming the estimate, what is available and the largest value that fits.
 pub fn check_fits(what: &str, value: u64, minimum: u64, bytes: impl Fn(u64) -> u64) -> Result<()> {
-    let Some(available) = available_bytes() else { return Ok(()) };
+    check_fits_in(available_bytes(), "memory", what, value, minimum, bytes)
+}
+
+/// [`check_fits`] against `available` bytes of `place` (None: unknown, nothing refused).
+pub fn check_fits_in(
+    available: Option<u64>,
+    place: &str,
+    what: &str,
+    value: u64,
+    minimum: u64,
+    bytes: impl Fn(u64) -> u64,
+) -> Result<()> {
+    let Some(available) = available else { return Ok(()) };
     let usable = (available as f64 * USABLE_SHARE) as u64;
     let need = bytes(value);
     if need <= usable {
@@ -114,7 +130,7 @@ pub fn check_fits(what: &str, value: u64, minimum: u64, bytes: impl Fn(u64) -> u
         format!("not even {minimum} fits")
     };
     Err(Error::config(format!(
-        "{what} {value} needs an estimated {} of memory, and {} is available (90% of it usable); {largest}",
+        "{what} {value} needs an estimated {} of {place}, and {} is available (90% of it usable); {largest}",
         human(need),
         human(available)
     )))
@@ -165,5 +181,21 @@ mod tests {
         let expected = (available as f64 * USABLE_SHARE) as u64 >> 20;
         assert!(largest.abs_diff(expected) <= expected / 50 + 1, "{largest} vs {expected}");
         check_fits("--batch-size", 128, 2, |n| n * 1000).unwrap();
+    }
+
+    #[test]
+    fn a_gpu_batch_is_held_to_the_device_memory_it_reports() {
+        // An 80 GB device, 40 GB of state and 100 MB per pair: 90% usable leaves room for 320.
+        let plan = |pairs: u64| pairs.saturating_mul(100_000_000).saturating_add(40_000_000_000);
+        let fits = |pairs| check_fits_in(Some(80_000_000_000), "device memory", "--batch", pairs, 2, plan);
+        fits(320).unwrap();
+        let err = fits(512).unwrap_err().to_string();
+        for fragment in
+            ["--batch 512 needs an estimated 91.2 GB of device memory", "the largest that fits is about 320"]
+        {
+            assert!(err.contains(fragment), "{err}");
+        }
+        // Unknown availability refuses nothing.
+        check_fits_in(None, "device memory", "--batch", u64::MAX / 2, 2, plan).unwrap();
     }
 }

@@ -53,14 +53,11 @@ impl StepsArgs {
         }
         let model = ClipModel::new(model_config)?;
         let config = TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
-        if device != Device::Cuda {
-            // The CPU's and the emulator's device memory is host memory.
-            memory::check_batch(&model, "--batch", self.batch as u64)?;
-        }
         if device.is_gpu() {
             // Fails now, with what is missing, when the device cannot run.
             gpu::driver(device)?;
         }
+        memory::check_batch(&model, device, "--batch", self.batch as u64)?;
         Ok((model, config))
     }
 }

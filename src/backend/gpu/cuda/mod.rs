@@ -186,6 +186,12 @@ impl Driver for CudaDriver {
         self.hopper
     }
 
+    fn free_memory(&self) -> Result<Option<u64>> {
+        self.bind()?;
+        let (free, _total) = cu::mem_get_info().map_err(|e| driver_error("read the free device memory", e))?;
+        Ok(Some(free as u64))
+    }
+
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         self.bind()?;
         let mut graphs = lock(&self.graphs);
