@@ -10,7 +10,8 @@
 #      the driver's counts and the time per kind of op, fused and with modality fusion off;
 #   2. PyTorch's step of the same models at the same batch (benches/pytorch_reference.py: open_clip's
 #      ViT-B-32-quickgelu and MS-CLIP-S / OneR written from the spec, parameter counts checked);
-#   3. a table of both, ours against PyTorch, into OUT/summary.md, beside every JSON.
+#   3. a table of both, ours against PyTorch, into OUT/summary.md, beside every JSON, and
+#      OUT/step.png: every step's time per kind of op as stacked bars (`msclip bench chart`).
 # Every part runs even when one before it failed; the exit status says whether all passed.
 #
 # Usage (repository root):   bash scripts/gpu-session.sh [OUT]           (OUT: $OUT or gpu-session-out)
@@ -53,11 +54,13 @@ step() { # name, command...: runs and logs one part, counting failures
 
 if $rehearse; then
     device=emu
-    sizes=(--batch 2 --layers 2 --steps 1 --warmup 1)
+    sizes=(--batch 2 --layers 2 --steps 1 --warmup 1 --data synthetic)
     torch=(--device cpu --batch 2 --steps 1 --warmup 1)
 else
     device=cuda
-    sizes=(--batch 256 --steps 10 --warmup 3)
+    # Synthetic data, as PyTorch's reference feeds random tensors: the steps, not the host's
+    # rendering of the shapes world, are timed.
+    sizes=(--batch 256 --steps 10 --warmup 3 --data synthetic)
     torch=(--device cuda --batch 256 --steps 10 --warmup 3)
     step gpu nvidia-smi -L
     for t in "$bin"/tests/*; do
@@ -111,5 +114,10 @@ for preset in presets:
           f"| {fmt(two_pass and two_pass['pairs_per_second'])} "
           f"| {fmt(theirs)} | {fmt(best and theirs and best / theirs, '.2f')} |")
 PY
-echo "session: $failures part(s) failed; logs and JSON in $out"
+# The step's time per kind of op, each preset fused, op by op and two-pass, beside PyTorch's.
+mapfile -t results < <(ls "$out"/bench-*.json "$out"/pytorch.json 2>/dev/null)
+if ((${#results[@]})); then
+    step chart "$msclip" bench chart "${results[@]}" --out "$out/step.png"
+fi
+echo "session: $failures part(s) failed; logs, JSON and step.png in $out"
 exit $((failures > 0))

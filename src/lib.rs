@@ -15,6 +15,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod charts;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -218,17 +218,57 @@ fn bench_step_times_a_tiny_step_on_the_cpu_and_the_emulator() {
 
     // The default on a GPU device: each timed step one launch of the captured step, here in
     // bf16 with attention forced into one tile shape.
-    let graphed = ["--device", "emu", "--precision", "bf16", "--kernel", "attention=q32k32"];
+    let graphed = ["--device", "emu", "--precision", "bf16", "--kernel", "attention=q32k32", "--data", "synthetic"];
     let out = msclip(&[&common[..], &graphed].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
     assert_eq!(report["kernels"], serde_json::json!(["attention=q32k32"]), "{report}");
+    assert_eq!(report["data"], "synthetic", "{report}");
     assert_eq!(report["cuda_graph"], true, "{report}");
     let driver = &report["driver_per_step"];
     for (count, want) in [("graph_launches", 1.0), ("launches", 0.0), ("allocations", 0.0), ("host_syncs", 1.0)] {
         assert_eq!(driver[count].as_f64(), Some(want), "{count}: {report}");
     }
+}
+
+#[test]
+fn bench_chart_draws_our_steps_beside_pytorch_as_one_png() {
+    let dir = std::env::temp_dir().join(format!("msclip-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ours = dir.join("ours.json");
+    let common =
+        ["bench", "step", "--preset", "tiny", "--batch", "2", "--steps", "1", "--warmup", "1", "--device", "cpu"];
+    let out = msclip(&[&common[..], &["--json", ours.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    // benches/pytorch_reference.py --json, two models.
+    let torch = dir.join("torch.json");
+    let result = |model: &str, ms: f64| serde_json::json!({ "model": model, "batch": 2, "step_ms_median": ms });
+    let report = serde_json::json!({ "device": "cpu", "results": [result("tiny", 40.0), result("tiny-clip", 30.0)] });
+    std::fs::write(&torch, report.to_string()).unwrap();
+    let png = dir.join("step.png");
+    let out =
+        msclip(&["bench", "chart", ours.to_str().unwrap(), torch.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(3 bars)"));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    // The IHDR chunk: 1400 wide, one row of 56 px per bar under a 140 px frame.
+    let (width, height) = (&bytes[16..20], &bytes[20..24]);
+    assert_eq!(
+        (u32::from_be_bytes(width.try_into().unwrap()), u32::from_be_bytes(height.try_into().unwrap())),
+        (1400, 308)
+    );
+
+    // A file that is neither kind is named in the error, and nothing is written.
+    let other = dir.join("other.json");
+    std::fs::write(&other, "{\"loss\": 1}").unwrap();
+    let png2 = dir.join("none.png");
+    let out = msclip(&["bench", "chart", other.to_str().unwrap(), "--out", png2.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("other.json") && err.contains("breakdown"), "{err}");
+    assert!(!png2.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `msclip bench`: measured performance, beside the counts and bounds of `msclip profile`.
 
+mod chart;
 mod step;
 mod trace;
 mod variants;
@@ -17,10 +18,14 @@ enum BenchCommand {
     /// Training-step throughput of a preset on a device: pairs/s, step time, FLOPs and MFU,
     /// memory, driver calls, and where the time goes per kind of op.
     Step(step::StepArgs),
+    /// Result files of `bench step --json` (and of benches/pytorch_reference.py --json) as one
+    /// PNG of stacked bars: the step's time per kind of op, side by side.
+    Chart(chart::ChartArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Step(args) => step::run(args),
+        BenchCommand::Chart(args) => chart::run(args),
     }
 }

@@ -8,7 +8,7 @@ use super::config::TrainConfig;
 use super::step::MASTER_DTYPE;
 use crate::data::shapes::{self, ShapesConfig, Split};
 use crate::error::Result;
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device, Rng, Tensor};
 use crate::text::{Tokenizer, Truncation};
 
 /// open_clip's (OpenAI CLIP's) per-channel pixel statistics.
@@ -70,4 +70,60 @@ pub fn make_batch(
         tokens: tokenizer.tokenize_batch(&texts, context, Truncation::Reference)?,
         captions,
     })
+}
+
+/// Caption lengths (SOT to EOT, both counted) of a synthetic batch: about what the shapes
+/// world's captions take, so packed text costs what it does in training; the same range as
+/// benches/pytorch_reference.py's CAPTION_TOKENS, so both sides time the same text.
+const SYNTHETIC_CAPTION_TOKENS: std::ops::RangeInclusive<usize> = 6..=24;
+
+/// A batch of random data in the shapes of a real one (`--data synthetic`, for throughput
+/// runs that should not time the host's rendering): N(0, 1) images, which is what normalised
+/// pixels look like to the model, and caption rows of SOT, random word ids and EOT, of lengths
+/// drawn from [`SYNTHETIC_CAPTION_TOKENS`] (cut to the context), zero-padded.
+pub fn synthetic_batch(config: &TrainConfig, tokenizer: &Tokenizer, context: usize, seed: u64) -> Result<Batch> {
+    let mut rng = Rng::new(seed);
+    let (n, size) = (config.batch_size, config.data.image_size);
+    let images = rng.normal_tensor(vec![n, 3, size, size], 1.0, MASTER_DTYPE);
+    let (sot, eot) = (tokenizer.sot(), tokenizer.eot());
+    let words = sot.min(eot) as usize;
+    let mut tokens = vec![0u32; n * context];
+    for row in tokens.chunks_mut(context) {
+        let (lo, hi) = (*SYNTHETIC_CAPTION_TOKENS.start(), *SYNTHETIC_CAPTION_TOKENS.end());
+        let len = (lo + rng.below(hi - lo + 1)).min(context);
+        row[0] = sot;
+        for id in &mut row[1..len - 1] {
+            *id = 1 + rng.below(words - 1) as u32;
+        }
+        row[len - 1] = eot;
+    }
+    Ok(Batch { images, tokens, captions: vec![String::new(); n] })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::eot_positions;
+
+    #[test]
+    fn a_synthetic_batch_has_the_shapes_of_a_real_one() {
+        let mut config = TrainConfig::tiny_default();
+        config.batch_size = 64;
+        let tokenizer = Tokenizer::train_bpe(["a red circle", "two blue squares"], 600).unwrap();
+        let context = 16;
+        let batch = synthetic_batch(&config, &tokenizer, context, 5).unwrap();
+        let size = config.data.image_size;
+        assert_eq!(batch.images.dims(), [64, 3, size, size]);
+        let ends = eot_positions(&batch.tokens, context).unwrap();
+        for (row, &end) in batch.tokens.chunks(context).zip(&ends) {
+            assert_eq!(row[0], tokenizer.sot());
+            assert_eq!(row[end], tokenizer.eot(), "{row:?}");
+            assert!((5..context).contains(&end), "caption of {} tokens in {row:?}", end + 1);
+            assert!(row[1..end].iter().all(|&id| id > 0 && id < tokenizer.sot().min(tokenizer.eot())));
+            assert!(row[end + 1..].iter().all(|&id| id == 0));
+        }
+        // Lengths vary (packed text is not one shape), and the same seed makes the same batch.
+        assert!(ends.iter().any(|&e| e != ends[0]));
+        assert_eq!(synthetic_batch(&config, &tokenizer, context, 5).unwrap().tokens, batch.tokens);
+    }
 }

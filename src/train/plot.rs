@@ -1,11 +1,11 @@
-//! PNG line plots of a run's loss and evaluation accuracy (plotters, with the DejaVu font
-//! embedded from a crate so no system font is needed).
+//! PNG line plots of a run's loss and evaluation accuracy (plotters, with the embedded font of
+//! crate::charts).
 
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::prelude::*;
 
+use crate::charts::register_font;
 use crate::error::{Error, Result};
 use crate::files::write_rgb_png;
 
@@ -17,14 +17,6 @@ const HEIGHT: u32 = 500;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
-}
-
-fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // The bytes are a valid TrueType font shipped by the dejavu crate.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-    });
 }
 
 /// Draws `series` into a PNG at `path` (rendered in memory, then written atomically).

@@ -3,7 +3,7 @@
 //! a loop, for `msclip profile step` (what a step asks of a GPU driver) and `msclip kernels
 //! --check` (a step's kernels under the emulator's sanitizer).
 
-use super::batch::training_batch;
+use super::batch::{Batch, synthetic_batch, training_batch};
 use super::config::TrainConfig;
 use super::param_groups;
 use super::schedule::CosineSchedule;
@@ -99,6 +99,8 @@ pub struct Steps<'a> {
     config: &'a TrainConfig,
     tokenizer: &'a Tokenizer,
     schedule: CosineSchedule,
+    /// One batch fed to every step instead of the shapes world's (`--data synthetic`).
+    synthetic: Option<Batch>,
     pub state: StepState,
 }
 
@@ -122,13 +124,29 @@ impl<'a> Steps<'a> {
     pub fn new(model: &'a ClipModel, config: &'a TrainConfig, tokenizer: &'a Tokenizer) -> Result<Self> {
         let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
         state.to_device(config.device)?;
-        Ok(Steps { model, config, tokenizer, schedule: config.schedule(), state })
+        Ok(Steps { model, config, tokenizer, schedule: config.schedule(), synthetic: None, state })
+    }
+
+    /// Feeds every step one batch of random data in the shapes of a real one
+    /// ([`synthetic_batch`]), made now, so a throughput measurement times the step and not the
+    /// host's rendering. The batch is still uploaded every step.
+    pub fn with_synthetic_data(mut self) -> Result<Self> {
+        let context = self.model.config.text.context;
+        self.synthetic = Some(synthetic_batch(self.config, self.tokenizer, context, self.config.seed)?);
+        Ok(self)
     }
 
     /// Runs 0-based step `step` on its batch and returns what it left on the device, unread.
     pub fn run(&mut self, step: u64) -> Result<StepOutput> {
         let (model, config) = (self.model, self.config);
-        let batch = training_batch(config, self.tokenizer, model.config.text.context, step)?;
+        let rendered;
+        let batch = match &self.synthetic {
+            Some(batch) => batch,
+            None => {
+                rendered = training_batch(config, self.tokenizer, model.config.text.context, step)?;
+                &rendered
+            }
+        };
         let images = batch.images_on(config.device, config.precision.dtype())?;
         self.state.step(model, config, &images, &batch.tokens, self.schedule.lr(step))
     }

@@ -55,12 +55,23 @@ pub struct StepArgs {
     /// step is issued op by op.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     cuda_graph: Switch,
+    /// shapes: each step renders its batch of the shapes world on the host, as training does
+    /// (inside the timed step). synthetic: one batch of random images and captions, made
+    /// before timing and uploaded every step, to time the step alone.
+    #[arg(long, value_enum, default_value_t = Data::Shapes)]
+    data: Data,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the breakdown step's backend calls to this file as a Chrome/Perfetto trace.
     #[arg(long)]
     trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Data {
+    Shapes,
+    Synthetic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +131,9 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     let model = args.variants().model(model);
     let tokenizer = new_run_tokenizer(&config, &model)?;
     let mut runner = Steps::new(&model, &config, &tokenizer)?;
+    if args.data == Data::Synthetic {
+        runner = runner.with_synthetic_data()?;
+    }
     let check = |k: u64, loss: f64| match loss.is_finite() {
         true => Ok(()),
         false => Err(anyhow::anyhow!("the loss of step {} is {loss}", k + 1)),
@@ -281,6 +295,14 @@ impl Report<'_> {
         self.args.device.is_gpu() && self.args.cuda_graph == Switch::On
     }
 
+    /// The data the steps ran on, as `--data` names it.
+    fn data_name(&self) -> &'static str {
+        match self.args.data {
+            Data::Shapes => "shapes",
+            Data::Synthetic => "synthetic",
+        }
+    }
+
     fn text(&self) -> String {
         let a = self.args;
         let s = &a.steps_args;
@@ -288,13 +310,14 @@ impl Report<'_> {
         let f = t.flops;
         let steps = t.seconds.len() as f64;
         let mut out = format!(
-            "bench step: preset {}, batch {}, {} on {} ({}), {}; steps: {} warm-up, {} timed{}\n",
+            "bench step: preset {}, batch {}, {} on {} ({}), {}, {} data; steps: {} warm-up, {} timed{}\n",
             s.preset,
             s.batch,
             s.precision,
             a.device,
             self.device_name,
             self.fusion(),
+            self.data_name(),
             a.warmup,
             a.steps,
             if self.graph() { ", each one launch of a captured graph (the same batch each time)" } else { "" }
@@ -431,6 +454,7 @@ impl Report<'_> {
             "mfu": self.mfu(),
             "peak_device_bytes": t.peak_bytes,
             "cuda_graph": self.graph(),
+            "data": self.data_name(),
             "driver_per_step": a.device.is_gpu().then(|| json!({
                 "graph_launches": t.per_step(c.graph_launches), "launches": t.per_step(c.launches()), "gemms": t.per_step(c.gemms()),
                 "host_syncs": t.per_step(c.host_syncs()), "allocations": t.per_step(c.allocations.count),
