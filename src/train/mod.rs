@@ -8,6 +8,7 @@ mod log;
 pub mod memory;
 mod param_groups;
 mod plot;
+mod prefetch;
 mod readback;
 mod resume;
 mod run;

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::batch::training_batch;
 use super::checkpoint::{self, TrainingState};
 use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
 use super::plot::{Series, line_plot};
+use super::prefetch::Batches;
 use super::readback::Readback;
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
@@ -183,10 +183,11 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let context = model.config.text.context;
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
     let mut readback = Readback::new();
+    let mut batches = Batches::new(config, &tokenizer, context);
 
     while step < end {
         let started = Instant::now();
-        let batch = training_batch(config, &tokenizer, context, step)?;
+        let batch = batches.get(step)?;
         let images = batch.images_on(config.device, config.precision.dtype())?;
         let data_seconds = started.elapsed().as_secs_f64();
         let lr = schedule.lr(step);
