@@ -83,6 +83,16 @@ pub struct OpTimes {
 }
 
 impl OpTimes {
+    /// The sums of `events` per kind of op.
+    fn of(events: &[OpEvent]) -> Self {
+        let mut times = OpTimes::default();
+        for e in events {
+            times.seconds[e.kind as usize] += e.seconds;
+            times.calls[e.kind as usize] += 1;
+        }
+        times
+    }
+
     pub fn seconds(&self, kind: OpKind) -> f64 {
         self.seconds[kind as usize]
     }
@@ -115,9 +125,8 @@ pub struct Measured {
 }
 
 thread_local! {
-    /// The times of the [`measure`] running on this thread, if any.
-    static TIMES: Cell<Option<OpTimes>> = const { Cell::new(None) };
-    /// The calls that [`measure`] has seen so far, and when it started.
+    /// The calls the [`measure`] running on this thread has seen so far, and when it started;
+    /// no start when none is running.
     static EVENTS: RefCell<(Vec<OpEvent>, Option<Instant>)> = const { RefCell::new((Vec::new(), None)) };
     /// Whether a timed call is running: a backend call made inside another is the outer's time.
     static INSIDE: Cell<bool> = const { Cell::new(false) };
@@ -125,18 +134,16 @@ thread_local! {
 
 /// Whether ops on this thread are being timed.
 pub fn active() -> bool {
-    TIMES.get().is_some()
+    EVENTS.with_borrow(|(_, origin)| origin.is_some())
 }
 
 /// Runs `f` with every backend call on this thread timed; returns the times per kind of op and
 /// each call. Not nested: an enclosing measure's calls made inside are this one's only.
 pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Measured) {
-    let outer = TIMES.replace(Some(OpTimes::default()));
-    let outer_events = EVENTS.replace((Vec::new(), Some(Instant::now())));
+    let outer = EVENTS.replace((Vec::new(), Some(Instant::now())));
     let result = f();
-    let times = TIMES.replace(outer).unwrap_or_default();
-    let (events, _) = EVENTS.replace(outer_events);
-    (result, Measured { times, events })
+    let (events, _) = EVENTS.replace(outer);
+    (result, Measured { times: OpTimes::of(&events), events })
 }
 
 /// The wrapped backend of each device.
@@ -177,11 +184,6 @@ impl Timed {
         self.settle();
         let seconds = started.elapsed().as_secs_f64();
         INSIDE.set(false);
-        if let Some(mut t) = TIMES.get() {
-            t.seconds[kind as usize] += seconds;
-            t.calls[kind as usize] += 1;
-            TIMES.set(Some(t));
-        }
         EVENTS.with_borrow_mut(|(events, origin)| {
             if let Some(origin) = origin {
                 let start_seconds = started.duration_since(*origin).as_secs_f64();
