@@ -82,11 +82,10 @@ pub fn check_training(config: &TrainConfig) -> Result<()> {
 pub fn check_batch(model: &ClipModel, device: Device, flag: &str, pairs: u64) -> Result<()> {
     let state = training_state_bytes(model.counts().total as u64);
     let per_pair = training_bytes_per_pair(&model.config);
-    let available = match device {
-        Device::Cuda => gpu::driver(device)?.free_memory()?,
-        _ => available_bytes(),
+    let (available, place) = match device {
+        Device::Cuda => (gpu::driver(device)?.free_memory()?, "device memory"),
+        _ => (available_bytes(), "memory"),
     };
-    let place = if device == Device::Cuda { "device memory" } else { "memory" };
     check_fits_in(available, place, flag, pairs, 2, |b| state.saturating_add(b.saturating_mul(per_pair)))
 }
 
