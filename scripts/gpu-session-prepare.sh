@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds here what scripts/gpu-session.sh needs on the GPU machine, which has the NVIDIA driver,
 # Python and PyTorch but no Rust and no network, into two ignored folders:
-#   gpu-session/bundle.tar.gz  the release binary (sm_90a kernels) and the GPU parity test
-#                              binaries, stripped and compressed (about 40 MB: the device tool
-#                              carries at most 64 MiB with the working tree)
+#   gpu-session/bundle.tar.xz  the release binary (sm_90a kernels) and the GPU parity test
+#                              binaries, stripped and compressed as one xz stream (about 11 MB
+#                              for 16 binaries of 11-32 MB: they share the kernel images, which
+#                              xz's 64 MiB window stores once; gzip made 68 MB, over the 64 MiB
+#                              the device tool carries with the working tree)
 #   wheels/                    open_clip and the pure-Python packages it needs
 # Then call the device tool with carry ["gpu-session", "wheels"] and the command
 #   bash scripts/gpu-session.sh
@@ -24,7 +26,8 @@ staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
 mkdir -p "$staging/tests"
 strip -o "$staging/msclip" target/release/msclip
-if ! "$staging/msclip" kernels | grep -q "sm_90a"; then
+# grep reads to the end (no -q): msclip must not meet a closed pipe.
+if ! "$staging/msclip" kernels | grep "sm_90a" >/dev/null; then
     echo "error: the binary has no sm_90a kernels" >&2
     exit 1
 fi
@@ -43,6 +46,7 @@ for t in "${tests[@]}"; do
     [[ -x $staging/tests/$t ]] || { echo "error: no test binary for $t" >&2; exit 1; }
 done
 mkdir -p gpu-session
-tar -czf gpu-session/bundle.tar.gz -C "$staging" .
+rm -f gpu-session/bundle.tar.*
+tar -cf - -C "$staging" . | xz -9 -T1 >gpu-session/bundle.tar.xz
 scripts/fetch-open-clip-wheel.sh wheels
-du -sh gpu-session/bundle.tar.gz wheels
+du -sh gpu-session/bundle.tar.xz wheels

@@ -11,8 +11,13 @@
 #   2. PyTorch's step of the same models at the same batch (benches/pytorch_reference.py: open_clip's
 #      ViT-B-32-quickgelu and MS-CLIP-S / OneR written from the spec, parameter counts checked);
 #   3. a table of both, ours against PyTorch, into OUT/summary.md, beside every JSON, and
-#      OUT/step.png: every step's time per kind of op as stacked bars (`msclip bench chart`).
+#      OUT/step.png: every step's time per kind of op as stacked bars (`msclip bench chart`);
+#   4. each preset's step kernel by kernel under Nsight Compute (device time per kernel and launch
+#      shape, scripts/kernel_times.py), into OUT/kernels-PRESET.txt and .json.
 # Every part runs even when one before it failed; the exit status says whether all passed.
+# MSCLIP_SESSION_PARTS picks parts (default: all of parity pytorch graph eager two-pass profile),
+# so a second call in a short lease can measure only what changed; MSCLIP_PROFILE_PRESETS the
+# presets part 4 profiles.
 #
 # Usage (repository root):   bash scripts/gpu-session.sh [OUT]           (OUT: $OUT or gpu-session-out)
 # Rehearsal without a GPU:   bash scripts/gpu-session.sh --rehearse [OUT]
@@ -27,12 +32,16 @@ if [[ ${1:-} == --rehearse ]]; then
 fi
 out=${1:-${OUT:-gpu-session-out}}
 mkdir -p "$out"
-# The binaries: from the bundle on the GPU machine, from the build here.
-bin=$out/bin
-if [[ -f gpu-session/bundle.tar.gz ]]; then
-    mkdir -p "$bin" && tar -xzf gpu-session/bundle.tar.gz -C "$bin"
+# The binaries: from the bundle on the GPU machine (unpacked outside OUT, which comes back to
+# the caller and should hold results only; python's tarfile reads xz where no xz tool is
+# installed), from the build here.
+if [[ -f gpu-session/bundle.tar.xz ]]; then
+    bin=$(mktemp -d)
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        gpu-session/bundle.tar.xz "$bin" || exit 1
     msclip=$bin/msclip
 else
+    bin=target/release
     msclip=target/release/msclip
 fi
 # cuBLASLt 13 from wherever it is installed (the CUDA toolkit, or the nvidia-cublas wheel
@@ -42,13 +51,19 @@ if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
     [[ -n $lib ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 failures=0
-step() { # name, command...: runs and logs one part, counting failures
+parts=" ${MSCLIP_SESSION_PARTS:-parity pytorch graph eager two-pass profile} "
+want() { [[ $parts == *" $1 "* ]]; }
+# Each part runs under a time limit (seconds; MSCLIP_PART_LIMIT), so that one hang cannot use up
+# the short lease.
+part_limit=${MSCLIP_PART_LIMIT:-120}
+step() { # name, command...: runs and logs one part, counting failures; fails with the part
     local name=$1
     shift
     echo "== $name: $*" | tee -a "$out/session.log"
-    if ! "$@" 2>&1 | tee -a "$out/session.log"; then
-        echo "== $name FAILED" | tee -a "$out/session.log"
+    if ! timeout "$part_limit" "$@" 2>&1 | tee -a "$out/session.log"; then
+        echo "== $name FAILED (or ran past ${part_limit} s)" | tee -a "$out/session.log"
         failures=$((failures + 1))
+        return 1
     fi
 }
 
@@ -63,30 +78,67 @@ else
     sizes=(--batch 256 --steps 10 --warmup 3 --data synthetic)
     torch=(--device cuda --batch 256 --steps 10 --warmup 3)
     step gpu nvidia-smi -L
+fi
+if want parity && ! $rehearse; then
+    # The parity tests are not timed, so they run side by side (one log each, a line per file
+    # in the session log); the benchmarks after them run alone.
+    declare -A parity=()
     for t in "$bin"/tests/*; do
-        step "parity $(basename "$t")" env MSCLIP_REQUIRE_GPU=1 "$t" --test-threads 8
+        name=$(basename "$t")
+        MSCLIP_REQUIRE_GPU=1 timeout $((part_limit * 3 / 2)) "$t" --test-threads 4 >"$out/parity-$name.log" 2>&1 &
+        parity[$name]=$!
+    done
+    for name in "${!parity[@]}"; do
+        if wait "${parity[$name]}"; then verdict=ok; else verdict=FAILED; failures=$((failures + 1)); fi
+        echo "== parity $name: $verdict ($(grep -E '^test result' "$out/parity-$name.log" | tail -1))" |
+            tee -a "$out/session.log"
     done
 fi
 
-presets=(clip-b32 msclip-s-b32 msclip-s-b16 oner-b32)
-for preset in "${presets[@]}"; do
-    step "bench $preset" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 "${sizes[@]}" \
-        --json "$out/bench-$preset.json"
-    # The same step issued op by op: its number stands if the graph path fails on this GPU.
-    step "bench $preset op by op" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
-        "${sizes[@]}" --cuda-graph off --json "$out/bench-$preset-eager.json" --trace "$out/trace-$preset.json"
-    if [[ $preset != clip-b32 ]]; then
-        step "bench $preset two-pass" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
-            "${sizes[@]}" --unfused modality --json "$out/bench-$preset-two-pass.json"
+# PyTorch first, then ours: should the lease end early, the first numbers of each side are in.
+if want pytorch; then
+    if [[ -d wheels ]] && ! python3 -c 'import open_clip' 2>/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --target /tmp/open-clip-site wheels/*.whl \
+            && export PYTHONPATH=/tmp/open-clip-site${PYTHONPATH:+:$PYTHONPATH}
     fi
-done
-
-if [[ -d wheels ]] && ! python3 -c 'import open_clip' 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/open-clip-site wheels/*.whl \
-        && export PYTHONPATH=/tmp/open-clip-site${PYTHONPATH:+:$PYTHONPATH}
+    part_limit=$((2 * part_limit)) step pytorch env PYTHONUNBUFFERED=1 python3 benches/pytorch_reference.py \
+        --model all "${torch[@]}" --msclip "$msclip" --json "$out/pytorch.json"
 fi
-step pytorch env PYTHONUNBUFFERED=1 python3 benches/pytorch_reference.py --model all "${torch[@]}" --msclip "$msclip" \
-    --json "$out/pytorch.json"
+
+presets=(clip-b32 msclip-s-b32 msclip-s-b16 oner-b32)
+bench() { # preset, label, extra flags...: one `msclip bench step` of the preset
+    local preset=$1 label=$2
+    shift 2
+    step "bench $preset $label" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
+        "${sizes[@]}" "$@"
+}
+# Every preset on one captured graph first; then op by op (its number stands if the graph path
+# fails on this GPU; it also writes the trace); then modality fusion off.
+for preset in "${presets[@]}"; do
+    want graph && bench "$preset" graph --json "$out/bench-$preset.json"
+done
+for preset in "${presets[@]}"; do
+    want eager && bench "$preset" "op by op" --cuda-graph off --json "$out/bench-$preset-eager.json" \
+        --trace "$out/trace-$preset.json"
+done
+for preset in "${presets[@]:1}"; do
+    want two-pass && bench "$preset" two-pass --unfused modality --json "$out/bench-$preset-two-pass.json"
+done
+# One warm-up, one timed and the breakdown step, op by op, every kernel timed by Nsight Compute
+# (one metric: no replay; caches and clocks as the step leaves them).
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+if want profile && ! $rehearse; then
+    read -ra profiled <<<"${MSCLIP_PROFILE_PRESETS:-msclip-s-b32 clip-b32 msclip-s-b16 oner-b32}"
+    for preset in "${profiled[@]}"; do
+        part_limit=$((3 * part_limit / 2)) step "kernels $preset" "$ncu" --metrics gpu__time_duration.sum \
+            --cache-control none --clock-control none --csv --log-file "$out/ncu-$preset.csv" \
+            "$msclip" bench step --device cuda --preset "$preset" --precision bf16 --batch "${sizes[1]}" \
+            --steps 1 --warmup 1 --data synthetic --cuda-graph off &&
+            python3 scripts/kernel_times.py "$out/ncu-$preset.csv" --steps 3 --top 25 \
+                --json "$out/kernels-$preset.json" >"$out/kernels-$preset.txt" &&
+            head -45 "$out/kernels-$preset.txt"
+    done
+fi
 
 python3 - "$out" "${presets[@]}" <<'PY' | tee "$out/summary.md"
 import json, os, sys

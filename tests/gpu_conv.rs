@@ -105,7 +105,9 @@ fn shifted(rng: &mut Rng, shape: &[usize], dtype: DType) -> Tensor {
     Tensor::from_f64(&data, shape.to_vec(), dtype).unwrap().to_dtype(DType::F32).unwrap()
 }
 
-const BN_SHAPES: [[usize; 4]; 4] = [[2, 3, 7, 5], [1, 1, 13, 13], [3, 5, 1, 1], [4, 5, 3, 3]];
+/// The last has 3 * 61 * 57 = 10431 elements per channel: two chunks of the reductions
+/// (src/backend/gpu/batchnorm.rs), the boundary inside the second sample's plane.
+const BN_SHAPES: [[usize; 4]; 5] = [[2, 3, 7, 5], [1, 1, 13, 13], [3, 5, 1, 1], [4, 5, 3, 3], [3, 2, 61, 57]];
 
 #[test]
 fn batch_norm_matches_the_cpu() {

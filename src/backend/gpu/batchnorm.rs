@@ -1,40 +1,88 @@
-//! Rust side of kernels/batchnorm.cu: BatchNorm2d, one block per channel for the batch
-//! statistics and the backward reductions, one thread per element with given statistics.
+//! Rust side of kernels/batchnorm.cu: BatchNorm2d. The batch statistics and the backward
+//! reductions run one block per (channel, chunk of the channel's N*H*W elements), handing fp32
+//! partial sums from one launch to the next; with given statistics, one thread per element.
 
 use super::GpuBackend;
+use super::buffer::Scratch;
 use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
 use super::footprint::Footprint;
 use crate::backend::BatchNormOut;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// `BN_THREADS` in kernels/batchnorm.cu.
 const THREADS: u32 = 256;
+/// A chunk holds at least this many elements (32 per thread) unless the channel is smaller...
+const MIN_CHUNK: usize = 8192;
+/// ...and a channel has at most this many chunks, so one block reduces a channel's partials
+/// with one load per thread.
+const MAX_CHUNKS: usize = THREADS as usize;
 
-/// The (batch, channels, H*W) ints the kernels take after their pointers, then eps.
-fn sizes(x: &Tensor, eps: f64) -> Result<[KernelArg; 4]> {
+/// How the reductions split each channel: a function of the shape alone, so the statistics do
+/// not depend on the device.
+#[derive(Clone, Copy)]
+struct Chunks {
+    channels: usize,
+    count: usize,
+    chunks: usize,
+    per: usize,
+}
+
+impl Chunks {
+    fn of(x: &Tensor) -> Self {
+        let d = x.dims();
+        let count = d[0] * d[2] * d[3];
+        let chunks = count.div_ceil(MIN_CHUNK).clamp(1, MAX_CHUNKS);
+        Chunks { channels: d[1], count, chunks, per: count.div_ceil(chunks).max(1) }
+    }
+
+    fn blocks(&self) -> Result<LaunchConfig> {
+        let blocks = u32::try_from(self.channels * self.chunks).map_err(|_| {
+            Error::invalid("batch_norm", format!("{} channels exceed one launch's grid", self.channels))
+        })?;
+        Ok(LaunchConfig::linear(blocks, THREADS, 0))
+    }
+
+    /// One fp32 partial per block.
+    fn partials(&self, gpu: &GpuBackend) -> Result<Scratch> {
+        Scratch::uninit(gpu.device(), self.channels * self.chunks * 4)
+    }
+}
+
+/// The (batch, channels, H*W) ints the kernels take after their pointers.
+fn dims(x: &Tensor) -> Result<[KernelArg; 3]> {
     let d = x.dims();
     int(x.numel(), "batch_norm elements")?;
-    Ok([int(d[0], "batch")?, int(d[1], "channels")?, int(d[2] * d[3], "H*W")?, KernelArg::F32(eps as f32)])
+    Ok([int(d[0], "batch")?, int(d[1], "channels")?, int(d[2] * d[3], "H*W")?])
 }
 
-/// One block per channel.
-fn per_channel(x: &Tensor) -> LaunchConfig {
-    LaunchConfig::linear(x.dims()[1] as u32, THREADS, 0)
+/// `BN_SHAPE_PARAMS`: the dims, then the chunking.
+fn shape(x: &Tensor, chunks: Chunks) -> Result<Vec<KernelArg>> {
+    let mut args = dims(x)?.to_vec();
+    args.extend([int(chunks.chunks, "batch_norm chunks")?, int(chunks.per, "batch_norm chunk")?]);
+    Ok(args)
 }
 
-/// Launches `<base>_<dtype>` on the pointers of `inputs` then `outputs`, then `tail`.
+/// Launches `<base>_<dtype>` on the pointers of `inputs`, then the partial tables `reads` and
+/// `writes` (in that order), then `outputs`, then `tail`.
 fn launch(
     gpu: &GpuBackend,
     base: &str,
     config: LaunchConfig,
     [inputs, outputs]: [&[&Tensor]; 2],
+    [reads, writes]: [&[&Scratch]; 2],
     tail: &[KernelArg],
 ) -> Result<()> {
-    let mut args = inputs.iter().chain(outputs).map(|t| ptr(t)).collect::<Result<Vec<_>>>()?;
+    let mut args = inputs.iter().map(|t| ptr(t)).collect::<Result<Vec<_>>>()?;
+    args.extend(reads.iter().chain(writes).map(|s| KernelArg::Ptr(s.ptr())));
+    for t in outputs {
+        args.push(ptr(t)?);
+    }
     args.extend_from_slice(tail);
-    gpu.launch(&kernel_for(base, inputs[0].dtype())?, config, &args, Footprint::of(inputs, outputs))
+    let bytes = |tables: &[&Scratch]| tables.iter().map(|s| s.bytes()).sum::<usize>();
+    let footprint = Footprint::of(inputs, outputs).reads(bytes(reads)).writes(bytes(writes));
+    gpu.launch(&kernel_for(base, inputs[0].dtype())?, config, &args, footprint)
 }
 
 pub(super) fn batch_norm_train(
@@ -50,9 +98,15 @@ pub(super) fn batch_norm_train(
         mean: gpu.uninit([c], dtype)?,
         var: gpu.uninit([c], dtype)?,
     };
-    if c > 0 {
-        let tensors: [&[&Tensor]; 2] = [&[x, gamma, beta], &[&out.y, &out.mean, &out.var]];
-        launch(gpu, "bn_train", per_channel(x), tensors, &sizes(x, eps)?)?;
+    let chunks = Chunks::of(x);
+    if c > 0 && chunks.count > 0 {
+        let (config, shape, eps) = (chunks.blocks()?, shape(x, chunks)?, KernelArg::F32(eps as f32));
+        let (sums, squares) = (chunks.partials(gpu)?, chunks.partials(gpu)?);
+        launch(gpu, "bn_sum", config, [&[x], &[]], [&[], &[&sums]], &shape)?;
+        launch(gpu, "bn_square_deviations", config, [&[x], &[]], [&[&sums], &[&squares]], &shape)?;
+        let outputs: &[&Tensor] = &[&out.y, &out.mean, &out.var];
+        let tail = [shape.as_slice(), &[eps]].concat();
+        launch(gpu, "bn_normalise", config, [&[x, gamma, beta], outputs], [&[&sums, &squares], &[]], &tail)?;
     }
     Ok(out)
 }
@@ -69,7 +123,8 @@ pub(super) fn batch_norm_eval(
     let y = gpu.uninit(x.shape().clone(), x.dtype())?;
     if y.numel() > 0 {
         let config = LaunchConfig::linear(blocks_for(y.numel(), THREADS), THREADS, 0);
-        launch(gpu, "bn_eval", config, [&[x, gamma, beta, mean, var], &[&y]], &sizes(x, eps)?)?;
+        let tail = [dims(x)?.as_slice(), &[KernelArg::F32(eps as f32)]].concat();
+        launch(gpu, "bn_eval", config, [&[x, gamma, beta, mean, var], &[&y]], [&[], &[]], &tail)?;
     }
     Ok(y)
 }
@@ -88,11 +143,16 @@ pub(super) fn batch_norm_backward(
     let (c, dtype) = (x.dims()[1], x.dtype());
     let dx = gpu.uninit(x.shape().clone(), dtype)?;
     let (dgamma, dbeta) = (gpu.uninit([c], dtype)?, gpu.uninit([c], dtype)?);
-    if c > 0 {
-        let mut tail = sizes(x, eps)?.to_vec();
-        tail.push(KernelArg::I32(i32::from(batch_stats)));
-        let tensors: [&[&Tensor]; 2] = [&[x, gamma, mean, var, dy], &[&dx, &dgamma, &dbeta]];
-        launch(gpu, "bn_backward", per_channel(x), tensors, &tail)?;
+    let chunks = Chunks::of(x);
+    if c > 0 && chunks.count > 0 {
+        let (config, shape, eps) = (chunks.blocks()?, shape(x, chunks)?, KernelArg::F32(eps as f32));
+        let (dy_sums, dy_xhat_sums) = (chunks.partials(gpu)?, chunks.partials(gpu)?);
+        let tail = [shape.as_slice(), &[eps]].concat();
+        let sums: &[&Scratch] = &[&dy_sums, &dy_xhat_sums];
+        launch(gpu, "bn_backward_sums", config, [&[x, mean, var, dy], &[]], [&[], sums], &tail)?;
+        let tail = [tail.as_slice(), &[KernelArg::I32(i32::from(batch_stats))]].concat();
+        let inputs: &[&Tensor] = &[x, gamma, mean, var, dy];
+        launch(gpu, "bn_backward_dx", config, [inputs, &[&dx, &dgamma, &dbeta]], [sums, &[]], &tail)?;
     }
     Ok((dx, dgamma, dbeta))
 }
