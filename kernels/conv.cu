@@ -27,59 +27,97 @@ struct ConvGeometry {
 #define CONV_GEOMETRY_PARAMS int n, int c, int h, int w, int kh, int kw, int stride, int pad, int ho, int wo
 #define CONV_GEOMETRY ConvGeometry{n, c, h, w, kh, kw, stride, pad, ho, wo}
 
+// The kernels below map threads so that integer division, which the GPU does in software
+// (about 20 instructions), happens a few times per thread rather than several times per tap:
+// with one division per tap index, col2im and the depthwise dx were bound by index arithmetic
+// at 5-10x their memory time on an H200. blockIdx.y is the sample (or the outer index), and
+// a thread's position inside its sample comes from two divisions.
+
 // col[(ch*kh + i)*kw + j][(s*Ho + oy)*Wo + ox] = x[s][ch][oy*stride + i - pad][ox*stride + j - pad],
-// zero outside the image. One thread per element of col; consecutive threads read along a row.
+// zero outside the image. Thread (ch, oy, ox) of sample s writes the kh*kw rows of its channel;
+// consecutive threads write consecutive columns.
 template <typename T>
 __device__ __forceinline__ void im2col(const T* __restrict__ x, T* __restrict__ col, ConvGeometry g) {
-    const int columns = g.n * g.ho * g.wo;
-    const int total = g.c * g.kh * g.kw * columns;
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= total) return;
-    const int row = e / columns, column = e % columns;
-    const int j = row % g.kw, i = (row / g.kw) % g.kh, ch = row / (g.kw * g.kh);
-    const int ox = column % g.wo, oy = (column / g.wo) % g.ho, s = column / (g.wo * g.ho);
-    const int y = oy * g.stride + i - g.pad, xx = ox * g.stride + j - g.pad;
-    const bool inside = y >= 0 && y < g.h && xx >= 0 && xx < g.w;
-    col[e] = inside ? x[((s * g.c + ch) * g.h + y) * g.w + xx] : from_float<T>(0.0f);
-}
-
-// The output index whose tap i reads input index y (y = o*stride + i - pad), or -1 if none.
-__device__ __forceinline__ int source_out(int y, int i, int stride, int pad, int out_len) {
-    const int t = y + pad - i;
-    if (t < 0 || t % stride != 0 || t / stride >= out_len) return -1;
-    return t / stride;
-}
-
-// dx[s][ch][y][xx] = sum over taps (i, j) of col[(ch*kh + i)*kw + j][(s*Ho + oy)*Wo + ox] for
-// the output pixel (oy, ox) that tap reads (y, xx) from. One thread per input element.
-template <typename T>
-__device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
-    const int total = g.n * g.c * g.h * g.w;
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= total) return;
-    const int xx = e % g.w, y = (e / g.w) % g.h, ch = (e / (g.w * g.h)) % g.c, s = e / (g.w * g.h * g.c);
-    const int columns = g.n * g.ho * g.wo;
-    float acc = 0.0f;
+    const int plane_out = g.ho * g.wo;
+    const int e = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
+    if (e >= g.c * plane_out) return;
+    const int ch = e / plane_out, p = e - ch * plane_out;
+    const int oy = p / g.wo, ox = p - oy * g.wo;
+    const size_t columns = static_cast<size_t>(g.n) * plane_out;
+    const T* img = x + (static_cast<size_t>(s) * g.c + ch) * g.h * g.w;
+    T* out = col + static_cast<size_t>(ch) * g.kh * g.kw * columns + static_cast<size_t>(s) * plane_out + p;
     for (int i = 0; i < g.kh; ++i) {
-        const int oy = source_out(y, i, g.stride, g.pad, g.ho);
-        if (oy < 0) continue;
-        for (int j = 0; j < g.kw; ++j) {
-            const int ox = source_out(xx, j, g.stride, g.pad, g.wo);
-            if (ox < 0) continue;
-            acc += to_float(col[((ch * g.kh + i) * g.kw + j) * columns + (s * g.ho + oy) * g.wo + ox]);
+        const int y = oy * g.stride + i - g.pad;
+        for (int j = 0; j < g.kw; ++j, out += columns) {
+            const int xx = ox * g.stride + j - g.pad;
+            const bool inside = y >= 0 && y < g.h && xx >= 0 && xx < g.w;
+            *out = inside ? img[y * g.w + xx] : from_float<T>(0.0f);
         }
     }
-    dx[e] = from_float<T>(acc);
 }
 
-// out[j][i][k] = in[i][j][k] for in [a, b, inner]: NCHW <-> channel-major. One thread per output
-// element; the innermost dimension stays contiguous on both sides.
+// The outputs o (along one axis) whose tap i = v + pad - o*stride reads input position v: o in
+// [lo, hi), i in [0, k) and o in [0, out_len).
+struct TapRange {
+    int lo, hi;
+};
+
+__device__ __forceinline__ TapRange taps_reading(int v, int k, int stride, int pad, int out_len) {
+    const int t = v + pad;
+    return TapRange{t < k ? 0 : (t - k) / stride + 1, min(t / stride + 1, out_len)};
+}
+
+// Thread (ch, y, xx) of sample blockIdx.y: its position in the input and the output ranges
+// whose taps read it; false past the end.
+struct InputPixel {
+    int ch, y, xx;
+    TapRange rows, cols;
+};
+
+__device__ __forceinline__ bool input_pixel(ConvGeometry g, InputPixel& px) {
+    const int plane = g.h * g.w;
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= g.c * plane) return false;
+    px.ch = e / plane;
+    const int p = e - px.ch * plane;
+    px.y = p / g.w;
+    px.xx = p - px.y * g.w;
+    px.rows = taps_reading(px.y, g.kh, g.stride, g.pad, g.ho);
+    px.cols = taps_reading(px.xx, g.kw, g.stride, g.pad, g.wo);
+    return true;
+}
+
+__device__ __forceinline__ size_t input_offset(ConvGeometry g, const InputPixel& px) {
+    return ((static_cast<size_t>(blockIdx.y) * g.c + px.ch) * g.h + px.y) * g.w + px.xx;
+}
+
+// dx[s][ch][y][xx] = sum over the taps (i, j) that read (y, xx) of the column-gradient entry of
+// that tap and output pixel. Gathered per input element, in a fixed order: no atomics.
+template <typename T>
+__device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+    InputPixel px;
+    if (!input_pixel(g, px)) return;
+    const size_t columns = static_cast<size_t>(g.n) * g.ho * g.wo;
+    const T* sample = col + static_cast<size_t>(blockIdx.y) * g.ho * g.wo;
+    float acc = 0.0f;
+    for (int oy = px.rows.lo; oy < px.rows.hi; ++oy) {
+        const int i = px.y + g.pad - oy * g.stride;
+        for (int ox = px.cols.lo; ox < px.cols.hi; ++ox) {
+            const int j = px.xx + g.pad - ox * g.stride;
+            acc += to_float(sample[((px.ch * g.kh + i) * g.kw + j) * columns + oy * g.wo + ox]);
+        }
+    }
+    dx[input_offset(g, px)] = from_float<T>(acc);
+}
+
+// out[j][i][k] = in[i][j][k] for in [a, b, inner]: NCHW <-> channel-major. Block row blockIdx.y
+// is j; the innermost dimension stays contiguous on both sides.
 template <typename T>
 __device__ __forceinline__ void swap_outer(const T* __restrict__ in, T* __restrict__ out, int a, int b, int inner) {
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= a * b * inner) return;
-    const int k = e % inner, i = (e / inner) % a, j = e / (inner * a);
-    out[e] = in[(i * b + j) * inner + k];
+    const int e = blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y;
+    if (e >= a * inner) return;
+    const int i = e / inner, k = e - i * inner;
+    out[static_cast<size_t>(j) * a * inner + e] = in[(static_cast<size_t>(i) * b + j) * inner + k];
 }
 
 // Depthwise forward: y[s][ch][oy][ox] = sum over taps of w[ch][i][j] * x[s][ch][y][xx].
@@ -105,27 +143,24 @@ __device__ __forceinline__ void dwconv_fwd(const T* __restrict__ x, const T* __r
     out[e] = from_float<T>(acc);
 }
 
-// Depthwise dx: each input element gathers w[ch][i][j] * dy over the outputs that read it.
+// Depthwise dx: each input element gathers w[ch][i][j] * dy over the outputs that read it
+// (threads mapped as in col2im).
 template <typename T>
 __device__ __forceinline__ void dwconv_dx(const T* __restrict__ dy, const T* __restrict__ wt, T* __restrict__ dx,
                                           ConvGeometry g) {
-    const int total = g.n * g.c * g.h * g.w;
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= total) return;
-    const int xx = e % g.w, y = (e / g.w) % g.h, plane = e / (g.w * g.h), ch = plane % g.c;
-    const T* grad = dy + static_cast<size_t>(plane) * g.ho * g.wo;
-    const T* taps = wt + ch * g.kh * g.kw;
+    InputPixel px;
+    if (!input_pixel(g, px)) return;
+    const T* grad = dy + (static_cast<size_t>(blockIdx.y) * g.c + px.ch) * g.ho * g.wo;
+    const T* taps = wt + px.ch * g.kh * g.kw;
     float acc = 0.0f;
-    for (int i = 0; i < g.kh; ++i) {
-        const int oy = source_out(y, i, g.stride, g.pad, g.ho);
-        if (oy < 0) continue;
-        for (int j = 0; j < g.kw; ++j) {
-            const int ox = source_out(xx, j, g.stride, g.pad, g.wo);
-            if (ox < 0) continue;
+    for (int oy = px.rows.lo; oy < px.rows.hi; ++oy) {
+        const int i = px.y + g.pad - oy * g.stride;
+        for (int ox = px.cols.lo; ox < px.cols.hi; ++ox) {
+            const int j = px.xx + g.pad - ox * g.stride;
             acc += to_float(taps[i * g.kw + j]) * to_float(grad[oy * g.wo + ox]);
         }
     }
-    dx[e] = from_float<T>(acc);
+    dx[input_offset(g, px)] = from_float<T>(acc);
 }
 
 // Depthwise dW: block (channel, tap) sums dy * x over every sample and output pixel. Each

@@ -13,9 +13,13 @@
 #   3. a table of both, ours against PyTorch, into OUT/summary.md, beside every JSON, and
 #      OUT/step.png: every step's time per kind of op as stacked bars (`msclip bench chart`);
 #   4. each preset's step kernel by kernel under Nsight Compute (device time per kernel and launch
-#      shape, scripts/kernel_times.py), into OUT/kernels-PRESET.txt and .json.
+#      shape, scripts/kernel_times.py), into OUT/kernels-PRESET.txt and .json, then one step's
+#      DRAM traffic and speed of light per kernel (OUT/kernels-sol-PRESET.*), drawn by
+#      `msclip bench roofline` as OUT/roofline-PRESET.png.
 # Every part runs even when one before it failed; the exit status says whether all passed.
-# MSCLIP_SESSION_PARTS picks parts (default: all of parity pytorch graph eager two-pass profile),
+# MSCLIP_SESSION_PARTS picks parts (default: all of parity pytorch graph full-context eager
+# two-pass variants profile; full-context times ours with every caption at 77 tokens, open_clip's
+# work; variants, kernel variants where the last profile pointed),
 # so a second call in a short lease can measure only what changed; MSCLIP_PROFILE_PRESETS the
 # presets part 4 profiles.
 #
@@ -51,7 +55,7 @@ if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
     [[ -n $lib ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 failures=0
-parts=" ${MSCLIP_SESSION_PARTS:-parity pytorch graph eager two-pass profile} "
+parts=" ${MSCLIP_SESSION_PARTS:-parity pytorch graph full-context eager two-pass variants profile} "
 want() { [[ $parts == *" $1 "* ]]; }
 # Each part runs under a time limit (seconds; MSCLIP_PART_LIMIT), so that one hang cannot use up
 # the short lease.
@@ -69,13 +73,13 @@ step() { # name, command...: runs and logs one part, counting failures; fails wi
 
 if $rehearse; then
     device=emu
-    sizes=(--batch 2 --layers 2 --steps 1 --warmup 1 --data synthetic)
+    sizes=(--batch 2 --layers 2 --steps 1 --warmup 1)
     torch=(--device cpu --batch 2 --steps 1 --warmup 1)
 else
     device=cuda
     # Synthetic data, as PyTorch's reference feeds random tensors: the steps, not the host's
     # rendering of the shapes world, are timed.
-    sizes=(--batch 256 --steps 10 --warmup 3 --data synthetic)
+    sizes=(--batch 256 --steps 10 --warmup 3)
     torch=(--device cuda --batch 256 --steps 10 --warmup 3)
     step gpu nvidia-smi -L
 fi
@@ -106,16 +110,23 @@ if want pytorch; then
 fi
 
 presets=(clip-b32 msclip-s-b32 msclip-s-b16 oner-b32)
-bench() { # preset, label, extra flags...: one `msclip bench step` of the preset
+bench() { # preset, label, extra flags...: one `msclip bench step` of the preset, on the data
+    # that $data names (synthetic unless the caller says)
     local preset=$1 label=$2
     shift 2
     step "bench $preset $label" "$msclip" bench step --device "$device" --preset "$preset" --precision bf16 \
-        "${sizes[@]}" "$@"
+        "${sizes[@]}" --data "${data:-synthetic}" "$@"
 }
 # Every preset on one captured graph first; then op by op (its number stands if the graph path
 # fails on this GPU; it also writes the trace); then modality fusion off.
 for preset in "${presets[@]}"; do
     want graph && bench "$preset" graph --json "$out/bench-$preset.json"
+done
+# With every caption at the full context: the text work PyTorch's reference does (it runs all
+# 77 positions), where the runs above pack 6-24-token captions.
+for preset in "${presets[@]}"; do
+    want full-context && data=synthetic-full bench "$preset" "graph, 77-token captions" \
+        --json "$out/bench-$preset-full-context.json"
 done
 for preset in "${presets[@]}"; do
     want eager && bench "$preset" "op by op" --cuda-graph off --json "$out/bench-$preset-eager.json" \
@@ -124,19 +135,42 @@ done
 for preset in "${presets[@]:1}"; do
     want two-pass && bench "$preset" two-pass --unfused modality --json "$out/bench-$preset-two-pass.json"
 done
-# One warm-up, one timed and the breakdown step, op by op, every kernel timed by Nsight Compute
-# (one metric: no replay; caches and clocks as the step leaves them).
+# Kernel variants where the profile pointed: msclip-s-b16's 197-token attention backward ran
+# in q32k32 tiles, 25 ms of a 194 ms step (H200, 2026-12-04).
+for tile in q64k64 q64k32 q32k64; do
+    want variants && bench msclip-s-b16 "attention $tile" --kernel "attention=$tile" \
+        --json "$out/variant-msclip-s-b16-attention-$tile.json"
+done
+# Each preset's step under Nsight Compute, op by op, caches and clocks as the step leaves them.
+# First one metric over a warm-up, a timed and the breakdown step (no replay: quick), which
+# gives the time per kernel and the launches in a step; then, over one step's window of
+# launches, the DRAM traffic and the speed of light (replayed per kernel: slower), drawn as
+# roofline-PRESET.png.
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+sol_metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
+sol_metrics+=,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed
+profile() { # preset, name, ncu options...: one profiled bench step into OUT/ncu-NAME.csv
+    local preset=$1 name=$2
+    shift 2
+    part_limit=$((3 * part_limit / 2)) step "kernels $name" "$ncu" "$@" --cache-control none --clock-control none \
+        --print-units base --csv --log-file "$out/ncu-$name.csv" "$msclip" bench step --device cuda \
+        --preset "$preset" --precision bf16 --batch "${sizes[1]}" --steps 1 --warmup 1 --data synthetic --cuda-graph off
+}
 if want profile && ! $rehearse; then
     read -ra profiled <<<"${MSCLIP_PROFILE_PRESETS:-msclip-s-b32 clip-b32 msclip-s-b16 oner-b32}"
     for preset in "${profiled[@]}"; do
-        part_limit=$((3 * part_limit / 2)) step "kernels $preset" "$ncu" --metrics gpu__time_duration.sum \
-            --cache-control none --clock-control none --csv --log-file "$out/ncu-$preset.csv" \
-            "$msclip" bench step --device cuda --preset "$preset" --precision bf16 --batch "${sizes[1]}" \
-            --steps 1 --warmup 1 --data synthetic --cuda-graph off &&
+        profile "$preset" "$preset" --metrics gpu__time_duration.sum &&
             python3 scripts/kernel_times.py "$out/ncu-$preset.csv" --steps 3 --top 25 \
                 --json "$out/kernels-$preset.json" >"$out/kernels-$preset.txt" &&
-            head -45 "$out/kernels-$preset.txt"
+            head -45 "$out/kernels-$preset.txt" || continue
+        per_step=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["launches_per_step"]))' \
+            "$out/kernels-$preset.json")
+        profile "$preset" "sol-$preset" --metrics "$sol_metrics" --launch-skip "$per_step" --launch-count "$per_step" &&
+            python3 scripts/kernel_times.py "$out/ncu-sol-$preset.csv" --steps 1 --top 25 \
+                --json "$out/kernels-sol-$preset.json" >"$out/kernels-sol-$preset.txt" &&
+            head -45 "$out/kernels-sol-$preset.txt" &&
+            "$msclip" bench roofline "$out/kernels-sol-$preset.json" --out "$out/roofline-$preset.png" \
+                --title "$preset, batch ${sizes[1]}, bf16, $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
     done
 fi
 
@@ -150,11 +184,13 @@ def load(name):
     return json.load(open(path)) if os.path.exists(path) else None
 
 rows = {r["model"]: r for r in (load("pytorch.json") or {}).get("results", [])}
-print("| preset | msclip pairs/s (graph) | MFU | op by op pairs/s | two-pass pairs/s | PyTorch pairs/s | msclip / PyTorch |")
-print("|---|---|---|---|---|---|---|")
+print("| preset | msclip pairs/s (graph) | MFU | 77-token captions pairs/s | op by op pairs/s | two-pass pairs/s "
+      "| PyTorch pairs/s | msclip / PyTorch | at 77 tokens / PyTorch |")
+print("|---|---|---|---|---|---|---|---|---|")
 for preset in presets:
     ours, two_pass, ref = load(f"bench-{preset}.json"), load(f"bench-{preset}-two-pass.json"), rows.get(preset)
-    eager = load(f"bench-{preset}-eager.json")
+    eager, full = load(f"bench-{preset}-eager.json"), load(f"bench-{preset}-full-context.json")
+    full_rate = full and full["pairs_per_second"]
     fmt = lambda v, spec=".1f": "-" if v is None else format(v, spec)
     mine = ours and ours["pairs_per_second"]
     theirs = ref and ref["pairs_per_s"]
@@ -162,9 +198,10 @@ for preset in presets:
     best = max([r["pairs_per_second"] for r in (ours, eager) if r], default=None)
     mfu = ours and ours.get("mfu")
     mfu_text = "-" if mfu is None else f"{100 * mfu:.1f}%"
-    print(f"| {preset} | {fmt(mine)} | {mfu_text} | {fmt(eager and eager['pairs_per_second'])} "
+    print(f"| {preset} | {fmt(mine)} | {mfu_text} | {fmt(full_rate)} | {fmt(eager and eager['pairs_per_second'])} "
           f"| {fmt(two_pass and two_pass['pairs_per_second'])} "
-          f"| {fmt(theirs)} | {fmt(best and theirs and best / theirs, '.2f')} |")
+          f"| {fmt(theirs)} | {fmt(best and theirs and best / theirs, '.2f')} "
+          f"| {fmt(full_rate and theirs and full_rate / theirs, '.2f')} |")
 PY
 # The step's time per kind of op, each preset fused, op by op and two-pass, beside PyTorch's.
 mapfile -t results < <(ls "$out"/bench-*.json "$out"/pytorch.json 2>/dev/null)

@@ -291,3 +291,75 @@ fn bench_step_refuses_kernel_choices_that_cannot_apply() {
         assert!(!out.status.success() && err.contains(fragment) && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// An Nsight Compute CSV (details page, as `--csv --metrics` writes it): two launches of one
+/// kernel and one GEMM, with the speed-of-light metrics, units as ncu writes them.
+const NCU_CSV: &str = r#"==PROF== Connected to process 7 (msclip)
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","ns","1,000,000"
+"0","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","600,000,000"
+"0","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Mbyte","400"
+"0","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed","%","20"
+"0","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","sm__throughput.avg.pct_of_peak_sustained_elapsed","%","40"
+"1","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","us","3,000"
+"1","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Gbyte","2"
+"1","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","1,000,000,000"
+"1","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed","%","60"
+"1","7","msclip","h","col2im_bf16","1","13","(256, 1, 1)","(2352, 256, 1)","0","9.0","Command line profiler metrics","sm__throughput.avg.pct_of_peak_sustained_elapsed","%","20"
+"2","7","msclip","h","nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NNN","1","13","(384, 1, 1)","(2, 66, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","ms","0.5"
+"2","7","msclip","h","nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NNN","1","13","(384, 1, 1)","(2, 66, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","100,000,000"
+"2","7","msclip","h","nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NNN","1","13","(384, 1, 1)","(2, 66, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","byte","50,000,000"
+"2","7","msclip","h","nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NNN","1","13","(384, 1, 1)","(2, 66, 1)","0","9.0","Command line profiler metrics","gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed","%","30"
+"2","7","msclip","h","nvjet_sm90_tst_128x256_64x4_2x1_v_bz_coopA_NNN","1","13","(384, 1, 1)","(2, 66, 1)","0","9.0","Command line profiler metrics","sm__throughput.avg.pct_of_peak_sustained_elapsed","%","85"
+"#;
+
+/// scripts/kernel_times.py sums an Nsight Compute CSV per kernel and launch shape (times in
+/// any unit, bytes scaled or not, the speed of light weighted by time), and `bench roofline`
+/// draws its JSON; without the speed-of-light fields the chart is refused and nothing written.
+#[test]
+fn kernel_times_and_the_roofline_chart_read_nsight_compute() {
+    let dir = std::env::temp_dir().join(format!("msclip-roofline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (csv, json) = (dir.join("ncu.csv"), dir.join("kernels.json"));
+    std::fs::write(&csv, NCU_CSV).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kernel_times.py");
+    let out = Command::new("python3")
+        .args([script, csv.to_str().unwrap(), "--steps", "1", "--json", json.to_str().unwrap()])
+        .output()
+        .expect("python3 runs (CI installs it)");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["launches_per_step"], 3.0, "{report}");
+    let col2im = &report["kernels"][0];
+    assert_eq!((col2im["name"].as_str(), col2im["calls_per_step"].as_f64()), (Some("col2im_bf16"), Some(2.0)));
+    let close = |v: &serde_json::Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-9 * want.max(1.0);
+    // 4 ms in all; 1 GB + 3 GB over it; (20% x 1 ms + 60% x 3 ms) / 4 ms; (40 x 1 + 20 x 3) / 4.
+    assert!(close(&col2im["ms_per_step"], 4.0), "{col2im}");
+    assert!(close(&col2im["dram_gb_per_s"], 1000.0), "{col2im}");
+    assert!(close(&col2im["memory_sol_percent"], 50.0), "{col2im}");
+    assert!(close(&col2im["compute_sol_percent"], 25.0), "{col2im}");
+    assert_eq!(report["kernels"][1]["kind"], "gemm", "{report}");
+
+    let png = dir.join("roofline.png");
+    let out = msclip(&["bench", "roofline", json.to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!((&bytes[16..20], &bytes[20..24]), (&1100u32.to_be_bytes()[..], &1100u32.to_be_bytes()[..]));
+
+    // Time alone (the quick pass): no chart, and the error says what is missing.
+    let timing_only: String =
+        NCU_CSV.lines().filter(|l| !l.contains("throughput") && !l.contains("dram")).collect::<Vec<_>>().join("\n");
+    std::fs::write(&csv, timing_only).unwrap();
+    let out = Command::new("python3")
+        .args([script, csv.to_str().unwrap(), "--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let png2 = dir.join("none.png");
+    let out = msclip(&["bench", "roofline", json.to_str().unwrap(), "--out", png2.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("memory_sol_percent") && !err.contains("panicked"), "{err}");
+    assert!(!png2.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

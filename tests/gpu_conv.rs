@@ -51,10 +51,12 @@ const fn case(
     ConvCase { n, c, h, w, co, k, geo: Conv2dGeometry { stride, padding, groups } }
 }
 
-const CONV_CASES: [ConvCase; 9] = [
+const CONV_CASES: [ConvCase; 11] = [
     // Dense.
     case(2, 3, (7, 5), 5, 3, (1, 1, 1)),
     case(1, 1, (13, 13), 3, 3, (2, 0, 1)),
+    // Stride above the kernel: some input pixels are read by no tap (their dx is zero).
+    case(2, 2, (11, 9), 3, 2, (3, 1, 1)),
     // Patch embedding style: kernel = stride, 13 not a multiple of it.
     case(2, 3, (13, 13), 5, 2, (2, 0, 1)),
     // Grouped: 2 groups of 2 input and 3 output channels; a channel multiplier (groups = C_in,
@@ -65,6 +67,8 @@ const CONV_CASES: [ConvCase; 9] = [
     case(3, 5, (13, 13), 5, 3, (1, 1, 5)),
     case(2, 5, (7, 5), 5, 3, (2, 0, 5)),
     case(1, 3, (7, 5), 3, 5, (2, 1, 3)),
+    // The parallel branch's downsampling: depthwise with kernel = stride, 13 not a multiple of 4.
+    case(2, 3, (13, 13), 3, 4, (4, 0, 3)),
     case(2, 1, (7, 5), 1, 3, (1, 1, 1)),
 ];
 

@@ -13,6 +13,17 @@ use msclip::backend::{self, BinaryOp, UnaryOp};
 use msclip::error::Result;
 use msclip::tensor::Storage;
 use msclip::{DType, Device, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// One test at a time: on CUDA every thread of the process shares the driver's one stream, so
+/// a capture in one test would refuse another's ("already under way") or take in its eager
+/// work. Seen on an H200 (2026-12-04) when the test threads happened to overlap; the
+/// emulator's driver state is per thread, so it did not show there.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn on_device(values: &[f64], device: Device) -> Tensor {
     Tensor::from_f64(values, [values.len()], DType::F32).unwrap().to_device(device).unwrap()
@@ -45,6 +56,7 @@ fn capture_three_x_plus_one(x: &Tensor) -> (Tensor, Graph) {
 
 #[test]
 fn a_launch_runs_the_captured_work_on_the_inputs_of_the_moment_in_one_driver_call() {
+    let _alone = alone();
     for device in gpu_devices() {
         let x = on_device(&[0.0; 5], device);
         let (out, graph) = capture_three_x_plus_one(&x);
@@ -63,6 +75,7 @@ fn a_launch_runs_the_captured_work_on_the_inputs_of_the_moment_in_one_driver_cal
 
 #[test]
 fn an_upload_made_while_capturing_is_repeated_with_the_bytes_it_had() {
+    let _alone = alone();
     for device in gpu_devices() {
         let x = on_device(&[0.0; 3], device);
         let (out, graph) = graph::capture(device, || {
@@ -78,6 +91,7 @@ fn an_upload_made_while_capturing_is_repeated_with_the_bytes_it_had() {
 
 #[test]
 fn reading_back_or_waiting_inside_a_capture_is_refused_and_leaves_no_capture_behind() {
+    let _alone = alone();
     for device in gpu_devices() {
         let x = on_device(&[1.0, 2.0], device);
         let read = graph::capture(device, || three_x_plus_one(&x)?.host_storage().map(|_| ()));
@@ -93,6 +107,7 @@ fn reading_back_or_waiting_inside_a_capture_is_refused_and_leaves_no_capture_beh
 
 #[test]
 fn the_captured_work_keeps_its_memory_while_the_graph_lives() {
+    let _alone = alone();
     for device in gpu_devices() {
         let x = on_device(&[1.0; 7], device);
         let (out, graph) = capture_three_x_plus_one(&x);
@@ -131,6 +146,7 @@ mod whole_step {
     /// the same starting state: the step holds nothing a capture cannot (no read-back, no wait).
     #[test]
     fn a_captured_training_step_launched_once_equals_the_eager_step_bit_for_bit() {
+        let _alone = super::alone();
         for precision in [Precision::Fp32, Precision::Bf16] {
             let config = TrainConfig::for_steps("tiny", 4, Device::Emu, precision, 2).unwrap();
             let model = ClipModel::new(preset("tiny").unwrap()).unwrap();

@@ -1,6 +1,7 @@
 //! `msclip bench`: measured performance, beside the counts and bounds of `msclip profile`.
 
 mod chart;
+mod roofline;
 mod step;
 mod trace;
 mod variants;
@@ -21,11 +22,15 @@ enum BenchCommand {
     /// Result files of `bench step --json` (and of benches/pytorch_reference.py --json) as one
     /// PNG of stacked bars: the step's time per kind of op, side by side.
     Chart(chart::ChartArgs),
+    /// The speed of light of every kernel of a GPU step (scripts/kernel_times.py --json over an
+    /// Nsight Compute CSV) as one PNG: % of peak memory and compute throughput, area = time.
+    Roofline(roofline::RooflineArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Step(args) => step::run(args),
         BenchCommand::Chart(args) => chart::run(args),
+        BenchCommand::Roofline(args) => roofline::run(args),
     }
 }

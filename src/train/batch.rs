@@ -77,19 +77,38 @@ pub fn make_batch(
 /// benches/pytorch_reference.py's CAPTION_TOKENS, so both sides time the same text.
 const SYNTHETIC_CAPTION_TOKENS: std::ops::RangeInclusive<usize> = 6..=24;
 
+/// How long the captions of a synthetic batch are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyntheticCaptions {
+    /// Lengths drawn from [`SYNTHETIC_CAPTION_TOKENS`].
+    ShapesLike,
+    /// Every caption fills the context: the text work of a tower that runs every position, as
+    /// open_clip's does at its 77 tokens, so the two are compared on equal work.
+    FullContext,
+}
+
 /// A batch of random data in the shapes of a real one (`--data synthetic`, for throughput
 /// runs that should not time the host's rendering): N(0, 1) images, which is what normalised
-/// pixels look like to the model, and caption rows of SOT, random word ids and EOT, of lengths
-/// drawn from [`SYNTHETIC_CAPTION_TOKENS`] (cut to the context), zero-padded.
-pub fn synthetic_batch(config: &TrainConfig, tokenizer: &Tokenizer, context: usize, seed: u64) -> Result<Batch> {
+/// pixels look like to the model, and caption rows of SOT, random word ids and EOT, of the
+/// lengths `captions` says (cut to the context), zero-padded.
+pub fn synthetic_batch(
+    config: &TrainConfig,
+    tokenizer: &Tokenizer,
+    context: usize,
+    captions: SyntheticCaptions,
+    seed: u64,
+) -> Result<Batch> {
     let mut rng = Rng::new(seed);
     let (n, size) = (config.batch_size, config.data.image_size);
     let images = rng.normal_tensor(vec![n, 3, size, size], 1.0, MASTER_DTYPE);
     let (sot, eot) = (tokenizer.sot(), tokenizer.eot());
     let words = sot.min(eot) as usize;
+    let (lo, hi) = match captions {
+        SyntheticCaptions::ShapesLike => (*SYNTHETIC_CAPTION_TOKENS.start(), *SYNTHETIC_CAPTION_TOKENS.end()),
+        SyntheticCaptions::FullContext => (context, context),
+    };
     let mut tokens = vec![0u32; n * context];
     for row in tokens.chunks_mut(context) {
-        let (lo, hi) = (*SYNTHETIC_CAPTION_TOKENS.start(), *SYNTHETIC_CAPTION_TOKENS.end());
         let len = (lo + rng.below(hi - lo + 1)).min(context);
         row[0] = sot;
         for id in &mut row[1..len - 1] {
@@ -111,7 +130,7 @@ mod tests {
         config.batch_size = 64;
         let tokenizer = Tokenizer::train_bpe(["a red circle", "two blue squares"], 600).unwrap();
         let context = 16;
-        let batch = synthetic_batch(&config, &tokenizer, context, 5).unwrap();
+        let batch = synthetic_batch(&config, &tokenizer, context, SyntheticCaptions::ShapesLike, 5).unwrap();
         let size = config.data.image_size;
         assert_eq!(batch.images.dims(), [64, 3, size, size]);
         let ends = eot_positions(&batch.tokens, context).unwrap();
@@ -124,6 +143,10 @@ mod tests {
         }
         // Lengths vary (packed text is not one shape), and the same seed makes the same batch.
         assert!(ends.iter().any(|&e| e != ends[0]));
-        assert_eq!(synthetic_batch(&config, &tokenizer, context, 5).unwrap().tokens, batch.tokens);
+        let again = synthetic_batch(&config, &tokenizer, context, SyntheticCaptions::ShapesLike, 5).unwrap();
+        assert_eq!(again.tokens, batch.tokens);
+        // Full context: every caption ends at the last position.
+        let full = synthetic_batch(&config, &tokenizer, context, SyntheticCaptions::FullContext, 5).unwrap();
+        assert_eq!(eot_positions(&full.tokens, context).unwrap(), vec![context - 1; 64]);
     }
 }

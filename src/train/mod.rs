@@ -17,7 +17,7 @@ mod safetensors_out;
 mod schedule;
 mod step;
 
-pub use batch::{Batch, CLIP_MEAN, CLIP_STD, images_to_tensor, make_batch, training_batch};
+pub use batch::{Batch, CLIP_MEAN, CLIP_STD, SyntheticCaptions, images_to_tensor, make_batch, training_batch};
 pub use config::{Precision, TokenizerSource, TrainConfig, validate_run_name};
 pub use log::read_jsonl;
 pub use resume::changes as resume_changes;

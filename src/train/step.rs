@@ -3,7 +3,7 @@
 //! a loop, for `msclip profile step` (what a step asks of a GPU driver) and `msclip kernels
 //! --check` (a step's kernels under the emulator's sanitizer).
 
-use super::batch::{Batch, synthetic_batch, training_batch};
+use super::batch::{Batch, SyntheticCaptions, synthetic_batch, training_batch};
 use super::config::TrainConfig;
 use super::param_groups;
 use super::schedule::CosineSchedule;
@@ -130,9 +130,9 @@ impl<'a> Steps<'a> {
     /// Feeds every step one batch of random data in the shapes of a real one
     /// ([`synthetic_batch`]), made now, so a throughput measurement times the step and not the
     /// host's rendering. The batch is still uploaded every step.
-    pub fn with_synthetic_data(mut self) -> Result<Self> {
+    pub fn with_synthetic_data(mut self, captions: SyntheticCaptions) -> Result<Self> {
         let context = self.model.config.text.context;
-        self.synthetic = Some(synthetic_batch(self.config, self.tokenizer, context, self.config.seed)?);
+        self.synthetic = Some(synthetic_batch(self.config, self.tokenizer, context, captions, self.config.seed)?);
         Ok(self)
     }
 

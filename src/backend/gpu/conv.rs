@@ -49,7 +49,26 @@ fn geometry_args(d: &Dims) -> Result<Vec<KernelArg>> {
     .collect()
 }
 
-/// Launches `<base>_<dtype>` on `tensors` (inputs, then the one output) and the geometry: with
+/// The most blocks a grid has along y (CUDA's limit).
+const MAX_GRID_Y: usize = 65535;
+
+/// A grid of `rows` rows along y (samples, or the outer index of `swap_outer`), each with one
+/// thread per element of a range of `elements`.
+fn rows_of(rows: usize, elements: usize, what: &str) -> Result<[u32; 3]> {
+    if rows > MAX_GRID_Y {
+        return Err(Error::invalid("conv2d", format!("{rows} {what} exceed the {MAX_GRID_Y} rows of a grid")));
+    }
+    int(elements, "conv elements")?;
+    Ok([blocks_for(elements, THREADS), rows as u32, 1])
+}
+
+/// The grid of the kernels with one thread per (input channel, pixel) of each sample, for
+/// planes of `plane` pixels.
+fn per_sample(d: &Dims, plane: usize) -> Result<[u32; 3]> {
+    rows_of(d.n, d.c * plane, "samples")
+}
+
+/// Launches `<base>_<dtype>` on `tensors` (inputs, then the one output) and the geometry, with
 /// `grid` blocks, or one thread per element of a range of `elements` when `grid` is None.
 fn launch(
     gpu: &GpuBackend,
@@ -71,7 +90,8 @@ fn launch(
 /// The [C_in*kh*kw, N*Ho*Wo] patch matrix of the batch.
 fn im2col(gpu: &GpuBackend, d: &Dims, x: &Tensor) -> Result<Tensor> {
     let col = gpu.uninit([d.c * d.kh * d.kw, columns(d)], x.dtype())?;
-    launch(gpu, d, "im2col", None, col.numel(), &[x, &col])?;
+    let grid = per_sample(d, d.spatial_out())?;
+    launch(gpu, d, "im2col", Some(grid), col.numel(), &[x, &col])?;
     Ok(col)
 }
 
@@ -81,7 +101,7 @@ fn swap_outer(gpu: &GpuBackend, x: &Tensor, (a, b, inner): (usize, usize, usize)
     let out = gpu.uninit(shape.to_vec(), x.dtype())?;
     let args = [ptr(x)?, ptr(&out)?, int(a, "rows")?, int(b, "columns")?, int(inner, "inner size")?];
     int(out.numel(), "conv elements")?;
-    let config = LaunchConfig::linear(blocks_for(out.numel(), THREADS), THREADS, 0);
+    let config = LaunchConfig { grid: rows_of(b, a * inner, "columns")?, block: [THREADS, 1, 1], shared_bytes: 0 };
     gpu.launch(&kernel_for("swap_outer", x.dtype())?, config, &args, Footprint::of(&[x], &[&out]))?;
     Ok(out)
 }
@@ -146,7 +166,8 @@ pub(super) fn conv2d_backward(
         launch(gpu, &d, "dwconv_dw", Some(grid), columns(&d), &[x, dy, &dw])?;
         let dx = if need_dx {
             let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
-            launch(gpu, &d, "dwconv_dx", None, dx.numel(), &[dy, w, &dx])?;
+            let grid = per_sample(&d, d.h * d.w)?;
+            launch(gpu, &d, "dwconv_dx", Some(grid), dx.numel(), &[dy, w, &dx])?;
             Some(dx)
         } else {
             None
@@ -164,7 +185,8 @@ pub(super) fn conv2d_backward(
         let dcol = gpu.uninit(col.shape().clone(), x.dtype())?;
         gemm(gpu, (d.groups, patch, columns, cog), (true, false), w, &dy_cm, &dcol)?;
         let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
-        launch(gpu, &d, "col2im", None, dx.numel(), &[&dcol, &dx])?;
+        let grid = per_sample(&d, d.h * d.w)?;
+        launch(gpu, &d, "col2im", Some(grid), dx.numel(), &[&dcol, &dx])?;
         Some(dx)
     } else {
         None

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use msclip::Device;
 use msclip::backend::gpu::buffer::{live_bytes, measure_allocations};
 use msclip::backend::gpu::counters::{DriverCounters, measure};
 use msclip::backend::gpu::emu::{self, Instrumentation, Schedule};
@@ -18,7 +17,8 @@ use msclip::backend::gpu::roofline::{DEVICE_ROOFS, DeviceRoof, H100_SXM, H200};
 use msclip::backend::gpu::{self, pool};
 use msclip::backend::timed::{self, OpKind, OpTimes};
 use msclip::ops::flops::{self, FlopCounts};
-use msclip::train::{Steps, new_run_tokenizer};
+use msclip::train::{Steps, SyntheticCaptions, new_run_tokenizer};
+use msclip::{Device, Tensor};
 use serde_json::{Value, json};
 
 use super::trace::chrome_trace;
@@ -56,8 +56,10 @@ pub struct StepArgs {
     #[arg(long, value_enum, default_value_t = Switch::On)]
     cuda_graph: Switch,
     /// shapes: each step renders its batch of the shapes world on the host, as training does
-    /// (inside the timed step). synthetic: one batch of random images and captions, made
-    /// before timing and uploaded every step, to time the step alone.
+    /// (inside the timed step). synthetic: one batch of random images and captions of 6-24
+    /// tokens, made before timing and uploaded every step, to time the step alone.
+    /// synthetic-full: the same with every caption filling the context (77 tokens for the B
+    /// presets), the text work of open_clip, which runs every position.
     #[arg(long, value_enum, default_value_t = Data::Shapes)]
     data: Data,
     /// Also write the results as JSON to this file.
@@ -72,6 +74,7 @@ pub struct StepArgs {
 enum Data {
     Shapes,
     Synthetic,
+    SyntheticFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,6 +87,10 @@ enum Switch {
 struct Timing {
     /// Wall time of each timed step, each ended by reading its loss (so the device's work is in).
     seconds: Vec<f64>,
+    /// Of each step's wall time, the host's part before it waits for the loss: issuing the
+    /// step's work, and any wait inside (an upload waiting for pinned staging space). On a GPU,
+    /// near the step time means the device waited on the host.
+    issue_seconds: Vec<f64>,
     /// Forward FLOPs of all the timed steps.
     flops: FlopCounts,
     counters: DriverCounters,
@@ -91,12 +98,16 @@ struct Timing {
     peak_bytes: Option<usize>,
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
+}
+
 impl Timing {
     fn median(&self) -> f64 {
-        let mut sorted = self.seconds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
+        median(&self.seconds)
     }
 
     fn per_step(&self, n: u64) -> f64 {
@@ -131,8 +142,10 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     let model = args.variants().model(model);
     let tokenizer = new_run_tokenizer(&config, &model)?;
     let mut runner = Steps::new(&model, &config, &tokenizer)?;
-    if args.data == Data::Synthetic {
-        runner = runner.with_synthetic_data()?;
+    match args.data {
+        Data::Shapes => {}
+        Data::Synthetic => runner = runner.with_synthetic_data(SyntheticCaptions::ShapesLike)?,
+        Data::SyntheticFull => runner = runner.with_synthetic_data(SyntheticCaptions::FullContext)?,
     }
     let check = |k: u64, loss: f64| match loss.is_finite() {
         true => Ok(()),
@@ -151,26 +164,28 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
         }
         false => (None, FlopCounts::default()),
     };
-    let mut run_step = |k: u64| -> anyhow::Result<()> {
-        let loss = match &graph {
+    // Returns when the host has issued the step; the loss is read (waited for) by the caller.
+    let mut issue_step = |k: u64| -> anyhow::Result<Tensor> {
+        Ok(match &graph {
             Some((output, graph)) => {
                 graph.launch()?;
-                output.loss.item()?
+                output.loss.clone()
             }
-            None => runner.run(k)?.loss.item()?,
-        };
-        check(k, loss)
+            None => runner.run(k)?.loss,
+        })
     };
 
     let timed_steps = args.warmup..args.warmup + args.steps;
     let held_before = live_bytes();
-    let mut seconds = Vec::new();
+    let (mut seconds, mut issue_seconds) = (Vec::new(), Vec::new());
     let (((result, extra_bytes), mut flops), counters) = measure(|| {
         flops::count(|| {
             measure_allocations(|| {
                 timed_steps.clone().try_for_each(|k| {
                     let started = Instant::now();
-                    run_step(k)?;
+                    let loss = issue_step(k)?;
+                    issue_seconds.push(started.elapsed().as_secs_f64());
+                    check(k, loss.item()?)?;
                     seconds.push(started.elapsed().as_secs_f64());
                     anyhow::Ok(())
                 })
@@ -183,7 +198,7 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     }
     drop(graph);
     let peak_bytes = device.is_gpu().then_some(held_before + extra_bytes);
-    let timing = Timing { seconds, flops, counters, peak_bytes };
+    let timing = Timing { seconds, issue_seconds, flops, counters, peak_bytes };
 
     // One more step, for the breakdown: every backend call timed and, on the emulator, every
     // launch profiled for its bound.
@@ -300,6 +315,7 @@ impl Report<'_> {
         match self.args.data {
             Data::Shapes => "shapes",
             Data::Synthetic => "synthetic",
+            Data::SyntheticFull => "synthetic-full",
         }
     }
 
@@ -330,6 +346,12 @@ impl Report<'_> {
             max * 1e3,
             self.pairs_per_second()
         );
+        if a.device.is_gpu() {
+            out += &format!(
+                "  host issue time   {:.2} ms median (the host's part of the step before it waits for the loss)\n",
+                median(&t.issue_seconds) * 1e3
+            );
+        }
         out += &format!(
             "  FLOPs per step    {:.3} GFLOP (3 x forward {:.3}: GEMM {:.3}, attention {:.3}, conv {:.3}, loss {:.3}; \
              counted from the ops' shapes)\n",
@@ -446,6 +468,7 @@ impl Report<'_> {
             "warmup_steps": a.warmup,
             "step_seconds": t.seconds,
             "median_step_seconds": t.median(),
+            "median_issue_seconds": median(&t.issue_seconds),
             "pairs_per_second": self.pairs_per_second(),
             "forward_flops_per_step": { "gemm": f.gemm / steps, "attention": f.attention / steps,
                 "conv": f.conv / steps, "loss": f.loss / steps },
