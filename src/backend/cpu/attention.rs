@@ -5,11 +5,18 @@
 //! independent task working on contiguous copies of its q, k, v rows; results are scattered
 //! back into the interleaved head layout afterwards. A sequence is a batch row, or one of the
 //! sequences packed into row 0 ([`AttnMask::sequence_offsets`]). Both masks leave every query
-//! a prefix of visible keys of its sequence ([`AttnMask::visible_keys`]), so the inner loops run
-//! over `0..visible`.
+//! a prefix of visible keys of its sequence ([`AttnMask::visible_keys`]).
+//!
+//! Inside a task the products are GEMMs on the task's [n, n] score matrix (the `gemm` crate,
+//! single-threaded: the tasks are the parallelism), with the softmax and its gradient applied
+//! row by row between them; masked scores are zero probabilities. Dot products written as
+//! loops could not be vectorised (a float sum's order is fixed), which made this op most of
+//! the CPU step's attention time (docs/benchmarks.md).
 
+use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::matmul::gemm_into;
 use crate::backend::{AttnMask, AttnSequence};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
@@ -59,7 +66,12 @@ impl Geometry {
 
     /// The [n, head_dim] rows of one head of sequence `s` (n tokens) of `src`, made contiguous.
     fn gather<T: Real>(&self, s: usize, src: &[T], offset: impl Fn(usize) -> usize) -> Vec<T> {
-        (0..self.sequences[s].len).flat_map(|t| src[offset(t)..][..self.head_dim].iter().copied()).collect()
+        let n = self.sequences[s].len;
+        let mut rows = Vec::with_capacity(n * self.head_dim);
+        for t in 0..n {
+            rows.extend_from_slice(&src[offset(t)..][..self.head_dim]);
+        }
+        rows
     }
 
     /// Writes contiguous [n, head_dim] rows of sequence `s` back into the interleaved layout.
@@ -70,13 +82,25 @@ impl Geometry {
     }
 }
 
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::zero(), |acc, (&x, &y)| acc + x * y)
+/// `dst = a b` (or `a^T b`, `a b^T` by the flags) for row-major [m, k] x [k, n] operands, on
+/// this thread.
+fn product<T: Real>(dst: &mut [T], a: &[T], b: &[T], mnk: (usize, usize, usize), trans_a: bool, trans_b: bool) {
+    gemm_into(dst, a, b, mnk, trans_a, trans_b, false, Parallelism::None);
 }
 
-/// y += a * x
-fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+/// Row `i`'s probabilities over its visible keys, in place of its scaled scores: the softmax
+/// with `lse` given (backward) or found and returned (forward, `lse` None); keys past
+/// `visible` get zero.
+fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T, lse: Option<T>) -> T {
+    let (seen, hidden) = row.split_at_mut(visible);
+    hidden.iter_mut().for_each(|p| *p = T::zero());
+    seen.iter_mut().for_each(|x| *x *= scale);
+    let lse = lse.unwrap_or_else(|| {
+        let max = seen.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+        max + seen.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln()
+    });
+    seen.iter_mut().for_each(|x| *x = (*x - lse).exp());
+    lse
 }
 
 pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
@@ -91,31 +115,24 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
         .map(|sh| {
             let (s, h) = (sh / g.heads, sh % g.heads);
             let n = g.sequences[s].len;
+            if n == 0 {
+                return (Vec::new(), Vec::new()); // an empty packed sequence
+            }
             let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
-            let mut out = vec![T::zero(); n * dh];
+            // P = softmax(q k^T * scale) under the mask, then out = P v.
+            let mut p = vec![T::zero(); n * n];
+            product(&mut p, &q, &k, (n, n, dh), false, true);
             let mut lse = vec![T::neg_infinity(); n];
-            let mut scores = vec![T::zero(); n];
-            for i in 0..n {
+            for (i, row) in p.chunks_mut(n).enumerate() {
                 let visible = mask.visible_keys(s, i, n);
                 if visible == 0 {
-                    continue; // no visible key: zero output, lse stays -inf
+                    row.iter_mut().for_each(|x| *x = T::zero()); // zero output, lse stays -inf
+                    continue;
                 }
-                let qi = &q[i * dh..][..dh];
-                let mut max = T::neg_infinity();
-                for (j, score) in scores[..visible].iter_mut().enumerate() {
-                    *score = dot(qi, &k[j * dh..][..dh]) * scale;
-                    max = max.max(*score);
-                }
-                let mut sum = T::zero();
-                let oi = &mut out[i * dh..][..dh];
-                for (j, &score) in scores[..visible].iter().enumerate() {
-                    let p = (score - max).exp();
-                    sum += p;
-                    axpy(oi, p, &v[j * dh..][..dh]);
-                }
-                oi.iter_mut().for_each(|o| *o = *o / sum);
-                lse[i] = max + sum.ln();
+                lse[i] = softmax_row(row, visible, scale, None);
             }
+            let mut out = vec![T::zero(); n * dh];
+            product(&mut out, &p, &v, (n, dh, n), false, false);
             (out, lse)
         })
         .collect();
@@ -150,28 +167,36 @@ pub fn backward<T: Real>(
         .map(|sh| {
             let (s, h) = (sh / g.heads, sh % g.heads);
             let n = g.sequences[s].len;
+            if n == 0 {
+                return [Vec::new(), Vec::new(), Vec::new()];
+            }
             let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
             let o = g.gather(s, os, |t| g.out_at(s, t, h));
             let d_out = g.gather(s, dos, |t| g.out_at(s, t, h));
-            let [mut dq, mut dk, mut dv] = [0, 1, 2].map(|_| vec![T::zero(); n * dh]);
-            for i in 0..n {
+            // P again, from the saved log-sum-exp (rows with none visible stay zero).
+            let mut p = vec![T::zero(); n * n];
+            product(&mut p, &q, &k, (n, n, dh), false, true);
+            for (i, row) in p.chunks_mut(n).enumerate() {
                 let lse_i = ls[g.lse_at(s, i, h)];
                 if lse_i == T::neg_infinity() {
-                    continue;
-                }
-                let (qi, doi) = (&q[i * dh..][..dh], &d_out[i * dh..][..dh]);
-                // D_i = <dO_i, O_i> = sum_j P_ij <dO_i, v_j>
-                let delta = dot(doi, &o[i * dh..][..dh]);
-                let dqi = &mut dq[i * dh..][..dh];
-                for j in 0..mask.visible_keys(s, i, n) {
-                    let (kj, vj) = (&k[j * dh..][..dh], &v[j * dh..][..dh]);
-                    let p = (dot(qi, kj) * scale - lse_i).exp();
-                    let ds = p * (dot(doi, vj) - delta) * scale;
-                    axpy(dqi, ds, kj);
-                    axpy(&mut dk[j * dh..][..dh], ds, qi);
-                    axpy(&mut dv[j * dh..][..dh], p, doi);
+                    row.iter_mut().for_each(|x| *x = T::zero());
+                } else {
+                    softmax_row(row, mask.visible_keys(s, i, n), scale, Some(lse_i));
                 }
             }
+            // dv = P^T dO; dP = dO v^T; dS = P * (dP - D_i) * scale with D_i = <dO_i, O_i>;
+            // dq = dS k; dk = dS^T q.
+            let [mut dq, mut dk, mut dv] = [0, 1, 2].map(|_| vec![T::zero(); n * dh]);
+            product(&mut dv, &p, &d_out, (n, dh, n), true, false);
+            let mut ds = vec![T::zero(); n * n];
+            product(&mut ds, &d_out, &v, (n, n, dh), false, true);
+            for (i, (ds_row, p_row)) in ds.chunks_mut(n).zip(p.chunks(n)).enumerate() {
+                let (doi, oi) = (&d_out[i * dh..][..dh], &o[i * dh..][..dh]);
+                let delta = doi.iter().zip(oi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+                ds_row.iter_mut().zip(p_row).for_each(|(d, &p)| *d = p * (*d - delta) * scale);
+            }
+            product(&mut dq, &ds, &k, (n, dh, n), false, false);
+            product(&mut dk, &ds, &q, (n, dh, n), true, false);
             [dq, dk, dv]
         })
         .collect();
