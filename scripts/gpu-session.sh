@@ -21,7 +21,10 @@
 # two-pass variants profile; full-context times ours with every caption at 77 tokens, open_clip's
 # work; variants, kernel variants where the last profile pointed),
 # so a second call in a short lease can measure only what changed; MSCLIP_PROFILE_PRESETS the
-# presets part 4 profiles.
+# presets part 4 profiles. On the H200 of 2026-12-04, parity + pytorch + graph + eager +
+# two-pass took 209 s and parity + pytorch + graph + the one-metric profile of two presets
+# 208 s, each call about 35 s more to start; the speed-of-light pass is untimed: give it one
+# preset first.
 #
 # Usage (repository root):   bash scripts/gpu-session.sh [OUT]           (OUT: $OUT or gpu-session-out)
 # Rehearsal without a GPU:   bash scripts/gpu-session.sh --rehearse [OUT]
@@ -165,7 +168,10 @@ if want profile && ! $rehearse; then
             head -45 "$out/kernels-$preset.txt" || continue
         per_step=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["launches_per_step"]))' \
             "$out/kernels-$preset.json")
-        profile "$preset" "sol-$preset" --metrics "$sol_metrics" --launch-skip "$per_step" --launch-count "$per_step" &&
+        # About one step's window (the count also spreads the start's casts over the three
+        # steps), with twice the time: ncu replays each kernel once per pass of its metrics.
+        part_limit=$((2 * part_limit)) profile "$preset" "sol-$preset" --metrics "$sol_metrics" \
+            --launch-skip "$per_step" --launch-count "$per_step" &&
             python3 scripts/kernel_times.py "$out/ncu-sol-$preset.csv" --steps 1 --top 25 \
                 --json "$out/kernels-sol-$preset.json" >"$out/kernels-sol-$preset.txt" &&
             head -45 "$out/kernels-sol-$preset.txt" &&
