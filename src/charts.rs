@@ -20,6 +20,14 @@ pub(crate) fn register_font() {
     });
 }
 
+/// The series' legend at `position`, in a white box with a black border.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart.configure_series_labels().position(position).background_style(WHITE.mix(0.9)).border_style(BLACK).draw()
+}
+
 /// One horizontal bar: its label, and its segments (name, value) from the left. Segments of
 /// the same name share a colour across bars.
 pub struct Bar {
@@ -103,13 +111,7 @@ pub fn stacked_bars(path: &Path, title: &str, value_label: &str, bars: &[Bar]) -
                 .label(name.to_string())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     write_rgb_png(path, WIDTH, height, &rgb)
@@ -200,13 +202,7 @@ pub fn speed_of_light(path: &Path, title: &str, points: &[SolPoint]) -> Result<(
             Text::new(text, (p.memory, p.compute), ("sans-serif", 12).into_font())
         });
         chart.draw_series(labels).map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     write_rgb_png(path, SOL_SIZE, SOL_SIZE, &rgb)
