@@ -331,7 +331,7 @@ fn adamw_case(gpu: &dyn Backend, device: Device, s: &Sizes, reps: usize, rows: &
         shapes.iter().map(|sh| make(&mut rng, sh, DType::F32).mul(&make(&mut rng, sh, DType::F32)).unwrap()).collect();
     let mut copies: Vec<Tensor> = shapes.iter().map(|sh| make(&mut rng, sh, DType::BF16)).collect();
     let count: usize = params.iter().map(Tensor::numel).sum();
-    let hp = AdamWStep { beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 10, max_grad_norm: None };
+    let hp = AdamWStep { beta1: 0.9, beta2: 0.98, eps: 1e-6, step: 10, max_grad_norm: None, constants: None };
     let seconds = time(device, reps, || {
         let mut updates: Vec<AdamWTensor> = params
             .iter_mut()
@@ -346,6 +346,7 @@ fn adamw_case(gpu: &dyn Backend, device: Device, s: &Sizes, reps: usize, rows: &
                 bf16_copy: Some(copy),
                 lr: 1e-4,
                 weight_decay: 0.1,
+                row: 0,
                 clamp: None,
             })
             .collect();

@@ -7,7 +7,10 @@
 //                     finite (a NaN or infinite gradient anywhere) leaves a NaN factor, and then
 //                     nothing is updated: the step is skipped, as PyTorch's GradScaler skips it.
 //
-// The host uploads a table with one slot per tensor, which all three kernels read. The concatenation of all tensors is cut
+// The host uploads a table with one slot per tensor, which all three kernels read, and a table
+// of the step's constants (bias corrections and each tensor's decay and step size), which the
+// host rewrites before each step: a captured graph of the step reads the new step's constants
+// there without being captured again. The concatenation of all tensors is cut
 // into chunks of ADAMW_CHUNK elements that never straddle two tensors (a tensor's last chunk
 // may be short); block b takes chunk b and finds its tensor by binary search over the slots'
 // first chunks (a prefix sum of chunk counts). Each thread updates 4 consecutive elements per
@@ -35,15 +38,18 @@ struct AdamWSlot {
     bf16* copy;  // null when the tensor has no bf16 copy
     long long n;
     long long first_chunk;
-    float decay;      // 1 - lr * weight_decay
-    float step_size;  // lr / (1 - beta1^t)
+    int row;  // the slot's constants: decay = constants[1 + 2 * row], step size = constants[2 + 2 * row]
+    int unused;
     int grad_bf16;
     int clamped;  // whether the updated parameter is clamped to [lo, hi] (open_clip's logit scale)
     float lo, hi;
 };
 
+// What one block's update uses besides the slot: the step's constants and the slot's own.
 struct AdamWShared {
     float beta1, beta2, eps, sqrt_bc2, grad_scale;
+    float decay;      // 1 - lr * weight_decay
+    float step_size;  // lr / (1 - beta1^t)
 };
 
 // The slot that owns chunk `chunk`: slots are in increasing first_chunk order.
@@ -66,12 +72,11 @@ __device__ __forceinline__ void chunk_range(const AdamWSlot& s, long long chunk,
     end = start + ADAMW_CHUNK < s.n ? start + ADAMW_CHUNK : s.n;
 }
 
-__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamWShared& h,
-                                              float decay, float step_size) {
+__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamWShared& h) {
     g = g * h.grad_scale;
     m = h.beta1 * m + (1.0f - h.beta1) * g;
     v = h.beta2 * v + (1.0f - h.beta2) * g * g;
-    p = p * decay - step_size * m / (sqrtf(v) / h.sqrt_bc2 + h.eps);
+    p = p * h.decay - h.step_size * m / (sqrtf(v) / h.sqrt_bc2 + h.eps);
 }
 
 __device__ __forceinline__ float clampf(float p, float lo, float hi) { return p < lo ? lo : (p > hi ? hi : p); }
@@ -98,10 +103,10 @@ __device__ __forceinline__ void adamw_vector(const AdamWSlot& s, long long i, co
     float4 m = *reinterpret_cast<const float4*>(s.m + i);
     float4 v = *reinterpret_cast<const float4*>(s.v + i);
     const float4 g = load_grad4(s, i);
-    adamw_element(p.x, m.x, v.x, g.x, h, s.decay, s.step_size);
-    adamw_element(p.y, m.y, v.y, g.y, h, s.decay, s.step_size);
-    adamw_element(p.z, m.z, v.z, g.z, h, s.decay, s.step_size);
-    adamw_element(p.w, m.w, v.w, g.w, h, s.decay, s.step_size);
+    adamw_element(p.x, m.x, v.x, g.x, h);
+    adamw_element(p.y, m.y, v.y, g.y, h);
+    adamw_element(p.z, m.z, v.z, g.z, h);
+    adamw_element(p.w, m.w, v.w, g.w, h);
     if (s.clamped) {
         p = float4{clampf(p.x, s.lo, s.hi), clampf(p.y, s.lo, s.hi), clampf(p.z, s.lo, s.hi), clampf(p.w, s.lo, s.hi)};
     }
@@ -115,7 +120,7 @@ __device__ __forceinline__ void adamw_vector(const AdamWSlot& s, long long i, co
 __device__ __forceinline__ void adamw_tail(const AdamWSlot& s, long long i, long long end, const AdamWShared& h) {
     for (; i < end; ++i) {
         float p = s.param[i], m = s.m[i], v = s.v[i];
-        adamw_element(p, m, v, load_grad(s, i), h, s.decay, s.step_size);
+        adamw_element(p, m, v, load_grad(s, i), h);
         s.param[i] = s.clamped ? clampf(p, s.lo, s.hi) : p;
         s.m[i] = m;
         s.v[i] = v;
@@ -179,15 +184,17 @@ extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
     }
 }
 
-// Grid: as grad_sq_partials. *clip_scale is grad_norm_finish's factor.
+// Grid: as grad_sq_partials. *clip_scale is grad_norm_finish's factor. constants[0] is
+// sqrt(1 - beta2^t); each slot's decay (1 - lr * weight_decay) and step size (lr / (1 - beta1^t))
+// follow at its row.
 extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
-    adamw_multi(const AdamWSlot* slots, int count, float beta1, float beta2, float eps, float sqrt_bc2,
+    adamw_multi(const AdamWSlot* slots, int count, float beta1, float beta2, float eps, const float* constants,
                 const float* clip_scale) {
     const float grad_scale = *clip_scale;
     if (!(grad_scale < INFINITY)) return;  // a non-finite gradient norm: skip the step
     const long long chunk = blockIdx.x;
     const AdamWSlot s = slot_of_chunk(slots, count, chunk);
-    const AdamWShared h{beta1, beta2, eps, sqrt_bc2, grad_scale};
+    const AdamWShared h{beta1, beta2, eps, constants[0], grad_scale, constants[1 + 2 * s.row], constants[2 + 2 * s.row]};
     long long start, end;
     chunk_range(s, chunk, start, end);
     for (long long i = start + static_cast<long long>(threadIdx.x) * ADAMW_VEC; i < end;

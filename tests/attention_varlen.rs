@@ -25,10 +25,9 @@ fn packed_sequences_get_what_each_gets_alone() {
     for (causal, first_causal_sequence) in [(false, 0), (true, 0), (true, 2)] {
         for key_lengths in [None, Some(vec![2, 0, 7, 0, 4])] {
             let mask = AttnMask {
-                causal,
                 first_causal_sequence,
                 key_lengths: key_lengths.clone(),
-                sequence_offsets: Some(offsets.clone()),
+                ..AttnMask::packed(offsets.clone(), causal)
             };
             let qkv = randn(&mut rng, &[1, total, 3 * WIDTH]);
             let dout = randn(&mut rng, &[1, total, WIDTH]);

@@ -58,6 +58,7 @@ fn step(device: Device, states: &mut [State], grads: &[Tensor], hp: AdamWStep) -
                 bf16_copy: s.copy.as_mut(),
                 lr,
                 weight_decay,
+                row: i,
                 clamp: (i == 2).then_some(CLAMP),
             }
         })
@@ -77,7 +78,7 @@ fn fused_adamw_matches_the_cpu_over_ragged_tensors_and_steps() {
         for t in 1..=3u64 {
             // The gradients' norm is about 0.5 * sqrt(5166) = 36: clipped to 20 on steps 1 and 3.
             let max_grad_norm = (t != 2).then_some(20.0);
-            let hp = AdamWStep { beta1: 0.9, beta2: 0.95, eps: 1e-8, step: t, max_grad_norm };
+            let hp = AdamWStep { beta1: 0.9, beta2: 0.95, eps: 1e-8, step: t, max_grad_norm, constants: None };
             let grad_dtype = |i: usize| if i == 3 { DType::BF16 } else { DType::F32 };
             let grads: Vec<Tensor> =
                 SIZES.iter().enumerate().map(|(i, &n)| randn_as(&mut rng, &[n], 0.5, grad_dtype(i))).collect();
@@ -115,7 +116,7 @@ fn a_non_finite_gradient_norm_skips_the_step_on_the_gpu() {
         last[4098] = f64::INFINITY;
         grads[4] = Tensor::from_f64(&last, [4099], DType::F32).unwrap();
         let device_grads: Vec<Tensor> = grads.iter().map(|g| on(g, device, DType::F32)).collect();
-        let hp = AdamWStep { beta1: 0.9, beta2: 0.95, eps: 1e-8, step: 1, max_grad_norm: Some(1.0) };
+        let hp = AdamWStep { beta1: 0.9, beta2: 0.95, eps: 1e-8, step: 1, max_grad_norm: Some(1.0), constants: None };
         let norm = step(device, &mut gpu, &device_grads, hp);
         assert!(norm.is_infinite(), "{device}: norm {norm}");
         for (i, (s, b)) in gpu.iter().zip(&before).enumerate() {
@@ -132,7 +133,7 @@ fn fused_adamw_rejects_bf16_masters() {
         let t = Tensor::zeros([3], DType::F32);
         let mut state = State::new(&t, device, false);
         state.param = on(&t, device, DType::BF16);
-        let hp = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 1, max_grad_norm: None };
+        let hp = AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, step: 1, max_grad_norm: None, constants: None };
         let grad = on(&t, device, DType::F32);
         let mut updates = [AdamWTensor {
             param: &mut state.param,
@@ -142,6 +143,7 @@ fn fused_adamw_rejects_bf16_masters() {
             bf16_copy: None,
             lr: 1e-3,
             weight_decay: 0.0,
+            row: 0,
             clamp: None,
         }];
         let err = backend::get(device).adamw_multi(&mut updates, hp).unwrap_err().to_string();

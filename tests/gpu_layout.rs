@@ -9,6 +9,7 @@ mod common;
 use common::gpu::{gpu_devices, on, randn_as};
 use msclip::backend::gpu::counters::measure;
 use msclip::backend::{self, Backend};
+use msclip::tensor::Table;
 use msclip::{DType, Device, Result, Rng, Tensor};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
@@ -146,12 +147,12 @@ fn row_gathers_and_their_deterministic_scatter_add() {
     for [rows, d, n] in [[1, 1, 1], [10, 1, 25], [50, 33, 40], [7, 16, 9], [3, 769, 5], [9, 8, 0]] {
         let picked = ids(&mut rng, n, rows);
         same_as_cpu(&format!("index_rows {rows}x{d} by {n} ids"), 7, &[&[rows, d]], |be, t| {
-            be.index_rows(&t[0], &picked)
+            be.index_rows(&t[0], &Table::new(picked.clone()))
         });
         // The GPU adds each row's gradients in increasing position in fp32, exactly as the CPU
         // does in f32, so even bf16 results (one rounding of the same sum) are identical.
         same_as_cpu(&format!("index_rows_backward {n} ids into {rows}x{d}"), 8, &[&[n, d]], |be, t| {
-            be.index_rows_backward(&t[0], &picked, rows)
+            be.index_rows_backward(&t[0], &Table::new(picked.clone()), rows)
         });
     }
 }
@@ -160,9 +161,9 @@ fn row_gathers_and_their_deterministic_scatter_add() {
 fn bad_ids_and_f64_inputs_are_refused_with_clear_errors() {
     let be = backend::get(Device::Emu);
     let table = on(&Tensor::zeros([4, 3], DType::F32), Device::Emu, DType::F32);
-    let message = be.index_rows(&table, &[1, 4]).unwrap_err().to_string();
+    let message = be.index_rows(&table, &Table::new(vec![1, 4])).unwrap_err().to_string();
     assert!(message.contains("id 4") && message.contains("4 rows"), "{message}");
-    let message = be.index_rows_backward(&table, &[0, 1, 2, 9], 5).unwrap_err().to_string();
+    let message = be.index_rows_backward(&table, &Table::new(vec![0, 1, 2, 9]), 5).unwrap_err().to_string();
     assert!(message.contains("id 9"), "{message}");
 
     let x = Tensor::zeros([2, 3], DType::F64).to_device(Device::Emu).unwrap();
@@ -172,8 +173,8 @@ fn bad_ids_and_f64_inputs_are_refused_with_clear_errors() {
         be.pad_slice(&x, 1, 0, 4).err(),
         be.concat(&[&x, &x], 0).err(),
         be.repeat_middle(&x, 2, 2, 3).err(),
-        be.index_rows(&x, &[0]).err(),
-        be.index_rows_backward(&x, &[0, 1], 2).err(),
+        be.index_rows(&x, &Table::new(vec![0])).err(),
+        be.index_rows_backward(&x, &Table::new(vec![0, 1]), 2).err(),
     ];
     for (i, e) in errors.into_iter().enumerate() {
         let message = e.unwrap_or_else(|| panic!("op {i} accepted f64")).to_string();

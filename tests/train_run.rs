@@ -53,6 +53,13 @@ fn half_run_plus_resume_equals_full_run_bit_for_bit() {
     for file in ["config.json", "tokenizer.json", "results.jsonl", "train_loss.jsonl", "loss.png", "accuracy.png"] {
         assert!(dir.join("half").join(file).exists(), "missing {file}");
     }
+    // Every step's loss is logged (console lines every 50 steps), across the resume too, with
+    // the logit scale on the steps that printed a line.
+    assert_eq!(logged_steps(&dir.join("half"), "train_loss.jsonl"), [1, 2, 3, 4, 5, 6]);
+    let log = msclip::train::read_jsonl(&dir.join("half/train_loss.jsonl")).unwrap();
+    let with_scale: Vec<u64> =
+        log.iter().filter(|r| r["logit_scale"].is_number()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(with_scale, [3, 6], "the last step before the stop and the last of the run");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -11,7 +11,7 @@ pub mod gpu;
 pub mod timed;
 
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device, Table, Tensor};
 
 /// Element-wise binary ops. The right operand's shape must equal the trailing dimensions
 /// of the left operand's; it is repeated over the leading ones.
@@ -52,6 +52,15 @@ pub struct AttnMask {
     /// only, exactly as if it were its own batch row of length n_s, so captions trimmed to their
     /// own lengths share one launch. None: every batch row is one sequence.
     pub sequence_offsets: Option<Vec<usize>>,
+    /// The offsets as a table the kernels read, made once by [`AttnMask::packed`] for every call
+    /// that shares the mask; without it each GPU call uploads `sequence_offsets` itself. A
+    /// captured graph's next launch gets new offsets by a rewrite of this table, so then
+    /// `sequence_offsets` holds the capture's (see `longest_bound`).
+    pub offsets_table: Option<Table>,
+    /// At most this many tokens in any sequence of any call the mask may describe: the GPU
+    /// sizes its grid for it rather than for the longest of `sequence_offsets`, so the launch
+    /// fits a rewritten `offsets_table` too. None: the longest of `sequence_offsets`.
+    pub longest_bound: Option<usize>,
 }
 
 /// One sequence of an attention call: where its tokens are in qkv (batch row, first position
@@ -75,7 +84,8 @@ impl AttnMask {
     }
     /// Sequences packed back to back at the cumulative `offsets` (see [`AttnMask::sequence_offsets`]).
     pub fn packed(offsets: Vec<usize>, causal: bool) -> Self {
-        AttnMask { causal, sequence_offsets: Some(offsets), ..Self::default() }
+        let table = Table::of_counts(&offsets, "sequence offset").ok();
+        AttnMask { causal, sequence_offsets: Some(offsets), offsets_table: table, ..Self::default() }
     }
     /// Packed sequences of which the first `full` attend in full and the rest causally.
     pub fn packed_causal_after(offsets: Vec<usize>, full: usize) -> Self {
@@ -320,7 +330,7 @@ impl InfoNcePartial {
 
 /// The hyper-parameters an AdamW step shares across all tensors.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWStep {
+pub struct AdamWStep<'a> {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -329,6 +339,25 @@ pub struct AdamWStep {
     /// Global-norm clipping: when the L2 norm of all the step's gradients exceeds this, every
     /// gradient is multiplied by `max / norm` before use. None: no clipping.
     pub max_grad_norm: Option<f64>,
+    /// The step's constants as the GPU kernels read them ([`adamw_constants`], a tensor's at its
+    /// `row`), in a table the caller keeps: rewritten before each step, it gives a captured
+    /// graph of the step the next step's learning rate and bias corrections. None: the GPU
+    /// backend makes them from `step` and each tensor's `lr` and `weight_decay`, rows in call
+    /// order. The CPU computes them itself, in the parameters' dtype.
+    pub constants: Option<&'a Table>,
+}
+
+/// An AdamW step's constants as f32 bits, in the order the GPU kernel reads them:
+/// sqrt(1 - beta2^t), then per (learning rate, weight decay) row 1 - lr * wd and
+/// lr / (1 - beta1^t). Computed in f64 and rounded once, as the CPU reference does.
+pub fn adamw_constants(beta1: f64, beta2: f64, step: u64, rows: impl Iterator<Item = (f64, f64)>) -> Vec<u32> {
+    let bc1 = 1.0 - beta1.powi(step as i32);
+    let bc2 = 1.0 - beta2.powi(step as i32);
+    let mut words = vec![(bc2.sqrt() as f32).to_bits()];
+    for (lr, weight_decay) in rows {
+        words.extend([((1.0 - lr * weight_decay) as f32).to_bits(), ((lr / bc1) as f32).to_bits()]);
+    }
+    words
 }
 
 /// One tensor of a multi-tensor AdamW update, with its group's learning rate and weight decay.
@@ -344,6 +373,8 @@ pub struct AdamWTensor<'a> {
     pub bf16_copy: Option<&'a mut Tensor>,
     pub lr: f64,
     pub weight_decay: f64,
+    /// Its row in [`AdamWStep::constants`] (read only when they are given).
+    pub row: usize,
     /// When given, the updated parameter is clamped to `[lo, hi]` (in its own dtype) in the same
     /// pass: open_clip's clamp of the logit scale, with no round trip to the host.
     pub clamp: Option<(f64, f64)>,
@@ -386,10 +417,10 @@ pub trait Backend: Send + Sync {
     fn pad_slice(&self, x: &Tensor, dim: usize, start: usize, full: usize) -> Result<Tensor>;
 
     /// Rows `ids` of a [rows, d] table: [ids.len(), d]. Embedding lookup and token selection.
-    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor>;
+    fn index_rows(&self, table: &Tensor, ids: &Table) -> Result<Tensor>;
     /// The adjoint of `index_rows`: [rows, d] with dy's row j added into row ids[j], in a
     /// fixed order so the result is deterministic.
-    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor>;
+    fn index_rows_backward(&self, dy: &Tensor, ids: &Table, rows: usize) -> Result<Tensor>;
 
     /// LayerNorm over the last dimension of `x` (or of `x + residual`), each row segment of
     /// `affine` with its own gamma and beta.

@@ -16,7 +16,7 @@ use super::{
     InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::Result;
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device, Table, Tensor};
 
 /// What an op is, for the breakdown of a step's time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,11 +251,11 @@ impl Backend for Timed {
         self.timed(OpKind::Elementwise, "pad_slice", || self.inner.pad_slice(x, dim, start, full))
     }
 
-    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    fn index_rows(&self, table: &Tensor, ids: &Table) -> Result<Tensor> {
         self.timed(OpKind::Elementwise, "index_rows", || self.inner.index_rows(table, ids))
     }
 
-    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
+    fn index_rows_backward(&self, dy: &Tensor, ids: &Table, rows: usize) -> Result<Tensor> {
         self.timed(OpKind::Elementwise, "index_rows_backward", || self.inner.index_rows_backward(dy, ids, rows))
     }
 

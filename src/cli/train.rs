@@ -10,6 +10,12 @@ use msclip::train::{
     Precision, Resume, RunEnd, RunOptions, TokenizerSource, TrainConfig, read_run_config, run_dir_of_checkpoint, train,
 };
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 /// Exit status of a run stopped by Ctrl-C or SIGTERM (the shell's 128 + SIGINT).
 const INTERRUPTED_EXIT: i32 = 130;
 
@@ -38,6 +44,11 @@ pub struct TrainArgs {
     /// (GPU devices; fp32 masters and loss).
     #[arg(long)]
     precision: Option<Precision>,
+    /// On a GPU device [default: on, or the resumed run's]: every step after the first is one
+    /// launch of a captured CUDA graph of the whole step, on that step's batch; off issues
+    /// every kernel from the host (per-op profiling).
+    #[arg(long)]
+    cuda_graph: Option<Switch>,
     /// Optimizer steps [default: 650]. On --resume, a new total: the run is extended (or
     /// shortened, not below its checkpoint) and the cosine schedule spans the new total.
     #[arg(long)]
@@ -70,7 +81,7 @@ pub struct TrainArgs {
     grad_clip: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Steps between console lines and train_loss.jsonl records [default: 50].
+    /// Steps between console lines [default: 50]. train_loss.jsonl gets every step.
     #[arg(long)]
     log_every: Option<u64>,
     /// Steps between evaluations [default: 325]; 0 evaluates only at the end.
@@ -198,6 +209,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
 fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     set(&mut config.device, args.device);
     set(&mut config.precision, args.precision);
+    set(&mut config.cuda_graph, args.cuda_graph.map(|s| s == Switch::On));
     set(&mut config.batch_size, args.batch_size);
     if let Some(epochs) = args.epochs {
         if epochs == 0 || args.epoch_samples == 0 {

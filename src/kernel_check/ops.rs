@@ -7,7 +7,7 @@ use super::{Case, Outputs, output};
 use crate::backend::gpu::{AttnTiles, GpuBackend};
 use crate::backend::{self, AttnMask, Backend, InfoNceShard};
 use crate::error::Result;
-use crate::tensor::{DType, Device, Rng, Tensor};
+use crate::tensor::{DType, Device, Rng, Table, Tensor};
 
 const SEED: u64 = 7;
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
@@ -218,7 +218,7 @@ fn layout_units() -> Result<Outputs> {
                 ("slice", be.slice(&x, 1, 1, 3)?),
                 ("permute", be.permute(&x, &[1, 0, 2])?),
                 ("repeat", be.repeat_middle(&x, 3, 2, 5 * width)?),
-                ("gather", be.index_rows(&table, &[6, 0, 3, 3, 1])?),
+                ("gather", be.index_rows(&table, &Table::new(vec![6, 0, 3, 3, 1]))?),
             ];
             for (name, t) in &moved {
                 outputs.push(output(format!("{dtype} {width} {name}"), t)?);

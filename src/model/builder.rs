@@ -58,6 +58,11 @@ impl Buffers {
         self.tensors[id.0] = value;
     }
 
+    /// Every value in registration order, for a caller that replaces them in place.
+    pub fn values_mut(&mut self) -> &mut [Tensor] {
+        &mut self.tensors
+    }
+
     /// (name, value) pairs in registration order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.names.iter().map(String::as_str).zip(&self.tensors)

@@ -6,14 +6,14 @@
 
 use super::config::{ModelConfig, Sharing};
 use super::convnet::Mode;
-use super::text::PackedCaptions;
+use super::packing::CaptionPacking;
 use super::vision::BranchProgress;
 use super::{Buffers, ClipModel};
 use crate::backend::AttnMask;
 use crate::error::Result;
 use crate::nn::ParamStore;
 use crate::ops;
-use crate::tensor::Tensor;
+use crate::tensor::{Table, Tensor};
 
 /// How a model runs its image and text towers in a training forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +81,27 @@ impl Rows {
 /// then the captions, causal. One launch covers both modalities: the kernels take per sequence
 /// whether it is causal, and a block works on one sequence, so the images cost what they cost
 /// alone; a second launch would instead need the image and caption rows of qkv copied apart.
-fn joint_mask(img: ImageRows, captions: &PackedCaptions) -> AttnMask {
-    let images = (0..=img.batch).map(|b| b * img.tokens);
-    let texts = captions.offsets.iter().skip(1).map(|&o| img.rows() + o);
-    AttnMask::packed_causal_after(images.chain(texts).collect(), img.batch)
+///
+/// Its offsets are a table derived from the captions' offsets, so a rewrite of the captions
+/// (a captured graph's next batch) rewrites them too.
+fn joint_mask(img: ImageRows, captions: &CaptionPacking) -> AttnMask {
+    let key = format!("joint offsets after {} images of {} tokens", img.batch, img.tokens);
+    let offsets = captions.offsets.derived(&key, move |text| {
+        let images = (0..=img.batch).map(|b| (b * img.tokens) as u32);
+        images.chain(text.iter().skip(1).map(|&o| img.rows() as u32 + o)).collect()
+    });
+    let longest = captions.longest_bound().map(|bound| bound.max(img.tokens));
+    captions.mask_with(offsets, img.batch, longest)
+}
+
+/// The rows of the joint output that the heads read: each image's CLS row, then each
+/// caption's pooled row; derived from the captions' pooled rows like [`joint_mask`].
+fn joint_pooled_rows(img: ImageRows, captions: &CaptionPacking) -> Table {
+    let key = format!("joint pooled rows after {} images of {} tokens", img.batch, img.tokens);
+    captions.pooled_rows.derived(&key, move |pooled| {
+        let cls = (0..img.batch).map(|b| (b * img.tokens) as u32);
+        cls.chain(pooled.iter().map(|&r| img.rows() as u32 + r)).collect()
+    })
 }
 
 /// Image and text features ([batch, embed_dim] each, L2-normalised) with the layers in step and
@@ -94,16 +111,15 @@ pub(super) fn encode_fused(
     p: &ParamStore,
     bufs: &mut Buffers,
     images: &Tensor,
-    tokens: &[u32],
+    captions: &CaptionPacking,
     mode: Mode,
 ) -> Result<(Tensor, Tensor)> {
     let (vision, text) = (&model.vision, &model.text);
     let image = vision.embed(p, bufs, images, mode)?;
-    let captions = text.embed(p, tokens)?;
     let img = ImageRows { batch: image.dims()[0], tokens: image.dims()[1], width: image.dims()[2] };
-    let (text_mask, joint_mask) = (captions.mask(), joint_mask(img, &captions));
+    let (text_mask, joint_mask) = (captions.mask(), joint_mask(img, captions));
     let mut branch = BranchProgress::start(images);
-    let mut rows = Rows::Apart { image, text: captions.x };
+    let mut rows = Rows::Apart { image, text: text.embed(p, captions)? };
     let layers = vision.blocks.iter().map(|(layer, _)| layer + 1).max().unwrap_or(0).max(text.blocks.len());
     for layer in 0..layers {
         let (image_block, text_block) = (vision.block_at(layer), text.blocks.get(layer));
@@ -130,10 +146,7 @@ pub(super) fn encode_fused(
     match rows {
         Rows::Joint(x) => {
             // One gather of the images' CLS rows and the captions' pooled rows.
-            let cls = (0..img.batch).map(|b| (b * img.tokens) as u32);
-            let pooled = captions.pooled_rows.iter().map(|&r| (img.rows() + r as usize) as u32);
-            let rows = cls.chain(pooled).collect::<Vec<u32>>();
-            let gathered = x.reshape([x.dims()[1], img.width])?.index_rows(&rows)?;
+            let gathered = x.reshape([x.dims()[1], img.width])?.index_rows_by(&joint_pooled_rows(img, captions))?;
             if vision.head == text.head {
                 // A single tower's one head, over both modalities' pooled rows at once.
                 return split_rows(&vision.head.forward(p, &gathered)?, img.batch);

@@ -6,6 +6,7 @@ mod config;
 mod convnet;
 mod count;
 mod fused;
+mod packing;
 mod presets;
 mod text;
 mod transformer;
@@ -16,6 +17,7 @@ pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, Vi
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;
+pub use packing::{CaptionPacking, PackCapacity, packed_tokens};
 pub use presets::{PRESETS, preset};
 
 use crate::error::Result;
@@ -132,6 +134,12 @@ impl ClipModel {
         self.text.forward(p, tokens)
     }
 
+    /// Row-major [batch, context] token ids packed for the text tower, padded to `capacity`
+    /// when given (for a captured graph).
+    pub fn pack_captions(&self, tokens: &[u32], capacity: Option<PackCapacity>) -> Result<CaptionPacking> {
+        self.text.pack(tokens, capacity)
+    }
+
     /// The symmetric InfoNCE loss of a batch of matching pairs; `max_scale` clamps
     /// exp(logit_scale) (open_clip uses 100). The towers run as [`ClipModel::fusion`] says.
     pub fn contrastive_loss(
@@ -142,9 +150,23 @@ impl ClipModel {
         tokens: &[u32],
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
+        self.contrastive_loss_packed(p, bufs, images, &self.pack_captions(tokens, None)?, max_scale)
+    }
+
+    /// [`ClipModel::contrastive_loss`] on captions already packed.
+    pub fn contrastive_loss_packed(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        captions: &CaptionPacking,
+        max_scale: Option<f64>,
+    ) -> Result<Tensor> {
         let (img, txt) = match self.fusion {
-            ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, tokens, Mode::Train)?,
-            ModalityFusion::TwoPass => (self.encode_image(p, bufs, images, Mode::Train)?, self.encode_text(p, tokens)?),
+            ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, captions, Mode::Train)?,
+            ModalityFusion::TwoPass => {
+                (self.encode_image(p, bufs, images, Mode::Train)?, self.text.forward_packed(p, captions)?)
+            }
         };
         // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
         let scale = p.get(self.logit_scale);

@@ -3,13 +3,12 @@
 
 use super::builder::{Init, ModelSpec, Role};
 use super::config::{InitStyle, ModelConfig};
+use super::packing::{CaptionPacking, PackCapacity};
 use super::transformer::Block;
 use super::vision::Head;
-use crate::backend::AttnMask;
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
-use crate::tensor::Tensor;
-use crate::text::eot_positions;
+use crate::tensor::{Table, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct TextTower {
@@ -17,7 +16,7 @@ pub struct TextTower {
     positional_embedding: ParamId,
     pub blocks: Vec<Block>,
     pub head: Head,
-    context: usize,
+    pub context: usize,
     vocab: usize,
     width: usize,
 }
@@ -52,67 +51,38 @@ impl TextTower {
 
     /// Row-major [batch, context] token ids to L2-normalised features.
     pub fn forward(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
-        let captions = self.embed(p, tokens)?;
-        let mask = captions.mask();
-        let mut x = captions.x;
-        for block in &self.blocks {
-            x = block.forward(p, &x, &mask)?;
-        }
-        self.head.forward(p, &self.pool(&x, &captions.pooled_rows)?)
+        self.forward_packed(p, &self.pack(tokens, None)?)
     }
 
-    /// The blocks' input: each caption's embedded tokens through its pooled token, packed.
-    ///
-    /// Pooling takes the first occurrence of the largest id in each row (EOT, the largest id
-    /// of the vocabulary; a caption cut before its EOT pools at SOT, as in the reference).
-    /// Under the causal mask nothing after that position can change it, so each caption is
-    /// trimmed through its pooled token and the captions run packed back to back as one
-    /// [1, total, width] sequence (varlen attention): exact, with no FLOPs spent on padding
-    /// and one attention launch per layer whatever the mix of lengths.
-    pub fn embed(&self, p: &ParamStore, tokens: &[u32]) -> Result<PackedCaptions> {
-        if tokens.is_empty() || !tokens.len().is_multiple_of(self.context) {
+    /// [`TextTower::forward`] on captions already packed.
+    pub fn forward_packed(&self, p: &ParamStore, packing: &CaptionPacking) -> Result<Tensor> {
+        let x = self.embed(p, packing)?;
+        let mask = packing.mask();
+        let x = self.blocks.iter().try_fold(x, |x, block| block.forward(p, &x, &mask))?;
+        self.head.forward(p, &self.pool(&x, &packing.pooled_rows)?)
+    }
+
+    /// `tokens` packed for this tower (its context and vocabulary), padded to `capacity` if given.
+    pub fn pack(&self, tokens: &[u32], capacity: Option<PackCapacity>) -> Result<CaptionPacking> {
+        CaptionPacking::new(tokens, self.context, self.vocab, capacity)
+    }
+
+    /// The blocks' input: the packed tokens' embeddings plus their positions',
+    /// [1, packed tokens, width].
+    pub fn embed(&self, p: &ParamStore, packing: &CaptionPacking) -> Result<Tensor> {
+        if packing.context != self.context {
             return Err(Error::shape(
                 "encode_text",
-                format!("{} token ids are not a whole number of rows of {}", tokens.len(), self.context),
+                format!("captions packed for a context of {}, the tower's is {}", packing.context, self.context),
             ));
         }
-        if let Some(bad) = tokens.iter().find(|&&id| id as usize >= self.vocab) {
-            return Err(Error::index("encode_text", format!("token id {bad} for a vocabulary of {}", self.vocab)));
-        }
-        let pooled_at = eot_positions(tokens, self.context)?;
-        let (mut ids, mut positions, mut offsets, mut pooled_rows) = (Vec::new(), Vec::new(), vec![0], Vec::new());
-        for (row, &last) in tokens.chunks(self.context).zip(&pooled_at) {
-            ids.extend_from_slice(&row[..=last]);
-            positions.extend(0..=last as u32);
-            offsets.push(ids.len());
-            // The pooled token is the last of its caption's packed sequence.
-            pooled_rows.push(ids.len() as u32 - 1);
-        }
-        let total = ids.len();
-        let tokens_in = p.get(self.token_embedding).index_rows(&ids)?;
-        let x = tokens_in.add(&p.get(self.positional_embedding).index_rows(&positions)?)?;
-        Ok(PackedCaptions { x: x.reshape([1, total, self.width])?, offsets, pooled_rows })
+        let tokens_in = p.get(self.token_embedding).index_rows_by(&packing.ids)?;
+        let x = tokens_in.add(&p.get(self.positional_embedding).index_rows_by(&packing.positions)?)?;
+        x.reshape([1, packing.tokens(), self.width])
     }
 
     /// The pooled token of each caption, [captions, width], from the blocks' packed output.
-    pub fn pool(&self, x: &Tensor, pooled_rows: &[u32]) -> Result<Tensor> {
-        x.reshape([x.numel() / self.width, self.width])?.index_rows(pooled_rows)
-    }
-}
-
-/// Captions trimmed through their pooled tokens and packed back to back.
-pub struct PackedCaptions {
-    /// [1, total tokens, width].
-    pub x: Tensor,
-    /// Cumulative offsets of the captions in `x`: [0, n_0, n_0 + n_1, ..., total].
-    pub offsets: Vec<usize>,
-    /// The row of each caption's pooled token in `x` (the last of its sequence).
-    pub pooled_rows: Vec<u32>,
-}
-
-impl PackedCaptions {
-    /// Causal attention within each caption.
-    pub fn mask(&self) -> AttnMask {
-        AttnMask::packed(self.offsets.clone(), true)
+    pub fn pool(&self, x: &Tensor, pooled_rows: &Table) -> Result<Tensor> {
+        x.reshape([x.numel() / self.width, self.width])?.index_rows_by(pooled_rows)
     }
 }

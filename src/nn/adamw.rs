@@ -5,7 +5,7 @@ use crate::autograd::Gradients;
 use crate::backend::{self, AdamWStep, AdamWTensor};
 use crate::error::{Error, Result};
 use crate::nn::{ComputeCopies, ParamId, ParamStore};
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{Device, Table, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -35,6 +35,10 @@ pub struct AdamW {
     /// Per parameter: its group and its first and second moments.
     state: Vec<(usize, Tensor, Tensor)>,
     step: u64,
+    /// The constants of the step under way, one row per parameter (its id's index): made at
+    /// the first step and rewritten in place by each [`AdamW::advance`], so that a captured
+    /// graph of [`AdamW::apply`] reads each step's own.
+    constants: Option<Table>,
 }
 
 impl AdamW {
@@ -58,7 +62,7 @@ impl AdamW {
             let zeros = Tensor::zeros(p.shape().clone(), p.dtype()).to_device(p.device())?;
             state.push((g, zeros.clone(), zeros));
         }
-        Ok(AdamW { config, groups, state, step: 0 })
+        Ok(AdamW { config, groups, state, step: 0, constants: None })
     }
 
     pub fn groups(&self) -> &[ParamGroup] {
@@ -109,13 +113,44 @@ impl AdamW {
         self.step = steps;
     }
 
-    /// One update: every gradient (looked up on the compute copy of a parameter where `copies`
+    /// [`AdamW::advance`] to the next step at `update.lr`, then [`AdamW::apply`] it.
+    pub fn step(
+        &mut self,
+        store: &mut ParamStore,
+        copies: Option<&mut ComputeCopies>,
+        grads: &Gradients,
+        update: Update<'_>,
+    ) -> Result<Tensor> {
+        self.advance(update.lr)?;
+        self.apply(store, copies, grads, update)
+    }
+
+    /// Counts one more step and writes its constants (bias corrections, each group's decay and
+    /// step size at learning rate `lr`) into the table the update reads, already on the
+    /// moments' device: outside a graph capture, so that the captured update reads whatever
+    /// the table holds at each launch.
+    pub fn advance(&mut self, lr: f64) -> Result<()> {
+        self.step += 1;
+        let rows = self.state.iter().map(|(g, _, _)| (lr * self.groups[*g].lr_scale, self.groups[*g].weight_decay));
+        let words = backend::adamw_constants(self.config.beta1, self.config.beta2, self.step, rows);
+        match &self.constants {
+            Some(table) => table.rewrite(&words)?,
+            None => self.constants = Some(Table::new(words)),
+        }
+        if let Some(device) = self.state.first().map(|(_, m, _)| m.device()).filter(|d| d.is_gpu()) {
+            self.constants.as_ref().expect("made above").device_ptr(device)?;
+        }
+        Ok(())
+    }
+
+    /// The update of the step [`AdamW::advance`] counted: every gradient (looked up on the compute copy of a parameter where `copies`
     /// has one, which AdamW then rewrites from the new master) clipped to the global norm and
     /// applied at the scheduled learning rate times each group's scale, as one multi-tensor call
     /// to the device. Parameters without a gradient (unused by this loss) are left as they are,
     /// as in PyTorch. Returns the gradients' global norm before clipping, on the device; when
     /// it is not finite nothing was updated (see [`crate::backend::Backend::adamw_multi`]).
-    pub fn step(
+    /// `update.lr` must be the learning rate the step advanced with.
+    pub fn apply(
         &mut self,
         store: &mut ParamStore,
         copies: Option<&mut ComputeCopies>,
@@ -125,13 +160,16 @@ impl AdamW {
         if self.state.len() != store.len() || copies.as_ref().is_some_and(|c| c.len() != store.len()) {
             return Err(Error::invalid("adamw", "the parameter store changed after the optimizer was built"));
         }
-        self.step += 1;
+        if self.step == 0 {
+            return Err(Error::invalid("adamw", "apply before the first advance"));
+        }
         let hp = AdamWStep {
             beta1: self.config.beta1,
             beta2: self.config.beta2,
             eps: self.config.eps,
             step: self.step,
             max_grad_norm: update.max_grad_norm,
+            constants: self.constants.as_ref(),
         };
         let device = store.device();
         // Looked up before the parameters are borrowed mutably below.
@@ -160,6 +198,7 @@ impl AdamW {
                 bf16_copy: copy.take(),
                 lr: update.lr * group.lr_scale,
                 weight_decay: group.weight_decay,
+                row: index,
                 clamp,
             });
         }

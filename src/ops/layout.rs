@@ -4,7 +4,7 @@
 use super::{be, check_dim, check_ids, check_rank, check_same_kind};
 use crate::autograd::{record, record1};
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{Shape, Table, Tensor};
 
 impl Tensor {
     /// The same elements under another shape of equal size. A view: no copy.
@@ -55,12 +55,18 @@ impl Tensor {
     /// Rows of a [rows, d] table picked by `ids`: [ids.len(), d]. This is embedding lookup;
     /// gradients of repeated ids add up.
     pub fn index_rows(&self, ids: &[u32]) -> Result<Tensor> {
+        self.index_rows_by(&Table::new(ids.to_vec()))
+    }
+
+    /// [`Tensor::index_rows`] with the ids in a [`Table`], which its forward and backward
+    /// kernels read from one device copy (rewritten in place for a captured graph's next launch).
+    pub fn index_rows_by(&self, ids: &Table) -> Result<Tensor> {
         const OP: &str = "index_rows";
         check_rank(OP, "table", self, &[2])?;
         let rows = self.dims()[0];
-        check_ids(OP, ids, rows)?;
+        check_ids(OP, &ids.words(), rows)?;
         let y = be(self).index_rows(self, ids)?;
-        let ids = ids.to_vec();
+        let ids = ids.clone();
         Ok(record1(OP, &[self], y, move |dy, _| Ok(vec![Some(be(dy).index_rows_backward(dy, &ids, rows)?)])))
     }
 }

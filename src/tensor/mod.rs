@@ -9,6 +9,7 @@ mod dtype;
 mod init;
 mod shape;
 mod storage;
+mod table;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub use dtype::{DType, Real};
 pub use init::Rng;
 pub use shape::Shape;
 pub use storage::{CpuStorage, Device, Storage};
+pub use table::{Table, find_tables};
 
 use crate::backend::gpu::GpuStorage;
 use crate::error::{Error, Result};

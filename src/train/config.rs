@@ -100,6 +100,15 @@ pub struct TrainConfig {
     pub device: Device,
     #[serde(default)]
     pub precision: Precision,
+    /// On a GPU device, every step after the first is a launch of one captured graph of the
+    /// whole step (see `train::graph_step`); false issues every step op by op (per-op
+    /// profiling). Nothing learnt depends on it beyond rounding.
+    #[serde(default = "default_cuda_graph")]
+    pub cuda_graph: bool,
+}
+
+fn default_cuda_graph() -> bool {
+    true
 }
 
 impl TrainConfig {
@@ -132,6 +141,7 @@ impl TrainConfig {
             data: ShapesConfig::tiny(),
             device: Device::Cpu,
             precision: Precision::Fp32,
+            cuda_graph: true,
         }
     }
 
@@ -147,13 +157,15 @@ impl TrainConfig {
     }
 
     /// The preset's settings for `steps` steps of `batch` pairs on `device` in `precision`,
-    /// checked: training steps outside a run ([`super::Steps`]).
+    /// checked: training steps outside a run ([`super::Steps`]), issued op by op unless the
+    /// caller turns `cuda_graph` on.
     pub fn for_steps(preset: &str, batch: usize, device: Device, precision: Precision, steps: u64) -> Result<Self> {
         let mut config = TrainConfig::for_preset(preset)?;
         config.batch_size = batch;
         config.device = device;
         config.precision = precision;
         config.steps = steps;
+        config.cuda_graph = false;
         config.validate()?;
         Ok(config)
     }

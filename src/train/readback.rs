@@ -20,6 +20,8 @@ struct Pending {
 
 /// A step's numbers on the host.
 pub struct ReadStep {
+    /// 1-based: the step count once this step was done.
+    pub step: u64,
     pub lr: f64,
     pub data_seconds: f64,
     pub loss: f64,
@@ -68,7 +70,7 @@ impl Readback {
                     format!("{what} at step {}, whose update was skipped; stopping. {on_stop}", p.step),
                 ));
             }
-            steps.push(ReadStep { lr: p.lr, data_seconds: p.data_seconds, loss, grad_norm });
+            steps.push(ReadStep { step: p.step, lr: p.lr, data_seconds: p.data_seconds, loss, grad_norm });
         }
         let seconds = self.since.elapsed().as_secs_f64();
         self.since = Instant::now();

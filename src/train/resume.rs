@@ -8,8 +8,17 @@ use crate::error::{Error, Result};
 
 /// Settings a resumed run may change. `name` and `output_dir` say where the run is, which may
 /// differ from where it was (a moved folder); they are never reported as changes.
-const MAY_CHANGE: &[&str] =
-    &["steps", "device", "precision", "log_every", "eval_every", "save_every", "keep_checkpoints", "eval_samples"];
+const MAY_CHANGE: &[&str] = &[
+    "steps",
+    "device",
+    "precision",
+    "cuda_graph",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "keep_checkpoints",
+    "eval_samples",
+];
 const LOCATION: &[&str] = &["name", "output_dir"];
 
 /// The settings `requested` changes against the run's `saved` config, as `key: old -> new`

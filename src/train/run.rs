@@ -10,13 +10,14 @@ use serde_json::json;
 use super::checkpoint::{self, TrainingState};
 use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
+use super::graph_step::StepIssuer;
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
 use super::plot::{Series, line_plot};
 use super::prefetch::Batches;
 use super::readback::Readback;
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
-use super::step::StepState;
+use super::step::{StepInput, StepState};
 use crate::data::shapes;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
@@ -184,6 +185,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
     let mut readback = Readback::new();
     let mut batches = Batches::new(config, &tokenizer, context);
+    let mut issuer = StepIssuer::new(config);
 
     while step < end {
         let started = Instant::now();
@@ -191,7 +193,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let images = batch.images_on(config.device, config.precision.dtype())?;
         let data_seconds = started.elapsed().as_secs_f64();
         let lr = schedule.lr(step);
-        let output = state.step(&model, config, &images, &batch.tokens, lr)?;
+        let input = StepInput { images: &images, tokens: &batch.tokens, lr };
+        let output = issuer.step(&mut state, &model, config, input)?;
         step += 1;
         samples_seen += config.batch_size as u64;
         readback.push(step, lr, data_seconds, output);
@@ -204,17 +207,25 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         // for), on a GPU when the numbers are needed.
         if config.device == Device::Cpu || logs || saves || evaluates_now {
             let read = readback.read(&checkpoints.describe())?;
+            // Every step's loss goes to train_loss.jsonl; the logit scale (a read of the
+            // device) only with a console line.
+            let logit_scale = if logs { Some(state.params.get(model.logit_scale()).item()?.exp()) } else { None };
             for r in &read.steps {
                 final_loss = r.loss;
                 loss_ema = if loss_ema.is_nan() { r.loss } else { (1.0 - LOSS_EMA) * loss_ema + LOSS_EMA * r.loss };
+                let mut record = json!({ "step": r.step, "loss": r.loss, "loss_ema": loss_ema, "lr": r.lr,
+                    "grad_norm": r.grad_norm, "samples_per_second": config.batch_size as f64 / read.seconds_per_step });
+                if let Some(scale) = logit_scale.filter(|_| r.step == step) {
+                    record["logit_scale"] = json!(scale);
+                }
+                append_jsonl(&loss_log, &record)?;
             }
             if let Some(b) = &bar {
                 b.set_position(step);
                 b.set_message(format!("loss {final_loss:.4}"));
             }
             let last = read.steps.last().expect("this step was pending");
-            if logs {
-                let logit_scale = state.params.get(model.logit_scale()).item()?.exp();
+            if let Some(logit_scale) = logit_scale {
                 let line = StepLine {
                     step: step - 1,
                     total_steps: config.steps,
@@ -228,10 +239,6 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
                     loss_ema,
                 };
                 say(&line.to_string());
-                let record = json!({ "step": step, "loss": last.loss, "loss_ema": loss_ema, "lr": last.lr,
-                    "grad_norm": last.grad_norm, "logit_scale": logit_scale,
-                    "samples_per_second": config.batch_size as f64 / read.seconds_per_step });
-                append_jsonl(&loss_log, &record)?;
             }
         }
         if saves {

@@ -1,19 +1,19 @@
 //! One training step: forward, backward, gradient clipping, AdamW and the logit-scale clamp,
 //! on whatever device the state lives on. The training loop runs it; [`Steps`] runs it without
-//! a loop, for `msclip profile step` (what a step asks of a GPU driver) and `msclip kernels
-//! --check` (a step's kernels under the emulator's sanitizer).
+//! a loop, for `msclip bench step`, `msclip profile step` (what a step asks of a GPU driver)
+//! and `msclip kernels --check` (a step's kernels under the emulator's sanitizer).
 
 use super::batch::{Batch, SyntheticCaptions, synthetic_batch, training_batch};
 use super::config::TrainConfig;
+use super::graph_step::StepIssuer;
 use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
 use crate::backend::gpu::check_attention_head_dim;
-use crate::backend::gpu::graph::{self, Graph};
 use crate::error::{Error, Result};
-use crate::model::{Buffers, ClipModel};
-use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamStore, Update};
-use crate::tensor::{DType, Device, Rng, Tensor};
+use crate::model::{Buffers, CaptionPacking, ClipModel, PackCapacity};
+use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamId, ParamStore, Update};
+use crate::tensor::{DType, Device, Rng, Storage, Tensor};
 use crate::text::Tokenizer;
 
 /// The dtype of master weights, optimizer moments and the loss, whatever the compute precision.
@@ -28,6 +28,16 @@ pub struct StepState {
     /// Cast from the masters at the first mixed-precision step and rewritten by every AdamW
     /// step after it; None until then, and again whenever the masters move.
     compute: Option<ComputeCopies>,
+}
+
+/// What one step trains on.
+#[derive(Clone, Copy)]
+pub struct StepInput<'a> {
+    /// [batch, 3, size, size], already on the state's device, in the compute precision.
+    pub images: &'a Tensor,
+    /// Row-major [batch, context] token ids.
+    pub tokens: &'a [u32],
+    pub lr: f64,
 }
 
 /// What a step leaves on the state's device, unread: reading either waits for the step.
@@ -59,34 +69,80 @@ impl StepState {
         self.optimizer.to_device(device)
     }
 
-    /// One step on a batch (`images` already on the state's device, in the compute precision)
-    /// at learning rate `lr`: forward, backward, then clipping, AdamW and the logit-scale clamp
-    /// in one optimizer call that the host never waits for. A batch whose loss or gradients
-    /// are not finite updates nothing; the caller sees it in the outputs when it reads them.
-    pub fn step(
+    /// One step on a batch at its learning rate: forward, backward, then clipping, AdamW and
+    /// the logit-scale clamp in one optimizer call that the host never waits for. A batch whose
+    /// loss or gradients are not finite updates nothing; the caller sees it in the outputs when
+    /// it reads them.
+    pub fn step(&mut self, model: &ClipModel, config: &TrainConfig, input: StepInput<'_>) -> Result<StepOutput> {
+        self.step_padded(model, config, input, None)
+    }
+
+    /// [`StepState::step`] with the captions padded to `capacity` when given, as a captured
+    /// graph packs them: the step a graph launch runs, op by op.
+    pub fn step_padded(
         &mut self,
         model: &ClipModel,
         config: &TrainConfig,
-        images: &Tensor,
-        tokens: &[u32],
-        lr: f64,
+        input: StepInput<'_>,
+        capacity: Option<PackCapacity>,
     ) -> Result<StepOutput> {
+        let captions = model.pack_captions(input.tokens, capacity)?;
+        self.prepare(model, config)?;
+        self.optimizer.advance(input.lr)?;
+        self.compute(model, config, input.images, &captions, input.lr)
+    }
+
+    /// The device addresses of what a step updates in place (parameters, moments, compute
+    /// copies), in a fixed order; empty on the CPU.
+    pub(super) fn device_addresses(&self) -> Vec<u64> {
+        let copies = self.compute.iter().flat_map(|c| (0..c.len()).filter_map(|i| c.get(ParamId::from_index(i))));
+        let moments = self.params.ids().flat_map(|id| {
+            let (m, v) = self.optimizer.moments(id);
+            [m, v]
+        });
+        let params = self.params.ids().map(|id| self.params.get(id));
+        params
+            .chain(moments)
+            .chain(copies)
+            .filter_map(|t| match t.storage() {
+                Storage::Gpu(g) => Some(g.ptr()),
+                Storage::Cpu(_) => None,
+            })
+            .collect()
+    }
+
+    /// Makes the compute copies, when the precision has them and they are not made yet.
+    pub(super) fn prepare(&mut self, model: &ClipModel, config: &TrainConfig) -> Result<()> {
         let compute_dtype = config.precision.dtype();
         if compute_dtype != MASTER_DTYPE && self.compute.is_none() {
             let keep = |id| id == model.logit_scale();
             self.compute = Some(ComputeCopies::new(&self.params, compute_dtype, keep)?);
         }
+        Ok(())
+    }
+
+    /// Forward, backward and the update of the step the optimizer has advanced to, at `lr`:
+    /// all device work, nothing read back, so a graph can capture it.
+    pub(super) fn compute(
+        &mut self,
+        model: &ClipModel,
+        config: &TrainConfig,
+        images: &Tensor,
+        captions: &CaptionPacking,
+        lr: f64,
+    ) -> Result<StepOutput> {
         let loss = {
             // Dropped before the update, which then writes the copies in place.
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
-            model.contrastive_loss(copies.as_ref().unwrap_or(&self.params), &mut self.buffers, images, tokens, None)?
+            let params = copies.as_ref().unwrap_or(&self.params);
+            model.contrastive_loss_packed(params, &mut self.buffers, images, captions, None)?
         };
         let grads = autograd::backward(&loss)?;
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
         let clamps: Vec<_> =
             config.logit_scale_max.map(|max| (model.logit_scale(), (0.0, max.ln()))).into_iter().collect();
         let update = Update { lr, max_grad_norm: config.grad_clip_norm, clamps: &clamps };
-        let grad_norm = self.optimizer.step(&mut self.params, self.compute.as_mut(), &grads, update)?;
+        let grad_norm = self.optimizer.apply(&mut self.params, self.compute.as_mut(), &grads, update)?;
         Ok(StepOutput { loss: loss.detach(), grad_norm })
     }
 }
@@ -101,6 +157,7 @@ pub struct Steps<'a> {
     schedule: CosineSchedule,
     /// One batch fed to every step instead of the shapes world's (`--data synthetic`).
     synthetic: Option<Batch>,
+    issuer: StepIssuer,
     pub state: StepState,
 }
 
@@ -124,7 +181,8 @@ impl<'a> Steps<'a> {
     pub fn new(model: &'a ClipModel, config: &'a TrainConfig, tokenizer: &'a Tokenizer) -> Result<Self> {
         let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
         state.to_device(config.device)?;
-        Ok(Steps { model, config, tokenizer, schedule: config.schedule(), synthetic: None, state })
+        let issuer = StepIssuer::new(config);
+        Ok(Steps { model, config, tokenizer, schedule: config.schedule(), synthetic: None, issuer, state })
     }
 
     /// Feeds every step one batch of random data in the shapes of a real one
@@ -136,31 +194,39 @@ impl<'a> Steps<'a> {
         Ok(self)
     }
 
-    /// Runs 0-based step `step` on its batch and returns what it left on the device, unread.
+    /// Runs 0-based step `step` on its batch, op by op, and returns what it left on the device,
+    /// unread.
     pub fn run(&mut self, step: u64) -> Result<StepOutput> {
-        let (model, config) = (self.model, self.config);
+        let (tokens, images) = self.batch(step)?;
+        let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step) };
+        self.state.step(self.model, self.config, input)
+    }
+
+    /// Runs step `step` as a training run issues it ([`StepIssuer`]): with the config's
+    /// `cuda_graph` on a GPU device, the first step these steps issue runs op by op and every
+    /// later one is a launch of a captured graph of the whole step, on its own batch.
+    pub fn run_issued(&mut self, step: u64) -> Result<StepOutput> {
+        let (tokens, images) = self.batch(step)?;
+        let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step) };
+        self.issuer.step(&mut self.state, self.model, self.config, input)
+    }
+
+    /// Graphs [`Steps::run_issued`] has captured.
+    pub fn captures(&self) -> u64 {
+        self.issuer.captures()
+    }
+
+    /// Step `step`'s token rows, and its images on the device in the compute precision.
+    fn batch(&self, step: u64) -> Result<(Vec<u32>, Tensor)> {
+        let (config, context) = (self.config, self.model.config.text.context);
         let rendered;
         let batch = match &self.synthetic {
             Some(batch) => batch,
             None => {
-                rendered = training_batch(config, self.tokenizer, model.config.text.context, step)?;
+                rendered = training_batch(config, self.tokenizer, context, step)?;
                 &rendered
             }
         };
-        let images = batch.images_on(config.device, config.precision.dtype())?;
-        self.state.step(model, config, &images, &batch.tokens, self.schedule.lr(step))
-    }
-
-    /// Captures step `step` (its batch upload, forward, backward, clipping and AdamW) into one
-    /// graph without running it, on a GPU device. Every launch of the graph runs that step
-    /// again as captured: the same batch, learning rate and bias correction, into the outputs
-    /// returned here. That is a throughput measurement's step (`msclip bench step --cuda-graph on`),
-    /// not a training loop's, whose batch and learning rate change from step to step.
-    pub fn capture(&mut self, step: u64) -> Result<(StepOutput, Graph)> {
-        let device = self.config.device;
-        if !device.is_gpu() {
-            return Err(Error::Device(format!("graph capture needs a GPU device (cuda or emu), not {device}")));
-        }
-        graph::capture(device, || self.run(step))
+        Ok((batch.tokens.clone(), batch.images_on(config.device, config.precision.dtype())?))
     }
 }

@@ -20,7 +20,7 @@ use crate::backend::{
     InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Table, Tensor};
 
 /// Calls the generic implementation `f::<T>` that matches the dtype, or fails for dtypes
 /// the CPU does not compute in.
@@ -95,12 +95,12 @@ impl Backend for CpuBackend {
         float_dispatch!("pad_slice", x.dtype(), layout::pad_slice(x, dim, start, full))
     }
 
-    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-        float_dispatch!("index_rows", table.dtype(), layout::index_rows(table, ids))
+    fn index_rows(&self, table: &Tensor, ids: &Table) -> Result<Tensor> {
+        float_dispatch!("index_rows", table.dtype(), layout::index_rows(table, &ids.words()))
     }
 
-    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
-        float_dispatch!("index_rows_backward", dy.dtype(), layout::index_rows_backward(dy, ids, rows))
+    fn index_rows_backward(&self, dy: &Tensor, ids: &Table, rows: usize) -> Result<Tensor> {
+        float_dispatch!("index_rows_backward", dy.dtype(), layout::index_rows_backward(dy, &ids.words(), rows))
     }
 
     fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {

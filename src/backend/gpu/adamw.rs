@@ -6,9 +6,9 @@ use super::buffer::Scratch;
 use super::context::{device_ptr, int, ptr};
 use super::driver::{DevicePtr, KernelArg, LaunchConfig};
 use super::footprint::Footprint;
-use crate::backend::{AdamWStep, AdamWTensor};
+use crate::backend::{AdamWStep, AdamWTensor, adamw_constants};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Table, Tensor};
 
 /// Elements per block, `ADAMW_CHUNK` in kernels/adamw.cu.
 const CHUNK: usize = 4096;
@@ -17,7 +17,8 @@ const THREADS: u32 = 256;
 
 /// One `AdamWSlot` of kernels/adamw.cu as ten 64-bit words: param, grad, m, v and bf16-copy
 /// pointers (0 for none), element count, first chunk, then three pairs of 32-bit fields, low
-/// half first (little-endian): (decay, step size), (gradient is bf16, clamped), (lo, hi).
+/// half first (little-endian): (row of its constants, unused), (gradient is bf16, clamped),
+/// (lo, hi).
 type Slot = [u64; 10];
 
 /// Two 32-bit values in one table word, `low` in the low half.
@@ -26,20 +27,30 @@ fn pair(low: u32, high: u32) -> u64 {
 }
 
 pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
-    let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
-    let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+    // Made here, rows in call order, when the caller keeps no table of its own.
+    let made;
+    let constants = match hp.constants {
+        Some(table) => table,
+        None => {
+            let rows = tensors.iter().map(|t| (t.lr, t.weight_decay));
+            made = Table::new(adamw_constants(hp.beta1, hp.beta2, hp.step, rows));
+            &made
+        }
+    };
+    let rows = constants.len().saturating_sub(1) / 2;
     let mut slots: Vec<Slot> = Vec::with_capacity(tensors.len());
     let mut chunks = 0usize;
     let mut footprint = Footprint::default();
-    for t in tensors.iter_mut().filter(|t| t.param.numel() > 0) {
+    for (position, t) in tensors.iter_mut().enumerate().filter(|(_, t)| t.param.numel() > 0) {
         check(t)?;
+        let row = if hp.constants.is_some() { t.row } else { position };
+        if row >= rows {
+            return Err(Error::index("adamw", format!("row {row} of constants for {rows} tensors")));
+        }
         // Masters and moments are read and written back, the gradient read, the copy written.
         let updated: [&Tensor; 3] = [t.param, t.m, t.v];
         let copy: Vec<&Tensor> = t.bf16_copy.as_deref().into_iter().collect();
         footprint = footprint + Footprint::of(&[&updated[..], &[t.grad]].concat(), &[&updated[..], &copy].concat());
-        // The same f32 constants as the CPU reference.
-        let decay = (1.0 - t.lr * t.weight_decay) as f32;
-        let step_size = (t.lr / bc1) as f32;
         let copy = match t.bf16_copy.as_deref_mut() {
             Some(c) => writable_ptr(c)?,
             None => 0,
@@ -53,7 +64,7 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
             copy,
             t.param.numel() as u64,
             chunks as u64,
-            pair(decay.to_bits(), step_size.to_bits()),
+            pair(row as u32, 0),
             pair(u32::from(t.grad.dtype() == DType::BF16), u32::from(t.clamp.is_some())),
             pair((lo as f32).to_bits(), (hi as f32).to_bits()),
         ]);
@@ -97,10 +108,10 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
             KernelArg::F32(hp.beta1 as f32),
             KernelArg::F32(hp.beta2 as f32),
             KernelArg::F32(hp.eps as f32),
-            KernelArg::F32(bc2.sqrt() as f32),
+            KernelArg::Ptr(constants.device_ptr(gpu.device())?),
             KernelArg::Ptr(scale.ptr()),
         ],
-        footprint.reads(table.bytes() + scale.bytes()),
+        footprint.reads(table.bytes() + scale.bytes() + constants.bytes()),
     )?;
     Ok(norm)
 }

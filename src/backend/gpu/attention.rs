@@ -22,7 +22,7 @@ use super::footprint::Footprint;
 use super::{GpuBackend, KernelArg, LaunchConfig};
 use crate::backend::AttnMask;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Table, Tensor};
 
 /// The exact kernels: rows of a block (one per warp), and its threads.
 const EXACT_ROWS: usize = 8;
@@ -187,7 +187,8 @@ impl Geometry {
             }
             _ => Kernels::Exact,
         };
-        let longest = sequences.iter().map(|&(len, _)| len).max().unwrap_or(0);
+        // A captured graph's launches may see longer sequences than these (`longest_bound`).
+        let longest = sequences.iter().map(|&(len, _)| len).max().unwrap_or(0).max(mask.longest_bound.unwrap_or(0));
         Ok(Geometry { batch: dims[0], len: dims[1], heads, head_dim, sequences: sequences.len(), longest, kernels })
     }
 
@@ -240,40 +241,36 @@ impl Geometry {
     }
 }
 
-/// The mask as kernel arguments: the device copies of the sequence offsets and key lengths
-/// (kept alive for the launch), and `offsets, key_lengths, first_causal` (the first sequence
-/// under the causal mask: past the last, i32::MAX, when there is no causal mask).
+/// The mask as kernel arguments: `offsets, key_lengths, first_causal` (the first sequence
+/// under the causal mask: past the last, i32::MAX, when there is no causal mask), with the
+/// tables they point to kept alive for the launch.
 struct MaskArgs {
-    tables: [Option<Scratch>; 2],
+    tables: [Option<Table>; 2],
     args: [KernelArg; 3],
 }
 
 impl MaskArgs {
     fn upload(gpu: &GpuBackend, mask: &AttnMask) -> Result<Self> {
-        let offsets = upload_ints(gpu, mask.sequence_offsets.as_deref(), "sequence offset")?;
-        let lengths = upload_ints(gpu, mask.key_lengths.as_deref(), "key length")?;
-        let pointer = |table: &Option<Scratch>| KernelArg::Ptr(table.as_ref().map_or(0, Scratch::ptr));
+        let offsets = match (&mask.offsets_table, &mask.sequence_offsets) {
+            (Some(table), _) => Some(table.clone()),
+            (None, Some(offsets)) => Some(Table::of_counts(offsets, "sequence offset")?),
+            (None, None) => None,
+        };
+        let lengths = mask.key_lengths.as_deref().map(|l| Table::of_counts(l, "key length")).transpose()?;
+        let pointer = |table: &Option<Table>| -> Result<KernelArg> {
+            Ok(KernelArg::Ptr(table.as_ref().map(|t| t.device_ptr(gpu.device())).transpose()?.unwrap_or(0)))
+        };
         let first_causal = match mask.causal {
             true => int(mask.first_causal_sequence, "first causal sequence")?,
             false => KernelArg::I32(i32::MAX),
         };
-        Ok(MaskArgs { args: [pointer(&offsets), pointer(&lengths), first_causal], tables: [offsets, lengths] })
+        Ok(MaskArgs { args: [pointer(&offsets)?, pointer(&lengths)?, first_causal], tables: [offsets, lengths] })
     }
 
-    /// The bytes of the uploaded tables, which the kernels read.
+    /// The bytes of the tables, which the kernels read.
     fn table_bytes(&self) -> usize {
-        self.tables.iter().flatten().map(Scratch::bytes).sum()
+        self.tables.iter().flatten().map(Table::bytes).sum()
     }
-}
-
-/// An optional table of counts as the kernels' `int`s, on the device.
-fn upload_ints(gpu: &GpuBackend, values: Option<&[usize]>, what: &str) -> Result<Option<Scratch>> {
-    let Some(values) = values else { return Ok(None) };
-    let as_i32 = values
-        .iter()
-        .map(|&v| i32::try_from(v).map_err(|_| Error::invalid("attention", format!("{what} {v}"))))
-        .collect::<Result<Vec<i32>>>()?;
-    Ok(Some(gpu.upload(&as_i32)?))
 }
 
 pub(super) fn attention(gpu: &GpuBackend, qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {

@@ -9,8 +9,8 @@ use std::cell::Cell;
 
 use super::driver::{DevicePtr, Driver};
 use super::pool::Block;
-use crate::error::Result;
-use crate::tensor::{CpuStorage, DType, Device};
+use crate::error::{Error, Result};
+use crate::tensor::{CpuStorage, DType, Device, Storage, Tensor};
 
 /// The calling thread's live bytes and their peak. Per thread, so that tests running in
 /// parallel do not see each other's allocations.
@@ -110,6 +110,20 @@ impl GpuStorage {
     }
 }
 
+/// Copies `src`'s elements into `dst`'s storage in place, in the device's stream order. The
+/// write shows through every handle of `dst`'s storage: it is for memory a captured graph reads
+/// or updates at fixed addresses (its inputs, the state it carries from launch to launch).
+pub fn overwrite(dst: &Tensor, src: &Tensor) -> Result<()> {
+    match (dst.storage(), src.storage()) {
+        (Storage::Gpu(d), Storage::Gpu(s))
+            if d.device() == s.device() && d.dtype() == s.dtype() && d.len() == s.len() =>
+        {
+            super::driver(d.device())?.copy(d.ptr(), s.ptr(), s.bytes())
+        }
+        _ => Err(Error::invalid("overwrite", format!("{src:?} into {dst:?}: same GPU device, dtype and size needed"))),
+    }
+}
+
 impl Clone for GpuStorage {
     fn clone(&self) -> Self {
         let device = self.device();
@@ -159,6 +173,10 @@ impl Scratch {
 
     pub fn ptr(&self) -> DevicePtr {
         self.ptr
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     pub fn bytes(&self) -> usize {

@@ -8,7 +8,7 @@ use super::driver::{DevicePtr, KernelArg, LaunchConfig};
 use super::elementwise::{copy_as, grid_stride, packs_per_row, vec_flag};
 use super::footprint::Footprint;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Shape, Tensor};
+use crate::tensor::{DType, Shape, Table, Tensor};
 
 /// Bytes per element of a dtype the GPU kernels handle; f64 is refused with the op's name.
 pub(super) fn element_bytes(op: &'static str, dtype: DType) -> Result<usize> {
@@ -202,9 +202,10 @@ fn check_ids(op: &'static str, ids: &[u32], rows: usize) -> Result<()> {
     }
 }
 
-pub(super) fn index_rows(gpu: &GpuBackend, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+pub(super) fn index_rows(gpu: &GpuBackend, table: &Tensor, id_table: &Table) -> Result<Tensor> {
     let size = element_bytes("index_rows", table.dtype())?;
     let (rows, d) = (table.dims()[0], table.dims()[1]);
+    let ids = &id_table.words()[..];
     check_ids("index_rows", ids, rows)?;
     let y = gpu.uninit([ids.len(), d], table.dtype())?;
     int(y.numel(), "elements")?;
@@ -213,39 +214,40 @@ pub(super) fn index_rows(gpu: &GpuBackend, table: &Tensor, ids: &[u32]) -> Resul
     }
     let unit = unit_bytes(&[d * size]);
     let width = d * size / unit;
-    let ids_on_device = gpu.upload(ids)?;
-    let args =
-        [ptr(table)?, KernelArg::Ptr(ids_on_device.ptr()), ptr(&y)?, int(ids.len(), "ids")?, int(width, "width")?];
+    let ids_on_device = id_table.device_ptr(gpu.device())?;
+    let args = [ptr(table)?, KernelArg::Ptr(ids_on_device), ptr(&y)?, int(ids.len(), "ids")?, int(width, "width")?];
     // Each table row that an id names is read once, however many ids name it.
     let distinct_rows = ids.iter().collect::<std::collections::BTreeSet<_>>().len();
-    let footprint = Footprint::of(&[], &[&y]).reads(distinct_rows * d * size + ids_on_device.bytes());
+    let footprint = Footprint::of(&[], &[&y]).reads(distinct_rows * d * size + id_table.bytes());
     gpu.launch(&format!("gather_rows_b{unit}"), grid_stride(ids.len() * width), &args, footprint)?;
     Ok(y)
 }
 
 /// For each table row, the positions j with ids[j] == row in increasing j, as CSR: the
-/// positions of row r are `positions[starts[r]..starts[r + 1]]`. A counting sort, so stable.
-fn positions_by_row(ids: &[u32], rows: usize) -> (Vec<i32>, Vec<i32>) {
-    let mut starts = vec![0i32; rows + 1];
+/// positions of row r are `positions[starts[r]..starts[r + 1]]`, returned as `starts` (rows + 1
+/// words) then `positions` (one per id). A counting sort, so stable. Ids are checked first.
+fn positions_by_row(ids: &[u32], rows: usize) -> Vec<u32> {
+    let mut plan = vec![0u32; rows + 1 + ids.len()];
+    let (starts, positions) = plan.split_at_mut(rows + 1);
     for &id in ids {
         starts[id as usize + 1] += 1;
     }
     for r in 0..rows {
         starts[r + 1] += starts[r];
     }
-    let mut next = starts.clone();
-    let mut positions = vec![0i32; ids.len()];
+    let mut next = starts.to_vec();
     for (j, &id) in ids.iter().enumerate() {
-        positions[next[id as usize] as usize] = j as i32;
+        positions[next[id as usize] as usize] = j as u32;
         next[id as usize] += 1;
     }
-    (starts, positions)
+    plan
 }
 
 /// Deterministic without atomics: each output row sums the dy rows that refer to it in
 /// increasing position, from a CSR index built here.
-pub(super) fn index_rows_backward(gpu: &GpuBackend, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
+pub(super) fn index_rows_backward(gpu: &GpuBackend, dy: &Tensor, id_table: &Table, rows: usize) -> Result<Tensor> {
     let kernel = kernel_for("index_rows_backward", dy.dtype())?;
+    let ids = &id_table.words()[..];
     check_ids("index_rows_backward", ids, rows)?;
     let d = dy.dims()[1];
     int(rows * d, "elements")?;
@@ -254,19 +256,22 @@ pub(super) fn index_rows_backward(gpu: &GpuBackend, dy: &Tensor, ids: &[u32], ro
         return gpu.zeros([rows, d], dy.dtype());
     }
     let out = gpu.uninit([rows, d], dy.dtype())?;
-    let (starts, positions) = positions_by_row(ids, rows);
-    let (starts, positions) = (gpu.upload(&starts)?, gpu.upload(&positions)?);
+    // Made once per ids table and row count, and kept in step with the ids when they are
+    // rewritten (the ids of a captured graph's next step).
+    let plan = id_table.derived(&format!("positions by row of {rows}"), move |ids| positions_by_row(ids, rows));
+    let starts = plan.device_ptr(gpu.device())?;
+    let positions = starts + 4 * (rows as u64 + 1);
     let packs = packs_per_row(d, dy.dtype());
     let args = [
         ptr(dy)?,
-        KernelArg::Ptr(starts.ptr()),
-        KernelArg::Ptr(positions.ptr()),
+        KernelArg::Ptr(starts),
+        KernelArg::Ptr(positions),
         ptr(&out)?,
         int(rows, "rows")?,
         int(d, "width")?,
         vec_flag(d, dy.dtype()),
     ];
-    let footprint = Footprint::of(&[dy], &[&out]).reads(starts.bytes() + positions.bytes());
+    let footprint = Footprint::of(&[dy], &[&out]).reads(plan.bytes());
     gpu.launch(&kernel, grid_stride(rows * packs), &args, footprint)?;
     Ok(out)
 }

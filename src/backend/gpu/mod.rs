@@ -44,7 +44,7 @@ use crate::backend::{
     InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device, Tensor};
+use crate::tensor::{DType, Device, Table, Tensor};
 
 /// The driver behind a GPU device, created on first use, with its calls counted
 /// ([`counters`]). For `cuda` this loads the CUDA driver library and the kernel images and fails
@@ -161,11 +161,11 @@ impl Backend for GpuBackend {
         layout::pad_slice(self, x, dim, start, full)
     }
 
-    fn index_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    fn index_rows(&self, table: &Tensor, ids: &Table) -> Result<Tensor> {
         layout::index_rows(self, table, ids)
     }
 
-    fn index_rows_backward(&self, dy: &Tensor, ids: &[u32], rows: usize) -> Result<Tensor> {
+    fn index_rows_backward(&self, dy: &Tensor, ids: &Table, rows: usize) -> Result<Tensor> {
         layout::index_rows_backward(self, dy, ids, rows)
     }
 

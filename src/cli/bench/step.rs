@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
+use msclip::Device;
 use msclip::backend::gpu::buffer::{live_bytes, measure_allocations};
 use msclip::backend::gpu::counters::{DriverCounters, measure};
 use msclip::backend::gpu::emu::{self, Instrumentation, Schedule};
@@ -18,7 +19,6 @@ use msclip::backend::gpu::{self, pool};
 use msclip::backend::timed::{self, OpKind, OpTimes};
 use msclip::ops::flops::{self, FlopCounts};
 use msclip::train::{Steps, SyntheticCaptions, new_run_tokenizer};
-use msclip::{Device, Tensor};
 use serde_json::{Value, json};
 
 use super::trace::chrome_trace;
@@ -49,10 +49,11 @@ pub struct StepArgs {
     /// q64k32, q32k64) runs every bf16 attention call in that tile shape.
     #[arg(long, value_delimiter = ',')]
     kernel: Vec<KernelChoice>,
-    /// on (GPU devices): after the warm-up, one step is captured into a CUDA graph (on the
-    /// emulator, its recording of the same calls) and every timed step launches it again, on
-    /// the captured batch and learning rate; the breakdown step still runs op by op. off: every
-    /// step is issued op by op.
+    /// on (GPU devices): steps are issued as training issues them: the first op by op, then
+    /// each one a launch of a captured CUDA graph of the whole step (on the emulator, its
+    /// recording of the same calls) with that step's batch and learning rate written into the
+    /// graph's inputs; captured again when a batch's captions outgrow it. The breakdown step
+    /// still runs op by op. off: every step is issued op by op.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     cuda_graph: Switch,
     /// shapes: each step renders its batch of the shapes world on the host, as training does
@@ -96,6 +97,8 @@ struct Timing {
     counters: DriverCounters,
     /// Device bytes held at the peak of the timed steps (persistent state included); None on the CPU.
     peak_bytes: Option<usize>,
+    /// Graphs captured during the timed steps (a batch whose captions outgrew the graph's).
+    recaptures: u64,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -138,7 +141,12 @@ pub fn run(args: StepArgs) -> anyhow::Result<()> {
 fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     let device = args.device;
     let total_steps = args.warmup + args.steps + 1;
-    let (model, config) = args.steps_args.prepare(device, total_steps)?;
+    let (model, mut config) = args.steps_args.prepare(device, total_steps)?;
+    let use_graph = device.is_gpu() && args.cuda_graph == Switch::On;
+    if use_graph && args.warmup < 2 {
+        anyhow::bail!("--cuda-graph on needs --warmup 2 or more: the first step runs op by op, the second captures");
+    }
+    config.cuda_graph = use_graph;
     let model = args.variants().model(model);
     let tokenizer = new_run_tokenizer(&config, &model)?;
     let mut runner = Steps::new(&model, &config, &tokenizer)?;
@@ -152,38 +160,20 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
         false => Err(anyhow::anyhow!("the loss of step {} is {loss}", k + 1)),
     };
     for k in 0..args.warmup {
-        check(k, runner.run(k)?.loss.item()?)?;
+        check(k, runner.run_issued(k)?.loss.item()?)?;
     }
-    let use_graph = device.is_gpu() && args.cuda_graph == Switch::On;
-    // The graph's step is the first timed one; its ops run on the host only while captured, so
-    // their FLOPs are counted then, once per launch.
-    let (graph, graph_flops) = match use_graph {
-        true => {
-            let (captured, flops) = flops::count(|| runner.capture(args.warmup));
-            (Some(captured?), flops)
-        }
-        false => (None, FlopCounts::default()),
-    };
-    // Returns when the host has issued the step; the loss is read (waited for) by the caller.
-    let mut issue_step = |k: u64| -> anyhow::Result<Tensor> {
-        Ok(match &graph {
-            Some((output, graph)) => {
-                graph.launch()?;
-                output.loss.clone()
-            }
-            None => runner.run(k)?.loss,
-        })
-    };
+    let captured_before = runner.captures();
 
     let timed_steps = args.warmup..args.warmup + args.steps;
     let held_before = live_bytes();
     let (mut seconds, mut issue_seconds) = (Vec::new(), Vec::new());
-    let (((result, extra_bytes), mut flops), counters) = measure(|| {
+    let (((result, extra_bytes), counted_flops), counters) = measure(|| {
         flops::count(|| {
             measure_allocations(|| {
                 timed_steps.clone().try_for_each(|k| {
                     let started = Instant::now();
-                    let loss = issue_step(k)?;
+                    // Returns when the host has issued the step; reading the loss waits for it.
+                    let loss = runner.run_issued(k)?.loss;
                     issue_seconds.push(started.elapsed().as_secs_f64());
                     check(k, loss.item()?)?;
                     seconds.push(started.elapsed().as_secs_f64());
@@ -193,12 +183,8 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
         })
     });
     result?;
-    for _ in timed_steps.clone().filter(|_| use_graph) {
-        flops += graph_flops;
-    }
-    drop(graph);
+    let recaptures = runner.captures() - captured_before;
     let peak_bytes = device.is_gpu().then_some(held_before + extra_bytes);
-    let timing = Timing { seconds, issue_seconds, flops, counters, peak_bytes };
 
     // One more step, for the breakdown: every backend call timed and, on the emulator, every
     // launch profiled for its bound.
@@ -210,13 +196,25 @@ fn measure_step(args: &StepArgs) -> anyhow::Result<()> {
     let mut breakdown = || {
         measure(|| {
             let started = Instant::now();
-            let (result, measured) = timed::measure(|| check(breakdown_step, runner.run(breakdown_step)?.loss.item()?));
-            (result, measured, started.elapsed().as_secs_f64())
+            let ((result, measured), flops) =
+                flops::count(|| timed::measure(|| check(breakdown_step, runner.run(breakdown_step)?.loss.item()?)));
+            (result, measured, flops, started.elapsed().as_secs_f64())
         })
     };
-    let ((result, measured, breakdown_seconds), breakdown_counters) =
+    let ((result, measured, breakdown_flops, breakdown_seconds), breakdown_counters) =
         if profiling { emu::instrument(Instrumentation::Profiler, Schedule::Forward, breakdown) } else { breakdown() };
     result?;
+    // A graph launch runs no op on the host, so nothing is counted then: each timed step counts
+    // as the breakdown step's ops (op by op, captions packed without the graph's padding, so
+    // the padding's work is not counted as useful).
+    let flops = match use_graph {
+        true => (0..args.steps).fold(FlopCounts::default(), |mut sum, _| {
+            sum += breakdown_flops;
+            sum
+        }),
+        false => counted_flops,
+    };
+    let timing = Timing { seconds, issue_seconds, flops, counters, peak_bytes, recaptures };
     let bounds = profiling.then(|| bounds_by_kind(&emu::take_profiles(), &breakdown_counters));
 
     let op_times = measured.times;
@@ -336,7 +334,7 @@ impl Report<'_> {
             self.data_name(),
             a.warmup,
             a.steps,
-            if self.graph() { ", each one launch of a captured graph (the same batch each time)" } else { "" }
+            if self.graph() { ", each one launch of a captured graph on its own batch" } else { "" }
         );
         let (min, max) = t.seconds.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         out += &format!(
@@ -377,6 +375,9 @@ impl Report<'_> {
                 peak as f64 / 1e6,
                 pool::cached_bytes(a.device) as f64 / 1e6
             );
+        }
+        if self.graph() {
+            out += &format!("  graph captures    {} during the timed steps\n", t.recaptures);
         }
         if a.device.is_gpu() {
             let c = &t.counters;
@@ -477,6 +478,7 @@ impl Report<'_> {
             "mfu": self.mfu(),
             "peak_device_bytes": t.peak_bytes,
             "cuda_graph": self.graph(),
+            "graph_captures_timed": t.recaptures,
             "data": self.data_name(),
             "driver_per_step": a.device.is_gpu().then(|| json!({
                 "graph_launches": t.per_step(c.graph_launches), "launches": t.per_step(c.launches()), "gemms": t.per_step(c.gemms()),
