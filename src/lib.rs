@@ -13,6 +13,7 @@
 //! - [`kernel_check`]: every GPU kernel under the emulator's sanitizer, from training steps
 //!   and op calls (`msclip kernels --check`).
 
+pub mod allocator;
 pub mod autograd;
 pub mod backend;
 pub mod charts;

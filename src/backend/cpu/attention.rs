@@ -1,10 +1,11 @@
 //! Multi-head scaled dot-product attention on packed [batch, len, 3*width] projections.
 //!
 //! The reference keeps the flash-attention contract: forward saves only the per-query
-//! log-sum-exp, backward recomputes the probabilities from it. Each (sequence, head) pair is an
-//! independent task working on contiguous copies of its q, k, v rows; results are scattered
-//! back into the interleaved head layout afterwards. A sequence is a batch row, or one of the
-//! sequences packed into row 0 ([`AttnMask::sequence_offsets`]). Both masks leave every query
+//! log-sum-exp, backward recomputes the probabilities from it. Each sequence is an independent
+//! task that owns its tokens' rows of the output (sequences cover the tokens in order), so it
+//! writes its results in place; inside, each head works on contiguous copies of its q, k, v
+//! rows. A sequence is a batch row, or one of the sequences packed into row 0
+//! ([`AttnMask::sequence_offsets`]). Both masks leave every query
 //! a prefix of visible keys of its sequence ([`AttnMask::visible_keys`]).
 //!
 //! Inside a task the products are GEMMs on the task's [n, n] score matrix (the `gemm` crate,
@@ -16,6 +17,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::lanes;
 use super::matmul::gemm_into;
 use crate::backend::{AttnMask, AttnSequence};
 use crate::error::Result;
@@ -34,11 +36,6 @@ impl Geometry {
     fn of(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Self {
         let (batch, len, width) = (qkv.dims()[0], qkv.dims()[1], qkv.dims()[2] / 3);
         Geometry { batch, len, width, heads, head_dim: width / heads, sequences: mask.sequences(batch, len) }
-    }
-
-    /// The (sequence, head) tasks.
-    fn tasks(&self) -> usize {
-        self.sequences.len() * self.heads
     }
 
     /// Index among all of qkv's tokens of token `t` of sequence `s`.
@@ -74,11 +71,23 @@ impl Geometry {
         rows
     }
 
-    /// Writes contiguous [n, head_dim] rows of sequence `s` back into the interleaved layout.
-    fn scatter<T: Real>(&self, s: usize, rows: &[T], dst: &mut [T], offset: impl Fn(usize) -> usize) {
-        for t in 0..self.sequences[s].len {
-            dst[offset(t)..][..self.head_dim].copy_from_slice(&rows[t * self.head_dim..][..self.head_dim]);
+    /// `buf` ([tokens, row_len]) cut into each sequence's rows, in sequence order.
+    fn split_by_sequence<'a, T>(&self, mut buf: &'a mut [T], row_len: usize) -> Vec<&'a mut [T]> {
+        let mut blocks = Vec::with_capacity(self.sequences.len());
+        for seq in &self.sequences {
+            let (block, rest) = std::mem::take(&mut buf).split_at_mut(seq.len * row_len);
+            blocks.push(block);
+            buf = rest;
         }
+        blocks
+    }
+}
+
+/// Writes contiguous [n, head_dim] rows into a sequence's block of rows of `row_len`, at
+/// column `column` of each.
+fn put_rows<T: Real>(rows: &[T], head_dim: usize, block: &mut [T], row_len: usize, column: usize) {
+    for (src, dst) in rows.chunks_exact(head_dim).zip(block.chunks_exact_mut(row_len)) {
+        dst[column..][..head_dim].copy_from_slice(src);
     }
 }
 
@@ -97,9 +106,9 @@ fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T, lse: Option<T>)
     seen.iter_mut().for_each(|x| *x *= scale);
     let lse = lse.unwrap_or_else(|| {
         let max = seen.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-        max + seen.iter().fold(T::zero(), |sum, &x| sum + (x - max).exp()).ln()
+        max + seen.iter().fold(T::zero(), |sum, &x| sum + (x - max).fast_exp()).ln()
     });
-    seen.iter_mut().for_each(|x| *x = (*x - lse).exp());
+    seen.iter_mut().for_each(|x| *x = (*x - lse).fast_exp());
     lse
 }
 
@@ -109,40 +118,43 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
     let scale = T::of(1.0 / (g.head_dim as f64).sqrt());
     let dh = g.head_dim;
 
-    // Per (s, h): the [n, head_dim] output and [n] log-sum-exp.
-    let per_head: Vec<(Vec<T>, Vec<T>)> = (0..g.tasks())
+    let mut out = vec![T::zero(); g.batch * g.len * g.width];
+    // Per sequence: the [n] log-sum-exp of each head, written into place afterwards.
+    let lse_per_sequence: Vec<Vec<Vec<T>>> = g
+        .split_by_sequence(&mut out, g.width)
         .into_par_iter()
-        .map(|sh| {
-            let (s, h) = (sh / g.heads, sh % g.heads);
+        .enumerate()
+        .map(|(s, out_block)| {
             let n = g.sequences[s].len;
-            if n == 0 {
-                return (Vec::new(), Vec::new()); // an empty packed sequence
-            }
-            let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
-            // P = softmax(q k^T * scale) under the mask, then out = P v.
-            let mut p = vec![T::zero(); n * n];
-            product(&mut p, &q, &k, (n, n, dh), false, true);
-            let mut lse = vec![T::neg_infinity(); n];
-            for (i, row) in p.chunks_mut(n).enumerate() {
-                let visible = mask.visible_keys(s, i, n);
-                if visible == 0 {
-                    row.iter_mut().for_each(|x| *x = T::zero()); // zero output, lse stays -inf
-                    continue;
-                }
-                lse[i] = softmax_row(row, visible, scale, None);
-            }
-            let mut out = vec![T::zero(); n * dh];
-            product(&mut out, &p, &v, (n, dh, n), false, false);
-            (out, lse)
+            (0..g.heads)
+                .map(|h| {
+                    let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
+                    // P = softmax(q k^T * scale) under the mask, then out = P v.
+                    let mut p = vec![T::zero(); n * n];
+                    product(&mut p, &q, &k, (n, n, dh), false, true);
+                    let mut lse = vec![T::neg_infinity(); n];
+                    for (i, row) in p.chunks_mut(n.max(1)).enumerate() {
+                        let visible = mask.visible_keys(s, i, n);
+                        if visible == 0 {
+                            row.iter_mut().for_each(|x| *x = T::zero()); // zero output, lse stays -inf
+                            continue;
+                        }
+                        lse[i] = softmax_row(row, visible, scale, None);
+                    }
+                    let mut o = vec![T::zero(); n * dh];
+                    product(&mut o, &p, &v, (n, dh, n), false, false);
+                    put_rows(&o, dh, out_block, g.width, h * dh);
+                    lse
+                })
+                .collect()
         })
         .collect();
 
-    let mut out = vec![T::zero(); g.batch * g.len * g.width];
     let mut lse = vec![T::zero(); g.batch * g.heads * g.len];
-    for (sh, (o, l)) in per_head.iter().enumerate() {
-        let (s, h) = (sh / g.heads, sh % g.heads);
-        g.scatter(s, o, &mut out, |t| g.out_at(s, t, h));
-        lse[g.lse_at(s, 0, h)..][..l.len()].copy_from_slice(l);
+    for (s, heads) in lse_per_sequence.iter().enumerate() {
+        for (h, l) in heads.iter().enumerate() {
+            lse[g.lse_at(s, 0, h)..][..l.len()].copy_from_slice(l);
+        }
     }
     Ok((Tensor::from_vec(out, [g.batch, g.len, g.width])?, Tensor::from_vec(lse, [g.batch, g.heads, g.len])?))
 }
@@ -161,22 +173,17 @@ pub fn backward<T: Real>(
     let scale = T::of(1.0 / (g.head_dim as f64).sqrt());
     let dh = g.head_dim;
 
-    // Per (s, h): dq, dk, dv, each [n, head_dim].
-    let per_head: Vec<[Vec<T>; 3]> = (0..g.tasks())
-        .into_par_iter()
-        .map(|sh| {
-            let (s, h) = (sh / g.heads, sh % g.heads);
-            let n = g.sequences[s].len;
-            if n == 0 {
-                return [Vec::new(), Vec::new(), Vec::new()];
-            }
+    let mut dqkv = vec![T::zero(); xs.len()];
+    g.split_by_sequence(&mut dqkv, 3 * g.width).into_par_iter().enumerate().for_each(|(s, dqkv_block)| {
+        let n = g.sequences[s].len;
+        for h in 0..g.heads {
             let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
             let o = g.gather(s, os, |t| g.out_at(s, t, h));
             let d_out = g.gather(s, dos, |t| g.out_at(s, t, h));
             // P again, from the saved log-sum-exp (rows with none visible stay zero).
             let mut p = vec![T::zero(); n * n];
             product(&mut p, &q, &k, (n, n, dh), false, true);
-            for (i, row) in p.chunks_mut(n).enumerate() {
+            for (i, row) in p.chunks_mut(n.max(1)).enumerate() {
                 let lse_i = ls[g.lse_at(s, i, h)];
                 if lse_i == T::neg_infinity() {
                     row.iter_mut().for_each(|x| *x = T::zero());
@@ -190,23 +197,16 @@ pub fn backward<T: Real>(
             product(&mut dv, &p, &d_out, (n, dh, n), true, false);
             let mut ds = vec![T::zero(); n * n];
             product(&mut ds, &d_out, &v, (n, n, dh), false, true);
-            for (i, (ds_row, p_row)) in ds.chunks_mut(n).zip(p.chunks(n)).enumerate() {
-                let (doi, oi) = (&d_out[i * dh..][..dh], &o[i * dh..][..dh]);
-                let delta = doi.iter().zip(oi).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+            for (i, (ds_row, p_row)) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))).enumerate() {
+                let delta = lanes::dot(&d_out[i * dh..][..dh], &o[i * dh..][..dh]);
                 ds_row.iter_mut().zip(p_row).for_each(|(d, &p)| *d = p * (*d - delta) * scale);
             }
             product(&mut dq, &ds, &k, (n, dh, n), false, false);
             product(&mut dk, &ds, &q, (n, dh, n), true, false);
-            [dq, dk, dv]
-        })
-        .collect();
-
-    let mut dqkv = vec![T::zero(); xs.len()];
-    for (sh, grads) in per_head.iter().enumerate() {
-        let (s, h) = (sh / g.heads, sh % g.heads);
-        for (which, grad) in grads.iter().enumerate() {
-            g.scatter(s, grad, &mut dqkv, |t| g.qkv_at(s, t, which, h));
+            for (which, grad) in [dq, dk, dv].iter().enumerate() {
+                put_rows(grad, dh, dqkv_block, 3 * g.width, which * g.width + h * dh);
+            }
         }
-    }
+    });
     Tensor::from_vec(dqkv, qkv.dims().to_vec())
 }

@@ -1,6 +1,10 @@
 //! BatchNorm2d over the N, H and W of NCHW tensors: per-channel statistics.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
+
+use super::lanes;
 
 use crate::backend::BatchNormOut;
 use crate::error::Result;
@@ -12,21 +16,13 @@ fn layout(x: &Tensor) -> (usize, usize, usize) {
     (d[0], d[1], d[2] * d[3])
 }
 
-/// Per channel, `f` applied to each (sample, element-of-plane) pair, summed in a fixed order.
-fn channel_sums<T: Real>(x: &Tensor, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+/// Per channel, `plane_sum(ch, plane)` over the channel's plane of every sample (`plane`
+/// indexes the tensor's elements), added in sample order.
+fn channel_sums<T: Real>(x: &Tensor, plane_sum: impl Fn(usize, Range<usize>) -> T + Sync) -> Vec<T> {
     let (n, c, hw) = layout(x);
     (0..c)
         .into_par_iter()
-        .map(|ch| {
-            let mut acc = T::zero();
-            for s in 0..n {
-                let base = (s * c + ch) * hw;
-                for k in 0..hw {
-                    acc += f(ch, base + k);
-                }
-            }
-            acc
-        })
+        .map(|ch| (0..n).fold(T::zero(), |acc, s| acc + plane_sum(ch, (s * c + ch) * hw..(s * c + ch + 1) * hw)))
         .collect()
 }
 
@@ -52,9 +48,11 @@ pub fn forward_train<T: Real>(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f6
     let (n, c, hw) = layout(x);
     let xs = x.cpu_slice::<T>()?;
     let count = T::of((n * hw) as f64);
-    let mean: Vec<T> = channel_sums(x, |_, i| xs[i]).into_iter().map(|s| s / count).collect();
-    let var: Vec<T> =
-        channel_sums(x, |ch, i| (xs[i] - mean[ch]) * (xs[i] - mean[ch])).into_iter().map(|s| s / count).collect();
+    let mean: Vec<T> = channel_sums(x, |_, plane| lanes::sum(&xs[plane])).into_iter().map(|s| s / count).collect();
+    let var: Vec<T> = channel_sums(x, |ch, plane| lanes::sum_squares_about(&xs[plane], mean[ch]))
+        .into_iter()
+        .map(|s| s / count)
+        .collect();
     let y = normalize(x, gamma.cpu_slice::<T>()?, beta.cpu_slice::<T>()?, &mean, &rstd_of(&var, eps))?;
     Ok(BatchNormOut { y, mean: Tensor::from_vec(mean, [c])?, var: Tensor::from_vec(var, [c])? })
 }
@@ -83,23 +81,26 @@ pub fn backward<T: Real>(
     let (n, c, hw) = layout(x);
     let (xs, dys, g, mu) = (x.cpu_slice::<T>()?, dy.cpu_slice::<T>()?, gamma.cpu_slice::<T>()?, mean.cpu_slice::<T>()?);
     let rstd = rstd_of(var.cpu_slice::<T>()?, eps);
-    let xhat = |ch: usize, i: usize| (xs[i] - mu[ch]) * rstd[ch];
-    let dbeta = channel_sums(x, |_, i| dys[i]);
-    let dgamma = channel_sums(x, |ch, i| dys[i] * xhat(ch, i));
+    let dbeta = channel_sums(x, |_, plane| lanes::sum(&dys[plane]));
+    // d gamma = sum of dy * xhat = rstd * sum of dy * (x - mean).
+    let dgamma: Vec<T> = channel_sums(x, |ch, plane| {
+        rstd[ch] * lanes::lane_sum(&dys[plane.clone()], &xs[plane], |dy, x| dy * (x - mu[ch]))
+    });
     let count = T::of((n * hw) as f64);
 
     let mut dx = vec![T::zero(); xs.len()];
     dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, dxp)| {
         let ch = plane % c;
         let scale = g[ch] * rstd[ch];
-        for (k, o) in dxp.iter_mut().enumerate() {
-            let i = plane * hw + k;
-            *o = if batch_stats {
-                // The batch mean and variance depend on x: subtract their paths.
-                scale * (dys[i] - dbeta[ch] / count - xhat(ch, i) * dgamma[ch] / count)
-            } else {
-                scale * dys[i]
-            };
+        let (xp, dyp) = (&xs[plane * hw..][..hw], &dys[plane * hw..][..hw]);
+        if batch_stats {
+            // The batch mean and variance depend on x: subtract their paths.
+            let (mean_dy, mean_dy_xhat) = (dbeta[ch] / count, dgamma[ch] / count);
+            dxp.iter_mut().zip(xp).zip(dyp).for_each(|((o, &x), &dy)| {
+                *o = scale * (dy - mean_dy - (x - mu[ch]) * rstd[ch] * mean_dy_xhat);
+            });
+        } else {
+            dxp.iter_mut().zip(dyp).for_each(|(o, &dy)| *o = scale * dy);
         }
     });
     Ok((Tensor::from_vec(dx, x.dims().to_vec())?, Tensor::from_vec(dgamma, [c])?, Tensor::from_vec(dbeta, [c])?))

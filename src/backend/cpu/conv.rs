@@ -1,8 +1,9 @@
 //! 2-D convolution (NCHW, grouped, no bias) by im2col + GEMM.
 //!
-//! Forward runs samples in parallel. Backward computes input gradients per sample in
-//! parallel and the weight gradient over fixed groups of samples, summed in group order
-//! (deterministic whatever the thread count).
+//! Work is split into fixed tasks of `SAMPLES_PER_TASK` samples, run in parallel. A task
+//! lays the im2col columns of its samples side by side, [patch, samples * ho * wo], so each
+//! group is one GEMM per task rather than one small GEMM per sample. The weight gradient is
+//! summed per task, then over tasks in task order (deterministic whatever the thread count).
 
 use gemm::Parallelism;
 
@@ -13,7 +14,9 @@ use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
-/// Samples per task in the weight-gradient reduction.
+/// Samples per task: their im2col columns sit side by side, so one GEMM covers them all
+/// (N = samples * ho * wo instead of ho * wo), and the weight gradient of a task is one
+/// GEMM with a long reduction. Fixed, so results do not depend on the thread count.
 const SAMPLES_PER_TASK: usize = 8;
 
 /// All sizes of one convolution, derived once from the operand shapes (the GPU backend uses
@@ -56,52 +59,96 @@ impl Dims {
     pub(crate) fn spatial_out(&self) -> usize {
         self.ho * self.wo
     }
-    /// Input coordinate under output (oy, ox) and kernel tap (i, j), if inside the image.
-    fn source(&self, oy: usize, ox: usize, i: usize, j: usize) -> Option<(usize, usize)> {
-        let y = (oy * self.stride + i).checked_sub(self.pad)?;
-        let x = (ox * self.stride + j).checked_sub(self.pad)?;
-        (y < self.h && x < self.w).then_some((y, x))
-    }
 }
 
-/// The [patch, ho*wo] im2col matrix of group `g` of one sample `img` ([c, h, w]).
-fn im2col<T: Real>(d: &Dims, img: &[T], g: usize) -> Vec<T> {
-    let so = d.spatial_out();
-    let mut col = vec![T::zero(); d.patch() * so];
+/// The output columns `lo..hi` whose input column `ox * stride + tap - pad` lies inside a
+/// row of `extent` pixels.
+fn valid_range(out: usize, extent: usize, stride: usize, tap: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(tap).div_ceil(stride).min(out);
+    let hi = if extent + pad > tap { ((extent + pad - tap - 1) / stride + 1).min(out) } else { 0 };
+    (lo, hi.max(lo))
+}
+
+/// One task's columns: the samples of `images` ([samples, c, h, w]) side by side, so `col`
+/// is [patch, samples * ho * wo] for group `g`. Every element is written.
+fn im2col<T: Real>(d: &Dims, images: &[T], g: usize, col: &mut [T]) {
+    let (so, plane_len) = (d.spatial_out(), d.h * d.w);
+    let samples = images.len() / (d.c * plane_len);
+    let row_len = samples * so;
     for cc in 0..d.cg() {
-        let plane = &img[(g * d.cg() + cc) * d.h * d.w..][..d.h * d.w];
         for i in 0..d.kh {
+            let (oy_lo, oy_hi) = valid_range(d.ho, d.h, d.stride, i, d.pad);
             for j in 0..d.kw {
-                let row = &mut col[((cc * d.kh + i) * d.kw + j) * so..][..so];
-                for oy in 0..d.ho {
-                    for ox in 0..d.wo {
-                        if let Some((y, x)) = d.source(oy, ox, i, j) {
-                            row[oy * d.wo + ox] = plane[y * d.w + x];
+                let (ox_lo, ox_hi) = valid_range(d.wo, d.w, d.stride, j, d.pad);
+                let row = &mut col[((cc * d.kh + i) * d.kw + j) * row_len..][..row_len];
+                for (t, dst) in row.chunks_exact_mut(so).enumerate() {
+                    let plane = &images[(t * d.c + g * d.cg() + cc) * plane_len..][..plane_len];
+                    for (oy, line) in dst.chunks_exact_mut(d.wo).enumerate() {
+                        if oy < oy_lo || oy >= oy_hi {
+                            line.fill(T::zero());
+                            continue;
+                        }
+                        let src = &plane[(oy * d.stride + i - d.pad) * d.w..][..d.w];
+                        line[..ox_lo].fill(T::zero());
+                        line[ox_hi..].fill(T::zero());
+                        let x0 = ox_lo * d.stride + j - d.pad;
+                        for (k, o) in line[ox_lo..ox_hi].iter_mut().enumerate() {
+                            *o = src[x0 + k * d.stride];
                         }
                     }
                 }
             }
         }
     }
-    col
 }
 
-/// Adds the [patch, ho*wo] matrix `col` back into the image gradient of group `g`.
-fn col2im<T: Real>(d: &Dims, col: &[T], g: usize, img: &mut [T]) {
-    let so = d.spatial_out();
+/// Adds one task's column gradient `col` ([patch, samples * ho * wo]) back into the image
+/// gradients `images` ([samples, c, h, w]) of group `g`.
+fn col2im<T: Real>(d: &Dims, col: &[T], g: usize, images: &mut [T]) {
+    let (so, plane_len) = (d.spatial_out(), d.h * d.w);
+    let samples = images.len() / (d.c * plane_len);
+    let row_len = samples * so;
     for cc in 0..d.cg() {
-        let plane = &mut img[(g * d.cg() + cc) * d.h * d.w..][..d.h * d.w];
         for i in 0..d.kh {
+            let (oy_lo, oy_hi) = valid_range(d.ho, d.h, d.stride, i, d.pad);
             for j in 0..d.kw {
-                let row = &col[((cc * d.kh + i) * d.kw + j) * so..][..so];
-                for oy in 0..d.ho {
-                    for ox in 0..d.wo {
-                        if let Some((y, x)) = d.source(oy, ox, i, j) {
-                            plane[y * d.w + x] += row[oy * d.wo + ox];
+                let (ox_lo, ox_hi) = valid_range(d.wo, d.w, d.stride, j, d.pad);
+                let row = &col[((cc * d.kh + i) * d.kw + j) * row_len..][..row_len];
+                for (t, src) in row.chunks_exact(so).enumerate() {
+                    let plane = &mut images[(t * d.c + g * d.cg() + cc) * plane_len..][..plane_len];
+                    for oy in oy_lo..oy_hi {
+                        let line = &src[oy * d.wo..][ox_lo..ox_hi];
+                        let dst = &mut plane[(oy * d.stride + i - d.pad) * d.w..][..d.w];
+                        let x0 = ox_lo * d.stride + j - d.pad;
+                        for (k, &v) in line.iter().enumerate() {
+                            dst[x0 + k * d.stride] += v;
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Copies group `g` of a task's outputs `y` ([samples, co, ho*wo]) into the GEMM layout
+/// `rows` ([cog, samples * ho*wo]).
+fn gather_group<T: Real>(d: &Dims, y: &[T], g: usize, rows: &mut [T]) {
+    let so = d.spatial_out();
+    let samples = y.len() / (d.co * so);
+    for (o, row) in rows.chunks_exact_mut(samples * so).enumerate() {
+        for (t, dst) in row.chunks_exact_mut(so).enumerate() {
+            dst.copy_from_slice(&y[(t * d.co + g * d.cog() + o) * so..][..so]);
+        }
+    }
+}
+
+/// The inverse of `gather_group`: GEMM layout `rows` into group `g` of `y`.
+fn scatter_group<T: Real>(d: &Dims, rows: &[T], g: usize, y: &mut [T]) {
+    let so = d.spatial_out();
+    let samples = y.len() / (d.co * so);
+    for (o, row) in rows.chunks_exact(samples * so).enumerate() {
+        for (t, src) in row.chunks_exact(so).enumerate() {
+            y[(t * d.co + g * d.cog() + o) * so..][..so].copy_from_slice(src);
         }
     }
 }
@@ -109,15 +156,19 @@ fn col2im<T: Real>(d: &Dims, col: &[T], g: usize, img: &mut [T]) {
 pub fn forward<T: Real>(x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
     let d = Dims::of(x, w, geo);
     let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
-    let (so, per_sample_in) = (d.spatial_out(), d.c * d.h * d.w);
-    let mut y = vec![T::zero(); d.n * d.co * so];
-    y.par_chunks_mut((d.co * so).max(1)).enumerate().for_each(|(s, ys)| {
-        let img = &xs[s * per_sample_in..][..per_sample_in];
+    let (so, per_sample_in, per_sample_out) = (d.spatial_out(), d.c * d.h * d.w, d.co * d.spatial_out());
+    let mut y = vec![T::zero(); d.n * per_sample_out];
+    let task_out = (SAMPLES_PER_TASK * per_sample_out).max(1);
+    y.par_chunks_mut(task_out).enumerate().for_each(|(task, ys)| {
+        let samples = ys.len() / per_sample_out.max(1);
+        let images = &xs[task * SAMPLES_PER_TASK * per_sample_in..][..samples * per_sample_in];
+        let mut col = vec![T::zero(); d.patch() * samples * so];
+        let mut rows = vec![T::zero(); d.cog() * samples * so];
         for g in 0..d.groups {
-            let col = im2col(&d, img, g);
+            im2col(&d, images, g, &mut col);
             let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
-            let yg = &mut ys[g * d.cog() * so..][..d.cog() * so];
-            gemm_into(yg, wg, &col, (d.cog(), so, d.patch()), false, false, false, Parallelism::None);
+            gemm_into(&mut rows, wg, &col, (d.cog(), samples * so, d.patch()), false, false, false, Parallelism::None);
+            scatter_group(&d, &rows, g, ys);
         }
     });
     Tensor::from_vec(y, [d.n, d.co, d.ho, d.wo])
@@ -133,45 +184,51 @@ pub fn backward<T: Real>(
     let d = Dims::of(x, w, geo);
     let (xs, ws, dys) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
     let (so, per_sample_in, per_sample_out) = (d.spatial_out(), d.c * d.h * d.w, d.co * d.spatial_out());
-    // dW_g = sum over samples of dY_g [cog, so] @ col_g^T [so, patch]. Samples are split
-    // into fixed groups (not per thread), each summed in order, and the group partials are
-    // added in group order: the result does not depend on the thread count.
-    let partials: Vec<Vec<T>> = (0..d.n.div_ceil(SAMPLES_PER_TASK))
-        .into_par_iter()
-        .map(|task| {
-            let mut dw = vec![T::zero(); ws.len()];
-            for s in task * SAMPLES_PER_TASK..((task + 1) * SAMPLES_PER_TASK).min(d.n) {
-                let img = &xs[s * per_sample_in..][..per_sample_in];
-                for g in 0..d.groups {
-                    let col = im2col(&d, img, g);
-                    let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
-                    let dwg = &mut dw[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
-                    gemm_into(dwg, dyg, &col, (d.cog(), d.patch(), so), false, true, true, Parallelism::None);
-                }
+    let tasks = d.n.div_ceil(SAMPLES_PER_TASK);
+    let mut dx = if need_dx { vec![T::zero(); xs.len()] } else { Vec::new() };
+    // One task: its weight-gradient partial, and (when asked) its samples' input gradients.
+    let run = |task: usize, dx_task: Option<&mut [T]>| {
+        let first = task * SAMPLES_PER_TASK;
+        let samples = SAMPLES_PER_TASK.min(d.n - first);
+        let images = &xs[first * per_sample_in..][..samples * per_sample_in];
+        let dy_task = &dys[first * per_sample_out..][..samples * per_sample_out];
+        let mut col = vec![T::zero(); d.patch() * samples * so];
+        let mut rows = vec![T::zero(); d.cog() * samples * so];
+        let mut dw = vec![T::zero(); ws.len()];
+        let mut dx_task = dx_task;
+        for g in 0..d.groups {
+            gather_group(&d, dy_task, g, &mut rows);
+            // dW_g [cog, patch] = dY_g [cog, samples*so] @ col_g^T [samples*so, patch]
+            im2col(&d, images, g, &mut col);
+            let dwg = &mut dw[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
+            gemm_into(dwg, &rows, &col, (d.cog(), d.patch(), samples * so), false, true, false, Parallelism::None);
+            if let Some(dx_task) = dx_task.as_deref_mut() {
+                // dcol [patch, samples*so] = W_g^T [patch, cog] @ dY_g [cog, samples*so]
+                let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
+                gemm_into(
+                    &mut col,
+                    wg,
+                    &rows,
+                    (d.patch(), samples * so, d.cog()),
+                    true,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                col2im(&d, &col, g, dx_task);
             }
-            dw
-        })
-        .collect();
+        }
+        dw
+    };
+    let partials: Vec<Vec<T>> = if need_dx {
+        dx.par_chunks_mut((SAMPLES_PER_TASK * per_sample_in).max(1)).enumerate().map(|(t, c)| run(t, Some(c))).collect()
+    } else {
+        (0..tasks).into_par_iter().map(|t| run(t, None)).collect()
+    };
     let mut dw = vec![T::zero(); ws.len()];
     for partial in &partials {
         dw.iter_mut().zip(partial).for_each(|(a, &b)| *a += b);
     }
-
-    let dx = if need_dx {
-        let mut dx = vec![T::zero(); xs.len()];
-        dx.par_chunks_mut(per_sample_in.max(1)).enumerate().for_each(|(s, dxs)| {
-            for g in 0..d.groups {
-                // dcol [patch, so] = W_g^T [patch, cog] @ dY_g [cog, so]
-                let wg = &ws[g * d.cog() * d.patch()..][..d.cog() * d.patch()];
-                let dyg = &dys[s * per_sample_out + g * d.cog() * so..][..d.cog() * so];
-                let mut dcol = vec![T::zero(); d.patch() * so];
-                gemm_into(&mut dcol, wg, dyg, (d.patch(), so, d.cog()), true, false, false, Parallelism::None);
-                col2im(&d, &dcol, g, dxs);
-            }
-        });
-        Some(Tensor::from_vec(dx, x.dims().to_vec())?)
-    } else {
-        None
-    };
+    let dx = need_dx.then(|| Tensor::from_vec(dx, x.dims().to_vec())).transpose()?;
     Ok((dx, Tensor::from_vec(dw, w.dims().to_vec())?))
 }

@@ -1,5 +1,7 @@
 //! Element-wise ops and dtype casts.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::backend::{BinaryOp, UnaryOp};
@@ -24,41 +26,85 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
 /// a layer's activations across the threads.
 const CHUNK: usize = 1 << 13;
 
-/// `out[i] = f(i)`, in parallel chunks for large outputs.
-fn fill<T: Real>(len: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); len];
-    let run = |(c, chunk): (usize, &mut [T])| chunk.iter_mut().enumerate().for_each(|(i, o)| *o = f(c * CHUNK + i));
-    if len >= PARALLEL_MIN {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(run);
+/// A vector of `len` elements written in parallel: `write(first, out)` gets the chunk that
+/// starts at element `first`, always whole rows of `width`, and must write every element of
+/// it. Its per-chunk results come back in chunk order. The output is never zero-filled first:
+/// on a 2-core VM that memset cost about as much as the op.
+fn build_rows<T: Real, R: Send>(
+    len: usize,
+    width: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<T>]) -> R + Sync + Send,
+) -> (Vec<T>, Vec<R>) {
+    let width = width.max(1);
+    let chunk = width * (CHUNK / width).max(1);
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let slots = &mut out.spare_capacity_mut()[..len];
+    let results = if len >= PARALLEL_MIN {
+        slots.par_chunks_mut(chunk).enumerate().map(|(c, o)| write(c * chunk, o)).collect()
     } else {
-        out.chunks_mut(CHUNK).enumerate().for_each(run);
-    }
-    out
+        slots.chunks_mut(chunk).enumerate().map(|(c, o)| write(c * chunk, o)).collect()
+    };
+    // SAFETY: the chunks cover all `len` slots and every caller's `write` initialises each
+    // slot of its chunk (each is a zip over the whole chunk).
+    unsafe { out.set_len(len) };
+    (out, results)
 }
 
 /// `out[i] = f(x[i])`, one monomorphised loop per op so each can vectorise.
-fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    fill(xs.len(), |i| f(xs[i]))
+fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+    build_rows(xs.len(), CHUNK, |first, out| {
+        out.iter_mut().zip(&xs[first..]).for_each(|(o, &x)| {
+            o.write(f(x));
+        })
+    })
+    .0
 }
 
 /// `out[i] = f(x[i], y[i], dy[i])`.
-fn map3<T: Real>(xs: &[T], ys: &[T], dys: &[T], f: impl Fn(T, T, T) -> T + Sync) -> Vec<T> {
-    fill(xs.len(), |i| f(xs[i], ys[i], dys[i]))
+fn map3<T: Real>(xs: &[T], ys: &[T], dys: &[T], f: impl Fn(T, T, T) -> T + Sync + Send) -> Vec<T> {
+    build_rows(xs.len(), CHUNK, |first, out| {
+        let inputs = xs[first..].iter().zip(&ys[first..]).zip(&dys[first..]);
+        out.iter_mut().zip(inputs).for_each(|(o, ((&x, &y), &dy))| {
+            o.write(f(x, y, dy));
+        })
+    })
+    .0
+}
+
+/// `out[i] = f(a[i], b[i mod len(b)])`: `b` repeats over rows of its length (a bias, or an
+/// operand of the same shape).
+fn broadcast<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    if a.len() == b.len() {
+        return build_rows(a.len(), CHUNK, |first, out| {
+            out.iter_mut().zip(&a[first..]).zip(&b[first..]).for_each(|((o, &x), &y)| {
+                o.write(f(x, y));
+            })
+        })
+        .0;
+    }
+    let width = b.len().max(1);
+    build_rows(a.len(), width, |first, out| {
+        for (o_row, a_row) in out.chunks_mut(width).zip(a[first..].chunks(width)) {
+            o_row.iter_mut().zip(a_row).zip(b).for_each(|((o, &x), &y)| {
+                o.write(f(x, y));
+            });
+        }
+    })
+    .0
 }
 
 pub fn binary<T: Real>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (a_s, b_s) = (a.cpu_slice::<T>()?, b.cpu_slice::<T>()?);
-    let period = b_s.len().max(1);
     let out = match op {
-        BinaryOp::Add => fill(a_s.len(), |i| a_s[i] + b_s[i % period]),
-        BinaryOp::Sub => fill(a_s.len(), |i| a_s[i] - b_s[i % period]),
-        BinaryOp::Mul => fill(a_s.len(), |i| a_s[i] * b_s[i % period]),
+        BinaryOp::Add => broadcast(a_s, b_s, |x, y| x + y),
+        BinaryOp::Sub => broadcast(a_s, b_s, |x, y| x - y),
+        BinaryOp::Mul => broadcast(a_s, b_s, |x, y| x * y),
     };
     Tensor::from_vec(out, a.shape().clone())
 }
 
 fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+    T::one() / (T::one() + (-x).fast_exp())
 }
 
 const QUICK_GELU_ALPHA: f64 = 1.702;
@@ -101,18 +147,30 @@ pub fn unary_backward<T: Real>(op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor)
 /// `quick_gelu(x + bias)`, bias repeated over the rows.
 pub fn bias_quick_gelu<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (xs, bs) = (x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?);
-    let width = bs.len().max(1);
-    Tensor::from_vec(fill(xs.len(), |i| quick_gelu(xs[i] + bs[i % width])), x.shape().clone())
+    Tensor::from_vec(broadcast(xs, bs, |v, b| quick_gelu(v + b)), x.shape().clone())
 }
 
-/// dx = dy * quick_gelu'(x + bias); d bias sums dx over the rows in increasing row order.
+/// dx = dy * quick_gelu'(x + bias). d bias sums dx over the rows: in row order inside each
+/// chunk of rows, then over chunks in chunk order (the same for any thread count).
 pub fn bias_quick_gelu_backward<T: Real>(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let (xs, bs, dys) = (x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
     let width = bs.len().max(1);
-    let dx = fill(xs.len(), |i| dys[i] * quick_gelu_grad(xs[i] + bs[i % width]));
+    let (dx, partials) = build_rows(xs.len(), width, |first, out| {
+        let mut dbias = vec![T::zero(); bs.len()];
+        let rows = out.chunks_mut(width).zip(xs[first..].chunks(width)).zip(dys[first..].chunks(width));
+        for ((o_row, x_row), dy_row) in rows {
+            let values = o_row.iter_mut().zip(x_row).zip(dy_row).zip(bs).zip(dbias.iter_mut());
+            values.for_each(|((((o, &v), &g), &b), acc)| {
+                let d = g * quick_gelu_grad(v + b);
+                o.write(d);
+                *acc += d;
+            });
+        }
+        dbias
+    });
     let mut dbias = vec![T::zero(); bs.len()];
-    for row in dx.chunks(width) {
-        dbias.iter_mut().zip(row).for_each(|(acc, &g)| *acc += g);
+    for partial in &partials {
+        dbias.iter_mut().zip(partial).for_each(|(acc, &p)| *acc += p);
     }
     Ok((Tensor::from_vec(dx, x.shape().clone())?, Tensor::from_vec(dbias, bias.shape().clone())?))
 }

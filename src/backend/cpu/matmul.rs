@@ -1,6 +1,7 @@
 //! Batched matrix product on the `gemm` crate. Transposes are free: they are strides.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
@@ -13,20 +14,31 @@ pub fn matmul<T: Real>(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bia
     let n = if trans_b { b.dims()[1] } else { b.dims()[2] };
     let (a_s, b_s) = (a.cpu_slice::<T>()?, b.cpu_slice::<T>()?);
 
-    let mut out = vec![T::zero(); batch * m * n];
+    let len = batch * m * n;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let slots = &mut out.spare_capacity_mut()[..len];
     if let Some(bias) = bias {
+        // The GEMM accumulates onto the bias rows.
         let bias = bias.cpu_slice::<T>()?;
-        for row in out.chunks_mut(n) {
-            row.copy_from_slice(bias);
-        }
+        slots.par_chunks_mut(n.max(1)).for_each(|row| {
+            row.iter_mut().zip(bias).for_each(|(o, &b)| {
+                o.write(b);
+            })
+        });
     }
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    for (i, dst) in out.chunks_mut(m * n).enumerate() {
+    for i in 0..batch {
         let lhs = &a_s[i * m * k..(i + 1) * m * k];
         let rhs = &b_s[i * k * n..(i + 1) * k * n];
-        gemm_into(dst, lhs, rhs, (m, n, k), trans_a, trans_b, bias.is_some(), par);
+        let dst = slots[i * m * n..][..m * n].as_mut_ptr().cast::<T>();
+        // SAFETY: `dst` points at m*n slots of `out`'s capacity; without a bias the GEMM
+        // writes each without reading it (beta = 0 in BLAS terms), with one it reads the bias
+        // rows written above.
+        unsafe { gemm_raw(dst, lhs, rhs, (m, n, k), trans_a, trans_b, bias.is_some(), par) };
     }
+    // SAFETY: every one of the `len` slots was written by the GEMMs above.
+    unsafe { out.set_len(len) };
     Tensor::from_vec(out, [batch, m, n])
 }
 
@@ -43,18 +55,39 @@ pub(crate) fn gemm_into<T: Real>(
     accumulate: bool,
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "gemm_into: operand too short");
+    assert!(dst.len() >= m * n, "gemm_into: destination too short");
+    // SAFETY: the assert above guarantees m*n elements behind `dst`.
+    unsafe { gemm_raw(dst.as_mut_ptr(), a, b, (m, n, k), trans_a, trans_b, accumulate, par) }
+}
+
+/// `gemm_into` on a destination pointer, which may point at uninitialised memory when
+/// `accumulate` is false (the GEMM then only writes it).
+///
+/// # Safety
+/// `dst` must be valid for m*n writes (and reads, with `accumulate`), row-major m x n.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Real>(
+    dst: *mut T,
+    a: &[T],
+    b: &[T],
+    (m, n, k): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n, "gemm: operand too short");
     // Strides (row, column) of op(a) as an m x k matrix and op(b) as k x n.
     let (a_rs, a_cs) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
     let (b_rs, b_cs) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the assert above guarantees m*n, m*k and k*n elements behind the pointers, and
-    // the strides address row-major storage of exactly those shapes.
+    // SAFETY: the caller's contract covers `dst`, the assert above the operands, and the
+    // strides address row-major storage of exactly those shapes.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,

@@ -10,6 +10,7 @@ mod attention;
 mod batchnorm;
 pub(crate) mod conv;
 mod elementwise;
+mod lanes;
 mod layout;
 mod loss;
 pub(crate) mod matmul;

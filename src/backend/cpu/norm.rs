@@ -1,31 +1,16 @@
 //! Row-wise normalisations over the last dimension: LayerNorm (with the fused residual
 //! add), softmax and L2 normalisation.
 
-use std::ops::Range;
-
 use rayon::prelude::*;
 
+use super::lanes;
 use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
-/// Columns per task in the column reductions: wide enough that each task reads
-/// contiguous runs of every row.
-const COLUMN_BLOCK: usize = 64;
-
-/// out[j] = sum over `rows` r of f(r, j), column blocks in parallel, rows in a fixed order.
-fn column_sums<T: Real>(rows: Range<usize>, d: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); d];
-    out.par_chunks_mut(COLUMN_BLOCK).enumerate().for_each(|(c, acc)| {
-        let j0 = c * COLUMN_BLOCK;
-        for r in rows.clone() {
-            for (k, a) in acc.iter_mut().enumerate() {
-                *a += f(r, j0 + k);
-            }
-        }
-    });
-    out
-}
+/// Rows per task in LayerNorm's backward: each task sums its rows' d gamma and d beta, and
+/// the tasks' partial sums are added in task order (deterministic for any thread count).
+const ROWS_PER_TASK: usize = 32;
 
 /// The gamma (and beta) slices of each row segment of `affine`, and the first segment's rows.
 struct Segments<'a, T> {
@@ -51,11 +36,18 @@ impl<'a, T: Real> Segments<'a, T> {
 }
 
 pub fn layer_norm<T: Real>(x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut> {
-    let d = x.shape().last();
+    let d = x.shape().last().max(1);
     let rows = x.shape().rows();
     let xs = x.cpu_slice::<T>()?;
     let summed: Option<Vec<T>> = match residual {
-        Some(r) => Some(xs.iter().zip(r.cpu_slice::<T>()?).map(|(&a, &b)| a + b).collect()),
+        Some(r) => {
+            let mut sum = vec![T::zero(); xs.len()];
+            let rs = r.cpu_slice::<T>()?;
+            sum.par_chunks_mut(d).zip(xs.par_chunks(d).zip(rs.par_chunks(d))).for_each(|(o, (a, b))| {
+                o.iter_mut().zip(a).zip(b).for_each(|((o, &a), &b)| *o = a + b);
+            });
+            Some(sum)
+        }
         None => None,
     };
     let input: &[T] = summed.as_deref().unwrap_or(xs);
@@ -63,16 +55,16 @@ pub fn layer_norm<T: Real>(x: &Tensor, residual: Option<&Tensor>, affine: &LnAff
     let n = T::of(d as f64);
     let mut y = vec![T::zero(); input.len()];
     let stats: Vec<(T, T)> = y
-        .par_chunks_mut(d.max(1))
-        .zip(input.par_chunks(d.max(1)))
+        .par_chunks_mut(d)
+        .zip(input.par_chunks(d))
         .enumerate()
         .map(|(r, (yr, xr))| {
             let (g, b) = segments.of_row(r);
-            let mean = xr.iter().copied().sum::<T>() / n;
-            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+            let mean = lanes::sum(xr) / n;
+            let var = lanes::sum_squares_about(xr, mean) / n;
             let rstd = T::one() / (var + T::of(eps)).sqrt();
-            for j in 0..d {
-                yr[j] = (xr[j] - mean) * rstd * g[j] + b[j];
+            for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                *o = (v - mean) * rstd * g + b;
             }
             (mean, rstd)
         })
@@ -87,6 +79,9 @@ pub fn layer_norm<T: Real>(x: &Tensor, residual: Option<&Tensor>, affine: &LnAff
     })
 }
 
+/// d gamma and d beta summed over some rows, one pair per segment.
+type AffinePartials<T> = [(Vec<T>, Vec<T>); 2];
+
 pub fn layer_norm_backward<T: Real>(
     input: &Tensor,
     affine: &LnAffine,
@@ -94,39 +89,56 @@ pub fn layer_norm_backward<T: Real>(
     rstd: &Tensor,
     dy: &Tensor,
 ) -> Result<LayerNormGrads> {
-    let d = input.shape().last();
+    let d = input.shape().last().max(1);
     let rows = input.shape().rows();
     let (xs, dys) = (input.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
     let segments = Segments::<T>::of(affine, rows)?;
     let (mu, rs) = (mean.cpu_slice::<T>()?, rstd.cpu_slice::<T>()?);
-    let xhat = |r: usize, j: usize| (xs[r * d + j] - mu[r]) * rs[r];
     let n = T::of(d as f64);
 
+    // One pass: each task writes its rows of dx and sums their d gamma, d beta per segment.
     let mut dx = vec![T::zero(); xs.len()];
-    dx.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, dxr)| {
-        let g = segments.of_row(r).0;
-        // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy * xhat))
-        let mut mean_gdy = T::zero();
-        let mut mean_gdy_xhat = T::zero();
-        for j in 0..d {
-            let gdy = g[j] * dys[r * d + j];
-            mean_gdy += gdy;
-            mean_gdy_xhat += gdy * xhat(r, j);
+    let partials: Vec<AffinePartials<T>> = dx
+        .par_chunks_mut(d * ROWS_PER_TASK)
+        .enumerate()
+        .map(|(task, dx_rows)| {
+            let mut sums: AffinePartials<T> = [0, 1].map(|_| (vec![T::zero(); d], vec![T::zero(); d]));
+            let mut xhat = vec![T::zero(); d];
+            let mut gdy = vec![T::zero(); d];
+            for (i, dxr) in dx_rows.chunks_mut(d).enumerate() {
+                let r = task * ROWS_PER_TASK + i;
+                let (xr, dyr) = (&xs[r * d..][..d], &dys[r * d..][..d]);
+                let g = segments.of_row(r).0;
+                let (dgamma, dbeta) = &mut sums[usize::from(r >= segments.first_rows)];
+                for (((((xh, gd), &x), &dy), &g), (dg, db)) in
+                    xhat.iter_mut().zip(&mut gdy).zip(xr).zip(dyr).zip(g).zip(dgamma.iter_mut().zip(dbeta.iter_mut()))
+                {
+                    *xh = (x - mu[r]) * rs[r];
+                    *gd = g * dy;
+                    *dg += dy * *xh;
+                    *db += dy;
+                }
+                // dx = rstd * (g*dy - mean(g*dy) - xhat * mean(g*dy * xhat))
+                let mean_gdy = lanes::sum(&gdy) / n;
+                let mean_gdy_xhat = lanes::dot(&gdy, &xhat) / n;
+                for ((o, &gd), &xh) in dxr.iter_mut().zip(&gdy).zip(&xhat) {
+                    *o = rs[r] * (gd - mean_gdy - xh * mean_gdy_xhat);
+                }
+            }
+            sums
+        })
+        .collect();
+    let affine_grads = |segment: usize| -> Result<(Tensor, Tensor)> {
+        let (mut dgamma, mut dbeta) = (vec![T::zero(); d], vec![T::zero(); d]);
+        for [first, second] in &partials {
+            let (pg, pb) = if segment == 0 { first } else { second };
+            dgamma.iter_mut().zip(pg).for_each(|(a, &p)| *a += p);
+            dbeta.iter_mut().zip(pb).for_each(|(a, &p)| *a += p);
         }
-        mean_gdy = mean_gdy / n;
-        mean_gdy_xhat = mean_gdy_xhat / n;
-        for j in 0..d {
-            dxr[j] = rs[r] * (g[j] * dys[r * d + j] - mean_gdy - xhat(r, j) * mean_gdy_xhat);
-        }
-    });
-    // d gamma and d beta of the rows of one segment.
-    let affine_grads = |rows: Range<usize>| -> Result<(Tensor, Tensor)> {
-        let dgamma = column_sums(rows.clone(), d, |r, j| dys[r * d + j] * xhat(r, j));
-        let dbeta = column_sums(rows, d, |r, j| dys[r * d + j]);
         Ok((Tensor::from_vec(dgamma, [d])?, Tensor::from_vec(dbeta, [d])?))
     };
-    let (dgamma, dbeta) = affine_grads(0..segments.first_rows)?;
-    let second = affine.second.as_ref().map(|_| affine_grads(segments.first_rows..rows)).transpose()?;
+    let (dgamma, dbeta) = affine_grads(0)?;
+    let second = affine.second.as_ref().map(|_| affine_grads(1)).transpose()?;
     Ok(LayerNormGrads { dx: Tensor::from_vec(dx, input.shape().clone())?, dgamma, dbeta, second })
 }
 
