@@ -25,6 +25,7 @@ fn small_config(name: &str, dir: &Path, steps: u64) -> TrainConfig {
     c.warmup_steps = 2;
     c.save_every = 1000;
     c.eval_samples = 16;
+    c.quick_eval_every = 0;
     c
 }
 
@@ -299,5 +300,21 @@ fn checkpoints_are_byte_stable_and_non_finite_weights_are_refused() {
     let (mut q, mut c) = model.init_params(&mut Rng::new(0), DType::F32).unwrap();
     let err = checkpoint::load(&path, &model.config, &mut q, &mut c, None).unwrap_err().to_string();
     assert!(err.contains("not finite") && err.contains("param/visual.proj (2 of"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Quick evaluations: at step 0 and every `quick_eval_every` steps between the full ones, on
+// fewer images, each results line saying how many.
+#[test]
+fn quick_evaluations_draw_the_curve_from_step_zero() {
+    let dir = scratch("quick");
+    let mut config = small_config("run", &dir, 4);
+    (config.eval_every, config.quick_eval_every, config.quick_eval_samples) = (0, 2, 8);
+    train(&config, &quiet()).unwrap();
+    let rows = msclip::train::read_jsonl(&dir.join("run/results.jsonl")).unwrap();
+    let steps_and_samples: Vec<(u64, u64)> =
+        rows.iter().map(|r| (r["step"].as_u64().unwrap(), r["eval_samples"].as_u64().unwrap())).collect();
+    assert_eq!(steps_and_samples, [(0, 8), (2, 8), (4, 16)]);
+    assert!(dir.join("run/accuracy.png").exists() && dir.join("run/loss.png").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

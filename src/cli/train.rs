@@ -97,6 +97,13 @@ pub struct TrainArgs {
     /// Images per evaluation split [default: 1000]; 0 turns evaluation off.
     #[arg(long)]
     eval_samples: Option<usize>,
+    /// Steps between quick evaluations on fewer images, for accuracy.png's curve [default: 50];
+    /// 0 turns them off.
+    #[arg(long)]
+    quick_eval_every: Option<u64>,
+    /// Images per split in a quick evaluation [default: 200].
+    #[arg(long)]
+    quick_eval_samples: Option<usize>,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).
     #[arg(long)]
     clip_tokenizer: bool,
@@ -239,6 +246,8 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     set(&mut config.save_every, args.save_every);
     set(&mut config.keep_checkpoints, args.keep_checkpoints);
     set(&mut config.eval_samples, args.eval_samples);
+    set(&mut config.quick_eval_every, args.quick_eval_every);
+    set(&mut config.quick_eval_samples, args.quick_eval_samples);
     if let Some(clip) = args.grad_clip {
         // Exactly 0 turns clipping off; anything else must be a valid norm (checked by validate).
         config.grad_clip_norm = (clip != 0.0).then_some(clip);

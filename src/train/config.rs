@@ -93,6 +93,13 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Images per evaluation split; 0 turns evaluation off.
     pub eval_samples: usize,
+    /// Steps between quick evaluations (on `quick_eval_samples` images per split, between the
+    /// full ones and at step 0) that draw accuracy.png's curve; 0: none (runs from before they
+    /// existed).
+    #[serde(default)]
+    pub quick_eval_every: u64,
+    #[serde(default = "default_quick_eval_samples")]
+    pub quick_eval_samples: usize,
     pub tokenizer: TokenizerSource,
     pub data: ShapesConfig,
     /// Where the model trains: the CPU reference, a GPU, or the GPU backend on the emulator.
@@ -105,6 +112,10 @@ pub struct TrainConfig {
     /// profiling). Nothing learnt depends on it beyond rounding.
     #[serde(default = "default_cuda_graph")]
     pub cuda_graph: bool,
+}
+
+fn default_quick_eval_samples() -> usize {
+    200
 }
 
 fn default_cuda_graph() -> bool {
@@ -137,6 +148,8 @@ impl TrainConfig {
             save_every: 500,
             keep_checkpoints: default_keep_checkpoints(),
             eval_samples: 1000,
+            quick_eval_every: 50,
+            quick_eval_samples: default_quick_eval_samples(),
             tokenizer: TokenizerSource::TrainedBpe,
             data: ShapesConfig::tiny(),
             device: Device::Cpu,

@@ -73,7 +73,8 @@ pub fn evaluation_bytes(model: &ModelConfig, samples: u64) -> u64 {
 pub fn check_training(config: &TrainConfig) -> Result<()> {
     let model = ClipModel::new(preset(&config.preset)?)?;
     check_batch(&model, config.device, "--batch-size", config.batch_size as u64)?;
-    check_evaluation(&model, "--eval-samples", config.eval_samples as u64)
+    check_evaluation(&model, "--eval-samples", config.eval_samples as u64)?;
+    check_evaluation(&model, "--quick-eval-samples", config.quick_eval_samples as u64)
 }
 
 /// Refuses a training batch of `pairs` (set by `flag`) that would not fit on `device` beside

@@ -19,8 +19,21 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Draws `series` into a PNG at `path` (rendered in memory, then written atomically).
-pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+const REFERENCE_COLOURS: [RGBColor; 3] = [RGBColor(40, 40, 40), RGBColor(130, 130, 130), RGBColor(90, 60, 140)];
+
+/// A horizontal reference line (a chance level), drawn dashed and named in the legend.
+pub struct Reference {
+    pub name: String,
+    pub y: f64,
+}
+
+/// Draws `series` and the `references` into a PNG at `path` (rendered in memory, then written atomically).
+pub fn line_plot(
+    path: &Path,
+    (title, x_label, y_label): (&str, &str, &str),
+    series: &[Series],
+    references: &[Reference],
+) -> Result<()> {
     register_font();
     let points = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -29,6 +42,9 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
     }
     if x0 > x1 {
         return Ok(()); // nothing to draw yet
+    }
+    for r in references.iter().filter(|r| r.y.is_finite()) {
+        (y0, y1) = (y0.min(r.y), y1.max(r.y));
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let (x1, y0, y1) = (x1.max(x0 + 1.0), y0 - pad, y1 + pad);
@@ -53,7 +69,17 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
                 .label(s.name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
         }
-        if series.len() > 1 {
+        for (i, r) in references.iter().enumerate() {
+            // Dark and dashed so a chance level never reads as a data series.
+            let colour = REFERENCE_COLOURS[i % REFERENCE_COLOURS.len()];
+            let line = DashedLineSeries::new([(x0, r.y), (x1, r.y)], 8, 6, colour.stroke_width(2));
+            chart
+                .draw_series(line)
+                .map_err(|e| err(e.to_string()))?
+                .label(r.name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+        }
+        if series.len() + references.len() > 1 {
             chart
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))

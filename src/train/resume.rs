@@ -18,6 +18,8 @@ const MAY_CHANGE: &[&str] = &[
     "save_every",
     "keep_checkpoints",
     "eval_samples",
+    "quick_eval_every",
+    "quick_eval_samples",
 ];
 const LOCATION: &[&str] = &["name", "output_dir"];
 

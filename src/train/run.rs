@@ -12,13 +12,13 @@ use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
 use super::graph_step::StepIssuer;
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
-use super::plot::{Series, line_plot};
+use super::plot::{Reference, Series, line_plot};
 use super::prefetch::Batches;
 use super::readback::Readback;
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
 use super::step::{StepInput, StepState};
-use crate::data::shapes;
+use crate::data::shapes::{self, Colour, ShapeKind};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, preset};
@@ -156,7 +156,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         Ok(read_jsonl(&run_dir.join(RESULTS))?.iter().any(|r| r["step"].as_u64() == Some(step)))
     };
     if step == config.steps && (!evaluates || evaluated_at(step)?) {
-        write_plots(&run_dir)?;
+        write_plots(&run_dir, config.batch_size)?;
         return Ok(RunSummary {
             run_dir,
             steps_done: step,
@@ -187,6 +187,11 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let mut batches = Batches::new(config, &tokenizer, context);
     let mut issuer = StepIssuer::new(config);
 
+    let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir };
+    // The curve's first point: the initial weights, at chance.
+    if step == 0 && quick_evaluation_due(config, 0) && !evaluated_at(0)? {
+        evaluations.record(&mut state, 0, config.quick_eval_samples)?;
+    }
     while step < end {
         let started = Instant::now();
         let batch = batches.get(step)?;
@@ -203,6 +208,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let saves = step.is_multiple_of(config.save_every) || step == end || stopping;
         let evaluates_now =
             evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps;
+        let quick_now = !evaluates_now && step < config.steps && quick_evaluation_due(config, step);
         // The host waits for the device only here: on the CPU after every step (nothing to wait
         // for), on a GPU when the numbers are needed.
         if config.device == Device::Cpu || logs || saves || evaluates_now {
@@ -256,18 +262,18 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             ended = RunEnd::Interrupted;
             break;
         }
+        if quick_now {
+            evaluations.record(&mut state, step, config.quick_eval_samples)?;
+        }
         if evaluates_now {
-            let report =
-                evaluate_and_record(&model, &state.params, &mut state.buffers, &tokenizer, config, step, &run_dir)?;
-            say(&report.summary());
+            say(&evaluations.record(&mut state, step, config.eval_samples)?.summary());
         }
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     let eval = if step == config.steps && evaluates {
-        let report =
-            evaluate_and_record(&model, &state.params, &mut state.buffers, &tokenizer, config, step, &run_dir)?;
+        let report = evaluations.record(&mut state, step, config.eval_samples)?;
         if !options.quiet {
             println!("{}", report.summary());
         }
@@ -275,8 +281,14 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     } else {
         None
     };
-    write_plots(&run_dir)?;
+    write_plots(&run_dir, config.batch_size)?;
     Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params: state.params, end: ended })
+}
+
+/// Whether a quick evaluation (fewer images, between the full ones) follows `step`.
+fn quick_evaluation_due(config: &TrainConfig, step: u64) -> bool {
+    let every = config.quick_eval_every;
+    config.eval_samples > 0 && config.quick_eval_samples > 0 && every > 0 && step.is_multiple_of(every)
 }
 
 /// The tokenizer a new run of `config` starts with: a BPE trained on the shapes-world
@@ -306,41 +318,62 @@ fn fitting_tokenizer(model: &ClipModel, tokenizer: Tokenizer) -> Result<Tokenize
     Ok(tokenizer)
 }
 
-fn evaluate_and_record(
-    model: &ClipModel,
-    params: &ParamStore,
-    buffers: &mut crate::model::Buffers,
-    tokenizer: &Tokenizer,
-    config: &TrainConfig,
-    step: u64,
-    run_dir: &Path,
-) -> Result<EvalReport> {
-    let report = eval::evaluate(model, params, buffers, tokenizer, &config.data, config.eval_samples)?;
-    let mut record = serde_json::Map::new();
-    record.insert("step".into(), json!(step));
-    for (k, v) in report.metrics() {
-        record.insert(k, json!(v));
-    }
-    append_jsonl(&run_dir.join(RESULTS), &record)?;
-    Ok(report)
+/// What evaluating the run needs besides its weights; each evaluation appends a line to
+/// results.jsonl.
+struct Evaluations<'a> {
+    model: &'a ClipModel,
+    tokenizer: &'a Tokenizer,
+    config: &'a TrainConfig,
+    run_dir: &'a Path,
 }
 
-/// loss.png from train_loss.jsonl and accuracy.png from results.jsonl.
-fn write_plots(run_dir: &Path) -> Result<()> {
+impl Evaluations<'_> {
+    /// Evaluates `state`'s weights after `step` updates on `samples` images per split.
+    fn record(&self, state: &mut StepState, step: u64, samples: usize) -> Result<EvalReport> {
+        let (params, buffers) = (&state.params, &mut state.buffers);
+        let report = eval::evaluate(self.model, params, buffers, self.tokenizer, &self.config.data, samples)?;
+        let mut record = serde_json::Map::new();
+        record.insert("step".into(), json!(step));
+        record.insert("eval_samples".into(), json!(samples));
+        for (k, v) in report.metrics() {
+            record.insert(k, json!(v));
+        }
+        append_jsonl(&self.run_dir.join(RESULTS), &record)?;
+        Ok(report)
+    }
+}
+
+/// loss.png from train_loss.jsonl and accuracy.png from results.jsonl, each with its chance
+/// level: a loss of ln(batch) (uniform logits), 1 / classes for the zero-shot factors and one
+/// half for binding.
+fn write_plots(run_dir: &Path, batch_size: usize) -> Result<()> {
     let column = |rows: &[serde_json::Value], key: &str| -> Vec<(f64, f64)> {
         rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
     };
+    // train_loss.jsonl's step k is the k-th batch, whose loss the weights after k - 1
+    // updates computed: drawn at k - 1, so the curve starts at step 0 (the initial weights) on
+    // the same axis as the evaluations (results.jsonl's step k: after k updates).
+    let updates_before = |points: Vec<(f64, f64)>| points.into_iter().map(|(x, y)| (x - 1.0, y)).collect();
     let losses = read_jsonl(&run_dir.join(TRAIN_LOG))?;
     let loss_series = vec![
-        Series { name: "loss".into(), points: column(&losses, "loss") },
-        Series { name: "loss (EMA)".into(), points: column(&losses, "loss_ema") },
+        Series { name: "loss (every step)".into(), points: updates_before(column(&losses, "loss")) },
+        Series { name: "loss (EMA)".into(), points: updates_before(column(&losses, "loss_ema")) },
     ];
-    line_plot(&run_dir.join("loss.png"), "contrastive loss", "step", "loss", &loss_series)?;
+    let uniform = Reference { name: format!("chance: ln {batch_size}"), y: (batch_size as f64).ln() };
+    line_plot(&run_dir.join("loss.png"), ("contrastive loss", "updates done", "loss"), &loss_series, &[uniform])?;
     let results = read_jsonl(&run_dir.join(RESULTS))?;
     let accuracy: Vec<Series> = eval::PLOTTED_METRICS
         .iter()
         .map(|&key| Series { name: key.to_string(), points: column(&results, key) })
         .filter(|s| !s.points.is_empty())
         .collect();
-    line_plot(&run_dir.join("accuracy.png"), "zero-shot accuracy", "step", "acc1", &accuracy)
+    let (colours, shapes) = (Colour::ALL.len(), ShapeKind::ALL.len());
+    let mut chance = vec![Reference { name: format!("chance: colour (1/{colours})"), y: 1.0 / colours as f64 }];
+    if shapes == colours {
+        chance[0].name = format!("chance: colour, shape (1/{colours})"); // one line, not two on top of each other
+    } else {
+        chance.push(Reference { name: format!("chance: shape (1/{shapes})"), y: 1.0 / shapes as f64 });
+    }
+    chance.push(Reference { name: "chance: binding (1/2)".into(), y: 0.5 });
+    line_plot(&run_dir.join("accuracy.png"), ("zero-shot accuracy", "updates done", "acc1"), &accuracy, &chance)
 }
