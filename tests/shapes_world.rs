@@ -292,6 +292,60 @@ fn preview_is_a_png_of_its_layout() {
 }
 
 #[test]
+fn hard_negative_groups_differ_only_in_shape() {
+    let cfg = ShapesConfig { hard_negative_group: 6, ..ShapesConfig::tiny() };
+    cfg.validate().unwrap();
+    let train = samples(&cfg, Split::Train, 0..60);
+    let mut group_looks = HashSet::new();
+    for group in train.chunks(6) {
+        let objects: Vec<&Object> = group.iter().map(|s| &s.scene.objects[0]).collect();
+        let first = objects[0];
+        for o in &objects {
+            assert_eq!((o.colour, o.size, o.position), (first.colour, first.size, first.position));
+            assert!(!is_held_out(o.colour.index(), o.shape.index()), "{o:?}");
+        }
+        let shapes: HashSet<ShapeKind> = objects.iter().map(|o| o.shape).collect();
+        assert_eq!(shapes.len(), 6, "every member has its own shape");
+        assert_ne!(group[0].image, group[1].image);
+        group_looks.insert((first.colour, first.size, first.position));
+    }
+    assert!(group_looks.len() > 5, "groups draw their own look: {group_looks:?}");
+    // One sample alone is the one the batch made; evaluation splits are never grouped.
+    assert_eq!(sample(&cfg, Split::Train, 13), train[13]);
+    let ungrouped = ShapesConfig { hard_negative_group: 1, ..ShapesConfig::tiny() };
+    for split in [Split::Seen, Split::Unseen, Split::Binding] {
+        assert_eq!(sample(&cfg, split, 3), sample(&ungrouped, split, 3), "{split:?}");
+    }
+}
+
+#[test]
+fn colour_dropout_leaves_colour_out_of_training_captions_only() {
+    let says_colour = |s: &Sample| words(&s.caption).contains(&s.scene.objects[0].colour.word());
+    let says_shape = |s: &Sample| words(&s.caption).contains(&s.scene.objects[0].shape.word());
+    let cfg = ShapesConfig { colour_dropout: 0.5, hard_negative_group: 1, ..ShapesConfig::tiny() };
+    cfg.validate().unwrap();
+    let train = samples(&cfg, Split::Train, 0..200);
+    let with_colour = train.iter().filter(|s| says_colour(s)).count();
+    assert!((60..140).contains(&with_colour), "about half keep the colour: {with_colour} of 200");
+    assert!(train.iter().all(says_shape));
+    for split in [Split::Seen, Split::Unseen] {
+        assert!(samples(&cfg, split, 0..50).iter().all(|s| says_colour(s) && says_shape(s)), "{split:?}");
+    }
+    // Off, the captions are those drawn before the knob existed (no extra random draw):
+    // these three come from the code of 2026-12-05 before colour dropout and grouping.
+    let before = ShapesConfig { colour_dropout: 0.0, hard_negative_group: 1, ..ShapesConfig::tiny() };
+    let off: Vec<String> = samples(&before, Split::Train, 0..3).into_iter().map(|s| s.caption).collect();
+    assert_eq!(
+        off,
+        [
+            "an image of the large yellow triangle at the top",
+            "a photo of the medium yellow star in the top left",
+            "a drawing of a large orange triangle"
+        ]
+    );
+}
+
+#[test]
 fn bad_configs_are_clear_errors() {
     ShapesConfig::default().validate().unwrap();
     ShapesConfig::tiny().validate().unwrap();
@@ -302,6 +356,10 @@ fn bad_configs_are_clear_errors() {
         (ShapesConfig { caption_dropout: 1.5, ..ShapesConfig::default() }, "caption_dropout"),
         (ShapesConfig { noise: f64::NAN, ..ShapesConfig::default() }, "noise"),
         (ShapesConfig { max_rotation_deg: -1.0, ..ShapesConfig::default() }, "max_rotation_deg"),
+        (ShapesConfig { colour_dropout: -0.1, ..ShapesConfig::default() }, "colour_dropout"),
+        (ShapesConfig { hard_negative_group: 0, ..ShapesConfig::tiny() }, "hard_negative_group"),
+        (ShapesConfig { hard_negative_group: 7, ..ShapesConfig::tiny() }, "hard_negative_group"),
+        (ShapesConfig { hard_negative_group: 2, ..ShapesConfig::default() }, "hard_negative_group"),
     ];
     for (cfg, field) in cases {
         match cfg.validate() {

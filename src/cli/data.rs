@@ -22,7 +22,7 @@ enum DataCommand {
         split: String,
         #[arg(long, default_value_t = 16)]
         count: usize,
-        /// Image side in pixels (the tiny preset trains at 32).
+        /// Image side in pixels (the tiny preset trains at 48).
         #[arg(long, default_value_t = 64)]
         image_size: usize,
     },

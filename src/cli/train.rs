@@ -104,6 +104,15 @@ pub struct TrainArgs {
     /// Images per split in a quick evaluation [default: 200].
     #[arg(long)]
     quick_eval_samples: Option<usize>,
+    /// Shapes-world training samples in groups of this many that share colour, size and
+    /// position and differ in shape, hard negatives for the contrast [default: the preset's
+    /// data config; 1 turns grouping off].
+    #[arg(long)]
+    hard_negatives: Option<usize>,
+    /// Probability that a shapes-world training caption leaves out the colour [default: the
+    /// preset's data config].
+    #[arg(long)]
+    colour_dropout: Option<f64>,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).
     #[arg(long)]
     clip_tokenizer: bool,
@@ -248,6 +257,8 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     set(&mut config.eval_samples, args.eval_samples);
     set(&mut config.quick_eval_every, args.quick_eval_every);
     set(&mut config.quick_eval_samples, args.quick_eval_samples);
+    set(&mut config.data.hard_negative_group, args.hard_negatives);
+    set(&mut config.data.colour_dropout, args.colour_dropout);
     if let Some(clip) = args.grad_clip {
         // Exactly 0 turns clipping off; anything else must be a valid norm (checked by validate).
         config.grad_clip_norm = (clip != 0.0).then_some(clip);

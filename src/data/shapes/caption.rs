@@ -1,7 +1,8 @@
 //! Captions from a grammar (reference section 6.2):
 //! `[det] [count] [size] colour [texture] shape[s] [position]`, and for two objects
-//! `A and B` or `A <relation> B`, inside a carrier template. Colour and shape are always
-//! said (every zero-shot and binding test needs them); each other slot is dropped with the
+//! `A and B` or `A <relation> B`, inside a carrier template. Shape is always said, and so is
+//! colour outside training (every zero-shot and binding test needs both); a training caption
+//! drops the colour with the colour-dropout probability, each other slot with the
 //! caption-dropout probability, so the model also learns from partial descriptions.
 
 use super::factors::{Background, Position, ShapeKind};
@@ -103,11 +104,15 @@ pub(crate) struct Grammar {
     pub counts: bool,
     /// Probability of keeping each optional slot.
     pub keep: f64,
+    /// Probability of keeping the colour; at 1 no draw is made for it, so captions without
+    /// colour dropout are the ones drawn before the knob existed.
+    pub keep_colour: f64,
 }
 
 /// Per noun phrase: which optional slots survive dropout, and "the" instead of "a".
 #[derive(Debug, Clone, Copy)]
 struct Slots {
+    colour: bool,
     count: bool,
     size: bool,
     texture: bool,
@@ -130,7 +135,9 @@ impl Choices {
         let mut slots = || {
             let mut keep = || rng.uniform() < grammar.keep;
             let (count, size, texture, position) = (keep(), keep(), keep(), keep());
-            Slots { count, size, texture, position, definite: rng.uniform() < DEFINITE_SHARE }
+            let definite = rng.uniform() < DEFINITE_SHARE;
+            let colour = grammar.keep_colour >= 1.0 || rng.uniform() < grammar.keep_colour;
+            Slots { colour, count, size, texture, position, definite }
         };
         let first = slots();
         Choices { carrier, phrases: [first, slots()] }
@@ -171,7 +178,9 @@ fn noun_phrase(object: &Object, count: usize, slots: &Slots, grammar: &Grammar, 
     if slots.size {
         words.push(object.size.word());
     }
-    words.push(object.colour.word());
+    if slots.colour {
+        words.push(object.colour.word());
+    }
     if grammar.textures && slots.texture {
         words.push(object.texture.word());
     }

@@ -64,7 +64,11 @@ struct Draft {
 impl Draft {
     fn new(cfg: &ShapesConfig, split: Split, index: u64) -> Draft {
         let mut rng = split::sample_rng(cfg.seed, split, index);
-        let scene = scene::draw(cfg, split, &mut rng);
+        let scene = if split == Split::Train && cfg.hard_negative_group > 1 {
+            scene::draw_grouped(cfg, &mut rng, index)
+        } else {
+            scene::draw(cfg, split, &mut rng)
+        };
         let grammar = Grammar {
             wording: if split == Split::UnseenTemplate { Wording::HeldOut } else { Wording::Train },
             textures: cfg.textures,
@@ -72,6 +76,7 @@ impl Draft {
             // Binding and relation captions name colour and shape only, so the swapped
             // caption differs from the true one in nothing but the swap.
             keep: if matches!(split, Split::Binding | Split::Relation) { 0.0 } else { 1.0 - cfg.caption_dropout },
+            keep_colour: if split == Split::Train { 1.0 - cfg.colour_dropout } else { 1.0 },
         };
         let choices = Choices::draw(&mut rng, &grammar);
         Draft { scene, grammar, choices, rng }

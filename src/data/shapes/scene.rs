@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::config::ShapesConfig;
 use super::factors::{Background, Colour, Position, Relation, ShapeKind, Size, Texture};
 use super::palette;
-use super::split::{HELD_OUT_COUNT, HELD_OUT_TEXTURES, Split, is_held_out, is_held_out_placement, is_held_out_texture};
+use super::split::{
+    HELD_IN_SHAPES_PER_COLOUR, HELD_OUT_COUNT, HELD_OUT_TEXTURES, Split, group_rng, is_held_out, is_held_out_placement,
+    is_held_out_texture,
+};
 use crate::tensor::Rng;
 
 /// One drawn object.
@@ -118,6 +121,36 @@ pub(crate) fn draw(cfg: &ShapesConfig, split: Split, rng: &mut Rng) -> Scene {
         }
         Split::Extrapolate => extrapolate(cfg, rng),
     };
+    finish_scene(rng, objects, layout)
+}
+
+/// Training sample `index` under `cfg.hard_negative_group` = k > 1: one object whose colour,
+/// size and position are those of its group (indices `k * g .. k * g + k`), and whose shape
+/// is the `index % k`-th of the group's shuffle of the colour's held-in shapes, so no two
+/// members share a shape. Rotation, jitter, background and caption stay per sample.
+pub(crate) fn draw_grouped(cfg: &ShapesConfig, rng: &mut Rng, index: u64) -> Scene {
+    // Clamped so that an unvalidated config still never panics.
+    let k = cfg.hard_negative_group.clamp(1, HELD_IN_SHAPES_PER_COLOUR) as u64;
+    let member = (index % k) as usize;
+    let mut group = group_rng(cfg.seed, index / k);
+    let colour = pick(&mut group, Colour::ALL, |_| true);
+    let position = pick(&mut group, Position::ALL, |_| true);
+    let size = pick(&mut group, Size::ALL, |s| !is_held_out_placement(s, position));
+    // A partial Fisher-Yates shuffle drawn last: every member makes the same first swaps, so
+    // the members agree on the permutation's prefix.
+    let mut shapes: Vec<ShapeKind> =
+        ShapeKind::ALL.iter().copied().filter(|s| !is_held_out(colour.index(), s.index())).collect();
+    for i in 0..=member {
+        let j = i + group.below(shapes.len() - i);
+        shapes.swap(i, j);
+    }
+    let look = look(cfg, rng, (colour, shapes[member]), None);
+    let objects = vec![in_cell(cfg, rng, look, position, Some(size))];
+    finish_scene(rng, objects, Layout::Copies { count: 1 })
+}
+
+/// The scene of `objects` on a background drawn so that no object vanishes into it.
+fn finish_scene(rng: &mut Rng, objects: Vec<Object>, layout: Layout) -> Scene {
     let background = pick(rng, Background::ALL, |b| {
         objects
             .iter()

@@ -74,10 +74,19 @@ pub(crate) fn sample_rng(seed: u64, split: Split, index: u64) -> Rng {
     Rng::new(key ^ stream)
 }
 
+/// The random stream of hard-negative group `group` of the training split (what the group's
+/// samples share), apart from every sample stream: the key is salted.
+pub(crate) fn group_rng(seed: u64, group: u64) -> Rng {
+    const GROUP_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+    sample_rng(seed ^ GROUP_SALT, Split::Train, group)
+}
+
 /// `(shape - colour) mod 8` of the held-out colour-shape pairs. Two offsets make a balanced
 /// pattern: each colour misses exactly two shapes and each shape exactly two colours, and
 /// offsets 2 and 5 keep the pairs off the diagonal so no colour loses "its" first shape.
 const HELD_OUT_OFFSETS: [usize; 2] = [2, 5];
+/// Shapes a colour is seen with in training.
+pub(crate) const HELD_IN_SHAPES_PER_COLOUR: usize = 8 - HELD_OUT_OFFSETS.len();
 
 /// Whether a colour-shape pair (class indices) is one of the 16 never seen in training.
 /// Out-of-range indices are not held out.
