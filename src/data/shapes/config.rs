@@ -147,7 +147,7 @@ impl ShapesConfig {
             ("size_jitter", self.size_jitter),
             ("noise", self.noise),
             ("caption_dropout", self.caption_dropout),
-            ("colour_dropout", self.colour_dropout),
+            ("colour_dropout (msclip train --colour-dropout)", self.colour_dropout),
         ];
         for (name, value) in unit {
             if !(0.0..=1.0).contains(&value) {
@@ -165,7 +165,7 @@ impl ShapesConfig {
         }
         if !(1..=HELD_IN_SHAPES_PER_COLOUR).contains(&self.hard_negative_group) {
             return Err(Error::config(format!(
-                "shapes hard_negative_group must be 1 (off) to {HELD_IN_SHAPES_PER_COLOUR}, got {}",
+                "shapes hard_negative_group (msclip train --hard-negatives) must be 1 (off) to {HELD_IN_SHAPES_PER_COLOUR}, got {}",
                 self.hard_negative_group
             )));
         }
