@@ -7,6 +7,7 @@
 use super::config::{ModelConfig, Sharing};
 use super::convnet::Mode;
 use super::packing::CaptionPacking;
+use super::transformer::Pooled;
 use super::vision::BranchProgress;
 use super::{Buffers, ClipModel};
 use crate::backend::AttnMask;
@@ -104,8 +105,17 @@ fn joint_pooled_rows(img: ImageRows, captions: &CaptionPacking) -> Table {
     })
 }
 
+/// The towers' outputs as their heads read them.
+enum PooledRows {
+    /// The images' CLS rows, then the captions' pooled rows: [batch + captions, width].
+    Joint(Tensor),
+    /// The images' CLS rows [batch, width] and the captions' pooled rows [captions, width].
+    Apart(Tensor, Tensor),
+}
+
 /// Image and text features ([batch, embed_dim] each, L2-normalised) with the layers in step and
-/// every modality-shared layer fused.
+/// every modality-shared layer fused. When both towers end at the same layer, that layer
+/// computes only the rows the heads read ([`Pooled`]).
 pub(super) fn encode_fused(
     model: &ClipModel,
     p: &ParamStore,
@@ -118,18 +128,34 @@ pub(super) fn encode_fused(
     let image = vision.embed(p, bufs, images, mode)?;
     let img = ImageRows { batch: image.dims()[0], tokens: image.dims()[1], width: image.dims()[2] };
     let (text_mask, joint_mask) = (captions.mask(), joint_mask(img, captions));
+    let pooled_joint_rows = joint_pooled_rows(img, captions);
     let mut branch = BranchProgress::start(images);
     let mut rows = Rows::Apart { image, text: text.embed(p, captions)? };
     let layers = vision.blocks.iter().map(|(layer, _)| layer + 1).max().unwrap_or(0).max(text.blocks.len());
+    let last_blocks = layers.checked_sub(1).and_then(|last| Some((vision.block_at(last)?, text.blocks.get(last)?)));
     for layer in 0..layers {
         let (image_block, text_block) = (vision.block_at(layer), text.blocks.get(layer));
         while vision.lateral_before(&branch, layer) {
             let (image, text) = rows.apart(img)?;
             rows = Rows::Apart { image: vision.fuse_branch(&mut branch, p, bufs, &image, mode)?, text };
         }
+        if let (Some((i, t)), true) = (last_blocks, layer + 1 == layers) {
+            let pooled = if i.shares_weights_with(t) {
+                let pooled = Pooled::Rows { rows: &pooled_joint_rows, split: img.batch };
+                PooledRows::Joint(i.forward_fused(t, p, &rows.joint(img)?, img.rows(), &joint_mask, Some(pooled))?)
+            } else {
+                let (image, text_rows) = rows.apart(img)?;
+                let text_pooled = Pooled::Rows { rows: &captions.pooled_rows, split: 0 };
+                PooledRows::Apart(
+                    i.forward_pooled(p, &image, &AttnMask::none(), Pooled::FirstToken)?,
+                    t.forward_pooled(p, &text_rows, &text_mask, text_pooled)?,
+                )
+            };
+            return heads(model, p, pooled, img.batch);
+        }
         rows = match (image_block, text_block) {
             (Some(i), Some(t)) if i.shares_weights_with(t) => {
-                Rows::Joint(i.forward_fused(t, p, &rows.joint(img)?, img.rows(), &joint_mask)?)
+                Rows::Joint(i.forward_fused(t, p, &rows.joint(img)?, img.rows(), &joint_mask, None)?)
             }
             _ => {
                 let (mut image, mut text) = rows.apart(img)?;
@@ -143,22 +169,26 @@ pub(super) fn encode_fused(
             }
         };
     }
-    match rows {
-        Rows::Joint(x) => {
-            // One gather of the images' CLS rows and the captions' pooled rows.
-            let gathered = x.reshape([x.dims()[1], img.width])?.index_rows_by(&joint_pooled_rows(img, captions))?;
-            if vision.head == text.head {
-                // A single tower's one head, over both modalities' pooled rows at once.
-                return split_rows(&vision.head.forward(p, &gathered)?, img.batch);
-            }
-            let (image, text_pooled) = split_rows(&gathered, img.batch)?;
-            Ok((vision.head.forward(p, &image)?, text.head.forward(p, &text_pooled)?))
+    let pooled = match rows {
+        // One gather of the images' CLS rows and the captions' pooled rows.
+        Rows::Joint(x) => PooledRows::Joint(x.reshape([x.dims()[1], img.width])?.index_rows_by(&pooled_joint_rows)?),
+        Rows::Apart { image, text: packed } => {
+            PooledRows::Apart(vision.pool(&image)?, text.pool(&packed, &captions.pooled_rows)?)
         }
-        Rows::Apart { image, text: packed } => Ok((
-            vision.head.forward(p, &vision.pool(&image)?)?,
-            text.head.forward(p, &text.pool(&packed, &captions.pooled_rows)?)?,
-        )),
-    }
+    };
+    heads(model, p, pooled, img.batch)
+}
+
+/// Both towers' heads on their pooled rows (`images` of them image rows).
+fn heads(model: &ClipModel, p: &ParamStore, pooled: PooledRows, images: usize) -> Result<(Tensor, Tensor)> {
+    let (vision, text) = (&model.vision.head, &model.text.head);
+    let (image, text_pooled) = match pooled {
+        // A single tower's one head, over both modalities' pooled rows at once.
+        PooledRows::Joint(rows) if vision == text => return split_rows(&vision.forward(p, &rows)?, images),
+        PooledRows::Joint(rows) => split_rows(&rows, images)?,
+        PooledRows::Apart(image, text_pooled) => (image, text_pooled),
+    };
+    Ok((vision.forward(p, &image)?, text.forward(p, &text_pooled)?))
 }
 
 /// The first `first` rows of `x` [rows, d], and the rest.

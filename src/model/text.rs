@@ -4,7 +4,7 @@
 use super::builder::{Init, ModelSpec, Role};
 use super::config::{InitStyle, ModelConfig};
 use super::packing::{CaptionPacking, PackCapacity};
-use super::transformer::Block;
+use super::transformer::{Block, Pooled};
 use super::vision::Head;
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
@@ -58,8 +58,13 @@ impl TextTower {
     pub fn forward_packed(&self, p: &ParamStore, packing: &CaptionPacking) -> Result<Tensor> {
         let x = self.embed(p, packing)?;
         let mask = packing.mask();
-        let x = self.blocks.iter().try_fold(x, |x, block| block.forward(p, &x, &mask))?;
-        self.head.forward(p, &self.pool(&x, &packing.pooled_rows)?)
+        let Some((last, blocks)) = self.blocks.split_last() else {
+            return self.head.forward(p, &self.pool(&x, &packing.pooled_rows)?);
+        };
+        let x = blocks.iter().try_fold(x, |x, block| block.forward(p, &x, &mask))?;
+        // The last block computes only the pooled rows the head reads.
+        let pooled = Pooled::Rows { rows: &packing.pooled_rows, split: 0 };
+        self.head.forward(p, &last.forward_pooled(p, &x, &mask, pooled)?)
     }
 
     /// `tokens` packed for this tower (its context and vocabulary), padded to `capacity` if given.

@@ -5,7 +5,7 @@
 use super::builder::{Buffers, Init, ModelSpec, Role};
 use super::config::{InitStyle, ModelConfig, VisionStem};
 use super::convnet::{BranchGeometry, EarlyConvStem, Mode, ParallelBranchNet, map_to_tokens};
-use super::transformer::{Block, LayerNorm};
+use super::transformer::{Block, LayerNorm, Pooled};
 use crate::backend::{AttnMask, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
@@ -112,9 +112,13 @@ impl VisionTower {
     pub fn forward(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = self.embed(p, bufs, images, mode)?;
         let mut branch = BranchProgress::start(images);
-        for (layer, block) in &self.blocks {
+        for (i, (layer, block)) in self.blocks.iter().enumerate() {
             while self.lateral_before(&branch, *layer) {
                 x = self.fuse_branch(&mut branch, p, bufs, &x, mode)?;
+            }
+            if i + 1 == self.blocks.len() {
+                // The last block computes only the CLS rows the head reads.
+                return self.head.forward(p, &block.forward_pooled(p, &x, &AttnMask::none(), Pooled::FirstToken)?);
             }
             x = block.forward(p, &x, &AttnMask::none())?;
         }
