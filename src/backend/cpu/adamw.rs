@@ -14,7 +14,7 @@ use crate::tensor::{DType, Real, Tensor};
 /// tensor's update, or none when the norm is not finite. Returns the norm in the parameters'
 /// dtype (f32 when there are none).
 pub fn step_all(tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
-    let squares: f64 = tensors.iter().map(|t| t.grad.to_f64_vec().iter().map(|g| g * g).sum::<f64>()).sum();
+    let squares: f64 = tensors.iter().map(|t| sum_of_squares(t.grad)).sum();
     let norm = squares.sqrt();
     let dtype = tensors.first().map_or(DType::F32, |t| t.param.dtype());
     let norm_tensor = Tensor::from_f64(&[norm], [1], dtype)?;
@@ -34,6 +34,21 @@ pub fn step_all(tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor
     }
     Ok(norm_tensor)
 }
+
+/// The sum of a gradient's squares in f64, element by element in order (the same sum as over
+/// its f64 copy, without making one).
+fn sum_of_squares(grad: &Tensor) -> f64 {
+    let squares = |values: &mut dyn Iterator<Item = f64>| values.map(|g| g * g).sum::<f64>();
+    match (grad.cpu_slice::<f32>(), grad.cpu_slice::<f64>()) {
+        (Ok(g), _) => squares(&mut g.iter().map(|&g| f64::from(g))),
+        (_, Ok(g)) => squares(&mut g.iter().copied()),
+        _ => squares(&mut grad.to_f64_vec().into_iter()),
+    }
+}
+
+/// Elements per parallel task of the update: the model's many small tensors (biases,
+/// LayerNorms) run on one thread instead of being split into tasks smaller than their cost.
+const MIN_ELEMENTS_PER_TASK: usize = 1 << 14;
 
 /// Updates one tensor (its gradient times `grad_scale`), clamps it if asked, then writes its
 /// bf16 copy if it has one. A gradient of another dtype (bf16, from a bf16 compute copy) is
@@ -55,7 +70,8 @@ fn step<T: Real>(t: &mut AdamWTensor<'_>, hp: AdamWStep, grad_scale: f64) -> Res
     let ms = t.m.cpu_slice_mut::<T>()?;
     let vs = t.v.cpu_slice_mut::<T>()?;
     let ps = t.param.cpu_slice_mut::<T>()?;
-    ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(g.par_iter()).for_each(|(((p, m), v), &g)| {
+    let elements = ps.par_iter_mut().zip(ms.par_iter_mut()).zip(vs.par_iter_mut()).zip(g.par_iter());
+    elements.with_min_len(MIN_ELEMENTS_PER_TASK).for_each(|(((p, m), v), &g)| {
         let g = g * grad_scale;
         *m = b1 * *m + (T::one() - b1) * g;
         *v = b2 * *v + (T::one() - b2) * g * g;

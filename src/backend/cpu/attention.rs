@@ -105,8 +105,8 @@ fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T, lse: Option<T>)
     hidden.iter_mut().for_each(|p| *p = T::zero());
     seen.iter_mut().for_each(|x| *x *= scale);
     let lse = lse.unwrap_or_else(|| {
-        let max = seen.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-        max + seen.iter().fold(T::zero(), |sum, &x| sum + (x - max).fast_exp()).ln()
+        let max = lanes::max(seen);
+        max + lanes::lane_sum(seen, seen, |x, _| (x - max).fast_exp()).ln()
     });
     seen.iter_mut().for_each(|x| *x = (*x - lse).fast_exp());
     lse

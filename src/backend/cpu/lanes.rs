@@ -25,6 +25,23 @@ pub(super) fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
     acc.iter().fold(T::zero(), |s, &v| s + v)
 }
 
+/// The largest element of `a` (-inf when empty), by lanes like the sums: a fold of `max`
+/// is a dependent chain the compiler keeps scalar.
+pub(super) fn max<T: Real>(a: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(chunk[l]);
+        }
+    }
+    for (l, &x) in tail.iter().enumerate() {
+        acc[l] = acc[l].max(x);
+    }
+    acc.iter().fold(T::neg_infinity(), |m, &v| m.max(v))
+}
+
 /// The sum of `a`.
 pub(super) fn sum<T: Real>(a: &[T]) -> T {
     lane_sum(a, a, |x, _| x)
