@@ -171,7 +171,7 @@ pub(super) fn encode_fused(
     }
     let pooled = match rows {
         // One gather of the images' CLS rows and the captions' pooled rows.
-        Rows::Joint(x) => PooledRows::Joint(x.reshape([x.dims()[1], img.width])?.index_rows_by(&pooled_joint_rows)?),
+        Rows::Joint(x) => PooledRows::Joint(Pooled::Rows { rows: &pooled_joint_rows, split: img.batch }.select(&x)?),
         Rows::Apart { image, text: packed } => {
             PooledRows::Apart(vision.pool(&image)?, text.pool(&packed, &captions.pooled_rows)?)
         }

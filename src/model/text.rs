@@ -88,6 +88,6 @@ impl TextTower {
 
     /// The pooled token of each caption, [captions, width], from the blocks' packed output.
     pub fn pool(&self, x: &Tensor, pooled_rows: &Table) -> Result<Tensor> {
-        x.reshape([x.numel() / self.width, self.width])?.index_rows_by(pooled_rows)
+        Pooled::Rows { rows: pooled_rows, split: 0 }.select(x)
     }
 }

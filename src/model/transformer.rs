@@ -87,7 +87,7 @@ pub enum Pooled<'a> {
 
 impl Pooled<'_> {
     /// The kept rows of `x` ([batch, tokens, width] or [1, rows, width]) as [kept, width].
-    fn select(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn select(&self, x: &Tensor) -> Result<Tensor> {
         let width = x.dims()[x.dims().len() - 1];
         match self {
             Pooled::FirstToken => x.slice(1, 0, 1)?.reshape([x.dims()[0], width]),
@@ -166,10 +166,11 @@ impl AttnMlp {
     fn attention(&self, p: &ParamStore, h: &Tensor, mask: &AttnMask, pooled: Option<Pooled>) -> Result<Tensor> {
         let qkv = h.linear(p.get(self.in_proj_weight), Some(p.get(self.in_proj_bias)))?;
         let heads_out = ops::attention(&qkv, self.heads, mask)?;
-        match pooled {
-            Some(pooled) => self.out_proj.forward(p, &pooled.select(&heads_out)?),
-            None => self.out_proj.forward(p, &heads_out),
-        }
+        let heads_out = match pooled {
+            Some(pooled) => pooled.select(&heads_out)?,
+            None => heads_out,
+        };
+        self.out_proj.forward(p, &heads_out)
     }
 
     fn mlp(&self, p: &ParamStore, h: &Tensor) -> Result<Tensor> {

@@ -181,7 +181,7 @@ impl VisionTower {
 
     /// The CLS token of each image: [batch, width] from the trunk's [batch, tokens, width].
     pub fn pool(&self, x: &Tensor) -> Result<Tensor> {
-        x.slice(1, 0, 1)?.reshape([x.dims()[0], self.width])
+        Pooled::FirstToken.select(x)
     }
 }
 

@@ -38,11 +38,13 @@ pub fn step_all(tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor
 /// The sum of a gradient's squares in f64, element by element in order (the same sum as over
 /// its f64 copy, without making one).
 fn sum_of_squares(grad: &Tensor) -> f64 {
-    let squares = |values: &mut dyn Iterator<Item = f64>| values.map(|g| g * g).sum::<f64>();
+    fn squares(values: impl Iterator<Item = f64>) -> f64 {
+        values.map(|g| g * g).sum()
+    }
     match (grad.cpu_slice::<f32>(), grad.cpu_slice::<f64>()) {
-        (Ok(g), _) => squares(&mut g.iter().map(|&g| f64::from(g))),
-        (_, Ok(g)) => squares(&mut g.iter().copied()),
-        _ => squares(&mut grad.to_f64_vec().into_iter()),
+        (Ok(g), _) => squares(g.iter().map(|&g| f64::from(g))),
+        (_, Ok(g)) => squares(g.iter().copied()),
+        _ => squares(grad.to_f64_vec().into_iter()),
     }
 }
 
