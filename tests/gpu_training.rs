@@ -70,10 +70,14 @@ struct Tracking {
 
 /// fp32: exact arithmetic on both sides (a step's gradients agree to 5e-5, tests/gpu_model.rs),
 /// so what separates the curves is the run amplifying rounding differences about tenfold every
-/// six steps. Measured on the emulator (2026-11-25): at most 1.6e-5 over steps 1-10, 7.4e-4 over
-/// 11-25, 10-step means within 3.0%. For scale, the CPU against itself with only its batchnorm
-/// sums accumulated in f64: 1.9e-5, 3.3e-4 and 0.4%, and single late steps up to 4%.
-const FP32: Tracking = Tracking { early: &[(10, 1e-4), (25, 1e-3)], window_rtol: 0.08 };
+/// five to six steps once the warm-up ends: where they start decides where they cross a fixed
+/// bound. Measured on the emulator: 2026-11-25, at most 1.6e-5 over steps 1-10 and 7.4e-4 over
+/// 11-25; 2026-12-05 (the CPU's softmax sums by lanes and its last block over the pooled rows
+/// only, so other rounding), 2.6e-7 over steps 1-9, then 2.4e-6 at step 10, 3.5e-4 at step 23
+/// and 1.0e-3 at 24-25. Hence 1e-3 to step 20 and 3e-3 (three steps of that growth) to 25;
+/// 10-step means within 3.0% and 3.3%. For scale, the CPU against itself with only its
+/// batchnorm sums accumulated in f64: 1.9e-5, 3.3e-4 and 0.4%, and single late steps up to 4%.
+const FP32: Tracking = Tracking { early: &[(10, 1e-4), (20, 1e-3), (25, 3e-3)], window_rtol: 0.08 };
 /// bf16 weights and activations: measured at most 3.1e-3 over steps 1-25, 10-step means within
 /// 4.6% (2026-11-25).
 const BF16: Tracking = Tracking { early: &[(25, 1e-2)], window_rtol: 0.15 };
