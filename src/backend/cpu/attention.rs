@@ -3,14 +3,17 @@
 //! The reference keeps the flash-attention contract: forward saves only the per-query
 //! log-sum-exp, backward recomputes the probabilities from it. Each sequence is an independent
 //! task that owns its tokens' rows of the output (sequences cover the tokens in order), so it
-//! writes its results in place; inside, each head works on contiguous copies of its q, k, v
-//! rows. A sequence is a batch row, or one of the sequences packed into row 0
+//! writes its results in place; inside, each head's products read its q, k, v columns of the
+//! packed rows in place and write its output (or gradient) columns in place, by strides, with
+//! no gathered copies. A sequence is a batch row, or one of the sequences packed into row 0
 //! ([`AttnMask::sequence_offsets`]). Both masks leave every query
 //! a prefix of visible keys of its sequence ([`AttnMask::visible_keys`]).
 //!
 //! Inside a task the products are GEMMs on the task's [n, n] score matrix (the `gemm` crate,
 //! single-threaded: the tasks are the parallelism), with the softmax and its gradient applied
-//! row by row between them; masked scores are zero probabilities. Dot products written as
+//! row by row between them; masked scores are zero probabilities. The forward softmax takes one
+//! exponential per score (normalised by the reciprocal of the sum), the backward one per score
+//! from the saved log-sum-exp. Dot products written as
 //! loops could not be vectorised (a float sum's order is fixed), which made this op most of
 //! the CPU step's attention time (docs/benchmarks.md).
 
@@ -18,7 +21,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::lanes;
-use super::matmul::gemm_into;
+use super::matmul::{GemmSpec, Strided, gemm_strided};
 use crate::backend::{AttnMask, AttnSequence};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
@@ -61,16 +64,6 @@ impl Geometry {
         (seq.row * self.heads + h) * self.len + seq.start + t
     }
 
-    /// The [n, head_dim] rows of one head of sequence `s` (n tokens) of `src`, made contiguous.
-    fn gather<T: Real>(&self, s: usize, src: &[T], offset: impl Fn(usize) -> usize) -> Vec<T> {
-        let n = self.sequences[s].len;
-        let mut rows = Vec::with_capacity(n * self.head_dim);
-        for t in 0..n {
-            rows.extend_from_slice(&src[offset(t)..][..self.head_dim]);
-        }
-        rows
-    }
-
     /// `buf` ([tokens, row_len]) cut into each sequence's rows, in sequence order.
     fn split_by_sequence<'a, T>(&self, mut buf: &'a mut [T], row_len: usize) -> Vec<&'a mut [T]> {
         let mut blocks = Vec::with_capacity(self.sequences.len());
@@ -81,35 +74,61 @@ impl Geometry {
         }
         blocks
     }
-}
 
-/// Writes contiguous [n, head_dim] rows into a sequence's block of rows of `row_len`, at
-/// column `column` of each.
-fn put_rows<T: Real>(rows: &[T], head_dim: usize, block: &mut [T], row_len: usize, column: usize) {
-    for (src, dst) in rows.chunks_exact(head_dim).zip(block.chunks_exact_mut(row_len)) {
-        dst[column..][..head_dim].copy_from_slice(src);
+    /// Head `h` of block `which` (0 q, 1 k, 2 v) of sequence `s` in packed qkv, read in place:
+    /// its n rows of head_dim, 3 * width apart.
+    fn qkv_head<'a, T>(&self, qkv: &'a [T], s: usize, which: usize, h: usize) -> Strided<&'a [T]> {
+        Strided { data: &qkv[self.qkv_at(s, 0, which, h)..], row_stride: 3 * self.width }
+    }
+
+    /// Head `h` of sequence `s` in a [batch, len, width] tensor (the output or its gradient).
+    fn out_head<'a, T>(&self, out: &'a [T], s: usize, h: usize) -> Strided<&'a [T]> {
+        Strided { data: &out[self.out_at(s, 0, h)..], row_stride: self.width }
     }
 }
 
-/// `dst = a b` (or `a^T b`, `a b^T` by the flags) for row-major [m, k] x [k, n] operands, on
-/// this thread.
-fn product<T: Real>(dst: &mut [T], a: &[T], b: &[T], mnk: (usize, usize, usize), trans_a: bool, trans_b: bool) {
-    gemm_into(dst, a, b, mnk, trans_a, trans_b, false, Parallelism::None);
+/// A contiguous [rows, n] matrix (scores, probabilities) as a GEMM operand.
+fn square<T>(data: &[T], n: usize) -> Strided<&[T]> {
+    Strided { data, row_stride: n }
 }
 
-/// Row `i`'s probabilities over its visible keys, in place of its scaled scores: the softmax
-/// with `lse` given (backward) or found and returned (forward, `lse` None); keys past
-/// `visible` get zero.
-fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T, lse: Option<T>) -> T {
+/// A GEMM destination in place: rows of `row_stride` in `data`, from column `start` on.
+fn columns<T>(data: &mut [T], start: usize, row_stride: usize) -> Strided<&mut [T]> {
+    Strided { data: &mut data[start..], row_stride }
+}
+
+/// `dst = a b` (or `a^T b`, `a b^T` by the flags) for [m, k] x [k, n] operands, on this thread.
+fn product<T: Real>(
+    dst: Strided<&mut [T]>,
+    a: Strided<&[T]>,
+    b: Strided<&[T]>,
+    mnk: (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+) {
+    gemm_strided(dst, a, b, GemmSpec { mnk, trans_a, trans_b, accumulate: false, par: Parallelism::None });
+}
+
+/// Row `i`'s probabilities over its visible keys, in place of its raw scores; keys past
+/// `visible` get zero. Returns the log-sum-exp of the scaled scores (forward).
+fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T) -> T {
     let (seen, hidden) = row.split_at_mut(visible);
     hidden.iter_mut().for_each(|p| *p = T::zero());
     seen.iter_mut().for_each(|x| *x *= scale);
-    let lse = lse.unwrap_or_else(|| {
-        let max = lanes::max(seen);
-        max + lanes::lane_sum(seen, seen, |x, _| (x - max).fast_exp()).ln()
-    });
-    seen.iter_mut().for_each(|x| *x = (*x - lse).fast_exp());
-    lse
+    let max = lanes::max(seen);
+    seen.iter_mut().for_each(|x| *x = (*x - max).fast_exp());
+    let sum = lanes::sum(seen);
+    let inverse = T::one() / sum;
+    seen.iter_mut().for_each(|x| *x *= inverse);
+    max + sum.ln()
+}
+
+/// Row `i`'s probabilities again from the forward's log-sum-exp (backward), in place of its
+/// raw scores; keys past `visible` get zero.
+fn probabilities_from_lse<T: Real>(row: &mut [T], visible: usize, scale: T, lse: T) {
+    let (seen, hidden) = row.split_at_mut(visible);
+    hidden.iter_mut().for_each(|p| *p = T::zero());
+    seen.iter_mut().for_each(|x| *x = (*x * scale - lse).fast_exp());
 }
 
 pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
@@ -126,24 +145,25 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
         .enumerate()
         .map(|(s, out_block)| {
             let n = g.sequences[s].len;
+            if n == 0 {
+                return Vec::new();
+            }
+            let mut p = vec![T::zero(); n * n];
             (0..g.heads)
                 .map(|h| {
-                    let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
-                    // P = softmax(q k^T * scale) under the mask, then out = P v.
-                    let mut p = vec![T::zero(); n * n];
-                    product(&mut p, &q, &k, (n, n, dh), false, true);
+                    let [q, k, v] = [0, 1, 2].map(|which| g.qkv_head(xs, s, which, h));
+                    // P = softmax(q k^T * scale) under the mask, then out = P v, written in place.
+                    product(columns(&mut p, 0, n), q, k, (n, n, dh), false, true);
                     let mut lse = vec![T::neg_infinity(); n];
-                    for (i, row) in p.chunks_mut(n.max(1)).enumerate() {
+                    for (i, row) in p.chunks_mut(n).enumerate() {
                         let visible = mask.visible_keys(s, i, n);
                         if visible == 0 {
                             row.iter_mut().for_each(|x| *x = T::zero()); // zero output, lse stays -inf
                             continue;
                         }
-                        lse[i] = softmax_row(row, visible, scale, None);
+                        lse[i] = softmax_row(row, visible, scale);
                     }
-                    let mut o = vec![T::zero(); n * dh];
-                    product(&mut o, &p, &v, (n, dh, n), false, false);
-                    put_rows(&o, dh, out_block, g.width, h * dh);
+                    product(columns(out_block, h * dh, g.width), square(&p, n), v, (n, dh, n), false, false);
                     lse
                 })
                 .collect()
@@ -176,36 +196,34 @@ pub fn backward<T: Real>(
     let mut dqkv = vec![T::zero(); xs.len()];
     g.split_by_sequence(&mut dqkv, 3 * g.width).into_par_iter().enumerate().for_each(|(s, dqkv_block)| {
         let n = g.sequences[s].len;
+        if n == 0 {
+            return;
+        }
+        let (mut p, mut ds) = (vec![T::zero(); n * n], vec![T::zero(); n * n]);
         for h in 0..g.heads {
-            let [q, k, v] = [0, 1, 2].map(|which| g.gather(s, xs, |t| g.qkv_at(s, t, which, h)));
-            let o = g.gather(s, os, |t| g.out_at(s, t, h));
-            let d_out = g.gather(s, dos, |t| g.out_at(s, t, h));
+            let [q, k, v] = [0, 1, 2].map(|which| g.qkv_head(xs, s, which, h));
+            let d_out = g.out_head(dos, s, h);
             // P again, from the saved log-sum-exp (rows with none visible stay zero).
-            let mut p = vec![T::zero(); n * n];
-            product(&mut p, &q, &k, (n, n, dh), false, true);
-            for (i, row) in p.chunks_mut(n.max(1)).enumerate() {
+            product(columns(&mut p, 0, n), q, k, (n, n, dh), false, true);
+            for (i, row) in p.chunks_mut(n).enumerate() {
                 let lse_i = ls[g.lse_at(s, i, h)];
                 if lse_i == T::neg_infinity() {
                     row.iter_mut().for_each(|x| *x = T::zero());
                 } else {
-                    softmax_row(row, mask.visible_keys(s, i, n), scale, Some(lse_i));
+                    probabilities_from_lse(row, mask.visible_keys(s, i, n), scale, lse_i);
                 }
             }
             // dv = P^T dO; dP = dO v^T; dS = P * (dP - D_i) * scale with D_i = <dO_i, O_i>;
-            // dq = dS k; dk = dS^T q.
-            let [mut dq, mut dk, mut dv] = [0, 1, 2].map(|_| vec![T::zero(); n * dh]);
-            product(&mut dv, &p, &d_out, (n, dh, n), true, false);
-            let mut ds = vec![T::zero(); n * n];
-            product(&mut ds, &d_out, &v, (n, n, dh), false, true);
-            for (i, (ds_row, p_row)) in ds.chunks_mut(n.max(1)).zip(p.chunks(n.max(1))).enumerate() {
-                let delta = lanes::dot(&d_out[i * dh..][..dh], &o[i * dh..][..dh]);
+            // dq = dS k; dk = dS^T q. The gradients are written in place into dqkv's rows.
+            let column = |which: usize| which * g.width + h * dh;
+            product(columns(dqkv_block, column(2), 3 * g.width), square(&p, n), d_out, (n, dh, n), true, false);
+            product(columns(&mut ds, 0, n), d_out, v, (n, n, dh), false, true);
+            for (i, (ds_row, p_row)) in ds.chunks_mut(n).zip(p.chunks(n)).enumerate() {
+                let delta = lanes::dot(&dos[g.out_at(s, i, h)..][..dh], &os[g.out_at(s, i, h)..][..dh]);
                 ds_row.iter_mut().zip(p_row).for_each(|(d, &p)| *d = p * (*d - delta) * scale);
             }
-            product(&mut dq, &ds, &k, (n, dh, n), false, false);
-            product(&mut dk, &ds, &q, (n, dh, n), true, false);
-            for (which, grad) in [dq, dk, dv].iter().enumerate() {
-                put_rows(grad, dh, dqkv_block, 3 * g.width, which * g.width + h * dh);
-            }
+            product(columns(dqkv_block, column(0), 3 * g.width), square(&ds, n), k, (n, dh, n), false, false);
+            product(columns(dqkv_block, column(1), 3 * g.width), square(&ds, n), q, (n, dh, n), true, false);
         }
     });
     Tensor::from_vec(dqkv, qkv.dims().to_vec())
