@@ -8,6 +8,15 @@ use msclip::model::Buffers;
 use msclip::nn::ParamStore;
 use msclip::{DType, Result, Rng, Tensor};
 
+/// The shapes-world recipe the training tests' bounds were measured with: captions that always
+/// name the colour and scenes not grouped. The default's colour dropout and hard-negative
+/// groups (since 2026-12-05) keep a small batch near ln(batch) for longer; these tests are
+/// about the training loop, not the recipe.
+pub fn plain_recipe(config: &mut msclip::train::TrainConfig) {
+    config.data.colour_dropout = 0.0;
+    config.data.hard_negative_group = 1;
+}
+
 /// A seeded N(0, 1) f64 tensor.
 pub fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
     rng.normal_tensor(shape.to_vec(), 1.0, DType::F64)

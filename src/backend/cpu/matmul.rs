@@ -83,8 +83,13 @@ pub(crate) struct Strided<S> {
 impl<'a, T> Strided<&'a [T]> {
     /// A contiguous operand: `rows x cols` as stored, or `cols x rows` stored when `transposed`.
     fn packed(data: &'a [T], rows: usize, cols: usize, transposed: bool) -> Self {
-        Strided { data, row_stride: if transposed { rows } else { cols } }
+        Strided { data, row_stride: stored_shape(rows, cols, transposed).1 }
     }
+}
+
+/// (rows, columns) as stored of a `rows x cols` operand, stored transposed when `transposed`.
+fn stored_shape(rows: usize, cols: usize, transposed: bool) -> (usize, usize) {
+    if transposed { (cols, rows) } else { (rows, cols) }
 }
 
 /// Elements a strided operand spans: `rows` stored rows of `cols` columns each.
@@ -96,9 +101,8 @@ fn span(rows: usize, cols: usize, row_stride: usize) -> usize {
 /// (m x k, or k x m rows when `trans_a`) and `b` stores op(b) likewise.
 pub(crate) fn gemm_strided<T: Real>(dst: Strided<&mut [T]>, a: Strided<&[T]>, b: Strided<&[T]>, spec: GemmSpec) {
     let GemmSpec { mnk: (m, n, k), trans_a, trans_b, .. } = spec;
-    let stored = |rows: usize, cols: usize, transposed: bool| if transposed { (cols, rows) } else { (rows, cols) };
-    let (a_rows, a_cols) = stored(m, k, trans_a);
-    let (b_rows, b_cols) = stored(k, n, trans_b);
+    let (a_rows, a_cols) = stored_shape(m, k, trans_a);
+    let (b_rows, b_cols) = stored_shape(k, n, trans_b);
     assert!(dst.data.len() >= span(m, n, dst.row_stride), "gemm: destination too short");
     assert!(a.data.len() >= span(a_rows, a_cols, a.row_stride), "gemm: lhs too short");
     assert!(b.data.len() >= span(b_rows, b_cols, b.row_stride), "gemm: rhs too short");
