@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use msclip::backend::gpu::buffer::{Scratch, measure_allocations};
 use msclip::backend::gpu::{AttnTiles, GpuBackend};
-use msclip::backend::{self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, Conv2dGeometry, LnAffine, UnaryOp};
+use msclip::backend::{
+    self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, Conv2dGeometry, InfoNceShard, LnAffine, UnaryOp,
+};
 use msclip::{DType, Device, Rng, Tensor};
 use serde_json::json;
 
@@ -473,13 +475,14 @@ fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
             false => vec![("mma.sync", gpu)],
         };
         for (engine, be) in engines {
-            let (out, peak) = measure_allocations(|| be.infonce(&img, &txt, &scale, None).unwrap());
+            let (out, peak) =
+                measure_allocations(|| be.infonce(InfoNceShard::whole(&img, &txt, &scale, None)).unwrap());
             let fwd = time(device, reps, || {
-                be.infonce(&img, &txt, &scale, None).unwrap();
+                be.infonce(InfoNceShard::whole(&img, &txt, &scale, None)).unwrap();
             });
             let both = time(device, reps, || {
-                let out = be.infonce(&img, &txt, &scale, None).unwrap();
-                be.infonce_backward(&img, &txt, &scale, &out, &dloss, None).unwrap();
+                let out = be.infonce(InfoNceShard::whole(&img, &txt, &scale, None)).unwrap();
+                be.infonce_backward(InfoNceShard::whole(&img, &txt, &scale, None), &out, &dloss).unwrap();
             });
             drop(out);
             let shape = format!("N{n} D{d} bf16 {engine}");

@@ -1,8 +1,12 @@
-// Symmetric InfoNCE (CLIP's contrastive loss), forward and backward, without the N x N logits
-// (DESIGN 3, the Inf-CL idea), for the whole batch or one data-parallel rank's share of it.
+// InfoNCE with weighted directions (CLIP's symmetric contrastive loss, OneR's one-directional
+// contrasts), forward and backward, without the N x N logits (DESIGN 3, the Inf-CL idea), for the
+// whole batch or one data-parallel rank's share of it.
 //
 // Over a global batch of n pairs the logits are z[i][j] = t <img_i, txt_j>, t = min(exp(logit_scale),
-// max_scale), and the loss is (sum_i row_lse_i + sum_j col_lse_j - 2 sum_i z_ii) / (2n).
+// max_scale), and the loss is (w_rows sum_i (row_lse_i - z_ii) + w_cols sum_j (col_lse_j - z_jj)) / n:
+// CLIP's is w_rows = w_cols = 1/2, NCE(img, txt) alone w_rows = 1, w_cols = 0. ("img" and "txt" are
+// any two sets of n features, the row and the column set.) The weights only enter the final sums and
+// dz; both directions' log-sum-exps are always computed.
 //
 // Sharding. A rank owns the image rows offset .. offset + n_local - 1 (`img` is that [n_local, d]
 // block) and sees all n texts (`txt` is [n, d], all-gathered); the whole batch is the one rank with
@@ -32,8 +36,8 @@
 //
 // - forward (4 warps of 16 rows): online max / sum of exp over the other rows gives each own row's
 //   lse; the row direction also sums -2 z_ii over its positive pairs into one partial per block.
-// - backward (8 warps): dz = g (exp(z - lse_own) + exp(z - lse_other) - 2 [positive pair]),
-//   g = dloss / (2n), and d own = t dz other. A block accumulates d own for its 64 rows and a group
+// - backward (8 warps): dz = g (w_own exp(z - lse_own) + w_other exp(z - lse_other)
+//   - (w_rows + w_cols) [positive pair]), g = dloss / n, and d own = t dz other. A block accumulates d own for its 64 rows and a group
 //   of up to 512 feature columns in registers, so each tile of z is computed once per direction and
 //   group, i.e. once for d <= 512. Warp (r, h) computes z for own rows 16r.. against other rows
 //   32h.., dz is exchanged through shared memory, and the same warp accumulates d own for rows 16r..
@@ -243,8 +247,8 @@ __device__ __forceinline__ void store_pair(float* at, float a, float b) {
 // tile. The row-direction blocks of the first group write dscale_partials[x] = their sum of dz * z.
 template <typename Tiles, typename T = typename Tiles::T>
 __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,
-                                 const float* row_lse, const float* col_lse, Shard shard, int d, T* dimg, T* dtxt,
-                                 float* dimg_parts, float* dscale_partials) {
+                                 const float* row_lse, const float* col_lse, float w_rows, float w_cols, Shard shard,
+                                 int d, T* dimg, T* dtxt, float* dimg_parts, float* dscale_partials) {
     using Dz = typename Tiles::Pad;
     static_assert(ROWS * STAGE_STRIDE * sizeof(float) <= 3 * Dz::ELEMENTS * sizeof(T),
                   "the output staging fits over the smallest shared memory");
@@ -265,7 +269,9 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     const int own_row = (p.warp % 4) * WARP_ROWS, other_row = (p.warp / 4) * HALF_COLS;
     const Temperature temp = temperature(logit_scale, max_scale);
     const float t = temp.value;
-    const float g = to_float(dloss[0]) / (2.0f * static_cast<float>(shard.n));
+    const float g = to_float(dloss[0]) / static_cast<float>(shard.n);
+    const float w_own = by_column ? w_cols : w_rows, w_other = by_column ? w_rows : w_cols;
+    const float w_positive = w_rows + w_cols;
     float own_lse2[2];
     for (int half = 0; half < 2; ++half) {
         const int row = side.r0 + own_row + p.g + 8 * half;
@@ -285,8 +291,9 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
                 float dz = 0.0f;
                 if (row < side.own_count && col < side.other_count) {
                     const float logit = z[j][i] * t, logit2 = logit * LOG2E;
-                    const float target = side.positive(row, col) ? 2.0f : 0.0f;
-                    dz = g * (exp2f(logit2 - own_lse2[i / 2]) + exp2f(logit2 - other_lse[col] * LOG2E) - target);
+                    const float target = side.positive(row, col) ? w_positive : 0.0f;
+                    dz = g * (w_own * exp2f(logit2 - own_lse2[i / 2]) +
+                              w_other * exp2f(logit2 - other_lse[col] * LOG2E) - target);
                     dscale = fmaf(dz, logit, dscale);
                 }
                 z[j][i] = dz;
@@ -324,15 +331,15 @@ __device__ void infonce_backward(const T* img, const T* txt, const T* logit_scal
     }
 }
 
-// One block: out[0] = factor * the sum of a[0 .. a_count), b[0 .. b_count) and c[0 .. c_count), in a
-// fixed order.
+// One block: out[0] = factor * the sum of wa a[0 .. a_count), wb b[0 .. b_count) and
+// wc c[0 .. c_count), in a fixed order.
 template <typename T>
-__device__ void infonce_reduce(const float* a, int a_count, const float* b, int b_count, const float* c, int c_count,
-                               float factor, T* out) {
+__device__ void infonce_reduce(const float* a, int a_count, float wa, const float* b, int b_count, float wb,
+                               const float* c, int c_count, float wc, float factor, T* out) {
     float acc = 0.0f;
-    for (int i = threadIdx.x; i < a_count; i += blockDim.x) acc += a[i];
-    for (int i = threadIdx.x; i < b_count; i += blockDim.x) acc += b[i];
-    for (int i = threadIdx.x; i < c_count; i += blockDim.x) acc += c[i];
+    for (int i = threadIdx.x; i < a_count; i += blockDim.x) acc += wa * a[i];
+    for (int i = threadIdx.x; i < b_count; i += blockDim.x) acc += wb * b[i];
+    for (int i = threadIdx.x; i < c_count; i += blockDim.x) acc += wc * c[i];
     const float total = block_sum(acc);
     if (threadIdx.x == 0) out[0] = from_float<T>(total * factor);
 }
@@ -361,9 +368,10 @@ __device__ void infonce_sum_splits(const float* parts, int splits, int count, T*
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(BWD_THREADS)                                                          \
         infonce_bwd_##NAME(const T* img, const T* txt, const T* logit_scale, float max_scale, const T* dloss,          \
-                           const float* row_lse, const float* col_lse, int n_local, int n, int offset, int row_splits, \
-                           int d, T* dimg, T* dtxt, float* dimg_parts, float* dscale_partials) {                       \
-        infonce_backward<TILES>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse,                             \
+                           const float* row_lse, const float* col_lse, float w_rows, float w_cols, int n_local, int n, \
+                           int offset, int row_splits, int d, T* dimg, T* dtxt, float* dimg_parts,                     \
+                           float* dscale_partials) {                                                                   \
+        infonce_backward<TILES>(img, txt, logit_scale, max_scale, dloss, row_lse, col_lse, w_rows, w_cols,             \
                                 Shard{n_local, n, offset, row_splits}, d, dimg, dtxt, dimg_parts, dscale_partials);    \
     }
 
@@ -372,13 +380,15 @@ INFONCE_KERNELS(bf16, MmaBf16, bf16)
 INFONCE_KERNELS(wgmma_bf16, WgmmaBf16, bf16)
 
 // One block of 256 threads.
-extern "C" __global__ void infonce_reduce_f32(const float* a, int a_count, const float* b, int b_count, const float* c,
-                                              int c_count, float factor, float* out) {
-    infonce_reduce<float>(a, a_count, b, b_count, c, c_count, factor, out);
+extern "C" __global__ void infonce_reduce_f32(const float* a, int a_count, float wa, const float* b, int b_count,
+                                              float wb, const float* c, int c_count, float wc, float factor,
+                                              float* out) {
+    infonce_reduce<float>(a, a_count, wa, b, b_count, wb, c, c_count, wc, factor, out);
 }
-extern "C" __global__ void infonce_reduce_bf16(const float* a, int a_count, const float* b, int b_count,
-                                               const float* c, int c_count, float factor, bf16* out) {
-    infonce_reduce<bf16>(a, a_count, b, b_count, c, c_count, factor, out);
+extern "C" __global__ void infonce_reduce_bf16(const float* a, int a_count, float wa, const float* b, int b_count,
+                                               float wb, const float* c, int c_count, float wc, float factor,
+                                               bf16* out) {
+    infonce_reduce<bf16>(a, a_count, wa, b, b_count, wb, c, c_count, wc, factor, out);
 }
 // One thread per element.
 extern "C" __global__ void infonce_sum_splits_f32(const float* parts, int splits, int count, float* out) {

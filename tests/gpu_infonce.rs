@@ -17,7 +17,7 @@ mod common;
 use common::assert_close;
 use common::gpu::{gpu_devices, on, plain_emulator, rtol_of, tensor_core_backends};
 use msclip::backend::gpu::buffer::measure_allocations;
-use msclip::backend::{self, InfoNceOut, InfoNcePartial, InfoNceShard};
+use msclip::backend::{self, ContrastWeights, InfoNceOut, InfoNcePartial, InfoNceShard};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// CLIP's initial temperature, ln(1 / 0.07) = 2.65926.
@@ -29,11 +29,12 @@ struct Case {
     d: usize,
     log_scale: f64,
     max_scale: Option<f64>,
+    weights: ContrastWeights,
 }
 
 impl Case {
     fn new(n: usize, d: usize) -> Case {
-        Case { n, d, log_scale: LOG_SCALE_INIT, max_scale: Some(MAX_SCALE) }
+        Case { n, d, log_scale: LOG_SCALE_INIT, max_scale: Some(MAX_SCALE), weights: ContrastWeights::SYMMETRIC }
     }
 }
 
@@ -92,22 +93,38 @@ fn check(case: &Case, seed: u64) {
         let (scale, dloss) = (scalar_as(case.log_scale, dtype), scalar_as(0.75, dtype));
         // The reference in f64: its n^2-term sums (d logit_scale) would carry f32 rounding of their own.
         let [img64, txt64, scale64, dloss64] = [&img, &txt, &scale, &dloss].map(|t| t.to_dtype(DType::F64).unwrap());
-        let want = cpu.infonce(&img64, &txt64, &scale64, case.max_scale).unwrap();
-        let (di, dt, ds) = cpu.infonce_backward(&img64, &txt64, &scale64, &want, &dloss64, case.max_scale).unwrap();
+        let want = cpu
+            .infonce(InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights))
+            .unwrap();
+        let (di, dt, ds) = cpu
+            .infonce_backward(
+                InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights),
+                &want,
+                &dloss64,
+            )
+            .unwrap();
         for (device, label, be) in tensor_core_backends(dtype) {
             let name = format!(
-                "{label} {dtype} n {} d {} log scale {} max {:?}",
-                case.n, case.d, case.log_scale, case.max_scale
+                "{label} {dtype} n {} d {} log scale {} max {:?} {:?}",
+                case.n, case.d, case.log_scale, case.max_scale, case.weights
             );
             let [img_d, txt_d, scale_d, dloss_d] = [&img, &txt, &scale, &dloss].map(|t| on(t, device, dtype));
-            let got = be.infonce(&img_d, &txt_d, &scale_d, case.max_scale).unwrap();
+            let got = be
+                .infonce(InfoNceShard::whole(&img_d, &txt_d, &scale_d, case.max_scale).with_weights(case.weights))
+                .unwrap();
             // The loss is a mean of fp32 sums of lse values of size ~ln(n) + t.
             let loss_rtol = rtol_of(dtype).min(1.0 / 256.0);
             compare(&format!("{name}: loss"), &got.loss, &want.loss, 1e-5, loss_rtol);
             compare(&format!("{name}: row lse"), &got.row_lse, &want.row_lse, 1e-5, 2e-5);
             compare(&format!("{name}: col lse"), &got.col_lse, &want.col_lse, 1e-5, 2e-5);
             let out = InfoNceOut { loss: got.loss, row_lse: got.row_lse, col_lse: got.col_lse };
-            let (gi, gt, gs) = be.infonce_backward(&img_d, &txt_d, &scale_d, &out, &dloss_d, case.max_scale).unwrap();
+            let (gi, gt, gs) = be
+                .infonce_backward(
+                    InfoNceShard::whole(&img_d, &txt_d, &scale_d, case.max_scale).with_weights(case.weights),
+                    &out,
+                    &dloss_d,
+                )
+                .unwrap();
             compare_grad(&format!("{name}: d img"), &gi, &di, dtype);
             compare_grad(&format!("{name}: d txt"), &gt, &dt, dtype);
             // d logit_scale sums n^2 terms that largely cancel: atol scales with the terms (dloss / 2).
@@ -119,6 +136,22 @@ fn check(case: &Case, seed: u64) {
 #[test]
 fn a_single_pair() {
     check(&Case::new(1, 64), 1);
+}
+
+/// One direction alone (OneR's NCE(a, b), either way round) and unequal weights, at ragged sizes:
+/// a kernel that swapped the directions' weights would fail the last two.
+#[test]
+fn weighted_directions() {
+    let weights = [
+        ContrastWeights::ROWS,
+        ContrastWeights { rows: 0.0, columns: 1.0 },
+        ContrastWeights { rows: 0.7, columns: 0.3 },
+    ];
+    for (i, weights) in weights.into_iter().enumerate() {
+        for (j, (n, d)) in [(7, 96), (70, 40)].into_iter().enumerate() {
+            check(&Case { weights, ..Case::new(n, d) }, 40 + 2 * i as u64 + j as u64);
+        }
+    }
 }
 
 #[test]
@@ -170,9 +203,10 @@ fn backward_is_deterministic() {
         let [img, txt, scale, dloss] =
             [&img, &txt, &scalar_as(LOG_SCALE_INIT, DType::BF16), &scalar_as(1.0, DType::BF16)]
                 .map(|t| on(t, device, DType::BF16));
-        let out = be.infonce(&img, &txt, &scale, Some(MAX_SCALE)).unwrap();
+        let out = be.infonce(InfoNceShard::whole(&img, &txt, &scale, Some(MAX_SCALE))).unwrap();
         let run = || {
-            let (a, b, c) = be.infonce_backward(&img, &txt, &scale, &out, &dloss, Some(MAX_SCALE)).unwrap();
+            let (a, b, c) =
+                be.infonce_backward(InfoNceShard::whole(&img, &txt, &scale, Some(MAX_SCALE)), &out, &dloss).unwrap();
             [a, b, c].map(|t| t.to_f64_vec())
         };
         assert_eq!(run(), run(), "{device}: two backward passes differ");
@@ -186,6 +220,7 @@ struct Batch {
     scale: Tensor,
     dloss: Tensor,
     max_scale: Option<f64>,
+    weights: ContrastWeights,
 }
 
 impl Batch {
@@ -194,7 +229,7 @@ impl Batch {
         let img = unit_rows(&mut rng, case.n, case.d, dtype);
         let txt = unit_rows(&mut rng, case.n, case.d, dtype);
         let (scale, dloss) = (scalar_as(case.log_scale, dtype), scalar_as(0.75, dtype));
-        Batch { img, txt, scale, dloss, max_scale: case.max_scale }
+        Batch { img, txt, scale, dloss, max_scale: case.max_scale, weights: case.weights }
     }
 
     /// Image rows `offset .. offset + rows`.
@@ -233,7 +268,10 @@ fn run_ranks(batch: &Batch, sizes: &[usize], device: Device, dtype: DType) -> Co
         .zip(sizes)
         .map(|(&offset, &rows)| {
             let img = on(&batch.img_rows(offset, rows), device, dtype);
-            let shard = InfoNceShard { offset, ..InfoNceShard::whole(&img, &txt, &scale, batch.max_scale) };
+            let shard = InfoNceShard {
+                offset,
+                ..InfoNceShard::whole(&img, &txt, &scale, batch.max_scale).with_weights(batch.weights)
+            };
             let partial = be.infonce_partial(shard).unwrap();
             (offset, img, partial)
         })
@@ -251,8 +289,11 @@ fn run_ranks(batch: &Batch, sizes: &[usize], device: Device, dtype: DType) -> Co
         all.col_lse = col_lse;
         all.loss += out.loss.item().unwrap();
         all.row_lse.extend(out.row_lse.to_f64_vec());
-        let shard = InfoNceShard { offset: *offset, ..InfoNceShard::whole(img, &txt, &scale, batch.max_scale) };
-        let (di, dt, ds) = be.infonce_shard_backward(shard, &out, &dloss).unwrap();
+        let shard = InfoNceShard {
+            offset: *offset,
+            ..InfoNceShard::whole(img, &txt, &scale, batch.max_scale).with_weights(batch.weights)
+        };
+        let (di, dt, ds) = be.infonce_backward(shard, &out, &dloss).unwrap();
         all.dimg.extend(di.to_f64_vec());
         let dt = dt.to_f64_vec();
         all.dtxt_part_scale = all.dtxt_part_scale.max(max_abs(&dt));
@@ -275,8 +316,16 @@ fn check_ranks(case: &Case, sizes: &[usize], seed: u64) {
         let batch = Batch::new(case, dtype, seed);
         let [img64, txt64, scale64, dloss64] =
             [&batch.img, &batch.txt, &batch.scale, &batch.dloss].map(|t| t.to_dtype(DType::F64).unwrap());
-        let want = cpu.infonce(&img64, &txt64, &scale64, case.max_scale).unwrap();
-        let (di, dt, ds) = cpu.infonce_backward(&img64, &txt64, &scale64, &want, &dloss64, case.max_scale).unwrap();
+        let want = cpu
+            .infonce(InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights))
+            .unwrap();
+        let (di, dt, ds) = cpu
+            .infonce_backward(
+                InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights),
+                &want,
+                &dloss64,
+            )
+            .unwrap();
         let got = run_ranks(&batch, sizes, device, dtype);
 
         let name = format!("{device} {dtype} n {} d {} ranks {sizes:?} log scale {}", case.n, case.d, case.log_scale);
@@ -308,6 +357,13 @@ fn ranks_combine_into_the_batch() {
     check_ranks(&Case::new(40, 600), &[19, 21], 23);
     // Ranks of one and two row blocks against 4 text tiles: their texts split in 4 and 2.
     check_ranks(&Case::new(200, 96), &[40, 80, 80], 28);
+}
+
+#[test]
+fn ranks_with_weighted_directions() {
+    let one_way = Case { weights: ContrastWeights::ROWS, ..Case::new(77, 33) };
+    check_ranks(&one_way, &[30, 30, 17], 29);
+    check_ranks(&Case { weights: ContrastWeights { rows: 0.25, columns: 1.5 }, ..Case::new(130, 64) }, &[64, 66], 30);
 }
 
 #[test]
@@ -351,12 +407,13 @@ fn memory_of(device: Device, n: usize, d: usize, ranks: usize) -> [(usize, usize
     let (forward, backward) = if ranks == 1 {
         let mut out = None;
         let forward = peak_and_outputs(|| {
-            let o = out.insert(be.infonce(&imgs[0], &txt, &scale, None).unwrap());
+            let o = out.insert(be.infonce(InfoNceShard::whole(&imgs[0], &txt, &scale, None)).unwrap());
             vec![o.loss.clone(), o.row_lse.clone(), o.col_lse.clone()]
         });
         let out = out.unwrap();
         let backward = peak_and_outputs(|| {
-            let (a, b, c) = be.infonce_backward(&imgs[0], &txt, &scale, &out, &dloss, None).unwrap();
+            let (a, b, c) =
+                be.infonce_backward(InfoNceShard::whole(&imgs[0], &txt, &scale, None), &out, &dloss).unwrap();
             vec![a, b, c]
         });
         (forward, backward)
@@ -372,7 +429,7 @@ fn memory_of(device: Device, n: usize, d: usize, ranks: usize) -> [(usize, usize
         let gathered = Tensor::from_f64(&gathered, [ranks, n], DType::F32).unwrap().to_device(device).unwrap();
         let out = be.infonce_finish(&partials[0], &gathered).unwrap();
         let backward = peak_and_outputs(|| {
-            let (a, b, c) = be.infonce_shard_backward(shard(0), &out, &dloss).unwrap();
+            let (a, b, c) = be.infonce_backward(shard(0), &out, &dloss).unwrap();
             vec![a, b, c]
         });
         (forward, backward)

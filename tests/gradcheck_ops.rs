@@ -7,7 +7,7 @@
 mod common;
 
 use common::{gradcheck, rand_range, randn};
-use msclip::backend::{AttnMask, Conv2dGeometry, LnAffine};
+use msclip::backend::{AttnMask, ContrastWeights, Conv2dGeometry, LnAffine};
 use msclip::ops::{self, BatchNormMode};
 use msclip::{Rng, Tensor};
 
@@ -197,6 +197,17 @@ fn infonce_and_cross_entropy() {
         let txt = randn(&mut r, &[n, d]);
         let scale = Tensor::from_vec(vec![0.3f64], [1]).unwrap();
         gradcheck("infonce", &[img.clone(), txt.clone(), scale.clone()], |t| ops::infonce(&t[0], &t[1], &t[2], None));
+        // One direction alone (OneR's NCE), the other alone, and unequal weights.
+        let weights = [
+            ContrastWeights::ROWS,
+            ContrastWeights { rows: 0.0, columns: 1.0 },
+            ContrastWeights { rows: 0.3, columns: 1.2 },
+        ];
+        for w in weights {
+            gradcheck(&format!("contrast {w:?}"), &[img.clone(), txt.clone(), scale.clone()], |t| {
+                ops::contrast(&t[0], &t[1], &t[2], Some(100.0), w)
+            });
+        }
         // Clamp inactive (exp(0.3) < 100) and active (exp(0.3) > 1.2).
         gradcheck("infonce clamp idle", &[img.clone(), txt.clone(), scale.clone()], |t| {
             ops::infonce(&t[0], &t[1], &t[2], Some(100.0))

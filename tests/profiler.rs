@@ -2,12 +2,12 @@
 //! (kernels/selftest.cu): sectors per request of coalesced and strided loads, and shared-memory
 //! wavefronts of a transpose with and without padding.
 
-use msclip::backend::Backend;
 use msclip::backend::gpu::GpuBackend;
 use msclip::backend::gpu::buffer::Scratch;
 use msclip::backend::gpu::emu::{EmuDriver, Instrumentation, KernelCounters, Schedule, instrument, take_profiles};
 use msclip::backend::gpu::kernel_stats::{Grouping, KernelStats};
 use msclip::backend::gpu::{Driver, KernelArg, LaunchConfig};
+use msclip::backend::{Backend, InfoNceShard};
 use msclip::{DType, Device, Rng, Tensor};
 
 mod common;
@@ -119,8 +119,8 @@ fn infonce_inner_loops_stay_within_two_way_bank_conflicts_on_every_path() {
         let dloss = on(&Tensor::scalar(1.0, DType::F32), Device::Emu, dtype);
         let profiles = instrument(Instrumentation::Profiler, Schedule::Forward, || {
             take_profiles();
-            let out = be.infonce(&img, &txt, &scale, None).unwrap();
-            be.infonce_backward(&img, &txt, &scale, &out, &dloss, None).unwrap();
+            let out = be.infonce(InfoNceShard::whole(&img, &txt, &scale, None)).unwrap();
+            be.infonce_backward(InfoNceShard::whole(&img, &txt, &scale, None), &out, &dloss).unwrap();
             take_profiles()
         });
         let rows = KernelStats::group(&profiles, Grouping::Kernel);

@@ -9,10 +9,11 @@ use common::gpu::{model_devices, on, randn_as};
 use common::{assert_close, assert_gradients_match, captions_ending_at, randn, relative_error};
 use msclip::autograd::{self, Gradients};
 use msclip::backend::AttnMask;
+use msclip::backend::ContrastWeights;
 use msclip::model::{ClipModel, preset};
 use msclip::ops::flops;
 use msclip::ops::fusion::{Fusion, is_off, unfused};
-use msclip::ops::{attention, infonce};
+use msclip::ops::{attention, contrast, infonce};
 use msclip::{DType, Result, Rng, Tensor};
 
 /// f64 compositions differ from the fused kernels by summation order only.
@@ -91,6 +92,16 @@ fn unfused_attention_matches_the_fused_kernels_on_ragged_masks() {
     }
 }
 
+/// The fused and unfused InfoNCE agree in f64 on the CPU and in f32 on every GPU device.
+fn infonce_both_ways(what: &str, inputs: [&Tensor; 3], f: impl Fn(&[Tensor]) -> Result<Tensor>) {
+    let inputs = inputs.map(Tensor::clone);
+    assert_same(&format!("cpu f64, {what}"), both_ways(Fusion::InfoNce, &inputs, &f), F64_TOL);
+    for device in model_devices() {
+        let inputs: Vec<Tensor> = inputs.iter().map(|t| on(t, device, DType::F32)).collect();
+        assert_same(&format!("{device} f32, {what}"), both_ways(Fusion::InfoNce, &inputs, &f), F32_TOL);
+    }
+}
+
 #[test]
 fn unfused_infonce_matches_the_fused_loss_with_the_clamp_off_active_and_inactive() {
     let mut rng = Rng::new(11);
@@ -101,12 +112,24 @@ fn unfused_infonce_matches_the_fused_loss_with_the_clamp_off_active_and_inactive
     // exp(2) = 7.39: a max of 100 leaves it alone, a max of 5 clamps it (no scale gradient).
     for max_scale in [None, Some(100.0), Some(5.0)] {
         let f = |x: &[Tensor]| infonce(&x[0], &x[1], &x[2], max_scale);
-        let inputs = [img.clone(), txt.clone(), scale.clone()];
-        assert_same(&format!("cpu f64, max {max_scale:?}"), both_ways(Fusion::InfoNce, &inputs, f), F64_TOL);
-        for device in model_devices() {
-            let inputs: Vec<Tensor> = inputs.iter().map(|t| on(t, device, DType::F32)).collect();
-            assert_same(&format!("{device} f32, max {max_scale:?}"), both_ways(Fusion::InfoNce, &inputs, f), F32_TOL);
-        }
+        infonce_both_ways(&format!("max {max_scale:?}"), [&img, &txt, &scale], f);
+    }
+}
+
+#[test]
+fn unfused_contrast_matches_the_fused_loss_in_one_direction_and_with_unequal_weights() {
+    let mut rng = Rng::new(12);
+    let (n, d) = (6, 5);
+    let features = |rng: &mut Rng| randn(rng, &[n, d]).l2_normalize(1e-12).unwrap().detach();
+    let (img, txt) = (features(&mut rng), features(&mut rng));
+    let scale = Tensor::from_f64(&[2.0], [1], DType::F64).unwrap();
+    for weights in [
+        ContrastWeights::ROWS,
+        ContrastWeights { rows: 0.0, columns: 1.0 },
+        ContrastWeights { rows: 0.8, columns: 0.4 },
+    ] {
+        let f = |x: &[Tensor]| contrast(&x[0], &x[1], &x[2], Some(100.0), weights);
+        infonce_both_ways(&format!("{weights:?}"), [&img, &txt, &scale], f);
     }
 }
 

@@ -229,9 +229,40 @@ pub struct BatchNormOut {
     pub var: Tensor,
 }
 
-/// Forward outputs of symmetric InfoNCE.
+/// How much each direction of the contrast counts. Over n pairs with logits z (rows the first
+/// set, columns the second), the loss is
+/// `(1/n) sum_i [rows (row_lse_i - z_ii) + columns (col_lse_i - z_ii)]`: CLIP's symmetric loss is
+/// (1/2, 1/2), the one-directional `NCE(a, b)` (each row picks its pair among the columns, as
+/// OneR's cross-modal mixup contrast needs) is (1, 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ContrastWeights {
+    pub rows: f64,
+    pub columns: f64,
+}
+
+impl ContrastWeights {
+    pub const SYMMETRIC: ContrastWeights = ContrastWeights { rows: 0.5, columns: 0.5 };
+    pub const ROWS: ContrastWeights = ContrastWeights { rows: 1.0, columns: 0.0 };
+
+    /// The weight of a positive logit's terms `-z_ii`, per copy of the `-2 z_ii` the kernels sum.
+    pub fn positives(&self) -> f64 {
+        (self.rows + self.columns) / 2.0
+    }
+
+    /// Both weights finite and non-negative, and not both zero.
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        let valid = |w: f64| w.is_finite() && w >= 0.0;
+        if !valid(self.rows) || !valid(self.columns) || self.rows + self.columns == 0.0 {
+            return Err(Error::invalid(op, format!("direction weights {self:?}: finite, >= 0, not both 0")));
+        }
+        Ok(())
+    }
+}
+
+/// Forward outputs of InfoNCE.
 pub struct InfoNceOut {
-    /// Shape [1]: the mean of the image->text and text->image cross-entropies.
+    /// Shape [1]: the loss of `ContrastWeights` (for the symmetric weights the mean of the
+    /// image->text and text->image cross-entropies).
     pub loss: Tensor,
     /// Log-sum-exp of each logits row (image i against all texts) and column.
     pub row_lse: Tensor,
@@ -254,12 +285,30 @@ pub struct InfoNceShard<'a> {
     pub max_scale: Option<f64>,
     /// The global index of the rank's first row.
     pub offset: usize,
+    pub weights: ContrastWeights,
 }
 
 impl<'a> InfoNceShard<'a> {
-    /// The whole batch: `img` and `txt` both [n, d].
+    /// The whole batch of the symmetric loss: `img` and `txt` both [n, d].
     pub fn whole(img: &'a Tensor, txt: &'a Tensor, logit_scale: &'a Tensor, max_scale: Option<f64>) -> Self {
-        InfoNceShard { img, txt, logit_scale, max_scale, offset: 0 }
+        InfoNceShard { img, txt, logit_scale, max_scale, offset: 0, weights: ContrastWeights::SYMMETRIC }
+    }
+
+    pub fn with_weights(self, weights: ContrastWeights) -> Self {
+        InfoNceShard { weights, ..self }
+    }
+
+    /// `check`, and that the shard is the whole batch (the one rank): `img` and `txt` both [n, d].
+    pub fn check_whole(&self, op: &'static str) -> Result<()> {
+        self.check(op)?;
+        if self.offset != 0 || self.img.dims()[0] != self.txt.dims()[0] {
+            let rows = format!("rows {}..{}", self.offset, self.offset + self.img.dims()[0]);
+            return Err(Error::shape(
+                op,
+                format!("{rows} of {} pairs where the whole batch was expected", self.txt.dims()[0]),
+            ));
+        }
+        Ok(())
     }
 
     /// (n_local, n, d).
@@ -291,7 +340,7 @@ impl<'a> InfoNceShard<'a> {
                 format!("logit_scale has shape {}, not one element", self.logit_scale.shape()),
             ));
         }
-        Ok(())
+        self.weights.check(op)
     }
 }
 
@@ -307,6 +356,8 @@ pub struct InfoNcePartial {
     pub positive_terms: Tensor,
     /// The rank's `InfoNceShard::offset`.
     pub offset: usize,
+    /// The shard's `InfoNceShard::weights`, which the loss takes.
+    pub weights: ContrastWeights,
     /// The dtype of the features, which the loss takes.
     pub dtype: DType,
 }
@@ -460,22 +511,13 @@ pub trait Backend: Send + Sync {
         mask: &AttnMask,
     ) -> Result<Tensor>;
 
-    /// Symmetric InfoNCE over [n, d] image and text features with logits
-    /// `min(exp(logit_scale), max_scale) * img @ txt^T`; pair i is the positive of row i.
-    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut>;
-    /// Returns (d img, d txt, d logit_scale) for an upstream gradient `dloss` of the loss.
-    fn infonce_backward(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        out: &InfoNceOut,
-        dloss: &Tensor,
-        max_scale: Option<f64>,
-    ) -> Result<(Tensor, Tensor, Tensor)>;
+    /// InfoNCE over the whole batch (`InfoNceShard::check_whole`): [n, d] image and text features with
+    /// logits `min(exp(logit_scale), max_scale) * img @ txt^T`, pair i the positive of row i, the
+    /// directions weighted by `pairs.weights`.
+    fn infonce(&self, pairs: InfoNceShard<'_>) -> Result<InfoNceOut>;
 
-    /// A data-parallel rank's forward of symmetric InfoNCE: its complete row and partial column
-    /// log-sum-exps (see `InfoNceShard`).
+    /// A data-parallel rank's forward: its complete row and partial column log-sum-exps (see
+    /// `InfoNceShard`).
     fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial>;
     /// Finishes a rank's forward from `col_partials` [ranks, n], every rank's
     /// `InfoNcePartial::col_lse` in rank order: the column log-sum-exps are their log-sum-exp
@@ -483,11 +525,12 @@ pub trait Backend: Send + Sync {
     /// the loss (the terms of its rows and of the columns with the same indices: the shares of all
     /// ranks sum to the loss), its row and all n column log-sum-exps.
     fn infonce_finish(&self, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut>;
-    /// A rank's backward: the gradient of the GLOBAL loss (`dloss` is its upstream gradient, the
-    /// same on every rank) through the rank's rows of the logits. Returns (d img [n_local, d],
-    /// complete; d txt [n, d] and d logit_scale [1], the rank's parts, which the caller sums across
-    /// ranks: reduce-scatter and all-reduce). `out` comes from `infonce_finish`.
-    fn infonce_shard_backward(
+    /// The backward of the whole batch or of a rank: the gradient of the GLOBAL loss (`dloss` is
+    /// its upstream gradient, the same on every rank) through the shard's rows of the logits.
+    /// Returns (d img [n_local, d], complete; d txt [n, d] and d logit_scale [1], the rank's parts,
+    /// which the caller sums across ranks: reduce-scatter and all-reduce). `out` comes from
+    /// `infonce` or `infonce_finish`.
+    fn infonce_backward(
         &self,
         shard: InfoNceShard<'_>,
         out: &InfoNceOut,

@@ -310,22 +310,8 @@ impl Backend for Timed {
         })
     }
 
-    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
-        self.timed(OpKind::Loss, "infonce", || self.inner.infonce(img, txt, logit_scale, max_scale))
-    }
-
-    fn infonce_backward(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        out: &InfoNceOut,
-        dloss: &Tensor,
-        max_scale: Option<f64>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        self.timed(OpKind::Loss, "infonce_backward", || {
-            self.inner.infonce_backward(img, txt, logit_scale, out, dloss, max_scale)
-        })
+    fn infonce(&self, pairs: InfoNceShard<'_>) -> Result<InfoNceOut> {
+        self.timed(OpKind::Loss, "infonce", || self.inner.infonce(pairs))
     }
 
     fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
@@ -336,13 +322,13 @@ impl Backend for Timed {
         self.timed(OpKind::Loss, "infonce_finish", || self.inner.infonce_finish(partial, col_partials))
     }
 
-    fn infonce_shard_backward(
+    fn infonce_backward(
         &self,
         shard: InfoNceShard<'_>,
         out: &InfoNceOut,
         dloss: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        self.timed(OpKind::Loss, "infonce_shard_backward", || self.inner.infonce_shard_backward(shard, out, dloss))
+        self.timed(OpKind::Loss, "infonce_backward", || self.inner.infonce_backward(shard, out, dloss))
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {

@@ -5,7 +5,7 @@
 
 use super::{Case, Outputs, output};
 use crate::backend::gpu::{AttnTiles, GpuBackend};
-use crate::backend::{self, AttnMask, Backend, InfoNceShard};
+use crate::backend::{self, AttnMask, Backend, ContrastWeights, InfoNceShard};
 use crate::error::Result;
 use crate::tensor::{DType, Device, Rng, Table, Tensor};
 
@@ -126,9 +126,11 @@ fn infonce_ranks(be: &dyn Backend, dtype: DType) -> Result<Outputs> {
     let imgs = [input(&mut rng, &[RANK_ROWS[0], WIDTH], dtype)?, input(&mut rng, &[RANK_ROWS[1], WIDTH], dtype)?];
     let (scale, dloss) = (scalar(2.5, dtype)?, scalar(0.75, dtype)?);
     let offsets = [0, RANK_ROWS[0]];
+    // Unequal direction weights, so that a kernel mixing up the two directions cannot pass.
+    let weights = ContrastWeights { rows: 0.7, columns: 0.3 };
     let shard = |rank: usize| InfoNceShard {
         offset: offsets[rank],
-        ..InfoNceShard::whole(&imgs[rank], &txt, &scale, Some(100.0))
+        ..InfoNceShard::whole(&imgs[rank], &txt, &scale, Some(100.0)).with_weights(weights)
     };
     let partials = [be.infonce_partial(shard(0))?, be.infonce_partial(shard(1))?];
     let rows = [partials[0].col_lse.reshape([1, PAIRS])?, partials[1].col_lse.reshape([1, PAIRS])?];
@@ -136,7 +138,7 @@ fn infonce_ranks(be: &dyn Backend, dtype: DType) -> Result<Outputs> {
     let mut outputs = Vec::new();
     for (rank, partial) in partials.iter().enumerate() {
         let out = be.infonce_finish(partial, &gathered)?;
-        let (dimg, dtxt, dscale) = be.infonce_shard_backward(shard(rank), &out, &dloss)?;
+        let (dimg, dtxt, dscale) = be.infonce_backward(shard(rank), &out, &dloss)?;
         for (name, t) in [("loss", &out.loss), ("row lse", &out.row_lse), ("col lse", &out.col_lse)] {
             outputs.push(output(format!("rank {rank} {name}"), t)?);
         }

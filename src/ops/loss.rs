@@ -1,9 +1,11 @@
-//! Losses: symmetric InfoNCE with a learnable temperature, and cross-entropy.
+//! Losses: InfoNCE with a learnable temperature (symmetric or with weighted directions), and
+//! cross-entropy.
 
 use super::flops;
 use super::fusion::{self, Fusion};
 use super::{be, check_ids, check_rank, check_same_kind};
 use crate::autograd::record1;
+use crate::backend::{ContrastWeights, InfoNceShard};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -11,11 +13,24 @@ use crate::tensor::Tensor;
 /// the logits are `min(exp(logit_scale), max_scale) * img @ txt^T` and pair i is the match
 /// of row i and column i. Returns the mean of the two cross-entropies, shape [1].
 pub fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
+    contrast(img, txt, logit_scale, max_scale, ContrastWeights::SYMMETRIC)
+}
+
+/// InfoNCE between two sets of n features with its directions weighted (see
+/// [`ContrastWeights`]): `ContrastWeights::ROWS` is the one-directional `NCE(rows, columns)`,
+/// each row of `rows` against all of `columns` with its own pair as the positive.
+pub fn contrast(
+    rows: &Tensor,
+    columns: &Tensor,
+    logit_scale: &Tensor,
+    max_scale: Option<f64>,
+    weights: ContrastWeights,
+) -> Result<Tensor> {
     const OP: &str = "infonce";
-    check_same_kind(OP, &[img, txt, logit_scale])?;
-    check_rank(OP, "image features", img, &[2])?;
-    if img.shape() != txt.shape() || img.dims()[0] == 0 {
-        return Err(Error::shape(OP, format!("image features {} and text features {}", img.shape(), txt.shape())));
+    check_same_kind(OP, &[rows, columns, logit_scale])?;
+    check_rank(OP, "row features", rows, &[2])?;
+    if rows.shape() != columns.shape() || rows.dims()[0] == 0 {
+        return Err(Error::shape(OP, format!("row features {} and column features {}", rows.shape(), columns.shape())));
     }
     if logit_scale.numel() != 1 {
         return Err(Error::shape(OP, format!("logit_scale must have one element, shape is {}", logit_scale.shape())));
@@ -23,17 +38,19 @@ pub fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Opti
     if let Some(m) = max_scale.filter(|m| m.is_nan() || *m <= 0.0) {
         return Err(Error::invalid(OP, format!("max_scale must be positive, got {m}")));
     }
-    flops::contrastive_logits(img.dims()[0], img.dims()[1]);
+    weights.check(OP)?;
+    flops::contrastive_logits(rows.dims()[0], rows.dims()[1]);
     if fusion::is_off(Fusion::InfoNce) {
-        return flops::uncounted(|| super::unfused::infonce(img, txt, logit_scale, max_scale));
+        return flops::uncounted(|| super::unfused::contrast(rows, columns, logit_scale, max_scale, weights));
     }
-    let out = be(img).infonce(img, txt, logit_scale, max_scale)?;
+    let out = be(rows).infonce(InfoNceShard::whole(rows, columns, logit_scale, max_scale).with_weights(weights))?;
     let loss = out.loss.clone();
-    let (i, t, s) = (img.clone(), txt.clone(), logit_scale.clone());
+    let (r, c, s) = (rows.clone(), columns.clone(), logit_scale.clone());
     let scale_shape = logit_scale.shape().clone();
-    Ok(record1(OP, &[img, txt, logit_scale], loss, move |dloss, _| {
-        let (di, dt, ds) = be(dloss).infonce_backward(&i, &t, &s, &out, dloss, max_scale)?;
-        Ok(vec![Some(di), Some(dt), Some(ds.view_as(scale_shape)?)])
+    Ok(record1(OP, &[rows, columns, logit_scale], loss, move |dloss, _| {
+        let pairs = InfoNceShard::whole(&r, &c, &s, max_scale).with_weights(weights);
+        let (dr, dc, ds) = be(dloss).infonce_backward(pairs, &out, dloss)?;
+        Ok(vec![Some(dr), Some(dc), Some(ds.view_as(scale_shape)?)])
     }))
 }
 

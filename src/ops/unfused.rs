@@ -4,8 +4,8 @@
 //! derivation of each fused op's forward and backward for the tests.
 
 use super::concat;
-use crate::backend::{AttnMask, AttnSequence};
-use crate::error::Result;
+use crate::backend::{AttnMask, AttnSequence, ContrastWeights};
+use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 /// Added to the score of a key a query must not see: exp of it underflows to exactly 0 in f32
@@ -96,22 +96,34 @@ fn mask_bias(mask: &AttnMask, sequences: &[AttnSequence], longest: usize, dtype:
     }
 }
 
-/// CLIP's symmetric InfoNCE with the [n, n] logits stored: the temperature `min(exp(s), max)`
-/// (as `max - relu(max - exp(s))`, so a clamped scale gets no gradient, as in the fused op),
-/// one GEMM, and the mean of the row-wise and column-wise cross-entropies.
-pub(super) fn infonce(img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
-    let n = img.dims()[0];
+/// InfoNCE with the [n, n] logits stored: the temperature `min(exp(s), max)` (as
+/// `max - relu(max - exp(s))`, so a clamped scale gets no gradient, as in the fused op), one GEMM,
+/// and the row-wise and column-wise cross-entropies weighted as `weights` says (a zero weight
+/// skips its direction).
+pub(super) fn contrast(
+    rows: &Tensor,
+    columns: &Tensor,
+    logit_scale: &Tensor,
+    max_scale: Option<f64>,
+    weights: ContrastWeights,
+) -> Result<Tensor> {
+    let n = rows.dims()[0];
     let scale = logit_scale.reshape([1])?.exp()?;
     let scale = match max_scale {
         None => scale,
         Some(m) => {
-            let max = Tensor::full([1], m, img.dtype()).to_device(img.device())?;
+            let max = Tensor::full([1], m, rows.dtype()).to_device(rows.device())?;
             max.sub(&max.sub(&scale)?.relu()?)?
         }
     };
-    let logits = img.matmul(&txt.transpose(0, 1)?)?.reshape([n * n, 1])?.mul_broadcast(&scale)?.reshape([n, n])?;
+    let logits = rows.matmul(&columns.transpose(0, 1)?)?.reshape([n * n, 1])?.mul_broadcast(&scale)?.reshape([n, n])?;
     let targets: Vec<u32> = (0..n as u32).collect();
-    let rows = super::cross_entropy(&logits, &targets)?;
-    let cols = super::cross_entropy(&logits.transpose(0, 1)?, &targets)?;
-    rows.add(&cols)?.scale(0.5)
+    let weighted = |weight: f64, logits: Tensor| -> Result<Option<Tensor>> {
+        (weight > 0.0).then(|| super::cross_entropy(&logits, &targets)?.scale(weight)).transpose()
+    };
+    match (weighted(weights.rows, logits.clone())?, weighted(weights.columns, logits.transpose(0, 1)?)?) {
+        (Some(by_rows), Some(by_columns)) => by_rows.add(&by_columns),
+        (Some(one), None) | (None, Some(one)) => Ok(one),
+        (None, None) => Err(Error::invalid("infonce", "both direction weights are zero")),
+    }
 }

@@ -1,11 +1,12 @@
-//! Losses: symmetric InfoNCE (CLIP's contrastive loss) and cross-entropy.
+//! Losses: InfoNCE with weighted directions (CLIP's symmetric contrastive loss, OneR's
+//! one-directional contrasts) and cross-entropy.
 //!
 //! The reference materialises the n x n logits; the fused GPU kernel never will, and this is
 //! what it is checked against.
 
 use rayon::prelude::*;
 
-use crate::backend::{InfoNceOut, InfoNcePartial, InfoNceShard};
+use crate::backend::{ContrastWeights, InfoNceOut, InfoNcePartial, InfoNceShard};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
@@ -38,22 +39,24 @@ fn logits<T: Real>(img: &[T], txt: &[T], rows: usize, cols: usize, d: usize, t: 
     out
 }
 
-pub fn infonce<T: Real>(
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
-    max_scale: Option<f64>,
-) -> Result<InfoNceOut> {
-    let (n, d) = (img.dims()[0], img.dims()[1]);
-    let (t, _) = temperature::<T>(logit_scale, max_scale)?;
-    let z = logits(img.cpu_slice::<T>()?, txt.cpu_slice::<T>()?, n, n, d, t);
+/// The weights of the two directions and of the positive logits' `-2 z_ii` terms, over n pairs.
+fn direction_factors<T: Real>(weights: ContrastWeights) -> (T, T, T) {
+    (T::of(weights.rows), T::of(weights.columns), T::of(weights.positives()))
+}
+
+pub fn infonce<T: Real>(pairs: InfoNceShard<'_>) -> Result<InfoNceOut> {
+    let (n, _, d) = pairs.dims();
+    let (t, _) = temperature::<T>(pairs.logit_scale, pairs.max_scale)?;
+    let z = logits(pairs.img.cpu_slice::<T>()?, pairs.txt.cpu_slice::<T>()?, n, n, d, t);
     let row_lse: Vec<T> = (0..n).into_par_iter().map(|i| logsumexp(z[i * n..(i + 1) * n].iter().copied())).collect();
     let col_lse: Vec<T> = (0..n).into_par_iter().map(|j| logsumexp((0..n).map(|i| z[i * n + j]))).collect();
+    let (w_rows, w_cols, w_positive) = direction_factors::<T>(pairs.weights);
     let mut total = T::zero();
     for i in 0..n {
-        total += row_lse[i] + col_lse[i] - T::of(2.0) * z[i * n + i];
+        // Written so that the symmetric weights (1/2) round exactly as (r + c - 2 z) / 2 would.
+        total += w_rows * row_lse[i] + w_cols * col_lse[i] - T::of(2.0) * w_positive * z[i * n + i];
     }
-    let loss = total / T::of(2.0 * n as f64);
+    let loss = total / T::of(n as f64);
     Ok(InfoNceOut {
         loss: Tensor::from_vec(vec![loss], [1])?,
         row_lse: Tensor::from_vec(row_lse, [n])?,
@@ -76,6 +79,7 @@ pub fn infonce_partial<T: Real>(shard: InfoNceShard<'_>) -> Result<InfoNcePartia
         col_lse: Tensor::from_vec(col_lse, [n])?,
         positive_terms: Tensor::from_vec(vec![positive_terms], [1])?,
         offset,
+        weights: shard.weights,
         dtype: shard.img.dtype(),
     })
 }
@@ -90,7 +94,8 @@ pub fn infonce_finish<T: Real>(partial: &InfoNcePartial, col_partials: &Tensor) 
     let rows: T = partial.row_lse.cpu_slice::<T>()?.iter().copied().sum();
     let columns: T = col_lse[own_columns].iter().copied().sum();
     let positives: T = partial.positive_terms.cpu_slice::<T>()?.iter().copied().sum();
-    let loss = (rows + columns + positives) / T::of(2.0 * n as f64);
+    let (w_rows, w_cols, w_positive) = direction_factors::<T>(partial.weights);
+    let loss = (w_rows * rows + w_cols * columns + w_positive * positives) / T::of(n as f64);
     Ok(InfoNceOut {
         loss: Tensor::from_vec(vec![loss], [1])?,
         row_lse: partial.row_lse.clone(),
@@ -109,16 +114,17 @@ pub fn infonce_backward<T: Real>(
     let (is, ts) = (shard.img.cpu_slice::<T>()?, shard.txt.cpu_slice::<T>()?);
     let (t, clamped) = temperature::<T>(shard.logit_scale, shard.max_scale)?;
     let (rl, cl) = (out.row_lse.cpu_slice::<T>()?, out.col_lse.cpu_slice::<T>()?);
-    let g = dloss.cpu_slice::<T>()?[0] / T::of(2.0 * n as f64);
+    let g = dloss.cpu_slice::<T>()?[0] / T::of(n as f64);
     let z = logits(is, ts, n_local, n, d, t);
+    let (w_rows, w_cols, w_positive) = direction_factors::<T>(shard.weights);
 
-    // dz[i, j] = g * (softmax_row[i, j] + softmax_col[i, j] - 2 [offset + i == j])
+    // dz[i, j] = g (w_rows softmax_row[i, j] + w_cols softmax_col[i, j] - 2 w_positive [offset + i == j])
     let mut dz = vec![T::zero(); n_local * n];
     dz.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
         for (j, o) in row.iter_mut().enumerate() {
             let zij = z[i * n + j];
-            let diag = if offset + i == j { T::of(2.0) } else { T::zero() };
-            *o = g * ((zij - rl[i]).exp() + (zij - cl[j]).exp() - diag);
+            let diag = if offset + i == j { T::of(2.0) * w_positive } else { T::zero() };
+            *o = g * (w_rows * (zij - rl[i]).exp() + w_cols * (zij - cl[j]).exp() - diag);
         }
     });
     // z = t * I T^T: dI = t dz T, dT = t dz^T I, dt = <dz, z> / t.

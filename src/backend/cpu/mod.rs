@@ -151,24 +151,9 @@ impl Backend for CpuBackend {
         float_dispatch!("attention_backward", qkv.dtype(), attention::backward(qkv, out, lse, dout, heads, mask))
     }
 
-    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
-        float_dispatch!("infonce", img.dtype(), loss::infonce(img, txt, logit_scale, max_scale))
-    }
-
-    fn infonce_backward(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        out: &InfoNceOut,
-        dloss: &Tensor,
-        max_scale: Option<f64>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        float_dispatch!(
-            "infonce_backward",
-            img.dtype(),
-            loss::infonce_backward(InfoNceShard::whole(img, txt, logit_scale, max_scale), out, dloss)
-        )
+    fn infonce(&self, pairs: InfoNceShard<'_>) -> Result<InfoNceOut> {
+        pairs.check_whole("infonce")?;
+        float_dispatch!("infonce", pairs.img.dtype(), loss::infonce(pairs))
     }
 
     fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
@@ -181,14 +166,14 @@ impl Backend for CpuBackend {
         float_dispatch!("infonce_finish", partial.dtype, loss::infonce_finish(partial, col_partials))
     }
 
-    fn infonce_shard_backward(
+    fn infonce_backward(
         &self,
         shard: InfoNceShard<'_>,
         out: &InfoNceOut,
         dloss: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        shard.check("infonce_shard_backward")?;
-        float_dispatch!("infonce_shard_backward", shard.img.dtype(), loss::infonce_backward(shard, out, dloss))
+        shard.check("infonce_backward")?;
+        float_dispatch!("infonce_backward", shard.img.dtype(), loss::infonce_backward(shard, out, dloss))
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {

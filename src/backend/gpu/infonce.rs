@@ -1,5 +1,6 @@
-//! Rust side of kernels/infonce.cu: symmetric InfoNCE without the n x n logits, for the whole
-//! batch or for one data-parallel rank's rows of it (the design is at the top of the .cu file).
+//! Rust side of kernels/infonce.cu: InfoNCE with weighted directions without the n x n logits,
+//! for the whole batch or for one data-parallel rank's rows of it (the design is at the top of the
+//! .cu file).
 //!
 //! Forward: `infonce_partial` is one launch (the rank's row log-sum-exps, partial column
 //! log-sum-exps, one partial sum of positive logits per block), plus the merge of the row splits
@@ -14,7 +15,7 @@
 use super::context::{device_ptr, int, kernel_for, ptr};
 use super::footprint::Footprint;
 use super::{GpuBackend, KernelArg, LaunchConfig};
-use crate::backend::{InfoNceOut, InfoNcePartial, InfoNceShard};
+use crate::backend::{ContrastWeights, InfoNceOut, InfoNcePartial, InfoNceShard};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -119,18 +120,23 @@ impl Variant {
     }
 }
 
-/// A device array and how many of its floats to sum.
-type Span = (KernelArg, usize);
+/// A device array, how many of its floats to sum, and their weight.
+type Span = (KernelArg, usize, f64);
 
-/// `out[0] = factor * (the sum of the spans' floats)` as `dtype`, in a fixed order.
-fn reduce(gpu: &GpuBackend, [a, b, c]: [Span; 3], factor: f64, dtype: DType) -> Result<Tensor> {
+/// `out[0] = factor * (the weighted sum of the spans' floats)` as `dtype`, in a fixed order.
+fn reduce(gpu: &GpuBackend, spans: [Span; 3], factor: f64, dtype: DType) -> Result<Tensor> {
     let out = gpu.uninit([1], dtype)?;
-    let count = |n| int(n, "partial sums");
+    let mut args = Vec::with_capacity(11);
+    for (array, count, weight) in spans {
+        args.extend([array, int(count, "partial sums")?, KernelArg::F32(weight as f32)]);
+    }
+    args.extend([KernelArg::F32(factor as f32), ptr(&out)?]);
+    let floats: usize = spans.iter().map(|span| span.1).sum();
     gpu.launch(
         &kernel_for("infonce_reduce", dtype)?,
         LaunchConfig::linear(1, REDUCE_THREADS, 0),
-        &[a.0, count(a.1)?, b.0, count(b.1)?, c.0, count(c.1)?, KernelArg::F32(factor as f32), ptr(&out)?],
-        Footprint::of(&[], &[&out]).reads((a.1 + b.1 + c.1) * size_of::<f32>()),
+        &args,
+        Footprint::of(&[], &[&out]).reads(floats * size_of::<f32>()),
     )?;
     Ok(out)
 }
@@ -164,15 +170,10 @@ fn sum_splits(gpu: &GpuBackend, parts: &Tensor, dtype: DType) -> Result<Tensor> 
     Ok(out)
 }
 
-pub(super) fn infonce(
-    gpu: &GpuBackend,
-    img: &Tensor,
-    txt: &Tensor,
-    logit_scale: &Tensor,
-    max_scale: Option<f64>,
-) -> Result<InfoNceOut> {
-    let partial = infonce_partial(gpu, InfoNceShard::whole(img, txt, logit_scale, max_scale))?;
-    let single_rank = partial.col_lse.view_as([1, txt.dims()[0]].into())?;
+pub(super) fn infonce(gpu: &GpuBackend, pairs: InfoNceShard<'_>) -> Result<InfoNceOut> {
+    pairs.check_whole("infonce")?;
+    let partial = infonce_partial(gpu, pairs)?;
+    let single_rank = partial.col_lse.view_as([1, pairs.txt.dims()[0]].into())?;
     infonce_finish(gpu, &partial, &single_rank)
 }
 
@@ -198,7 +199,7 @@ pub(super) fn infonce_partial(gpu: &GpuBackend, shard: InfoNceShard<'_>) -> Resu
         Footprint::of(&[shard.img, shard.txt, shard.logit_scale], &[&row_lse_parts, &col_lse, &positive_terms]),
     )?;
     let row_lse = combine(gpu, &row_lse_parts)?;
-    Ok(InfoNcePartial { row_lse, col_lse, positive_terms, offset: shard.offset, dtype })
+    Ok(InfoNcePartial { row_lse, col_lse, positive_terms, offset: shard.offset, weights: shard.weights, dtype })
 }
 
 pub(super) fn infonce_finish(gpu: &GpuBackend, partial: &InfoNcePartial, col_partials: &Tensor) -> Result<InfoNceOut> {
@@ -211,16 +212,17 @@ pub(super) fn infonce_finish(gpu: &GpuBackend, partial: &InfoNcePartial, col_par
     // The rank's share: its rows' terms and the log-sum-exps of its columns offset .. offset + n_local.
     let n_local = partial.row_lse.numel();
     let own_columns = device_ptr(&col_lse)? + (partial.offset * std::mem::size_of::<f32>()) as u64;
+    let ContrastWeights { rows, columns } = partial.weights;
     let spans = [
-        (ptr(&partial.positive_terms)?, partial.positive_terms.numel()),
-        (ptr(&partial.row_lse)?, n_local),
-        (KernelArg::Ptr(own_columns), n_local),
+        (ptr(&partial.positive_terms)?, partial.positive_terms.numel(), partial.weights.positives()),
+        (ptr(&partial.row_lse)?, n_local, rows),
+        (KernelArg::Ptr(own_columns), n_local, columns),
     ];
-    let loss = reduce(gpu, spans, 1.0 / (2.0 * n as f64), partial.dtype)?;
+    let loss = reduce(gpu, spans, 1.0 / n as f64, partial.dtype)?;
     Ok(InfoNceOut { loss, row_lse: partial.row_lse.clone(), col_lse })
 }
 
-pub(super) fn infonce_shard_backward(
+pub(super) fn infonce_backward(
     gpu: &GpuBackend,
     shard: InfoNceShard<'_>,
     out: &InfoNceOut,
@@ -270,6 +272,8 @@ pub(super) fn infonce_shard_backward(
         ptr(dloss)?,
         ptr(&out.row_lse)?,
         ptr(&out.col_lse)?,
+        KernelArg::F32(shard.weights.rows as f32),
+        KernelArg::F32(shard.weights.columns as f32),
     ];
     args.extend(plan.args(&shard)?);
     args.extend([dimg_arg, ptr(&dtxt)?, parts_arg, ptr(&dscale_partials)?]);
@@ -288,8 +292,8 @@ pub(super) fn infonce_shard_backward(
         ),
     )?;
     let dimg = if split { sum_splits(gpu, &dimg, dtype)? } else { dimg };
-    let partials = (ptr(&dscale_partials)?, dscale_partials.numel());
-    let none = (partials.0, 0);
+    let partials = (ptr(&dscale_partials)?, dscale_partials.numel(), 1.0);
+    let none = (partials.0, 0, 0.0);
     let dscale = reduce(gpu, [partials, none, none], 1.0, shard.logit_scale.dtype())?;
     Ok((dimg, dtxt, dscale))
 }

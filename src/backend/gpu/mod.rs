@@ -216,20 +216,8 @@ impl Backend for GpuBackend {
         attention::attention_backward(self, qkv, out, lse, dout, heads, mask)
     }
 
-    fn infonce(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<InfoNceOut> {
-        infonce::infonce(self, img, txt, logit_scale, max_scale)
-    }
-
-    fn infonce_backward(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        out: &InfoNceOut,
-        dloss: &Tensor,
-        max_scale: Option<f64>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        infonce::infonce_shard_backward(self, InfoNceShard::whole(img, txt, logit_scale, max_scale), out, dloss)
+    fn infonce(&self, pairs: InfoNceShard<'_>) -> Result<InfoNceOut> {
+        infonce::infonce(self, pairs)
     }
 
     fn infonce_partial(&self, shard: InfoNceShard<'_>) -> Result<InfoNcePartial> {
@@ -240,13 +228,13 @@ impl Backend for GpuBackend {
         infonce::infonce_finish(self, partial, col_partials)
     }
 
-    fn infonce_shard_backward(
+    fn infonce_backward(
         &self,
         shard: InfoNceShard<'_>,
         out: &InfoNceOut,
         dloss: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        infonce::infonce_shard_backward(self, shard, out, dloss)
+        infonce::infonce_backward(self, shard, out, dloss)
     }
 
     fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
