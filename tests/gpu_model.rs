@@ -14,7 +14,7 @@ use common::gpu::model_devices;
 use common::{assert_gradients_match, buffers_as, captions_ending_at, relative_error};
 use msclip::autograd;
 use msclip::data::shapes::{ShapesConfig, Split};
-use msclip::model::{ClipModel, preset};
+use msclip::model::{ClipModel, Objectives, preset};
 use msclip::nn::ParamStore;
 use msclip::text::Tokenizer;
 use msclip::train::make_batch;
@@ -31,7 +31,10 @@ const FEATURE_RTOL: f64 = 5e-6;
 
 #[test]
 fn one_step_loss_and_every_gradient_match_the_cpu() {
-    for name in ["tiny", "tiny-clip"] {
+    // The single tower also with OneR's mixup contrast, whose one-directional InfoNCE runs the
+    // fused kernel with one direction's weight zero.
+    for (name, spec) in [("tiny", "itc"), ("tiny-clip", "itc"), ("tiny-oner", "itc=0.5,xmc=1")] {
+        let objectives = Objectives::parse(spec).unwrap();
         let model = ClipModel::new(preset(name).unwrap()).unwrap();
         let (cpu_params, cpu_buffers) = model.init_params(&mut Rng::new(3), DType::F32).unwrap();
         let data = ShapesConfig::tiny();
@@ -44,7 +47,8 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
         let params64 = cpu_params.cast_for_compute(DType::F64, |_| false).unwrap();
         let mut bufs = buffers_as(&cpu_buffers, DType::F64);
         let images64 = batch.images.to_dtype(DType::F64).unwrap();
-        let loss = model.contrastive_loss(&params64, &mut bufs, &images64, &batch.tokens, None).unwrap();
+        let captions = model.pack_captions(&batch.tokens, None).unwrap();
+        let loss = model.training_loss_packed(&params64, &mut bufs, &images64, &captions, &objectives, None).unwrap();
         let cpu_loss = loss.item().unwrap();
         let cpu_grads = autograd::backward(&loss).unwrap();
 
@@ -54,10 +58,10 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
             let mut bufs = cpu_buffers.clone();
             bufs.to_device(device).unwrap();
             let images = batch.images.to_device(device).unwrap();
-            let loss = model.contrastive_loss(&params, &mut bufs, &images, &batch.tokens, None).unwrap();
+            let loss = model.training_loss_packed(&params, &mut bufs, &images, &captions, &objectives, None).unwrap();
             let gpu_loss = loss.item().unwrap();
             let grads = autograd::backward(&loss).unwrap();
-            let what = format!("{name} on {device}");
+            let what = format!("{name} ({spec}) on {device}");
             let loss_err = (gpu_loss - cpu_loss).abs() / cpu_loss;
             assert!(loss_err <= LOSS_RTOL, "{what}: loss {gpu_loss} vs {cpu_loss} (f64)");
             let worst = assert_gradients_match(&what, (&cpu_params, &cpu_grads), (&params, &grads), GRAD_RTOL);

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use msclip::Device;
+use msclip::model::Objectives;
 use msclip::train::{
     Precision, Resume, RunEnd, RunOptions, TokenizerSource, TrainConfig, read_run_config, run_dir_of_checkpoint, train,
 };
@@ -113,6 +114,12 @@ pub struct TrainArgs {
     /// preset's data config].
     #[arg(long)]
     colour_dropout: Option<f64>,
+    /// Training objectives and their weights [default: itc=1]: comma-separated name=weight
+    /// pairs of itc (CLIP's symmetric contrast) and xmc (OneR's cross-modal mixup contrast,
+    /// each modality against the normalised mean of its pair's embeddings), e.g. itc=1,xmc=1;
+    /// add xmc-through-mixture to let XMC's gradient flow through the mixture target.
+    #[arg(long, value_parser = parse_objectives)]
+    loss: Option<Objectives>,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).
     #[arg(long)]
     clip_tokenizer: bool,
@@ -124,6 +131,10 @@ pub struct TrainArgs {
     /// Replace an existing run directory of the same name (deleted first) instead of refusing.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+}
+
+fn parse_objectives(spec: &str) -> Result<Objectives, String> {
+    Objectives::parse(spec).map_err(|e| e.to_string())
 }
 
 /// Overrides `field` when the flag was given.
@@ -259,6 +270,7 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     set(&mut config.quick_eval_samples, args.quick_eval_samples);
     set(&mut config.data.hard_negative_group, args.hard_negatives);
     set(&mut config.data.colour_dropout, args.colour_dropout);
+    set(&mut config.objectives, args.loss.clone());
     if let Some(clip) = args.grad_clip {
         // Exactly 0 turns clipping off; anything else must be a valid norm (checked by validate).
         config.grad_clip_norm = (clip != 0.0).then_some(clip);

@@ -79,6 +79,39 @@ pub fn ranking(
     Ranking { r1, r5, r10, mean_rank, median_rank }
 }
 
+/// How far apart the two modalities' embeddings sit (Liang et al., "Mind the Gap", NeurIPS 2022;
+/// OneR's claim of one shared space). On n pairs of L2-normalised features.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ModalityGap {
+    /// ||mean image feature - mean text feature||: 0 when the two clouds share a centre.
+    pub centroid_distance: f64,
+    /// Mean cosine of each image with its own caption.
+    pub matched_cosine: f64,
+    /// Mean cosine of each image with the captions that do not describe it.
+    pub unmatched_cosine: f64,
+}
+
+/// `image` and `text` are row-major [n, dim] L2-normalised features of n pairs; `is_match(i, j)`
+/// says whether caption j describes image i (several may: a caption shared by two images).
+pub fn modality_gap(image: &[f64], text: &[f64], dim: usize, is_match: impl Fn(usize, usize) -> bool) -> ModalityGap {
+    let n = image.len() / dim.max(1);
+    let centroid = |m: &[f64]| -> Vec<f64> {
+        (0..dim).map(|k| (0..n).map(|i| m[i * dim + k]).sum::<f64>() / n.max(1) as f64).collect()
+    };
+    let (ci, ct) = (centroid(image), centroid(text));
+    let centroid_distance = ci.iter().zip(&ct).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+    let (mut matched, mut unmatched) = ((0.0, 0usize), (0.0, 0usize));
+    for i in 0..n {
+        for j in 0..n {
+            let cosine: f64 = image[i * dim..][..dim].iter().zip(&text[j * dim..][..dim]).map(|(a, b)| a * b).sum();
+            let bucket = if i == j || is_match(i, j) { &mut matched } else { &mut unmatched };
+            *bucket = (bucket.0 + cosine, bucket.1 + 1);
+        }
+    }
+    let mean = |(sum, count): (f64, usize)| if count == 0 { 0.0 } else { sum / count as f64 };
+    ModalityGap { centroid_distance, matched_cosine: mean(matched), unmatched_cosine: mean(unmatched) }
+}
+
 /// Transposes a row-major [rows, cols] matrix.
 pub fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     (0..cols).flat_map(|c| (0..rows).map(move |r| m[r * cols + c])).collect()
@@ -120,5 +153,23 @@ mod tests {
         assert_eq!(r.mean_rank, (1.0 + 3.0 + 1.0) / 3.0);
         assert_eq!(r.median_rank, 1.0);
         assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+
+    #[test]
+    fn modality_gap_by_hand() {
+        // Images on the x axis, texts tilted 90 degrees towards y: pair 0 (1,0)/(0,1), pair 1
+        // (-1,0)/(0,-1), pair 2 (1,0)/(0,1) again, with caption 2 also describing image 0.
+        let image = [1.0, 0.0, -1.0, 0.0, 1.0, 0.0];
+        let text = [0.0, 1.0, 0.0, -1.0, 0.0, 1.0];
+        let shared = |i: usize, j: usize| (i == 0 && j == 2) || (i == 2 && j == 0);
+        let gap = modality_gap(&image, &text, 2, shared);
+        // Centroids (1/3, 0) and (0, 1/3).
+        assert!((gap.centroid_distance - (2.0f64 / 9.0).sqrt()).abs() < 1e-15);
+        // Every image-text cosine is 0 here.
+        assert_eq!((gap.matched_cosine, gap.unmatched_cosine), (0.0, 0.0));
+        // Texts equal to the images: matched cosine 1; unmatched are the pairs (0,1), (1,0),
+        // (1,2), (2,1) at -1: mean -1.
+        let gap = modality_gap(&image, &image, 2, shared);
+        assert_eq!((gap.centroid_distance, gap.matched_cosine, gap.unmatched_cosine), (0.0, 1.0, -1.0));
     }
 }

@@ -1,6 +1,7 @@
 //! Evaluation on the shapes world, with the metric names of CLIP_benchmark and open_clip:
 //! zero-shot classification per factor on seen and unseen colour-shape pairs (the
-//! compositional gap), image-text retrieval both ways, and attribute binding.
+//! compositional gap), image-text retrieval both ways, attribute binding, and the modality gap
+//! (how far apart the image and text embeddings sit).
 
 mod encode;
 pub mod metrics;
@@ -14,7 +15,7 @@ use crate::error::Result;
 use crate::model::{Buffers, ClipModel};
 use crate::nn::ParamStore;
 use crate::text::Tokenizer;
-use metrics::{classification, ranking, transpose};
+use metrics::{classification, modality_gap, ranking, transpose};
 
 /// Runs every evaluation on `samples` images per split.
 pub fn evaluate(
@@ -77,6 +78,10 @@ pub fn evaluate(
             let i2t = ranking(&sim, n, n, same);
             let t2i = ranking(&transpose(&sim, n, n), n, n, same);
             report.retrieval.push((split.name().to_string(), i2t, t2i));
+            if split == Split::Seen {
+                let gap = modality_gap(&image_features, &text_features, dim, same);
+                report.modality_gap.push((split.name().to_string(), gap));
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::metrics::{Classification, Ranking};
+use super::metrics::{Classification, ModalityGap, Ranking};
 
 /// The accuracy curves drawn into accuracy.png.
 pub const PLOTTED_METRICS: &[&str] = &[
@@ -23,6 +23,8 @@ pub struct EvalReport {
     pub retrieval: Vec<(String, Ranking, Ranking)>,
     /// Fraction of binding images that score their caption above the attribute-swapped one.
     pub binding_text_acc: Option<f64>,
+    /// (split, the gap between the image and text embeddings of its pairs).
+    pub modality_gap: Vec<(String, ModalityGap)>,
 }
 
 impl EvalReport {
@@ -54,6 +56,11 @@ impl EvalReport {
         }
         if let Some(acc) = self.binding_text_acc {
             m.insert("binding/text_acc".into(), acc);
+        }
+        for (split, gap) in &self.modality_gap {
+            m.insert(format!("modality_gap/{split}/centroid_distance"), gap.centroid_distance);
+            m.insert(format!("modality_gap/{split}/matched_cosine"), gap.matched_cosine);
+            m.insert(format!("modality_gap/{split}/unmatched_cosine"), gap.unmatched_cosine);
         }
         m
     }
@@ -93,6 +100,13 @@ impl EvalReport {
         }
         if let Some(acc) = self.binding_text_acc {
             let _ = writeln!(out, "binding (caption vs attribute-swapped caption): {:.1}% (chance 50%)", 100.0 * acc);
+        }
+        for (split, gap) in &self.modality_gap {
+            let _ = writeln!(
+                out,
+                "modality gap ({split}): centroid distance {:.3}, cosine of matched pairs {:.3}, of unmatched {:.3}",
+                gap.centroid_distance, gap.matched_cosine, gap.unmatched_cosine
+            );
         }
         out
     }

@@ -6,6 +6,7 @@ mod config;
 mod convnet;
 mod count;
 mod fused;
+mod objectives;
 mod packing;
 mod presets;
 mod text;
@@ -17,12 +18,12 @@ pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, Vi
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;
+pub use objectives::{OBJECTIVES, Objectives};
 pub use packing::{CaptionPacking, PackCapacity, packed_tokens};
 pub use presets::{PRESETS, preset};
 
 use crate::error::Result;
 use crate::nn::{ParamId, ParamStore};
-use crate::ops;
 use crate::tensor::{DType, Rng, Tensor};
 use text::TextTower;
 use transformer::{Block, BlockShape};
@@ -162,6 +163,20 @@ impl ClipModel {
         captions: &CaptionPacking,
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
+        self.training_loss_packed(p, bufs, images, captions, &Objectives::default(), max_scale)
+    }
+
+    /// The weighted `objectives` of a batch of matching pairs (captions packed); CLIP's
+    /// contrast alone is [`ClipModel::contrastive_loss_packed`].
+    pub fn training_loss_packed(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        captions: &CaptionPacking,
+        objectives: &Objectives,
+        max_scale: Option<f64>,
+    ) -> Result<Tensor> {
         let (img, txt) = match self.fusion {
             ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, captions, Mode::Train)?,
             ModalityFusion::TwoPass => {
@@ -170,6 +185,6 @@ impl ClipModel {
         };
         // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
         let scale = p.get(self.logit_scale);
-        ops::infonce(&img.to_dtype(scale.dtype())?, &txt.to_dtype(scale.dtype())?, scale, max_scale)
+        objectives.loss(&img.to_dtype(scale.dtype())?, &txt.to_dtype(scale.dtype())?, scale, max_scale)
     }
 }

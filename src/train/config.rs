@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::CosineSchedule;
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
+use crate::model::Objectives;
 use crate::tensor::{DType, Device};
 
 /// Where the tokenizer comes from.
@@ -112,6 +113,10 @@ pub struct TrainConfig {
     /// profiling). Nothing learnt depends on it beyond rounding.
     #[serde(default = "default_cuda_graph")]
     pub cuda_graph: bool,
+    /// The weighted objectives (`--loss`); runs from before there was a choice trained CLIP's
+    /// contrast alone.
+    #[serde(default)]
+    pub objectives: Objectives,
 }
 
 fn default_quick_eval_samples() -> usize {
@@ -155,6 +160,7 @@ impl TrainConfig {
             device: Device::Cpu,
             precision: Precision::Fp32,
             cuda_graph: true,
+            objectives: Objectives::default(),
         }
     }
 
@@ -248,6 +254,7 @@ impl TrainConfig {
         if self.precision == Precision::Bf16 && !self.device.is_gpu() {
             return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32".into());
         }
+        self.objectives.validate()?;
         self.data.validate()
     }
 

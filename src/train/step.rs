@@ -135,7 +135,7 @@ impl StepState {
             // Dropped before the update, which then writes the copies in place.
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
             let params = copies.as_ref().unwrap_or(&self.params);
-            model.contrastive_loss_packed(params, &mut self.buffers, images, captions, None)?
+            model.training_loss_packed(params, &mut self.buffers, images, captions, &config.objectives, None)?
         };
         let grads = autograd::backward(&loss)?;
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
