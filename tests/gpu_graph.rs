@@ -129,7 +129,7 @@ fn the_captured_work_keeps_its_memory_while_the_graph_lives() {
 
 mod training {
     use super::gpu_devices;
-    use msclip::model::{ClipModel, packed_tokens, preset};
+    use msclip::model::{ClipModel, TextEncoder, packed_tokens, preset};
     use msclip::train::checkpoint::named_tensors;
     use msclip::train::{
         GraphStep, Precision, StepInput, StepIssuer, StepState, Steps, TrainConfig, new_run_tokenizer, training_batch,
@@ -196,7 +196,7 @@ mod training {
                     let batch = training_batch(&config, &tokenizer, context, k).unwrap();
                     let images = batch.images_on(device, precision.dtype()).unwrap();
                     if k == 1 {
-                        capacity = Some(GraphStep::capacity_for(&batch.tokens, context).unwrap());
+                        capacity = Some(GraphStep::capacity_for(&batch.tokens, context, TextEncoder::Causal).unwrap());
                     }
                     let input = StepInput { images: &images, tokens: &batch.tokens, lr: schedule.lr(k) };
                     let loss = padded.step_padded(&model, &config, input, capacity).unwrap();
@@ -242,7 +242,8 @@ mod training {
                 )
             })
             .collect();
-        assert!(packed_tokens(&batches[2].1, context).unwrap() > 2 * packed_tokens(&batches[1].1, context).unwrap());
+        let packed = |tokens: &[u32]| packed_tokens(tokens, context, TextEncoder::Causal).unwrap();
+        assert!(packed(&batches[2].1) > 2 * packed(&batches[1].1));
         let run = |config: &TrainConfig| {
             let mut state = StepState::init(&model, config, &mut Rng::new(config.seed)).unwrap();
             state.to_device(device).unwrap();
@@ -269,7 +270,7 @@ mod training {
         let mut padded = StepState::init(&model, &config, &mut Rng::new(config.seed)).unwrap();
         padded.to_device(device).unwrap();
         let capacities = [None, Some(&batches[1].1), Some(&batches[2].1), Some(&batches[2].1)]
-            .map(|tokens| tokens.map(|t| GraphStep::capacity_for(t, context).unwrap()));
+            .map(|tokens| tokens.map(|t| GraphStep::capacity_for(t, context, TextEncoder::Causal).unwrap()));
         for ((images, tokens), capacity) in batches.iter().zip(capacities) {
             padded.step_padded(&model, &config, StepInput { images, tokens, lr: 1e-3 }, capacity).unwrap();
         }

@@ -73,30 +73,33 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
 #[test]
 fn packed_captions_of_mixed_lengths_match_the_cpu() {
     // The varlen text path alone, on lengths the training captions never reach: the full
-    // context, one token (a caption cut before its EOT) and lengths in between in one launch.
-    let model = ClipModel::new(preset("tiny").unwrap()).unwrap();
-    let c = &model.config;
-    let mut rng = Rng::new(4);
-    let (cpu_params, _) = model.init_params(&mut rng, DType::F32).unwrap();
-    let ends = [c.text.context - 1, 0, 5, 1, c.text.context / 2];
-    let tokens = captions_ending_at(&mut rng, &ends, c.text.context, c.text.vocab);
-    let probe = rng.normal_tensor([ends.len(), c.embed_dim], 1.0, DType::F32);
-    let run = |params: &ParamStore, probe: &Tensor| {
-        let features = model.encode_text(params, &tokens).unwrap();
-        let loss = features.to_dtype(probe.dtype()).unwrap().mul(probe).unwrap().sum_all().unwrap();
-        (features.to_f64_vec(), autograd::backward(&loss).unwrap())
-    };
-    let params64 = cpu_params.cast_for_compute(DType::F64, |_| false).unwrap();
-    let (want, cpu_grads) = run(&params64, &probe.to_dtype(DType::F64).unwrap());
-    for device in model_devices() {
-        let mut params = cpu_params.clone();
-        params.to_device(device).unwrap();
-        let (got, grads) = run(&params, &probe.to_device(device).unwrap());
-        let err = relative_error(&got, &want);
-        assert!(err <= FEATURE_RTOL, "text features on {device} off by {err:.2e} (relative norm)");
-        let what = format!("packed text on {device}");
-        let worst = assert_gradients_match(&what, (&cpu_params, &cpu_grads), (&params, &grads), GRAD_RTOL);
-        eprintln!("packed text on {device}: features off by {err:.1e}; worst gradient {} at {:.2e}", worst.1, worst.0);
+    // context, one token (a caption cut before its EOT) and lengths in between in one launch;
+    // causal (CLIP's text) and bidirectional (OneR's).
+    for name in ["tiny", "tiny-oner"] {
+        let model = ClipModel::new(preset(name).unwrap()).unwrap();
+        let c = &model.config;
+        let mut rng = Rng::new(4);
+        let (cpu_params, _) = model.init_params(&mut rng, DType::F32).unwrap();
+        let ends = [c.text.context - 1, 0, 5, 1, c.text.context / 2];
+        let tokens = captions_ending_at(&mut rng, &ends, c.text.context, c.text.vocab);
+        let probe = rng.normal_tensor([ends.len(), c.embed_dim], 1.0, DType::F32);
+        let run = |params: &ParamStore, probe: &Tensor| {
+            let features = model.encode_text(params, &tokens).unwrap();
+            let loss = features.to_dtype(probe.dtype()).unwrap().mul(probe).unwrap().sum_all().unwrap();
+            (features.to_f64_vec(), autograd::backward(&loss).unwrap())
+        };
+        let params64 = cpu_params.cast_for_compute(DType::F64, |_| false).unwrap();
+        let (want, cpu_grads) = run(&params64, &probe.to_dtype(DType::F64).unwrap());
+        for device in model_devices() {
+            let mut params = cpu_params.clone();
+            params.to_device(device).unwrap();
+            let (got, grads) = run(&params, &probe.to_device(device).unwrap());
+            let err = relative_error(&got, &want);
+            let what = format!("{name}: packed text on {device}");
+            assert!(err <= FEATURE_RTOL, "{what}: features off by {err:.2e} (relative norm)");
+            let worst = assert_gradients_match(&what, (&cpu_params, &cpu_grads), (&params, &grads), GRAD_RTOL);
+            eprintln!("{what}: features off by {err:.1e}; worst gradient {} at {:.2e}", worst.1, worst.0);
+        }
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, captions_ending_at};
 use msclip::autograd;
 use msclip::backend::AttnMask;
-use msclip::model::{ClipModel, Mode, Role, preset};
+use msclip::model::{ClipModel, Mode, Role, TextEncoder, preset};
 use msclip::nn::ParamStore;
 use msclip::ops;
 use msclip::text::eot_positions;
@@ -94,8 +94,10 @@ fn shared_weights_get_the_sum_of_image_and_text_gradients() {
 }
 
 /// The text tower as CLIP runs it, written here from the checkpoint names: every caption padded
-/// to the full context in a batch row of its own, causal mask, argmax pooling. A shared weight
-/// resolves to the vision tower's name (MS-CLIP's attention and MLP, OneR's blocks and head).
+/// to the full context in a batch row of its own, causal mask, argmax pooling; or, for OneR's
+/// bidirectional encoder, a key-padding mask at each caption's end (its EOT, or the whole row
+/// when it was cut before its EOT) and the first token pooled. A shared weight resolves to the
+/// vision tower's name (MS-CLIP's attention and MLP, OneR's blocks and head).
 fn padded_text_reference(model: &ClipModel, p: &ParamStore, tokens: &[u32]) -> Tensor {
     let c = &model.config;
     let (context, width, batch) = (c.text.context, c.text.width, tokens.len() / c.text.context);
@@ -112,15 +114,22 @@ fn padded_text_reference(model: &ClipModel, p: &ParamStore, tokens: &[u32]) -> T
     let table = |name: &str| get(&[name.into()]);
     let x = table("token_embedding.weight").index_rows(tokens).unwrap().reshape([batch, context, width]).unwrap();
     let mut x = x.add_broadcast(table("positional_embedding")).unwrap();
+    let eots = eot_positions(tokens, context).unwrap();
+    let (mask, pooled_positions): (AttnMask, Vec<usize>) = match c.text.encoder {
+        TextEncoder::Causal => (AttnMask::causal(), eots),
+        TextEncoder::Bidirectional => {
+            let lengths = eots.iter().map(|&e| if e == 0 { context } else { e + 1 }).collect();
+            (AttnMask::key_padding(lengths), vec![0; batch])
+        }
+    };
     for i in 0..c.text.layers {
         let qkv = norm(&x, i, "ln_1").linear(block(i, "attn.in_proj_weight"), Some(block(i, "attn.in_proj_bias")));
-        let attn = ops::attention(&qkv.unwrap(), c.text.heads, &AttnMask::causal()).unwrap();
+        let attn = ops::attention(&qkv.unwrap(), c.text.heads, &mask).unwrap();
         x = x.add(&linear(&attn, i, "attn.out_proj")).unwrap();
         let hidden = linear(&norm(&x, i, "ln_2"), i, "mlp.c_fc").quick_gelu().unwrap();
         x = x.add(&linear(&hidden, i, "mlp.c_proj")).unwrap();
     }
-    let rows: Vec<u32> =
-        eot_positions(tokens, context).unwrap().iter().enumerate().map(|(b, &e)| (b * context + e) as u32).collect();
+    let rows: Vec<u32> = pooled_positions.iter().enumerate().map(|(b, &e)| (b * context + e) as u32).collect();
     let pooled = x.reshape([batch * context, width]).unwrap().index_rows(&rows).unwrap();
     let head = |what: &str| get(&[format!("ln_final.{what}"), format!("head.ln.{what}")]);
     let normed = pooled.layer_norm(head("weight"), head("bias"), c.ln_eps).unwrap();
@@ -132,7 +141,7 @@ fn packed_text_matches_the_padded_reference() {
     // Captions trimmed through their EOT and packed into one varlen sequence must give the
     // features and parameter gradients of the padded computation, to f64 rounding: lengths from
     // the full context down to one token (a caption cut before its EOT pools at SOT), with junk
-    // ids after each EOT that only the padded reference sees.
+    // ids after each EOT that only the padded reference sees. tiny-oner's text is bidirectional.
     for name in ["tiny", "tiny-clip", "tiny-msclip", "tiny-msclip-s", "tiny-oner"] {
         let model = ClipModel::new(preset(name).unwrap()).unwrap();
         let c = &model.config;

@@ -77,6 +77,22 @@ pub struct TextConfig {
     pub heads: usize,
     /// Early specialisation for text: layer 0 is a full, unshared block.
     pub unshared_first_layer: bool,
+    /// How tokens see each other and which one the head reads (configs from before the choice
+    /// are CLIP's).
+    #[serde(default)]
+    pub encoder: TextEncoder,
+}
+
+/// The text tower's attention pattern and pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TextEncoder {
+    /// CLIP's: causal attention, the head reads the EOT token.
+    #[default]
+    Causal,
+    /// OneR's (BERT-style): each caption's tokens attend to all of its tokens (never to padding
+    /// or to other captions), and the head reads its first token, SOT, as the [CLS] token.
+    Bidirectional,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

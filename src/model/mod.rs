@@ -14,7 +14,7 @@ mod transformer;
 mod vision;
 
 pub use builder::{BufferId, Buffers, Init, ModelSpec, ParamSpec, Role};
-pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, VisionConfig, VisionStem};
+pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem};
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;

@@ -2,10 +2,12 @@
 //! and the captions packed back to back as one sequence (varlen attention), described by the
 //! tables the kernels read (token ids, positions, sequence offsets, pooled rows).
 //!
-//! Pooling takes the first occurrence of the largest id in each row (EOT, the largest id of the
-//! vocabulary; a caption cut before its EOT pools at SOT, as in the reference). Under the causal
-//! mask nothing after that position can change it, so the trim is exact and no FLOPs go to
-//! padding.
+//! CLIP's causal encoder pools at the first occurrence of the largest id in each row (EOT, the
+//! largest id of the vocabulary; a caption cut before its EOT pools at SOT, as in the reference).
+//! Under the causal mask nothing after that position can change it, so the trim is exact and no
+//! FLOPs go to padding. The bidirectional encoder ([`TextEncoder::Bidirectional`]) keeps each
+//! caption through its EOT (a row cut before its EOT whole: it has no padding) and pools at its
+//! first token; the trim is its key-padding mask.
 //!
 //! A captured training graph ([`crate::train::GraphStep`]) needs the same shapes at every
 //! launch, while the number of caption tokens changes from batch to batch. [`PackCapacity`]
@@ -14,6 +16,7 @@
 //! pooled, so they get zero gradients, and every table keeps its length: the next batch is
 //! written into the captured tables ([`CaptionPacking::rewrite`]).
 
+use super::config::TextEncoder;
 use crate::backend::AttnMask;
 use crate::error::{Error, Result};
 use crate::tensor::Table;
@@ -56,6 +59,8 @@ pub struct CaptionPacking {
     pub context: usize,
     /// Fixed sizes when padded, for a captured graph.
     pub capacity: Option<PackCapacity>,
+    /// Whether attention is causal and which token is pooled.
+    pub encoder: TextEncoder,
 }
 
 /// The host values of one packing.
@@ -66,12 +71,28 @@ struct Words {
     pooled_rows: Vec<u32>,
 }
 
-/// The number of tokens the captions of `tokens` (rows of `context` ids) take packed.
-pub fn packed_tokens(tokens: &[u32], context: usize) -> Result<usize> {
-    Ok(eot_positions(tokens, context)?.iter().map(|&last| last + 1).sum())
+/// The last packed position of each caption of `tokens` (rows of `context` ids).
+fn caption_ends(tokens: &[u32], context: usize, encoder: TextEncoder) -> Result<Vec<usize>> {
+    let eots = eot_positions(tokens, context)?;
+    Ok(match encoder {
+        TextEncoder::Causal => eots,
+        // A row whose largest id is its first (SOT) was cut before its EOT and has no padding.
+        TextEncoder::Bidirectional => eots.into_iter().map(|eot| if eot == 0 { context - 1 } else { eot }).collect(),
+    })
 }
 
-fn pack(tokens: &[u32], context: usize, vocab: usize, capacity: Option<PackCapacity>) -> Result<Words> {
+/// The number of tokens the captions of `tokens` (rows of `context` ids) take packed.
+pub fn packed_tokens(tokens: &[u32], context: usize, encoder: TextEncoder) -> Result<usize> {
+    Ok(caption_ends(tokens, context, encoder)?.iter().map(|&last| last + 1).sum())
+}
+
+fn pack(
+    tokens: &[u32],
+    context: usize,
+    vocab: usize,
+    encoder: TextEncoder,
+    capacity: Option<PackCapacity>,
+) -> Result<Words> {
     if tokens.is_empty() || !tokens.len().is_multiple_of(context) {
         return Err(Error::shape(
             "encode_text",
@@ -82,12 +103,15 @@ fn pack(tokens: &[u32], context: usize, vocab: usize, capacity: Option<PackCapac
         return Err(Error::index("encode_text", format!("token id {bad} for a vocabulary of {vocab}")));
     }
     let mut w = Words { ids: Vec::new(), positions: Vec::new(), offsets: vec![0], pooled_rows: Vec::new() };
-    for (row, &last) in tokens.chunks(context).zip(&eot_positions(tokens, context)?) {
+    for (row, &last) in tokens.chunks(context).zip(&caption_ends(tokens, context, encoder)?) {
+        let first = w.ids.len() as u32;
         w.ids.extend_from_slice(&row[..=last]);
         w.positions.extend(0..=last as u32);
         w.offsets.push(w.ids.len() as u32);
-        // The pooled token is the last of its caption's packed sequence.
-        w.pooled_rows.push(w.ids.len() as u32 - 1);
+        w.pooled_rows.push(match encoder {
+            TextEncoder::Causal => w.ids.len() as u32 - 1,
+            TextEncoder::Bidirectional => first,
+        });
     }
     if let Some(capacity) = capacity {
         let used = w.ids.len();
@@ -111,9 +135,16 @@ fn pack(tokens: &[u32], context: usize, vocab: usize, capacity: Option<PackCapac
 }
 
 impl CaptionPacking {
-    /// `tokens` (rows of `context` ids below `vocab`) packed, with `capacity`'s padding when given.
-    pub fn new(tokens: &[u32], context: usize, vocab: usize, capacity: Option<PackCapacity>) -> Result<Self> {
-        let w = pack(tokens, context, vocab, capacity)?;
+    /// `tokens` (rows of `context` ids below `vocab`) packed for `encoder`, with `capacity`'s
+    /// padding when given.
+    pub fn new(
+        tokens: &[u32],
+        context: usize,
+        vocab: usize,
+        encoder: TextEncoder,
+        capacity: Option<PackCapacity>,
+    ) -> Result<Self> {
+        let w = pack(tokens, context, vocab, encoder, capacity)?;
         Ok(CaptionPacking {
             ids: Table::new(w.ids),
             positions: Table::new(w.positions),
@@ -121,6 +152,7 @@ impl CaptionPacking {
             pooled_rows: Table::new(w.pooled_rows),
             context,
             capacity,
+            encoder,
         })
     }
 
@@ -129,7 +161,7 @@ impl CaptionPacking {
     pub fn rewrite(&self, tokens: &[u32], vocab: usize) -> Result<()> {
         let capacity =
             self.capacity.ok_or_else(|| Error::invalid("encode_text", "only a padded packing is rewritten"))?;
-        let w = pack(tokens, self.context, vocab, Some(capacity))?;
+        let w = pack(tokens, self.context, vocab, self.encoder, Some(capacity))?;
         if w.pooled_rows.len() != self.captions() {
             return Err(Error::shape(
                 "encode_text",
@@ -166,15 +198,16 @@ impl CaptionPacking {
         self.capacity.map(|_| self.context)
     }
 
-    /// Causal attention within each sequence.
+    /// Attention within each sequence, causal for the causal encoder.
     pub fn mask(&self) -> AttnMask {
         self.mask_with(self.offsets.clone(), 0, self.longest_bound())
     }
 
-    /// A causal mask over packed sequences at `offsets` whose first `full` attend in full.
+    /// A mask over packed sequences at `offsets` whose first `full` attend in full and the rest
+    /// as the encoder says.
     pub fn mask_with(&self, offsets: Table, full: usize, longest_bound: Option<usize>) -> AttnMask {
         AttnMask {
-            causal: true,
+            causal: self.encoder == TextEncoder::Causal,
             first_causal_sequence: full,
             sequence_offsets: Some(offsets.words().iter().map(|&o| o as usize).collect()),
             offsets_table: Some(offsets),
@@ -193,7 +226,7 @@ mod tests {
 
     #[test]
     fn exact_packing_trims_each_caption_at_its_pooled_token() {
-        let p = CaptionPacking::new(&TOKENS, 6, 10, None).unwrap();
+        let p = CaptionPacking::new(&TOKENS, 6, 10, TextEncoder::Causal, None).unwrap();
         assert_eq!(&*p.ids.words(), &[8, 3, 9, 8, 4, 5, 6, 9]);
         assert_eq!(&*p.positions.words(), &[0, 1, 2, 0, 1, 2, 3, 4]);
         assert_eq!(&*p.offsets.words(), &[0, 3, 8]);
@@ -204,7 +237,7 @@ mod tests {
     #[test]
     fn padded_packing_keeps_its_sizes_across_rewrites() {
         let capacity = PackCapacity { tokens: 16, pad_sequences: 2 };
-        let p = CaptionPacking::new(&TOKENS, 6, 10, Some(capacity)).unwrap();
+        let p = CaptionPacking::new(&TOKENS, 6, 10, TextEncoder::Causal, Some(capacity)).unwrap();
         // 8 caption tokens, then 8 padding tokens as sequences of 6 and 2.
         assert_eq!(&*p.offsets.words(), &[0, 3, 8, 14, 16]);
         assert_eq!(&p.positions.words()[8..], &[0, 1, 2, 3, 4, 5, 0, 1]);
@@ -218,6 +251,20 @@ mod tests {
         assert!(!capacity.fits(3, 6));
         assert!(p.rewrite(&[9, 0, 0, 0, 0, 0, 8, 8, 9, 0, 0, 0], 10).is_ok());
         assert!(p.rewrite(&TOKENS[..6], 10).is_err(), "one caption for two");
+    }
+
+    #[test]
+    fn bidirectional_packing_pools_each_caption_at_its_first_token() {
+        // The second row was cut before its EOT (its largest id is SOT, 8): kept whole.
+        let tokens = [8, 3, 9, 0, 0, 0, 8, 4, 5, 6, 7, 1];
+        let p = CaptionPacking::new(&tokens, 6, 10, TextEncoder::Bidirectional, None).unwrap();
+        assert_eq!(&*p.ids.words(), &[8, 3, 9, 8, 4, 5, 6, 7, 1]);
+        assert_eq!(&*p.offsets.words(), &[0, 3, 9]);
+        assert_eq!(&*p.pooled_rows.words(), &[0, 3]);
+        assert_eq!(packed_tokens(&tokens, 6, TextEncoder::Bidirectional).unwrap(), 9);
+        assert!(!p.mask().causal);
+        // The causal encoder pools that row at its SOT and trims it there.
+        assert_eq!(packed_tokens(&tokens, 6, TextEncoder::Causal).unwrap(), 4);
     }
 
     #[test]

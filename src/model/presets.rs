@@ -2,7 +2,9 @@
 //! reference tables exactly (tests assert them); the tiny ones are for CPU training and
 //! ablations of the sharing modes.
 
-use super::config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, VisionConfig, VisionStem};
+use super::config::{
+    InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem,
+};
 use crate::error::{Error, Result};
 
 /// Every preset name, for help texts and errors.
@@ -28,17 +30,24 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         "tiny-clip" => tiny(name, Sharing::None, false, false),
         "tiny-msclip" => tiny(name, Sharing::AttnMlp, false, false),
         "tiny-msclip-s" => tiny(name, Sharing::AttnMlp, true, true),
-        "tiny-oner" => tiny(name, Sharing::All, false, false),
+        "tiny-oner" => one_tower(tiny(name, Sharing::All, false, false)),
         "clip-b32" => clip_b32(),
         "msclip-b32" => msclip_b32(name, false, None),
         "msclip-es-b32" => msclip_b32(name, true, None),
         "msclip-s-b32" => msclip_b32(name, true, Some(branch_b32())),
         "msclip-s-b16" => msclip_s_b16(),
-        "oner-b32" => ModelConfig { sharing: Sharing::All, ..msclip_b32(name, false, None) },
+        "oner-b32" => one_tower(msclip_b32(name, false, None)),
         _ => return Err(Error::config(format!("unknown preset {name:?}; known presets: {}", PRESETS.join(", ")))),
     };
     config.validate()?;
     Ok(config)
+}
+
+/// OneR's single tower (`../shared/reference/oner-notes.md`): every transformer weight and the
+/// head shared, the text encoded bidirectionally and read at its [CLS] (SOT) token.
+fn one_tower(config: ModelConfig) -> ModelConfig {
+    let text = TextConfig { encoder: TextEncoder::Bidirectional, ..config.text };
+    ModelConfig { sharing: Sharing::All, text, ..config }
 }
 
 /// The CPU default: 48 px images (the shapes world's tiny preset), a 6x6 token grid, width 128, 4 layers, a small BPE
@@ -75,6 +84,7 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
             layers: 4,
             heads: 4,
             unshared_first_layer: early_specialisation,
+            encoder: TextEncoder::Causal,
         },
         sharing,
         init: InitStyle::MsClip,
@@ -108,6 +118,7 @@ fn clip_b32() -> ModelConfig {
             layers: 12,
             heads: 8,
             unshared_first_layer: false,
+            encoder: TextEncoder::Causal,
         },
         sharing: Sharing::None,
         init: InitStyle::OpenAiClip,
@@ -137,6 +148,7 @@ fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<Pa
             layers: 12,
             heads: 12,
             unshared_first_layer: early_specialisation,
+            encoder: TextEncoder::Causal,
         },
         sharing: Sharing::AttnMlp,
         init: InitStyle::MsClip,

@@ -1,8 +1,8 @@
-//! The text tower: token and positional embeddings, causal transformer blocks, EOT
-//! pooling, ln_final, projection.
+//! The text tower: token and positional embeddings, transformer blocks (causal with EOT pooling
+//! as in CLIP, or bidirectional pooled at the first token as in OneR), ln_final, projection.
 
 use super::builder::{Init, ModelSpec, Role};
-use super::config::{InitStyle, ModelConfig};
+use super::config::{InitStyle, ModelConfig, TextEncoder};
 use super::packing::{CaptionPacking, PackCapacity};
 use super::transformer::{Block, Pooled};
 use super::vision::Head;
@@ -19,6 +19,7 @@ pub struct TextTower {
     pub context: usize,
     vocab: usize,
     width: usize,
+    encoder: TextEncoder,
 }
 
 impl TextTower {
@@ -46,6 +47,7 @@ impl TextTower {
             context: t.context,
             vocab: t.vocab,
             width: t.width,
+            encoder: t.encoder,
         }
     }
 
@@ -69,7 +71,7 @@ impl TextTower {
 
     /// `tokens` packed for this tower (its context and vocabulary), padded to `capacity` if given.
     pub fn pack(&self, tokens: &[u32], capacity: Option<PackCapacity>) -> Result<CaptionPacking> {
-        CaptionPacking::new(tokens, self.context, self.vocab, capacity)
+        CaptionPacking::new(tokens, self.context, self.vocab, self.encoder, capacity)
     }
 
     /// The blocks' input: the packed tokens' embeddings plus their positions',

@@ -311,6 +311,7 @@ impl Block {
 mod tests {
     use super::*;
     use crate::autograd;
+    use crate::model::TextEncoder;
     use crate::model::packing::CaptionPacking;
     use crate::tensor::{DType, Rng};
 
@@ -390,7 +391,8 @@ mod tests {
     fn pooled_caption_rows_match_the_whole_causal_block() {
         let (_, block, params) = blocks(false);
         // Two captions of context 6 (EOT = 9, the largest id), pooled at tokens 2 and 4.
-        let packing = CaptionPacking::new(&[8, 3, 9, 0, 0, 0, 8, 4, 5, 6, 9, 0], 6, 10, None).unwrap();
+        let packing =
+            CaptionPacking::new(&[8, 3, 9, 0, 0, 0, 8, 4, 5, 6, 9, 0], 6, 10, TextEncoder::Causal, None).unwrap();
         let x = Rng::new(2).normal_tensor([1, packing.tokens(), 8], 1.0, DType::F64);
         let (mask, pooled) = (packing.mask(), Pooled::Rows { rows: &packing.pooled_rows, split: 0 });
         assert_pooled_matches_full(

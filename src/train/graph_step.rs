@@ -20,7 +20,7 @@ use super::step::{StepInput, StepOutput, StepState};
 use crate::backend::gpu::buffer::overwrite;
 use crate::backend::gpu::graph::{self, Graph};
 use crate::error::{Error, Result};
-use crate::model::{CaptionPacking, ClipModel, PackCapacity, packed_tokens};
+use crate::model::{CaptionPacking, ClipModel, PackCapacity, TextEncoder, packed_tokens};
 use crate::tensor::{Storage, Tensor, find_tables};
 
 pub struct GraphStep {
@@ -52,7 +52,10 @@ impl GraphStep {
         // A buffer of the graph's own: later launches write their images into it, which must
         // not show through the caller's tensor.
         let images = &own_copy(images)?;
-        let captions = model.pack_captions(tokens, Some(Self::capacity_for(tokens, model.config.text.context)?))?;
+        let captions = model.pack_captions(
+            tokens,
+            Some(Self::capacity_for(tokens, model.config.text.context, model.config.text.encoder)?),
+        )?;
         // Outside the capture, so that the graph reads the tables rather than holding their bytes.
         captions.upload(device)?;
         state.prepare(model, config)?;
@@ -90,16 +93,17 @@ impl GraphStep {
         Ok(GraphStep { graph, images: images.clone(), captions, output })
     }
 
-    /// The caption capacity a graph captured on `tokens` (rows of `context` ids) packs to.
-    pub fn capacity_for(tokens: &[u32], context: usize) -> Result<PackCapacity> {
-        let packed = packed_tokens(tokens, context)?;
+    /// The caption capacity a graph captured on `tokens` (rows of `context` ids) packs to for
+    /// `encoder`.
+    pub fn capacity_for(tokens: &[u32], context: usize, encoder: TextEncoder) -> Result<PackCapacity> {
+        let packed = packed_tokens(tokens, context, encoder)?;
         Ok(PackCapacity::around(packed, slack(packed), context))
     }
 
     /// Whether a batch of `tokens` fits the captured caption capacity.
     pub fn fits(&self, tokens: &[u32]) -> Result<bool> {
         let capacity = self.captions.capacity.expect("captured packings are padded");
-        Ok(capacity.fits(packed_tokens(tokens, self.captions.context)?, self.captions.context))
+        Ok(capacity.fits(packed_tokens(tokens, self.captions.context, self.captions.encoder)?, self.captions.context))
     }
 
     /// The captured step as captured: its batch, learning rate and optimizer step.
