@@ -46,5 +46,10 @@ fn every_preset_builds_and_single_tower_shares_most() {
     // Everything but the embeddings (patchify conv, CLS, positions, ln_pre, token table) is shared.
     assert_eq!(oner.shared, 12 * 7_087_872 + 1_536 + 768 * 512);
     assert!(counts("tiny-oner").shared > counts("tiny-msclip").shared);
+    // B/16: a 16 x 16 patchify conv (768 x 3 x 256 instead of x 1024) and 197 positions, not 50.
+    let oner_b16 = counts("oner-b16");
+    assert_eq!(oner.total, 125_853_697);
+    assert_eq!(oner_b16.total, oner.total - 768 * 3 * (1024 - 256) + 768 * (197 - 50));
+    assert_eq!(oner_b16.shared, oner.shared);
     assert_eq!(counts("tiny-clip").shared, 0);
 }

@@ -20,6 +20,7 @@ pub const PRESETS: &[&str] = &[
     "msclip-s-b32",
     "msclip-s-b16",
     "oner-b32",
+    "oner-b16",
 ];
 
 const CLIP_VOCAB: usize = 49408;
@@ -37,6 +38,13 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         "msclip-s-b32" => msclip_b32(name, true, Some(branch_b32())),
         "msclip-s-b16" => msclip_s_b16(),
         "oner-b32" => one_tower(msclip_b32(name, false, None)),
+        // OneR's likely backbone (ViT-B/16-like at 224 px: its authors' localisation code reads
+        // a 14 x 14 patch grid; oner-notes.md section 4).
+        "oner-b16" => {
+            let b32 = msclip_b32(name, false, None);
+            let vision = VisionConfig { stem: VisionStem::Patchify { patch: 16 }, ..b32.vision.clone() };
+            one_tower(ModelConfig { vision, ..b32 })
+        }
         _ => return Err(Error::config(format!("unknown preset {name:?}; known presets: {}", PRESETS.join(", ")))),
     };
     config.validate()?;
