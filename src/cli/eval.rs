@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 use msclip::DType;
 use msclip::Rng;
-use msclip::eval::evaluate;
+use msclip::data::shapes::zero_shot_factors;
+use msclip::eval::{evaluate, localisation, zero_shot_classifier};
 use msclip::model::ClipModel;
 use msclip::train::checkpoint::{self, Restored};
 use msclip::train::{load_run_tokenizer, memory, read_run_config};
@@ -26,7 +27,14 @@ pub struct EvalArgs {
     /// Where to write the metrics JSON; defaults to <run>/eval.json.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Also write a PNG of zero-shot localisation heatmaps here: every object of the first 8
+    /// two-object scenes, named by colour and shape, its box in white and the peak patch in black.
+    #[arg(long)]
+    heatmaps: Option<PathBuf>,
 }
+
+/// Two-object scenes the heatmap sheet shows (two heatmaps each).
+const HEATMAP_SCENES: usize = 8;
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.samples == 0 {
@@ -50,11 +58,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "model": model.config.name,
         "pretrained": ckpt.display().to_string(),
         "step": step,
-        "task": ["zeroshot_classification", "zeroshot_retrieval", "image_caption_selection"],
+        "task": ["zeroshot_classification", "zeroshot_retrieval", "image_caption_selection", "zeroshot_localisation"],
         "samples_per_split": args.samples,
         "metrics": report.metrics(),
     });
     msclip::files::write_atomically(&output, serde_json::to_string_pretty(&record)?.as_bytes())?;
     println!("metrics written to {}", output.display());
+    if let Some(path) = &args.heatmaps {
+        let factor = zero_shot_factors().into_iter().find(|f| f.name == "colour_shape");
+        let factor = factor.ok_or_else(|| anyhow::anyhow!("the shapes world has no colour_shape factor"))?;
+        let names = zero_shot_classifier(&model, &params, &tokenizer, &factor)?;
+        let maps = localisation::heatmaps(&model, &params, &mut buffers, &train.data, HEATMAP_SCENES, &names)?;
+        localisation::write_heatmaps(path, &train.data, &maps)?;
+        println!("localisation heatmaps written to {}", path.display());
+    }
     Ok(())
 }

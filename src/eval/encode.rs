@@ -29,6 +29,24 @@ pub fn encode_images(
     Ok(out)
 }
 
+/// L2-normalised patch embeddings through the image head, row-major [n, grid^2, embed_dim], as
+/// f64 (see [`ClipModel::encode_patches`]).
+pub fn encode_patches(
+    model: &ClipModel,
+    params: &ParamStore,
+    buffers: &mut Buffers,
+    images: &[&[u8]],
+    size: usize,
+) -> Result<Vec<f64>> {
+    let dtype = params.get(model.logit_scale()).dtype();
+    let mut out = Vec::new();
+    for chunk in images.chunks(EVAL_BATCH) {
+        let x = images_to_tensor(chunk, size, dtype)?.to_device(params.device())?;
+        out.extend(no_grad(|| model.encode_patches(params, buffers, &x, Mode::Eval))?.to_f64_vec());
+    }
+    Ok(out)
+}
+
 /// L2-normalised text features, row-major [n, embed_dim], as f64.
 pub fn encode_texts(model: &ClipModel, params: &ParamStore, tokenizer: &Tokenizer, texts: &[&str]) -> Result<Vec<f64>> {
     let context = model.config.text.context;

@@ -1,9 +1,11 @@
 //! Evaluation on the shapes world, with the metric names of CLIP_benchmark and open_clip:
 //! zero-shot classification per factor on seen and unseen colour-shape pairs (the
 //! compositional gap), image-text retrieval both ways, attribute binding, and the modality gap
-//! (how far apart the image and text embeddings sit).
+//! (how far apart the image and text embeddings sit), and zero-shot localisation (the pointing
+//! game on two-object scenes).
 
 mod encode;
+pub mod localisation;
 pub mod metrics;
 mod report;
 
@@ -100,6 +102,12 @@ pub fn evaluate(
         })
         .count();
     report.binding_text_acc = Some(correct as f64 / pairs.len().max(1) as f64);
+
+    let colour_shape = factors.iter().position(|f| f.name == "colour_shape").map(|i| &classifiers[i]);
+    if let Some(colour_shape) = colour_shape {
+        let maps = localisation::heatmaps(model, params, buffers, data, samples, colour_shape)?;
+        report.pointing_game = Some(localisation::pointing_game(&maps));
+    }
     Ok(report)
 }
 

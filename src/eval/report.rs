@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::localisation::PointingGame;
 use super::metrics::{Classification, ModalityGap, Ranking};
 
 /// The accuracy curves drawn into accuracy.png.
@@ -25,6 +26,8 @@ pub struct EvalReport {
     pub binding_text_acc: Option<f64>,
     /// (split, the gap between the image and text embeddings of its pairs).
     pub modality_gap: Vec<(String, ModalityGap)>,
+    /// Zero-shot localisation on the two-object binding scenes.
+    pub pointing_game: Option<PointingGame>,
 }
 
 impl EvalReport {
@@ -61,6 +64,10 @@ impl EvalReport {
             m.insert(format!("modality_gap/{split}/centroid_distance"), gap.centroid_distance);
             m.insert(format!("modality_gap/{split}/matched_cosine"), gap.matched_cosine);
             m.insert(format!("modality_gap/{split}/unmatched_cosine"), gap.unmatched_cosine);
+        }
+        if let Some(game) = self.pointing_game {
+            m.insert("localisation/pointing_game".into(), game.accuracy);
+            m.insert("localisation/pointing_game_chance".into(), game.chance);
         }
         m
     }
@@ -106,6 +113,15 @@ impl EvalReport {
                 out,
                 "modality gap ({split}): centroid distance {:.3}, cosine of matched pairs {:.3}, of unmatched {:.3}",
                 gap.centroid_distance, gap.matched_cosine, gap.unmatched_cosine
+            );
+        }
+        if let Some(game) = self.pointing_game {
+            let _ = writeln!(
+                out,
+                "localisation (pointing game, {} objects of two-object scenes): {:.1}% (chance {:.1}%)",
+                game.queries,
+                100.0 * game.accuracy,
+                100.0 * game.chance
             );
         }
         out

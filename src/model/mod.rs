@@ -130,6 +130,12 @@ impl ClipModel {
         self.vision.forward(p, bufs, images, mode)
     }
 
+    /// L2-normalised [batch, grid^2, embed_dim] patch embeddings: the last block's patch tokens
+    /// through the image head (the shared head for a single tower), for zero-shot localisation.
+    pub fn encode_patches(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.vision.forward_patches(p, bufs, images, mode)
+    }
+
     /// Row-major [batch, context] token ids to L2-normalised [batch, embed_dim] features.
     pub fn encode_text(&self, p: &ParamStore, tokens: &[u32]) -> Result<Tensor> {
         self.text.forward(p, tokens)

@@ -110,19 +110,46 @@ impl VisionTower {
 
     /// [batch, 3, size, size] normalised images to L2-normalised features.
     pub fn forward(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        // The last block computes only the CLS rows the head reads.
+        let x = self.trunk(p, bufs, images, mode, Some(Pooled::FirstToken))?;
+        let pooled = if self.blocks.is_empty() { self.pool(&x)? } else { x };
+        self.head.forward(p, &pooled)
+    }
+
+    /// The patch tokens of the last block through the head: L2-normalised [batch, grid^2,
+    /// embed_dim] patch embeddings in row-major grid order (dense features for zero-shot
+    /// localisation: each patch compared with a text embedding).
+    pub fn forward_patches(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = self.trunk(p, bufs, images, mode, None)?;
+        let (batch, tokens) = (x.dims()[0], x.dims()[1]);
+        let patches = x.slice(1, 1, tokens - 1)?.reshape([batch * (tokens - 1), self.width])?;
+        let features = self.head.forward(p, &patches)?;
+        let dim = features.dims()[1];
+        features.reshape([batch, tokens - 1, dim])
+    }
+
+    /// The stem and the blocks, with the parallel branch fused in; the last block computes only
+    /// the `last` rows when given ([batch, width]), else every token ([batch, tokens, width]).
+    fn trunk(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        mode: Mode,
+        last: Option<Pooled>,
+    ) -> Result<Tensor> {
         let mut x = self.embed(p, bufs, images, mode)?;
         let mut branch = BranchProgress::start(images);
         for (i, (layer, block)) in self.blocks.iter().enumerate() {
             while self.lateral_before(&branch, *layer) {
                 x = self.fuse_branch(&mut branch, p, bufs, &x, mode)?;
             }
-            if i + 1 == self.blocks.len() {
-                // The last block computes only the CLS rows the head reads.
-                return self.head.forward(p, &block.forward_pooled(p, &x, &AttnMask::none(), Pooled::FirstToken)?);
-            }
-            x = block.forward(p, &x, &AttnMask::none())?;
+            x = match last {
+                Some(pooled) if i + 1 == self.blocks.len() => block.forward_pooled(p, &x, &AttnMask::none(), pooled)?,
+                _ => block.forward(p, &x, &AttnMask::none())?,
+            };
         }
-        self.head.forward(p, &self.pool(&x)?)
+        Ok(x)
     }
 
     /// The trunk's input: stem tokens after the CLS token, positional embeddings added and

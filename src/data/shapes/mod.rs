@@ -36,7 +36,7 @@ use crate::tensor::Rng;
 
 pub use self::config::ShapesConfig;
 pub use self::factors::{Background, Colour, Position, Relation, ShapeKind, Size, Texture};
-pub use self::preview::{PreviewLayout, write_preview};
+pub use self::preview::{PreviewLayout, SheetTile, write_preview, write_sheet};
 pub use self::scene::{Layout, Object, Scene};
 pub use self::split::{
     HELD_OUT_COUNT, HELD_OUT_TEXTURES, Split, is_held_out, is_held_out_placement, is_held_out_texture,

@@ -62,14 +62,14 @@ impl PreviewLayout {
     }
 
     /// The sheet as RGB bytes: white paper, images, black captions.
-    fn compose(&self, samples: &[Sample], image_size: usize) -> Vec<u8> {
+    fn compose(&self, tiles: &[SheetTile], image_size: usize) -> Vec<u8> {
         let mut sheet = vec![255u8; self.width * self.height * 3];
         let scale = self.tile / image_size.max(1);
-        for (i, sample) in samples.iter().enumerate() {
+        for (i, tile) in tiles.iter().enumerate() {
             let left = GAP + (i % self.columns) * (self.cell_width + GAP);
             let top = GAP + (i / self.columns) * (self.cell_height + GAP);
             let offset = left + (self.cell_width - self.tile) / 2;
-            for (y, row) in sample.image.chunks_exact(image_size * 3).enumerate() {
+            for (y, row) in tile.image.chunks_exact(image_size * 3).enumerate() {
                 for (x, px) in row.chunks_exact(3).enumerate() {
                     for dy in 0..scale {
                         let start = ((top + y * scale + dy) * self.width + offset + x * scale) * 3;
@@ -79,7 +79,7 @@ impl PreviewLayout {
                     }
                 }
             }
-            for (line, text) in wrap(&sample.caption, self.line_chars(), CAPTION_LINES).iter().enumerate() {
+            for (line, text) in wrap(&tile.caption, self.line_chars(), CAPTION_LINES).iter().enumerate() {
                 let y = top + self.tile + GAP / 2 + line * LINE_HEIGHT;
                 draw_text(&mut sheet, self.width, left, y, text, [0, 0, 0]);
             }
@@ -117,6 +117,12 @@ fn wrap(text: &str, width: usize, lines: usize) -> Vec<String> {
     out
 }
 
+/// One cell of a sheet: an HWC RGB image of the sheet's image size and the text under it.
+pub struct SheetTile {
+    pub image: Vec<u8>,
+    pub caption: String,
+}
+
 /// Writes a preview of samples `0..count` of `split` to `path` as a PNG. The file appears
 /// whole or not at all (written atomically).
 pub fn write_preview(path: &Path, cfg: &ShapesConfig, split: Split, count: usize) -> Result<()> {
@@ -124,7 +130,23 @@ pub fn write_preview(path: &Path, cfg: &ShapesConfig, split: Split, count: usize
     if !(1..=MAX_COUNT).contains(&count) {
         return Err(Error::invalid("write_preview", format!("count must be 1 to {MAX_COUNT}, got {count}")));
     }
-    let layout = PreviewLayout::new(cfg.image_size, count);
-    let sheet = layout.compose(&samples(cfg, split, 0..count as u64), cfg.image_size);
-    write_rgb_png(path, layout.width as u32, layout.height as u32, &sheet)
+    let tiles: Vec<SheetTile> = samples(cfg, split, 0..count as u64)
+        .into_iter()
+        .map(|Sample { image, caption, .. }| SheetTile { image, caption })
+        .collect();
+    write_sheet(path, cfg.image_size, &tiles)
+}
+
+/// Writes `tiles` (images of `image_size` pixels a side) as one PNG contact sheet, atomically.
+pub fn write_sheet(path: &Path, image_size: usize, tiles: &[SheetTile]) -> Result<()> {
+    if !(1..=MAX_COUNT).contains(&tiles.len()) {
+        let count = tiles.len();
+        return Err(Error::invalid("write_sheet", format!("count must be 1 to {MAX_COUNT}, got {count}")));
+    }
+    if let Some(bad) = tiles.iter().find(|t| t.image.len() != image_size * image_size * 3) {
+        let detail = format!("a tile of {} bytes for {image_size} px RGB images", bad.image.len());
+        return Err(Error::invalid("write_sheet", detail));
+    }
+    let layout = PreviewLayout::new(image_size, tiles.len());
+    write_rgb_png(path, layout.width as u32, layout.height as u32, &layout.compose(tiles, image_size))
 }
