@@ -134,27 +134,34 @@ fn sigint_saves_a_checkpoint_and_exits_non_zero_with_the_resume_command() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// Issue 15: a single tower trained with OneR's mixup contrast; its evaluation reports the
+// Issue 15: a single tower trained with OneR's contrasts; its evaluation reports the
 // modality gap and the pointing game, and draws the localisation heatmaps.
 #[test]
 fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     let dir = scratch("oner");
-    let args = ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5"];
+    let args = ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1"];
     let out = msclip_in(&dir, &[&args[..], FAST].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let config = std::fs::read_to_string(dir.join("runs/o/config.json")).unwrap();
-    assert!(config.contains("\"xmc\": 0.5") && config.contains("\"encoder\": \"bidirectional\""), "{config}");
+    for setting in ["\"xmc\": 0.5", "\"cmc\": 1.0", "\"encoder\": \"bidirectional\""] {
+        assert!(config.contains(setting), "{setting} missing from {config}");
+    }
     let eval = ["eval", "--run", "runs/o", "--samples", "4", "--output", "e.json", "--heatmaps", "h.png"];
     let out = msclip_in(&dir, &eval);
     assert!(out.status.success(), "{}", stderr(&out));
     let metrics = std::fs::read_to_string(dir.join("e.json")).unwrap();
-    for key in ["localisation/pointing_game", "localisation/pointing_game_chance", "modality_gap/seen/centroid_distance"] {
+    for key in
+        ["localisation/pointing_game", "localisation/pointing_game_chance", "modality_gap/seen/centroid_distance"]
+    {
         assert!(metrics.contains(key), "{key} missing from {metrics}");
     }
     assert!(std::fs::read(dir.join("h.png")).unwrap().starts_with(b"\x89PNG"), "a PNG sheet");
     // An objective that does not exist is refused before anything runs.
     let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,cic=1"]);
     assert!(!out.status.success() && stderr(&out).contains("unknown objective \"cic\""), "{}", stderr(&out));
+    // So is one the preset cannot compute: CMC's joint sequence on two towers.
+    let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "cmc"]);
+    assert!(!out.status.success() && stderr(&out).contains("single-tower preset"), "{}", stderr(&out));
     assert!(!dir.join("runs/bad").exists(), "no run directory for a refused run");
     let _ = std::fs::remove_dir_all(&dir);
 }

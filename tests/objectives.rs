@@ -1,5 +1,5 @@
 //! The training objectives of `--loss` against their formulas: OneR's cross-modal mixup
-//! contrast (XMC) computed by hand in f64, its gradients (through the mixture, by finite
+//! contrast (XMC) and the joint sequence's contrast (CMC) computed by hand in f64, its gradients (through the mixture, by finite
 //! differences; with the mixture as a target, against the same loss on a constant mixture), and
 //! weighted sums.
 
@@ -8,7 +8,7 @@ mod common;
 use common::{gradcheck, randn};
 use msclip::autograd;
 use msclip::backend::ContrastWeights;
-use msclip::model::Objectives;
+use msclip::model::{Objectives, PairFeatures};
 use msclip::ops::contrast;
 use msclip::{Rng, Tensor};
 
@@ -40,6 +40,10 @@ fn objectives(spec: &str) -> Objectives {
     Objectives::parse(spec).unwrap()
 }
 
+fn features(img: Tensor, txt: Tensor, joint: Option<Tensor>) -> PairFeatures {
+    PairFeatures { img, txt, joint }
+}
+
 #[test]
 fn xmc_is_each_modality_against_its_pairs_mixture() {
     let mut rng = Rng::new(7);
@@ -61,7 +65,8 @@ fn xmc_is_each_modality_against_its_pairs_mixture() {
     let xmc = nce(&i, &mixture, temperature) + nce(&t, &mixture, temperature);
     let itc = (nce(&i, &t, temperature) + nce(&t, &i, temperature)) / 2.0;
     for (spec, want) in [("xmc", xmc), ("itc", itc), ("itc=0.5,xmc=2", 0.5 * itc + 2.0 * xmc)] {
-        let got = objectives(spec).loss(&img, &txt, &scale, None).unwrap().item().unwrap();
+        let got =
+            objectives(spec).loss(&features(img.clone(), txt.clone(), None), &scale, None).unwrap().item().unwrap();
         assert!((got - want).abs() <= 1e-12 * want.abs(), "{spec}: {got} against {want} by hand");
     }
 }
@@ -72,10 +77,12 @@ fn xmc_gradients_through_the_mixture_match_finite_differences() {
     for (n, d) in [(2, 3), (5, 4)] {
         let (img, txt) = (randn(&mut rng, &[n, d]), randn(&mut rng, &[n, d]));
         let scale = Tensor::from_vec(vec![0.7f64], [1]).unwrap();
-        for spec in ["xmc,xmc-through-mixture", "itc=0.5,xmc=1.5,xmc-through-mixture"] {
+        let joint = randn(&mut rng, &[n, d]);
+        for spec in ["xmc,through-mixture", "itc=0.5,xmc=1.5,through-mixture", "cmc,through-mixture"] {
             let o = objectives(spec);
-            gradcheck(spec, &[img.clone(), txt.clone(), scale.clone()], |x| {
-                o.loss(&x[0].l2_normalize(1e-12)?, &x[1].l2_normalize(1e-12)?, &x[2], Some(100.0))
+            gradcheck(spec, &[img.clone(), txt.clone(), scale.clone(), joint.clone()], |x| {
+                let joint = Some(x[3].l2_normalize(1e-12)?);
+                o.loss(&features(x[0].l2_normalize(1e-12)?, x[1].l2_normalize(1e-12)?, joint), &x[2], Some(100.0))
             });
         }
     }
@@ -90,7 +97,7 @@ fn xmc_with_the_mixture_as_a_target_sends_no_gradient_through_it() {
     let leaf = |t: Tensor| unit_rows(&t).set_requires_grad(true);
     let (img, txt) = (leaf(randn(&mut rng, &[n, d])), leaf(randn(&mut rng, &[n, d])));
     let scale = Tensor::from_vec(vec![0.7f64], [1]).unwrap().set_requires_grad(true);
-    let loss = objectives("xmc").loss(&img, &txt, &scale, None).unwrap();
+    let loss = objectives("xmc").loss(&features(img.clone(), txt.clone(), None), &scale, None).unwrap();
     let grads = autograd::backward(&loss).unwrap();
 
     let constant = img.add(&txt).unwrap().l2_normalize(1e-12).unwrap().detach();

@@ -115,9 +115,10 @@ pub struct TrainArgs {
     #[arg(long)]
     colour_dropout: Option<f64>,
     /// Training objectives and their weights [default: itc=1]: comma-separated name=weight
-    /// pairs of itc (CLIP's symmetric contrast) and xmc (OneR's cross-modal mixup contrast,
-    /// each modality against the normalised mean of its pair's embeddings), e.g. itc=1,xmc=1;
-    /// add xmc-through-mixture to let XMC's gradient flow through the mixture target.
+    /// pairs of itc (CLIP's symmetric contrast), xmc (OneR's cross-modal mixup contrast, each
+    /// modality against the normalised mean of its pair's embeddings) and cmc (the joint
+    /// image+caption sequence against that mean; single-tower presets), e.g. itc=1,xmc=1; add
+    /// through-mixture to let gradients flow through the mixture target.
     #[arg(long, value_parser = parse_objectives)]
     loss: Option<Objectives>,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).

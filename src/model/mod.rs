@@ -6,6 +6,7 @@ mod config;
 mod convnet;
 mod count;
 mod fused;
+mod joint;
 mod objectives;
 mod packing;
 mod presets;
@@ -18,7 +19,7 @@ pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, Te
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;
-pub use objectives::{OBJECTIVES, Objectives};
+pub use objectives::{OBJECTIVES, Objectives, PairFeatures};
 pub use packing::{CaptionPacking, PackCapacity, packed_tokens};
 pub use presets::{PRESETS, preset};
 
@@ -189,8 +190,17 @@ impl ClipModel {
                 (self.encode_image(p, bufs, images, Mode::Train)?, self.text.forward_packed(p, captions)?)
             }
         };
+        let joint = match objectives.needs_joint() {
+            true => Some(joint::encode_joint(self, p, bufs, images, captions)?),
+            false => None,
+        };
         // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
         let scale = p.get(self.logit_scale);
-        objectives.loss(&img.to_dtype(scale.dtype())?, &txt.to_dtype(scale.dtype())?, scale, max_scale)
+        let features = PairFeatures {
+            img: img.to_dtype(scale.dtype())?,
+            txt: txt.to_dtype(scale.dtype())?,
+            joint: joint.map(|j| j.to_dtype(scale.dtype())).transpose()?,
+        };
+        objectives.loss(&features, scale, max_scale)
     }
 }

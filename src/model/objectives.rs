@@ -4,42 +4,59 @@
 //! - `xmc`: OneR's cross-modal mixup contrast (reconstructed, `../shared/reference/oner-notes.md`
 //!   section 3): the mixture `m = normalize(z_I + z_T)` of each pair's two embeddings is the
 //!   target both modalities contrast against, `NCE(z_I, m) + NCE(z_T, m)`, each row picking its own
-//!   pair's mixture among the batch's. By default the mixture is a target only (no gradient flows
-//!   through it, as through MoCo's key branch); `xmc-through-mixture` lets it flow.
+//!   pair's mixture among the batch's.
+//! - `cmc`: the contrast OneR's authors ended with (their DEVIEW 2023 talk, notes section 2,
+//!   formula reconstructed): the embedding j of the joint sequence (the pair's image tokens then
+//!   its caption's, through the single tower, read at the image's CLS) against the mixture,
+//!   `(NCE(j, m) + NCE(m, j)) / 2`. Single-tower models only.
+//!
+//! By default the mixture is a target only (no gradient flows through it, as through MoCo's key
+//! branch); the switch `through-mixture` lets it flow.
 //!
 //! `NCE(a, b)` is the one-directional InfoNCE of [`ops::contrast`] with [`ContrastWeights::ROWS`];
 //! every term shares the model's learnable logit scale.
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{ModelConfig, Sharing};
 use crate::backend::ContrastWeights;
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::tensor::Tensor;
 
 /// The names `--loss` accepts, for help texts and errors.
-pub const OBJECTIVES: &[&str] = &["itc", "xmc"];
+pub const OBJECTIVES: &[&str] = &["itc", "xmc", "cmc"];
 
 /// Each objective's weight in the training loss (0: not computed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Objectives {
     pub itc: f64,
     pub xmc: f64,
-    /// Whether XMC's gradient also flows through the mixture target (default: it does not).
     #[serde(default)]
-    pub xmc_through_mixture: bool,
+    pub cmc: f64,
+    /// Whether the gradients of XMC and CMC also flow through the mixture target (default: no).
+    #[serde(default)]
+    pub through_mixture: bool,
+}
+
+/// What the objectives are computed from: L2-normalised [n, d] image and text embeddings of n
+/// pairs (pair i in row i of both) and, when CMC is on, the joint sequences' embeddings.
+pub struct PairFeatures {
+    pub img: Tensor,
+    pub txt: Tensor,
+    pub joint: Option<Tensor>,
 }
 
 impl Default for Objectives {
     /// CLIP's contrast alone.
     fn default() -> Self {
-        Objectives { itc: 1.0, xmc: 0.0, xmc_through_mixture: false }
+        Objectives { itc: 1.0, xmc: 0.0, cmc: 0.0, through_mixture: false }
     }
 }
 
 impl Objectives {
     /// Parses `--loss`: comma-separated `name=weight` pairs (`itc=1,xmc=0.5`); a name without a
-    /// weight counts 1. Objectives not named weigh 0; `xmc-through-mixture` is a switch.
+    /// weight counts 1. Objectives not named weigh 0; `through-mixture` is a switch.
     pub fn parse(spec: &str) -> Result<Objectives> {
         let mut objectives = Objectives { itc: 0.0, ..Objectives::default() };
         for item in spec.split(',').map(str::trim) {
@@ -55,10 +72,11 @@ impl Objectives {
             match name {
                 "itc" => objectives.itc = weight,
                 "xmc" => objectives.xmc = weight,
-                "xmc-through-mixture" if weight == 1.0 => objectives.xmc_through_mixture = true,
+                "cmc" => objectives.cmc = weight,
+                "through-mixture" if weight == 1.0 => objectives.through_mixture = true,
                 _ => {
                     return Err(Error::config(format!(
-                        "--loss {spec:?}: unknown objective {name:?}; known: {} (and the switch xmc-through-mixture)",
+                        "--loss {spec:?}: unknown objective {name:?}; known: {} (and the switch through-mixture)",
                         OBJECTIVES.join(", ")
                     )));
                 }
@@ -70,7 +88,7 @@ impl Objectives {
 
     /// Every weight finite and non-negative, at least one above zero.
     pub fn validate(&self) -> Result<()> {
-        let weights = [("itc", self.itc), ("xmc", self.xmc)];
+        let weights = [("itc", self.itc), ("xmc", self.xmc), ("cmc", self.cmc)];
         if let Some((name, w)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
             return Err(Error::config(format!("--loss: the weight of {name} must be a finite number >= 0, got {w}")));
         }
@@ -83,15 +101,45 @@ impl Objectives {
         Ok(())
     }
 
-    /// The weighted loss of a batch of L2-normalised image and text features [n, d] (pair i in
-    /// row i of both); `logit_scale` and `max_scale` as [`ops::infonce`] takes them.
-    pub fn loss(&self, img: &Tensor, txt: &Tensor, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
+    /// Refuses, before a run starts, an objective the model cannot compute: CMC's joint sequence
+    /// needs one tower for both modalities.
+    pub fn check_model(&self, model: &ModelConfig) -> Result<()> {
+        if self.cmc > 0.0 && model.sharing != Sharing::All {
+            return Err(Error::config(format!(
+                "--loss cmc runs the image and caption through one tower as one sequence: {} has two towers \
+                 (sharing {:?}); use a single-tower preset (tiny-oner, oner-b32, oner-b16)",
+                model.name, model.sharing
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the model must encode the joint image+caption sequences.
+    pub fn needs_joint(&self) -> bool {
+        self.cmc > 0.0
+    }
+
+    /// The weighted loss of a batch; `logit_scale` and `max_scale` as [`ops::infonce`] takes
+    /// them.
+    pub fn loss(&self, f: &PairFeatures, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
         let mut terms = Vec::new();
         if self.itc > 0.0 {
-            terms.push((self.itc, ops::infonce(img, txt, logit_scale, max_scale)?));
+            terms.push((self.itc, ops::infonce(&f.img, &f.txt, logit_scale, max_scale)?));
         }
-        if self.xmc > 0.0 {
-            terms.push((self.xmc, self.cross_modal_mixup(img, txt, logit_scale, max_scale)?));
+        if self.xmc > 0.0 || self.cmc > 0.0 {
+            let mixture = f.img.add(&f.txt)?.l2_normalize(1e-12)?;
+            let mixture = if self.through_mixture { mixture } else { mixture.detach() };
+            let nce = |rows: &Tensor, weights| ops::contrast(rows, &mixture, logit_scale, max_scale, weights);
+            if self.xmc > 0.0 {
+                let from_images = nce(&f.img, ContrastWeights::ROWS)?;
+                terms.push((self.xmc, from_images.add(&nce(&f.txt, ContrastWeights::ROWS)?)?));
+            }
+            if self.cmc > 0.0 {
+                let joint = f.joint.as_ref().ok_or_else(|| {
+                    Error::invalid("objectives", "cmc needs the joint sequences' embeddings, which were not computed")
+                })?;
+                terms.push((self.cmc, nce(joint, ContrastWeights::SYMMETRIC)?));
+            }
         }
         let mut total: Option<Tensor> = None;
         for (weight, term) in terms {
@@ -104,21 +152,6 @@ impl Objectives {
         }
         total.ok_or_else(|| Error::config("--loss: every objective weighs 0"))
     }
-
-    /// `NCE(z_I, m) + NCE(z_T, m)`, m the normalised mean of each pair's embeddings.
-    fn cross_modal_mixup(
-        &self,
-        img: &Tensor,
-        txt: &Tensor,
-        logit_scale: &Tensor,
-        max_scale: Option<f64>,
-    ) -> Result<Tensor> {
-        let mixture = img.add(txt)?.l2_normalize(1e-12)?;
-        let mixture = if self.xmc_through_mixture { mixture } else { mixture.detach() };
-        let from_images = ops::contrast(img, &mixture, logit_scale, max_scale, ContrastWeights::ROWS)?;
-        let from_texts = ops::contrast(txt, &mixture, logit_scale, max_scale, ContrastWeights::ROWS)?;
-        from_images.add(&from_texts)
-    }
 }
 
 #[cfg(test)]
@@ -128,23 +161,33 @@ mod tests {
     #[test]
     fn parse_reads_weights_and_switches() {
         let o = Objectives::parse("itc=1, xmc=0.5").unwrap();
-        assert_eq!((o.itc, o.xmc, o.xmc_through_mixture), (1.0, 0.5, false));
-        let o = Objectives::parse("xmc,xmc-through-mixture").unwrap();
-        assert_eq!((o.itc, o.xmc, o.xmc_through_mixture), (0.0, 1.0, true));
+        assert_eq!((o.itc, o.xmc, o.cmc, o.through_mixture), (1.0, 0.5, 0.0, false));
+        let o = Objectives::parse("xmc,cmc=2,through-mixture").unwrap();
+        assert_eq!((o.itc, o.xmc, o.cmc, o.through_mixture), (0.0, 1.0, 2.0, true));
     }
 
     #[test]
     fn parse_refuses_what_it_cannot_run() {
         for (spec, says) in [
             ("itc=1,cic=1", "unknown objective \"cic\""),
+            ("itc,through-mixture=2", "unknown objective \"through-mixture\""),
             ("itc=x", "is not a number"),
             ("itc=-1", "finite number >= 0"),
             ("itc=inf", "finite number >= 0"),
             ("itc=0", "every objective weighs 0"),
-            ("xmc-through-mixture", "every objective weighs 0"),
+            ("through-mixture", "every objective weighs 0"),
         ] {
             let err = Objectives::parse(spec).unwrap_err().to_string();
             assert!(err.contains(says), "{spec:?}: {err}");
         }
+    }
+
+    #[test]
+    fn cmc_needs_a_single_tower() {
+        let cmc = Objectives::parse("itc,cmc").unwrap();
+        let err = cmc.check_model(&crate::model::preset("tiny").unwrap()).unwrap_err().to_string();
+        assert!(err.contains("single-tower preset"), "{err}");
+        cmc.check_model(&crate::model::preset("tiny-oner").unwrap()).unwrap();
+        Objectives::parse("itc,xmc").unwrap().check_model(&crate::model::preset("tiny-clip").unwrap()).unwrap();
     }
 }

@@ -90,6 +90,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             config.data.image_size, model.config.name, model.config.vision.image_size
         )));
     }
+    config.objectives.check_model(&model.config)?;
     let run_dir = config.run_dir();
     let (_lock, changes, tokenizer) = match &options.resume {
         None => {

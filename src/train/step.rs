@@ -54,6 +54,7 @@ impl StepState {
     /// values) and an AdamW with the config's hyperparameters and parameter groups.
     pub fn init(model: &ClipModel, config: &TrainConfig, rng: &mut Rng) -> Result<Self> {
         check_kernels_exist(model, config)?;
+        config.objectives.check_model(&model.config)?;
         let (params, buffers) = model.init_params(rng, MASTER_DTYPE)?;
         let groups = param_groups::groups(config.weight_decay, config.shared_weight_decay, config.shared_lr_scale);
         let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
