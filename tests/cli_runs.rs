@@ -156,6 +156,12 @@ fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
         assert!(metrics.contains(key), "{key} missing from {metrics}");
     }
     assert!(std::fs::read(dir.join("h.png")).unwrap().starts_with(b"\x89PNG"), "a PNG sheet");
+    // The step bench times the same objectives.
+    let bench = ["bench", "step", "--preset", "tiny-oner", "--batch", "4", "--steps", "1", "--warmup", "1"];
+    let out = msclip_in(&dir, &[&bench[..], &["--loss", "itc,cmc=0.5", "--json", "b.json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bench = std::fs::read_to_string(dir.join("b.json")).unwrap();
+    assert!(bench.contains("\"cmc\": 0.5"), "{bench}");
     // An objective that does not exist is refused before anything runs.
     let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,cic=1"]);
     assert!(!out.status.success() && stderr(&out).contains("unknown objective \"cic\""), "{}", stderr(&out));

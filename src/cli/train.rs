@@ -134,7 +134,8 @@ pub struct TrainArgs {
     overwrite: bool,
 }
 
-fn parse_objectives(spec: &str) -> Result<Objectives, String> {
+/// `--loss`, for clap (also `bench step` and `profile step`).
+pub(crate) fn parse_objectives(spec: &str) -> Result<Objectives, String> {
     Objectives::parse(spec).map_err(|e| e.to_string())
 }
 

@@ -461,6 +461,7 @@ impl Report<'_> {
             "preset": a.steps_args.preset,
             "batch": a.steps_args.batch,
             "precision": a.steps_args.precision.to_string(),
+            "objectives": a.steps_args.loss.clone().unwrap_or_default(),
             "device": a.device.to_string(),
             "device_name": self.device_name,
             "fusion": self.fusion(),

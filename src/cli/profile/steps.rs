@@ -1,5 +1,5 @@
 //! The training steps both profile commands count: the settings they share (preset, batch,
-//! device, precision, depth), a warm-up step, then the counted steps with every driver call
+//! device, precision, depth, objectives), a warm-up step, then the counted steps with every driver call
 //! recorded and, on the emulator, every kernel launch profiled.
 
 use clap::Args;
@@ -7,8 +7,10 @@ use msclip::Device;
 use msclip::backend::gpu;
 use msclip::backend::gpu::counters::{DriverCounters, measure};
 use msclip::backend::gpu::emu::{self, Instrumentation, LaunchProfile, Schedule};
-use msclip::model::{ClipModel, preset};
+use msclip::model::{ClipModel, Objectives, preset};
 use msclip::train::{Precision, Steps, TrainConfig, memory, new_run_tokenizer};
+
+use crate::cli::train::parse_objectives;
 
 /// Steps run before counting: the first step's calls include one-time work.
 pub const WARMUP_STEPS: u64 = 1;
@@ -29,6 +31,9 @@ pub struct StepsArgs {
     /// Compute precision of the towers: fp32 or bf16.
     #[arg(long, default_value = "fp32")]
     pub precision: Precision,
+    /// Training objectives and weights, as `msclip train --loss` takes them [default: itc=1].
+    #[arg(long, value_parser = parse_objectives)]
+    pub loss: Option<Objectives>,
 }
 
 /// What the counted steps asked of the driver, and the profiles of their kernel launches
@@ -52,7 +57,12 @@ impl StepsArgs {
                 .map_err(|e| anyhow::anyhow!("--layers {layers} does not fit preset {}: {e}", self.preset))?;
         }
         let model = ClipModel::new(model_config)?;
-        let config = TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
+        let mut config =
+            TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
+        if let Some(objectives) = &self.loss {
+            objectives.check_model(&model.config)?;
+            config.objectives = objectives.clone();
+        }
         if device.is_gpu() {
             // Fails now, with what is missing, when the device cannot run.
             gpu::driver(device)?;
