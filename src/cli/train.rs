@@ -114,7 +114,8 @@ pub struct TrainArgs {
     /// preset's data config].
     #[arg(long)]
     colour_dropout: Option<f64>,
-    /// Training objectives and their weights [default: itc=1]: comma-separated name=weight
+    /// Training objectives and their weights [default: itc=1; itc=1,xmc=1 for the single-tower
+    /// presets tiny-oner, oner-b32, oner-b16, as OneR trains]: comma-separated name=weight
     /// pairs of itc (CLIP's symmetric contrast), xmc (OneR's cross-modal mixup contrast, each
     /// modality against the normalised mean of its pair's embeddings) and cmc (the joint
     /// image+caption sequence against that mean; single-tower presets), e.g. itc=1,xmc=1; add

@@ -101,6 +101,16 @@ impl Objectives {
         Ok(())
     }
 
+    /// A preset's training objectives: CLIP's contrast for two towers; for a single tower
+    /// OneR's, ITC with XMC (on the shapes world ITC + XMC beat ITC alone and ITC + XMC + CMC
+    /// matched it at twice the cost, docs/oner.md).
+    pub fn for_model(model: &ModelConfig) -> Objectives {
+        match model.sharing {
+            Sharing::All => Objectives { xmc: 1.0, ..Objectives::default() },
+            Sharing::None | Sharing::AttnMlp => Objectives::default(),
+        }
+    }
+
     /// Refuses, before a run starts, an objective the model cannot compute: CMC's joint sequence
     /// needs one tower for both modalities.
     pub fn check_model(&self, model: &ModelConfig) -> Result<()> {
@@ -180,6 +190,14 @@ mod tests {
             let err = Objectives::parse(spec).unwrap_err().to_string();
             assert!(err.contains(says), "{spec:?}: {err}");
         }
+    }
+
+    #[test]
+    fn single_towers_train_with_xmc_by_default() {
+        let of = |name: &str| Objectives::for_model(&crate::model::preset(name).unwrap());
+        assert_eq!((of("tiny-oner").itc, of("tiny-oner").xmc), (1.0, 1.0));
+        assert_eq!(of("tiny"), Objectives::default());
+        assert_eq!(of("clip-b32"), Objectives::default());
     }
 
     #[test]

@@ -165,13 +165,15 @@ impl TrainConfig {
     }
 
     /// The embedded default's training settings for any preset, with the shapes world
-    /// rendered at the size the preset's images have.
+    /// rendered at the size the preset's images have and the preset's objectives
+    /// ([`Objectives::for_model`]: OneR's for a single tower).
     pub fn for_preset(preset: &str) -> Result<Self> {
         let model = crate::model::preset(preset)?;
         let mut config = TrainConfig::tiny_default();
         config.name = preset.into();
         config.preset = preset.into();
         config.data.image_size = model.vision.image_size;
+        config.objectives = Objectives::for_model(&model);
         Ok(config)
     }
 
@@ -180,6 +182,9 @@ impl TrainConfig {
     /// caller turns `cuda_graph` on.
     pub fn for_steps(preset: &str, batch: usize, device: Device, precision: Precision, steps: u64) -> Result<Self> {
         let mut config = TrainConfig::for_preset(preset)?;
+        // CLIP's loss for every preset: the one PyTorch's reference steps compute, so the
+        // harnesses compare like with like (`--loss` chooses others).
+        config.objectives = Objectives::default();
         config.batch_size = batch;
         config.device = device;
         config.precision = precision;

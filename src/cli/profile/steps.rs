@@ -31,7 +31,8 @@ pub struct StepsArgs {
     /// Compute precision of the towers: fp32 or bf16.
     #[arg(long, default_value = "fp32")]
     pub precision: Precision,
-    /// Training objectives and weights, as `msclip train --loss` takes them [default: itc=1].
+    /// Training objectives and weights, as `msclip train --loss` takes them [default: itc=1 for
+    /// every preset, the loss PyTorch's reference steps compute].
     #[arg(long, value_parser = parse_objectives)]
     pub loss: Option<Objectives>,
 }
