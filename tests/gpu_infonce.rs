@@ -85,30 +85,16 @@ fn compare_grad(what: &str, got: &Tensor, want: &Tensor, dtype: DType) {
 }
 
 fn check(case: &Case, seed: u64) {
-    let cpu = backend::get(Device::Cpu);
     for dtype in [DType::F32, DType::BF16] {
-        let mut rng = Rng::new(seed);
-        let img = unit_rows(&mut rng, case.n, case.d, dtype);
-        let txt = unit_rows(&mut rng, case.n, case.d, dtype);
-        let (scale, dloss) = (scalar_as(case.log_scale, dtype), scalar_as(0.75, dtype));
-        // The reference in f64: its n^2-term sums (d logit_scale) would carry f32 rounding of their own.
-        let [img64, txt64, scale64, dloss64] = [&img, &txt, &scale, &dloss].map(|t| t.to_dtype(DType::F64).unwrap());
-        let want = cpu
-            .infonce(InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights))
-            .unwrap();
-        let (di, dt, ds) = cpu
-            .infonce_backward(
-                InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights),
-                &want,
-                &dloss64,
-            )
-            .unwrap();
+        let batch = Batch::new(case, dtype, seed);
+        let (want, (di, dt, ds)) = reference(&batch);
+        let (img, txt, scale, dloss) = (&batch.img, &batch.txt, &batch.scale, &batch.dloss);
         for (device, label, be) in tensor_core_backends(dtype) {
             let name = format!(
                 "{label} {dtype} n {} d {} log scale {} max {:?} {:?}",
                 case.n, case.d, case.log_scale, case.max_scale, case.weights
             );
-            let [img_d, txt_d, scale_d, dloss_d] = [&img, &txt, &scale, &dloss].map(|t| on(t, device, dtype));
+            let [img_d, txt_d, scale_d, dloss_d] = [img, txt, scale, dloss].map(|t| on(t, device, dtype));
             let got = be
                 .infonce(InfoNceShard::whole(&img_d, &txt_d, &scale_d, case.max_scale).with_weights(case.weights))
                 .unwrap();
@@ -239,6 +225,18 @@ impl Batch {
     }
 }
 
+/// The whole batch's loss, log-sum-exps and gradients on the CPU in f64 (its n^2-term sums,
+/// d logit_scale, would carry f32 rounding of their own).
+fn reference(batch: &Batch) -> (InfoNceOut, (Tensor, Tensor, Tensor)) {
+    let cpu = backend::get(Device::Cpu);
+    let [img, txt, scale, dloss] =
+        [&batch.img, &batch.txt, &batch.scale, &batch.dloss].map(|t| t.to_dtype(DType::F64).unwrap());
+    let pairs = InfoNceShard::whole(&img, &txt, &scale, batch.max_scale).with_weights(batch.weights);
+    let out = cpu.infonce(pairs).unwrap();
+    let grads = cpu.infonce_backward(pairs, &out, &dloss).unwrap();
+    (out, grads)
+}
+
 /// What a data-parallel caller holds after every rank's forward and backward: the loss shares
 /// summed, row log-sum-exps and d img concatenated in rank order, d txt and d logit_scale summed
 /// (with the magnitudes of the summed parts, for tolerances), and the column log-sum-exps every
@@ -308,24 +306,12 @@ fn run_ranks(batch: &Batch, sizes: &[usize], device: Device, dtype: DType) -> Co
 /// Splits one batch into ranks of `sizes` rows and checks, on the CPU (f64) and every GPU device
 /// (f32, bf16), that the combined ranks give the whole batch's loss, log-sum-exps and gradients.
 fn check_ranks(case: &Case, sizes: &[usize], seed: u64) {
-    let cpu = backend::get(Device::Cpu);
     let runs = [(Device::Cpu, DType::F64)]
         .into_iter()
         .chain(gpu_devices().into_iter().flat_map(|device| [(device, DType::F32), (device, DType::BF16)]));
     for (device, dtype) in runs {
         let batch = Batch::new(case, dtype, seed);
-        let [img64, txt64, scale64, dloss64] =
-            [&batch.img, &batch.txt, &batch.scale, &batch.dloss].map(|t| t.to_dtype(DType::F64).unwrap());
-        let want = cpu
-            .infonce(InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights))
-            .unwrap();
-        let (di, dt, ds) = cpu
-            .infonce_backward(
-                InfoNceShard::whole(&img64, &txt64, &scale64, case.max_scale).with_weights(case.weights),
-                &want,
-                &dloss64,
-            )
-            .unwrap();
+        let (want, (di, dt, ds)) = reference(&batch);
         let got = run_ranks(&batch, sizes, device, dtype);
 
         let name = format!("{device} {dtype} n {} d {} ranks {sizes:?} log scale {}", case.n, case.d, case.log_scale);

@@ -20,13 +20,7 @@ pub fn encode_images(
     images: &[&[u8]],
     size: usize,
 ) -> Result<Vec<f64>> {
-    let dtype = params.get(model.logit_scale()).dtype();
-    let mut out = Vec::with_capacity(images.len() * model.config.embed_dim);
-    for chunk in images.chunks(EVAL_BATCH) {
-        let x = images_to_tensor(chunk, size, dtype)?.to_device(params.device())?;
-        out.extend(no_grad(|| model.encode_image(params, buffers, &x, Mode::Eval))?.to_f64_vec());
-    }
-    Ok(out)
+    in_batches(model, params, images, size, |x| model.encode_image(params, buffers, x, Mode::Eval))
 }
 
 /// L2-normalised patch embeddings through the image head, row-major [n, grid^2, embed_dim], as
@@ -38,11 +32,23 @@ pub fn encode_patches(
     images: &[&[u8]],
     size: usize,
 ) -> Result<Vec<f64>> {
+    in_batches(model, params, images, size, |x| model.encode_patches(params, buffers, x, Mode::Eval))
+}
+
+/// `encode` over `images` in batches of EVAL_BATCH, without the tape, in the model's dtype (its
+/// logit scale's) and on the device of `params`; the outputs concatenated as f64.
+fn in_batches(
+    model: &ClipModel,
+    params: &ParamStore,
+    images: &[&[u8]],
+    size: usize,
+    mut encode: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<f64>> {
     let dtype = params.get(model.logit_scale()).dtype();
     let mut out = Vec::new();
     for chunk in images.chunks(EVAL_BATCH) {
         let x = images_to_tensor(chunk, size, dtype)?.to_device(params.device())?;
-        out.extend(no_grad(|| model.encode_patches(params, buffers, &x, Mode::Eval))?.to_f64_vec());
+        out.extend(no_grad(|| encode(&x))?.to_f64_vec());
     }
     Ok(out)
 }
