@@ -36,14 +36,15 @@
 //
 // - forward (4 warps of 16 rows): online max / sum of exp over the other rows gives each own row's
 //   lse; the row direction also sums -2 z_ii over its positive pairs into one partial per block.
-// - backward (8 warps): dz = g (w_own exp(z - lse_own) + w_other exp(z - lse_other)
-//   - (w_rows + w_cols) [positive pair]), g = dloss / n, and d own = t dz other. A block accumulates d own for its 64 rows and a group
-//   of up to 512 feature columns in registers, so each tile of z is computed once per direction and
-//   group, i.e. once for d <= 512. Warp (r, h) computes z for own rows 16r.. against other rows
-//   32h.., dz is exchanged through shared memory, and the same warp accumulates d own for rows 16r..
-//   and the columns 32h.. of each 64-wide feature chunk of the group. The group's chunks of the other
-//   rows are staged last in the z loop, one shared slot each, and stay there for the dz product. The
-//   row direction also sums dz * z, the gradient of the logit scale (zero while the clamp holds).
+// - backward (8 warps): dz = g (w_own exp(z - lse_own) + w_other exp(z - lse_other) - (w_rows +
+//   w_cols) [positive pair]), g = dloss / n, and d own = t dz other. A block accumulates d own for
+//   its 64 rows and a group of up to 512 feature columns in registers, so each tile of z is
+//   computed once per direction and group, i.e. once for d <= 512. Warp (r, h) computes z for own
+//   rows 16r.. against other rows 32h.., dz is exchanged through shared memory, and the same warp
+//   accumulates d own for rows 16r.. and the columns 32h.. of each 64-wide feature chunk of the
+//   group. The group's chunks of the other rows are staged last in the z loop, one shared slot
+//   each, and stay there for the dz product. The row direction also sums dz * z, the gradient of
+//   the logit scale (zero while the clamp holds).
 //
 // Precision: bf16 features feed the tensor cores (their products are exact in fp32, so z is
 // fp32-accurate; dz is rounded to bf16 for the d own product). f32 features stay f32 on a SIMT
