@@ -156,6 +156,11 @@ fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
         assert!(metrics.contains(key), "{key} missing from {metrics}");
     }
     assert!(std::fs::read(dir.join("h.png")).unwrap().starts_with(b"\x89PNG"), "a PNG sheet");
+    for bad in ["runs", "missing/h.png"] {
+        let out =
+            msclip_in(&dir, &["eval", "--run", "runs/o", "--samples", "4", "--output", "e.json", "--heatmaps", bad]);
+        assert!(!out.status.success() && stderr(&out).contains("--heatmaps"), "{bad}: {}", stderr(&out));
+    }
     // The step bench times the same objectives.
     let bench = ["bench", "step", "--preset", "tiny-oner", "--batch", "4", "--steps", "1", "--warmup", "1"];
     let out = msclip_in(&dir, &[&bench[..], &["--loss", "itc,cmc=0.5", "--json", "b.json"]].concat());

@@ -45,6 +45,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if output.is_dir() {
         anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
     }
+    if let Some(path) = &args.heatmaps {
+        // Checked before the evaluation runs, so a wrong path costs nothing.
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if path.is_dir() || !folder.is_dir() {
+            anyhow::bail!("--heatmaps {}: give the path of a PNG file in an existing folder", path.display());
+        }
+    }
     let model = ClipModel::new(model_config)?;
     memory::check_evaluation(&model, "--samples", args.samples as u64)?;
     let tokenizer = load_run_tokenizer(&train, &args.run)?;
