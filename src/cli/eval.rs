@@ -75,8 +75,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let factor = zero_shot_factors().into_iter().find(|f| f.name == "colour_shape");
         let factor = factor.ok_or_else(|| anyhow::anyhow!("the shapes world has no colour_shape factor"))?;
         let names = zero_shot_classifier(&model, &params, &tokenizer, &factor)?;
-        let maps = localisation::heatmaps(&model, &params, &mut buffers, &train.data, HEATMAP_SCENES, &names)?;
-        localisation::write_heatmaps(path, &train.data, &maps)?;
+        let scenes = localisation::scenes(&train.data, HEATMAP_SCENES);
+        let scenes: Vec<_> = scenes.iter().collect();
+        let size = train.data.image_size;
+        let maps = localisation::heatmaps(&model, &params, &mut buffers, &scenes, size, &names)?;
+        localisation::write_heatmaps(path, &scenes, size, &maps)?;
         println!("localisation heatmaps written to {}", path.display());
     }
     Ok(())

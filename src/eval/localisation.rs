@@ -28,7 +28,7 @@ pub struct PointingGame {
 
 /// One query: an object of one image and the scores of the image's patches against its name.
 pub struct Heatmap {
-    /// Index of the binding image.
+    /// Index of the image among the scenes given to [`heatmaps`].
     pub image: usize,
     /// Its object that was named.
     pub object: Object,
@@ -61,22 +61,26 @@ impl Heatmap {
     }
 }
 
-/// The heatmaps of every object of the first `images` two-object binding scenes, named by
-/// their rows of `colour_shape` (the zero-shot classifier of the joint colour-shape factor,
-/// [64, embed_dim]).
+/// The first `count` two-object scenes of the binding split, the scenes the pointing game uses.
+pub fn scenes(data: &ShapesConfig, count: usize) -> Vec<shapes::Sample> {
+    (0..count as u64).map(|i| shapes::binding_pair(data, i).0).collect()
+}
+
+/// The heatmaps of every object of `scenes` (images of `image_size` pixels), named by their
+/// rows of `colour_shape` (the zero-shot classifier of the joint colour-shape factor,
+/// [64, embed_dim]). [`Heatmap::image`] indexes `scenes`.
 pub fn heatmaps(
     model: &ClipModel,
     params: &ParamStore,
     buffers: &mut Buffers,
-    data: &ShapesConfig,
-    images: usize,
+    scenes: &[&shapes::Sample],
+    image_size: usize,
     colour_shape: &[f64],
 ) -> Result<Vec<Heatmap>> {
     let dim = model.config.embed_dim;
     let grid = model.config.vision.grid();
-    let scenes: Vec<shapes::Sample> = (0..images as u64).map(|i| shapes::binding_pair(data, i).0).collect();
     let pixels: Vec<&[u8]> = scenes.iter().map(|s| s.image.as_slice()).collect();
-    let patches = encode_patches(model, params, buffers, &pixels, data.image_size)?;
+    let patches = encode_patches(model, params, buffers, &pixels, image_size)?;
     let per_image = grid * grid * dim;
     let mut out = Vec::new();
     for (i, sample) in scenes.iter().enumerate() {
@@ -103,19 +107,18 @@ pub fn pointing_game(maps: &[Heatmap]) -> PointingGame {
 /// Writes `maps` as one PNG sheet: each image with its heatmap laid over it (blue low, red
 /// high, scaled per map), the named object's box in white and the peak patch in black, above
 /// the object's name and whether the peak hit it.
-pub fn write_heatmaps(path: &Path, data: &ShapesConfig, maps: &[Heatmap]) -> Result<()> {
-    let size = data.image_size;
+pub fn write_heatmaps(path: &Path, scenes: &[&shapes::Sample], size: usize, maps: &[Heatmap]) -> Result<()> {
     let tiles: Vec<SheetTile> = maps
         .iter()
         .map(|map| {
-            let image = shapes::binding_pair(data, map.image as u64).0.image;
+            let image = &scenes[map.image].image;
             let caption = format!(
                 "{} {}: {}",
                 map.object.colour.word(),
                 map.object.shape.word(),
                 if map.hit() { "hit" } else { "miss" }
             );
-            SheetTile { image: overlay(&image, size, map), caption }
+            SheetTile { image: overlay(image, size, map), caption }
         })
         .collect();
     shapes::write_sheet(path, size, &tiles)

@@ -105,7 +105,9 @@ pub fn evaluate(
 
     let colour_shape = factors.iter().position(|f| f.name == "colour_shape").map(|i| &classifiers[i]);
     if let Some(colour_shape) = colour_shape {
-        let maps = localisation::heatmaps(model, params, buffers, data, samples, colour_shape)?;
+        // The binding images above are the pointing game's two-object scenes.
+        let scenes: Vec<&shapes::Sample> = pairs.iter().map(|(scene, _)| scene).collect();
+        let maps = localisation::heatmaps(model, params, buffers, &scenes, data.image_size, colour_shape)?;
         report.pointing_game = Some(localisation::pointing_game(&maps));
     }
     Ok(report)
