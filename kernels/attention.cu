@@ -3,8 +3,8 @@
 // qkv is [batch, len, 3*width] with q, k and v blocks of `heads` heads of D = 32 or 64
 // elements; out is [batch, len, width], lse [batch, heads, len] in fp32. A block works on one
 // sequence (a batch row, or one of the varlen sequences packed into row 0: attention_seq.cuh).
-// The masks (none, causal, key padding, both) always leave a query a prefix of visible keys of
-// its sequence, so a mask is just the number of keys each query sees (`visible_keys`); a query
+// Every mask (segments, causal, key padding, together) leaves a query one contiguous range of
+// visible keys of its sequence (`attn::KeyRange`), so a mask is just each query's range; a query
 // that sees none gets a zero output and lse = -inf.
 //
 // Precision: the products run on tensor cores (mma.m16n8k16, bf16 operands, fp32
@@ -18,7 +18,7 @@
 // comes in the shapes ROWS, COLS in {64, 32}, entry points attention_{fwd,bwd}_d<D>_q<ROWS>k<COLS>_bf16;
 // src/backend/gpu/attention.rs picks one per call (77 pads to 96 x 96 with 32 x 32 tiles, 197 to
 // 224 x 224). Warps whose rows all lie past the sequence, or that see no key of the current tile
-// (causal), skip its products. No S x S matrix is stored:
+// (causal, segments), skip its products. No S x S matrix is stored:
 // the forward pass saves lse, and backward recomputes the probabilities from q, k and lse.
 // Backward is two launches, deterministic (no atomics): D = rowsum(dO * O), then one launch in
 // which a block either owns a tile of ROWS keys (dK and dV, looping over query tiles of COLS) or
@@ -48,6 +48,7 @@ using tile::store_rows;
 using tile::WARP_ROWS;
 using tile::zero_fragment;
 
+using attn::KeyRange;
 using attn::Sequence;
 
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
@@ -65,11 +66,6 @@ struct Tiles {
     static constexpr int N8 = COLS / 8;  // n-tiles of a score fragment
     static constexpr int S = bf16_stride(D), F = f32_stride(D);
 };
-
-// The keys a run of rows [first, first + count) sees at most (0 when it starts past the end).
-__device__ __forceinline__ int keys_of_rows(const Sequence& sq, int first, int count) {
-    return first < sq.len ? sq.visible_keys(imin(first + count, sq.len) - 1) : 0;
-}
 
 // 1/sqrt(D) as the CPU reference rounds it.
 template <int D>
@@ -106,24 +102,25 @@ __device__ __forceinline__ void scale_rows(float acc[N8][4], const float factor[
 // Query-major scores (rows: the lane's two queries; columns: keys k0 + 8j + 2t + e) scaled into
 // log2 units, -inf where the key is hidden from the row.
 template <int N8>
-__device__ __forceinline__ void mask_scores(float (&s)[N8][4], int k0, const int visible[2], float scale_log2) {
+__device__ __forceinline__ void mask_scores(float (&s)[N8][4], int k0, const KeyRange visible[2],
+                                            float scale_log2) {
     const int t = threadIdx.x % 4;
     for (int j = 0; j < N8; ++j)
         for (int i = 0; i < 4; ++i) {
             const int key = k0 + 8 * j + 2 * t + i % 2;
-            s[j][i] = key < visible[i / 2] ? s[j][i] * scale_log2 : -INFINITY;
+            s[j][i] = visible[i / 2].has(key) ? s[j][i] * scale_log2 : -INFINITY;
         }
 }
 
 // Query-major probabilities recomputed from scores and the rows' lse (log2 units).
 template <int N8>
-__device__ __forceinline__ void row_probabilities(float (&s)[N8][4], int k0, const int visible[2],
+__device__ __forceinline__ void row_probabilities(float (&s)[N8][4], int k0, const KeyRange visible[2],
                                                   const float lse2[2], float scale_log2) {
     const int t = threadIdx.x % 4;
     for (int j = 0; j < N8; ++j)
         for (int i = 0; i < 4; ++i) {
             const int key = k0 + 8 * j + 2 * t + i % 2;
-            s[j][i] = key < visible[i / 2] ? exp2f(s[j][i] * scale_log2 - lse2[i / 2]) : 0.0f;
+            s[j][i] = visible[i / 2].has(key) ? exp2f(s[j][i] * scale_log2 - lse2[i / 2]) : 0.0f;
         }
 }
 
@@ -181,20 +178,20 @@ __device__ void attention_forward(const T* qkv, T* out, float* lse, const Sequen
     const Lane p = lane_position();
     const int q0 = blockIdx.y * ROWS, rows = imin(ROWS, sq.len - q0);
     const int row0 = q0 + p.warp * WARP_ROWS;
-    const int visible[2] = {sq.visible_keys(row0 + p.g), sq.visible_keys(row0 + p.g + 8)};
-    const int block_keys = keys_of_rows(sq, q0, ROWS);
-    const int warp_keys = keys_of_rows(sq, row0, WARP_ROWS);
+    const KeyRange visible[2] = {sq.keys_of(row0 + p.g), sq.keys_of(row0 + p.g + 8)};
+    const KeyRange block_keys = sq.keys_of_rows(q0, ROWS);
+    const KeyRange warp_keys = sq.keys_of_rows(row0, WARP_ROWS);
     const float scale_log2 = head_scale<D>() * LOG2E;
 
     stage_rows<D, S, ROWS>(q_tile, qkv + hd.packed(0, q0), hd.token_stride, rows, D);
     float o[D / 8][4];
     zero_fragment<D / 8>(o);
     RowStats st = empty_stats();
-    for (int k0 = 0; k0 < block_keys; k0 += COLS) {
+    for (int k0 = block_keys.begin; k0 < block_keys.end; k0 += COLS) {
         __syncthreads();  // the previous key tile has been read
         stage_keys<COLS>(k_tile, v_tile, qkv, hd, k0, sq.len);
         __syncthreads();
-        if (k0 >= warp_keys) continue;
+        if (!warp_keys.meets(k0, COLS)) continue;
         float s[K::N8][4];
         zero_fragment<K::N8>(s);
         mma_rows<D / 16, K::N8, S>(s, q_tile + p.warp * WARP_ROWS * S, k_tile);
@@ -241,7 +238,7 @@ struct BackwardSmem {
     bf16 streamed[2 * K::COLS * K::S];
     float lse2[K::COLS];
     float delta[K::COLS];
-    int visible[K::COLS];
+    KeyRange visible[K::COLS];
     static_assert(K::ROWS * K::F * sizeof(float) <= sizeof(kept), "the output staging fits over the kept tiles");
 
     __device__ bf16* kept_tile(int i) { return kept + i * K::ROWS * K::S; }
@@ -273,14 +270,14 @@ struct OwnRows {
 // What backward needs of query q: the keys it sees, its lse in log2 units and D; both 0 for a
 // query that sees no key (its lse is -inf).
 struct QueryStats {
-    int visible;
+    KeyRange visible;
     float lse2, delta;
 };
 
 __device__ __forceinline__ QueryStats query_stats(const Sequence& sq, const float* lse, const float* delta, int q) {
-    const int visible = sq.visible_keys(q);
+    const KeyRange visible = sq.keys_of(q);
     const size_t at = sq.stat0 + q;
-    return visible > 0 ? QueryStats{visible, lse[at] * LOG2E, delta[at]} : QueryStats{0, 0.0f, 0.0f};
+    return !visible.empty() ? QueryStats{visible, lse[at] * LOG2E, delta[at]} : QueryStats{visible, 0.0f, 0.0f};
 }
 
 // dQ for the block's own queries: dQ = scale * sum over key tiles of dS K, dS = P (dP - D),
@@ -293,7 +290,7 @@ __device__ __forceinline__ void backward_dq(BackwardSmem<K>& sm, const T* qkv, c
     const Lane p = own.p;
     bf16 *q_tile = sm.kept_tile(0), *do_tile = sm.kept_tile(1);
     bf16 *k_tile = sm.streamed_tile(0), *v_tile = sm.streamed_tile(1);
-    int visible[2];
+    KeyRange visible[2];
     float lse2[2], row_delta[2];
     for (int half = 0; half < 2; ++half) {
         const QueryStats q = query_stats(sq, lse, delta, own.warp_first + p.g + 8 * half);
@@ -301,18 +298,18 @@ __device__ __forceinline__ void backward_dq(BackwardSmem<K>& sm, const T* qkv, c
         lse2[half] = q.lse2;
         row_delta[half] = q.delta;
     }
-    const int block_keys = keys_of_rows(sq, own.first, K::ROWS);
-    const int warp_keys = keys_of_rows(sq, own.warp_first, WARP_ROWS);
+    const KeyRange block_keys = sq.keys_of_rows(own.first, K::ROWS);
+    const KeyRange warp_keys = sq.keys_of_rows(own.warp_first, WARP_ROWS);
     const float scale_log2 = head_scale<D>() * LOG2E;
 
     stage_queries<K::ROWS>(q_tile, do_tile, qkv, dout, own.hd, own.first, sq.len);
     float dq[D / 8][4];
     zero_fragment<D / 8>(dq);
-    for (int k0 = 0; k0 < block_keys; k0 += K::COLS) {
+    for (int k0 = block_keys.begin; k0 < block_keys.end; k0 += K::COLS) {
         __syncthreads();
         stage_keys<K::COLS>(k_tile, v_tile, qkv, own.hd, k0, sq.len);
         __syncthreads();
-        if (k0 >= warp_keys) continue;
+        if (!warp_keys.meets(k0, K::COLS)) continue;
         float s[K::N8][4], dp[K::N8][4];
         zero_fragment<K::N8>(s);
         mma_rows<D / 16, K::N8, S>(s, q_tile + p.warp * WARP_ROWS * S, k_tile);
@@ -337,9 +334,9 @@ __device__ __forceinline__ void backward_dkdv(BackwardSmem<K>& sm, const T* qkv,
     bf16 *q_tile = sm.streamed_tile(0), *do_tile = sm.streamed_tile(1);
     const int my_keys[2] = {own.warp_first + p.g, own.warp_first + p.g + 8};
     const float scale_log2 = head_scale<D>() * LOG2E;
-    // The last query sees the most keys; queries before the first own key see none of them under
-    // the causal mask.
-    const bool seen = sq.visible_keys(sq.len - 1) > own.first;
+    // Whether any query sees an own key; under the causal mask, queries before the first own key
+    // see none of them.
+    const bool seen = sq.keys_of_rows(0, sq.len).meets(own.first, K::ROWS);
     const int q_begin = !seen ? sq.len : sq.causal ? own.first : 0;
 
     stage_keys<K::ROWS>(k_tile, v_tile, qkv, own.hd, own.first, sq.len);
@@ -356,14 +353,14 @@ __device__ __forceinline__ void backward_dkdv(BackwardSmem<K>& sm, const T* qkv,
             sm.delta[i] = q.delta;
         }
         __syncthreads();
-        if (keys_of_rows(sq, q0, K::COLS) <= own.warp_first) continue;
+        if (!sq.keys_of_rows(q0, K::COLS).meets(own.warp_first, WARP_ROWS)) continue;
         float s[K::N8][4], dp[K::N8][4];
         zero_fragment<K::N8>(s);
         mma_rows<D / 16, K::N8, S>(s, k_tile + p.warp * WARP_ROWS * S, q_tile);
         for (int j = 0; j < K::N8; ++j)
             for (int i = 0; i < 4; ++i) {
                 const int col = 8 * j + 2 * p.t + i % 2;
-                const bool shown = my_keys[i / 2] < sm.visible[col];
+                const bool shown = sm.visible[col].has(my_keys[i / 2]);
                 s[j][i] = shown ? exp2f(s[j][i] * scale_log2 - sm.lse2[col]) : 0.0f;
             }
         mma_fragment<D / 8, S>(dv, s, do_tile);
@@ -404,23 +401,19 @@ ATTENTION_DELTA_ENTRY_POINT(bf16, bf16)
 
 // The bf16 kernels of head dim D with ROWS-row own tiles and COLS-row streamed tiles, 2 * ROWS
 // threads (16 rows a warp). Forward grid (sequences * heads, ceil(longest sequence / ROWS)),
-// backward the same with z = 2; offsets (varlen packing) and key_lengths may be null. The
-// backward bound of 256 threads per SM lets ptxas hold dK, dV and two score fragments
-// (~200 registers at 64 x 64) without spilling.
+// backward the same with z = 2; offsets (varlen packing) and key_lengths may be null; the mask
+// parameters are attention_seq.cuh's. The backward bound of 256 threads per SM lets ptxas hold dK,
+// dV and two score fragments (~200 registers at 64 x 64) without spilling.
 #define ATTENTION_ENTRY_POINTS(D, ROWS, COLS)                                                                        \
     extern "C" __global__ void __launch_bounds__(2 * ROWS) attention_fwd_d##D##_q##ROWS##k##COLS##_bf16(             \
-        const bf16* qkv, bf16* out, float* lse, int len, int heads, const int* offsets, const int* key_lengths,     \
-        int first_causal) {                                                                                          \
-        attention_forward<bf16, Tiles<D, ROWS, COLS>>(                                                               \
-            qkv, out, lse, attn::sequence_of_block(len, heads, offsets, key_lengths, first_causal), heads);          \
+        const bf16* qkv, bf16* out, float* lse, int len, int heads, ATTENTION_MASK_PARAMS) {                         \
+        attention_forward<bf16, Tiles<D, ROWS, COLS>>(qkv, out, lse, ATTENTION_SEQUENCE, heads);                     \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(2 * ROWS, 256 / (2 * ROWS))                                         \
         attention_bwd_d##D##_q##ROWS##k##COLS##_bf16(const bf16* qkv, const bf16* dout, const float* lse,            \
                                                      const float* delta, bf16* dqkv, int len, int heads,             \
-                                                     const int* offsets, const int* key_lengths, int first_causal) { \
-        attention_backward<bf16, Tiles<D, ROWS, COLS>>(                                                              \
-            qkv, dout, lse, delta, dqkv, attn::sequence_of_block(len, heads, offsets, key_lengths, first_causal),     \
-            heads);                                                                                                  \
+                                                     ATTENTION_MASK_PARAMS) {                                        \
+        attention_backward<bf16, Tiles<D, ROWS, COLS>>(qkv, dout, lse, delta, dqkv, ATTENTION_SEQUENCE, heads);      \
     }
 
 // Every tile shape the Rust side may pick (AttnTiles::ALL there), for one head dim.

@@ -5,8 +5,8 @@
 // The contract is attention.cu's and the CPU reference's: qkv [batch, len, 3*width] holds q, k
 // and v blocks of `heads` heads, out is [batch, len, width], lse [batch, heads, len]; a block
 // works on one sequence (a batch row, or a varlen sequence packed into row 0:
-// attention_seq.cuh), where every mask leaves a query a prefix of visible keys, and a query that
-// sees none gets a zero output and lse = -inf. Any head dim up to 128: a lane owns columns lane + 32c of a row, c < C, and the
+// attention_seq.cuh), where every mask leaves a query one contiguous range of visible keys, and a
+// query that sees none gets a zero output and lse = -inf. Any head dim up to 128: a lane owns columns lane + 32c of a row, c < C, and the
 // kernels are instantiated for C = 1..4 (head dims up to 32, 64, 96, 128).
 //
 // Precision: fp32 FMAs on CUDA cores throughout and the CPU reference's formulas (a score is
@@ -56,10 +56,9 @@ struct Block {
     __device__ size_t stat(int row) const { return sq.stat0 + row; }
 };
 
-__device__ __forceinline__ Block block_of(int len, int heads, const int* offsets, const int* key_lengths,
-                                          int first_causal, int head_dim, float scale) {
+__device__ __forceinline__ Block block_of(const attn::Sequence& sq, int heads, int head_dim, float scale) {
     const size_t width = static_cast<size_t>(heads) * head_dim;
-    return Block{attn::sequence_of_block(len, heads, offsets, key_lengths, first_causal),
+    return Block{sq,
                  static_cast<int>(blockIdx.y) * WARPS,
                  head_dim,
                  scale,
@@ -127,24 +126,26 @@ __device__ void attention_forward(const float* qkv, float* out, float* lse, cons
     if (blk.first >= blk.sq.len) return;  // rows past a shorter packed sequence
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int row = blk.first + warp;
-    const int seen = blk.sq.visible_keys(row);
-    const int block_keys = blk.sq.visible_keys(min_of(blk.first + WARPS, blk.sq.len) - 1);
+    const attn::KeyRange seen = blk.sq.keys_of(row);
+    const attn::KeyRange block_keys = blk.sq.keys_of_rows(blk.first, WARPS);
     if (row < blk.sq.len) load_row(query[warp], qkv + blk.packed(0, row), blk.head_dim);
 
     // Running max of the scores, and this lane's share of the sum of exp(score - max).
     float max = -INFINITY, lane_sum = 0.0f, o[C] = {};
-    for (int k0 = 0; k0 < block_keys; k0 += CHUNK) {
+    for (int k0 = block_keys.begin; k0 < block_keys.end; k0 += CHUNK) {
         __syncthreads();  // the previous chunk has been read
-        const int staged = min_of(CHUNK, block_keys - k0);
+        const int staged = min_of(CHUNK, block_keys.end - k0);
         stage_rows(keys, qkv + blk.packed(1, k0), blk.qkv_row, staged, blk.head_dim);
         stage_rows(values, qkv + blk.packed(2, k0), blk.qkv_row, staged, blk.head_dim);
         __syncthreads();
-        if (k0 >= seen) continue;
-        const int count = min_of(CHUNK, seen - k0);
-        const float s = lane < count ? dot(query[warp], keys[lane], blk.head_dim) * blk.scale : -INFINITY;
+        if (!seen.meets(k0, staged)) continue;
+        // Staged keys before the row's first visible one take part with weight 0.
+        const int count = min_of(CHUNK, seen.end - k0);
+        const bool shown = lane < count && seen.has(k0 + lane);
+        const float s = shown ? dot(query[warp], keys[lane], blk.head_dim) * blk.scale : -INFINITY;
         const float new_max = fmaxf(max, warp_max(s));
         const float rescale = expf(max - new_max);  // 0 on the first chunk
-        const float p = lane < count ? expf(s - new_max) : 0.0f;
+        const float p = shown ? expf(s - new_max) : 0.0f;
         max = new_max;
         lane_sum = lane_sum * rescale + p;
         for (int c = 0; c < C; ++c) o[c] *= rescale;
@@ -154,8 +155,8 @@ __device__ void attention_forward(const float* qkv, float* out, float* lse, cons
     }
     const float sum = warp_sum(lane_sum);
     if (row >= blk.sq.len) return;
-    if (lane == 0) lse[blk.stat(row)] = seen > 0 ? max + logf(sum) : -INFINITY;
-    store_row<C>(out + blk.unpacked(row), o, seen > 0 ? 1.0f / sum : 0.0f, blk.head_dim);
+    if (lane == 0) lse[blk.stat(row)] = !seen.empty() ? max + logf(sum) : -INFINITY;
+    store_row<C>(out + blk.unpacked(row), o, !seen.empty() ? 1.0f / sum : 0.0f, blk.head_dim);
 }
 
 // Shared memory of a backward block. dQ: the staged rows are keys and values, the warp's own
@@ -168,7 +169,7 @@ struct BackwardSmem {
     float weight[WARPS][2][CHUNK];
     float lse[CHUNK];
     float delta[CHUNK];
-    int seen[CHUNK];
+    attn::KeyRange seen[CHUNK];
 };
 
 // dQ_i = scale * sum_j dS_ij k_j with dS_ij = P_ij (<dO_i, v_j> - D_i), P_ij = exp(scale <q_i, k_j> - lse_i).
@@ -177,10 +178,10 @@ __device__ __forceinline__ void backward_dq(BackwardSmem& sm, const float* qkv, 
                                             const float* delta, float* dqkv, const Block& blk) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int row = blk.first + warp;
-    const int seen = blk.sq.visible_keys(row);
-    const int block_keys = blk.sq.visible_keys(min_of(blk.first + WARPS, blk.sq.len) - 1);
-    const float row_lse = seen > 0 ? lse[blk.stat(row)] : 0.0f;
-    const float row_delta = seen > 0 ? delta[blk.stat(row)] : 0.0f;
+    const attn::KeyRange seen = blk.sq.keys_of(row);
+    const attn::KeyRange block_keys = blk.sq.keys_of_rows(blk.first, WARPS);
+    const float row_lse = !seen.empty() ? lse[blk.stat(row)] : 0.0f;
+    const float row_delta = !seen.empty() ? delta[blk.stat(row)] : 0.0f;
     float* q = sm.own[warp][0];
     float* dout_row = sm.own[warp][1];
     if (row < blk.sq.len) {
@@ -188,16 +189,16 @@ __device__ __forceinline__ void backward_dq(BackwardSmem& sm, const float* qkv, 
         load_row(dout_row, dout + blk.unpacked(row), blk.head_dim);
     }
     float dq[C] = {};
-    for (int k0 = 0; k0 < block_keys; k0 += CHUNK) {
+    for (int k0 = block_keys.begin; k0 < block_keys.end; k0 += CHUNK) {
         __syncthreads();
-        const int staged = min_of(CHUNK, block_keys - k0);
+        const int staged = min_of(CHUNK, block_keys.end - k0);
         stage_rows(sm.staged[0], qkv + blk.packed(1, k0), blk.qkv_row, staged, blk.head_dim);
         stage_rows(sm.staged[1], qkv + blk.packed(2, k0), blk.qkv_row, staged, blk.head_dim);
         __syncthreads();
-        if (k0 >= seen) continue;
-        const int count = min_of(CHUNK, seen - k0);
+        if (!seen.meets(k0, staged)) continue;
+        const int count = min_of(CHUNK, seen.end - k0);
         float ds = 0.0f;
-        if (lane < count) {
+        if (lane < count && seen.has(k0 + lane)) {
             const float p = expf(dot(q, sm.staged[0][lane], blk.head_dim) * blk.scale - row_lse);
             ds = p * (dot(dout_row, sm.staged[1][lane], blk.head_dim) - row_delta);
         }
@@ -208,8 +209,8 @@ __device__ __forceinline__ void backward_dq(BackwardSmem& sm, const float* qkv, 
     if (row < blk.sq.len) store_row<C>(dqkv + blk.packed(0, row), dq, blk.scale, blk.head_dim);
 }
 
-// dV_j = sum_i P_ij dO_i and dK_j = scale * sum_i dS_ij q_i over the queries i that see key j:
-// a suffix of the sequence (from j under the causal mask), none past a key-padding length.
+// dV_j = sum_i P_ij dO_i and dK_j = scale * sum_i dS_ij q_i over the queries i that see key j
+// (none before j under the causal mask).
 template <int C>
 __device__ __forceinline__ void backward_dkdv(BackwardSmem& sm, const float* qkv, const float* dout,
                                               const float* lse, const float* delta, float* dqkv, const Block& blk) {
@@ -221,9 +222,9 @@ __device__ __forceinline__ void backward_dkdv(BackwardSmem& sm, const float* qkv
         load_row(k, qkv + blk.packed(1, key), blk.head_dim);
         load_row(v, qkv + blk.packed(2, key), blk.head_dim);
     }
-    // The last query sees the most keys; under the causal mask a query before the block's first
-    // key sees none of its keys.
-    const bool any_seen = blk.sq.visible_keys(blk.sq.len - 1) > blk.first;
+    // Whether any query sees a key of the block; under the causal mask a query before the block's
+    // first key sees none of its keys.
+    const bool any_seen = blk.sq.keys_of_rows(0, blk.sq.len).meets(blk.first, WARPS);
     const int q_begin = !any_seen ? blk.sq.len : blk.sq.causal ? blk.first : 0;
     float dk[C] = {}, dv[C] = {};
     for (int q0 = q_begin; q0 < blk.sq.len; q0 += CHUNK) {
@@ -232,15 +233,15 @@ __device__ __forceinline__ void backward_dkdv(BackwardSmem& sm, const float* qkv
         stage_rows(sm.staged[0], qkv + blk.packed(0, q0), blk.qkv_row, count, blk.head_dim);
         stage_rows(sm.staged[1], dout + blk.unpacked(q0), blk.out_row, count, blk.head_dim);
         for (int i = threadIdx.x; i < count; i += blockDim.x) {
-            const int seen = blk.sq.visible_keys(q0 + i);
+            const attn::KeyRange seen = blk.sq.keys_of(q0 + i);
             sm.seen[i] = seen;
-            sm.lse[i] = seen > 0 ? lse[blk.stat(q0 + i)] : 0.0f;
-            sm.delta[i] = seen > 0 ? delta[blk.stat(q0 + i)] : 0.0f;
+            sm.lse[i] = !seen.empty() ? lse[blk.stat(q0 + i)] : 0.0f;
+            sm.delta[i] = !seen.empty() ? delta[blk.stat(q0 + i)] : 0.0f;
         }
         __syncthreads();
-        if (blk.sq.visible_keys(q0 + count - 1) <= key) continue;  // no query of the chunk sees the key
+        if (!blk.sq.keys_of_rows(q0, count).has(key)) continue;  // no query of the chunk sees the key
         float p = 0.0f, ds = 0.0f;
-        if (lane < count && key < sm.seen[lane]) {
+        if (lane < count && sm.seen[lane].has(key)) {
             p = expf(dot(sm.staged[0][lane], k, blk.head_dim) * blk.scale - sm.lse[lane]);
             ds = p * (dot(sm.staged[1][lane], v, blk.head_dim) - sm.delta[lane]);
         }
@@ -270,22 +271,20 @@ __device__ void attention_backward(const float* qkv, const float* dout, const fl
 }  // namespace
 
 // Forward: grid (sequences * heads, ceil(longest sequence / 8)), 256 threads; offsets (varlen
-// packing) and key_lengths may be null. Backward: the same grid with z = 2; z = 0 writes dK and
-// dV, z = 1 dQ. The kernels `_d<N>` serve the head dims in (N - 32, N]; C = N / 32 columns per lane.
+// packing) and key_lengths may be null; the mask parameters are attention_seq.cuh's. Backward:
+// the same grid with z = 2; z = 0 writes dK and dV, z = 1 dQ. The kernels `_d<N>` serve the head
+// dims in (N - 32, N]; C = N / 32 columns per lane.
 #define ATTENTION_EXACT_ENTRY_POINTS(N, C)                                                                        \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         attention_exact_fwd_d##N##_f32(const float* qkv, float* out, float* lse, int len, int heads,             \
-                                       const int* offsets, const int* key_lengths, int first_causal,             \
-                                       int head_dim, float scale) {                                              \
-        const Block blk = block_of(len, heads, offsets, key_lengths, first_causal, head_dim, scale);             \
-        attention_forward<C>(qkv, out, lse, blk);                                                                \
+                                       ATTENTION_MASK_PARAMS, int head_dim, float scale) {                       \
+        attention_forward<C>(qkv, out, lse, block_of(ATTENTION_SEQUENCE, heads, head_dim, scale));               \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256)                                                            \
         attention_exact_bwd_d##N##_f32(const float* qkv, const float* dout, const float* lse, const float* delta, \
-                                       float* dqkv, int len, int heads, const int* offsets,                      \
-                                       const int* key_lengths, int first_causal, int head_dim, float scale) {    \
-        const Block blk = block_of(len, heads, offsets, key_lengths, first_causal, head_dim, scale);             \
-        attention_backward<C>(qkv, dout, lse, delta, dqkv, blk);                                                 \
+                                       float* dqkv, int len, int heads, ATTENTION_MASK_PARAMS, int head_dim,     \
+                                       float scale) {                                                            \
+        attention_backward<C>(qkv, dout, lse, delta, dqkv, block_of(ATTENTION_SEQUENCE, heads, head_dim, scale)); \
     }
 
 ATTENTION_EXACT_ENTRY_POINTS(32, 1)

@@ -15,7 +15,7 @@ mod common;
 use common::assert_close;
 use common::gpu::{gpu_devices, on, randn_as};
 use msclip::backend::gpu::{AttnTiles, GpuBackend};
-use msclip::backend::{self, AttnMask, Backend};
+use msclip::backend::{self, AttnMask, Backend, SegmentMask};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// How close a dtype's results must be to the CPU's.
@@ -223,6 +223,29 @@ fn images_in_full_then_causal_captions_share_one_launch() {
     let offsets = vec![0, 50, 100, 150, 157, 157, 234, 235];
     check(&Case::new(1, 235, 2, AttnMask::packed_causal_after(offsets.clone(), 3)), 310);
     check(&Case { head_dim: 32, ..Case::new(1, 235, 1, AttnMask::packed_causal_after(offsets, 3)) }, 311);
+}
+
+#[test]
+fn segment_masks_on_joint_image_and_caption_sequences() {
+    // OneR's joint rows: pairs of a 50-token image (a boundary inside a 32- and a 64-row tile)
+    // and a caption of 7, 0, 27 or 1 tokens, then a padding sequence of 3 (all segment 0: shorter
+    // than the boundary).
+    let offsets = vec![0, 57, 107, 184, 235, 238];
+    for (i, segments) in
+        [SegmentMask::full(50), SegmentMask::block_diagonal(50), SegmentMask::cross(50)].into_iter().enumerate()
+    {
+        let packed = AttnMask { segments: Some(segments), ..AttnMask::packed(offsets.clone(), false) };
+        check(&Case::new(1, 238, 2, packed), 320 + i as u64);
+        // Under the causal mask and key padding too, and over batch rows with a boundary of 33.
+        let padded = AttnMask {
+            segments: Some(segments),
+            key_lengths: Some(vec![57, 40, 70, 20, 3]),
+            ..AttnMask::packed(offsets.clone(), true)
+        };
+        check(&Case { head_dim: 32, ..Case::new(1, 238, 1, padded) }, 330 + i as u64);
+        let rows = AttnMask { segments: Some(SegmentMask { boundary: 33, ..segments }), ..AttnMask::none() };
+        check(&Case { head_dim: 48, ..Case::new(2, 77, 1, rows) }, 340 + i as u64);
+    }
 }
 
 #[test]

@@ -32,8 +32,9 @@ const FEATURE_RTOL: f64 = 5e-6;
 #[test]
 fn one_step_loss_and_every_gradient_match_the_cpu() {
     // The single tower also with OneR's mixup contrast (whose one-directional InfoNCE runs the
-    // fused kernel with one direction's weight zero) and the joint sequences' contrast.
-    for (name, spec) in [("tiny", "itc"), ("tiny-clip", "itc"), ("tiny-oner", "itc=0.5,xmc=1,cmc=1")] {
+    // fused kernel with one direction's weight zero) and the joint sequences' contrasts (CIC's
+    // through the attention kernels' cross segment mask).
+    for (name, spec) in [("tiny", "itc"), ("tiny-clip", "itc"), ("tiny-oner", "itc=0.5,xmc=1,cmc=1,cic=0.5")] {
         let objectives = Objectives::parse(spec).unwrap();
         let model = ClipModel::new(preset(name).unwrap()).unwrap();
         let (cpu_params, cpu_buffers) = model.init_params(&mut Rng::new(3), DType::F32).unwrap();

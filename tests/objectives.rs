@@ -1,7 +1,7 @@
 //! The training objectives of `--loss` against their formulas: OneR's cross-modal mixup
-//! contrast (XMC) and the joint sequence's contrast (CMC) computed by hand in f64, its gradients (through the mixture, by finite
-//! differences; with the mixture as a target, against the same loss on a constant mixture), and
-//! weighted sums.
+//! contrast (XMC), the joint sequence's contrast (CMC) and the contextual invariance contrast
+//! (CIC) computed by hand in f64, their gradients (through the mixture, by finite differences;
+//! with the mixture as a target, against the same loss on a constant mixture), and weighted sums.
 
 mod common;
 
@@ -41,7 +41,7 @@ fn objectives(spec: &str) -> Objectives {
 }
 
 fn features(img: Tensor, txt: Tensor, joint: Option<Tensor>) -> PairFeatures {
-    PairFeatures { img, txt, joint }
+    PairFeatures { img, txt, joint, contextual: None }
 }
 
 #[test]
@@ -64,9 +64,25 @@ fn xmc_is_each_modality_against_its_pairs_mixture() {
     let temperature = log_scale.exp();
     let xmc = nce(&i, &mixture, temperature) + nce(&t, &mixture, temperature);
     let itc = (nce(&i, &t, temperature) + nce(&t, &i, temperature)) / 2.0;
-    for (spec, want) in [("xmc", xmc), ("itc", itc), ("itc=0.5,xmc=2", 0.5 * itc + 2.0 * xmc)] {
-        let got =
-            objectives(spec).loss(&features(img.clone(), txt.clone(), None), &scale, None).unwrap().item().unwrap();
+    // CMC and CIC: their own embeddings against the mixture, both ways.
+    let (joint, contextual) = (unit_rows(&randn(&mut rng, &[n, d])), unit_rows(&randn(&mut rng, &[n, d])));
+    let symmetric = |a: &[Vec<f64>]| (nce(a, &mixture, temperature) + nce(&mixture, a, temperature)) / 2.0;
+    let (cmc, cic) = (symmetric(&rows(&joint)), symmetric(&rows(&contextual)));
+    let cases = [
+        ("xmc", xmc),
+        ("itc", itc),
+        ("itc=0.5,xmc=2", 0.5 * itc + 2.0 * xmc),
+        ("cmc", cmc),
+        ("cic", cic),
+        ("xmc,cic=0.25", xmc + 0.25 * cic),
+    ];
+    for (spec, want) in cases {
+        let pairs = PairFeatures {
+            joint: Some(joint.clone()),
+            contextual: Some(contextual.clone()),
+            ..features(img.clone(), txt.clone(), None)
+        };
+        let got = objectives(spec).loss(&pairs, &scale, None).unwrap().item().unwrap();
         assert!((got - want).abs() <= 1e-12 * want.abs(), "{spec}: {got} against {want} by hand");
     }
 }
@@ -77,12 +93,18 @@ fn xmc_gradients_through_the_mixture_match_finite_differences() {
     for (n, d) in [(2, 3), (5, 4)] {
         let (img, txt) = (randn(&mut rng, &[n, d]), randn(&mut rng, &[n, d]));
         let scale = Tensor::from_vec(vec![0.7f64], [1]).unwrap();
-        let joint = randn(&mut rng, &[n, d]);
-        for spec in ["xmc,through-mixture", "itc=0.5,xmc=1.5,through-mixture", "cmc,through-mixture"] {
+        let (joint, contextual) = (randn(&mut rng, &[n, d]), randn(&mut rng, &[n, d]));
+        let specs =
+            ["xmc,through-mixture", "itc=0.5,xmc=1.5,through-mixture", "cmc,through-mixture", "cic,through-mixture"];
+        for spec in specs {
             let o = objectives(spec);
-            gradcheck(spec, &[img.clone(), txt.clone(), scale.clone(), joint.clone()], |x| {
-                let joint = Some(x[3].l2_normalize(1e-12)?);
-                o.loss(&features(x[0].l2_normalize(1e-12)?, x[1].l2_normalize(1e-12)?, joint), &x[2], Some(100.0))
+            gradcheck(spec, &[img.clone(), txt.clone(), scale.clone(), joint.clone(), contextual.clone()], |x| {
+                let pairs = PairFeatures {
+                    joint: Some(x[3].l2_normalize(1e-12)?),
+                    contextual: Some(x[4].l2_normalize(1e-12)?),
+                    ..features(x[0].l2_normalize(1e-12)?, x[1].l2_normalize(1e-12)?, None)
+                };
+                o.loss(&pairs, &x[2], Some(100.0))
             });
         }
     }

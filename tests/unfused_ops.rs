@@ -8,8 +8,8 @@ mod common;
 use common::gpu::{model_devices, on, randn_as};
 use common::{assert_close, assert_gradients_match, captions_ending_at, randn, relative_error};
 use msclip::autograd::{self, Gradients};
-use msclip::backend::AttnMask;
 use msclip::backend::ContrastWeights;
+use msclip::backend::{AttnMask, SegmentMask};
 use msclip::model::{ClipModel, preset};
 use msclip::ops::flops;
 use msclip::ops::fusion::{Fusion, is_off, unfused};
@@ -60,7 +60,8 @@ fn assert_same(what: &str, [fused, composed]: [(Vec<f64>, Vec<Vec<f64>>); 2], to
 }
 
 /// The masks of a shared layer and of each tower: ragged packed captions (one of a single
-/// token) after full-attention images, all causal, and padded keys in a batch.
+/// token) after full-attention images, all causal, and padded keys in a batch; OneR's joint
+/// sequences under segment masks.
 fn masks() -> Vec<(&'static str, usize, usize, AttnMask)> {
     vec![
         (
@@ -73,6 +74,18 @@ fn masks() -> Vec<(&'static str, usize, usize, AttnMask)> {
         ("batch with padded keys", 3, 6, AttnMask::key_padding(vec![6, 2, 4])),
         ("batch, causal", 2, 5, AttnMask::causal()),
         ("batch, full", 2, 4, AttnMask::none()),
+        (
+            "joint pairs, cross segments",
+            1,
+            9 + 11,
+            AttnMask { segments: Some(SegmentMask::cross(4)), ..AttnMask::packed(vec![0, 9, 20], false) },
+        ),
+        (
+            "batch, block-diagonal segments",
+            2,
+            7,
+            AttnMask { segments: Some(SegmentMask::block_diagonal(3)), ..AttnMask::key_padding(vec![7, 5]) },
+        ),
     ]
 }
 

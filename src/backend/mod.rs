@@ -61,6 +61,52 @@ pub struct AttnMask {
     /// sizes its grid for it rather than for the longest of `sequence_offsets`, so the launch
     /// fits a rewritten `offsets_table` too. None: the longest of `sequence_offsets`.
     pub longest_bound: Option<usize>,
+    /// Two segments in every sequence (OneR's joint image+text sequence) and which attends to
+    /// which; None: one segment, every key visible as the other masks allow.
+    pub segments: Option<SegmentMask>,
+}
+
+/// Every sequence of a call cut in two segments at the same `boundary` (its first `boundary`
+/// tokens, all of a shorter sequence, form segment 0; the rest segment 1), and which segment's
+/// keys each segment's queries see: `visible[query segment][key segment]`. Every choice leaves a
+/// query one contiguous range of keys (both segments, its own, or the other's), which the causal
+/// mask and key padding then cut from the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentMask {
+    pub boundary: usize,
+    pub visible: [[bool; 2]; 2],
+}
+
+impl SegmentMask {
+    /// Each segment sees both (the same as no segments).
+    pub fn full(boundary: usize) -> Self {
+        SegmentMask { boundary, visible: [[true, true], [true, true]] }
+    }
+    /// Each segment sees only itself: the two run as if apart.
+    pub fn block_diagonal(boundary: usize) -> Self {
+        SegmentMask { boundary, visible: [[true, false], [false, true]] }
+    }
+    /// Each segment sees only the other: segment 0's queries attend to segment 1's keys and
+    /// values, and the reverse (OneR's contextual invariance contrast).
+    pub fn cross(boundary: usize) -> Self {
+        SegmentMask { boundary, visible: [[false, true], [true, false]] }
+    }
+
+    /// The visibility as the kernels take it: bit `2 * query segment + key segment`.
+    pub fn bits(&self) -> i32 {
+        (0..4).filter(|&b| self.visible[b / 2][b % 2]).map(|b| 1 << b).sum()
+    }
+
+    /// The keys of the segments query `q` of a sequence of `len` tokens sees.
+    fn keys_of(&self, q: usize, len: usize) -> std::ops::Range<usize> {
+        let boundary = self.boundary.min(len);
+        match self.visible[usize::from(q >= boundary)] {
+            [true, true] => 0..len,
+            [true, false] => 0..boundary,
+            [false, true] => boundary..len,
+            [false, false] => 0..0,
+        }
+    }
 }
 
 /// One sequence of an attention call: where its tokens are in qkv (batch row, first position
@@ -141,12 +187,18 @@ impl AttnMask {
         Ok(())
     }
 
-    /// How many keys query `q` of sequence `s` sees among the sequence's `len`: the visible keys
-    /// are always a prefix, since both masks cut keys from the end.
-    pub fn visible_keys(&self, s: usize, q: usize, len: usize) -> usize {
+    /// The keys query `q` of sequence `s` sees among the sequence's `len` (none for a query past
+    /// the end): always one contiguous range, the segments' keys cut from the end by the causal
+    /// mask and key padding.
+    pub fn key_range(&self, s: usize, q: usize, len: usize) -> std::ops::Range<usize> {
+        if q >= len {
+            return 0..0;
+        }
+        let segment = self.segments.map_or(0..len, |segments| segments.keys_of(q, len));
         let causal_limit = if self.is_causal(s) { q + 1 } else { len };
         let padding_limit = self.key_lengths.as_ref().map_or(len, |lengths| lengths[s]);
-        causal_limit.min(padding_limit).min(len)
+        let end = segment.end.min(causal_limit).min(padding_limit);
+        if end <= segment.start { 0..0 } else { segment.start..end }
     }
 }
 

@@ -117,9 +117,11 @@ pub struct TrainArgs {
     /// Training objectives and their weights [default: itc=1; itc=1,xmc=1 for the single-tower
     /// presets tiny-oner, oner-b32, oner-b16, as OneR trains]: comma-separated name=weight
     /// pairs of itc (CLIP's symmetric contrast), xmc (OneR's cross-modal mixup contrast, each
-    /// modality against the normalised mean of its pair's embeddings) and cmc (the joint
-    /// image+caption sequence against that mean; single-tower presets), e.g. itc=1,xmc=1; add
-    /// through-mixture to let gradients flow through the mixture target.
+    /// modality against the normalised mean of its pair's embeddings), cmc (the joint
+    /// image+caption sequence against that mean) and cic (the joint sequence with each modality
+    /// attending only to the other, against that mean); cmc and cic need a single-tower preset.
+    /// E.g. itc=1,xmc=1,cic=1; add through-mixture to let gradients flow through the mixture
+    /// target.
     #[arg(long, value_parser = parse_objectives)]
     loss: Option<Objectives>,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).

@@ -1,6 +1,9 @@
-//! OneR's joint sequence (the input of its CMC objective, oner-notes.md section 2): each pair's
-//! image tokens followed by its caption's tokens, one sequence per pair, through the single tower
-//! with full attention inside the pair, read at the image's CLS token by the one head.
+//! OneR's joint sequence (the input of its CMC and CIC objectives, oner-notes.md sections 2-3):
+//! each pair's image tokens followed by its caption's tokens, one sequence per pair, through the
+//! single tower. For CMC every token attends to the whole pair and the image's CLS token is read
+//! by the one head; for CIC a cross segment mask lets the image's tokens attend only to the
+//! caption's and the caption's only to the image's, and both [CLS] tokens are read (the image's
+//! and the caption's first), their embeddings summed and normalised.
 //!
 //! The rows are gathered from the two embeddings (stem tokens and packed caption tokens, each with
 //! its own positional embedding, so the modalities stay distinguishable) into pairs, and the
@@ -15,10 +18,19 @@ use super::config::Sharing;
 use super::convnet::Mode;
 use super::packing::CaptionPacking;
 use super::transformer::Pooled;
-use crate::backend::AttnMask;
+use crate::backend::{AttnMask, SegmentMask};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::tensor::Tensor;
+
+/// How the two segments of a joint sequence attend, and what is read from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JointAttention {
+    /// Every token to the whole pair; read at the image's CLS token (CMC).
+    Full,
+    /// Each segment to the other only; read at both [CLS] tokens (CIC).
+    Cross,
+}
 
 /// L2-normalised [batch, embed_dim] embeddings of the batch's joint image+caption sequences.
 pub(super) fn encode_joint(
@@ -27,6 +39,7 @@ pub(super) fn encode_joint(
     bufs: &mut Buffers,
     images: &Tensor,
     captions: &CaptionPacking,
+    attention: JointAttention,
 ) -> Result<Tensor> {
     if model.config.sharing != Sharing::All {
         return Err(Error::config(format!(
@@ -46,20 +59,39 @@ pub(super) fn encode_joint(
     let layout = JointLayout { batch, tokens };
     let order = captions.offsets.derived(&layout.key("rows"), move |offsets| layout.order(offsets));
     let offsets = captions.offsets.derived(&layout.key("offsets"), move |offsets| layout.offsets(offsets));
-    let cls_rows = offsets.derived(&layout.key("cls rows"), move |joint| joint[..batch].to_vec());
-    let sequences = offsets.len() - 1;
-    // Every sequence attends in full: the first `sequences` of the mask are its full ones.
-    let longest = captions.longest_bound().map(|bound| bound + tokens);
-    let mask: AttnMask = captions.mask_with(offsets, sequences, longest);
-    let mut x = rows.index_rows_by(&order)?.reshape([1, batch * tokens + captions.tokens(), width])?;
-    let Some(((_, last), blocks)) = model.vision.blocks.split_last() else {
-        return model.vision.head.forward(p, &Pooled::Rows { rows: &cls_rows, split: 0 }.select(&x)?);
+    let pooled_rows = match attention {
+        JointAttention::Full => offsets.derived(&layout.key("cls rows"), move |joint| joint[..batch].to_vec()),
+        JointAttention::Cross => offsets.derived(&layout.key("both cls rows"), move |joint| {
+            let caption_cls = joint[..batch].iter().map(|&start| start + tokens as u32);
+            joint[..batch].iter().copied().chain(caption_cls).collect()
+        }),
     };
-    for (_, block) in blocks {
-        x = block.forward(p, &x, &mask)?;
+    let sequences = offsets.len() - 1;
+    // No causal mask: the first `sequences` of the mask are its non-causal ones.
+    let longest = captions.longest_bound().map(|bound| bound + tokens);
+    let segments = match attention {
+        JointAttention::Full => None,
+        JointAttention::Cross => Some(SegmentMask::cross(tokens)),
+    };
+    let mask = AttnMask { segments, ..captions.mask_with(offsets, sequences, longest) };
+    let mut x = rows.index_rows_by(&order)?.reshape([1, batch * tokens + captions.tokens(), width])?;
+    let pooled = Pooled::Rows { rows: &pooled_rows, split: 0 };
+    let embeddings = match model.vision.blocks.split_last() {
+        None => model.vision.head.forward(p, &pooled.select(&x)?)?,
+        Some(((_, last), blocks)) => {
+            for (_, block) in blocks {
+                x = block.forward(p, &x, &mask)?;
+            }
+            model.vision.head.forward(p, &last.forward_pooled(p, &x, &mask, pooled)?)?
+        }
+    };
+    match attention {
+        JointAttention::Full => Ok(embeddings),
+        JointAttention::Cross => {
+            let (image_cls, caption_cls) = (embeddings.slice(0, 0, batch)?, embeddings.slice(0, batch, batch)?);
+            image_cls.add(&caption_cls)?.l2_normalize(1e-12)
+        }
     }
-    let pooled = last.forward_pooled(p, &x, &mask, Pooled::Rows { rows: &cls_rows, split: 0 })?;
-    model.vision.head.forward(p, &pooled)
 }
 
 /// Where the joint rows come from: the concatenation of `batch x tokens` image rows and the packed
@@ -113,7 +145,9 @@ mod tests {
     }
 
     /// The packed joint sequences against each pair run alone: its image's embedded tokens and
-    /// its caption's, concatenated, through every block unmasked, read at token 0 by the head.
+    /// its caption's, concatenated, through every block unmasked (CMC), read at token 0 by the
+    /// head, or under a cross mask of the same boundary (CIC), read at token 0 and at the
+    /// caption's first token, the two embeddings summed and normalised.
     #[test]
     fn packed_pairs_match_each_pair_run_alone() {
         use crate::model::preset;
@@ -133,28 +167,43 @@ mod tests {
             row[len - 1] = eot;
         }
         let captions = model.pack_captions(&tokens, None).unwrap();
-        let got = encode_joint(&model, &p, &mut bufs, &images, &captions).unwrap().to_f64_vec();
-
         let image = model.vision.embed(&p, &mut bufs, &images, Mode::Train).unwrap();
         let text = model.text.embed(&p, &captions).unwrap();
         let offsets = captions.offsets.words().to_vec();
         let (tokens_per_image, width) = (image.dims()[1], image.dims()[2]);
-        for b in 0..3 {
-            let (start, end) = (offsets[b] as usize, offsets[b + 1] as usize);
-            let pair =
-                crate::ops::concat(&[&image.slice(0, b, 1).unwrap(), &text.slice(1, start, end - start).unwrap()], 1)
-                    .unwrap();
-            let mut x = pair.reshape([1, tokens_per_image + end - start, width]).unwrap();
-            for (_, block) in &model.vision.blocks {
-                x = block.forward(&p, &x, &AttnMask::none()).unwrap();
-            }
-            let want = model.vision.head.forward(&p, &Pooled::FirstToken.select(&x).unwrap()).unwrap().to_f64_vec();
-            let dim = want.len();
-            for (g, w) in got[b * dim..(b + 1) * dim].iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-12, "pair {b}: {g} against {w} run alone");
+        for attention in [JointAttention::Full, JointAttention::Cross] {
+            let got = encode_joint(&model, &p, &mut bufs, &images, &captions, attention).unwrap().to_f64_vec();
+            let (mask, read) = match attention {
+                JointAttention::Full => (AttnMask::none(), vec![0]),
+                JointAttention::Cross => {
+                    let cross = AttnMask { segments: Some(SegmentMask::cross(tokens_per_image)), ..AttnMask::none() };
+                    (cross, vec![0, tokens_per_image])
+                }
+            };
+            for b in 0..3 {
+                let (start, end) = (offsets[b] as usize, offsets[b + 1] as usize);
+                let pair = crate::ops::concat(
+                    &[&image.slice(0, b, 1).unwrap(), &text.slice(1, start, end - start).unwrap()],
+                    1,
+                )
+                .unwrap();
+                let mut x = pair.reshape([1, tokens_per_image + end - start, width]).unwrap();
+                for (_, block) in &model.vision.blocks {
+                    x = block.forward(&p, &x, &mask).unwrap();
+                }
+                let cls: Vec<Tensor> =
+                    read.iter().map(|&r| x.slice(1, r, 1).unwrap().reshape([1, width]).unwrap()).collect();
+                let heads: Vec<Tensor> = cls.iter().map(|c| model.vision.head.forward(&p, c).unwrap()).collect();
+                let sum = heads.iter().skip(1).fold(heads[0].clone(), |acc, h| acc.add(h).unwrap());
+                let want = sum.l2_normalize(1e-12).unwrap().to_f64_vec();
+                let dim = want.len();
+                for (g, w) in got[b * dim..(b + 1) * dim].iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-12, "{attention:?} pair {b}: {g} against {w} run alone");
+                }
             }
         }
-        let err = encode_joint(&ClipModel::new(preset("tiny").unwrap()).unwrap(), &p, &mut bufs, &images, &captions);
+        let tiny = ClipModel::new(preset("tiny").unwrap()).unwrap();
+        let err = encode_joint(&tiny, &p, &mut bufs, &images, &captions, JointAttention::Full);
         assert!(err.unwrap_err().to_string().contains("single tower"));
     }
 }

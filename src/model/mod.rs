@@ -26,6 +26,7 @@ pub use presets::{PRESETS, preset};
 use crate::error::Result;
 use crate::nn::{ParamId, ParamStore};
 use crate::tensor::{DType, Rng, Tensor};
+use joint::JointAttention;
 use text::TextTower;
 use transformer::{Block, BlockShape};
 use vision::{Head, VisionTower};
@@ -190,16 +191,19 @@ impl ClipModel {
                 (self.encode_image(p, bufs, images, Mode::Train)?, self.text.forward_packed(p, captions)?)
             }
         };
-        let joint = match objectives.needs_joint() {
-            true => Some(joint::encode_joint(self, p, bufs, images, captions)?),
-            false => None,
+        let mut joint = |needed: bool, attention| match needed {
+            true => joint::encode_joint(self, p, bufs, images, captions, attention).map(Some),
+            false => Ok(None),
         };
+        let full = joint(objectives.needs_joint(), JointAttention::Full)?;
+        let contextual = joint(objectives.needs_contextual(), JointAttention::Cross)?;
         // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
         let scale = p.get(self.logit_scale);
         let features = PairFeatures {
             img: img.to_dtype(scale.dtype())?,
             txt: txt.to_dtype(scale.dtype())?,
-            joint: joint.map(|j| j.to_dtype(scale.dtype())).transpose()?,
+            joint: full.map(|j| j.to_dtype(scale.dtype())).transpose()?,
+            contextual: contextual.map(|c| c.to_dtype(scale.dtype())).transpose()?,
         };
         objectives.loss(&features, scale, max_scale)
     }

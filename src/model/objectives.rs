@@ -9,6 +9,11 @@
 //!   formula reconstructed): the embedding j of the joint sequence (the pair's image tokens then
 //!   its caption's, through the single tower, read at the image's CLS) against the mixture,
 //!   `(NCE(j, m) + NCE(m, j)) / 2`. Single-tower models only.
+//! - `cic`: OneR's contextual invariance contrast (arXiv v1; notes sections 2-3, reconstructed):
+//!   the joint sequence again, under a cross segment mask (image queries attend only to the
+//!   caption's keys and values, caption queries only to the image's), read at both [CLS] tokens,
+//!   c = normalize(c_I|T + c_T|I), against the mixture: `(NCE(c, m) + NCE(m, c)) / 2`. Single-tower
+//!   models only.
 //!
 //! By default the mixture is a target only (no gradient flows through it, as through MoCo's key
 //! branch); the switch `through-mixture` lets it flow.
@@ -25,7 +30,7 @@ use crate::ops;
 use crate::tensor::Tensor;
 
 /// The names `--loss` accepts, for help texts and errors.
-pub const OBJECTIVES: &[&str] = &["itc", "xmc", "cmc"];
+pub const OBJECTIVES: &[&str] = &["itc", "xmc", "cmc", "cic"];
 
 /// Each objective's weight in the training loss (0: not computed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,23 +39,27 @@ pub struct Objectives {
     pub xmc: f64,
     #[serde(default)]
     pub cmc: f64,
-    /// Whether the gradients of XMC and CMC also flow through the mixture target (default: no).
+    #[serde(default)]
+    pub cic: f64,
+    /// Whether the gradients of XMC, CMC and CIC also flow through the mixture target (default: no).
     #[serde(default)]
     pub through_mixture: bool,
 }
 
 /// What the objectives are computed from: L2-normalised [n, d] image and text embeddings of n
-/// pairs (pair i in row i of both) and, when CMC is on, the joint sequences' embeddings.
+/// pairs (pair i in row i of both) and, when CMC or CIC is on, the joint sequences' (CIC's:
+/// the normalised sum of their two cross-attended [CLS] embeddings).
 pub struct PairFeatures {
     pub img: Tensor,
     pub txt: Tensor,
     pub joint: Option<Tensor>,
+    pub contextual: Option<Tensor>,
 }
 
 impl Default for Objectives {
     /// CLIP's contrast alone.
     fn default() -> Self {
-        Objectives { itc: 1.0, xmc: 0.0, cmc: 0.0, through_mixture: false }
+        Objectives { itc: 1.0, xmc: 0.0, cmc: 0.0, cic: 0.0, through_mixture: false }
     }
 }
 
@@ -73,6 +82,7 @@ impl Objectives {
                 "itc" => objectives.itc = weight,
                 "xmc" => objectives.xmc = weight,
                 "cmc" => objectives.cmc = weight,
+                "cic" => objectives.cic = weight,
                 "through-mixture" if weight == 1.0 => objectives.through_mixture = true,
                 _ => {
                     return Err(Error::config(format!(
@@ -88,7 +98,7 @@ impl Objectives {
 
     /// Every weight finite and non-negative, at least one above zero.
     pub fn validate(&self) -> Result<()> {
-        let weights = [("itc", self.itc), ("xmc", self.xmc), ("cmc", self.cmc)];
+        let weights = [("itc", self.itc), ("xmc", self.xmc), ("cmc", self.cmc), ("cic", self.cic)];
         if let Some((name, w)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
             return Err(Error::config(format!("--loss: the weight of {name} must be a finite number >= 0, got {w}")));
         }
@@ -111,12 +121,15 @@ impl Objectives {
         }
     }
 
-    /// Refuses, before a run starts, an objective the model cannot compute: CMC's joint sequence
-    /// needs one tower for both modalities.
+    /// Refuses, before a run starts, an objective the model cannot compute: the joint sequence
+    /// of CMC and CIC needs one tower for both modalities.
     pub fn check_model(&self, model: &ModelConfig) -> Result<()> {
-        if self.cmc > 0.0 && model.sharing != Sharing::All {
+        let joint = [("cmc", self.cmc), ("cic", self.cic)];
+        if let Some((name, _)) = joint.iter().find(|(_, w)| *w > 0.0)
+            && model.sharing != Sharing::All
+        {
             return Err(Error::config(format!(
-                "--loss cmc runs the image and caption through one tower as one sequence: {} has two towers \
+                "--loss {name} runs the image and caption through one tower as one sequence: {} has two towers \
                  (sharing {:?}); use a single-tower preset (tiny-oner, oner-b32, oner-b16)",
                 model.name, model.sharing
             )));
@@ -124,9 +137,14 @@ impl Objectives {
         Ok(())
     }
 
-    /// Whether the model must encode the joint image+caption sequences.
+    /// Whether the model must encode the joint image+caption sequences in full (CMC).
     pub fn needs_joint(&self) -> bool {
         self.cmc > 0.0
+    }
+
+    /// Whether the model must encode them under the cross segment mask (CIC).
+    pub fn needs_contextual(&self) -> bool {
+        self.cic > 0.0
     }
 
     /// The weighted loss of a batch; `logit_scale` and `max_scale` as [`ops::infonce`] takes
@@ -136,7 +154,7 @@ impl Objectives {
         if self.itc > 0.0 {
             terms.push((self.itc, ops::infonce(&f.img, &f.txt, logit_scale, max_scale)?));
         }
-        if self.xmc > 0.0 || self.cmc > 0.0 {
+        if self.xmc > 0.0 || self.cmc > 0.0 || self.cic > 0.0 {
             let mixture = f.img.add(&f.txt)?.l2_normalize(1e-12)?;
             let mixture = if self.through_mixture { mixture } else { mixture.detach() };
             let nce = |rows: &Tensor, weights| ops::contrast(rows, &mixture, logit_scale, max_scale, weights);
@@ -149,6 +167,12 @@ impl Objectives {
                     Error::invalid("objectives", "cmc needs the joint sequences' embeddings, which were not computed")
                 })?;
                 terms.push((self.cmc, nce(joint, ContrastWeights::SYMMETRIC)?));
+            }
+            if self.cic > 0.0 {
+                let contextual = f.contextual.as_ref().ok_or_else(|| {
+                    Error::invalid("objectives", "cic needs the cross-attended embeddings, which were not computed")
+                })?;
+                terms.push((self.cic, nce(contextual, ContrastWeights::SYMMETRIC)?));
             }
         }
         let mut total: Option<Tensor> = None;
@@ -174,12 +198,13 @@ mod tests {
         assert_eq!((o.itc, o.xmc, o.cmc, o.through_mixture), (1.0, 0.5, 0.0, false));
         let o = Objectives::parse("xmc,cmc=2,through-mixture").unwrap();
         assert_eq!((o.itc, o.xmc, o.cmc, o.through_mixture), (0.0, 1.0, 2.0, true));
+        assert_eq!(Objectives::parse("xmc,cic=0.5").unwrap().cic, 0.5);
     }
 
     #[test]
     fn parse_refuses_what_it_cannot_run() {
         for (spec, says) in [
-            ("itc=1,cic=1", "unknown objective \"cic\""),
+            ("itc=1,mlm=1", "unknown objective \"mlm\""),
             ("itc,through-mixture=2", "unknown objective \"through-mixture\""),
             ("itc=x", "is not a number"),
             ("itc=-1", "finite number >= 0"),
@@ -201,11 +226,13 @@ mod tests {
     }
 
     #[test]
-    fn cmc_needs_a_single_tower() {
-        let cmc = Objectives::parse("itc,cmc").unwrap();
-        let err = cmc.check_model(&crate::model::preset("tiny").unwrap()).unwrap_err().to_string();
-        assert!(err.contains("single-tower preset"), "{err}");
-        cmc.check_model(&crate::model::preset("tiny-oner").unwrap()).unwrap();
+    fn cmc_and_cic_need_a_single_tower() {
+        for spec in ["itc,cmc", "xmc,cic"] {
+            let joint = Objectives::parse(spec).unwrap();
+            let err = joint.check_model(&crate::model::preset("tiny").unwrap()).unwrap_err().to_string();
+            assert!(err.contains("single-tower preset") && err.contains(&spec[4..]), "{err}");
+            joint.check_model(&crate::model::preset("tiny-oner").unwrap()).unwrap();
+        }
         Objectives::parse("itc,xmc").unwrap().check_model(&crate::model::preset("tiny-clip").unwrap()).unwrap();
     }
 }

@@ -213,6 +213,7 @@ impl CaptionPacking {
             offsets_table: Some(offsets),
             longest_bound,
             key_lengths: None,
+            segments: None,
         }
     }
 }

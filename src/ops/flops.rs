@@ -87,10 +87,7 @@ pub(super) fn attention(batch: usize, len: usize, width: usize, mask: &AttnMask)
         .sequences(batch, len)
         .iter()
         .enumerate()
-        .map(|(s, seq)| {
-            let keys = mask.key_lengths.as_ref().map_or(seq.len, |k| k[s]);
-            if mask.is_causal(s) { (0..seq.len).map(|q| (q + 1).min(keys)).sum() } else { seq.len * keys }
-        })
+        .map(|(s, seq)| (0..seq.len).map(|q| mask.key_range(s, q, seq.len).len()).sum::<usize>())
         .sum();
     // Per visible (query, key) pair and channel: one multiply-add in QK^T, one in PV.
     add(|c| c.attention += 4.0 * (pairs * width) as f64);

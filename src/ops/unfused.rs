@@ -79,11 +79,10 @@ fn mask_bias(mask: &AttnMask, sequences: &[AttnSequence], longest: usize, dtype:
     let mut bias = vec![0.0; sequences.len() * longest * longest];
     let mut any = false;
     for (s, seq) in sequences.iter().enumerate() {
-        let keys = mask.key_lengths.as_ref().map_or(seq.len, |lengths| lengths[s]);
-        let causal = mask.is_causal(s);
         for i in 0..longest {
+            let visible = mask.key_range(s, i, seq.len);
             for j in 0..longest {
-                if j >= keys || (causal && j > i) {
+                if !visible.contains(&j) {
                     bias[(s * longest + i) * longest + j] = MASKED;
                     any = true;
                 }

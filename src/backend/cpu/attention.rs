@@ -6,8 +6,8 @@
 //! writes its results in place; inside, each head's products read its q, k, v columns of the
 //! packed rows in place and write its output (or gradient) columns in place, by strides, with
 //! no gathered copies. A sequence is a batch row, or one of the sequences packed into row 0
-//! ([`AttnMask::sequence_offsets`]). Both masks leave every query
-//! a prefix of visible keys of its sequence ([`AttnMask::visible_keys`]).
+//! ([`AttnMask::sequence_offsets`]). Every mask leaves a query one contiguous range of visible
+//! keys of its sequence ([`AttnMask::key_range`]).
 //!
 //! Inside a task the products are GEMMs on the task's [n, n] score matrix (the `gemm` crate,
 //! single-threaded: the tasks are the parallelism), with the softmax and its gradient applied
@@ -16,6 +16,8 @@
 //! from the saved log-sum-exp. Dot products written as
 //! loops could not be vectorised (a float sum's order is fixed), which made this op most of
 //! the CPU step's attention time (docs/benchmarks.md).
+
+use std::ops::Range;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -109,11 +111,18 @@ fn product<T: Real>(
     gemm_strided(dst, a, b, GemmSpec { mnk, trans_a, trans_b, accumulate: false, par: Parallelism::None });
 }
 
-/// Row `i`'s probabilities over its visible keys, in place of its raw scores; keys past
-/// `visible` get zero. Returns the log-sum-exp of the scaled scores (forward).
-fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T) -> T {
-    let (seen, hidden) = row.split_at_mut(visible);
-    hidden.iter_mut().for_each(|p| *p = T::zero());
+/// The scores of a row's `visible` keys, the others set to zero.
+fn visible_part<T: Real>(row: &mut [T], visible: Range<usize>) -> &mut [T] {
+    let (before, rest) = row.split_at_mut(visible.start);
+    let (seen, after) = rest.split_at_mut(visible.len());
+    before.iter_mut().chain(after).for_each(|p| *p = T::zero());
+    seen
+}
+
+/// Row `i`'s probabilities over its visible keys, in place of its raw scores; the other keys
+/// get zero. Returns the log-sum-exp of the scaled scores (forward).
+fn softmax_row<T: Real>(row: &mut [T], visible: Range<usize>, scale: T) -> T {
+    let seen = visible_part(row, visible);
     seen.iter_mut().for_each(|x| *x *= scale);
     let max = lanes::max(seen);
     seen.iter_mut().for_each(|x| *x = (*x - max).fast_exp());
@@ -124,11 +133,9 @@ fn softmax_row<T: Real>(row: &mut [T], visible: usize, scale: T) -> T {
 }
 
 /// Row `i`'s probabilities again from the forward's log-sum-exp (backward), in place of its
-/// raw scores; keys past `visible` get zero.
-fn probabilities_from_lse<T: Real>(row: &mut [T], visible: usize, scale: T, lse: T) {
-    let (seen, hidden) = row.split_at_mut(visible);
-    hidden.iter_mut().for_each(|p| *p = T::zero());
-    seen.iter_mut().for_each(|x| *x = (*x * scale - lse).fast_exp());
+/// raw scores; the other keys get zero.
+fn probabilities_from_lse<T: Real>(row: &mut [T], visible: Range<usize>, scale: T, lse: T) {
+    visible_part(row, visible).iter_mut().for_each(|x| *x = (*x * scale - lse).fast_exp());
 }
 
 pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(Tensor, Tensor)> {
@@ -156,8 +163,8 @@ pub fn forward<T: Real>(qkv: &Tensor, heads: usize, mask: &AttnMask) -> Result<(
                     product(columns(&mut p, 0, n), q, k, (n, n, dh), false, true);
                     let mut lse = vec![T::neg_infinity(); n];
                     for (i, row) in p.chunks_mut(n).enumerate() {
-                        let visible = mask.visible_keys(s, i, n);
-                        if visible == 0 {
+                        let visible = mask.key_range(s, i, n);
+                        if visible.is_empty() {
                             row.iter_mut().for_each(|x| *x = T::zero()); // zero output, lse stays -inf
                             continue;
                         }
@@ -210,7 +217,7 @@ pub fn backward<T: Real>(
                 if lse_i == T::neg_infinity() {
                     row.iter_mut().for_each(|x| *x = T::zero());
                 } else {
-                    probabilities_from_lse(row, mask.visible_keys(s, i, n), scale, lse_i);
+                    probabilities_from_lse(row, mask.key_range(s, i, n), scale, lse_i);
                 }
             }
             // dv = P^T dO; dP = dO v^T; dS = P * (dP - D_i) * scale with D_i = <dO_i, O_i>;

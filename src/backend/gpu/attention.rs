@@ -20,7 +20,7 @@ use super::buffer::Scratch;
 use super::context::{int, kernel_for, ptr};
 use super::footprint::Footprint;
 use super::{GpuBackend, KernelArg, LaunchConfig};
-use crate::backend::AttnMask;
+use crate::backend::{AttnMask, SegmentMask};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Table, Tensor};
 
@@ -228,7 +228,7 @@ impl Geometry {
     }
 
     /// The arguments every kernel takes after its tensors: `len, heads, offsets, key_lengths,
-    /// first_causal`, then for the exact kernels `head_dim, scale`.
+    /// first_causal, segment_boundary, segment_visibility`, then for the exact kernels `head_dim, scale`.
     fn shape_args(&self, mask: &MaskArgs) -> Result<Vec<KernelArg>> {
         let mut args = vec![int(self.len, "sequence length")?, int(self.heads, "heads")?];
         args.extend(mask.args);
@@ -242,11 +242,12 @@ impl Geometry {
 }
 
 /// The mask as kernel arguments: `offsets, key_lengths, first_causal` (the first sequence
-/// under the causal mask: past the last, i32::MAX, when there is no causal mask), with the
-/// tables they point to kept alive for the launch.
+/// under the causal mask: past the last, i32::MAX, when there is no causal mask),
+/// `segment_boundary, segment_visibility` ([`SegmentMask::bits`]; without segments, one segment
+/// that sees itself), with the tables they point to kept alive for the launch.
 struct MaskArgs {
     tables: [Option<Table>; 2],
-    args: [KernelArg; 3],
+    args: [KernelArg; 5],
 }
 
 impl MaskArgs {
@@ -264,7 +265,12 @@ impl MaskArgs {
             true => int(mask.first_causal_sequence, "first causal sequence")?,
             false => KernelArg::I32(i32::MAX),
         };
-        Ok(MaskArgs { args: [pointer(&offsets)?, pointer(&lengths)?, first_causal], tables: [offsets, lengths] })
+        let segments = mask.segments.unwrap_or(SegmentMask::full(0));
+        let boundary = int(segments.boundary.min(i32::MAX as usize), "segment boundary")?;
+        Ok(MaskArgs {
+            args: [pointer(&offsets)?, pointer(&lengths)?, first_causal, boundary, KernelArg::I32(segments.bits())],
+            tables: [offsets, lengths],
+        })
     }
 
     /// The bytes of the tables, which the kernels read.
