@@ -139,12 +139,18 @@ fn sigint_saves_a_checkpoint_and_exits_non_zero_with_the_resume_command() {
 #[test]
 fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     let dir = scratch("oner");
-    let args = ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1"];
+    let args = ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1,cic=0.5"];
     let out = msclip_in(&dir, &[&args[..], FAST].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let config = std::fs::read_to_string(dir.join("runs/o/config.json")).unwrap();
-    for setting in ["\"xmc\": 0.5", "\"cmc\": 1.0", "\"encoder\": \"bidirectional\""] {
+    for setting in ["\"xmc\": 0.5", "\"cmc\": 1.0", "\"cic\": 0.5", "\"encoder\": \"bidirectional\""] {
         assert!(config.contains(setting), "{setting} missing from {config}");
+    }
+    // Every step logs each objective's value beside the weighted loss.
+    let losses = std::fs::read_to_string(dir.join("runs/o/train_loss.jsonl")).unwrap();
+    let first = losses.lines().next().unwrap();
+    for key in ["\"loss\"", "\"loss_itc\"", "\"loss_xmc\"", "\"loss_cmc\"", "\"loss_cic\""] {
+        assert!(first.contains(key), "{key} missing from {first}");
     }
     let eval = ["eval", "--run", "runs/o", "--samples", "4", "--output", "e.json", "--heatmaps", "h.png"];
     let out = msclip_in(&dir, &eval);
@@ -168,11 +174,39 @@ fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     let bench = std::fs::read_to_string(dir.join("b.json")).unwrap();
     assert!(bench.contains("\"cmc\": 0.5"), "{bench}");
     // An objective that does not exist is refused before anything runs.
-    let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,cic=1"]);
-    assert!(!out.status.success() && stderr(&out).contains("unknown objective \"cic\""), "{}", stderr(&out));
-    // So is one the preset cannot compute: CMC's joint sequence on two towers.
-    let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "cmc"]);
+    let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,mim=1"]);
+    assert!(!out.status.success() && stderr(&out).contains("unknown objective \"mim\""), "{}", stderr(&out));
+    // So is one the preset cannot compute: CIC's joint sequence on two towers.
+    let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "cic"]);
     assert!(!out.status.success() && stderr(&out).contains("single-tower preset"), "{}", stderr(&out));
     assert!(!dir.join("runs/bad").exists(), "no run directory for a refused run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Issue 15: the ablation command trains each arm on each seed and tabulates mean and spread;
+// finished runs are reused, and an earlier report's step counts can be trained again.
+#[test]
+fn the_ablation_trains_every_arm_on_every_seed_and_tabulates_them() {
+    let dir = scratch("ablate");
+    let small = ["--seeds", "0,1", "--batch-size", "4", "--eval-samples", "4", "--output", "abl"];
+    let args = ["ablate", "--arms", "clip,oner-xmc-cic", "--budget", "0.01", "--timed-steps", "1"];
+    let out = msclip_in(&dir, &[&args[..], &small[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    for row in ["| clip | tiny-clip, itc |", "| oner-xmc-cic | tiny-oner, itc,xmc,cic |", "ms per step, 20 steps"] {
+        assert!(table.contains(row), "{row} missing from {table}");
+    }
+    assert!(dir.join("abl/oner-xmc-cic-s1/results.jsonl").exists() && dir.join("abl/ablations.md").exists());
+    let report = std::fs::read_to_string(dir.join("abl/ablations.json")).unwrap();
+    assert!(report.contains("\"steps\": 20") && report.contains("zeroshot/shape/seen/acc1"), "{report}");
+    let again = ["ablate", "--arms", "clip", "--steps-of", "abl/ablations.json"];
+    let out = msclip_in(&dir, &[&again[..], &small[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("steps from --steps-of, 20 steps") && said.contains("reusing the finished run"), "{said}");
+    for (bad, says) in [(&["--arms", "gpt"][..], "unknown arm \"gpt\""), (&["--budget", "0"][..], "--budget")] {
+        let out = msclip_in(&dir, &[&["ablate"][..], bad, &small[..]].concat());
+        assert!(!out.status.success() && stderr(&out).contains(says), "{bad:?}: {}", stderr(&out));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

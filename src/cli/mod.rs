@@ -1,6 +1,7 @@
 //! Subcommands. Each returns an error rather than panicking, and `main` turns it into a
 //! message and exit status 1.
 
+mod ablate;
 mod bench;
 mod data;
 mod eval;
@@ -35,6 +36,8 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Measured throughput: a training step's pairs/s, MFU and time per kind of op.
     Bench(bench::BenchArgs),
+    /// Both papers' ablations at tiny scale: every arm at equal wall clock on several seeds.
+    Ablate(ablate::AblateArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kernels(args) => kernels::run(args),
         Command::Profile(args) => profile::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Ablate(args) => ablate::run(args),
     }
 }

@@ -19,7 +19,7 @@ pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, Te
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;
-pub use objectives::{OBJECTIVES, Objectives, PairFeatures};
+pub use objectives::{LossTerms, OBJECTIVES, Objectives, PairFeatures};
 pub use packing::{CaptionPacking, PackCapacity, packed_tokens};
 pub use presets::{PRESETS, preset};
 
@@ -185,6 +185,19 @@ impl ClipModel {
         objectives: &Objectives,
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
+        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, max_scale)?.total)
+    }
+
+    /// [`ClipModel::training_loss_packed`] with each objective's value beside it.
+    pub fn training_loss_terms(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        captions: &CaptionPacking,
+        objectives: &Objectives,
+        max_scale: Option<f64>,
+    ) -> Result<LossTerms> {
         let (img, txt) = match self.fusion {
             ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, captions, Mode::Train)?,
             ModalityFusion::TwoPass => {
@@ -205,6 +218,6 @@ impl ClipModel {
             joint: full.map(|j| j.to_dtype(scale.dtype())).transpose()?,
             contextual: contextual.map(|c| c.to_dtype(scale.dtype())).transpose()?,
         };
-        objectives.loss(&features, scale, max_scale)
+        objectives.loss_terms(&features, scale, max_scale)
     }
 }

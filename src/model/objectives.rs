@@ -46,6 +46,13 @@ pub struct Objectives {
     pub through_mixture: bool,
 }
 
+/// A batch's weighted training loss and, when there is more than one objective, each one's
+/// unweighted value (detached: for the log only), in the order of [`OBJECTIVES`].
+pub struct LossTerms {
+    pub total: Tensor,
+    pub terms: Vec<(&'static str, Tensor)>,
+}
+
 /// What the objectives are computed from: L2-normalised [n, d] image and text embeddings of n
 /// pairs (pair i in row i of both) and, when CMC or CIC is on, the joint sequences' (CIC's:
 /// the normalised sum of their two cross-attended [CLS] embeddings).
@@ -150,9 +157,14 @@ impl Objectives {
     /// The weighted loss of a batch; `logit_scale` and `max_scale` as [`ops::infonce`] takes
     /// them.
     pub fn loss(&self, f: &PairFeatures, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
+        Ok(self.loss_terms(f, logit_scale, max_scale)?.total)
+    }
+
+    /// [`Objectives::loss`] with each objective's value beside it.
+    pub fn loss_terms(&self, f: &PairFeatures, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<LossTerms> {
         let mut terms = Vec::new();
         if self.itc > 0.0 {
-            terms.push((self.itc, ops::infonce(&f.img, &f.txt, logit_scale, max_scale)?));
+            terms.push(("itc", self.itc, ops::infonce(&f.img, &f.txt, logit_scale, max_scale)?));
         }
         if self.xmc > 0.0 || self.cmc > 0.0 || self.cic > 0.0 {
             let mixture = f.img.add(&f.txt)?.l2_normalize(1e-12)?;
@@ -160,31 +172,36 @@ impl Objectives {
             let nce = |rows: &Tensor, weights| ops::contrast(rows, &mixture, logit_scale, max_scale, weights);
             if self.xmc > 0.0 {
                 let from_images = nce(&f.img, ContrastWeights::ROWS)?;
-                terms.push((self.xmc, from_images.add(&nce(&f.txt, ContrastWeights::ROWS)?)?));
+                terms.push(("xmc", self.xmc, from_images.add(&nce(&f.txt, ContrastWeights::ROWS)?)?));
             }
             if self.cmc > 0.0 {
                 let joint = f.joint.as_ref().ok_or_else(|| {
                     Error::invalid("objectives", "cmc needs the joint sequences' embeddings, which were not computed")
                 })?;
-                terms.push((self.cmc, nce(joint, ContrastWeights::SYMMETRIC)?));
+                terms.push(("cmc", self.cmc, nce(joint, ContrastWeights::SYMMETRIC)?));
             }
             if self.cic > 0.0 {
                 let contextual = f.contextual.as_ref().ok_or_else(|| {
                     Error::invalid("objectives", "cic needs the cross-attended embeddings, which were not computed")
                 })?;
-                terms.push((self.cic, nce(contextual, ContrastWeights::SYMMETRIC)?));
+                terms.push(("cic", self.cic, nce(contextual, ContrastWeights::SYMMETRIC)?));
             }
         }
         let mut total: Option<Tensor> = None;
-        for (weight, term) in terms {
+        for (_, weight, term) in &terms {
             // A weight of 1 adds no op, so CLIP's loss alone is exactly `ops::infonce`.
-            let term = if weight == 1.0 { term } else { term.scale(weight)? };
+            let term = if *weight == 1.0 { term.clone() } else { term.scale(*weight)? };
             total = Some(match total {
                 Some(sum) => sum.add(&term)?,
                 None => term,
             });
         }
-        total.ok_or_else(|| Error::config("--loss: every objective weighs 0"))
+        let total = total.ok_or_else(|| Error::config("--loss: every objective weighs 0"))?;
+        let terms = match terms.len() {
+            1 => Vec::new(),
+            _ => terms.into_iter().map(|(name, _, term)| (name, term.detach())).collect(),
+        };
+        Ok(LossTerms { total, terms })
     }
 }
 

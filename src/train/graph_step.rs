@@ -121,9 +121,11 @@ impl GraphStep {
         self.launch_captured()
     }
 
-    /// Copies of the step's loss and gradient norm, which the next launch does not overwrite.
+    /// Copies of the step's loss, gradient norm and loss terms, which the next launch does not
+    /// overwrite.
     fn outputs(&self) -> Result<StepOutput> {
-        Ok(StepOutput { loss: own_copy(&self.output.loss)?, grad_norm: own_copy(&self.output.grad_norm)? })
+        let terms = self.output.terms.iter().map(|(name, t)| Ok((*name, own_copy(t)?))).collect::<Result<_>>()?;
+        Ok(StepOutput { loss: own_copy(&self.output.loss)?, grad_norm: own_copy(&self.output.grad_norm)?, terms })
     }
 
     /// Caption and padding tokens per launch.

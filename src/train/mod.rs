@@ -1,5 +1,6 @@
 //! Training: the loop, its schedule and parameter groups, checkpoints, logs and plots.
 
+pub mod ablation;
 mod batch;
 pub mod checkpoint;
 mod checkpoint_dir;

@@ -26,6 +26,8 @@ pub struct ReadStep {
     pub data_seconds: f64,
     pub loss: f64,
     pub grad_norm: f64,
+    /// Each objective's value, with several.
+    pub terms: Vec<(&'static str, f64)>,
 }
 
 pub struct Readback {
@@ -70,7 +72,8 @@ impl Readback {
                     format!("{what} at step {}, whose update was skipped; stopping. {on_stop}", p.step),
                 ));
             }
-            steps.push(ReadStep { step: p.step, lr: p.lr, data_seconds: p.data_seconds, loss, grad_norm });
+            let terms = p.output.terms.iter().map(|(name, t)| Ok((*name, t.item()?))).collect::<Result<_>>()?;
+            steps.push(ReadStep { step: p.step, lr: p.lr, data_seconds: p.data_seconds, loss, grad_norm, terms });
         }
         let seconds = self.since.elapsed().as_secs_f64();
         self.since = Instant::now();

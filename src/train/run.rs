@@ -21,7 +21,7 @@ use super::step::{StepInput, StepState};
 use crate::data::shapes::{self, Colour, ShapeKind};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
-use crate::model::{ClipModel, preset};
+use crate::model::{ClipModel, OBJECTIVES, preset};
 use crate::nn::ParamStore;
 use crate::tensor::{Device, Rng};
 use crate::text::Tokenizer;
@@ -222,6 +222,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
                 loss_ema = if loss_ema.is_nan() { r.loss } else { (1.0 - LOSS_EMA) * loss_ema + LOSS_EMA * r.loss };
                 let mut record = json!({ "step": r.step, "loss": r.loss, "loss_ema": loss_ema, "lr": r.lr,
                     "grad_norm": r.grad_norm, "samples_per_second": config.batch_size as f64 / read.seconds_per_step });
+                for (name, value) in &r.terms {
+                    record[format!("loss_{name}")] = json!(value);
+                }
                 if let Some(scale) = logit_scale.filter(|_| r.step == step) {
                     record["logit_scale"] = json!(scale);
                 }
@@ -356,10 +359,17 @@ fn write_plots(run_dir: &Path, batch_size: usize) -> Result<()> {
     // the same axis as the evaluations (results.jsonl's step k: after k updates).
     let updates_before = |points: Vec<(f64, f64)>| points.into_iter().map(|(x, y)| (x - 1.0, y)).collect();
     let losses = read_jsonl(&run_dir.join(TRAIN_LOG))?;
-    let loss_series = vec![
+    let mut loss_series = vec![
         Series { name: "loss (every step)".into(), points: updates_before(column(&losses, "loss")) },
         Series { name: "loss (EMA)".into(), points: updates_before(column(&losses, "loss_ema")) },
     ];
+    // With several objectives, each one's unweighted value.
+    for name in OBJECTIVES {
+        let points = updates_before(column(&losses, &format!("loss_{name}")));
+        if !points.is_empty() {
+            loss_series.push(Series { name: format!("{name} (unweighted)"), points });
+        }
+    }
     let uniform = Reference { name: format!("chance: ln {batch_size}"), y: (batch_size as f64).ln() };
     line_plot(&run_dir.join("loss.png"), ("contrastive loss", "updates done", "loss"), &loss_series, &[uniform])?;
     let results = read_jsonl(&run_dir.join(RESULTS))?;

@@ -11,7 +11,7 @@ use super::schedule::CosineSchedule;
 use crate::autograd;
 use crate::backend::gpu::check_attention_head_dim;
 use crate::error::{Error, Result};
-use crate::model::{Buffers, CaptionPacking, ClipModel, PackCapacity};
+use crate::model::{Buffers, CaptionPacking, ClipModel, LossTerms, PackCapacity};
 use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamId, ParamStore, Update};
 use crate::tensor::{DType, Device, Rng, Storage, Tensor};
 use crate::text::Tokenizer;
@@ -47,6 +47,8 @@ pub struct StepOutput {
     /// The global L2 norm of the gradients before clipping, [1]. Not finite: the update was
     /// skipped (and the loss is not finite either, or a gradient overflowed).
     pub grad_norm: Tensor,
+    /// With several objectives, each one's unweighted value, [1] ([`crate::model::LossTerms`]).
+    pub terms: Vec<(&'static str, Tensor)>,
 }
 
 impl StepState {
@@ -132,11 +134,11 @@ impl StepState {
         captions: &CaptionPacking,
         lr: f64,
     ) -> Result<StepOutput> {
-        let loss = {
+        let LossTerms { total: loss, terms } = {
             // Dropped before the update, which then writes the copies in place.
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
             let params = copies.as_ref().unwrap_or(&self.params);
-            model.training_loss_packed(params, &mut self.buffers, images, captions, &config.objectives, None)?
+            model.training_loss_terms(params, &mut self.buffers, images, captions, &config.objectives, None)?
         };
         let grads = autograd::backward(&loss)?;
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
@@ -144,7 +146,7 @@ impl StepState {
             config.logit_scale_max.map(|max| (model.logit_scale(), (0.0, max.ln()))).into_iter().collect();
         let update = Update { lr, max_grad_norm: config.grad_clip_norm, clamps: &clamps };
         let grad_norm = self.optimizer.apply(&mut self.params, self.compute.as_mut(), &grads, update)?;
-        Ok(StepOutput { loss: loss.detach(), grad_norm })
+        Ok(StepOutput { loss: loss.detach(), grad_norm, terms })
     }
 }
 
