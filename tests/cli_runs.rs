@@ -139,11 +139,14 @@ fn sigint_saves_a_checkpoint_and_exits_non_zero_with_the_resume_command() {
 #[test]
 fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     let dir = scratch("oner");
-    let args = ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1,cic=0.5"];
+    let args =
+        ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1,cic=0.5", "--type-embedding"];
     let out = msclip_in(&dir, &[&args[..], FAST].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let config = std::fs::read_to_string(dir.join("runs/o/config.json")).unwrap();
-    for setting in ["\"xmc\": 0.5", "\"cmc\": 1.0", "\"cic\": 0.5", "\"encoder\": \"bidirectional\""] {
+    let settings =
+        ["\"xmc\": 0.5", "\"cmc\": 1.0", "\"cic\": 0.5", "\"encoder\": \"bidirectional\"", "\"type_embedding\": true"];
+    for setting in settings {
         assert!(config.contains(setting), "{setting} missing from {config}");
     }
     // Every step logs each objective's value beside the weighted loss.

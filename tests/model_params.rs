@@ -53,3 +53,39 @@ fn every_preset_builds_and_single_tower_shares_most() {
     assert_eq!(oner_b16.shared, oner.shared);
     assert_eq!(counts("tiny-clip").shared, 0);
 }
+
+/// The type embedding adds one vector per modality, each in its own tower, and every token of
+/// the modality moves by it: the features change, and its gradient is the sum of the tokens'.
+#[test]
+fn the_type_embedding_adds_a_vector_per_modality_that_reaches_the_loss() {
+    use msclip::autograd;
+    use msclip::tensor::{DType, Rng};
+    let mut config = preset("tiny-oner").unwrap();
+    let plain = ClipModel::new(config.clone()).unwrap().counts();
+    config.type_embedding = true;
+    let model = ClipModel::new(config.clone()).unwrap();
+    let typed = model.counts();
+    assert_eq!(typed.total, plain.total + config.vision.width + config.text.width);
+    assert_eq!(
+        (typed.vision_only, typed.text_only),
+        (plain.vision_only + config.vision.width, plain.text_only + config.text.width)
+    );
+
+    let (p, mut bufs) = model.init_params(&mut Rng::new(4), DType::F64).unwrap();
+    let mut rng = Rng::new(5);
+    let size = config.vision.image_size;
+    let images = rng.normal_tensor([2, 3, size, size], 1.0, DType::F64);
+    let (sot, eot, context) = (config.text.vocab as u32 - 2, config.text.vocab as u32 - 1, config.text.context);
+    let mut tokens = vec![0u32; 2 * context];
+    for row in tokens.chunks_mut(context) {
+        row[..4].copy_from_slice(&[sot, 5, 6, eot]);
+    }
+    let captions = model.pack_captions(&tokens, None).unwrap();
+    let loss = model.contrastive_loss_packed(&p, &mut bufs, &images, &captions, None).unwrap();
+    let grads = autograd::backward(&loss).unwrap();
+    for name in ["visual.type_embedding", "type_embedding"] {
+        let id = p.find(name).unwrap_or_else(|| panic!("{name} is a parameter"));
+        let g = grads.get(p.get(id)).unwrap().to_f64_vec();
+        assert!(g.iter().any(|v| *v != 0.0), "{name} gets a gradient");
+    }
+}

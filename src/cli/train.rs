@@ -124,6 +124,10 @@ pub struct TrainArgs {
     /// target.
     #[arg(long, value_parser = parse_objectives)]
     loss: Option<Objectives>,
+    /// Add a learned modality-type embedding to every image and text token (as ViLT and M3AE
+    /// do; an option for OneR, whose use of one is not confirmed).
+    #[arg(long)]
+    type_embedding: bool,
     /// Use OpenAI CLIP's BPE instead of one trained on the captions (needs a 49,408-token model).
     #[arg(long)]
     clip_tokenizer: bool,
@@ -282,6 +286,9 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     }
     if args.clip_tokenizer {
         config.tokenizer = TokenizerSource::Clip;
+    }
+    if args.type_embedding {
+        config.type_embedding = true;
     }
     Ok(())
 }

@@ -111,7 +111,16 @@ pub struct ModelConfig {
     pub bn_eps_branch_blocks: f64,
     /// Initial logit scale (log of the temperature multiplier): 1.0 in MS-CLIP, ln(1/0.07) in CLIP.
     pub logit_scale_init: f64,
+    /// A learned modality-type vector added to every token of each modality (`visual.type_embedding`,
+    /// `type_embedding`), as ViLT and M3AE give their one towers; an option for OneR, whose use
+    /// of it is not confirmed (oner-notes.md section 4). Off in every preset.
+    #[serde(default)]
+    pub type_embedding: bool,
 }
+
+/// The initial std of a modality-type embedding: 0.02, as ViT-style one towers (ViLT, M3AE)
+/// initialise theirs.
+pub(super) const TYPE_EMBEDDING_STD: f64 = 0.02;
 
 impl VisionConfig {
     /// Side of the token grid after the stem.

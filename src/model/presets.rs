@@ -103,6 +103,7 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
         // stay too flat for a few hundred steps to separate same-colour shapes (measured:
         // shape zero-shot at chance after 450 steps, while colour was at 100%).
         logit_scale_init: (1.0f64 / 0.07).ln(),
+        type_embedding: false,
     }
 }
 
@@ -134,6 +135,7 @@ fn clip_b32() -> ModelConfig {
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-5,
         logit_scale_init: (1.0f64 / 0.07).ln(),
+        type_embedding: false,
     }
 }
 
@@ -164,6 +166,7 @@ fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<Pa
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-6,
         logit_scale_init: 1.0,
+        type_embedding: false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! as in CLIP, or bidirectional pooled at the first token as in OneR), ln_final, projection.
 
 use super::builder::{Init, ModelSpec, Role};
-use super::config::{InitStyle, ModelConfig, TextEncoder};
+use super::config::{InitStyle, ModelConfig, TYPE_EMBEDDING_STD, TextEncoder};
 use super::packing::{CaptionPacking, PackCapacity};
 use super::transformer::{Block, Pooled};
 use super::vision::Head;
@@ -14,6 +14,8 @@ use crate::tensor::{Table, Tensor};
 pub struct TextTower {
     token_embedding: ParamId,
     positional_embedding: ParamId,
+    /// Added to every token ([`ModelConfig::type_embedding`]).
+    type_embedding: Option<ParamId>,
     pub blocks: Vec<Block>,
     pub head: Head,
     pub context: usize,
@@ -42,6 +44,9 @@ impl TextTower {
                 Init::Normal(pos_std),
                 Role::Text,
             ),
+            type_embedding: config
+                .type_embedding
+                .then(|| spec.param("type_embedding", &[t.width], Init::Normal(TYPE_EMBEDDING_STD), Role::Text)),
             blocks,
             head,
             context: t.context,
@@ -85,6 +90,10 @@ impl TextTower {
         }
         let tokens_in = p.get(self.token_embedding).index_rows_by(&packing.ids)?;
         let x = tokens_in.add(&p.get(self.positional_embedding).index_rows_by(&packing.positions)?)?;
+        let x = match self.type_embedding {
+            Some(t) => x.add_broadcast(p.get(t))?,
+            None => x,
+        };
         x.reshape([1, packing.tokens(), self.width])
     }
 

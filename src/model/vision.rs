@@ -3,7 +3,7 @@
 //! before its lateral layers, ln_post on CLS, projection.
 
 use super::builder::{Buffers, Init, ModelSpec, Role};
-use super::config::{InitStyle, ModelConfig, VisionStem};
+use super::config::{InitStyle, ModelConfig, TYPE_EMBEDDING_STD, VisionStem};
 use super::convnet::{BranchGeometry, EarlyConvStem, Mode, ParallelBranchNet, map_to_tokens};
 use super::transformer::{Block, LayerNorm, Pooled};
 use crate::backend::{AttnMask, Conv2dGeometry};
@@ -52,6 +52,8 @@ pub struct VisionTower {
     stem: Stem,
     class_embedding: ParamId,
     positional_embedding: ParamId,
+    /// Added to every token ([`crate::model::ModelConfig::type_embedding`]).
+    type_embedding: Option<ParamId>,
     ln_pre: LayerNorm,
     /// (transformer layer index, block); the conv stem, when present, is layer 0.
     pub blocks: Vec<(usize, Block)>,
@@ -83,6 +85,9 @@ impl VisionTower {
         let class_embedding = spec.param("visual.class_embedding", &[v.width], Init::Normal(scale), Role::Vision);
         let positional_embedding =
             spec.param("visual.positional_embedding", &[v.tokens(), v.width], Init::Normal(scale), Role::Vision);
+        let type_embedding = config
+            .type_embedding
+            .then(|| spec.param("visual.type_embedding", &[v.width], Init::Normal(TYPE_EMBEDDING_STD), Role::Vision));
         let ln_pre = LayerNorm::new(spec, "visual.ln_pre", v.width, config.ln_eps, Role::Vision);
         let branch = v.parallel_branch.as_ref().map(|pb| {
             let geo = BranchGeometry {
@@ -99,6 +104,7 @@ impl VisionTower {
             stem,
             class_embedding,
             positional_embedding,
+            type_embedding,
             ln_pre,
             blocks,
             branch,
@@ -173,6 +179,10 @@ impl VisionTower {
             .to_device(images.device())?
             .add_broadcast(&p.get(self.class_embedding).reshape([1, self.width])?)?;
         let x = ops::concat(&[&cls, &map_to_tokens(&map)?], 1)?.add_broadcast(p.get(self.positional_embedding))?;
+        let x = match self.type_embedding {
+            Some(t) => x.add_broadcast(p.get(t))?,
+            None => x,
+        };
         self.ln_pre.forward(p, &x)
     }
 

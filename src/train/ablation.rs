@@ -146,7 +146,7 @@ pub fn arm_config(arm: &Arm, seed: u64, steps: u64, config: &AblationConfig) -> 
 /// the run would train on.
 pub fn seconds_per_step(arm: &Arm, timed: u64, config: &AblationConfig) -> Result<f64> {
     let c = arm_config(arm, 0, timed + 1, config)?;
-    let model = ClipModel::new(preset(&c.preset)?)?;
+    let model = ClipModel::new(c.model_config()?)?;
     let tokenizer = new_run_tokenizer(&c, &model)?;
     let mut steps = Steps::new(&model, &c, &tokenizer)?;
     steps.run(0)?.loss.item()?;

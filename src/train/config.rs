@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::schedule::CosineSchedule;
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
-use crate::model::Objectives;
+use crate::model::{ModelConfig, Objectives};
 use crate::tensor::{DType, Device};
 
 /// Where the tokenizer comes from.
@@ -117,6 +117,10 @@ pub struct TrainConfig {
     /// contrast alone.
     #[serde(default)]
     pub objectives: Objectives,
+    /// The preset with a modality-type embedding on every token (`--type-embedding`,
+    /// [`ModelConfig::type_embedding`]).
+    #[serde(default)]
+    pub type_embedding: bool,
 }
 
 fn default_quick_eval_samples() -> usize {
@@ -161,6 +165,7 @@ impl TrainConfig {
             precision: Precision::Fp32,
             cuda_graph: true,
             objectives: Objectives::default(),
+            type_embedding: false,
         }
     }
 
@@ -192,6 +197,13 @@ impl TrainConfig {
         config.cuda_graph = false;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The model this config trains: its preset, with the type embedding when asked for.
+    pub fn model_config(&self) -> Result<ModelConfig> {
+        let mut model = crate::model::preset(&self.preset)?;
+        model.type_embedding |= self.type_embedding;
+        Ok(model)
     }
 
     /// Checks every setting, naming the flag that sets it and the range it must lie in.

@@ -10,7 +10,7 @@
 use super::config::TrainConfig;
 use crate::backend::gpu;
 use crate::error::{Error, Result};
-use crate::model::{ClipModel, ModelConfig, VisionStem, preset};
+use crate::model::{ClipModel, ModelConfig, VisionStem};
 use crate::tensor::Device;
 
 const F32: u64 = 4;
@@ -71,7 +71,7 @@ pub fn evaluation_bytes(model: &ModelConfig, samples: u64) -> u64 {
 /// hold everything in host memory; on a GPU the step's state and activations must fit in the
 /// device's free memory (the evaluation's similarity matrices stay on the host there).
 pub fn check_training(config: &TrainConfig) -> Result<()> {
-    let model = ClipModel::new(preset(&config.preset)?)?;
+    let model = ClipModel::new(config.model_config()?)?;
     check_batch(&model, config.device, "--batch-size", config.batch_size as u64)?;
     check_evaluation(&model, "--eval-samples", config.eval_samples as u64)?;
     check_evaluation(&model, "--quick-eval-samples", config.quick_eval_samples as u64)

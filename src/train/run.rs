@@ -21,7 +21,7 @@ use super::step::{StepInput, StepState};
 use crate::data::shapes::{self, Colour, ShapeKind};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
-use crate::model::{ClipModel, OBJECTIVES, preset};
+use crate::model::{ClipModel, OBJECTIVES};
 use crate::nn::ParamStore;
 use crate::tensor::{Device, Rng};
 use crate::text::Tokenizer;
@@ -83,7 +83,7 @@ const RESULTS: &str = "results.jsonl";
 /// that can refuse the run runs before anything is written.
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
-    let model = ClipModel::new(preset(&config.preset)?)?;
+    let model = ClipModel::new(config.model_config()?)?;
     if config.data.image_size != model.config.vision.image_size {
         return Err(Error::config(format!(
             "the shapes world renders {} px images but {} takes {} px",
