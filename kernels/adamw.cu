@@ -10,15 +10,14 @@
 // The host uploads a table with one slot per tensor, which all three kernels read, and a table
 // of the step's constants (bias corrections and each tensor's decay and step size), which the
 // host rewrites before each step: a captured graph of the step reads the new step's constants
-// there without being captured again. The concatenation of all tensors is cut
-// into chunks of ADAMW_CHUNK elements that never straddle two tensors (a tensor's last chunk
-// may be short); block b takes chunk b and finds its tensor by binary search over the slots'
-// first chunks (a prefix sum of chunk counts). Each thread updates 4 consecutive elements per
+// there without being captured again. The concatenation of all tensors is cut into chunks of
+// ADAMW_CHUNK elements (chunked_slots.cuh). Each thread updates 4 consecutive elements per
 // iteration with 128-bit loads and stores of the fp32 master, moments and gradient, and writes
 // the bf16 copy of the new master in the same pass when the slot has one.
 //
 // The per-element arithmetic is that of the CPU reference (src/backend/cpu/adamw.rs) with the
 // same f32 constants, in the same order of operations.
+#include "chunked_slots.cuh"
 #include "common.cuh"
 
 constexpr int ADAMW_THREADS = 256;
@@ -51,26 +50,6 @@ struct AdamWShared {
     float decay;      // 1 - lr * weight_decay
     float step_size;  // lr / (1 - beta1^t)
 };
-
-// The slot that owns chunk `chunk`: slots are in increasing first_chunk order.
-__device__ __forceinline__ const AdamWSlot& slot_of_chunk(const AdamWSlot* slots, int count, long long chunk) {
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (slots[mid].first_chunk <= chunk) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return slots[lo];
-}
-
-// The element range [start, end) of chunk `chunk` inside slot s.
-__device__ __forceinline__ void chunk_range(const AdamWSlot& s, long long chunk, long long& start, long long& end) {
-    start = (chunk - s.first_chunk) * ADAMW_CHUNK;
-    end = start + ADAMW_CHUNK < s.n ? start + ADAMW_CHUNK : s.n;
-}
 
 __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float g, const AdamWShared& h) {
     g = g * h.grad_scale;
@@ -137,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
     const long long chunk = blockIdx.x;
     const AdamWSlot& s = slot_of_chunk(slots, count, chunk);
     long long start, end;
-    chunk_range(s, chunk, start, end);
+    chunk_range<ADAMW_CHUNK>(s, chunk, start, end);
     float acc = 0.0f;
     for (long long i = start + static_cast<long long>(threadIdx.x) * ADAMW_VEC; i < end;
          i += ADAMW_THREADS * ADAMW_VEC) {
@@ -196,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(ADAMW_THREADS)
     const AdamWSlot s = slot_of_chunk(slots, count, chunk);
     const AdamWShared h{beta1, beta2, eps, constants[0], grad_scale, constants[1 + 2 * s.row], constants[2 + 2 * s.row]};
     long long start, end;
-    chunk_range(s, chunk, start, end);
+    chunk_range<ADAMW_CHUNK>(s, chunk, start, end);
     for (long long i = start + static_cast<long long>(threadIdx.x) * ADAMW_VEC; i < end;
          i += ADAMW_THREADS * ADAMW_VEC) {
         if (i + ADAMW_VEC <= end) {

@@ -139,11 +139,15 @@ fn sigint_saves_a_checkpoint_and_exits_non_zero_with_the_resume_command() {
 #[test]
 fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     let dir = scratch("oner");
-    let args =
-        ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1,cic=0.5", "--type-embedding"];
+    let args = [
+        ["train", "--preset", "tiny-oner", "--name", "o", "--loss", "itc=1,xmc=0.5,cmc=1,cic=0.5"].as_slice(),
+        &["--type-embedding", "--momentum-targets", "0.9"],
+    ]
+    .concat();
     let out = msclip_in(&dir, &[&args[..], FAST].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let config = std::fs::read_to_string(dir.join("runs/o/config.json")).unwrap();
+    assert!(config.contains("\"momentum_targets\": 0.9"), "{config}");
     let settings =
         ["\"xmc\": 0.5", "\"cmc\": 1.0", "\"cic\": 0.5", "\"encoder\": \"bidirectional\"", "\"type_embedding\": true"];
     for setting in settings {
@@ -179,6 +183,12 @@ fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     // An objective that does not exist is refused before anything runs.
     let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,mim=1"]);
     assert!(!out.status.success() && stderr(&out).contains("unknown objective \"mim\""), "{}", stderr(&out));
+    // So are momentum targets without a mixture to make.
+    let out = msclip_in(
+        &dir,
+        &["train", "--preset", "tiny-oner", "--name", "bad", "--momentum-targets", "0.9", "--loss", "itc"],
+    );
+    assert!(!out.status.success() && stderr(&out).contains("--momentum-targets"), "{}", stderr(&out));
     // So is one the preset cannot compute: CIC's joint sequence on two towers.
     let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "cic"]);
     assert!(!out.status.success() && stderr(&out).contains("single-tower preset"), "{}", stderr(&out));

@@ -1,7 +1,8 @@
 //! The fused multi-tensor AdamW (kernels/adamw.cu) against the CPU reference: ragged tensor
 //! sizes (empty, 1, 33, 1000, and 4099 = one chunk of 4096 plus a ragged tail), two groups,
 //! global-norm clipping, a clamped tensor, several steps, f32 and bf16 gradients, bf16 copies
-//! of the masters, and the skipped update of a non-finite gradient.
+//! of the masters, and the skipped update of a non-finite gradient. The fused EMA update
+//! (kernels/ema.cu) of the same ragged tensors, bit for bit.
 
 mod common;
 
@@ -148,5 +149,34 @@ fn fused_adamw_rejects_bf16_masters() {
         }];
         let err = backend::get(device).adamw_multi(&mut updates, hp).unwrap_err().to_string();
         assert!(err.contains("fp32 master"), "{err}");
+    }
+}
+
+#[test]
+fn fused_ema_update_matches_the_cpu_bit_for_bit() {
+    let cpu = backend::get(Device::Cpu);
+    let mut rng = Rng::new(41);
+    let sizes = [1, 0, 33, 4096, 4099, 10_000];
+    let sources: Vec<Tensor> = sizes.iter().map(|&n| randn_as(&mut rng, &[n], 1.0, DType::F32)).collect();
+    let start: Vec<Tensor> = sizes.iter().map(|&n| randn_as(&mut rng, &[n], 1.0, DType::F32)).collect();
+    let mut want = start.clone();
+    for _ in 0..3 {
+        let mut targets: Vec<&mut Tensor> = want.iter_mut().collect();
+        cpu.ema_update(&mut targets, &sources.iter().collect::<Vec<_>>(), 0.01).unwrap();
+    }
+    for device in gpu_devices() {
+        let gpu = backend::get(device);
+        let mut got: Vec<Tensor> = start.iter().map(|t| on(t, device, DType::F32)).collect();
+        let on_device: Vec<Tensor> = sources.iter().map(|t| on(t, device, DType::F32)).collect();
+        for _ in 0..3 {
+            let mut targets: Vec<&mut Tensor> = got.iter_mut().collect();
+            gpu.ema_update(&mut targets, &on_device.iter().collect::<Vec<_>>(), 0.01).unwrap();
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_f64_vec(), w.to_f64_vec(), "{device}: tensor {i} of {} elements", sizes[i]);
+        }
+        let bf16_target = on(&start[2], device, DType::BF16);
+        let err = gpu.ema_update(&mut [&mut bf16_target.clone()], &[&on_device[2]], 0.01).unwrap_err();
+        assert!(err.to_string().contains("fp32"), "{device}: {err}");
     }
 }

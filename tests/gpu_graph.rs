@@ -138,7 +138,10 @@ mod training {
 
     /// Every tensor a checkpoint would hold, by name.
     fn state_of(s: &StepState) -> Vec<(String, Vec<f64>)> {
-        named_tensors(&s.params, &s.optimizer, &s.buffers).into_iter().map(|(n, t)| (n, t.to_f64_vec())).collect()
+        named_tensors(&s.params, &s.optimizer, &s.buffers, s.momentum.as_ref())
+            .into_iter()
+            .map(|(n, t)| (n, t.to_f64_vec()))
+            .collect()
     }
 
     /// The largest difference between two states, relative to the largest magnitude, and
@@ -166,17 +169,24 @@ mod training {
     fn training_on_captured_graphs_matches_training_op_by_op() {
         let _alone = super::alone();
         for device in gpu_devices() {
-            for (preset_name, precision, tolerance) in
-                [("tiny", Precision::Fp32, 1e-5), ("tiny-clip", Precision::Bf16, 2e-2)]
-            {
-                let config = TrainConfig::for_steps(preset_name, 4, device, precision, 5).unwrap();
+            // The single tower with OneR's XMC against a momentum copy's mixture: the copy's
+            // forward pass and its fused update run inside the graph too.
+            let cases = [
+                ("tiny", Precision::Fp32, 1e-5, "itc", None),
+                ("tiny-clip", Precision::Bf16, 2e-2, "itc", None),
+                ("tiny-oner", Precision::Fp32, 1e-5, "itc,xmc", Some(0.9)),
+            ];
+            for (preset_name, precision, tolerance, loss, momentum) in cases {
+                let mut config = TrainConfig::for_steps(preset_name, 4, device, precision, 5).unwrap();
+                config.objectives = msclip::model::Objectives::parse(loss).unwrap();
+                config.momentum_targets = momentum;
                 let model = ClipModel::new(preset(preset_name).unwrap()).unwrap();
                 let context = model.config.text.context;
                 let tokenizer = new_run_tokenizer(&config, &model).unwrap();
                 let graph_config = TrainConfig { cuda_graph: true, ..config.clone() };
                 let mut graphs = Steps::new(&model, &graph_config, &tokenizer).unwrap();
                 let got: Vec<f64> = (0..5).map(|k| graphs.run_issued(k).unwrap().loss.item().unwrap()).collect();
-                let what = format!("{preset_name} {precision} on {device}");
+                let what = format!("{preset_name} {precision} --loss {loss} on {device}");
                 assert_eq!(graphs.captures(), 1, "{what}: one capture serves these batches");
 
                 let mut exact = Steps::new(&model, &config, &tokenizer).unwrap();
@@ -196,7 +206,8 @@ mod training {
                     let batch = training_batch(&config, &tokenizer, context, k).unwrap();
                     let images = batch.images_on(device, precision.dtype()).unwrap();
                     if k == 1 {
-                        capacity = Some(GraphStep::capacity_for(&batch.tokens, context, TextEncoder::Causal).unwrap());
+                        let encoder = model.config.text.encoder;
+                        capacity = Some(GraphStep::capacity_for(&batch.tokens, context, encoder).unwrap());
                     }
                     let input = StepInput { images: &images, tokens: &batch.tokens, lr: schedule.lr(k) };
                     let loss = padded.step_padded(&model, &config, input, capacity).unwrap();

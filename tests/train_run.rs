@@ -66,6 +66,35 @@ fn half_run_plus_resume_equals_full_run_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A single tower whose mixture targets come from a momentum copy resumes exactly too: the
+/// copy is in the checkpoint, and a wrong one would change every later loss.
+#[test]
+fn momentum_targets_resume_bit_for_bit() {
+    let dir = scratch("momentum");
+    let config = |name: &str| {
+        let mut c = TrainConfig::for_preset("tiny-oner").unwrap();
+        let small = small_config(name, &dir, 4);
+        (c.name, c.output_dir, c.steps, c.batch_size, c.warmup_steps) =
+            (small.name, small.output_dir, small.steps, small.batch_size, small.warmup_steps);
+        (c.save_every, c.eval_samples, c.quick_eval_every) = (small.save_every, small.eval_samples, 0);
+        c.objectives = msclip::model::Objectives::parse("itc,xmc").unwrap();
+        c.momentum_targets = Some(0.9);
+        c
+    };
+    let full = train(&config("full"), &quiet()).unwrap();
+    let half = config("half");
+    train(&half, &RunOptions { stop_after: Some(2), quiet: true, ..Default::default() }).unwrap();
+    let resumed =
+        train(&half, &RunOptions { resume: Some(Resume::Latest), quiet: true, ..Default::default() }).unwrap();
+    assert_eq!(param_bits(&resumed), param_bits(&full), "resumed weights differ from the uninterrupted run");
+    assert_eq!(resumed.final_loss.to_bits(), full.final_loss.to_bits());
+    let mut without = config("plain");
+    without.momentum_targets = None;
+    let plain = train(&without, &quiet()).unwrap();
+    assert_ne!(plain.final_loss.to_bits(), full.final_loss.to_bits(), "the momentum copy makes the targets");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn checkpoints_of_another_config_missing_or_corrupt_are_clear_errors() {
     let dir = scratch("badckpt");
@@ -75,21 +104,21 @@ fn checkpoints_of_another_config_missing_or_corrupt_are_clear_errors() {
     // Another model config.
     let other = ClipModel::new(preset("tiny-clip").unwrap()).unwrap();
     let (mut p, mut b) = other.init_params(&mut Rng::new(0), DType::F32).unwrap();
-    let err = checkpoint::load(&ckpt, &other.config, &mut p, &mut b, None).unwrap_err().to_string();
+    let err = checkpoint::load(&ckpt, &other.config, &mut p, &mut b, None, None).unwrap_err().to_string();
     assert!(err.contains("\"tiny\"") && err.contains("tiny-clip"), "{err}");
 
     // Missing and corrupt files.
     let model = ClipModel::new(preset("tiny").unwrap()).unwrap();
     let (mut p, mut b) = model.init_params(&mut Rng::new(0), DType::F32).unwrap();
     let missing = dir.join("nope.safetensors");
-    let err = checkpoint::load(&missing, &model.config, &mut p, &mut b, None).unwrap_err().to_string();
+    let err = checkpoint::load(&missing, &model.config, &mut p, &mut b, None, None).unwrap_err().to_string();
     assert!(err.contains("nope.safetensors"), "{err}");
     let corrupt = dir.join("corrupt.safetensors");
     let mut bytes = std::fs::read(&ckpt).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&corrupt, &bytes).unwrap();
     let before = p.get(p.ids().next().unwrap()).to_f64_vec();
-    let err = checkpoint::load(&corrupt, &model.config, &mut p, &mut b, None).unwrap_err().to_string();
+    let err = checkpoint::load(&corrupt, &model.config, &mut p, &mut b, None, None).unwrap_err().to_string();
     assert!(err.contains("corrupt.safetensors") && err.contains("checkpoint"), "{err}");
     assert_eq!(p.get(p.ids().next().unwrap()).to_f64_vec(), before, "a failed load changes nothing");
 
@@ -111,7 +140,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     let (mut p, mut b) = model.init_params(&mut Rng::new(0), DType::F32).unwrap();
     let groups = vec![ParamGroup { name: "all".into(), weight_decay: 0.0, lr_scale: 1.0 }];
     let mut opt = AdamW::new(&p, AdamWConfig::default(), groups, |_, _| 0).unwrap();
-    let restored = checkpoint::load(&ckpt, &model.config, &mut p, &mut b, Some(&mut opt)).unwrap();
+    let restored = checkpoint::load(&ckpt, &model.config, &mut p, &mut b, Some(&mut opt), None).unwrap();
     let id = p.find("visual.proj").unwrap();
     let shape = p.get(id).shape().clone();
     // Finite, so the checkpoint loads (NaN would be refused on load), but the features overflow.
@@ -121,6 +150,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
         params: &p,
         buffers: &b,
         optimizer: &opt,
+        momentum: None,
         step: restored.step,
         samples_seen: restored.samples_seen,
         rng: &restored.rng,
@@ -285,6 +315,7 @@ fn checkpoints_are_byte_stable_and_non_finite_weights_are_refused() {
             params: p,
             buffers: &b,
             optimizer: &opt,
+            momentum: None,
             step: 4,
             samples_seen: 32,
             rng: &rng,
@@ -303,7 +334,7 @@ fn checkpoints_are_byte_stable_and_non_finite_weights_are_refused() {
     let path = dir.join("poisoned.safetensors");
     std::fs::write(&path, bytes(&p)).unwrap();
     let (mut q, mut c) = model.init_params(&mut Rng::new(0), DType::F32).unwrap();
-    let err = checkpoint::load(&path, &model.config, &mut q, &mut c, None).unwrap_err().to_string();
+    let err = checkpoint::load(&path, &model.config, &mut q, &mut c, None, None).unwrap_err().to_string();
     assert!(err.contains("not finite") && err.contains("param/visual.proj (2 of"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -637,6 +637,11 @@ pub trait Backend: Send + Sync {
     /// not finite nothing is updated, parameters, moments and copies alike: the step is
     /// skipped, as PyTorch's GradScaler skips it, and the caller learns of it from the norm.
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor>;
+
+    /// Moves every target toward its source in place, `t += weight * (s - t)`: an exponential
+    /// moving average with decay `1 - weight` (one launch on a GPU). Targets and sources pair up
+    /// in order, each pair of one length and dtype (fp32 on a GPU); nothing is read back.
+    fn ema_update(&self, targets: &mut [&mut Tensor], sources: &[&Tensor], weight: f64) -> Result<()>;
 }
 
 /// The backend of a device (timed per kind of op while [`timed::measure`] runs on this thread).

@@ -393,4 +393,8 @@ impl Backend for Timed {
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
         self.timed(OpKind::Optimizer, "adamw_multi", || self.inner.adamw_multi(tensors, hp))
     }
+
+    fn ema_update(&self, targets: &mut [&mut Tensor], sources: &[&Tensor], weight: f64) -> Result<()> {
+        self.timed(OpKind::Optimizer, "ema_update", || self.inner.ema_update(targets, sources, weight))
+    }
 }

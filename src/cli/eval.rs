@@ -57,7 +57,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let tokenizer = load_run_tokenizer(&train, &args.run)?;
     let (mut params, mut buffers) = model.init_params(&mut Rng::new(0), DType::F32)?;
     let ckpt = args.checkpoint.unwrap_or_else(|| args.run.join("checkpoints").join("latest.safetensors"));
-    let Restored { step, .. } = checkpoint::load(&ckpt, &model.config, &mut params, &mut buffers, None)?;
+    let Restored { step, .. } = checkpoint::load(&ckpt, &model.config, &mut params, &mut buffers, None, None)?;
     let report = evaluate(&model, &params, &mut buffers, &tokenizer, &train.data, args.samples)?;
     println!("{} at step {step}, {} images per split\n{}", model.config.name, args.samples, report.summary());
     let record = json!({

@@ -124,6 +124,10 @@ pub struct TrainArgs {
     /// target.
     #[arg(long, value_parser = parse_objectives)]
     loss: Option<Objectives>,
+    /// Make the mixture targets of xmc, cmc and cic with a momentum copy of the model (MoCo v3
+    /// style) of this decay, e.g. 0.99, updated after every step; default: the model's own.
+    #[arg(long)]
+    momentum_targets: Option<f64>,
     /// Add a learned modality-type embedding to every image and text token (as ViLT and M3AE
     /// do; an option for OneR, whose use of one is not confirmed).
     #[arg(long)]
@@ -286,6 +290,9 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     }
     if args.clip_tokenizer {
         config.tokenizer = TokenizerSource::Clip;
+    }
+    if args.momentum_targets.is_some() {
+        config.momentum_targets = args.momentum_targets;
     }
     if args.type_embedding {
         config.type_embedding = true;

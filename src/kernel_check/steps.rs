@@ -51,7 +51,7 @@ fn step(preset_name: &str, precision: Precision, tokenizer: &OnceLock<Tokenizer>
     let step = steps.run(0)?;
     let mut outputs = vec![output("loss", &step.loss)?, output("grad_norm", &step.grad_norm)?];
     let state = &steps.state;
-    for (name, tensor) in named_tensors(&state.params, &state.optimizer, &state.buffers) {
+    for (name, tensor) in named_tensors(&state.params, &state.optimizer, &state.buffers, state.momentum.as_ref()) {
         outputs.push(output(name, tensor)?);
     }
     Ok(outputs)

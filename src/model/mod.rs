@@ -185,10 +185,13 @@ impl ClipModel {
         objectives: &Objectives,
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
-        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, max_scale)?.total)
+        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, max_scale, None)?.total)
     }
 
-    /// [`ClipModel::training_loss_packed`] with each objective's value beside it.
+    /// [`ClipModel::training_loss_packed`] with each objective's value beside it. With
+    /// `momentum` (a momentum copy's parameters and buffers), the mixture targets come from the
+    /// copy's embeddings of the pairs, computed in its master dtype without a tape.
+    #[allow(clippy::too_many_arguments)]
     pub fn training_loss_terms(
         &self,
         p: &ParamStore,
@@ -197,12 +200,15 @@ impl ClipModel {
         captions: &CaptionPacking,
         objectives: &Objectives,
         max_scale: Option<f64>,
+        momentum: Option<(&ParamStore, &mut Buffers)>,
     ) -> Result<LossTerms> {
-        let (img, txt) = match self.fusion {
-            ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, captions, Mode::Train)?,
-            ModalityFusion::TwoPass => {
-                (self.encode_image(p, bufs, images, Mode::Train)?, self.text.forward_packed(p, captions)?)
+        let (img, txt) = self.encode_pairs(p, bufs, images, captions)?;
+        let mixture_from = match momentum.filter(|_| objectives.uses_mixture()) {
+            Some((ema, ema_bufs)) => {
+                let images = images.to_dtype(ema.get(self.logit_scale).dtype())?;
+                Some(crate::autograd::no_grad(|| self.encode_pairs(ema, ema_bufs, &images, captions))?)
             }
+            None => None,
         };
         let mut joint = |needed: bool, attention| match needed {
             true => joint::encode_joint(self, p, bufs, images, captions, attention).map(Some),
@@ -215,9 +221,29 @@ impl ClipModel {
         let features = PairFeatures {
             img: img.to_dtype(scale.dtype())?,
             txt: txt.to_dtype(scale.dtype())?,
+            mixture_from: mixture_from
+                .map(|(i, t)| Ok::<_, crate::Error>((i.to_dtype(scale.dtype())?, t.to_dtype(scale.dtype())?)))
+                .transpose()?,
             joint: full.map(|j| j.to_dtype(scale.dtype())).transpose()?,
             contextual: contextual.map(|c| c.to_dtype(scale.dtype())).transpose()?,
         };
         objectives.loss_terms(&features, scale, max_scale)
+    }
+
+    /// The L2-normalised image and text embeddings of a batch of pairs, in training mode, the
+    /// modalities fused or in two passes as the model runs them.
+    fn encode_pairs(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        captions: &CaptionPacking,
+    ) -> Result<(Tensor, Tensor)> {
+        match self.fusion {
+            ModalityFusion::Fused => fused::encode_fused(self, p, bufs, images, captions, Mode::Train),
+            ModalityFusion::TwoPass => {
+                Ok((self.encode_image(p, bufs, images, Mode::Train)?, self.text.forward_packed(p, captions)?))
+            }
+        }
     }
 }

@@ -59,6 +59,9 @@ pub struct LossTerms {
 pub struct PairFeatures {
     pub img: Tensor,
     pub txt: Tensor,
+    /// The embeddings the mixture target is made of, when not `img` and `txt`: a momentum
+    /// copy's of the same pairs (no gradient reaches them).
+    pub mixture_from: Option<(Tensor, Tensor)>,
     pub joint: Option<Tensor>,
     pub contextual: Option<Tensor>,
 }
@@ -144,6 +147,11 @@ impl Objectives {
         Ok(())
     }
 
+    /// Whether any objective contrasts against the mixture target (XMC, CMC, CIC).
+    pub fn uses_mixture(&self) -> bool {
+        self.xmc > 0.0 || self.cmc > 0.0 || self.cic > 0.0
+    }
+
     /// Whether the model must encode the joint image+caption sequences in full (CMC).
     pub fn needs_joint(&self) -> bool {
         self.cmc > 0.0
@@ -166,9 +174,10 @@ impl Objectives {
         if self.itc > 0.0 {
             terms.push(("itc", self.itc, ops::infonce(&f.img, &f.txt, logit_scale, max_scale)?));
         }
-        if self.xmc > 0.0 || self.cmc > 0.0 || self.cic > 0.0 {
-            let mixture = f.img.add(&f.txt)?.l2_normalize(1e-12)?;
-            let mixture = if self.through_mixture { mixture } else { mixture.detach() };
+        if self.uses_mixture() {
+            let (img, txt) = f.mixture_from.as_ref().map_or((&f.img, &f.txt), |(i, t)| (i, t));
+            let mixture = img.add(txt)?.l2_normalize(1e-12)?;
+            let mixture = if self.through_mixture && f.mixture_from.is_none() { mixture } else { mixture.detach() };
             let nce = |rows: &Tensor, weights| ops::contrast(rows, &mixture, logit_scale, max_scale, weights);
             if self.xmc > 0.0 {
                 let from_images = nce(&f.img, ContrastWeights::ROWS)?;

@@ -225,6 +225,11 @@ impl Tensor {
         t
     }
 
+    /// Its value in storage of its own (a device copy on a GPU), cut off from the tape.
+    pub fn deep_copy(&self) -> Result<Tensor> {
+        Tensor::from_storage(Storage::clone(self.storage()), self.shape().clone())
+    }
+
     /// The same storage under a new id, cut off from the tape.
     pub fn detach(&self) -> Tensor {
         Tensor(Arc::new(Inner {

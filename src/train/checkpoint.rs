@@ -1,5 +1,5 @@
 //! Checkpoints: one safetensors file holding the parameters, the BatchNorm running
-//! statistics and the AdamW moments, with the step, samples seen, RNG state and the model
+//! statistics, the AdamW moments and the momentum copy when the run has one, with the step, samples seen, RNG state and the model
 //! config in its metadata. Written atomically, so a crash mid-write never leaves a truncated
 //! checkpoint under the real name, and with a byte-stable header. Loading refuses tensors that
 //! are not finite: a run resumed from NaN weights would only diverge later, further from the cause.
@@ -9,6 +9,7 @@ use std::path::Path;
 
 use safetensors::{Dtype as StDtype, SafeTensors};
 
+use super::momentum::Momentum;
 use super::safetensors_out::{Entry, serialize};
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
@@ -24,6 +25,7 @@ pub struct TrainingState<'a> {
     pub params: &'a ParamStore,
     pub buffers: &'a Buffers,
     pub optimizer: &'a AdamW,
+    pub momentum: Option<&'a Momentum>,
     pub step: u64,
     pub samples_seen: u64,
     pub rng: &'a Rng,
@@ -46,11 +48,12 @@ fn st_dtype(dtype: DType) -> StDtype {
 }
 
 /// Every tensor a checkpoint holds, named as in its file: each parameter followed by its AdamW
-/// moments, then the BatchNorm statistics.
+/// moments, then the BatchNorm statistics, then the momentum copy's parameters and statistics.
 pub fn named_tensors<'a>(
     params: &'a ParamStore,
     optimizer: &'a AdamW,
     buffers: &'a Buffers,
+    momentum: Option<&'a Momentum>,
 ) -> Vec<(String, &'a Tensor)> {
     let mut entries = Vec::new();
     for id in params.ids() {
@@ -63,12 +66,16 @@ pub fn named_tensors<'a>(
     for (name, t) in buffers.iter() {
         entries.push((format!("buffer/{name}"), t));
     }
+    if let Some(m) = momentum {
+        entries.extend(m.params.ids().map(|id| (format!("momentum_param/{}", m.params.name(id)), m.params.get(id))));
+        entries.extend(m.buffers.iter().map(|(name, t)| (format!("momentum_buffer/{name}"), t)));
+    }
     entries
 }
 
 /// The checkpoint file's bytes; identical state gives identical bytes.
 pub fn to_bytes(state: &TrainingState) -> Result<Vec<u8>> {
-    let entries = named_tensors(state.params, state.optimizer, state.buffers);
+    let entries = named_tensors(state.params, state.optimizer, state.buffers, state.momentum);
     let hosts: Vec<_> = entries.iter().map(|(_, t)| t.host_storage()).collect::<Result<_>>()?;
     let views: Vec<Entry> = entries
         .iter()
@@ -99,14 +106,15 @@ pub fn save(path: &Path, state: &TrainingState) -> Result<()> {
 }
 
 /// Loads a checkpoint into an already-built model's parameters, buffers and (when given,
-/// for resuming) optimizer. Fails, changing nothing, if the file is missing or corrupt or
-/// was written for another model config.
+/// for resuming) optimizer and momentum copy. Fails, changing nothing, if the file is missing
+/// or corrupt or was written for another model config.
 pub fn load(
     path: &Path,
     config: &ModelConfig,
     params: &mut ParamStore,
     buffers: &mut Buffers,
     mut optimizer: Option<&mut AdamW>,
+    momentum: Option<&mut Momentum>,
 ) -> Result<Restored> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let what = path.display().to_string();
@@ -168,6 +176,19 @@ pub fn load(
         .iter()
         .map(|(name, _)| Ok((name.to_string(), read(&format!("buffer/{name}"))?)))
         .collect::<Result<_>>()?;
+    let new_momentum = match &momentum {
+        Some(m) => {
+            let params: Vec<Tensor> = m
+                .params
+                .ids()
+                .map(|id| read(&format!("momentum_param/{}", m.params.name(id))))
+                .collect::<Result<_>>()?;
+            let buffers: Vec<Tensor> =
+                m.buffers.iter().map(|(name, _)| read(&format!("momentum_buffer/{name}"))).collect::<Result<_>>()?;
+            Some((params, buffers))
+        }
+        None => None,
+    };
     let non_finite = non_finite.into_inner();
     if !non_finite.is_empty() {
         return Err(Error::format(
@@ -192,6 +213,12 @@ pub fn load(
     }
     if let Some(opt) = optimizer {
         opt.set_steps(optimizer_steps);
+    }
+    if let (Some(m), Some((new_params, new_buffers))) = (momentum, new_momentum) {
+        for (id, p) in m.params.ids().collect::<Vec<_>>().into_iter().zip(new_params) {
+            m.params.set(id, p)?;
+        }
+        m.buffers.values_mut().iter_mut().zip(new_buffers).for_each(|(t, new)| *t = new);
     }
     Ok(Restored { step, samples_seen, rng: Rng::from_state(rng_state) })
 }

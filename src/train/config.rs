@@ -121,6 +121,10 @@ pub struct TrainConfig {
     /// [`ModelConfig::type_embedding`]).
     #[serde(default)]
     pub type_embedding: bool,
+    /// The decay of a momentum copy of the model whose embeddings make the mixture targets of
+    /// XMC, CMC and CIC (`--momentum-targets`, MoCo v3 style); None: the trained model's own.
+    #[serde(default)]
+    pub momentum_targets: Option<f64>,
 }
 
 fn default_quick_eval_samples() -> usize {
@@ -166,6 +170,7 @@ impl TrainConfig {
             cuda_graph: true,
             objectives: Objectives::default(),
             type_embedding: false,
+            momentum_targets: None,
         }
     }
 
@@ -272,6 +277,22 @@ impl TrainConfig {
             return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32".into());
         }
         self.objectives.validate()?;
+        if let Some(decay) = self.momentum_targets {
+            if !(0.0..1.0).contains(&decay) {
+                return fail(format!("--momentum-targets: the decay must be in [0, 1), got {decay}"));
+            }
+            if !self.objectives.uses_mixture() {
+                return fail(
+                    "--momentum-targets makes the mixture targets of xmc, cmc and cic; --loss has none".into(),
+                );
+            }
+            if self.objectives.through_mixture {
+                return fail(
+                    "--momentum-targets and through-mixture exclude each other: no gradient reaches a momentum copy"
+                        .into(),
+                );
+            }
+        }
         self.data.validate()
     }
 

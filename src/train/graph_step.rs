@@ -21,7 +21,7 @@ use crate::backend::gpu::buffer::overwrite;
 use crate::backend::gpu::graph::{self, Graph};
 use crate::error::{Error, Result};
 use crate::model::{CaptionPacking, ClipModel, PackCapacity, TextEncoder, packed_tokens};
-use crate::tensor::{Storage, Tensor, find_tables};
+use crate::tensor::{Tensor, find_tables};
 
 pub struct GraphStep {
     graph: Graph,
@@ -51,7 +51,7 @@ impl GraphStep {
         let device = config.device;
         // A buffer of the graph's own: later launches write their images into it, which must
         // not show through the caller's tensor.
-        let images = &own_copy(images)?;
+        let images = &images.deep_copy()?;
         let captions = model.pack_captions(
             tokens,
             Some(Self::capacity_for(tokens, model.config.text.context, model.config.text.encoder)?),
@@ -124,19 +124,14 @@ impl GraphStep {
     /// Copies of the step's loss, gradient norm and loss terms, which the next launch does not
     /// overwrite.
     fn outputs(&self) -> Result<StepOutput> {
-        let terms = self.output.terms.iter().map(|(name, t)| Ok((*name, own_copy(t)?))).collect::<Result<_>>()?;
-        Ok(StepOutput { loss: own_copy(&self.output.loss)?, grad_norm: own_copy(&self.output.grad_norm)?, terms })
+        let terms = self.output.terms.iter().map(|(name, t)| Ok((*name, t.deep_copy()?))).collect::<Result<_>>()?;
+        Ok(StepOutput { loss: self.output.loss.deep_copy()?, grad_norm: self.output.grad_norm.deep_copy()?, terms })
     }
 
     /// Caption and padding tokens per launch.
     pub fn caption_tokens(&self) -> usize {
         self.captions.tokens()
     }
-}
-
-/// `t`'s value in storage of its own (a device copy on a GPU).
-fn own_copy(t: &Tensor) -> Result<Tensor> {
-    Tensor::from_storage(Storage::clone(t.storage()), t.shape().clone())
 }
 
 /// How a run issues its steps: op by op, or (on a GPU device, when the config asks) the first

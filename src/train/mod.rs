@@ -8,6 +8,7 @@ mod config;
 mod graph_step;
 mod log;
 pub mod memory;
+pub mod momentum;
 mod param_groups;
 mod plot;
 mod prefetch;

@@ -119,8 +119,14 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             Resume::Latest => checkpoints.latest(),
             Resume::Path(p) => p.clone(),
         };
-        let restored =
-            checkpoint::load(&path, &model.config, &mut state.params, &mut state.buffers, Some(&mut state.optimizer))?;
+        let restored = checkpoint::load(
+            &path,
+            &model.config,
+            &mut state.params,
+            &mut state.buffers,
+            Some(&mut state.optimizer),
+            state.momentum.as_mut(),
+        )?;
         if restored.step > config.steps {
             return Err(Error::config(format!(
                 "{} is at step {} but the run has {} steps: pass --steps {} or more to continue from it",
@@ -257,6 +263,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
                 params: &state.params,
                 buffers: &state.buffers,
                 optimizer: &state.optimizer,
+                momentum: state.momentum.as_ref(),
                 step,
                 samples_seen,
                 rng: &rng,

@@ -6,6 +6,7 @@
 use super::batch::{Batch, SyntheticCaptions, synthetic_batch, training_batch};
 use super::config::TrainConfig;
 use super::graph_step::StepIssuer;
+use super::momentum::Momentum;
 use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
@@ -28,6 +29,9 @@ pub struct StepState {
     /// Cast from the masters at the first mixed-precision step and rewritten by every AdamW
     /// step after it; None until then, and again whenever the masters move.
     compute: Option<ComputeCopies>,
+    /// The momentum copy that computes the mixture targets (`--momentum-targets`), updated
+    /// after every optimizer step.
+    pub momentum: Option<Momentum>,
 }
 
 /// What one step trains on.
@@ -61,7 +65,8 @@ impl StepState {
         let groups = param_groups::groups(config.weight_decay, config.shared_weight_decay, config.shared_lr_scale);
         let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
         let optimizer = AdamW::new(&params, adam, groups, |name, _| param_groups::assign(&model.spec, name))?;
-        Ok(StepState { params, buffers, optimizer, compute: None })
+        let momentum = config.momentum_targets.map(|decay| Momentum::new(&params, &buffers, decay)).transpose()?;
+        Ok(StepState { params, buffers, optimizer, compute: None, momentum })
     }
 
     /// Puts parameters, BatchNorm statistics and AdamW moments on `device`.
@@ -69,6 +74,9 @@ impl StepState {
         self.compute = None;
         self.params.to_device(device)?;
         self.buffers.to_device(device)?;
+        if let Some(momentum) = &mut self.momentum {
+            momentum.to_device(device)?;
+        }
         self.optimizer.to_device(device)
     }
 
@@ -104,7 +112,9 @@ impl StepState {
             [m, v]
         });
         let params = self.params.ids().map(|id| self.params.get(id));
+        let momentum = self.momentum.iter().flat_map(|m| m.params.ids().map(|id| m.params.get(id)));
         params
+            .chain(momentum)
             .chain(moments)
             .chain(copies)
             .filter_map(|t| match t.storage() {
@@ -138,7 +148,16 @@ impl StepState {
             // Dropped before the update, which then writes the copies in place.
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
             let params = copies.as_ref().unwrap_or(&self.params);
-            model.training_loss_terms(params, &mut self.buffers, images, captions, &config.objectives, None)?
+            let momentum = self.momentum.as_mut().map(|m| (&m.params, &mut m.buffers));
+            model.training_loss_terms(
+                params,
+                &mut self.buffers,
+                images,
+                captions,
+                &config.objectives,
+                None,
+                momentum,
+            )?
         };
         let grads = autograd::backward(&loss)?;
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
@@ -146,6 +165,9 @@ impl StepState {
             config.logit_scale_max.map(|max| (model.logit_scale(), (0.0, max.ln()))).into_iter().collect();
         let update = Update { lr, max_grad_norm: config.grad_clip_norm, clamps: &clamps };
         let grad_norm = self.optimizer.apply(&mut self.params, self.compute.as_mut(), &grads, update)?;
+        if let Some(momentum) = &mut self.momentum {
+            momentum.update(&self.params)?;
+        }
         Ok(StepOutput { loss: loss.detach(), grad_norm, terms })
     }
 }

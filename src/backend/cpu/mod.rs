@@ -10,6 +10,7 @@ mod attention;
 mod batchnorm;
 pub(crate) mod conv;
 mod elementwise;
+mod ema;
 mod lanes;
 mod layout;
 mod loss;
@@ -238,5 +239,9 @@ impl Backend for CpuBackend {
 
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
         adamw::step_all(tensors, hp)
+    }
+
+    fn ema_update(&self, targets: &mut [&mut Tensor], sources: &[&Tensor], weight: f64) -> Result<()> {
+        ema::update_all(targets, sources, weight)
     }
 }

@@ -3,8 +3,8 @@
 
 use super::GpuBackend;
 use super::buffer::Scratch;
-use super::context::{device_ptr, int, ptr};
-use super::driver::{DevicePtr, KernelArg, LaunchConfig};
+use super::context::{device_ptr, int, ptr, writable_ptr};
+use super::driver::{KernelArg, LaunchConfig};
 use super::footprint::Footprint;
 use crate::backend::{AdamWStep, AdamWTensor, adamw_constants};
 use crate::error::{Error, Result};
@@ -138,10 +138,4 @@ fn check(t: &AdamWTensor<'_>) -> Result<()> {
         return Err(Error::dtype("adamw", format!("bf16 copy {copy:?} for a {:?} parameter", t.param)));
     }
     Ok(())
-}
-
-/// The address of a tensor the kernel writes, after copy-on-write made its storage its own.
-fn writable_ptr(t: &mut Tensor) -> Result<DevicePtr> {
-    t.storage_mut();
-    device_ptr(t)
 }

@@ -64,6 +64,13 @@ pub(super) fn device_ptr(t: &Tensor) -> Result<DevicePtr> {
     }
 }
 
+/// The address of a tensor a kernel writes in place, after copy-on-write made its storage its
+/// own.
+pub(super) fn writable_ptr(t: &mut Tensor) -> Result<DevicePtr> {
+    t.storage_mut();
+    device_ptr(t)
+}
+
 /// `<base>_f32` or `<base>_bf16`: the instantiation of a kernel for `dtype`.
 pub(super) fn kernel_for(base: &str, dtype: DType) -> Result<String> {
     match dtype {

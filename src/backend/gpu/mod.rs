@@ -17,6 +17,7 @@ pub mod counters;
 pub mod cuda;
 pub mod driver;
 mod elementwise;
+mod ema;
 pub mod emu;
 pub mod footprint;
 pub mod graph;
@@ -291,5 +292,9 @@ impl Backend for GpuBackend {
 
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
         adamw::adamw_multi(self, tensors, hp)
+    }
+
+    fn ema_update(&self, targets: &mut [&mut Tensor], sources: &[&Tensor], weight: f64) -> Result<()> {
+        ema::ema_update(self, targets, sources, weight)
     }
 }
