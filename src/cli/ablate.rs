@@ -17,8 +17,8 @@ pub struct AblateArgs {
     /// Training seconds per run: each arm trains the steps this buys at its measured step time.
     #[arg(long, default_value_t = 120.0)]
     budget: f64,
-    /// Steps timed per arm to measure its step time (after one warm-up step).
-    #[arg(long, default_value_t = 4)]
+    /// Steps timed per arm to measure its step time, their median (after one warm-up step).
+    #[arg(long, default_value_t = 10)]
     timed_steps: u64,
     /// Train each arm the steps an earlier report (ablations.json) gave it, instead of measuring.
     #[arg(long)]

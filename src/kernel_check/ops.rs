@@ -5,7 +5,7 @@
 
 use super::{Case, Outputs, output};
 use crate::backend::gpu::{AttnTiles, GpuBackend};
-use crate::backend::{self, AttnMask, Backend, ContrastWeights, InfoNceShard};
+use crate::backend::{self, AttnMask, Backend, ContrastWeights, InfoNceShard, SegmentMask};
 use crate::error::Result;
 use crate::tensor::{DType, Device, Rng, Table, Tensor};
 
@@ -27,6 +27,7 @@ pub(super) fn cases() -> Vec<Case> {
         Case::new("infonce bf16 wgmma two ranks", || infonce_ranks(backend::get(Device::Emu), DType::BF16)),
         Case::new("infonce bf16 mma.sync two ranks", || infonce_ranks(&MMA_ONLY, DType::BF16)),
         Case::new("batchnorm eval", batchnorm_eval),
+        Case::new("ema update", ema_update),
         Case::new("softmax", softmax),
         Case::new("cross-entropy", cross_entropy),
         Case::new("layout 16-, 4- and 2-byte units", layout_units),
@@ -71,7 +72,8 @@ impl AttentionCall {
 }
 
 /// The bf16 tensor-core kernels in one tile shape, at both head dims: batch rows with ragged
-/// key padding (d32), and packed causal sequences (d64), each longer than a 64-row tile.
+/// key padding (d32), packed causal sequences (d64), each longer than a 64-row tile, and packed
+/// joint image+caption sequences under a cross segment mask whose boundary falls inside a tile.
 fn attention_tiles(tiles: AttnTiles) -> Result<Outputs> {
     let be = GpuBackend::new(Device::Emu).with_attention_tiles(tiles);
     let calls = [
@@ -91,6 +93,14 @@ fn attention_tiles(tiles: AttnTiles) -> Result<Outputs> {
             head_dim: 64,
             mask: AttnMask::packed(vec![0, 67, 100], true),
         },
+        AttentionCall {
+            label: "d32 cross segments",
+            batch: 1,
+            len: 90,
+            heads: 2,
+            head_dim: 32,
+            mask: AttnMask { segments: Some(SegmentMask::cross(37)), ..AttnMask::packed(vec![0, 50, 90], false) },
+        },
     ];
     let mut rng = Rng::new(SEED);
     let mut outputs = Vec::new();
@@ -101,7 +111,7 @@ fn attention_tiles(tiles: AttnTiles) -> Result<Outputs> {
 }
 
 /// The exact f32 kernels at every head dim they are built for (up to 32, 64, 96 and 128), under
-/// causal and key-padding masks together.
+/// causal and key-padding masks together, then under a block-diagonal segment mask.
 fn attention_exact() -> Result<Outputs> {
     let mut rng = Rng::new(SEED);
     let mut outputs = Vec::new();
@@ -110,7 +120,24 @@ fn attention_exact() -> Result<Outputs> {
         let call = AttentionCall { label, batch: 2, len: 19, heads: 2, head_dim, mask };
         outputs.extend(call.run(backend::get(Device::Emu), &mut rng, DType::F32)?);
     }
+    let mask = AttnMask { segments: Some(SegmentMask::block_diagonal(7)), ..AttnMask::key_padding(vec![19, 11]) };
+    let call = AttentionCall { label: "d64 block-diagonal", batch: 2, len: 19, heads: 2, head_dim: 64, mask };
+    outputs.extend(call.run(backend::get(Device::Emu), &mut rng, DType::F32)?);
     Ok(outputs)
+}
+
+/// The fused EMA update over ragged tensors (one of a single element, one past a chunk).
+fn ema_update() -> Result<Outputs> {
+    let mut rng = Rng::new(SEED);
+    let mut targets = Vec::new();
+    let mut sources = Vec::new();
+    for n in [1, 4099, 300] {
+        targets.push(input(&mut rng, &[n], DType::F32)?);
+        sources.push(input(&mut rng, &[n], DType::F32)?);
+    }
+    let mut refs: Vec<&mut Tensor> = targets.iter_mut().collect();
+    backend::get(Device::Emu).ema_update(&mut refs, &sources.iter().collect::<Vec<_>>(), 0.01)?;
+    targets.iter().enumerate().map(|(i, t)| output(format!("ema target {i}"), t)).collect()
 }
 
 /// InfoNCE over 130 pairs split between two data-parallel ranks of 40 and 90 rows, as such a run

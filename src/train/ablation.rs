@@ -72,7 +72,7 @@ pub struct AblationConfig {
     pub seeds: Vec<u64>,
     /// Training seconds each run gets (evaluation not counted).
     pub budget_seconds: f64,
-    /// Steps timed per arm, after one warm-up step.
+    /// Steps timed per arm (their median counts), after one warm-up step.
     pub timed_steps: u64,
     /// Each arm's steps from an earlier report instead of measuring them.
     pub steps_of: Option<BTreeMap<String, u64>>,
@@ -88,7 +88,8 @@ pub struct AblationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeedResult {
     pub seed: u64,
-    /// Training seconds the run took here (0 when an earlier run was reused).
+    /// Wall seconds the run took here, its tokenizer and final evaluation included (0 when an
+    /// earlier run was reused).
     pub train_seconds: f64,
     pub metrics: BTreeMap<String, f64>,
 }
@@ -142,19 +143,23 @@ pub fn arm_config(arm: &Arm, seed: u64, steps: u64, config: &AblationConfig) -> 
     Ok(c)
 }
 
-/// Seconds per training step of `arm` here: `timed` steps after a warm-up step, on the batches
-/// the run would train on.
+/// Seconds per training step of `arm` here: the median of `timed` steps after a warm-up step,
+/// on the batches the run would train on (a mean of a few steps let one slow step, another
+/// process's, cost an arm a quarter of its budget).
 pub fn seconds_per_step(arm: &Arm, timed: u64, config: &AblationConfig) -> Result<f64> {
     let c = arm_config(arm, 0, timed + 1, config)?;
     let model = ClipModel::new(c.model_config()?)?;
     let tokenizer = new_run_tokenizer(&c, &model)?;
     let mut steps = Steps::new(&model, &c, &tokenizer)?;
     steps.run(0)?.loss.item()?;
-    let started = Instant::now();
+    let mut seconds = Vec::new();
     for step in 1..=timed {
+        let started = Instant::now();
         steps.run(step)?.loss.item()?;
+        seconds.push(started.elapsed().as_secs_f64());
     }
-    Ok(started.elapsed().as_secs_f64() / timed as f64)
+    seconds.sort_by(f64::total_cmp);
+    Ok(seconds[seconds.len() / 2])
 }
 
 /// The smallest run worth evaluating: below it the cosine schedule has barely left its warm-up.
