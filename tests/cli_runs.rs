@@ -217,8 +217,13 @@ fn the_ablation_trains_every_arm_on_every_seed_and_tabulates_them() {
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("steps from --steps-of, 20 steps") && said.contains("reusing the finished run"), "{said}");
-    for (bad, says) in [(&["--arms", "gpt"][..], "unknown arm \"gpt\""), (&["--budget", "0"][..], "--budget")] {
-        let out = msclip_in(&dir, &[&["ablate"][..], bad, &small[..]].concat());
+    let refused: [(&[&str], &str); 3] = [
+        (&["--arms", "gpt"], "unknown arm \"gpt\""),
+        (&["--budget", "0"], "--budget"),
+        (&["--eval-samples", "0"], "--eval-samples must be at least 1"),
+    ];
+    for (bad, says) in refused {
+        let out = msclip_in(&dir, &[&["ablate", "--output", "abl"][..], bad].concat());
         assert!(!out.status.success() && stderr(&out).contains(says), "{bad:?}: {}", stderr(&out));
     }
     let _ = std::fs::remove_dir_all(&dir);

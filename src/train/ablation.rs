@@ -171,6 +171,9 @@ pub fn run(config: &AblationConfig, mut say: impl FnMut(&str)) -> Result<Ablatio
     if config.seeds.is_empty() || config.arms.is_empty() {
         return Err(Error::config("an ablation needs at least one arm and one seed"));
     }
+    if config.eval_samples == 0 {
+        return Err(Error::config("--eval-samples must be at least 1: the ablation compares the runs' evaluations"));
+    }
     if !(config.budget_seconds.is_finite() && config.budget_seconds > 0.0) {
         return Err(Error::config(format!(
             "--budget must be a positive number of seconds, got {}",
