@@ -1,6 +1,6 @@
 //! Checkpoints: one safetensors file holding the parameters, the BatchNorm running
-//! statistics, the AdamW moments and the momentum copy when the run has one, with the step, samples seen, RNG state and the model
-//! config in its metadata. Written atomically, so a crash mid-write never leaves a truncated
+//! statistics, the AdamW moments and the momentum copy when the run has one, with the step,
+//! samples seen, RNG state and the model config in its metadata. Written atomically, so a crash mid-write never leaves a truncated
 //! checkpoint under the real name, and with a byte-stable header. Loading refuses tensors that
 //! are not finite: a run resumed from NaN weights would only diverge later, further from the cause.
 
