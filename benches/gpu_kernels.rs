@@ -14,7 +14,7 @@ use msclip::backend::gpu::{AttnTiles, GpuBackend};
 use msclip::backend::{
     self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, Conv2dGeometry, InfoNceShard, LnAffine, UnaryOp,
 };
-use msclip::{DType, Device, Rng, Tensor};
+use msclip::{DType, Device, Rng, Table, Tensor};
 use serde_json::json;
 
 /// H100 SXM HBM3 bandwidth from the datasheet.
@@ -247,7 +247,7 @@ fn row_op_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps
 
     let (batch, classes) = (n / 8, 1000);
     let logits = random(&mut rng, &[batch, classes], device, dtype);
-    let targets: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % classes as u32).collect();
+    let targets = Table::new((0..batch as u32).map(|i| (i * 7) % classes as u32).collect());
     let logit_bytes = (batch * classes) as f64 * e;
     let ce = time(device, reps, || {
         gpu.cross_entropy(&logits, &targets).unwrap();

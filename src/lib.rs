@@ -30,4 +30,4 @@ pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use tensor::{DType, Device, Rng, Shape, Tensor};
+pub use tensor::{DType, Device, Rng, Shape, Table, Tensor};

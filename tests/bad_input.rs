@@ -3,7 +3,7 @@
 
 use msclip::backend::{AttnMask, Conv2dGeometry};
 use msclip::ops::{self, BatchNormMode};
-use msclip::{DType, Tensor};
+use msclip::{DType, Table, Tensor};
 
 fn z(shape: &[usize]) -> Tensor {
     Tensor::zeros(shape.to_vec(), DType::F32)
@@ -61,7 +61,7 @@ fn dtype_mismatches_are_errors() {
 fn out_of_range_indices_are_errors() {
     let table = z(&[5, 3]);
     expect_err(table.index_rows(&[1, 5]), &["index_rows", "index 5", "0..5"]);
-    expect_err(ops::cross_entropy(&z(&[2, 3]), &[0, 3]), &["cross_entropy", "index 3"]);
+    expect_err(ops::cross_entropy(&z(&[2, 3]), &Table::new(vec![0, 3])), &["cross_entropy", "index 3"]);
     expect_err(z(&[2, 4]).slice(1, 3, 2), &["slice", "3..5"]);
     expect_err(z(&[2, 4]).sum_dim(2), &["sum_dim", "dimension 2"]);
     expect_err(ops::attention(&z(&[1, 4, 12]), 2, &AttnMask::key_padding(vec![5])), &["attention", "key length 5"]);

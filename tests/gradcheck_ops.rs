@@ -9,7 +9,7 @@ mod common;
 use common::{gradcheck, rand_range, randn};
 use msclip::backend::{AttnMask, ContrastWeights, Conv2dGeometry, LnAffine};
 use msclip::ops::{self, BatchNormMode};
-use msclip::{Rng, Tensor};
+use msclip::{Rng, Table, Tensor};
 
 fn rng() -> Rng {
     Rng::new(42)
@@ -222,9 +222,12 @@ fn infonce_and_cross_entropy() {
         });
     }
     for (n, c) in [(1, 1), (4, 7)] {
-        let targets: Vec<u32> = (0..n).map(|i| (i * 3 % c) as u32).collect();
+        let targets = Table::new((0..n).map(|i| (i * 3 % c) as u32).collect());
         gradcheck("cross_entropy", &[randn(&mut r, &[n, c])], |t| ops::cross_entropy(&t[0], &targets));
     }
+    // Ignored rows (MLM's padding): no loss, no gradient, the mean over the rest.
+    let targets = Table::new(vec![2, ops::IGNORE_TARGET, 0, ops::IGNORE_TARGET, 6]);
+    gradcheck("cross_entropy ignoring", &[randn(&mut r, &[5, 7])], |t| ops::cross_entropy(&t[0], &targets));
 }
 
 #[test]

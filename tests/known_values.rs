@@ -5,7 +5,7 @@ mod common;
 use common::{assert_close, randn};
 use msclip::backend::{AttnMask, Conv2dGeometry};
 use msclip::ops::{self, BatchNormMode};
-use msclip::{DType, Rng, Tensor};
+use msclip::{DType, Rng, Table, Tensor};
 
 fn t(data: &[f64], shape: &[usize]) -> Tensor {
     Tensor::from_f64(data, shape.to_vec(), DType::F64).unwrap()
@@ -71,7 +71,11 @@ fn infonce_two_by_two_by_hand() {
 #[test]
 fn cross_entropy_by_hand() {
     // logits (0, ln 3) -> p = (1/4, 3/4); target 1 -> -ln(3/4).
-    let loss = ops::cross_entropy(&t(&[0.0, 3f64.ln()], &[1, 2]), &[1]).unwrap().item().unwrap();
+    let loss = ops::cross_entropy(&t(&[0.0, 3f64.ln()], &[1, 2]), &Table::new(vec![1])).unwrap().item().unwrap();
+    assert!((loss + (0.75f64).ln()).abs() < 1e-15);
+    // A second row whose target is ignored changes nothing: the mean is over the first alone.
+    let logits = t(&[0.0, 3f64.ln(), 5.0, -2.0], &[2, 2]);
+    let loss = ops::cross_entropy(&logits, &Table::new(vec![1, ops::IGNORE_TARGET])).unwrap().item().unwrap();
     assert!((loss + (0.75f64).ln()).abs() < 1e-15);
 }
 

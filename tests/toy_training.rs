@@ -4,7 +4,7 @@
 use msclip::autograd;
 use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamStore, Update};
 use msclip::ops;
-use msclip::{DType, Rng, Tensor};
+use msclip::{DType, Rng, Table, Tensor};
 
 /// Points around (+-1, +-1); the label is 1 where x and y have the same sign.
 fn xor_clusters(rng: &mut Rng, n: usize) -> (Tensor, Vec<u32>) {
@@ -37,7 +37,7 @@ fn two_layer_network_loss_falls() {
     };
     let mut losses = Vec::new();
     for _ in 0..150 {
-        let loss = ops::cross_entropy(&forward(&store), &y).unwrap();
+        let loss = ops::cross_entropy(&forward(&store), &Table::new(y.clone())).unwrap();
         losses.push(loss.item().unwrap());
         let grads = autograd::backward(&loss).unwrap();
         opt.step(&mut store, None, &grads, Update::at(0.03)).unwrap();

@@ -590,8 +590,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<(Tensor, Tensor, Tensor)>;
 
     /// Mean cross-entropy of [n, classes] logits against class indices. Returns (loss [1], lse [n]).
-    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)>;
-    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor>;
+    /// Mean cross-entropy of [n, classes] logits against `targets` (one per row, each below
+    /// `classes` or [`crate::ops::IGNORE_TARGET`]: such a row adds nothing and the mean is over
+    /// the others), and each row's log-sum-exp.
+    fn cross_entropy(&self, logits: &Tensor, targets: &Table) -> Result<(Tensor, Tensor)>;
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &Table, dloss: &Tensor) -> Result<Tensor>;
 
     fn conv2d(&self, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor>;
     /// Returns (d x if `need_dx`, d w).

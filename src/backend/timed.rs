@@ -331,11 +331,11 @@ impl Backend for Timed {
         self.timed(OpKind::Loss, "infonce_backward", || self.inner.infonce_backward(shard, out, dloss))
     }
 
-    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+    fn cross_entropy(&self, logits: &Tensor, targets: &Table) -> Result<(Tensor, Tensor)> {
         self.timed(OpKind::Loss, "cross_entropy", || self.inner.cross_entropy(logits, targets))
     }
 
-    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &Table, dloss: &Tensor) -> Result<Tensor> {
         self.timed(OpKind::Loss, "cross_entropy_backward", || {
             self.inner.cross_entropy_backward(logits, lse, targets, dloss)
         })

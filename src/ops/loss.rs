@@ -7,7 +7,7 @@ use super::{be, check_ids, check_rank, check_same_kind};
 use crate::autograd::record1;
 use crate::backend::{ContrastWeights, InfoNceShard};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Table, Tensor};
 
 /// CLIP's symmetric contrastive loss. `img` and `txt` are [n, d] (normally L2-normalised);
 /// the logits are `min(exp(logit_scale), max_scale) * img @ txt^T` and pair i is the match
@@ -54,17 +54,24 @@ pub fn contrast(
     }))
 }
 
-/// Mean cross-entropy of [n, classes] logits against class indices.
-pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+/// A target [`cross_entropy`] skips (PyTorch's `ignore_index`): its row adds nothing to the loss
+/// and gets no gradient. Tables padded to a fixed length for a captured graph pad with it.
+pub const IGNORE_TARGET: u32 = u32::MAX;
+
+/// Mean cross-entropy of [n, classes] logits against class indices, over the rows whose target
+/// is not [`IGNORE_TARGET`] (0 when every row's is). The targets are a [`Table`], so a captured
+/// graph reads whatever a later step writes into them.
+pub fn cross_entropy(logits: &Tensor, targets: &Table) -> Result<Tensor> {
     const OP: &str = "cross_entropy";
     check_rank(OP, "logits", logits, &[2])?;
     let (n, classes) = (logits.dims()[0], logits.dims()[1]);
     if targets.len() != n || n == 0 {
         return Err(Error::shape(OP, format!("{} targets for logits {}", targets.len(), logits.shape())));
     }
-    check_ids(OP, targets, classes)?;
+    let counted: Vec<u32> = targets.words().iter().copied().filter(|&t| t != IGNORE_TARGET).collect();
+    check_ids(OP, &counted, classes)?;
     let (loss, lse) = be(logits).cross_entropy(logits, targets)?;
-    let (z, targets) = (logits.clone(), targets.to_vec());
+    let (z, targets) = (logits.clone(), targets.clone());
     Ok(record1(OP, &[logits], loss, move |dloss, _| {
         Ok(vec![Some(be(dloss).cross_entropy_backward(&z, &lse, &targets, dloss)?)])
     }))

@@ -20,7 +20,7 @@ mod unfused;
 pub use attention::attention;
 pub use conv::conv2d;
 pub use layout::concat;
-pub use loss::{contrast, cross_entropy, infonce};
+pub use loss::{IGNORE_TARGET, contrast, cross_entropy, infonce};
 pub use norm::{BatchNormMode, batch_norm2d};
 
 use crate::backend::{self, Backend};

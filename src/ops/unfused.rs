@@ -116,7 +116,7 @@ pub(super) fn contrast(
         }
     };
     let logits = rows.matmul(&columns.transpose(0, 1)?)?.reshape([n * n, 1])?.mul_broadcast(&scale)?.reshape([n, n])?;
-    let targets: Vec<u32> = (0..n as u32).collect();
+    let targets = crate::tensor::Table::new((0..n as u32).collect());
     let weighted = |weight: f64, logits: Tensor| -> Result<Option<Tensor>> {
         (weight > 0.0).then(|| super::cross_entropy(&logits, &targets)?.scale(weight)).transpose()
     };

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use crate::backend::{ContrastWeights, InfoNceOut, InfoNcePartial, InfoNceShard};
 use crate::error::Result;
-use crate::tensor::{Real, Tensor};
+use crate::ops::IGNORE_TARGET;
+use crate::tensor::{Real, Table, Tensor};
 
 fn logsumexp<T: Real>(values: impl Iterator<Item = T> + Clone) -> T {
     let max = values.clone().fold(T::neg_infinity(), T::max);
@@ -147,28 +148,34 @@ pub fn infonce_backward<T: Real>(
     Ok((Tensor::from_vec(dimg, [n_local, d])?, Tensor::from_vec(dtxt, [n, d])?, Tensor::from_vec(vec![dscale], [1])?))
 }
 
-pub fn cross_entropy<T: Real>(logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+/// The rows whose target counts (not [`IGNORE_TARGET`]), at least 1: the mean's divisor.
+fn counted_rows(targets: &[u32]) -> usize {
+    targets.iter().filter(|&&t| t != IGNORE_TARGET).count().max(1)
+}
+
+pub fn cross_entropy<T: Real>(logits: &Tensor, targets: &Table) -> Result<(Tensor, Tensor)> {
     let (n, c) = (logits.dims()[0], logits.dims()[1]);
-    let zs = logits.cpu_slice::<T>()?;
+    let (zs, targets) = (logits.cpu_slice::<T>()?, targets.words());
     let lse: Vec<T> = (0..n).into_par_iter().map(|i| logsumexp(zs[i * c..(i + 1) * c].iter().copied())).collect();
     let mut total = T::zero();
-    for i in 0..n {
-        total += lse[i] - zs[i * c + targets[i] as usize];
+    for (i, &target) in targets.iter().enumerate().filter(|(_, t)| **t != IGNORE_TARGET) {
+        total += lse[i] - zs[i * c + target as usize];
     }
-    Ok((Tensor::from_vec(vec![total / T::of(n as f64)], [1])?, Tensor::from_vec(lse, [n])?))
+    let mean = total / T::of(counted_rows(&targets) as f64);
+    Ok((Tensor::from_vec(vec![mean], [1])?, Tensor::from_vec(lse, [n])?))
 }
 
 pub fn cross_entropy_backward<T: Real>(
     logits: &Tensor,
     lse: &Tensor,
-    targets: &[u32],
+    targets: &Table,
     dloss: &Tensor,
 ) -> Result<Tensor> {
     let (n, c) = (logits.dims()[0], logits.dims()[1]);
-    let (zs, ls) = (logits.cpu_slice::<T>()?, lse.cpu_slice::<T>()?);
-    let g = dloss.cpu_slice::<T>()?[0] / T::of(n as f64);
+    let (zs, ls, targets) = (logits.cpu_slice::<T>()?, lse.cpu_slice::<T>()?, targets.words());
+    let g = dloss.cpu_slice::<T>()?[0] / T::of(counted_rows(&targets) as f64);
     let mut dz = vec![T::zero(); n * c];
-    dz.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, row)| {
+    dz.par_chunks_mut(c.max(1)).enumerate().filter(|(i, _)| targets[*i] != IGNORE_TARGET).for_each(|(i, row)| {
         for (j, o) in row.iter_mut().enumerate() {
             let onehot = if j == targets[i] as usize { T::one() } else { T::zero() };
             *o = g * ((zs[i * c + j] - ls[i]).exp() - onehot);

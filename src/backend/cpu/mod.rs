@@ -177,11 +177,11 @@ impl Backend for CpuBackend {
         float_dispatch!("infonce_backward", shard.img.dtype(), loss::infonce_backward(shard, out, dloss))
     }
 
-    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+    fn cross_entropy(&self, logits: &Tensor, targets: &Table) -> Result<(Tensor, Tensor)> {
         float_dispatch!("cross_entropy", logits.dtype(), loss::cross_entropy(logits, targets))
     }
 
-    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &Table, dloss: &Tensor) -> Result<Tensor> {
         float_dispatch!(
             "cross_entropy_backward",
             logits.dtype(),

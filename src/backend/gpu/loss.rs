@@ -7,29 +7,32 @@ use super::driver::{KernelArg, LaunchConfig};
 use super::elementwise::{column_sums, to_f32, vec_flag, warp_per_row};
 use super::footprint::Footprint;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::ops::IGNORE_TARGET;
+use crate::tensor::{DType, Table, Tensor};
 
-/// The per-row arguments both kernels share: logits, the uploaded targets, and the launch.
+/// The per-row arguments both kernels share: logits, the targets' device address (the table
+/// itself, so a captured graph reads what the next step writes into it), and the launch.
 fn rows_setup(
     gpu: &GpuBackend,
     op: &'static str,
     logits: &Tensor,
-    targets: &[u32],
-) -> Result<(usize, Scratch, LaunchConfig)> {
+    targets: &Table,
+) -> Result<(usize, KernelArg, LaunchConfig)> {
     let (n, classes) = (logits.dims()[0], logits.dims()[1]);
     int(logits.numel(), "elements")?;
     if targets.len() != n || n == 0 {
         return Err(Error::shape(op, format!("{} targets for logits {}", targets.len(), logits.shape())));
     }
-    if let Some(i) = targets.iter().position(|&t| t as usize >= classes) {
-        return Err(Error::index(op, format!("target {} of row {i} for {classes} classes", targets[i])));
+    let words = targets.words();
+    if let Some(i) = words.iter().position(|&t| t as usize >= classes && t != IGNORE_TARGET) {
+        return Err(Error::index(op, format!("target {} of row {i} for {classes} classes", words[i])));
     }
-    Ok((classes, gpu.upload(targets)?, warp_per_row(n)))
+    Ok((classes, KernelArg::Ptr(targets.device_ptr(gpu.device())?), warp_per_row(n)))
 }
 
 /// Returns (the mean loss [1] in the logits' dtype, the fp32 log-sum-exp of each row). The mean
 /// is a fixed-order sum of per-row terms (`column_sums`), so it is deterministic.
-pub(super) fn cross_entropy(gpu: &GpuBackend, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+pub(super) fn cross_entropy(gpu: &GpuBackend, logits: &Tensor, targets: &Table) -> Result<(Tensor, Tensor)> {
     let kernel = kernel_for("cross_entropy", logits.dtype())?;
     let (classes, targets_on_device, launch) = rows_setup(gpu, "cross_entropy", logits, targets)?;
     let n = targets.len();
@@ -37,14 +40,14 @@ pub(super) fn cross_entropy(gpu: &GpuBackend, logits: &Tensor, targets: &[u32]) 
     let terms = Scratch::uninit(gpu.device(), n * 4)?;
     let args = [
         ptr(logits)?,
-        KernelArg::Ptr(targets_on_device.ptr()),
+        targets_on_device,
         ptr(&lse)?,
         KernelArg::Ptr(terms.ptr()),
         int(n, "rows")?,
         int(classes, "classes")?,
         vec_flag(classes, logits.dtype()),
     ];
-    let footprint = Footprint::of(&[logits], &[&lse]).reads(targets_on_device.bytes()).writes(terms.bytes());
+    let footprint = Footprint::of(&[logits], &[&lse]).reads(targets.bytes()).writes(terms.bytes());
     gpu.launch(&kernel, launch, &args, footprint)?;
     let loss = gpu.uninit([1], logits.dtype())?;
     column_sums(gpu, (terms.ptr(), DType::F32), [1, n, 1], &loss)?;
@@ -55,7 +58,7 @@ pub(super) fn cross_entropy_backward(
     gpu: &GpuBackend,
     logits: &Tensor,
     lse: &Tensor,
-    targets: &[u32],
+    targets: &Table,
     dloss: &Tensor,
 ) -> Result<Tensor> {
     let kernel = kernel_for("cross_entropy_backward", logits.dtype())?;
@@ -65,14 +68,14 @@ pub(super) fn cross_entropy_backward(
     let args = [
         ptr(logits)?,
         ptr(&lse)?,
-        KernelArg::Ptr(targets_on_device.ptr()),
+        targets_on_device,
         ptr(&dloss)?,
         ptr(&dz)?,
         int(targets.len(), "rows")?,
         int(classes, "classes")?,
         vec_flag(classes, logits.dtype()),
     ];
-    let footprint = Footprint::of(&[logits, &lse, &dloss], &[&dz]).reads(targets_on_device.bytes());
+    let footprint = Footprint::of(&[logits, &lse, &dloss], &[&dz]).reads(targets.bytes());
     gpu.launch(&kernel, launch, &args, footprint)?;
     Ok(dz)
 }

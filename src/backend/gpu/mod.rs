@@ -238,11 +238,11 @@ impl Backend for GpuBackend {
         infonce::infonce_backward(self, shard, out, dloss)
     }
 
-    fn cross_entropy(&self, logits: &Tensor, targets: &[u32]) -> Result<(Tensor, Tensor)> {
+    fn cross_entropy(&self, logits: &Tensor, targets: &Table) -> Result<(Tensor, Tensor)> {
         loss::cross_entropy(self, logits, targets)
     }
 
-    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &[u32], dloss: &Tensor) -> Result<Tensor> {
+    fn cross_entropy_backward(&self, logits: &Tensor, lse: &Tensor, targets: &Table, dloss: &Tensor) -> Result<Tensor> {
         loss::cross_entropy_backward(self, logits, lse, targets, dloss)
     }
 
