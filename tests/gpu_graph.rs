@@ -132,7 +132,8 @@ mod training {
     use msclip::model::{ClipModel, TextEncoder, packed_tokens, preset};
     use msclip::train::checkpoint::named_tensors;
     use msclip::train::{
-        GraphStep, Precision, StepInput, StepIssuer, StepState, Steps, TrainConfig, new_run_tokenizer, training_batch,
+        GraphStep, Masker, Precision, StepInput, StepIssuer, StepState, Steps, TrainConfig, new_run_tokenizer,
+        training_batch,
     };
     use msclip::{Device, Rng, Tensor};
 
@@ -169,19 +170,20 @@ mod training {
     fn training_on_captured_graphs_matches_training_op_by_op() {
         let _alone = super::alone();
         for device in gpu_devices() {
-            // The single tower with OneR's XMC against a momentum copy's mixture: the copy's
-            // forward pass and its fused update run inside the graph too (three steps: the
+            // The single tower with OneR's XMC against a momentum copy's mixture, with MLM and
+            // MIM: the copy's forward pass and its fused update run inside the graph too, and
+            // each launch reads the masks written into the captured tables (three steps: the
             // first op by op, a capture, a launch on a new batch; the emulator is slow).
             let cases = [
                 ("tiny", Precision::Fp32, 1e-5, "itc", None, 5),
                 ("tiny-clip", Precision::Bf16, 2e-2, "itc", None, 5),
-                ("tiny-oner", Precision::Fp32, 1e-5, "itc,xmc", Some(0.9), 3),
+                ("tiny-oner", Precision::Fp32, 1e-5, "itc,xmc,mlm,mim", Some(0.9), 3),
             ];
             for (preset_name, precision, tolerance, loss, momentum, steps) in cases {
                 let mut config = TrainConfig::for_steps(preset_name, 4, device, precision, steps).unwrap();
                 config.objectives = msclip::model::Objectives::parse(loss).unwrap();
                 config.momentum_targets = momentum;
-                let model = ClipModel::new(preset(preset_name).unwrap()).unwrap();
+                let model = ClipModel::new(config.model_config().unwrap()).unwrap();
                 let context = model.config.text.context;
                 let tokenizer = new_run_tokenizer(&config, &model).unwrap();
                 let graph_config = TrainConfig { cuda_graph: true, ..config.clone() };
@@ -203,6 +205,7 @@ mod training {
                 let mut padded = StepState::init(&model, &config, &mut Rng::new(config.seed)).unwrap();
                 padded.to_device(device).unwrap();
                 let mut capacity = None;
+                let masker = Masker::new(&config, &model.config, &tokenizer).unwrap();
                 for k in 0..steps {
                     let batch = training_batch(&config, &tokenizer, context, k).unwrap();
                     let images = batch.images_on(device, precision.dtype()).unwrap();
@@ -210,7 +213,9 @@ mod training {
                         let encoder = model.config.text.encoder;
                         capacity = Some(GraphStep::capacity_for(&batch.tokens, context, encoder).unwrap());
                     }
-                    let input = StepInput { images: &images, tokens: &batch.tokens, lr: schedule.lr(k) };
+                    let masks = masker.as_ref().map(|m| m.draw(&batch.tokens, 4, k));
+                    let lr = schedule.lr(k);
+                    let input = StepInput { images: &images, tokens: &batch.tokens, lr, masks: masks.as_ref() };
                     let loss = padded.step_padded(&model, &config, input, capacity).unwrap();
                     assert_eq!(loss.loss.item().unwrap(), got[k as usize], "{what}: loss of step {k}");
                 }
@@ -263,7 +268,7 @@ mod training {
             let losses: Vec<f64> = batches
                 .iter()
                 .map(|(images, tokens)| {
-                    let input = StepInput { images, tokens, lr: 1e-3 };
+                    let input = StepInput { images, tokens, lr: 1e-3, masks: None };
                     issuer.step(&mut state, &model, config, input).unwrap().loss.item().unwrap()
                 })
                 .collect();
@@ -284,7 +289,8 @@ mod training {
         let capacities = [None, Some(&batches[1].1), Some(&batches[2].1), Some(&batches[2].1)]
             .map(|tokens| tokens.map(|t| GraphStep::capacity_for(t, context, TextEncoder::Causal).unwrap()));
         for ((images, tokens), capacity) in batches.iter().zip(capacities) {
-            padded.step_padded(&model, &config, StepInput { images, tokens, lr: 1e-3 }, capacity).unwrap();
+            let input = StepInput { images, tokens, lr: 1e-3, masks: None };
+            padded.step_padded(&model, &config, input, capacity).unwrap();
         }
         let want_state = state_of(&padded);
         let (diff, name) = largest_difference(&got_state, &want_state);

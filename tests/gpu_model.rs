@@ -14,10 +14,10 @@ use common::gpu::model_devices;
 use common::{assert_gradients_match, buffers_as, captions_ending_at, relative_error};
 use msclip::autograd;
 use msclip::data::shapes::{ShapesConfig, Split};
-use msclip::model::{ClipModel, Objectives, preset};
+use msclip::model::{Buffers, ClipModel, MaskCapacity, MaskedInputs, Objectives, preset};
 use msclip::nn::ParamStore;
 use msclip::text::Tokenizer;
-use msclip::train::make_batch;
+use msclip::train::{GraphStep, Masker, TrainConfig, make_batch};
 use msclip::{DType, Device, Rng, Tensor};
 
 /// |loss - reference| / reference: measured 1e-7 (under an f32 ulp of the loss) on both models.
@@ -32,11 +32,15 @@ const FEATURE_RTOL: f64 = 5e-6;
 #[test]
 fn one_step_loss_and_every_gradient_match_the_cpu() {
     // The single tower also with OneR's mixup contrast (whose one-directional InfoNCE runs the
-    // fused kernel with one direction's weight zero) and the joint sequences' contrasts (CIC's
-    // through the attention kernels' cross segment mask).
-    for (name, spec) in [("tiny", "itc"), ("tiny-clip", "itc"), ("tiny-oner", "itc=0.5,xmc=1,cmc=1,cic=0.5")] {
+    // fused kernel with one direction's weight zero), the joint sequences' contrasts (CIC's
+    // through the attention kernels' cross segment mask) and the masked objectives (MLM's
+    // cross-entropy with its ignored padding row, MIM's gathers of masked patches).
+    let cases = [("tiny", "itc"), ("tiny-clip", "itc"), ("tiny-oner", "itc=0.5,xmc=1,cmc=1,cic=0.5,mlm=0.5,mim=1")];
+    for (name, spec) in cases {
         let objectives = Objectives::parse(spec).unwrap();
-        let model = ClipModel::new(preset(name).unwrap()).unwrap();
+        let mut config = TrainConfig::for_preset(name).unwrap();
+        config.objectives = objectives.clone();
+        let model = ClipModel::new(config.model_config().unwrap()).unwrap();
         let (cpu_params, cpu_buffers) = model.init_params(&mut Rng::new(3), DType::F32).unwrap();
         let data = ShapesConfig::tiny();
         let corpus = msclip::data::shapes::caption_corpus(&data, 2000);
@@ -49,7 +53,19 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
         let mut bufs = buffers_as(&cpu_buffers, DType::F64);
         let images64 = batch.images.to_dtype(DType::F64).unwrap();
         let captions = model.pack_captions(&batch.tokens, None).unwrap();
-        let loss = model.training_loss_packed(&params64, &mut bufs, &images64, &captions, &objectives, None).unwrap();
+        let masker = Masker::new(&config, &model.config, &tokenizer).unwrap();
+        let draw = masker.map(|m| m.draw(&batch.tokens, 12, 0));
+        // Padded as a captured graph pads them: the cross-entropy's ignored rows run too.
+        let (context, encoder) = (model.config.text.context, model.config.text.encoder);
+        let captions_capacity = GraphStep::capacity_for(&batch.tokens, context, encoder).unwrap();
+        let capacity = Some(MaskCapacity::around(captions_capacity, 12, 2, 0.15));
+        let masked = draw.map(|d| MaskedInputs::new(&batch.tokens, &d, model.mask_geometry(), capacity).unwrap());
+        let loss_of = |p: &ParamStore, bufs: &mut Buffers, images: &Tensor| {
+            let masked = masked.as_ref();
+            let terms = model.training_loss_terms(p, bufs, images, &captions, &objectives, None, None, masked);
+            terms.unwrap().total
+        };
+        let loss = loss_of(&params64, &mut bufs, &images64);
         let cpu_loss = loss.item().unwrap();
         let cpu_grads = autograd::backward(&loss).unwrap();
 
@@ -59,7 +75,7 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
             let mut bufs = cpu_buffers.clone();
             bufs.to_device(device).unwrap();
             let images = batch.images.to_device(device).unwrap();
-            let loss = model.training_loss_packed(&params, &mut bufs, &images, &captions, &objectives, None).unwrap();
+            let loss = loss_of(&params, &mut bufs, &images);
             let gpu_loss = loss.item().unwrap();
             let grads = autograd::backward(&loss).unwrap();
             let what = format!("{name} ({spec}) on {device}");

@@ -41,7 +41,7 @@ fn objectives(spec: &str) -> Objectives {
 }
 
 fn features(img: Tensor, txt: Tensor, joint: Option<Tensor>) -> PairFeatures {
-    PairFeatures { img, txt, mixture_from: None, joint, contextual: None }
+    PairFeatures { img, txt, mixture_from: None, joint, contextual: None, mlm: None, mim: None }
 }
 
 #[test]

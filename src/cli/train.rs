@@ -119,15 +119,26 @@ pub struct TrainArgs {
     /// pairs of itc (CLIP's symmetric contrast), xmc (OneR's cross-modal mixup contrast, each
     /// modality against the normalised mean of its pair's embeddings), cmc (the joint
     /// image+caption sequence against that mean) and cic (the joint sequence with each modality
-    /// attending only to the other, against that mean); cmc and cic need a single-tower preset.
-    /// E.g. itc=1,xmc=1,cic=1; add through-mixture to let gradients flow through the mixture
-    /// target.
+    /// attending only to the other, against that mean); cmc and cic need a single-tower preset;
+    /// mlm (masked language modelling, bidirectional text encoders: the single-tower presets)
+    /// and mim (masked patches' pixels regressed, patchify stems) train beside a contrastive
+    /// one. E.g. itc=1,xmc=1,cic=1; add through-mixture to let gradients flow through the
+    /// mixture target.
     #[arg(long, value_parser = parse_objectives)]
     loss: Option<Objectives>,
     /// Make the mixture targets of xmc, cmc and cic with a momentum copy of the model (MoCo v3
     /// style) of this decay, e.g. 0.99, updated after every step; default: the model's own.
     #[arg(long)]
     momentum_targets: Option<f64>,
+    /// The share of each caption's word tokens --loss mlm masks, whole words [default: 0.15].
+    #[arg(long)]
+    mlm_ratio: Option<f64>,
+    /// Independently masked copies of each caption --loss mlm predicts per step [default: 2].
+    #[arg(long)]
+    mlm_copies: Option<usize>,
+    /// The share of each image's patches --loss mim masks [default: 0.4].
+    #[arg(long)]
+    mim_ratio: Option<f64>,
     /// Add a learned modality-type embedding to every image and text token (as ViLT and M3AE
     /// do; an option for OneR, whose use of one is not confirmed).
     #[arg(long)]
@@ -284,6 +295,9 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     set(&mut config.data.hard_negative_group, args.hard_negatives);
     set(&mut config.data.colour_dropout, args.colour_dropout);
     set(&mut config.objectives, args.loss.clone());
+    set(&mut config.mlm_ratio, args.mlm_ratio);
+    set(&mut config.mlm_copies, args.mlm_copies);
+    set(&mut config.mim_ratio, args.mim_ratio);
     if let Some(clip) = args.grad_clip {
         // Exactly 0 turns clipping off; anything else must be a valid norm (checked by validate).
         config.grad_clip_norm = (clip != 0.0).then_some(clip);

@@ -116,6 +116,16 @@ pub struct ModelConfig {
     /// of it is not confirmed (oner-notes.md section 4). Off in every preset.
     #[serde(default)]
     pub type_embedding: bool,
+    /// A masked-language-modelling head and the [MASK] embedding (`mlm.*`), for OneR's MLM
+    /// objective; needs the bidirectional text encoder. Off in every preset: a run training
+    /// with `--loss mlm=..` turns it on.
+    #[serde(default)]
+    pub mlm_head: bool,
+    /// A pixel-regression head and the patch mask token (`visual.mim.*`), for OneR's MIM
+    /// objective; needs a patchify stem and no parallel branch (a convolution over the whole image
+    /// would see the masked pixels). Off in every preset, as `mlm_head`.
+    #[serde(default)]
+    pub mim_head: bool,
 }
 
 /// The initial std of a modality-type embedding: 0.02, as ViT-style one towers (ViLT, M3AE)
@@ -207,6 +217,21 @@ impl ModelConfig {
                 v.image_size,
                 v.total_stride()
             ));
+        }
+        if self.mlm_head && t.encoder != TextEncoder::Bidirectional {
+            return fail(
+                "masked language modelling needs the bidirectional text encoder (a causal token never sees \
+                 the words after it): use a single-tower preset (tiny-oner, oner-b32, oner-b16)"
+                    .into(),
+            );
+        }
+        if self.mim_head && (!matches!(v.stem, VisionStem::Patchify { .. }) || v.parallel_branch.is_some()) {
+            return fail(
+                "masked image modelling needs a patchify stem and no parallel branch (a convolution over the \
+                 image would see the masked patches): use tiny-oner, tiny-clip, tiny-msclip or a B/32, B/16 \
+                 preset without a conv stem"
+                    .into(),
+            );
         }
         if let VisionStem::ConvStem { channels, strides } = &v.stem
             && (channels.is_empty() || channels.len() != strides.len() + 1)

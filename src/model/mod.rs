@@ -7,6 +7,8 @@ mod convnet;
 mod count;
 mod fused;
 mod joint;
+mod masked;
+mod masked_heads;
 mod objectives;
 mod packing;
 mod presets;
@@ -19,6 +21,8 @@ pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, Te
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;
+pub use masked::{CaptionMasks, MaskCapacity, MaskDraw, MaskGeometry, MaskedInputs, PatchMasks};
+pub use masked_heads::patch_pixels;
 pub use objectives::{LossTerms, OBJECTIVES, Objectives, PairFeatures};
 pub use packing::{CaptionPacking, PackCapacity, packed_tokens};
 pub use presets::{PRESETS, preset};
@@ -185,12 +189,13 @@ impl ClipModel {
         objectives: &Objectives,
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
-        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, max_scale, None)?.total)
+        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, max_scale, None, None)?.total)
     }
 
     /// [`ClipModel::training_loss_packed`] with each objective's value beside it. With
     /// `momentum` (a momentum copy's parameters and buffers), the mixture targets come from the
-    /// copy's embeddings of the pairs, computed in its master dtype without a tape.
+    /// copy's embeddings of the pairs, computed in its master dtype without a tape. `masked`:
+    /// the step's masks, which MLM and MIM need.
     #[allow(clippy::too_many_arguments)]
     pub fn training_loss_terms(
         &self,
@@ -201,6 +206,7 @@ impl ClipModel {
         objectives: &Objectives,
         max_scale: Option<f64>,
         momentum: Option<(&ParamStore, &mut Buffers)>,
+        masked: Option<&MaskedInputs>,
     ) -> Result<LossTerms> {
         let (img, txt) = self.encode_pairs(p, bufs, images, captions)?;
         let mixture_from = match momentum.filter(|_| objectives.uses_mixture()) {
@@ -218,6 +224,16 @@ impl ClipModel {
         let contextual = joint(objectives.needs_contextual(), JointAttention::Cross)?;
         // The loss runs in the logit scale's dtype (fp32 when the towers compute in bf16).
         let scale = p.get(self.logit_scale);
+        let mlm = match masked.and_then(|m| m.captions.as_ref()).filter(|_| objectives.mlm > 0.0) {
+            Some(captions) => Some(self.text.mlm_loss(p, captions)?.to_dtype(scale.dtype())?),
+            None => None,
+        };
+        let mim = match masked.and_then(|m| m.patches.as_ref()).filter(|_| objectives.mim > 0.0) {
+            Some(patches) => {
+                Some(self.vision.mim_loss(p, bufs, images, patches, Mode::Train)?.to_dtype(scale.dtype())?)
+            }
+            None => None,
+        };
         let features = PairFeatures {
             img: img.to_dtype(scale.dtype())?,
             txt: txt.to_dtype(scale.dtype())?,
@@ -226,8 +242,16 @@ impl ClipModel {
                 .transpose()?,
             joint: full.map(|j| j.to_dtype(scale.dtype())).transpose()?,
             contextual: contextual.map(|c| c.to_dtype(scale.dtype())).transpose()?,
+            mlm,
+            mim,
         };
         objectives.loss_terms(&features, scale, max_scale)
+    }
+
+    /// The shapes the masked-modelling tables are made for.
+    pub fn mask_geometry(&self) -> MaskGeometry {
+        let (t, grid) = (&self.config.text, self.config.vision.grid());
+        MaskGeometry { context: t.context, vocab: t.vocab, encoder: t.encoder, patches_per_image: grid * grid }
     }
 
     /// The L2-normalised image and text embeddings of a batch of pairs, in training mode, the

@@ -15,6 +15,15 @@
 //!   c = normalize(c_I|T + c_T|I), against the mixture: `(NCE(c, m) + NCE(m, c)) / 2`. Single-tower
 //!   models only.
 //!
+//! - `mlm`: masked language modelling on masked copies of the captions (15% whole-word masking,
+//!   two copies: OneR's collator, notes sections 4-5), BERT's head tied to the token embeddings.
+//!   Needs the bidirectional text encoder.
+//! - `mim`: masked image modelling, the masked patches' pixels regressed (the target OneR used is
+//!   not known; pixels as in SimMIM and MAE). Needs a patchify stem without the parallel branch.
+//!
+//! The masked objectives are auxiliary: a run needs a contrastive one beside them. Their inputs
+//! and heads are in `masked.rs` and `masked_heads.rs`.
+//!
 //! By default the mixture is a target only (no gradient flows through it, as through MoCo's key
 //! branch); the switch `through-mixture` lets it flow.
 //!
@@ -30,7 +39,7 @@ use crate::ops;
 use crate::tensor::Tensor;
 
 /// The names `--loss` accepts, for help texts and errors.
-pub const OBJECTIVES: &[&str] = &["itc", "xmc", "cmc", "cic"];
+pub const OBJECTIVES: &[&str] = &["itc", "xmc", "cmc", "cic", "mlm", "mim"];
 
 /// Each objective's weight in the training loss (0: not computed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +50,10 @@ pub struct Objectives {
     pub cmc: f64,
     #[serde(default)]
     pub cic: f64,
+    #[serde(default)]
+    pub mlm: f64,
+    #[serde(default)]
+    pub mim: f64,
     /// Whether the gradients of XMC, CMC and CIC also flow through the mixture target (default: no).
     #[serde(default)]
     pub through_mixture: bool,
@@ -64,12 +77,15 @@ pub struct PairFeatures {
     pub mixture_from: Option<(Tensor, Tensor)>,
     pub joint: Option<Tensor>,
     pub contextual: Option<Tensor>,
+    /// The masked objectives' losses, when on (computed by the towers, not from embeddings).
+    pub mlm: Option<Tensor>,
+    pub mim: Option<Tensor>,
 }
 
 impl Default for Objectives {
     /// CLIP's contrast alone.
     fn default() -> Self {
-        Objectives { itc: 1.0, xmc: 0.0, cmc: 0.0, cic: 0.0, through_mixture: false }
+        Objectives { itc: 1.0, xmc: 0.0, cmc: 0.0, cic: 0.0, mlm: 0.0, mim: 0.0, through_mixture: false }
     }
 }
 
@@ -93,6 +109,8 @@ impl Objectives {
                 "xmc" => objectives.xmc = weight,
                 "cmc" => objectives.cmc = weight,
                 "cic" => objectives.cic = weight,
+                "mlm" => objectives.mlm = weight,
+                "mim" => objectives.mim = weight,
                 "through-mixture" if weight == 1.0 => objectives.through_mixture = true,
                 _ => {
                     return Err(Error::config(format!(
@@ -106,17 +124,25 @@ impl Objectives {
         Ok(objectives)
     }
 
-    /// Every weight finite and non-negative, at least one above zero.
+    /// Every weight finite and non-negative, a contrastive one above zero.
     pub fn validate(&self) -> Result<()> {
-        let weights = [("itc", self.itc), ("xmc", self.xmc), ("cmc", self.cmc), ("cic", self.cic)];
-        if let Some((name, w)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
+        let contrastive = [("itc", self.itc), ("xmc", self.xmc), ("cmc", self.cmc), ("cic", self.cic)];
+        let masked = [("mlm", self.mlm), ("mim", self.mim)];
+        let all = contrastive.iter().chain(&masked);
+        if let Some((name, w)) = all.clone().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
             return Err(Error::config(format!("--loss: the weight of {name} must be a finite number >= 0, got {w}")));
         }
-        if weights.iter().all(|(_, w)| *w == 0.0) {
+        if all.clone().all(|(_, w)| *w == 0.0) {
             return Err(Error::config(format!(
                 "--loss: every objective weighs 0; give one of {} a positive weight",
                 OBJECTIVES.join(", ")
             )));
+        }
+        if contrastive.iter().all(|(_, w)| *w == 0.0) {
+            return Err(Error::config(
+                "--loss: mlm and mim train beside a contrastive objective, not alone (nothing would train the \
+                 embeddings evaluation reads); add itc, xmc, cmc or cic",
+            ));
         }
         Ok(())
     }
@@ -144,7 +170,21 @@ impl Objectives {
                 model.name, model.sharing
             )));
         }
+        // The heads' own conditions (a bidirectional text encoder, a patchify stem).
+        for (name, on, with_head) in [
+            ("mlm", self.mlm > 0.0, ModelConfig { mlm_head: true, ..model.clone() }),
+            ("mim", self.mim > 0.0, ModelConfig { mim_head: true, ..model.clone() }),
+        ] {
+            if on {
+                with_head.validate().map_err(|e| Error::config(format!("--loss {name}: {e}")))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the model needs its masked-modelling heads: (MLM, MIM).
+    pub fn masked_heads(&self) -> (bool, bool) {
+        (self.mlm > 0.0, self.mim > 0.0)
     }
 
     /// Whether any objective contrasts against the mixture target (XMC, CMC, CIC).
@@ -196,6 +236,14 @@ impl Objectives {
                 terms.push(("cic", self.cic, nce(contextual, ContrastWeights::SYMMETRIC)?));
             }
         }
+        for (name, weight, loss) in [("mlm", self.mlm, &f.mlm), ("mim", self.mim, &f.mim)] {
+            if weight > 0.0 {
+                let loss = loss.as_ref().ok_or_else(|| {
+                    Error::invalid("objectives", format!("{name} needs this step's masks, which were not drawn"))
+                })?;
+                terms.push((name, weight, loss.clone()));
+            }
+        }
         let mut total: Option<Tensor> = None;
         for (_, weight, term) in &terms {
             // A weight of 1 adds no op, so CLIP's loss alone is exactly `ops::infonce`.
@@ -225,12 +273,15 @@ mod tests {
         let o = Objectives::parse("xmc,cmc=2,through-mixture").unwrap();
         assert_eq!((o.itc, o.xmc, o.cmc, o.through_mixture), (0.0, 1.0, 2.0, true));
         assert_eq!(Objectives::parse("xmc,cic=0.5").unwrap().cic, 0.5);
+        let o = Objectives::parse("itc,mlm=0.5,mim").unwrap();
+        assert_eq!((o.mlm, o.mim, o.masked_heads()), (0.5, 1.0, (true, true)));
     }
 
     #[test]
     fn parse_refuses_what_it_cannot_run() {
         for (spec, says) in [
-            ("itc=1,mlm=1", "unknown objective \"mlm\""),
+            ("itc=1,mmm=1", "unknown objective \"mmm\""),
+            ("mlm,mim", "beside a contrastive objective"),
             ("itc,through-mixture=2", "unknown objective \"through-mixture\""),
             ("itc=x", "is not a number"),
             ("itc=-1", "finite number >= 0"),
@@ -260,5 +311,19 @@ mod tests {
             joint.check_model(&crate::model::preset("tiny-oner").unwrap()).unwrap();
         }
         Objectives::parse("itc,xmc").unwrap().check_model(&crate::model::preset("tiny-clip").unwrap()).unwrap();
+    }
+
+    #[test]
+    fn masked_objectives_need_their_encoder_and_stem() {
+        let of = |name: &str| crate::model::preset(name).unwrap();
+        let mlm = Objectives::parse("itc,mlm").unwrap();
+        let err = mlm.check_model(&of("tiny-clip")).unwrap_err().to_string();
+        assert!(err.contains("--loss mlm") && err.contains("bidirectional"), "{err}");
+        mlm.check_model(&of("tiny-oner")).unwrap();
+        let mim = Objectives::parse("itc,mim").unwrap();
+        let err = mim.check_model(&of("tiny")).unwrap_err().to_string();
+        assert!(err.contains("--loss mim") && err.contains("patchify"), "{err}");
+        mim.check_model(&of("tiny-clip")).unwrap();
+        mim.check_model(&of("tiny-oner")).unwrap();
     }
 }

@@ -183,6 +183,19 @@ impl CaptionPacking {
         Ok(())
     }
 
+    /// Per packed token, the value at its caption's row and position in `rows` (row-major
+    /// [captions, context], shaped as the packed tokens were), `pad` on the padding tokens.
+    pub fn packed_values(&self, rows: &[u32], pad: u32) -> Vec<u32> {
+        let (offsets, positions) = (self.offsets.words(), self.positions.words());
+        let mut values = vec![pad; self.tokens()];
+        for caption in 0..self.captions() {
+            for i in offsets[caption] as usize..offsets[caption + 1] as usize {
+                values[i] = rows[caption * self.context + positions[i] as usize];
+            }
+        }
+        values
+    }
+
     pub fn captions(&self) -> usize {
         self.pooled_rows.len()
     }

@@ -104,6 +104,8 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
         // shape zero-shot at chance after 450 steps, while colour was at 100%).
         logit_scale_init: (1.0f64 / 0.07).ln(),
         type_embedding: false,
+        mlm_head: false,
+        mim_head: false,
     }
 }
 
@@ -136,6 +138,8 @@ fn clip_b32() -> ModelConfig {
         bn_eps_branch_blocks: 1e-5,
         logit_scale_init: (1.0f64 / 0.07).ln(),
         type_embedding: false,
+        mlm_head: false,
+        mim_head: false,
     }
 }
 
@@ -167,6 +171,8 @@ fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<Pa
         bn_eps_branch_blocks: 1e-6,
         logit_scale_init: 1.0,
         type_embedding: false,
+        mlm_head: false,
+        mim_head: false,
     }
 }
 

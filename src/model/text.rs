@@ -3,6 +3,8 @@
 
 use super::builder::{Init, ModelSpec, Role};
 use super::config::{InitStyle, ModelConfig, TYPE_EMBEDDING_STD, TextEncoder};
+use super::masked::MaskedCaptions;
+use super::masked_heads::MlmHead;
 use super::packing::{CaptionPacking, PackCapacity};
 use super::transformer::{Block, Pooled};
 use super::vision::Head;
@@ -18,6 +20,8 @@ pub struct TextTower {
     type_embedding: Option<ParamId>,
     pub blocks: Vec<Block>,
     pub head: Head,
+    /// Masked language modelling's head ([`ModelConfig::mlm_head`]).
+    mlm: Option<MlmHead>,
     pub context: usize,
     vocab: usize,
     width: usize,
@@ -49,6 +53,7 @@ impl TextTower {
                 .then(|| spec.param("type_embedding", &[t.width], Init::Normal(TYPE_EMBEDDING_STD), Role::Text)),
             blocks,
             head,
+            mlm: config.mlm_head.then(|| MlmHead::new(spec, t.width, t.vocab, config.ln_eps, token_std)),
             context: t.context,
             vocab: t.vocab,
             width: t.width,
@@ -82,19 +87,38 @@ impl TextTower {
     /// The blocks' input: the packed tokens' embeddings plus their positions',
     /// [1, packed tokens, width].
     pub fn embed(&self, p: &ParamStore, packing: &CaptionPacking) -> Result<Tensor> {
+        self.embed_from(p, packing, p.get(self.token_embedding))
+    }
+
+    /// [`TextTower::embed`] with the token embeddings looked up in `table`.
+    fn embed_from(&self, p: &ParamStore, packing: &CaptionPacking, table: &Tensor) -> Result<Tensor> {
         if packing.context != self.context {
             return Err(Error::shape(
                 "encode_text",
                 format!("captions packed for a context of {}, the tower's is {}", packing.context, self.context),
             ));
         }
-        let tokens_in = p.get(self.token_embedding).index_rows_by(&packing.ids)?;
+        let tokens_in = table.index_rows_by(&packing.ids)?;
         let x = tokens_in.add(&p.get(self.positional_embedding).index_rows_by(&packing.positions)?)?;
         let x = match self.type_embedding {
             Some(t) => x.add_broadcast(p.get(t))?,
             None => x,
         };
         x.reshape([1, packing.tokens(), self.width])
+    }
+
+    /// Masked language modelling's loss on `masked`: the masked copies through every block, the
+    /// masked tokens' rows through the MLM head.
+    pub fn mlm_loss(&self, p: &ParamStore, masked: &MaskedCaptions) -> Result<Tensor> {
+        let head = self.mlm.as_ref().ok_or_else(|| {
+            Error::config("--loss mlm needs the model's MLM head, which this model was built without (mlm_head)")
+        })?;
+        let tokens = p.get(self.token_embedding);
+        let x = self.embed_from(p, &masked.packing, &head.token_table(p, tokens)?)?;
+        let mask = masked.packing.mask();
+        let x = self.blocks.iter().try_fold(x, |x, block| block.forward(p, &x, &mask))?;
+        let rows = x.reshape([masked.packing.tokens(), self.width])?.index_rows_by(&masked.rows)?;
+        head.loss(p, &rows, tokens, &masked.targets)
     }
 
     /// The pooled token of each caption, [captions, width], from the blocks' packed output.

@@ -5,6 +5,8 @@
 use super::builder::{Buffers, Init, ModelSpec, Role};
 use super::config::{InitStyle, ModelConfig, TYPE_EMBEDDING_STD, VisionStem};
 use super::convnet::{BranchGeometry, EarlyConvStem, Mode, ParallelBranchNet, map_to_tokens};
+use super::masked::MaskedPatches;
+use super::masked_heads::MimHead;
 use super::transformer::{Block, LayerNorm, Pooled};
 use crate::backend::{AttnMask, Conv2dGeometry};
 use crate::error::{Error, Result};
@@ -59,6 +61,8 @@ pub struct VisionTower {
     pub blocks: Vec<(usize, Block)>,
     branch: Option<(ParallelBranchNet, Vec<usize>)>,
     pub head: Head,
+    /// Masked image modelling's mask token and head ([`ModelConfig::mim_head`]).
+    mim: Option<MimHead>,
     image_size: usize,
     width: usize,
 }
@@ -100,6 +104,10 @@ impl VisionTower {
             let eps = (config.bn_eps, config.bn_eps_branch_blocks, config.ln_eps);
             (ParallelBranchNet::new(spec, "visual.branch", geo, eps), pb.lateral_layers.clone())
         });
+        let mim = match (&v.stem, config.mim_head) {
+            (VisionStem::Patchify { patch }, true) => Some(MimHead::new(spec, v.width, *patch, config.ln_eps)),
+            _ => None, // ModelConfig::validate refuses a MIM head on any other stem
+        };
         VisionTower {
             stem,
             class_embedding,
@@ -109,6 +117,7 @@ impl VisionTower {
             blocks,
             branch,
             head,
+            mim,
             image_size: v.image_size,
             width: v.width,
         }
@@ -117,7 +126,7 @@ impl VisionTower {
     /// [batch, 3, size, size] normalised images to L2-normalised features.
     pub fn forward(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
         // The last block computes only the CLS rows the head reads.
-        let x = self.trunk(p, bufs, images, mode, Some(Pooled::FirstToken))?;
+        let x = self.trunk(p, bufs, images, mode, Some(Pooled::FirstToken), None)?;
         let pooled = if self.blocks.is_empty() { self.pool(&x)? } else { x };
         self.head.forward(p, &pooled)
     }
@@ -126,7 +135,7 @@ impl VisionTower {
     /// embed_dim] patch embeddings in row-major grid order (dense features for zero-shot
     /// localisation: each patch compared with a text embedding).
     pub fn forward_patches(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = self.trunk(p, bufs, images, mode, None)?;
+        let x = self.trunk(p, bufs, images, mode, None, None)?;
         let (batch, tokens) = (x.dims()[0], x.dims()[1]);
         let patches = x.slice(1, 1, tokens - 1)?.reshape([batch * (tokens - 1), self.width])?;
         let features = self.head.forward(p, &patches)?;
@@ -134,8 +143,29 @@ impl VisionTower {
         features.reshape([batch, tokens - 1, dim])
     }
 
+    /// Masked image modelling's loss on `masked`: the images with their masked patches' tokens
+    /// replaced by the mask token through the trunk, the masked patches' rows through the MIM head
+    /// against their pixels.
+    pub fn mim_loss(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        masked: &MaskedPatches,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let head = self.mim.as_ref().ok_or_else(|| {
+            Error::config("--loss mim needs the model's MIM head, which this model was built without (mim_head)")
+        })?;
+        let x = self.trunk(p, bufs, images, mode, None, Some((head, masked)))?;
+        let (batch, tokens) = (x.dims()[0], x.dims()[1]);
+        let rows = x.reshape([batch * tokens, self.width])?.index_rows_by(&masked.rows)?;
+        head.loss(p, &rows, images, &masked.pixels)
+    }
+
     /// The stem and the blocks, with the parallel branch fused in; the last block computes only
     /// the `last` rows when given ([batch, width]), else every token ([batch, tokens, width]).
+    /// With `masked`, the masked patches' tokens are the mask token's.
     fn trunk(
         &self,
         p: &ParamStore,
@@ -143,8 +173,9 @@ impl VisionTower {
         images: &Tensor,
         mode: Mode,
         last: Option<Pooled>,
+        masked: Option<(&MimHead, &MaskedPatches)>,
     ) -> Result<Tensor> {
-        let mut x = self.embed(p, bufs, images, mode)?;
+        let mut x = self.embed_masked(p, bufs, images, mode, masked)?;
         let mut branch = BranchProgress::start(images);
         for (i, (layer, block)) in self.blocks.iter().enumerate() {
             while self.lateral_before(&branch, *layer) {
@@ -161,6 +192,18 @@ impl VisionTower {
     /// The trunk's input: stem tokens after the CLS token, positional embeddings added and
     /// ln_pre applied, [batch, tokens, width].
     pub fn embed(&self, p: &ParamStore, bufs: &mut Buffers, images: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.embed_masked(p, bufs, images, mode, None)
+    }
+
+    /// [`VisionTower::embed`] with the stem tokens of `masked`'s patches replaced by the mask token.
+    fn embed_masked(
+        &self,
+        p: &ParamStore,
+        bufs: &mut Buffers,
+        images: &Tensor,
+        mode: Mode,
+        masked: Option<(&MimHead, &MaskedPatches)>,
+    ) -> Result<Tensor> {
         let dims = images.dims();
         if dims.len() != 4 || dims[1] != 3 || dims[2] != self.image_size || dims[3] != self.image_size {
             return Err(Error::shape(
@@ -178,7 +221,17 @@ impl VisionTower {
         let cls = Tensor::zeros([batch, 1, self.width], images.dtype())
             .to_device(images.device())?
             .add_broadcast(&p.get(self.class_embedding).reshape([1, self.width])?)?;
-        let x = ops::concat(&[&cls, &map_to_tokens(&map)?], 1)?.add_broadcast(p.get(self.positional_embedding))?;
+        let patches = map_to_tokens(&map)?;
+        let patches = match masked {
+            Some((head, masked)) => {
+                let n = patches.dims()[1];
+                let rows = patches.reshape([batch * n, self.width])?;
+                let with_mask = ops::concat(&[&rows, &p.get(head.mask_token).reshape([1, self.width])?], 0)?;
+                with_mask.index_rows_by(&masked.tokens)?.reshape([batch, n, self.width])?
+            }
+            None => patches,
+        };
+        let x = ops::concat(&[&cls, &patches], 1)?.add_broadcast(p.get(self.positional_embedding))?;
         let x = match self.type_embedding {
             Some(t) => x.add_broadcast(p.get(t))?,
             None => x,

@@ -73,6 +73,14 @@ impl Tokenizer {
         self.eot
     }
 
+    /// Per id, whether its token ends a word (CLIP's BPE marks a word's last token with `</w>`):
+    /// what whole-word masking groups tokens by. The special tokens end none.
+    pub fn word_ends(&self) -> Vec<bool> {
+        (0..self.vocab_size() as u32)
+            .map(|id| self.engine.id_to_token(id).is_some_and(|token| token.ends_with("</w>")))
+            .collect()
+    }
+
     /// The BPE ids of `text` after [`clean`], without SOT or EOT.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.engine.encode(clean(text), false).map_err(|e| Error::format("encode", e.to_string()))?;

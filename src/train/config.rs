@@ -125,6 +125,29 @@ pub struct TrainConfig {
     /// XMC, CMC and CIC (`--momentum-targets`, MoCo v3 style); None: the trained model's own.
     #[serde(default)]
     pub momentum_targets: Option<f64>,
+    /// MLM's share of each caption's word tokens masked (`--mlm-ratio`; BERT's and OneR's 15%).
+    #[serde(default = "default_mlm_ratio")]
+    pub mlm_ratio: f64,
+    /// Independently masked copies of each caption per step (`--mlm-copies`; OneR's collator
+    /// makes two).
+    #[serde(default = "default_mlm_copies")]
+    pub mlm_copies: usize,
+    /// MIM's share of each image's patches masked (`--mim-ratio`; BEiT's 40%, for a model that,
+    /// as BEiT and SimMIM do, keeps the masked patches as mask tokens).
+    #[serde(default = "default_mim_ratio")]
+    pub mim_ratio: f64,
+}
+
+fn default_mlm_ratio() -> f64 {
+    0.15
+}
+
+fn default_mlm_copies() -> usize {
+    2
+}
+
+fn default_mim_ratio() -> f64 {
+    0.4
 }
 
 fn default_quick_eval_samples() -> usize {
@@ -171,6 +194,9 @@ impl TrainConfig {
             objectives: Objectives::default(),
             type_embedding: false,
             momentum_targets: None,
+            mlm_ratio: default_mlm_ratio(),
+            mlm_copies: default_mlm_copies(),
+            mim_ratio: default_mim_ratio(),
         }
     }
 
@@ -204,10 +230,14 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// The model this config trains: its preset, with the type embedding when asked for.
+    /// The model this config trains: its preset, with the type embedding when asked for and
+    /// the heads its masked objectives need.
     pub fn model_config(&self) -> Result<ModelConfig> {
         let mut model = crate::model::preset(&self.preset)?;
         model.type_embedding |= self.type_embedding;
+        let (mlm, mim) = self.objectives.masked_heads();
+        model.mlm_head |= mlm;
+        model.mim_head |= mim;
         Ok(model)
     }
 
@@ -277,6 +307,14 @@ impl TrainConfig {
             return fail("bf16 computes on GPU devices only (--device cuda or emu); the CPU reference is fp32".into());
         }
         self.objectives.validate()?;
+        for (flag, ratio) in [("--mlm-ratio", self.mlm_ratio), ("--mim-ratio", self.mim_ratio)] {
+            if !(ratio > 0.0 && ratio < 1.0) {
+                return fail(format!("{flag} must be in (0, 1), got {ratio}"));
+            }
+        }
+        if self.mlm_copies == 0 {
+            return fail("--mlm-copies must be at least 1".into());
+        }
         if let Some(decay) = self.momentum_targets {
             if !(0.0..1.0).contains(&decay) {
                 return fail(format!("--momentum-targets: the decay must be in [0, 1), got {decay}"));

@@ -8,6 +8,9 @@
 //! - the captions, packed to a fixed capacity (padding tokens after them, see
 //!   [`crate::model::PackCapacity`]) and written into the captured tables: token ids,
 //!   positions, sequence offsets, pooled rows and what is derived from them;
+//! - the masks of MLM and MIM, when on: the masked copies' ids, the predicted rows and their
+//!   targets (padded to a capacity with ignored rows), the masked patches' tables
+//!   ([`crate::model::MaskedInputs`]);
 //! - the optimizer's learning rate and bias corrections, in its constants table.
 //!
 //! State the step updates in place (parameters, moments, bf16 copies) keeps its addresses, which
@@ -16,11 +19,11 @@
 //! the capacity gets a new capture around its own size.
 
 use super::config::TrainConfig;
-use super::step::{StepInput, StepOutput, StepState};
+use super::step::{StepInput, StepOutput, StepState, masked_inputs};
 use crate::backend::gpu::buffer::overwrite;
 use crate::backend::gpu::graph::{self, Graph};
 use crate::error::{Error, Result};
-use crate::model::{CaptionPacking, ClipModel, PackCapacity, TextEncoder, packed_tokens};
+use crate::model::{CaptionPacking, ClipModel, MaskedInputs, PackCapacity, TextEncoder, packed_tokens};
 use crate::tensor::{Tensor, find_tables};
 
 pub struct GraphStep {
@@ -28,6 +31,8 @@ pub struct GraphStep {
     /// The captured inputs: what each launch reads.
     images: Tensor,
     captions: CaptionPacking,
+    /// The masked objectives' tables, when on.
+    masked: Option<MaskedInputs>,
     /// Written by each launch.
     output: StepOutput,
 }
@@ -47,24 +52,26 @@ impl GraphStep {
         config: &TrainConfig,
         input: StepInput<'_>,
     ) -> Result<GraphStep> {
-        let StepInput { images, tokens, lr } = input;
+        let StepInput { images, tokens, lr, .. } = input;
         let device = config.device;
         // A buffer of the graph's own: later launches write their images into it, which must
         // not show through the caller's tensor.
         let images = &images.deep_copy()?;
-        let captions = model.pack_captions(
-            tokens,
-            Some(Self::capacity_for(tokens, model.config.text.context, model.config.text.encoder)?),
-        )?;
+        let capacity = Self::capacity_for(tokens, model.config.text.context, model.config.text.encoder)?;
+        let captions = model.pack_captions(tokens, Some(capacity))?;
+        let masked = masked_inputs(model, config, input, Some(capacity))?;
         // Outside the capture, so that the graph reads the tables rather than holding their bytes.
         captions.upload(device)?;
+        if let Some(masked) = &masked {
+            masked.upload(device)?;
+        }
         state.prepare(model, config)?;
         state.optimizer.advance(lr)?;
         let addresses = state.device_addresses();
         let buffers: Vec<Tensor> = state.buffers.values_mut().to_vec();
         let mut capture = || {
             graph::capture(device, || {
-                let output = state.compute(model, config, images, &captions, lr)?;
+                let output = state.compute(model, config, images, &captions, masked.as_ref(), lr)?;
                 for (now, before) in state.buffers.values_mut().iter_mut().zip(&buffers) {
                     if !now.shares_storage_with(before) {
                         overwrite(before, now)?;
@@ -90,7 +97,7 @@ impl GraphStep {
                     .into(),
             ));
         }
-        Ok(GraphStep { graph, images: images.clone(), captions, output })
+        Ok(GraphStep { graph, images: images.clone(), captions, masked, output })
     }
 
     /// The caption capacity a graph captured on `tokens` (rows of `context` ids) packs to for
@@ -117,6 +124,11 @@ impl GraphStep {
     pub fn launch(&self, state: &mut StepState, model: &ClipModel, input: StepInput<'_>) -> Result<StepOutput> {
         overwrite(&self.images, input.images)?;
         self.captions.rewrite(input.tokens, model.config.text.vocab)?;
+        match (&self.masked, input.masks) {
+            (Some(masked), Some(draw)) => masked.rewrite(input.tokens, draw, model.mask_geometry())?,
+            (None, None) => {}
+            _ => return Err(Error::invalid("graph step", "a step with other masks than the captured step's")),
+        }
         state.optimizer.advance(input.lr)?;
         self.launch_captured()
     }

@@ -7,6 +7,7 @@ mod checkpoint_dir;
 mod config;
 mod graph_step;
 mod log;
+mod masking;
 pub mod memory;
 pub mod momentum;
 mod param_groups;
@@ -24,6 +25,7 @@ pub use batch::{Batch, CLIP_MEAN, CLIP_STD, SyntheticCaptions, images_to_tensor,
 pub use config::{Precision, TokenizerSource, TrainConfig, validate_run_name};
 pub use graph_step::{GraphStep, StepIssuer};
 pub use log::read_jsonl;
+pub use masking::Masker;
 pub use resume::changes as resume_changes;
 pub use run::{Resume, RunEnd, RunOptions, RunSummary, new_run_tokenizer, train};
 pub use run_dir::{load_run_tokenizer, read_run_config, run_dir_of_checkpoint};

@@ -12,6 +12,7 @@ use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
 use super::graph_step::StepIssuer;
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
+use super::masking::Masker;
 use super::plot::{Reference, Series, line_plot};
 use super::prefetch::Batches;
 use super::readback::Readback;
@@ -193,6 +194,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let mut readback = Readback::new();
     let mut batches = Batches::new(config, &tokenizer, context);
     let mut issuer = StepIssuer::new(config);
+    let masker = Masker::new(config, &model.config, &tokenizer)?;
 
     let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir };
     // The curve's first point: the initial weights, at chance.
@@ -205,7 +207,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let images = batch.images_on(config.device, config.precision.dtype())?;
         let data_seconds = started.elapsed().as_secs_f64();
         let lr = schedule.lr(step);
-        let input = StepInput { images: &images, tokens: &batch.tokens, lr };
+        let masks = masker.as_ref().map(|m| m.draw(&batch.tokens, config.batch_size, step));
+        let input = StepInput { images: &images, tokens: &batch.tokens, lr, masks: masks.as_ref() };
         let output = issuer.step(&mut state, &model, config, input)?;
         step += 1;
         samples_seen += config.batch_size as u64;

@@ -6,13 +6,14 @@
 use super::batch::{Batch, SyntheticCaptions, synthetic_batch, training_batch};
 use super::config::TrainConfig;
 use super::graph_step::StepIssuer;
+use super::masking::Masker;
 use super::momentum::Momentum;
 use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
 use crate::backend::gpu::check_attention_head_dim;
 use crate::error::{Error, Result};
-use crate::model::{Buffers, CaptionPacking, ClipModel, LossTerms, PackCapacity};
+use crate::model::{Buffers, CaptionPacking, ClipModel, LossTerms, MaskCapacity, MaskDraw, MaskedInputs, PackCapacity};
 use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamId, ParamStore, Update};
 use crate::tensor::{DType, Device, Rng, Storage, Tensor};
 use crate::text::Tokenizer;
@@ -42,6 +43,8 @@ pub struct StepInput<'a> {
     /// Row-major [batch, context] token ids.
     pub tokens: &'a [u32],
     pub lr: f64,
+    /// The step's masks, when a masked objective is on ([`super::Masker`]).
+    pub masks: Option<&'a MaskDraw>,
 }
 
 /// What a step leaves on the state's device, unread: reading either waits for the step.
@@ -98,9 +101,10 @@ impl StepState {
         capacity: Option<PackCapacity>,
     ) -> Result<StepOutput> {
         let captions = model.pack_captions(input.tokens, capacity)?;
+        let masked = masked_inputs(model, config, input, capacity)?;
         self.prepare(model, config)?;
         self.optimizer.advance(input.lr)?;
-        self.compute(model, config, input.images, &captions, input.lr)
+        self.compute(model, config, input.images, &captions, masked.as_ref(), input.lr)
     }
 
     /// The device addresses of what a step updates in place (parameters, moments, compute
@@ -142,6 +146,7 @@ impl StepState {
         config: &TrainConfig,
         images: &Tensor,
         captions: &CaptionPacking,
+        masked: Option<&MaskedInputs>,
         lr: f64,
     ) -> Result<StepOutput> {
         let LossTerms { total: loss, terms } = {
@@ -157,6 +162,7 @@ impl StepState {
                 &config.objectives,
                 None,
                 momentum,
+                masked,
             )?
         };
         let grads = autograd::backward(&loss)?;
@@ -172,6 +178,20 @@ impl StepState {
     }
 }
 
+/// The tables of a step's masks, padded to fit any batch whose captions fit `capacity` when
+/// given; None without masks.
+pub(super) fn masked_inputs(
+    model: &ClipModel,
+    config: &TrainConfig,
+    input: StepInput<'_>,
+    capacity: Option<PackCapacity>,
+) -> Result<Option<MaskedInputs>> {
+    let Some(draw) = input.masks else { return Ok(None) };
+    let batch = input.images.dims()[0];
+    let capacity = capacity.map(|c| MaskCapacity::around(c, batch, config.mlm_copies, config.mlm_ratio));
+    MaskedInputs::new(input.tokens, draw, model.mask_geometry(), capacity).map(Some)
+}
+
 /// Training steps without a run around them (no logs, evaluations or checkpoints): the state a
 /// run of the config starts from, on the config's device, and step k on the batch such a run
 /// trains step k on.
@@ -182,6 +202,8 @@ pub struct Steps<'a> {
     schedule: CosineSchedule,
     /// One batch fed to every step instead of the shapes world's (`--data synthetic`).
     synthetic: Option<Batch>,
+    /// Draws each step's masks when a masked objective is on.
+    masker: Option<Masker>,
     issuer: StepIssuer,
     pub state: StepState,
 }
@@ -207,7 +229,9 @@ impl<'a> Steps<'a> {
         let mut state = StepState::init(model, config, &mut Rng::new(config.seed))?;
         state.to_device(config.device)?;
         let issuer = StepIssuer::new(config);
-        Ok(Steps { model, config, tokenizer, schedule: config.schedule(), synthetic: None, issuer, state })
+        let masker = Masker::new(config, &model.config, tokenizer)?;
+        let schedule = config.schedule();
+        Ok(Steps { model, config, tokenizer, schedule, synthetic: None, masker, issuer, state })
     }
 
     /// Feeds every step one batch of random data in the shapes of a real one
@@ -223,7 +247,8 @@ impl<'a> Steps<'a> {
     /// unread.
     pub fn run(&mut self, step: u64) -> Result<StepOutput> {
         let (tokens, images) = self.batch(step)?;
-        let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step) };
+        let masks = self.masker.as_ref().map(|m| m.draw(&tokens, images.dims()[0], step));
+        let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step), masks: masks.as_ref() };
         self.state.step(self.model, self.config, input)
     }
 
@@ -232,7 +257,8 @@ impl<'a> Steps<'a> {
     /// later one is a launch of a captured graph of the whole step, on its own batch.
     pub fn run_issued(&mut self, step: u64) -> Result<StepOutput> {
         let (tokens, images) = self.batch(step)?;
-        let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step) };
+        let masks = self.masker.as_ref().map(|m| m.draw(&tokens, images.dims()[0], step));
+        let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step), masks: masks.as_ref() };
         self.issuer.step(&mut self.state, self.model, self.config, input)
     }
 
