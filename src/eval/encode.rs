@@ -1,13 +1,13 @@
 //! Feature extraction for evaluation: batched, without the tape, BatchNorm in eval mode.
 
 use crate::autograd::no_grad;
+use crate::data::images_to_tensor;
 use crate::data::shapes::Factor;
 use crate::error::Result;
 use crate::model::{Buffers, ClipModel, Mode};
 use crate::nn::ParamStore;
 use crate::tensor::{DType, Tensor};
 use crate::text::{Tokenizer, Truncation};
-use crate::train::images_to_tensor;
 
 /// Rows per forward pass during evaluation.
 const EVAL_BATCH: usize = 256;

@@ -21,7 +21,7 @@ mod safetensors_out;
 mod schedule;
 mod step;
 
-pub use batch::{Batch, CLIP_MEAN, CLIP_STD, SyntheticCaptions, images_to_tensor, make_batch, training_batch};
+pub use batch::{Batch, SyntheticCaptions, make_batch, training_batch};
 pub use config::{Precision, TokenizerSource, TrainConfig, validate_run_name};
 pub use graph_step::{GraphStep, StepIssuer};
 pub use log::read_jsonl;
