@@ -181,8 +181,8 @@ fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     let bench = std::fs::read_to_string(dir.join("b.json")).unwrap();
     assert!(bench.contains("\"cmc\": 0.5"), "{bench}");
     // An objective that does not exist is refused before anything runs.
-    let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,mim=1"]);
-    assert!(!out.status.success() && stderr(&out).contains("unknown objective \"mim\""), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "itc=1,mmm=1"]);
+    assert!(!out.status.success() && stderr(&out).contains("unknown objective \"mmm\""), "{}", stderr(&out));
     // So are momentum targets without a mixture to make.
     let out = msclip_in(
         &dir,
@@ -192,6 +192,46 @@ fn a_one_tower_run_with_xmc_evaluates_its_gap_and_localisation() {
     // So is one the preset cannot compute: CIC's joint sequence on two towers.
     let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "cic"]);
     assert!(!out.status.success() && stderr(&out).contains("single-tower preset"), "{}", stderr(&out));
+    assert!(!dir.join("runs/bad").exists(), "no run directory for a refused run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Issue 15: OneR's masked objectives train beside the contrast, log their values, build their
+// heads into the saved model config, and a resumed run masks as the uninterrupted run did (the
+// masks are a function of the seed and step), to the last bit of the loss.
+#[test]
+fn a_run_with_mlm_and_mim_logs_them_and_resumes_exactly() {
+    let dir = scratch("masked");
+    let train = |name: &str, steps: &str| {
+        let args = ["train", "--preset", "tiny-oner", "--name", name, "--loss", "itc,xmc,mlm=0.5,mim"];
+        let settings = ["--mlm-copies", "1", "--mim-ratio", "0.5", "--batch-size", "4", "--eval-samples", "4"];
+        msclip_in(&dir, &[&args[..], &settings, &["--steps", steps, "--save-every", "2"]].concat())
+    };
+    let whole = train("whole", "4");
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let config = std::fs::read_to_string(dir.join("runs/whole/config.json")).unwrap();
+    for setting in ["\"mlm_head\": true", "\"mim_head\": true", "\"mlm_copies\": 1", "\"mim_ratio\": 0.5"] {
+        assert!(config.contains(setting), "{setting} missing from {config}");
+    }
+    let log = |name: &str| std::fs::read_to_string(dir.join(format!("runs/{name}/train_loss.jsonl"))).unwrap();
+    let whole_log = log("whole");
+    assert!(whole_log.lines().all(|l| l.contains("\"loss_mlm\"") && l.contains("\"loss_mim\"")), "{whole_log}");
+    let cut = train("cut", "2");
+    assert!(cut.status.success(), "{}", stderr(&cut));
+    let resumed = msclip_in(&dir, &["train", "--resume", "latest", "--name", "cut", "--steps", "4"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let loss_of_step_4 = |text: &str| {
+        let line = text.lines().find(|l| l.contains("\"step\":4")).unwrap().to_string();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["loss"].as_f64().unwrap()
+    };
+    assert_eq!(loss_of_step_4(&log("cut")), loss_of_step_4(&whole_log));
+    // A masked objective the preset cannot run is refused before anything is written.
+    let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "itc,mlm"]);
+    assert!(!out.status.success() && stderr(&out).contains("bidirectional"), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["train", "--preset", "tiny", "--name", "bad", "--loss", "itc,mim"]);
+    assert!(!out.status.success() && stderr(&out).contains("patchify"), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["train", "--preset", "tiny-oner", "--name", "bad", "--loss", "mlm"]);
+    assert!(!out.status.success() && stderr(&out).contains("contrastive"), "{}", stderr(&out));
     assert!(!dir.join("runs/bad").exists(), "no run directory for a refused run");
     let _ = std::fs::remove_dir_all(&dir);
 }

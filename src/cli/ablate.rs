@@ -8,7 +8,7 @@ use msclip::train::ablation::{self, AblationConfig, AblationReport};
 #[derive(Args)]
 pub struct AblateArgs {
     /// Arms to run, comma-separated, or all: clip, msclip, msclip-early, msclip-s, oner-itc,
-    /// oner-xmc, oner-xmc-cic.
+    /// oner-xmc, oner-xmc-cic, oner-xmc-masked.
     #[arg(long, default_value = "all")]
     arms: String,
     /// Seeds, comma-separated; each arm trains once per seed.

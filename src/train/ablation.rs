@@ -35,9 +35,10 @@ pub struct Arm {
 }
 
 /// MS-CLIP's ladder (table 1 of the paper: no sharing, sharing, early specialisation, the
-/// parallel branch) and OneR's (the naive one-tower contrast, then the mixup contrasts). OneR's
-/// arms keep ITC beside XMC: XMC alone collapses at this scale (docs/oner.md).
-pub const ARMS: [Arm; 7] = [
+/// parallel branch) and OneR's (the naive one-tower contrast, then the mixup contrasts, then
+/// the masked terms of the talk's recipe). OneR's arms keep ITC beside XMC: XMC alone collapses
+/// at this scale (docs/oner.md).
+pub const ARMS: [Arm; 8] = [
     Arm { name: "clip", preset: "tiny-clip", loss: "itc", what: "CLIP: two towers, nothing shared" },
     Arm { name: "msclip", preset: "tiny-msclip", loss: "itc", what: "MS-CLIP: attention and MLP shared" },
     Arm {
@@ -50,6 +51,12 @@ pub const ARMS: [Arm; 7] = [
     Arm { name: "oner-itc", preset: "tiny-oner", loss: "itc", what: "one tower, one head, naive ITC" },
     Arm { name: "oner-xmc", preset: "tiny-oner", loss: "itc,xmc", what: "one tower, ITC + XMC" },
     Arm { name: "oner-xmc-cic", preset: "tiny-oner", loss: "itc,xmc,cic", what: "one tower, ITC + XMC + CIC" },
+    Arm {
+        name: "oner-xmc-masked",
+        preset: "tiny-oner",
+        loss: "itc,xmc,mlm,mim",
+        what: "one tower, ITC + XMC + MLM + MIM",
+    },
 ];
 
 /// The arms named in `spec` (comma-separated, or `all`), in the table's order.
@@ -192,7 +199,8 @@ pub fn run(config: &AblationConfig, mut say: impl FnMut(&str)) -> Result<Ablatio
             }
         };
         let timing = seconds.map_or("steps from --steps-of".to_string(), |s| format!("{:.0} ms per step", 1e3 * s));
-        say(&format!("{:<13} {} --loss {}: {timing}, {steps} steps", arm.name, arm.preset, arm.loss));
+        let width = ARMS.iter().map(|a| a.name.len()).max().unwrap_or(0);
+        say(&format!("{:<width$} {} --loss {}: {timing}, {steps} steps", arm.name, arm.preset, arm.loss));
         planned.push((arm, seconds, steps));
     }
     let mut arms = Vec::new();
@@ -217,6 +225,7 @@ pub fn run(config: &AblationConfig, mut say: impl FnMut(&str)) -> Result<Ablatio
             };
             seeds.push(result);
         }
+        // The model evaluation runs: the masked objectives' heads train only, and are not counted.
         let params = ClipModel::new(preset(arm.preset)?)?.counts().total;
         arms.push(ArmResult {
             name: arm.name.into(),

@@ -51,19 +51,20 @@ impl StepsArgs {
         if self.batch < 2 {
             anyhow::bail!("--batch must be at least 2 (a contrastive batch needs negatives), got {}", self.batch);
         }
-        let mut model_config = preset(&self.preset)?;
+        let mut config =
+            TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
+        if let Some(objectives) = &self.loss {
+            objectives.check_model(&preset(&self.preset)?)?;
+            config.objectives = objectives.clone();
+        }
+        // The preset with the heads the objectives need (MLM, MIM).
+        let mut model_config = config.model_config()?;
         if let Some(layers) = self.layers {
             model_config = model_config
                 .with_depth(layers)
                 .map_err(|e| anyhow::anyhow!("--layers {layers} does not fit preset {}: {e}", self.preset))?;
         }
         let model = ClipModel::new(model_config)?;
-        let mut config =
-            TrainConfig::for_steps(&self.preset, self.batch, device, self.precision, WARMUP_STEPS + steps)?;
-        if let Some(objectives) = &self.loss {
-            objectives.check_model(&model.config)?;
-            config.objectives = objectives.clone();
-        }
         if device.is_gpu() {
             // Fails now, with what is missing, when the device cannot run.
             gpu::driver(device)?;
