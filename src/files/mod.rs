@@ -1,8 +1,10 @@
-//! Files the project writes: atomically, and (for a run directory) by one process at a time.
+//! Files the project writes: atomically, and (for a run directory) by one process at a time;
+//! safetensors with a byte-stable header.
 
 mod atomic;
 mod lock;
 mod png;
+pub(crate) mod safetensors_out;
 
 pub use atomic::{is_temporary, link_atomically, remove_stale_temporaries, write_atomically, write_atomically_with};
 pub use lock::DirLock;

@@ -10,7 +10,7 @@ use std::path::Path;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::momentum::Momentum;
-use super::safetensors_out::{Entry, serialize};
+use crate::files::safetensors_out::{Entry, serialize};
 use crate::error::{Error, Result};
 use crate::files::write_atomically;
 use crate::model::{Buffers, ModelConfig};

@@ -17,7 +17,6 @@ mod readback;
 mod resume;
 mod run;
 mod run_dir;
-mod safetensors_out;
 mod schedule;
 mod step;
 
