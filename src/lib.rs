@@ -10,6 +10,8 @@
 //! - [`nn`]: parameters with names, and optimizers.
 //! - [`text`]: captions to token ids (CLIP's BPE, or one trained on the corpus).
 //! - [`data`]: training and evaluation data; [`data::shapes`] is the procedural shapes world.
+//! - [`weights`]: model weights in other projects' layouts (open_clip's state dict), checked
+//!   against the model before use.
 //! - [`kernel_check`]: every GPU kernel under the emulator's sanitizer, from training steps
 //!   and op calls (`msclip kernels --check`).
 
@@ -28,6 +30,7 @@ pub mod ops;
 pub mod tensor;
 pub mod text;
 pub mod train;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Rng, Shape, Table, Tensor};

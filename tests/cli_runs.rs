@@ -268,3 +268,53 @@ fn the_ablation_trains_every_arm_on_every_seed_and_tabulates_them() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Issue 16: a share-nothing run's weights go out as open_clip's state dict and come back in
+// through `eval --weights` to the same metrics; a model open_clip cannot hold is refused.
+#[test]
+fn an_exported_run_evaluates_the_same_from_its_open_clip_file() {
+    let dir = scratch("export");
+    let out = msclip_in(&dir, &[&["train", "--preset", "tiny-clip", "--name", "c"], FAST].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["export", "--run", "runs/c", "--out", "c.safetensors"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "open_clip.model.CLIP(**json.loads(",
+        "load_state_dict(load_file(\"c.safetensors\"), strict=True)",
+        "m.eps = 1e-12",
+    ] {
+        assert!(printed.contains(want), "expected {want:?} in:\n{printed}");
+    }
+    let metrics = |args: &[&str]| {
+        let out = msclip_in(&dir, &[&["eval", "--run", "runs/c", "--samples", "8"], args].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("e.json")).unwrap()).unwrap();
+        record
+    };
+    let from_checkpoint = metrics(&["--output", "e.json"]);
+    let from_file = metrics(&["--output", "e.json", "--weights", "c.safetensors"]);
+    assert_eq!(from_file["metrics"], from_checkpoint["metrics"]);
+    assert_eq!(from_file["pretrained"], "c.safetensors");
+    assert_eq!(from_checkpoint["step"], 2);
+    assert!(from_file["step"].is_null());
+
+    let out = msclip_in(&dir, &["export", "--run", "runs/c", "--out", "c16.safetensors", "--dtype", "bf16"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::metadata(dir.join("c16.safetensors")).unwrap().len()
+            < std::fs::metadata(dir.join("c.safetensors")).unwrap().len()
+    );
+
+    let out = msclip_in(&dir, &[&["train", "--name", "m"], FAST].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["export", "--run", "runs/m", "--out", "m.safetensors"]);
+    assert!(!out.status.success() && stderr(&out).contains("share weights"), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["eval", "--run", "runs/m", "--samples", "4", "--weights", "c.safetensors"]);
+    assert!(!out.status.success() && stderr(&out).contains("no open_clip layout"), "{}", stderr(&out));
+    let out = msclip_in(&dir, &["eval", "--run", "runs/c", "--weights", "c.safetensors", "--checkpoint", "x"]);
+    assert!(!out.status.success() && stderr(&out).contains("cannot be used with"), "{}", stderr(&out));
+    assert!(!dir.join("m.safetensors").exists(), "a refused export writes nothing");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,17 +1,15 @@
-//! `msclip eval --run runs/NAME`: evaluates a checkpoint of a run and writes the metrics
-//! as a CLIP_benchmark-style JSON.
+//! `msclip eval --run runs/NAME`: evaluates a checkpoint of a run (or, with `--weights`, an
+//! open_clip state dict of its model) and writes the metrics as a CLIP_benchmark-style JSON.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use msclip::DType;
-use msclip::Rng;
 use msclip::data::shapes::zero_shot_factors;
 use msclip::eval::{evaluate, localisation, zero_shot_classifier};
-use msclip::model::ClipModel;
-use msclip::train::checkpoint::{self, Restored};
-use msclip::train::{load_run_tokenizer, memory, read_run_config};
+use msclip::train::memory;
 use serde_json::json;
+
+use super::run_model::{self, RunModel, WeightsSource};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -19,8 +17,12 @@ pub struct EvalArgs {
     #[arg(long, default_value = "runs/tiny")]
     run: PathBuf,
     /// A checkpoint file; defaults to the run's checkpoints/latest.safetensors.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "weights")]
     checkpoint: Option<PathBuf>,
+    /// Evaluate these weights instead of a checkpoint: an open_clip state dict in safetensors
+    /// (as `msclip export` writes) for the run's model.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Images per evaluation split.
     #[arg(long, default_value_t = 1000)]
     samples: usize,
@@ -40,7 +42,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.samples == 0 {
         anyhow::bail!("--samples must be at least 1 (images per evaluation split)");
     }
-    let (train, model_config) = read_run_config(&args.run)?;
     let output = args.output.unwrap_or_else(|| args.run.join("eval.json"));
     if output.is_dir() {
         anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
@@ -52,18 +53,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             anyhow::bail!("--heatmaps {}: give the path of a PNG file in an existing folder", path.display());
         }
     }
-    let model = ClipModel::new(model_config)?;
+    let weights = match args.weights {
+        Some(path) => WeightsSource::OpenClip(path),
+        None => WeightsSource::Checkpoint(args.checkpoint),
+    };
+    let RunModel { train, model, params, mut buffers, tokenizer, step, source } = run_model::load(&args.run, weights)?;
     memory::check_evaluation(&model, "--samples", args.samples as u64)?;
-    let tokenizer = load_run_tokenizer(&train, &args.run)?;
-    let (mut params, mut buffers) = model.init_params(&mut Rng::new(0), DType::F32)?;
-    let ckpt = args.checkpoint.unwrap_or_else(|| args.run.join("checkpoints").join("latest.safetensors"));
-    let Restored { step, .. } = checkpoint::load(&ckpt, &model.config, &mut params, &mut buffers, None, None)?;
     let report = evaluate(&model, &params, &mut buffers, &tokenizer, &train.data, args.samples)?;
-    println!("{} at step {step}, {} images per split\n{}", model.config.name, args.samples, report.summary());
+    let at =
+        step.map(|s| format!("at step {s}")).unwrap_or_else(|| format!("with the weights of {}", source.display()));
+    println!("{} {at}, {} images per split\n{}", model.config.name, args.samples, report.summary());
     let record = json!({
         "dataset": "shapes",
         "model": model.config.name,
-        "pretrained": ckpt.display().to_string(),
+        "pretrained": source.display().to_string(),
         "step": step,
         "task": ["zeroshot_classification", "zeroshot_retrieval", "image_caption_selection", "zeroshot_localisation"],
         "samples_per_split": args.samples,

@@ -5,9 +5,11 @@ mod ablate;
 mod bench;
 mod data;
 mod eval;
+mod export;
 mod kernels;
 mod params;
 mod profile;
+mod run_model;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a run's checkpoint: zero-shot per factor, retrieval, binding.
     Eval(eval::EvalArgs),
+    /// A run's weights as open_clip's state dict (safetensors), for the share-nothing models.
+    Export(export::ExportArgs),
     /// Parameter counts of a preset: total, shared, vision-only, text-only.
     Params(params::ParamsArgs),
     /// The shapes-world dataset.
@@ -44,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Export(args) => export::run(args),
         Command::Params(args) => params::run(args),
         Command::Data(args) => data::run(args),
         Command::Kernels(args) => kernels::run(args),

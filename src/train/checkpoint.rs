@@ -10,8 +10,8 @@ use std::path::Path;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use super::momentum::Momentum;
-use crate::files::safetensors_out::{Entry, serialize};
 use crate::error::{Error, Result};
+use crate::files::safetensors_out::{Entry, serialize};
 use crate::files::write_atomically;
 use crate::model::{Buffers, ModelConfig};
 use crate::nn::{AdamW, ParamStore};
@@ -191,15 +191,7 @@ pub fn load(
     };
     let non_finite = non_finite.into_inner();
     if !non_finite.is_empty() {
-        return Err(Error::format(
-            what,
-            format!(
-                "holds values that are not finite (NaN or infinite) in {} tensor(s): {}{}",
-                non_finite.len(),
-                non_finite[..non_finite.len().min(5)].join(", "),
-                if non_finite.len() > 5 { ", ..." } else { "" }
-            ),
-        ));
+        return Err(crate::weights::check::not_finite(&what, &non_finite));
     }
     for (id, p, moments) in new_params {
         params.set(id, p)?;

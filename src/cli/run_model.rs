@@ -1,0 +1,51 @@
+//! A run's model with trained weights, as `eval` and `export` read it: the run's configs, its
+//! tokenizer, and weights from one of its checkpoints or from an open_clip state dict.
+
+use std::path::{Path, PathBuf};
+
+use msclip::model::{Buffers, ClipModel};
+use msclip::nn::ParamStore;
+use msclip::text::Tokenizer;
+use msclip::train::checkpoint::{self, Restored};
+use msclip::train::{TrainConfig, load_run_tokenizer, read_run_config};
+use msclip::weights::open_clip;
+use msclip::{DType, Rng};
+
+/// Where the weights come from.
+pub enum WeightsSource {
+    /// A checkpoint of the run: `None` is its checkpoints/latest.safetensors.
+    Checkpoint(Option<PathBuf>),
+    /// An open_clip state dict (`msclip export` writes them, open_clip's models load them).
+    OpenClip(PathBuf),
+}
+
+pub struct RunModel {
+    pub train: TrainConfig,
+    pub model: ClipModel,
+    pub params: ParamStore,
+    pub buffers: Buffers,
+    pub tokenizer: Tokenizer,
+    /// The training step of a checkpoint; an open_clip file does not say.
+    pub step: Option<u64>,
+    /// The file the weights came from.
+    pub source: PathBuf,
+}
+
+pub fn load(run: &Path, weights: WeightsSource) -> anyhow::Result<RunModel> {
+    let (train, model_config) = read_run_config(run)?;
+    let model = ClipModel::new(model_config)?;
+    let tokenizer = load_run_tokenizer(&train, run)?;
+    let (mut params, mut buffers) = model.init_params(&mut Rng::new(0), DType::F32)?;
+    let (step, source) = match weights {
+        WeightsSource::Checkpoint(path) => {
+            let path = path.unwrap_or_else(|| run.join("checkpoints").join("latest.safetensors"));
+            let Restored { step, .. } = checkpoint::load(&path, &model.config, &mut params, &mut buffers, None, None)?;
+            (Some(step), path)
+        }
+        WeightsSource::OpenClip(path) => {
+            open_clip::load(&path, &model.config, &mut params)?;
+            (None, path)
+        }
+    };
+    Ok(RunModel { train, model, params, buffers, tokenizer, step, source })
+}
