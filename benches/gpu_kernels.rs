@@ -12,7 +12,8 @@ use std::time::Instant;
 use msclip::backend::gpu::buffer::{Scratch, measure_allocations};
 use msclip::backend::gpu::{AttnTiles, GpuBackend};
 use msclip::backend::{
-    self, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, Conv2dGeometry, InfoNceShard, LnAffine, UnaryOp,
+    self, Activation, AdamWStep, AdamWTensor, AttnMask, Backend, BinaryOp, Conv2dGeometry, InfoNceShard, LnAffine,
+    UnaryOp,
 };
 use msclip::{DType, Device, Rng, Table, Tensor};
 use serde_json::json;
@@ -179,7 +180,7 @@ fn bias_gelu_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
     let act = (n * d * dtype.size_in_bytes()) as f64;
     let shape = format!("{n}x{d} {dtype}");
     let fused = time(device, reps, || {
-        gpu.bias_quick_gelu(&x, &bias).unwrap();
+        gpu.bias_activation(&x, &bias, Activation::QuickGelu).unwrap();
     });
     rows.push(Row { name: format!("bias + quick_gelu fwd, fused {shape}"), bytes: 2.0 * act, seconds: fused });
     let unfused = time(device, reps, || {
@@ -188,7 +189,7 @@ fn bias_gelu_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
     });
     rows.push(Row { name: format!("bias add, then quick_gelu (unfused) {shape}"), bytes: 2.0 * act, seconds: unfused });
     let bwd = time(device, reps, || {
-        gpu.bias_quick_gelu_backward(&x, &bias, &dy).unwrap();
+        gpu.bias_activation_backward(&x, &bias, &dy, Activation::QuickGelu).unwrap();
     });
     rows.push(Row { name: format!("bias + quick_gelu bwd {shape}"), bytes: 3.0 * act, seconds: bwd });
 }

@@ -1,6 +1,7 @@
-// Element-wise kernels (casts, binary and unary ops, the fused bias + QuickGELU that cuBLASLt
-// has no epilogue for), deterministic sums over a middle dimension, and the row-wise softmax
-// and L2 normalisation. All math is fp32; T in {float, bf16} is only the storage format.
+// Element-wise kernels (casts, binary and unary ops, the fused bias + activation, QuickGELU or
+// GELU, that cuBLASLt has no epilogue for), deterministic sums over a middle dimension, and the
+// row-wise softmax and L2 normalisation. All math is fp32; T in {float, bf16} is only the
+// storage format.
 #include "vector_io.cuh"
 
 // ---- Element maps: grid-stride over 16-byte packs, then a scalar tail. Tensors start
@@ -88,17 +89,34 @@ __device__ void binary(const T* a, const T* b, T* out, int n, int period, int op
 
 // ---- Unary ops and their backward; codes as UnaryOp in src/backend/gpu/elementwise.rs. ----
 
-enum UnaryCode { kExp = 0, kLn = 1, kRelu = 2, kQuickGelu = 3, kScale = 4 };
+enum UnaryCode { kExp = 0, kLn = 1, kRelu = 2, kQuickGelu = 3, kScale = 4, kGelu = 5 };
 
 constexpr float kQuickGeluAlpha = 1.702f;
+constexpr float kFrac1Sqrt2 = 0.70710678118654752f;
+constexpr float kFrac1Sqrt2Pi = 0.39894228040143268f;
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
-__device__ __forceinline__ float quick_gelu(float v) { return v * sigmoid(kQuickGeluAlpha * v); }
-// d/dv of v * sigmoid(a v) = s + a v s (1 - s).
-__device__ __forceinline__ float quick_gelu_grad(float v) {
-    const float s = sigmoid(kQuickGeluAlpha * v);
-    return s + kQuickGeluAlpha * v * s * (1.0f - s);
-}
+
+// The MLP activations, value and derivative, as types: the fused bias kernels are templated on
+// them.
+struct QuickGelu {
+    __device__ __forceinline__ static float value(float v) { return v * sigmoid(kQuickGeluAlpha * v); }
+    // d/dv of v * sigmoid(a v) = s + a v s (1 - s).
+    __device__ __forceinline__ static float grad(float v) {
+        const float s = sigmoid(kQuickGeluAlpha * v);
+        return s + kQuickGeluAlpha * v * s * (1.0f - s);
+    }
+};
+
+// The exact GELU (torch.nn.GELU): v Phi(v) = 0.5 v (1 + erf(v / sqrt 2)).
+struct Gelu {
+    __device__ __forceinline__ static float value(float v) { return v * 0.5f * (1.0f + erff(v * kFrac1Sqrt2)); }
+    // Phi(v) + v phi(v).
+    __device__ __forceinline__ static float grad(float v) {
+        const float cdf = 0.5f * (1.0f + erff(v * kFrac1Sqrt2));
+        return cdf + v * kFrac1Sqrt2Pi * expf(-0.5f * v * v);
+    }
+};
 
 template <typename T>
 __device__ void unary(const T* x, T* y, int n, int op, float c) {
@@ -106,7 +124,8 @@ __device__ void unary(const T* x, T* y, int n, int op, float c) {
         case kExp: map1(x, y, n, [](float v) { return expf(v); }); break;
         case kLn: map1(x, y, n, [](float v) { return logf(v); }); break;
         case kRelu: map1(x, y, n, [](float v) { return fmaxf(v, 0.0f); }); break;
-        case kQuickGelu: map1(x, y, n, [](float v) { return quick_gelu(v); }); break;
+        case kQuickGelu: map1(x, y, n, [](float v) { return QuickGelu::value(v); }); break;
+        case kGelu: map1(x, y, n, [](float v) { return Gelu::value(v); }); break;
         default: map1(x, y, n, [c](float v) { return v * c; }); break;
     }
 }
@@ -118,16 +137,17 @@ __device__ void unary_backward(const T* x, const T* y, const T* dy, T* dx, int n
         case kExp: map3(x, y, dy, dx, n, [](float, float v, float g) { return g * v; }); break;
         case kLn: map3(x, y, dy, dx, n, [](float v, float, float g) { return g / v; }); break;
         case kRelu: map3(x, y, dy, dx, n, [](float v, float, float g) { return v > 0.0f ? g : 0.0f; }); break;
-        case kQuickGelu: map3(x, y, dy, dx, n, [](float v, float, float g) { return g * quick_gelu_grad(v); }); break;
+        case kQuickGelu: map3(x, y, dy, dx, n, [](float v, float, float g) { return g * QuickGelu::grad(v); }); break;
+        case kGelu: map3(x, y, dy, dx, n, [](float v, float, float g) { return g * Gelu::grad(v); }); break;
         default: map3(x, y, dy, dx, n, [c](float, float, float g) { return g * c; }); break;
     }
 }
 
-// ---- Bias + QuickGELU: y = quick_gelu(x + bias), bias [width] repeated over the rows. ----
+// ---- Bias + activation: y = Act::value(x + bias), bias [width] repeated over the rows. ----
 
-template <typename T>
-__device__ void bias_quick_gelu(const T* x, const T* bias, T* y, int n, int width) {
-    map2_periodic(x, bias, y, n, width, [](float v, float b) { return quick_gelu(v + b); });
+template <typename Act, typename T>
+__device__ void bias_activation(const T* x, const T* bias, T* y, int n, int width) {
+    map2_periodic(x, bias, y, n, width, [](float v, float b) { return Act::value(v + b); });
 }
 
 // ---- Column sums in row chunks: the deterministic reduction behind sum_middle and d bias. ----
@@ -192,11 +212,11 @@ extern "C" __global__ void sum_middle_f32_to_bf16(const float* x, bf16* out, int
     sum_middle(x, out, outer, n, inner, rows_per_chunk, vec);
 }
 
-// Backward of bias + QuickGELU over [rows, width]: dx = dy * quick_gelu'(x + bias), and the fp32
+// Backward of bias + activation over [rows, width]: dx = dy * Act::grad(x + bias), and the fp32
 // partial column sums of dx per row chunk, [chunks, width], which sum_middle_f32(_to_bf16)
 // reduces to d bias.
-template <typename T, int N>
-__device__ __forceinline__ void bias_quick_gelu_backward_chunks(const T* __restrict__ x, const T* __restrict__ bias,
+template <typename Act, typename T, int N>
+__device__ __forceinline__ void bias_activation_backward_chunks(const T* __restrict__ x, const T* __restrict__ bias,
                                                                 const T* __restrict__ dy, T* __restrict__ dx,
                                                                 float* __restrict__ partial, int rows, int width,
                                                                 int rows_per_chunk) {
@@ -209,7 +229,7 @@ __device__ __forceinline__ void bias_quick_gelu_backward_chunks(const T* __restr
             load_floats<T, N>(x + at, v);
             load_floats<T, N>(dy + at, g);
             for (int k = 0; k < N; ++k) {
-                g[k] *= quick_gelu_grad(v[k] + b[k]);
+                g[k] *= Act::grad(v[k] + b[k]);
                 acc[k] += g[k];
             }
             store_floats<T, N>(dx + at, g);
@@ -218,13 +238,13 @@ __device__ __forceinline__ void bias_quick_gelu_backward_chunks(const T* __restr
     });
 }
 
-template <typename T>
-__device__ void bias_quick_gelu_backward(const T* x, const T* bias, const T* dy, T* dx, float* partial, int rows,
+template <typename Act, typename T>
+__device__ void bias_activation_backward(const T* x, const T* bias, const T* dy, T* dx, float* partial, int rows,
                                          int width, int rows_per_chunk, int vec) {
     if (vec) {
-        bias_quick_gelu_backward_chunks<T, kPack<T>>(x, bias, dy, dx, partial, rows, width, rows_per_chunk);
+        bias_activation_backward_chunks<Act, T, kPack<T>>(x, bias, dy, dx, partial, rows, width, rows_per_chunk);
     } else {
-        bias_quick_gelu_backward_chunks<T, 1>(x, bias, dy, dx, partial, rows, width, rows_per_chunk);
+        bias_activation_backward_chunks<Act, T, 1>(x, bias, dy, dx, partial, rows, width, rows_per_chunk);
     }
 }
 
@@ -291,6 +311,16 @@ __device__ void l2_normalize_backward(const T* y, const float* norms, const T* d
     });
 }
 
+// The fused bias + activation pair of one activation: NAME_SUFFIX and NAME_backward_SUFFIX.
+#define BIAS_ACTIVATION_ENTRY_POINTS(T, SUFFIX, NAME, ACT)                                                             \
+    extern "C" __global__ void NAME##_##SUFFIX(const T* x, const T* bias, T* y, int n, int width) {                    \
+        bias_activation<ACT>(x, bias, y, n, width);                                                                    \
+    }                                                                                                                  \
+    extern "C" __global__ void NAME##_backward_##SUFFIX(const T* x, const T* bias, const T* dy, T* dx, float* partial, \
+                                                        int rows, int width, int rows_per_chunk, int vec) {            \
+        bias_activation_backward<ACT>(x, bias, dy, dx, partial, rows, width, rows_per_chunk, vec);                     \
+    }
+
 // The entry points, stamped out per element type (build.rs lists them after preprocessing).
 #define ELEMENTWISE_ENTRY_POINTS(T, SUFFIX)                                                                            \
     extern "C" __global__ void binary_##SUFFIX(const T* a, const T* b, T* out, int n, int period, int op) {            \
@@ -303,17 +333,11 @@ __device__ void l2_normalize_backward(const T* y, const float* norms, const T* d
                                                        float c) {                                                      \
         unary_backward(x, y, dy, dx, n, op, c);                                                                        \
     }                                                                                                                  \
-    extern "C" __global__ void bias_quick_gelu_##SUFFIX(const T* x, const T* bias, T* y, int n, int width) {           \
-        bias_quick_gelu(x, bias, y, n, width);                                                                         \
-    }                                                                                                                  \
+    BIAS_ACTIVATION_ENTRY_POINTS(T, SUFFIX, bias_quick_gelu, QuickGelu)                                                \
+    BIAS_ACTIVATION_ENTRY_POINTS(T, SUFFIX, bias_gelu, Gelu)                                                           \
     extern "C" __global__ void sum_middle_##SUFFIX(const T* x, T* out, int outer, int n, int inner,                    \
                                                    int rows_per_chunk, int vec) {                                      \
         sum_middle(x, out, outer, n, inner, rows_per_chunk, vec);                                                      \
-    }                                                                                                                  \
-    extern "C" __global__ void bias_quick_gelu_backward_##SUFFIX(const T* x, const T* bias, const T* dy, T* dx,        \
-                                                                 float* partial, int rows, int width,                  \
-                                                                 int rows_per_chunk, int vec) {                        \
-        bias_quick_gelu_backward(x, bias, dy, dx, partial, rows, width, rows_per_chunk, vec);                          \
     }                                                                                                                  \
     extern "C" __global__ void softmax_##SUFFIX(const T* x, T* y, int rows, int d, int vec) {                          \
         softmax(x, y, rows, d, vec);                                                                                   \

@@ -19,19 +19,33 @@ small (under 1 MB) and no size is a multiple of a kernel tile:
   (torch.optim.AdamW: lr 1e-3, betas (0.9, 0.98), eps 1e-6, weight decay 0.2 on tensors of two or
   more dimensions and none on the others, open_clip's split by dimension). The architecture is in
   its metadata (`open_clip_config`) beside the versions that made it.
+- reference_clip_gelu_state.safetensors: the same for the same model with the exact GELU
+  (nn.GELU, `quick_gelu` left at open_clip's default, False, as its plain `ViT-B-32` config
+  leaves it): the activation has no parameters and draws no random numbers, so the same seed
+  gives the same weights (asserted), and reference_clip.safetensors serves both; the same
+  inputs, and the features, loss, gradients and AdamW losses of the GELU model.
 
-open_clip_shapes_vit_b_32_quickgelu.json: every tensor name and shape of open_clip's
-`ViT-B-32-quickgelu` state dict, which the `clip-b32` preset must match one to one.
+open_clip_shapes_vit_b_32_quickgelu.json and open_clip_shapes_vit_b_16_quickgelu.json: every
+tensor name and shape of open_clip's `ViT-B-32-quickgelu` and `ViT-B-16-quickgelu` state dicts,
+which the `clip-b32` and `clip-b16` presets must match one to one (the plain `ViT-B-32` and
+`ViT-B-16` have the same tensors). open_clip_model_configs.json: open_clip's own model configs
+(`model_configs/*.json`) of the four architectures the `clip-b32`, `clip-b32-gelu`, `clip-b16`
+and `clip-b16-gelu` presets are.
+
+safetensors writes its metadata in a per-process hash order, so a file whose tensors and
+metadata are unchanged is left as it is rather than rewritten with other bytes.
 """
 
 import json
+import struct
 import sys
 from pathlib import Path
 
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
-from safetensors.torch import save_file
+from open_clip.transformer import QuickGELU
+from safetensors.torch import save
 
 CONFIG = {
     "embed_dim": 24,
@@ -39,6 +53,8 @@ CONFIG = {
     "vision_cfg": {"image_size": 40, "layers": 2, "width": 48, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 13, "vocab_size": 97, "width": 32, "heads": 2, "layers": 2},
 }
+# The same model with nn.GELU: open_clip's default, as in its plain model configs.
+GELU_CONFIG = {key: value for key, value in CONFIG.items() if key != "quick_gelu"}
 BATCH = 5
 # Token ids: SOT and EOT are the two largest, as in CLIP's vocabulary; 0 pads.
 SOT, EOT = 95, 96
@@ -62,21 +78,45 @@ def loss_of(model, images, text):
     return image_features, text_features, loss
 
 
-def main(out):
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**CONFIG)
-    weights = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
-    metadata = {
-        "open_clip_config": json.dumps(CONFIG),
+def parts(data):
+    """A safetensors file's header, as a dict, and its tensor bytes."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+def save_if_changed(tensors, path, metadata):
+    data = save(tensors, metadata=metadata)
+    if path.exists() and parts(path.read_bytes()) == parts(data):
+        print(f"{path}: unchanged")
+        return
+    path.write_bytes(data)
+    print(f"{path}: written")
+
+
+def metadata_of(config):
+    return {
+        "open_clip_config": json.dumps(config),
         "made_by": "scripts/make_reference_state.py",
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
     }
-    save_file(weights, out / "reference_clip.safetensors", metadata=metadata)
 
+
+def build(config):
+    torch.manual_seed(0)
+    return open_clip.model.CLIP(**config)
+
+
+def activations(model):
+    return {type(block.mlp.gelu) for block in model.transformer.resblocks} | {
+        type(block.mlp.gelu) for block in model.visual.transformer.resblocks
+    }
+
+
+def write_state(model, config, path):
+    """Inputs, features, loss, every gradient and the AdamW losses of `model`, in float64."""
     generator = torch.Generator().manual_seed(1)
-    size = CONFIG["vision_cfg"]["image_size"]
+    size = config["vision_cfg"]["image_size"]
     images = torch.randn(BATCH, 3, size, size, generator=generator, dtype=torch.float64)
     text = tokens(generator)
 
@@ -109,12 +149,38 @@ def main(out):
         loss.backward()
         losses.append(loss.item())
     state["adamw_losses"] = torch.tensor(losses, dtype=torch.float64)
-    save_file({k: v.contiguous() for k, v in state.items()}, out / "reference_clip_state.safetensors", metadata=metadata)
+    save_if_changed({k: v.contiguous() for k, v in state.items()}, path, metadata_of(config))
+    print(f"  loss {state['loss'].item():.12f}, AdamW losses {losses}")
 
-    b32 = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
-    shapes = {name: list(t.shape) for name, t in b32.state_dict().items()}
-    (out / "open_clip_shapes_vit_b_32_quickgelu.json").write_text(json.dumps(shapes, indent=0) + "\n")
-    print(f"loss {state['loss'].item():.12f}, AdamW losses {losses}, written to {out}")
+
+def write_shapes(name, path):
+    model = open_clip.create_model(name, pretrained=None)
+    shapes = {key: list(t.shape) for key, t in model.state_dict().items()}
+    path.write_text(json.dumps(shapes, indent=0) + "\n")
+
+
+def main(out):
+    out.mkdir(parents=True, exist_ok=True)
+    model = build(CONFIG)
+    weights = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
+    save_if_changed(weights, out / "reference_clip.safetensors", metadata_of(CONFIG))
+
+    gelu_model = build(GELU_CONFIG)
+    assert activations(model) == {QuickGELU}, activations(model)
+    assert activations(gelu_model) == {torch.nn.GELU}, activations(gelu_model)
+    assert all(block.mlp.gelu.approximate == "none" for block in gelu_model.transformer.resblocks)
+    gelu_weights = gelu_model.state_dict()
+    assert list(gelu_weights) == list(weights), "the GELU model has other tensors"
+    assert all(torch.equal(gelu_weights[name], t) for name, t in weights.items()), "other weights"
+
+    write_state(model, CONFIG, out / "reference_clip_state.safetensors")
+    write_state(gelu_model, GELU_CONFIG, out / "reference_clip_gelu_state.safetensors")
+
+    write_shapes("ViT-B-32-quickgelu", out / "open_clip_shapes_vit_b_32_quickgelu.json")
+    write_shapes("ViT-B-16-quickgelu", out / "open_clip_shapes_vit_b_16_quickgelu.json")
+    names = ["ViT-B-32-quickgelu", "ViT-B-32", "ViT-B-16-quickgelu", "ViT-B-16"]
+    configs = {name: open_clip.get_model_config(name) for name in names}
+    (out / "open_clip_model_configs.json").write_text(json.dumps(configs, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ mod common;
 
 use common::assert_close;
 use common::gpu::{gpu_devices, on, randn_as, rtol_of};
-use msclip::backend::{self, Backend, BinaryOp, UnaryOp};
+use msclip::backend::{self, Activation, Backend, BinaryOp, UnaryOp};
 use msclip::ops::IGNORE_TARGET;
 use msclip::{DType, Device, Result, Rng, Table, Tensor};
 
@@ -100,7 +100,7 @@ fn binary_ops_with_the_right_operand_repeated() {
 #[test]
 fn unary_ops_and_their_backward() {
     let mut rng = Rng::new(3);
-    let ops = [UnaryOp::Exp, UnaryOp::Ln, UnaryOp::Relu, UnaryOp::QuickGelu, UnaryOp::Scale(-2.5)];
+    let ops = [UnaryOp::Exp, UnaryOp::Ln, UnaryOp::Relu, UnaryOp::QuickGelu, UnaryOp::Gelu, UnaryOp::Scale(-2.5)];
     for dtype in DTYPES {
         for shape in [&[1][..], &[33], &[7, 77], &[2, 16], &[3, 769]] {
             for op in ops {
@@ -119,9 +119,9 @@ fn unary_ops_and_their_backward() {
     }
 }
 
-#[test]
-fn bias_quick_gelu_forward_and_backward() {
-    let mut rng = Rng::new(4);
+/// The kernels `bias_quick_gelu_*` and `bias_gelu_*`, forward and backward.
+fn bias_activation_forward_and_backward(act: Activation, seed: u64) {
+    let mut rng = Rng::new(seed);
     // [300, 3] and [2, 40, 16] have enough rows for d bias to take several row chunks.
     for dtype in DTYPES {
         for shape in [&[1, 1][..], &[3, 5], &[33, 77], &[2, 40, 16], &[300, 3], &[1, 769]] {
@@ -131,12 +131,22 @@ fn bias_quick_gelu_forward_and_backward() {
                 randn_as(&mut rng, &[width], 1.0, dtype),
                 randn_as(&mut rng, shape, 1.0, dtype),
             ];
-            parity(&format!("bias_quick_gelu {shape:?}"), dtype, &inputs, 1e-6, |be, t| {
-                let (dx, dbias) = be.bias_quick_gelu_backward(&t[0], &t[1], &t[2])?;
-                Ok(vec![be.bias_quick_gelu(&t[0], &t[1])?, dx, dbias])
+            parity(&format!("{} {shape:?}", act.bias_op()), dtype, &inputs, 1e-6, |be, t| {
+                let (dx, dbias) = be.bias_activation_backward(&t[0], &t[1], &t[2], act)?;
+                Ok(vec![be.bias_activation(&t[0], &t[1], act)?, dx, dbias])
             });
         }
     }
+}
+
+#[test]
+fn bias_quick_gelu_forward_and_backward() {
+    bias_activation_forward_and_backward(Activation::QuickGelu, 4);
+}
+
+#[test]
+fn bias_gelu_forward_and_backward() {
+    bias_activation_forward_and_backward(Activation::Gelu, 14);
 }
 
 #[test]
@@ -247,7 +257,7 @@ fn f64_inputs_are_refused_with_a_clear_error() {
         be.softmax(&x).err(),
         be.l2_normalize(&x, 1e-6).err(),
         be.cross_entropy(&x, &Table::new(vec![0, 1])).err(),
-        be.bias_quick_gelu(&x, &Tensor::zeros([3], DType::F64).to_device(Device::Emu).unwrap()).err(),
+        be.bias_activation(&x, &Tensor::zeros([3], DType::F64).to_device(Device::Emu).unwrap(), Activation::Gelu).err(),
     ];
     for (i, e) in errors.into_iter().enumerate() {
         let message = e.unwrap_or_else(|| panic!("op {i} accepted f64")).to_string();

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{gradcheck, rand_range, randn};
-use msclip::backend::{AttnMask, ContrastWeights, Conv2dGeometry, LnAffine};
+use msclip::backend::{Activation, AttnMask, ContrastWeights, Conv2dGeometry, LnAffine};
 use msclip::ops::{self, BatchNormMode};
 use msclip::{Rng, Table, Tensor};
 
@@ -67,17 +67,32 @@ fn elementwise_unary() {
         gradcheck("exp", &[x.clone()], |t| t[0].exp());
         gradcheck("relu", &[x.clone()], |t| t[0].relu());
         gradcheck("quick_gelu", &[x.clone()], |t| t[0].quick_gelu());
+        gradcheck("gelu", &[x.clone()], |t| t[0].gelu());
         gradcheck("ln", &[rand_range(&mut r, &shape, 0.5, 3.0)], |t| t[0].ln());
     }
 }
 
 #[test]
-fn bias_quick_gelu_fused() {
+fn bias_activation_fused() {
     let mut r = rng();
-    for shape in [vec![1, 1], vec![3, 5], vec![2, 3, 7]] {
-        let bias = randn(&mut r, &[*shape.last().unwrap()]);
-        gradcheck("bias_quick_gelu", &[randn(&mut r, &shape), bias], |t| t[0].bias_quick_gelu(&t[1]));
+    for act in [Activation::QuickGelu, Activation::Gelu] {
+        for shape in [vec![1, 1], vec![3, 5], vec![2, 3, 7]] {
+            let bias = randn(&mut r, &[*shape.last().unwrap()]);
+            gradcheck(act.bias_op(), &[randn(&mut r, &shape), bias], |t| t[0].bias_activation(&t[1], act));
+        }
     }
+}
+
+/// GELU's curvature is largest near 0 and its tails flatten: inputs spread over [-6, 6] check the
+/// derivative where Phi and x phi(x) trade places, which randn's unit spread samples thinly.
+#[test]
+fn gelu_over_a_wide_range() {
+    let mut r = rng();
+    gradcheck("gelu wide", &[rand_range(&mut r, &[4, 9], -6.0, 6.0)], |t| t[0].gelu());
+    let bias = rand_range(&mut r, &[9], -2.0, 2.0);
+    gradcheck("bias_gelu wide", &[rand_range(&mut r, &[4, 9], -4.0, 4.0), bias], |t| {
+        t[0].bias_activation(&t[1], Activation::Gelu)
+    });
 }
 
 #[test]

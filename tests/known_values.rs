@@ -48,6 +48,44 @@ fn softmax_of_one_two_three() {
     assert_eq!(y.to_f64_vec(), vec![0.0; 3]);
 }
 
+/// The exact GELU, x Phi(x), and its derivative Phi(x) + x phi(x), against values of the
+/// standard normal's cdf and density (mpmath at 30 digits): gelu(1) = Phi(1), gelu(-1) =
+/// -(1 - Phi(1)). QuickGELU differs from them by up to 0.02 (x sigmoid(1.702 x) at 1 is 0.846).
+#[test]
+fn gelu_of_known_points() {
+    let x = [-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0];
+    let values = [
+        -0.004_049_694_094_890_284,
+        -0.158_655_253_931_457_05,
+        -0.154_268_769_362_993_45,
+        0.0,
+        0.345_731_230_637_006_55,
+        0.841_344_746_068_542_9,
+        2.995_950_305_905_11,
+    ];
+    let slopes = [
+        -0.011_945_647_204_183_927,
+        -0.083_315_470_587_686_3,
+        0.132_504_875_343_837_16,
+        0.5,
+        0.867_495_124_656_162_8,
+        1.083_315_470_587_686_3,
+        1.011_945_647_204_184,
+    ];
+    let xs = t(&x, &[7]).set_requires_grad(true);
+    let y = xs.gelu().unwrap();
+    assert_close("gelu", &y.to_f64_vec(), &values, 1e-15, 1e-15);
+    let grads = msclip::autograd::backward(&y.sum_all().unwrap()).unwrap();
+    assert_close("gelu'", &grads.get(&xs).unwrap().to_f64_vec(), &slopes, 1e-15, 1e-15);
+    // The fused op adds the bias first: gelu(x + b) with b = 1 - x is gelu(1) everywhere.
+    let bias: Vec<f64> = x.iter().map(|v| 1.0 - v).collect();
+    let fused = t(&x, &[1, 7]).bias_activation(&t(&bias, &[7]), msclip::backend::Activation::Gelu).unwrap();
+    assert_close("bias_gelu", &fused.to_f64_vec(), &[values[5]; 7], 1e-15, 1e-15);
+    // In f32 (libm's erff): the same values to f32 rounding.
+    let y32 = t(&x, &[7]).to_dtype(DType::F32).unwrap().gelu().unwrap();
+    assert_close("gelu f32", &y32.to_f64_vec(), &values, 1e-7, 1e-6);
+}
+
 #[test]
 fn infonce_two_by_two_by_hand() {
     // img = I, txt rows (0.6, 0.8) and (1, 0), scale exp(ln 2) = 2:

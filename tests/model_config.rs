@@ -1,6 +1,6 @@
 //! Impossible configurations are refused with the reason.
 
-use msclip::model::{ClipModel, Sharing, preset};
+use msclip::model::{Activation, ClipModel, ModelConfig, PRESETS, Sharing, VisionStem, preset};
 
 fn error_of(edit: impl FnOnce(&mut msclip::model::ModelConfig)) -> String {
     let mut config = preset("tiny").unwrap();
@@ -39,4 +39,29 @@ fn a_shallow_cut_keeps_every_branch_stage_at_its_relative_depth() {
     let mut backwards = preset("tiny-msclip-s").unwrap();
     backwards.vision.parallel_branch.as_mut().unwrap().lateral_layers = vec![3, 2];
     assert!(ClipModel::new(backwards).unwrap_err().to_string().contains("must not decrease"));
+}
+
+#[test]
+fn the_activation_is_kebab_case_and_configs_without_it_are_quick_gelu() {
+    let gelu = preset("clip-b32-gelu").unwrap();
+    assert_eq!(gelu.activation, Activation::Gelu);
+    let mut json = serde_json::to_value(&gelu).unwrap();
+    assert_eq!(json["activation"], "gelu");
+    assert_eq!(serde_json::from_value::<ModelConfig>(json.clone()).unwrap(), gelu);
+    // A config written before the option (a run's config.json) reads as QuickGELU, as it trained.
+    json.as_object_mut().unwrap().remove("activation");
+    let old: ModelConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.activation, Activation::QuickGelu);
+    assert_eq!(serde_json::to_value(&old).unwrap()["activation"], "quick-gelu");
+    // Every preset but the -gelu ones keeps QuickGELU.
+    for name in PRESETS {
+        let want = if name.ends_with("-gelu") { Activation::Gelu } else { Activation::QuickGelu };
+        assert_eq!(preset(name).unwrap().activation, want, "{name}");
+    }
+    // The twins differ in the activation only.
+    let plain = preset("clip-b32").unwrap();
+    assert_eq!(ModelConfig { name: plain.name.clone(), activation: Activation::QuickGelu, ..gelu }, plain);
+    let b16 = preset("clip-b16").unwrap();
+    assert_eq!(b16.vision.stem, VisionStem::Patchify { patch: 16 });
+    assert_eq!(ModelConfig { name: plain.name.clone(), vision: plain.vision.clone(), ..b16 }, plain);
 }

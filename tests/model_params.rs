@@ -11,6 +11,11 @@ fn counts(name: &str) -> ParamCounts {
 fn reference_totals() {
     for (name, total) in [
         ("clip-b32", 151_277_313),
+        // open_clip 3.3.0's ViT-B-16-quickgelu: a 16 x 16 patchify conv and 197 positions.
+        ("clip-b16", 149_620_737),
+        // The exact GELU has no parameters: open_clip's ViT-B-32 and ViT-B-16.
+        ("clip-b32-gelu", 151_277_313),
+        ("clip-b16-gelu", 149_620_737),
         ("msclip-b32", 126_285_313),
         ("msclip-es-b32", 128_436_721),
         ("msclip-s-b32", 132_408_001),

@@ -2,8 +2,9 @@
 //! scripts/make_reference_state.py built a small share-nothing CLIP with open_clip's own model
 //! class (open_clip 3.3.0, torch 2.15.0), saved its weights as open_clip's state dict, and
 //! computed in float64 the features, the loss, every parameter's gradient and the losses of three
-//! AdamW steps on fixed inputs (tests/data/). Here the weights come in through the open_clip
-//! importer and the same numbers come out: on the CPU in f64 to rounding, in f32 and on the
+//! AdamW steps on fixed inputs (tests/data/), once with QuickGELU and once with the exact GELU
+//! (the same weights). Here the weights come in through the open_clip importer and the same
+//! numbers come out, for both activations: on the CPU in f64 to rounding, in f32 and on the
 //! emulated GPU within f32 tolerances.
 
 mod common;
@@ -13,17 +14,31 @@ use std::path::Path;
 use common::gpu::model_devices;
 use common::relative_error;
 use msclip::autograd::{self, Gradients};
-use msclip::model::{ClipModel, ModelConfig, TextConfig, TextEncoder, VisionConfig, VisionStem, preset};
+use msclip::model::{Activation, ClipModel, ModelConfig, TextConfig, TextEncoder, VisionConfig, VisionStem, preset};
 use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamStore, Update};
 use msclip::weights::open_clip;
 use msclip::{DType, Device, Rng, Tensor};
 use safetensors::SafeTensors;
 
+/// The weights of both variants (open_clip draws the same ones whatever the activation).
 const WEIGHTS: &str = "tests/data/reference_clip.safetensors";
-const STATE: &str = "tests/data/reference_clip_state.safetensors";
 
-/// The script's CONFIG, as a model config: tiny-clip's layout, narrower, LayerNorm eps 1e-5.
-fn reference_config() -> ModelConfig {
+/// One of the script's models: its activation and the file of its state.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    activation: Activation,
+    state: &'static str,
+}
+
+/// CONFIG (open_clip's QuickGELU) and GELU_CONFIG (nn.GELU) of the script.
+const VARIANTS: [Variant; 2] = [
+    Variant { activation: Activation::QuickGelu, state: "tests/data/reference_clip_state.safetensors" },
+    Variant { activation: Activation::Gelu, state: "tests/data/reference_clip_gelu_state.safetensors" },
+];
+
+/// The script's CONFIG, as a model config: tiny-clip's layout, narrower, LayerNorm eps 1e-5,
+/// with the variant's activation.
+fn reference_config(activation: Activation) -> ModelConfig {
     let mut config = preset("tiny-clip").unwrap();
     config.name = "reference-clip".into();
     config.embed_dim = 24;
@@ -45,6 +60,7 @@ fn reference_config() -> ModelConfig {
         encoder: TextEncoder::Causal,
     };
     config.ln_eps = 1e-5;
+    config.activation = activation;
     config
 }
 
@@ -61,13 +77,13 @@ struct Reference {
 }
 
 fn f64s(file: &SafeTensors, name: &str) -> Vec<f64> {
-    let view = file.tensor(name).unwrap_or_else(|_| panic!("{STATE} has no {name}"));
+    let view = file.tensor(name).unwrap_or_else(|_| panic!("the reference state has no {name}"));
     assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
     view.data().chunks_exact(8).map(|w| f64::from_le_bytes(w.try_into().unwrap())).collect()
 }
 
-fn reference() -> Reference {
-    let bytes = std::fs::read(STATE).unwrap();
+fn reference(variant: Variant) -> Reference {
+    let bytes = std::fs::read(variant.state).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
     let config = &header.metadata().as_ref().unwrap()["open_clip_config"];
@@ -91,9 +107,9 @@ fn reference() -> Reference {
     }
 }
 
-/// The model with open_clip's weights, in `dtype` on `device`.
-fn imported(dtype: DType, device: Device) -> (ClipModel, ParamStore) {
-    let model = ClipModel::new(reference_config()).unwrap();
+/// The variant's model with open_clip's weights, in `dtype` on `device`.
+fn imported(variant: Variant, dtype: DType, device: Device) -> (ClipModel, ParamStore) {
+    let model = ClipModel::new(reference_config(variant.activation)).unwrap();
     let (mut params, _) = model.init_params(&mut Rng::new(99), dtype).unwrap();
     open_clip::load(Path::new(WEIGHTS), &model.config, &mut params).unwrap();
     params.to_device(device).unwrap();
@@ -140,9 +156,17 @@ fn worst_gradient(what: &str, params: &ParamStore, grads: &Gradients, r: &Refere
 
 #[test]
 fn the_architecture_is_the_one_pytorch_built() {
-    let r = reference();
-    let described = open_clip::describe(&reference_config()).unwrap();
-    assert_eq!(described.config, r.open_clip_config, "CLIP(**config) arguments");
+    for variant in VARIANTS {
+        let r = reference(variant);
+        let described = open_clip::describe(&reference_config(variant.activation)).unwrap();
+        assert_eq!(described.config, r.open_clip_config, "{variant:?}: CLIP(**config) arguments");
+    }
+    // The two states are two functions of the same weights and inputs: the features differ.
+    let [quick, exact] = VARIANTS.map(reference);
+    assert_eq!(quick.tokens, exact.tokens);
+    assert_eq!(quick.images.to_f64_vec(), exact.images.to_f64_vec());
+    let apart = relative_error(&exact.image_features, &quick.image_features);
+    assert!(apart > 1e-3, "GELU's features within {apart:.1e} of QuickGELU's");
 }
 
 /// Relative errors allowed against PyTorch's float64 numbers.
@@ -152,10 +176,11 @@ struct Tolerances {
     gradient: f64,
 }
 
-/// Runs the reference batch in `dtype` on `device` and checks features, loss and every gradient.
-fn assert_reproduces(r: &Reference, dtype: DType, device: Device, allowed: Tolerances) {
-    let what = format!("{device} {dtype:?}");
-    let (model, params) = imported(dtype, device);
+/// Runs the variant's reference batch in `dtype` on `device` and checks features, loss and every
+/// gradient.
+fn assert_reproduces(variant: Variant, r: &Reference, dtype: DType, device: Device, allowed: Tolerances) {
+    let what = format!("{:?}, {device} {dtype:?}", variant.activation);
+    let (model, params) = imported(variant, dtype, device);
     let (img, txt, loss, grads) = forward(&model, &params, r, dtype);
     let feature_err = relative_error(&img, &r.image_features).max(relative_error(&txt, &r.text_features));
     assert!(feature_err <= allowed.features, "{what}: features off by {feature_err:.2e}");
@@ -167,19 +192,30 @@ fn assert_reproduces(r: &Reference, dtype: DType, device: Device, allowed: Toler
 
 #[test]
 fn the_cpu_reproduces_pytorchs_features_loss_and_every_gradient() {
-    let r = reference();
-    // f64 throughout: only the order of additions differs from PyTorch's. Measured
-    // (2026-12-06): features 9.9e-16, loss 5.3e-16, worst gradient 2.7e-15 (a LayerNorm gain).
-    assert_reproduces(&r, DType::F64, Device::Cpu, Tolerances { features: 1e-13, loss: 1e-13, gradient: 1e-12 });
-    // f32 weights and arithmetic against the f64 reference: f32 rounding only (measured:
-    // features 3.4e-7, worst gradient 9.1e-7).
-    assert_reproduces(&r, DType::F32, Device::Cpu, Tolerances { features: 5e-6, loss: 1e-5, gradient: 1e-5 });
+    for variant in VARIANTS {
+        let r = reference(variant);
+        // f64 throughout: only the order of additions differs from PyTorch's. Measured
+        // (2026-12-06), QuickGELU: features 9.9e-16, loss 5.3e-16, worst gradient 2.7e-15 (a
+        // LayerNorm gain); GELU: features 9.6e-16, loss 0, worst gradient 3.4e-15 (the same gain).
+        let f64_tol = Tolerances { features: 1e-13, loss: 1e-13, gradient: 1e-12 };
+        assert_reproduces(variant, &r, DType::F64, Device::Cpu, f64_tol);
+        // f32 weights and arithmetic against the f64 reference: f32 rounding only (measured:
+        // QuickGELU features 3.4e-7, worst gradient 9.1e-7; GELU 2.9e-7 and 9.4e-7).
+        let f32_tol = Tolerances { features: 5e-6, loss: 1e-5, gradient: 1e-5 };
+        assert_reproduces(variant, &r, DType::F32, Device::Cpu, f32_tol);
+    }
 }
 
 #[test]
 fn three_adamw_steps_give_pytorchs_losses() {
-    let r = reference();
-    let (model, mut params) = imported(DType::F64, Device::Cpu);
+    for variant in VARIANTS {
+        adamw_steps_give_pytorchs_losses(variant);
+    }
+}
+
+fn adamw_steps_give_pytorchs_losses(variant: Variant) {
+    let r = reference(variant);
+    let (model, mut params) = imported(variant, DType::F64, Device::Cpu);
     let groups = vec![
         ParamGroup { name: "decay".into(), weight_decay: 0.2, lr_scale: 1.0 },
         ParamGroup { name: "no_decay".into(), weight_decay: 0.0, lr_scale: 1.0 },
@@ -191,21 +227,22 @@ fn three_adamw_steps_give_pytorchs_losses() {
         let (_, _, _, grads) = forward(&model, &params, &r, DType::F64);
         optimizer.step(&mut params, None, &grads, Update::at(1e-3)).unwrap();
         let (_, _, loss, _) = forward(&model, &params, &r, DType::F64);
-        eprintln!("AdamW step {}: loss off by {:.1e}", step + 1, (loss - want).abs() / want);
-        assert!(
-            (loss - want).abs() <= 1e-12 * want,
-            "loss after AdamW step {}: {loss} against PyTorch's {want}",
-            step + 1
-        );
+        let what = format!("{:?}: AdamW step {}", variant.activation, step + 1);
+        eprintln!("{what}: loss off by {:.1e}", (loss - want).abs() / want);
+        assert!((loss - want).abs() <= 1e-12 * want, "{what}: loss {loss} against PyTorch's {want}");
     }
 }
 
 #[test]
 fn the_emulated_gpu_reproduces_them_in_f32() {
-    let r = reference();
-    for device in model_devices() {
-        // Measured on the emulator: features 3.2e-7, worst gradient 7.4e-7 (an in_proj weight).
-        assert_reproduces(&r, DType::F32, device, Tolerances { features: 5e-6, loss: 1e-5, gradient: 1e-5 });
+    for variant in VARIANTS {
+        let r = reference(variant);
+        for device in model_devices() {
+            // Measured on the emulator, QuickGELU: features 3.2e-7, worst gradient 7.4e-7 (an
+            // in_proj weight); GELU: features 3.0e-7, worst gradient 6.9e-7 (ln_2.bias).
+            let tol = Tolerances { features: 5e-6, loss: 1e-5, gradient: 1e-5 };
+            assert_reproduces(variant, &r, DType::F32, device, tol);
+        }
     }
 }
 
@@ -213,7 +250,7 @@ fn the_emulated_gpu_reproduces_them_in_f32() {
 fn exporting_the_imported_weights_gives_open_clips_file_back() {
     // What open_clip wrote, through our importer and exporter: every tensor with the same name,
     // shape, dtype and bytes.
-    let (model, params) = imported(DType::F32, Device::Cpu);
+    let (model, params) = imported(VARIANTS[0], DType::F32, Device::Cpu);
     let ours = open_clip::to_bytes(&model.config, &params, safetensors::Dtype::F32).unwrap();
     let theirs = std::fs::read(WEIGHTS).unwrap();
     let (ours, theirs) = (SafeTensors::deserialize(&ours).unwrap(), SafeTensors::deserialize(&theirs).unwrap());
@@ -231,13 +268,35 @@ fn exporting_the_imported_weights_gives_open_clips_file_back() {
 
 #[test]
 fn clip_b32_has_open_clips_tensors_one_to_one() {
-    // open_clip 3.3.0's ViT-B-32-quickgelu state dict, every name and shape (written by the script).
-    let text = std::fs::read_to_string("tests/data/open_clip_shapes_vit_b_32_quickgelu.json").unwrap();
-    let theirs: std::collections::BTreeMap<String, Vec<usize>> = serde_json::from_str(&text).unwrap();
-    let model = ClipModel::new(preset("clip-b32").unwrap()).unwrap();
-    let ours = open_clip::expected_tensors(model.spec.params.iter().map(|p| (p.name.as_str(), p.shape.as_slice())));
-    let ours: std::collections::BTreeMap<String, Vec<usize>> = ours.into_iter().map(|e| (e.name, e.shape)).collect();
-    assert_eq!(ours.len(), 302);
-    assert_eq!(ours, theirs);
-    assert_eq!(open_clip::describe(&model.config).unwrap().name, Some("ViT-B-32-quickgelu"));
+    // open_clip 3.3.0's ViT-B-32-quickgelu and ViT-B-16-quickgelu state dicts, every name and
+    // shape (written by the script); the plain ViT-B-32 / ViT-B-16 have the same tensors.
+    for (preset_name, shapes) in [("clip-b32", "vit_b_32_quickgelu"), ("clip-b16", "vit_b_16_quickgelu")] {
+        let text = std::fs::read_to_string(format!("tests/data/open_clip_shapes_{shapes}.json")).unwrap();
+        let theirs: std::collections::BTreeMap<String, Vec<usize>> = serde_json::from_str(&text).unwrap();
+        let model = ClipModel::new(preset(preset_name).unwrap()).unwrap();
+        let ours = open_clip::expected_tensors(model.spec.params.iter().map(|p| (p.name.as_str(), p.shape.as_slice())));
+        let ours: std::collections::BTreeMap<String, Vec<usize>> =
+            ours.into_iter().map(|e| (e.name, e.shape)).collect();
+        assert_eq!(ours.len(), 302, "{preset_name}");
+        assert_eq!(ours, theirs, "{preset_name}");
+    }
+    // open_clip 3.3.0's model_configs/*.json of the four (written by the script).
+    let text = std::fs::read_to_string("tests/data/open_clip_model_configs.json").unwrap();
+    let configs: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (preset_name, open_clip_name, quick_gelu) in [
+        ("clip-b32", "ViT-B-32-quickgelu", Some(true)),
+        ("clip-b32-gelu", "ViT-B-32", None),
+        ("clip-b16", "ViT-B-16-quickgelu", Some(true)),
+        ("clip-b16-gelu", "ViT-B-16", None),
+    ] {
+        let described = open_clip::describe(&preset(preset_name).unwrap()).unwrap();
+        assert_eq!(described.name, Some(open_clip_name), "{preset_name}");
+        // The key only in the -quickgelu configs, as open_clip's files have it.
+        assert_eq!(described.config.get("quick_gelu").and_then(|v| v.as_bool()), quick_gelu, "{preset_name}");
+        // Ours writes out head_width, at open_clip's default (64); otherwise open_clip's file.
+        let mut ours = described.config.clone();
+        let head_width = ours["vision_cfg"].as_object_mut().unwrap().remove("head_width");
+        assert_eq!(head_width, Some(serde_json::json!(64)), "{preset_name}");
+        assert_eq!(ours, configs[open_clip_name], "{preset_name}: open_clip's {open_clip_name}.json");
+    }
 }

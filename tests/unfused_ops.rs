@@ -9,7 +9,7 @@ use common::gpu::{model_devices, on, randn_as};
 use common::{assert_close, assert_gradients_match, captions_ending_at, randn, relative_error};
 use msclip::autograd::{self, Gradients};
 use msclip::backend::ContrastWeights;
-use msclip::backend::{AttnMask, SegmentMask};
+use msclip::backend::{Activation, AttnMask, SegmentMask};
 use msclip::model::{ClipModel, preset};
 use msclip::ops::flops;
 use msclip::ops::fusion::{Fusion, is_off, unfused};
@@ -159,17 +159,21 @@ fn unfused_residual_layer_norm_and_bias_gelu_match_the_fused_kernels() {
         let (sum, y) = x[0].add_layer_norm(&x[1], &x[2], &x[3], 1e-5)?;
         msclip::ops::concat(&[&sum, &y], 0)
     };
-    let bias_gelu = |x: &[Tensor]| x[0].bias_quick_gelu(&x[1]);
+    let bias_quick_gelu = |x: &[Tensor]| x[0].bias_activation(&x[1], Activation::QuickGelu);
+    let bias_gelu = |x: &[Tensor]| x[0].bias_activation(&x[1], Activation::Gelu);
     let ln_inputs = [x.clone(), residual, gamma, beta.clone()];
     let gelu_inputs = [x, beta];
     type Op<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
-    let cases: [(Fusion, &[Tensor], Op); 2] =
-        [(Fusion::ResidualLayerNorm, &ln_inputs, &add_ln), (Fusion::BiasGelu, &gelu_inputs, &bias_gelu)];
-    for (fusion, inputs, f) in cases {
-        assert_same(&format!("cpu f64, {fusion:?}"), both_ways(fusion, inputs, f), F64_TOL);
+    let cases: [(&str, Fusion, &[Tensor], Op); 3] = [
+        ("add_layer_norm", Fusion::ResidualLayerNorm, &ln_inputs, &add_ln),
+        ("bias_quick_gelu", Fusion::BiasGelu, &gelu_inputs, &bias_quick_gelu),
+        ("bias_gelu", Fusion::BiasGelu, &gelu_inputs, &bias_gelu),
+    ];
+    for (op, fusion, inputs, f) in cases {
+        assert_same(&format!("cpu f64, {op}"), both_ways(fusion, inputs, f), F64_TOL);
         for device in model_devices() {
             let inputs: Vec<Tensor> = inputs.iter().map(|t| on(t, device, DType::F32)).collect();
-            assert_same(&format!("{device} f32, {fusion:?}"), both_ways(fusion, &inputs, f), F32_TOL);
+            assert_same(&format!("{device} f32, {op}"), both_ways(fusion, &inputs, f), F32_TOL);
         }
     }
 }

@@ -32,6 +32,46 @@ pub enum UnaryOp {
     QuickGelu,
     /// Multiplication by a constant.
     Scale(f64),
+    /// The exact GELU, `x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (torch.nn.GELU).
+    Gelu,
+}
+
+/// The activation of a transformer MLP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`: OpenAI CLIP's, open_clip's `-quickgelu` models.
+    #[default]
+    QuickGelu,
+    /// The exact GELU (torch.nn.GELU): open_clip's plain `ViT-B-32`, `ViT-B-16`.
+    Gelu,
+}
+
+impl Activation {
+    /// The element-wise op.
+    pub fn unary(self) -> UnaryOp {
+        match self {
+            Activation::QuickGelu => UnaryOp::QuickGelu,
+            Activation::Gelu => UnaryOp::Gelu,
+        }
+    }
+
+    /// The name of the fused bias + activation op: its tape and timing name, and its kernels'
+    /// base name.
+    pub fn bias_op(self) -> &'static str {
+        match self {
+            Activation::QuickGelu => "bias_quick_gelu",
+            Activation::Gelu => "bias_gelu",
+        }
+    }
+
+    /// The name of its backward.
+    pub fn bias_op_backward(self) -> &'static str {
+        match self {
+            Activation::QuickGelu => "bias_quick_gelu_backward",
+            Activation::Gelu => "bias_gelu_backward",
+        }
+    }
 }
 
 /// Which keys a query may attend to. Combinations are allowed: causal plus key padding, either
@@ -498,12 +538,18 @@ pub trait Backend: Send + Sync {
     /// dL/dx given x, y = op(x) and dL/dy.
     fn unary_backward(&self, op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor>;
 
-    /// `quick_gelu(x + bias)` with `bias` [width] repeated over the rows of `x` [.., width]: the
-    /// activation of CLIP's MLP fused with the bias of the GEMM before it (cuBLASLt has no
-    /// QuickGELU epilogue).
-    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
+    /// `act(x + bias)` with `bias` [width] repeated over the rows of `x` [.., width]: the
+    /// activation of a transformer MLP fused with the bias of the GEMM before it (cuBLASLt has
+    /// no QuickGELU epilogue).
+    fn bias_activation(&self, x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor>;
     /// Returns (d x, d bias); d bias sums over the rows in a fixed order.
-    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+    fn bias_activation_backward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+    ) -> Result<(Tensor, Tensor)>;
 
     /// Views `x` as [outer, n, inner] and sums over the middle: returns [outer, inner].
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor>;

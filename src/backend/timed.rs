@@ -12,8 +12,8 @@ use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use super::{
-    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
+    Activation, AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut,
+    InfoNcePartial, InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Device, Table, Tensor};
@@ -219,12 +219,19 @@ impl Backend for Timed {
         self.timed(OpKind::Elementwise, "unary_backward", || self.inner.unary_backward(op, x, y, dy))
     }
 
-    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        self.timed(OpKind::Elementwise, "bias_quick_gelu", || self.inner.bias_quick_gelu(x, bias))
+    fn bias_activation(&self, x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+        self.timed(OpKind::Elementwise, act.bias_op(), || self.inner.bias_activation(x, bias, act))
     }
 
-    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.timed(OpKind::Elementwise, "bias_quick_gelu_backward", || self.inner.bias_quick_gelu_backward(x, bias, dy))
+    fn bias_activation_backward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+    ) -> Result<(Tensor, Tensor)> {
+        let name = act.bias_op_backward();
+        self.timed(OpKind::Elementwise, name, || self.inner.bias_activation_backward(x, bias, dy, act))
     }
 
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {

@@ -5,7 +5,7 @@
 
 use super::{Case, Outputs, output};
 use crate::backend::gpu::{AttnTiles, GpuBackend};
-use crate::backend::{self, AttnMask, Backend, ContrastWeights, InfoNceShard, SegmentMask};
+use crate::backend::{self, Activation, AttnMask, Backend, ContrastWeights, InfoNceShard, SegmentMask};
 use crate::error::Result;
 use crate::ops::IGNORE_TARGET;
 use crate::tensor::{DType, Device, Rng, Table, Tensor};
@@ -30,6 +30,7 @@ pub(super) fn cases() -> Vec<Case> {
         Case::new("batchnorm eval", batchnorm_eval),
         Case::new("ema update", ema_update),
         Case::new("softmax", softmax),
+        Case::new("bias + GELU", bias_gelu),
         Case::new("cross-entropy", cross_entropy),
         Case::new("layout 16-, 4- and 2-byte units", layout_units),
     ]);
@@ -209,6 +210,31 @@ fn softmax() -> Result<Outputs> {
             let y = be.softmax(&x)?;
             let dx = be.softmax_backward(&y, &dy)?;
             outputs.extend([output(format!("{dtype} {width} y"), &y)?, output(format!("{dtype} {width} dx"), &dx)?]);
+        }
+    }
+    Ok(outputs)
+}
+
+/// The fused bias + exact GELU, forward and backward (the tiny presets' MLPs use QuickGELU): rows
+/// enough for d bias to take several row chunks, at a width of whole 128-bit packs and at an odd
+/// one.
+fn bias_gelu() -> Result<Outputs> {
+    let be = backend::get(Device::Emu);
+    let mut rng = Rng::new(SEED);
+    let mut outputs = Vec::new();
+    for dtype in DTYPES {
+        for [rows, width] in [[70, 24], [40, 7]] {
+            let x = input(&mut rng, &[rows, width], dtype)?;
+            let bias = input(&mut rng, &[width], dtype)?;
+            let dy = input(&mut rng, &[rows, width], dtype)?;
+            let y = be.bias_activation(&x, &bias, Activation::Gelu)?;
+            let (dx, dbias) = be.bias_activation_backward(&x, &bias, &dy, Activation::Gelu)?;
+            let label = format!("{dtype} {rows}x{width}");
+            outputs.extend([
+                output(format!("{label} y"), &y)?,
+                output(format!("{label} dx"), &dx)?,
+                output(format!("{label} dbias"), &dbias)?,
+            ]);
         }
     }
     Ok(outputs)

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend::Activation;
 use crate::error::{Error, Result};
 
 /// What the image and text transformers share.
@@ -103,6 +104,10 @@ pub struct ModelConfig {
     pub text: TextConfig,
     pub sharing: Sharing,
     pub init: InitStyle,
+    /// The transformer MLPs' activation: QuickGELU (OpenAI CLIP, MS-CLIP; configs from before
+    /// the choice) or the exact GELU (open_clip's plain ViT-B-32 / ViT-B-16).
+    #[serde(default)]
+    pub activation: Activation,
     /// LayerNorm eps: 1e-12 in MS-CLIP, 1e-5 in CLIP.
     pub ln_eps: f64,
     /// BatchNorm eps of the stem, branch stage 0 and adapters (1e-5), and of the branch's

@@ -17,7 +17,9 @@ mod transformer;
 mod vision;
 
 pub use builder::{BufferId, Buffers, Init, ModelSpec, ParamSpec, Role};
-pub use config::{InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem};
+pub use config::{
+    Activation, InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem,
+};
 pub use convnet::Mode;
 pub use count::ParamCounts;
 pub use fused::ModalityFusion;
@@ -55,7 +57,14 @@ impl ClipModel {
         config.validate()?;
         let mut spec = ModelSpec::default();
         let (v, t) = (&config.vision, &config.text);
-        let shape = |width, heads, depth| BlockShape { width, heads, depth, ln_eps: config.ln_eps, init: config.init };
+        let shape = |width, heads, depth| BlockShape {
+            width,
+            heads,
+            depth,
+            ln_eps: config.ln_eps,
+            init: config.init,
+            activation: config.activation,
+        };
         let v_shape = shape(v.width, v.heads, v.layers);
         let t_shape = shape(t.width, t.heads, t.layers);
 

@@ -3,7 +3,7 @@
 //! ablations of the sharing modes.
 
 use super::config::{
-    InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem,
+    Activation, InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem,
 };
 use crate::error::{Error, Result};
 
@@ -15,6 +15,9 @@ pub const PRESETS: &[&str] = &[
     "tiny-msclip-s",
     "tiny-oner",
     "clip-b32",
+    "clip-b32-gelu",
+    "clip-b16",
+    "clip-b16-gelu",
     "msclip-b32",
     "msclip-es-b32",
     "msclip-s-b32",
@@ -32,7 +35,12 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
         "tiny-msclip" => tiny(name, Sharing::AttnMlp, false, false),
         "tiny-msclip-s" => tiny(name, Sharing::AttnMlp, true, true),
         "tiny-oner" => one_tower(tiny(name, Sharing::All, false, false)),
-        "clip-b32" => clip_b32(),
+        "clip-b32" => clip_vit_b(name, 32, Activation::QuickGelu),
+        // open_clip's plain ViT-B-32, the architecture of the LAION-trained weights.
+        "clip-b32-gelu" => clip_vit_b(name, 32, Activation::Gelu),
+        // open_clip's ViT-B-16-quickgelu (OpenAI's ViT-B/16) and plain ViT-B-16.
+        "clip-b16" => clip_vit_b(name, 16, Activation::QuickGelu),
+        "clip-b16-gelu" => clip_vit_b(name, 16, Activation::Gelu),
         "msclip-b32" => msclip_b32(name, false, None),
         "msclip-es-b32" => msclip_b32(name, true, None),
         "msclip-s-b32" => msclip_b32(name, true, Some(branch_b32())),
@@ -96,6 +104,7 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
         },
         sharing,
         init: InitStyle::MsClip,
+        activation: Activation::QuickGelu,
         ln_eps: 1e-12,
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-6,
@@ -109,17 +118,18 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
     }
 }
 
-/// OpenAI's ViT-B/32: 151,277,313 parameters.
-fn clip_b32() -> ModelConfig {
+/// OpenAI's ViT-B/32 (151,277,313 parameters) and, with 16 px patches, ViT-B/16 (149,620,737);
+/// with QuickGELU, or with the exact GELU as open_clip's plain `ViT-B-32` / `ViT-B-16`.
+fn clip_vit_b(name: &str, patch: usize, activation: Activation) -> ModelConfig {
     ModelConfig {
-        name: "clip-b32".into(),
+        name: name.into(),
         embed_dim: 512,
         vision: VisionConfig {
             image_size: 224,
             width: 768,
             layers: 12,
             heads: 12,
-            stem: VisionStem::Patchify { patch: 32 },
+            stem: VisionStem::Patchify { patch },
             parallel_branch: None,
         },
         text: TextConfig {
@@ -133,6 +143,7 @@ fn clip_b32() -> ModelConfig {
         },
         sharing: Sharing::None,
         init: InitStyle::OpenAiClip,
+        activation,
         ln_eps: 1e-5,
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-5,
@@ -166,6 +177,7 @@ fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<Pa
         },
         sharing: Sharing::AttnMlp,
         init: InitStyle::MsClip,
+        activation: Activation::QuickGelu,
         ln_eps: 1e-12,
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-6,

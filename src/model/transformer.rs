@@ -2,7 +2,7 @@
 
 use super::builder::{Init, ModelSpec, Role};
 use super::config::InitStyle;
-use crate::backend::{AttnMask, LnAffine};
+use crate::backend::{Activation, AttnMask, LnAffine};
 use crate::error::{Error, Result};
 use crate::nn::{ParamId, ParamStore};
 use crate::ops;
@@ -122,10 +122,10 @@ impl Linear {
         x.linear(p.get(self.weight), Some(p.get(self.bias)))
     }
 
-    /// `quick_gelu(forward(x))`, with the bias added inside the activation: one fused kernel on
-    /// the GPU, since cuBLASLt has no QuickGELU epilogue to fuse it into the product.
-    pub fn forward_quick_gelu(&self, p: &ParamStore, x: &Tensor) -> Result<Tensor> {
-        x.linear(p.get(self.weight), None)?.bias_quick_gelu(p.get(self.bias))
+    /// `act(forward(x))`, with the bias added inside the activation: one fused kernel on the
+    /// GPU, since cuBLASLt has no QuickGELU epilogue to fuse it into the product.
+    pub fn forward_activation(&self, p: &ParamStore, x: &Tensor, act: Activation) -> Result<Tensor> {
+        x.linear(p.get(self.weight), None)?.bias_activation(p.get(self.bias), act)
     }
 }
 
@@ -138,19 +138,14 @@ pub struct AttnMlp {
     c_fc: Linear,
     c_proj: Linear,
     heads: usize,
+    /// The MLP's activation.
+    activation: Activation,
 }
 
 impl AttnMlp {
-    fn new(
-        spec: &mut ModelSpec,
-        name: &str,
-        width: usize,
-        heads: usize,
-        depth: usize,
-        style: InitStyle,
-        role: Role,
-    ) -> Self {
-        let inits = BlockInits::new(style, width, depth);
+    fn new(spec: &mut ModelSpec, name: &str, shape: BlockShape, role: Role) -> Self {
+        let BlockShape { width, heads, depth, init, activation, .. } = shape;
+        let inits = BlockInits::new(init, width, depth);
         AttnMlp {
             in_proj_weight: spec.param(format!("{name}.attn.in_proj_weight"), &[3 * width, width], inits.in_proj, role),
             in_proj_bias: spec.param(format!("{name}.attn.in_proj_bias"), &[3 * width], Init::Zeros, role),
@@ -158,6 +153,7 @@ impl AttnMlp {
             c_fc: Linear::new(spec, &format!("{name}.mlp.c_fc"), (width, 4 * width), inits.c_fc, role),
             c_proj: Linear::new(spec, &format!("{name}.mlp.c_proj"), (4 * width, width), inits.c_proj, role),
             heads,
+            activation,
         }
     }
 
@@ -174,7 +170,7 @@ impl AttnMlp {
     }
 
     fn mlp(&self, p: &ParamStore, h: &Tensor) -> Result<Tensor> {
-        self.c_proj.forward(p, &self.c_fc.forward_quick_gelu(p, h)?)
+        self.c_proj.forward(p, &self.c_fc.forward_activation(p, h, self.activation)?)
     }
 }
 
@@ -220,7 +216,7 @@ pub struct Block {
     weights: AttnMlp,
 }
 
-/// Dimensions and init of the blocks of one transformer.
+/// Dimensions, init and MLP activation of the blocks of one transformer.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockShape {
     pub width: usize,
@@ -228,6 +224,7 @@ pub struct BlockShape {
     pub depth: usize,
     pub ln_eps: f64,
     pub init: InitStyle,
+    pub activation: Activation,
 }
 
 impl Block {
@@ -236,7 +233,7 @@ impl Block {
     pub fn new(spec: &mut ModelSpec, name: &str, shape: BlockShape, (ln_role, weight_role): (Role, Role)) -> Self {
         Block {
             ln_1: LayerNorm::new(spec, &format!("{name}.ln_1"), shape.width, shape.ln_eps, ln_role),
-            weights: AttnMlp::new(spec, name, shape.width, shape.heads, shape.depth, shape.init, weight_role),
+            weights: AttnMlp::new(spec, name, shape, weight_role),
             ln_2: LayerNorm::new(spec, &format!("{name}.ln_2"), shape.width, shape.ln_eps, ln_role),
         }
     }
@@ -315,7 +312,14 @@ mod tests {
     use crate::model::packing::CaptionPacking;
     use crate::tensor::{DType, Rng};
 
-    const SHAPE: BlockShape = BlockShape { width: 8, heads: 2, depth: 2, ln_eps: 1e-5, init: InitStyle::MsClip };
+    const SHAPE: BlockShape = BlockShape {
+        width: 8,
+        heads: 2,
+        depth: 2,
+        ln_eps: 1e-5,
+        init: InitStyle::MsClip,
+        activation: Activation::QuickGelu,
+    };
 
     /// A block's output rows kept by `pooled`, and the gradients of a random weighting of them
     /// with respect to the input and every parameter (in registration order).

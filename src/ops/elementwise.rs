@@ -3,7 +3,7 @@
 use super::fusion::{self, Fusion};
 use super::{be, check_same_kind};
 use crate::autograd::record1;
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{Activation, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -55,24 +55,42 @@ impl Tensor {
         unary("quick_gelu", UnaryOp::QuickGelu, self)
     }
 
-    /// `quick_gelu(self + bias)` with `bias` [width] added to every row of `self` [.., width]:
-    /// the MLP activation fused with the bias before it (one kernel on the GPU).
+    /// The exact GELU, `x Phi(x) = 0.5 x (1 + erf(x / sqrt 2))` (torch.nn.GELU).
+    pub fn gelu(&self) -> Result<Tensor> {
+        unary("gelu", UnaryOp::Gelu, self)
+    }
+
+    /// `act(self)`.
+    pub fn activation(&self, act: Activation) -> Result<Tensor> {
+        match act {
+            Activation::QuickGelu => self.quick_gelu(),
+            Activation::Gelu => self.gelu(),
+        }
+    }
+
+    /// `quick_gelu(self + bias)`: [`Tensor::bias_activation`] with QuickGELU.
     pub fn bias_quick_gelu(&self, bias: &Tensor) -> Result<Tensor> {
-        const OP: &str = "bias_quick_gelu";
-        check_same_kind(OP, &[self, bias])?;
+        self.bias_activation(bias, Activation::QuickGelu)
+    }
+
+    /// `act(self + bias)` with `bias` [width] added to every row of `self` [.., width]: the MLP
+    /// activation fused with the bias before it (one kernel on the GPU).
+    pub fn bias_activation(&self, bias: &Tensor, act: Activation) -> Result<Tensor> {
+        let op = act.bias_op();
+        check_same_kind(op, &[self, bias])?;
         if self.rank() == 0 || bias.rank() != 1 || self.shape().last() != bias.numel() {
             return Err(Error::shape(
-                OP,
+                op,
                 format!("bias {} for input {}: bias must be [last dim]", bias.shape(), self.shape()),
             ));
         }
         if fusion::is_off(Fusion::BiasGelu) {
-            return self.add_broadcast(bias)?.quick_gelu();
+            return self.add_broadcast(bias)?.activation(act);
         }
-        let y = be(self).bias_quick_gelu(self, bias)?;
+        let y = be(self).bias_activation(self, bias, act)?;
         let (x_saved, bias_saved) = (self.clone(), bias.clone());
-        Ok(record1(OP, &[self, bias], y, move |dy, needs| {
-            let (dx, dbias) = be(dy).bias_quick_gelu_backward(&x_saved, &bias_saved, dy)?;
+        Ok(record1(op, &[self, bias], y, move |dy, needs| {
+            let (dx, dbias) = be(dy).bias_activation_backward(&x_saved, &bias_saved, dy, act)?;
             Ok(vec![needs[0].then_some(dx), needs[1].then_some(dbias)])
         }))
     }

@@ -15,8 +15,8 @@ pub enum Fusion {
     /// `add_layer_norm`: the residual add and the LayerNorm in one kernel; unfused, an `add`
     /// then a `layer_norm`.
     ResidualLayerNorm,
-    /// `bias_quick_gelu`: the MLP's bias and activation in one kernel; unfused, an
-    /// `add_broadcast` then a `quick_gelu`.
+    /// `bias_activation` (`bias_quick_gelu`, `bias_gelu`): the MLP's bias and activation in one
+    /// kernel; unfused, an `add_broadcast` then the activation (`quick_gelu` or `gelu`).
     BiasGelu,
     /// `infonce`: the tiled contrastive loss that never stores the logits; unfused, a logits
     /// GEMM, the temperature and two cross-entropies over the stored [n, n] logits.

@@ -58,6 +58,8 @@ pub trait Real:
     /// e^x in a form the compiler vectorises, for the hot loops (activations, softmax).
     /// f64 keeps the exact `exp`, so gradient checks in f64 see no approximation.
     fn fast_exp(self) -> Self;
+    /// The error function (libm's; Rust's std has none), for the exact GELU.
+    fn erf(self) -> Self;
 }
 
 impl Real for f32 {
@@ -82,6 +84,9 @@ impl Real for f32 {
     }
     fn fast_exp(self) -> Self {
         exp_f32(self)
+    }
+    fn erf(self) -> Self {
+        libm::erff(self)
     }
 }
 
@@ -129,5 +134,8 @@ impl Real for f64 {
     }
     fn fast_exp(self) -> Self {
         self.exp()
+    }
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
 }

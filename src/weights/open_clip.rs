@@ -1,11 +1,11 @@
 //! open_clip's state dict, for the share-nothing models (CLIP's two towers with a patchify
-//! stem: `clip-b32`, `tiny-clip`). Our parameter names were chosen as open_clip's
-//! (`visual.conv1.weight`, `transformer.resblocks.N.attn.in_proj_weight`, ...) and every
-//! weight is stored in PyTorch's layout (linear weights [out, in], the projections
-//! [width, embed_dim]), so the mapping is the identity except for `logit_scale`, a 0-d tensor
-//! in open_clip and [1] here. open_clip's CLIP has no other persistent tensor (its causal
-//! `attn_mask` is a non-persistent buffer), so `model.load_state_dict` takes a written file
-//! with `strict=True`. docs/interop.md has the table and the Python that loads a file.
+//! stem: `clip-b32`, `clip-b16` and their `-gelu` twins, `tiny-clip`). Our parameter names were
+//! chosen as open_clip's (`visual.conv1.weight`, `transformer.resblocks.N.attn.in_proj_weight`,
+//! ...) and every weight is stored in PyTorch's layout (linear weights [out, in], the
+//! projections [width, embed_dim]), so the mapping is the identity except for `logit_scale`, a
+//! 0-d tensor in open_clip and [1] here. open_clip's CLIP has no other persistent tensor (its
+//! causal `attn_mask` is a non-persistent buffer), so `model.load_state_dict` takes a written
+//! file with `strict=True`. docs/interop.md has the table and the Python that loads a file.
 //!
 //! What open_clip cannot hold is refused with the reason: shared weights (MS-CLIP, a single
 //! tower), conv stems and the parallel branch, a [CLS]-read bidirectional text tower, type
@@ -22,7 +22,7 @@ use super::values;
 use crate::error::{Error, Result};
 use crate::files::safetensors_out::{Entry, serialize};
 use crate::files::write_atomically;
-use crate::model::{ModelConfig, Sharing, TextEncoder, VisionStem};
+use crate::model::{Activation, ModelConfig, Sharing, TextEncoder, VisionStem};
 use crate::nn::ParamStore;
 use crate::tensor::Tensor;
 
@@ -42,18 +42,29 @@ pub struct OpenClipModel {
     pub layer_norm_eps: f64,
 }
 
-/// open_clip's registered architectures our presets reproduce, as `CLIP(**config)` arguments
-/// (open_clip's `model_configs/*.json`; `head_width` is its default, 64).
-fn registered() -> [(&'static str, serde_json::Value); 1] {
-    [(
-        "ViT-B-32-quickgelu",
-        json!({
+/// open_clip's registered architectures our presets reproduce (`clip-b32`, `clip-b32-gelu`,
+/// `clip-b16`, `clip-b16-gelu`), as `CLIP(**config)` arguments: open_clip's
+/// `model_configs/*.json`, which carry `quick_gelu: true` in the `-quickgelu` models only (its
+/// default is false, nn.GELU), with `head_width` written out at its default, 64, as
+/// [`describe`] writes it.
+fn registered() -> [(&'static str, serde_json::Value); 4] {
+    let vit_b = |patch: usize, quick_gelu: bool| {
+        let mut config = json!({
             "embed_dim": 512,
-            "quick_gelu": true,
-            "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32, "head_width": 64},
+            "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": patch, "head_width": 64},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
-        }),
-    )]
+        });
+        if quick_gelu {
+            config["quick_gelu"] = json!(true);
+        }
+        config
+    };
+    [
+        ("ViT-B-32-quickgelu", vit_b(32, true)),
+        ("ViT-B-32", vit_b(32, false)),
+        ("ViT-B-16-quickgelu", vit_b(16, true)),
+        ("ViT-B-16", vit_b(16, false)),
+    ]
 }
 
 /// The open_clip architecture of `config`, or why open_clip has none.
@@ -84,10 +95,8 @@ pub fn describe(config: &ModelConfig) -> Result<OpenClipModel> {
         return refuse("it carries masked-modelling heads");
     }
     let (v, t) = (&config.vision, &config.text);
-    let arguments = json!({
+    let mut arguments = json!({
         "embed_dim": config.embed_dim,
-        // Every model here uses QuickGELU, OpenAI's activation (open_clip's `-quickgelu` models).
-        "quick_gelu": true,
         "vision_cfg": {
             "image_size": v.image_size,
             "layers": v.layers,
@@ -103,6 +112,11 @@ pub fn describe(config: &ModelConfig) -> Result<OpenClipModel> {
             "layers": t.layers,
         },
     });
+    // QuickGELU is open_clip's `-quickgelu` models; without the key open_clip builds nn.GELU,
+    // the exact GELU, as its plain model configs do.
+    if config.activation == Activation::QuickGelu {
+        arguments["quick_gelu"] = json!(true);
+    }
     let same_eps = config.ln_eps == OPEN_CLIP_LAYER_NORM_EPS;
     let name = registered().into_iter().find(|(_, known)| same_eps && *known == arguments).map(|(name, _)| name);
     Ok(OpenClipModel { name, config: arguments, layer_norm_eps: config.ln_eps })

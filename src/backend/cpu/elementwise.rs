@@ -4,7 +4,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{Activation, BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::tensor::{CpuStorage, DType, Real, Storage, Tensor};
 
@@ -120,6 +120,23 @@ fn quick_gelu_grad<T: Real>(v: T) -> T {
     s + alpha * v * s * (T::one() - s)
 }
 
+/// 1 / sqrt(2).
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi), the standard normal density at 0.
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// The exact GELU, v Phi(v) = v 0.5 (1 + erf(v / sqrt 2)), in PyTorch's order of operations.
+fn gelu<T: Real>(v: T) -> T {
+    v * T::of(0.5) * (T::one() + (v * T::of(FRAC_1_SQRT_2)).erf())
+}
+
+/// d/dv of v Phi(v) = Phi(v) + v phi(v).
+fn gelu_grad<T: Real>(v: T) -> T {
+    let cdf = T::of(0.5) * (T::one() + (v * T::of(FRAC_1_SQRT_2)).erf());
+    let pdf = T::of(FRAC_1_SQRT_2PI) * (v * v * T::of(-0.5)).fast_exp();
+    cdf + v * pdf
+}
+
 pub fn unary<T: Real>(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let xs = x.cpu_slice::<T>()?;
     let out = match op {
@@ -127,6 +144,7 @@ pub fn unary<T: Real>(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
         UnaryOp::Ln => map(xs, |v| v.ln()),
         UnaryOp::Relu => map(xs, |v| v.max(T::zero())),
         UnaryOp::QuickGelu => map(xs, quick_gelu),
+        UnaryOp::Gelu => map(xs, gelu),
         UnaryOp::Scale(c) => map(xs, |v| v * T::of(c)),
     };
     Tensor::from_vec(out, x.shape().clone())
@@ -139,21 +157,41 @@ pub fn unary_backward<T: Real>(op: UnaryOp, x: &Tensor, y: &Tensor, dy: &Tensor)
         UnaryOp::Ln => map3(xs, ys, dys, |x, _, g| g / x),
         UnaryOp::Relu => map3(xs, ys, dys, |x, _, g| if x > T::zero() { g } else { T::zero() }),
         UnaryOp::QuickGelu => map3(xs, ys, dys, |x, _, g| g * quick_gelu_grad(x)),
+        UnaryOp::Gelu => map3(xs, ys, dys, |x, _, g| g * gelu_grad(x)),
         UnaryOp::Scale(c) => map3(xs, ys, dys, |_, _, g| g * T::of(c)),
     };
     Tensor::from_vec(out, x.shape().clone())
 }
 
-/// `quick_gelu(x + bias)`, bias repeated over the rows.
-pub fn bias_quick_gelu<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+/// `act(x + bias)`, bias repeated over the rows.
+pub fn bias_activation<T: Real>(x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
     let (xs, bs) = (x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?);
-    Tensor::from_vec(broadcast(xs, bs, |v, b| quick_gelu(v + b)), x.shape().clone())
+    let y = match act {
+        Activation::QuickGelu => broadcast(xs, bs, |v, b| quick_gelu(v + b)),
+        Activation::Gelu => broadcast(xs, bs, |v, b| gelu(v + b)),
+    };
+    Tensor::from_vec(y, x.shape().clone())
 }
 
-/// dx = dy * quick_gelu'(x + bias). d bias sums dx over the rows: in row order inside each
-/// chunk of rows, then over chunks in chunk order (the same for any thread count).
-pub fn bias_quick_gelu_backward<T: Real>(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+/// dx = dy * act'(x + bias), and d bias ([`bias_grad`]).
+pub fn bias_activation_backward<T: Real>(
+    x: &Tensor,
+    bias: &Tensor,
+    dy: &Tensor,
+    act: Activation,
+) -> Result<(Tensor, Tensor)> {
     let (xs, bs, dys) = (x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
+    let (dx, dbias) = match act {
+        Activation::QuickGelu => bias_grad(xs, bs, dys, quick_gelu_grad),
+        Activation::Gelu => bias_grad(xs, bs, dys, gelu_grad),
+    };
+    Ok((Tensor::from_vec(dx, x.shape().clone())?, Tensor::from_vec(dbias, bias.shape().clone())?))
+}
+
+/// dx = dy * grad(x + bias), one loop per activation. d bias sums dx over the rows: in row
+/// order inside each chunk of rows, then over chunks in chunk order (the same for any thread
+/// count).
+fn bias_grad<T: Real>(xs: &[T], bs: &[T], dys: &[T], grad: impl Fn(T) -> T + Sync + Send) -> (Vec<T>, Vec<T>) {
     let width = bs.len().max(1);
     let (dx, partials) = build_rows(xs.len(), width, |first, out| {
         let mut dbias = vec![T::zero(); bs.len()];
@@ -161,7 +199,7 @@ pub fn bias_quick_gelu_backward<T: Real>(x: &Tensor, bias: &Tensor, dy: &Tensor)
         for ((o_row, x_row), dy_row) in rows {
             let values = o_row.iter_mut().zip(x_row).zip(dy_row).zip(bs).zip(dbias.iter_mut());
             values.for_each(|((((o, &v), &g), &b), acc)| {
-                let d = g * quick_gelu_grad(v + b);
+                let d = g * grad(v + b);
                 o.write(d);
                 *acc += d;
             });
@@ -172,5 +210,5 @@ pub fn bias_quick_gelu_backward<T: Real>(x: &Tensor, bias: &Tensor, dy: &Tensor)
     for partial in &partials {
         dbias.iter_mut().zip(partial).for_each(|(acc, &p)| *acc += p);
     }
-    Ok((Tensor::from_vec(dx, x.shape().clone())?, Tensor::from_vec(dbias, bias.shape().clone())?))
+    (dx, dbias)
 }

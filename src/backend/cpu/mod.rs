@@ -18,8 +18,8 @@ pub(crate) mod matmul;
 mod norm;
 
 use crate::backend::{
-    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
+    Activation, AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut,
+    InfoNcePartial, InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Table, Tensor};
@@ -64,12 +64,18 @@ impl Backend for CpuBackend {
         float_dispatch!("unary_backward", x.dtype(), elementwise::unary_backward(op, x, y, dy))
     }
 
-    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        float_dispatch!("bias_quick_gelu", x.dtype(), elementwise::bias_quick_gelu(x, bias))
+    fn bias_activation(&self, x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+        float_dispatch!("bias_activation", x.dtype(), elementwise::bias_activation(x, bias, act))
     }
 
-    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        float_dispatch!("bias_quick_gelu_backward", x.dtype(), elementwise::bias_quick_gelu_backward(x, bias, dy))
+    fn bias_activation_backward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+    ) -> Result<(Tensor, Tensor)> {
+        float_dispatch!("bias_activation_backward", x.dtype(), elementwise::bias_activation_backward(x, bias, dy, act))
     }
 
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {

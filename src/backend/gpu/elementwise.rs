@@ -1,4 +1,4 @@
-//! Rust side of kernels/elementwise.cu: casts, element maps, the fused bias + QuickGELU,
+//! Rust side of kernels/elementwise.cu: casts, element maps, the fused bias + activation,
 //! deterministic sums over a middle dimension, and the row-wise softmax and L2 normalisation.
 
 use super::GpuBackend;
@@ -7,7 +7,7 @@ use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
 use super::driver::{DevicePtr, KernelArg, LaunchConfig};
 use super::footprint::Footprint;
 use super::layout::{element_bytes, unit_bytes};
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{Activation, BinaryOp, UnaryOp};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -93,10 +93,11 @@ fn unary_code(op: UnaryOp) -> (i32, f32) {
         UnaryOp::Relu => (2, 0.0),
         UnaryOp::QuickGelu => (3, 0.0),
         UnaryOp::Scale(c) => (4, c as f32),
+        UnaryOp::Gelu => (5, 0.0),
     }
 }
 
-/// `f(a, b)` with b repeated over a's leading dims: `binary` and the bias + QuickGELU forward.
+/// `f(a, b)` with b repeated over a's leading dims: `binary` and the bias + activation forward.
 fn periodic(gpu: &GpuBackend, base: &str, a: &Tensor, b: &Tensor, extra: &[KernelArg]) -> Result<Tensor> {
     let kernel = kernel_for(base, a.dtype())?;
     let y = gpu.uninit(a.shape().clone(), a.dtype())?;
@@ -129,19 +130,21 @@ pub(super) fn unary_backward(gpu: &GpuBackend, op: UnaryOp, x: &Tensor, y: &Tens
     Ok(dx)
 }
 
-pub(super) fn bias_quick_gelu(gpu: &GpuBackend, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    periodic(gpu, "bias_quick_gelu", x, bias, &[])
+/// `act(x + bias)`: the kernels `bias_quick_gelu_*` and `bias_gelu_*`.
+pub(super) fn bias_activation(gpu: &GpuBackend, x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+    periodic(gpu, act.bias_op(), x, bias, &[])
 }
 
 /// One launch computes dx and fp32 partial column sums of dx per row chunk; `column_sums`
 /// reduces the partials to d bias in a fixed order.
-pub(super) fn bias_quick_gelu_backward(
+pub(super) fn bias_activation_backward(
     gpu: &GpuBackend,
     x: &Tensor,
     bias: &Tensor,
     dy: &Tensor,
+    act: Activation,
 ) -> Result<(Tensor, Tensor)> {
-    let kernel = kernel_for("bias_quick_gelu_backward", x.dtype())?;
+    let kernel = kernel_for(act.bias_op_backward(), x.dtype())?;
     let (rows, width) = rows_of(x)?;
     let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
     if x.numel() == 0 {

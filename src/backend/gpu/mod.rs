@@ -41,8 +41,8 @@ pub use buffer::GpuStorage;
 pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
 use crate::backend::{
-    AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut, InfoNcePartial,
-    InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
+    Activation, AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut,
+    InfoNcePartial, InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Table, Tensor};
@@ -130,12 +130,18 @@ impl Backend for GpuBackend {
         elementwise::unary_backward(self, op, x, y, dy)
     }
 
-    fn bias_quick_gelu(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        elementwise::bias_quick_gelu(self, x, bias)
+    fn bias_activation(&self, x: &Tensor, bias: &Tensor, act: Activation) -> Result<Tensor> {
+        elementwise::bias_activation(self, x, bias, act)
     }
 
-    fn bias_quick_gelu_backward(&self, x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-        elementwise::bias_quick_gelu_backward(self, x, bias, dy)
+    fn bias_activation_backward(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        dy: &Tensor,
+        act: Activation,
+    ) -> Result<(Tensor, Tensor)> {
+        elementwise::bias_activation_backward(self, x, bias, dy, act)
     }
 
     fn sum_middle(&self, x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<Tensor> {
