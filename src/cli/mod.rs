@@ -8,6 +8,7 @@ mod eval;
 mod export;
 mod kernels;
 mod params;
+mod prepare;
 mod profile;
 mod run_model;
 mod train;
@@ -32,6 +33,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Parameter counts of a preset: total, shared, vision-only, text-only.
     Params(params::ParamsArgs),
+    /// Image-caption pairs (CSV/TSV, webdataset tars) to memory-mapped shards for training and evaluation.
+    Prepare(prepare::PrepareArgs),
     /// The shapes-world dataset.
     Data(data::DataArgs),
     /// The CUDA kernels in this build: modules, entry points, registers, shared memory, spills.
@@ -50,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Export(args) => export::run(args),
         Command::Params(args) => params::run(args),
+        Command::Prepare(args) => prepare::run(args),
         Command::Data(args) => data::run(args),
         Command::Kernels(args) => kernels::run(args),
         Command::Profile(args) => profile::run(args),

@@ -72,7 +72,7 @@ pub fn describe(config: &ModelConfig) -> Result<OpenClipModel> {
     let refuse = |why: &str| {
         Err(Error::config(format!(
             "model {:?} has no open_clip layout: {why}. open_clip's CLIP holds share-nothing models with a \
-             patchify stem (the presets tiny-clip and clip-b32)",
+             patchify stem (the presets tiny-clip, clip-b32, clip-b32-gelu, clip-b16, clip-b16-gelu)",
             config.name
         )))
     };
