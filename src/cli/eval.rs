@@ -9,20 +9,12 @@ use msclip::eval::{evaluate, localisation, zero_shot_classifier};
 use msclip::train::memory;
 use serde_json::json;
 
-use super::run_model::{self, RunModel, WeightsSource};
+use super::run_model::{RunModel, RunWeightsArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// The run directory (holds config.json, tokenizer.json and checkpoints/).
-    #[arg(long, default_value = "runs/tiny")]
-    run: PathBuf,
-    /// A checkpoint file; defaults to the run's checkpoints/latest.safetensors.
-    #[arg(long, conflicts_with = "weights")]
-    checkpoint: Option<PathBuf>,
-    /// Evaluate these weights instead of a checkpoint: an open_clip state dict in safetensors
-    /// (as `msclip export` writes) for the run's model.
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    source: RunWeightsArgs,
     /// Images per evaluation split.
     #[arg(long, default_value_t = 1000)]
     samples: usize,
@@ -42,7 +34,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.samples == 0 {
         anyhow::bail!("--samples must be at least 1 (images per evaluation split)");
     }
-    let output = args.output.unwrap_or_else(|| args.run.join("eval.json"));
+    let output = args.output.unwrap_or_else(|| args.source.run.join("eval.json"));
     if output.is_dir() {
         anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
     }
@@ -53,11 +45,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             anyhow::bail!("--heatmaps {}: give the path of a PNG file in an existing folder", path.display());
         }
     }
-    let weights = match args.weights {
-        Some(path) => WeightsSource::OpenClip(path),
-        None => WeightsSource::Checkpoint(args.checkpoint),
-    };
-    let RunModel { train, model, params, mut buffers, tokenizer, step, source } = run_model::load(&args.run, weights)?;
+    let RunModel { train, model, params, mut buffers, tokenizer, step, source } = args.source.load()?;
     memory::check_evaluation(&model, "--samples", args.samples as u64)?;
     let report = evaluate(&model, &params, &mut buffers, &tokenizer, &train.data, args.samples)?;
     let at =

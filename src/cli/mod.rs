@@ -3,6 +3,7 @@
 
 mod ablate;
 mod bench;
+mod benchmark;
 mod data;
 mod eval;
 mod export;
@@ -29,6 +30,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a run's checkpoint: zero-shot per factor, retrieval, binding.
     Eval(eval::EvalArgs),
+    /// CLIP_benchmark's tasks on real data: zero-shot classification of an image folder, retrieval on a prepared dataset.
+    Benchmark(Box<benchmark::BenchmarkArgs>),
     /// A run's weights as open_clip's state dict (safetensors), for the share-nothing models.
     Export(export::ExportArgs),
     /// Parameter counts of a preset: total, shared, vision-only, text-only.
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Benchmark(args) => benchmark::run(*args),
         Command::Export(args) => export::run(args),
         Command::Params(args) => params::run(args),
         Command::Prepare(args) => prepare::run(args),

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::Args;
+
 use msclip::model::{Buffers, ClipModel};
 use msclip::nn::ParamStore;
 use msclip::text::Tokenizer;
@@ -10,6 +12,32 @@ use msclip::train::checkpoint::{self, Restored};
 use msclip::train::{TrainConfig, load_run_tokenizer, read_run_config};
 use msclip::weights::open_clip;
 use msclip::{DType, Rng};
+
+/// Which run and which of its weights a command reads (`eval`, `benchmark`).
+#[derive(Args)]
+pub struct RunWeightsArgs {
+    /// The run directory (holds config.json, the tokenizer and checkpoints/).
+    #[arg(long, default_value = "runs/tiny")]
+    pub run: PathBuf,
+    /// A checkpoint file; defaults to the run's checkpoints/latest.safetensors.
+    #[arg(long, conflicts_with = "weights")]
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate these weights instead of a checkpoint: an open_clip state dict in safetensors
+    /// (as `msclip export` writes) for the run's model.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+}
+
+impl RunWeightsArgs {
+    /// The run's model with the chosen weights.
+    pub fn load(&self) -> anyhow::Result<RunModel> {
+        let source = match &self.weights {
+            Some(path) => WeightsSource::OpenClip(path.clone()),
+            None => WeightsSource::Checkpoint(self.checkpoint.clone()),
+        };
+        load(&self.run, source)
+    }
+}
 
 /// Where the weights come from.
 pub enum WeightsSource {

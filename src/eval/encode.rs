@@ -64,21 +64,31 @@ pub fn encode_texts(model: &ClipModel, params: &ParamStore, tokenizer: &Tokenize
     Ok(out)
 }
 
-/// CLIP's zero-shot classifier: per class, the normalised mean of the normalised features
-/// of every prompt of the class. Row-major [classes, embed_dim].
+/// CLIP's zero-shot classifier for a shapes-world factor ([`classifier_weights`] of its prompts).
 pub fn zero_shot_classifier(
     model: &ClipModel,
     params: &ParamStore,
     tokenizer: &Tokenizer,
     factor: &Factor,
 ) -> Result<Vec<f64>> {
+    let prompts: Vec<Vec<String>> = (0..factor.classes.len()).map(|class| factor.prompts(class)).collect();
+    classifier_weights(model, params, tokenizer, &prompts)
+}
+
+/// CLIP's zero-shot classifier: per class, the normalised mean of the normalised features of
+/// every prompt of the class. Row-major [classes, embed_dim].
+pub fn classifier_weights(
+    model: &ClipModel,
+    params: &ParamStore,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<String>],
+) -> Result<Vec<f64>> {
     let dim = model.config.embed_dim;
-    let mut weights = Vec::with_capacity(factor.classes.len() * dim);
-    for class in 0..factor.classes.len() {
-        let prompts = factor.prompts(class);
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let mut weights = Vec::with_capacity(prompts.len() * dim);
+    for class_prompts in prompts {
+        let refs: Vec<&str> = class_prompts.iter().map(String::as_str).collect();
         let features = encode_texts(model, params, tokenizer, &refs)?;
-        let mean = Tensor::from_f64(&features, [prompts.len(), dim], DType::F64)?.mean_dim(0)?;
+        let mean = Tensor::from_f64(&features, [class_prompts.len(), dim], DType::F64)?.mean_dim(0)?;
         weights.extend(mean.reshape([1, dim])?.l2_normalize(1e-12)?.to_f64_vec());
     }
     Ok(weights)

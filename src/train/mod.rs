@@ -23,7 +23,7 @@ mod step;
 pub use batch::{Batch, SyntheticCaptions, make_batch, training_batch};
 pub use config::{Precision, TokenizerSource, TrainConfig, validate_run_name};
 pub use graph_step::{GraphStep, StepIssuer};
-pub use log::read_jsonl;
+pub use log::{append_jsonl, read_jsonl};
 pub use masking::Masker;
 pub use resume::changes as resume_changes;
 pub use run::{Resume, RunEnd, RunOptions, RunSummary, new_run_tokenizer, train};

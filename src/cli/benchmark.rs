@@ -1,0 +1,127 @@
+//! `msclip benchmark`: CLIP_benchmark's tasks on real data for a run's model, named and
+//! reported as `clip_benchmark eval` does: `--task zeroshot_classification` on an image folder
+//! (acc1, acc5, mean per-class recall) and `--task zeroshot_retrieval` on a prepared dataset
+//! (image and text retrieval recall@1/5/10, mean and median rank). The record goes to `--output`
+//! and is appended to the run's results.jsonl.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use msclip::data::shards::PreparedDataset;
+use msclip::eval::benchmark::{DEFAULT_TEMPLATES, ImageFolder, retrieval, zero_shot_image_folder};
+use msclip::train::append_jsonl;
+use serde_json::json;
+
+use super::run_model::{RunModel, RunWeightsArgs};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum Task {
+    ZeroshotClassification,
+    ZeroshotRetrieval,
+}
+
+#[derive(Args)]
+pub struct BenchmarkArgs {
+    #[command(flatten)]
+    source: RunWeightsArgs,
+    #[arg(long, value_enum)]
+    task: Task,
+    /// zeroshot_classification: an image folder (DIR/<class>/<image>); zeroshot_retrieval: a
+    /// folder `msclip prepare` wrote (samples with the same image key are one image).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Class names, one per line in sorted folder order [default: DIR/classnames.txt, else the
+    /// folder names].
+    #[arg(long)]
+    classnames: Option<PathBuf>,
+    /// Prompt templates, one per line, `{}` or `{c}` standing for the class name [default: "a photo of a {}."].
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    /// Where to write the JSON record [default: <run>/benchmark_<task>.json].
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn read_templates(path: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let Some(path) = path else { return Ok(DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect()) };
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--templates {}: {e}", path.display()))?;
+    let templates: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if templates.is_empty() || templates.iter().any(|t| !t.contains("{}") && !t.contains("{c}")) {
+        anyhow::bail!(
+            "--templates {}: give one template per line, each with {{}} or {{c}} for the class name",
+            path.display()
+        );
+    }
+    Ok(templates)
+}
+
+pub fn run(args: BenchmarkArgs) -> anyhow::Result<()> {
+    let name = match args.task {
+        Task::ZeroshotClassification => "zeroshot_classification",
+        Task::ZeroshotRetrieval => "zeroshot_retrieval",
+    };
+    let output = args.output.clone().unwrap_or_else(|| args.source.run.join(format!("benchmark_{name}.json")));
+    if output.is_dir() {
+        anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
+    }
+    if args.task == Task::ZeroshotRetrieval && (args.classnames.is_some() || args.templates.is_some()) {
+        anyhow::bail!("--classnames and --templates belong to --task zeroshot_classification");
+    }
+    // Inputs first, so a wrong path costs no model load.
+    let templates = read_templates(args.templates.as_deref())?;
+    let folder = match args.task {
+        Task::ZeroshotClassification => Some(ImageFolder::open(&args.dataset, args.classnames.as_deref())?),
+        Task::ZeroshotRetrieval => None,
+    };
+    let prepared = match args.task {
+        Task::ZeroshotRetrieval => Some(PreparedDataset::open(&args.dataset)?),
+        Task::ZeroshotClassification => None,
+    };
+    let RunModel { model, params, mut buffers, tokenizer, step, source, .. } = args.source.load()?;
+    let metrics = if let Some(folder) = &folder {
+        let (result, skipped) = zero_shot_image_folder(&model, &params, &mut buffers, &tokenizer, folder, &templates)?;
+        println!(
+            "{name} on {} ({} classes, {} images, {} templates): acc1 {:.2}%, acc5 {:.2}%, mean per-class recall {:.2}%",
+            args.dataset.display(),
+            folder.classes.len(),
+            folder.images.len() - skipped.total(),
+            templates.len(),
+            100.0 * result.acc1,
+            100.0 * result.acc5,
+            100.0 * result.mean_per_class_recall
+        );
+        if skipped.total() > 0 {
+            println!("skipped {} image(s):\n{}", skipped.total(), skipped.summary());
+        }
+        serde_json::to_value(result)?
+    } else {
+        let data = prepared.as_ref().expect("a retrieval task opened its dataset");
+        let result = retrieval(&model, &params, &mut buffers, &tokenizer, data)?;
+        println!(
+            "{name} on {} ({} images, {} captions): image retrieval R@1/5/10 {:.2}/{:.2}/{:.2}%, text retrieval {:.2}/{:.2}/{:.2}%",
+            args.dataset.display(),
+            result.images,
+            result.captions,
+            100.0 * result.text_to_image.r1,
+            100.0 * result.text_to_image.r5,
+            100.0 * result.text_to_image.r10,
+            100.0 * result.image_to_text.r1,
+            100.0 * result.image_to_text.r5,
+            100.0 * result.image_to_text.r10
+        );
+        serde_json::to_value(result.metrics())?
+    };
+    let record = json!({
+        "dataset": args.dataset.display().to_string(),
+        "model": model.config.name,
+        "pretrained": source.display().to_string(),
+        "checkpoint_step": step,
+        "task": name,
+        "metrics": metrics,
+    });
+    msclip::files::write_atomically(&output, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    append_jsonl(&args.source.run.join("results.jsonl"), &record)?;
+    println!("written to {} and appended to {}", output.display(), args.source.run.join("results.jsonl").display());
+    Ok(())
+}
