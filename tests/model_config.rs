@@ -65,3 +65,34 @@ fn the_activation_is_kebab_case_and_configs_without_it_are_quick_gelu() {
     assert_eq!(b16.vision.stem, VisionStem::Patchify { patch: 16 });
     assert_eq!(ModelConfig { name: plain.name.clone(), vision: plain.vision.clone(), ..b16 }, plain);
 }
+
+#[test]
+fn pixel_statistics_belong_to_the_preset() {
+    use msclip::DType;
+    use msclip::data::{PixelStats, images_to_tensor};
+    // MS-CLIP's released code normalises with ImageNet's statistics; CLIP and the tiny models
+    // (trained here from scratch) with CLIP's. Configs from before the choice read as CLIP's.
+    for name in PRESETS {
+        let want = if name.starts_with("msclip-") || name.starts_with("oner-b") {
+            PixelStats::ImageNet
+        } else {
+            PixelStats::Clip
+        };
+        assert_eq!(preset(name).unwrap().pixel_stats, want, "{name}");
+    }
+    let mut json = serde_json::to_value(preset("msclip-s-b32").unwrap()).unwrap();
+    assert_eq!(json["pixel_stats"], "imagenet");
+    json.as_object_mut().unwrap().remove("pixel_stats");
+    assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap().pixel_stats, PixelStats::Clip);
+    // One grey pixel (128) in each: (128/255 - mean) / std per channel.
+    let pixel: &[u8] = &[128, 128, 128];
+    for (stats, mean, std) in [
+        (PixelStats::Clip, [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
+        (PixelStats::ImageNet, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ] {
+        let got = images_to_tensor(&[pixel], 1, stats, DType::F64).unwrap().to_f64_vec();
+        for c in 0..3 {
+            assert!((got[c] - (128.0 / 255.0 - mean[c]) / std[c]).abs() < 1e-12, "{stats:?} channel {c}");
+        }
+    }
+}

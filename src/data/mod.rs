@@ -13,4 +13,4 @@ pub mod shapes;
 pub mod shards;
 pub mod sources;
 
-pub use pixels::{CLIP_MEAN, CLIP_STD, images_to_tensor};
+pub use pixels::{CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelStats, images_to_tensor};

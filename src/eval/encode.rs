@@ -47,7 +47,7 @@ fn in_batches(
     let dtype = params.get(model.logit_scale()).dtype();
     let mut out = Vec::new();
     for chunk in images.chunks(EVAL_BATCH) {
-        let x = images_to_tensor(chunk, size, dtype)?.to_device(params.device())?;
+        let x = images_to_tensor(chunk, size, model.config.pixel_stats, dtype)?.to_device(params.device())?;
         out.extend(no_grad(|| encode(&x))?.to_f64_vec());
     }
     Ok(out)

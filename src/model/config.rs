@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::backend::Activation;
+use crate::data::PixelStats;
 use crate::error::{Error, Result};
 
 /// What the image and text transformers share.
@@ -108,6 +109,10 @@ pub struct ModelConfig {
     /// the choice) or the exact GELU (open_clip's plain ViT-B-32 / ViT-B-16).
     #[serde(default)]
     pub activation: Activation,
+    /// The statistics images are normalised with: CLIP's, or ImageNet's for the B-scale
+    /// MS-CLIP presets (as MS-CLIP's zero-shot evaluation normalises).
+    #[serde(default)]
+    pub pixel_stats: PixelStats,
     /// LayerNorm eps: 1e-12 in MS-CLIP, 1e-5 in CLIP.
     pub ln_eps: f64,
     /// BatchNorm eps of the stem, branch stage 0 and adapters (1e-5), and of the branch's

@@ -5,6 +5,7 @@
 use super::config::{
     Activation, InitStyle, ModelConfig, ParallelBranch, Sharing, TextConfig, TextEncoder, VisionConfig, VisionStem,
 };
+use crate::data::PixelStats;
 use crate::error::{Error, Result};
 
 /// Every preset name, for help texts and errors.
@@ -105,6 +106,8 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
         sharing,
         init: InitStyle::MsClip,
         activation: Activation::QuickGelu,
+        // CLIP's statistics: the tiny models train from scratch here, on CLIP's pipeline.
+        pixel_stats: PixelStats::Clip,
         ln_eps: 1e-12,
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-6,
@@ -144,6 +147,7 @@ fn clip_vit_b(name: &str, patch: usize, activation: Activation) -> ModelConfig {
         sharing: Sharing::None,
         init: InitStyle::OpenAiClip,
         activation,
+        pixel_stats: PixelStats::Clip,
         ln_eps: 1e-5,
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-5,
@@ -178,6 +182,9 @@ fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<Pa
         sharing: Sharing::AttnMlp,
         init: InitStyle::MsClip,
         activation: Activation::QuickGelu,
+        // MS-CLIP's released code normalises with ImageNet's statistics (msclip-architecture.md
+        // section 5); OneR's presets build on these too (its harness is SLIP's, which does the same).
+        pixel_stats: PixelStats::ImageNet,
         ln_eps: 1e-12,
         bn_eps: 1e-5,
         bn_eps_branch_blocks: 1e-6,
