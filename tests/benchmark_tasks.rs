@@ -92,6 +92,23 @@ fn both_tasks_report_clip_benchmark_metrics_and_refuse_bad_input() {
         .collect();
     assert_eq!(tasks.len(), 2, "both records appended to results.jsonl");
 
+    // The linear probe: fitted on one folder, tested on another with the same classes.
+    for (class, rgb) in [("a_red", [240, 10, 10]), ("b_green", [10, 240, 10]), ("c_blue", [10, 10, 240])] {
+        for i in 0..4 {
+            write_png(&dir.join("train").join(class).join(format!("{i}.png")), rgb);
+        }
+    }
+    std::fs::write(dir.join("train/classnames.txt"), "red square\ngreen square\nblue square\n").unwrap();
+    write_png(&dir.join("other/x/0.png"), [1, 2, 3]);
+    let args =
+        ["benchmark", "--run", "runs/c", "--task", "linear_probe", "--dataset", "folder", "--train-dataset", "train"];
+    let out = msclip_in(&dir, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let probe = record(&dir.join("runs/c/benchmark_linear_probe.json"));
+    // Solid colours are separable on any features that see colour: the probe finds them.
+    assert_eq!(probe["metrics"]["acc1"], 1.0, "{probe}");
+    assert!(probe["metrics"]["l2_penalty"].as_f64().unwrap() > 0.0);
+
     for (args, want) in [
         (vec!["--task", "zeroshot_retrieval", "--dataset", "p32"], "prepare it again with --resolution 48"),
         (vec!["--task", "zeroshot_retrieval", "--dataset", "folder"], "not a prepared dataset"),
@@ -106,8 +123,11 @@ fn both_tasks_report_clip_benchmark_metrics_and_refuse_bad_input() {
         ),
         (
             vec!["--task", "zeroshot_retrieval", "--dataset", "p48", "--templates", "templates.txt"],
-            "belong to --task zeroshot_classification",
+            "belongs to --task zeroshot_classification",
         ),
+        (vec!["--task", "linear_probe", "--dataset", "folder"], "--train-dataset"),
+        (vec!["--task", "zeroshot_classification", "--dataset", "folder", "--train-dataset", "train"], "only with it"),
+        (vec!["--task", "linear_probe", "--dataset", "folder", "--train-dataset", "other"], "other classes"),
     ] {
         let out = msclip_in(&dir, &[&["benchmark", "--run", "runs/c"][..], &args].concat());
         assert!(

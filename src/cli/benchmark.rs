@@ -1,14 +1,19 @@
 //! `msclip benchmark`: CLIP_benchmark's tasks on real data for a run's model, named and
 //! reported as `clip_benchmark eval` does: `--task zeroshot_classification` on an image folder
 //! (acc1, acc5, mean per-class recall) and `--task zeroshot_retrieval` on a prepared dataset
-//! (image and text retrieval recall@1/5/10, mean and median rank). The record goes to `--output`
+//! (image and text retrieval recall@1/5/10, mean and median rank), `--task linear_probe`
+//! (logistic regression on frozen image features of `--train-dataset`, scored on `--dataset`).
+//! The record goes to `--output`
 //! and is appended to the run's results.jsonl.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use msclip::data::shards::PreparedDataset;
-use msclip::eval::benchmark::{DEFAULT_TEMPLATES, ImageFolder, retrieval, zero_shot_image_folder};
+use msclip::eval::benchmark::{
+    DEFAULT_TEMPLATES, ImageFolder, image_folder_features, retrieval, zero_shot_image_folder,
+};
+use msclip::eval::linear_probe::{Labelled, linear_probe};
 use msclip::train::append_jsonl;
 use serde_json::json;
 
@@ -19,6 +24,7 @@ use super::run_model::{RunModel, RunWeightsArgs};
 enum Task {
     ZeroshotClassification,
     ZeroshotRetrieval,
+    LinearProbe,
 }
 
 #[derive(Args)]
@@ -27,10 +33,17 @@ pub struct BenchmarkArgs {
     source: RunWeightsArgs,
     #[arg(long, value_enum)]
     task: Task,
-    /// zeroshot_classification: an image folder (DIR/<class>/<image>); zeroshot_retrieval: a
-    /// folder `msclip prepare` wrote (samples with the same image key are one image).
+    /// zeroshot_classification and linear_probe (its test split): an image folder
+    /// (DIR/<class>/<image>); zeroshot_retrieval: a folder `msclip prepare` wrote (samples with
+    /// the same image key are one image).
     #[arg(long)]
     dataset: PathBuf,
+    /// linear_probe: the image folder the probe is fitted on (same classes as --dataset).
+    #[arg(long)]
+    train_dataset: Option<PathBuf>,
+    /// linear_probe: the seed of the validation split that chooses the L2 penalty.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Class names, one per line in sorted folder order [default: DIR/classnames.txt, else the
     /// folder names].
     #[arg(long)]
@@ -60,26 +73,78 @@ pub fn run(args: BenchmarkArgs) -> anyhow::Result<()> {
     let name = match args.task {
         Task::ZeroshotClassification => "zeroshot_classification",
         Task::ZeroshotRetrieval => "zeroshot_retrieval",
+        Task::LinearProbe => "linear_probe",
     };
     let output = args.output.clone().unwrap_or_else(|| args.source.run.join(format!("benchmark_{name}.json")));
     if output.is_dir() {
         anyhow::bail!("--output {} is a directory; give the path of the JSON file to write", output.display());
     }
-    if args.task == Task::ZeroshotRetrieval && (args.classnames.is_some() || args.templates.is_some()) {
-        anyhow::bail!("--classnames and --templates belong to --task zeroshot_classification");
+    if args.task != Task::ZeroshotClassification && args.templates.is_some() {
+        anyhow::bail!("--templates belongs to --task zeroshot_classification");
+    }
+    if args.task == Task::ZeroshotRetrieval && args.classnames.is_some() {
+        anyhow::bail!("--classnames belongs to the image-folder tasks");
+    }
+    if (args.task == Task::LinearProbe) != args.train_dataset.is_some() {
+        anyhow::bail!(
+            "--train-dataset (the folder the probe is fitted on) goes with --task linear_probe, and only with it"
+        );
     }
     // Inputs first, so a wrong path costs no model load.
     let templates = read_templates(args.templates.as_deref())?;
     let folder = match args.task {
-        Task::ZeroshotClassification => Some(ImageFolder::open(&args.dataset, args.classnames.as_deref())?),
         Task::ZeroshotRetrieval => None,
+        _ => Some(ImageFolder::open(&args.dataset, args.classnames.as_deref())?),
+    };
+    let train_folder = match &args.train_dataset {
+        Some(dir) => {
+            let train = ImageFolder::open(dir, args.classnames.as_deref())?;
+            if Some(&train.classes) != folder.as_ref().map(|f| &f.classes) {
+                anyhow::bail!(
+                    "--train-dataset {} has other classes than --dataset {}",
+                    dir.display(),
+                    args.dataset.display()
+                );
+            }
+            Some(train)
+        }
+        None => None,
     };
     let prepared = match args.task {
         Task::ZeroshotRetrieval => Some(PreparedDataset::open(&args.dataset)?),
-        Task::ZeroshotClassification => None,
+        _ => None,
     };
     let RunModel { model, params, mut buffers, tokenizer, step, source, .. } = args.source.load()?;
-    let metrics = if let Some(folder) = &folder {
+    let metrics = if let (Some(test), Some(train)) = (&folder, &train_folder) {
+        let (train_x, train_y, train_skipped) = image_folder_features(&model, &params, &mut buffers, train)?;
+        let (test_x, test_y, test_skipped) = image_folder_features(&model, &params, &mut buffers, test)?;
+        let dim = model.config.embed_dim;
+        let result = linear_probe(
+            &Labelled { features: &train_x, labels: &train_y, dim },
+            &Labelled { features: &test_x, labels: &test_y, dim },
+            test.classes.len(),
+            args.seed,
+        );
+        println!(
+            "{name} on {} (fitted on {} images of {}, tested on {}): acc1 {:.2}%, acc5 {:.2}%, mean per-class recall {:.2}% \
+             (L2 penalty {:e}, validation acc1 {:.2}%)",
+            args.dataset.display(),
+            train_y.len(),
+            train.classes.len(),
+            test_y.len(),
+            100.0 * result.test.acc1,
+            100.0 * result.test.acc5,
+            100.0 * result.test.mean_per_class_recall,
+            result.penalty,
+            100.0 * result.validation_acc1
+        );
+        for skipped in [train_skipped, test_skipped].iter().filter(|s| s.total() > 0) {
+            println!("skipped {} image(s):\n{}", skipped.total(), skipped.summary());
+        }
+        let mut metrics = serde_json::to_value(result.test)?;
+        metrics["l2_penalty"] = json!(result.penalty);
+        metrics
+    } else if let Some(folder) = &folder {
         let (result, skipped) = zero_shot_image_folder(&model, &params, &mut buffers, &tokenizer, folder, &templates)?;
         println!(
             "{name} on {} ({} classes, {} images, {} templates): acc1 {:.2}%, acc5 {:.2}%, mean per-class recall {:.2}%",

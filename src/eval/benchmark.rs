@@ -89,19 +89,14 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Zero-shot classification of `folder` with a prompt ensemble per class (CLIP's: the
-/// normalised mean of the normalised prompt features). Images that cannot be read are skipped
-/// and counted.
-pub fn zero_shot_image_folder(
+/// The image features of `folder`'s readable images, row-major [n, embed_dim], their labels,
+/// and the images that could not be read.
+pub fn image_folder_features(
     model: &ClipModel,
     params: &ParamStore,
     buffers: &mut Buffers,
-    tokenizer: &Tokenizer,
     folder: &ImageFolder,
-    templates: &[String],
-) -> Result<(Classification, Skipped)> {
-    let per_class: Vec<Vec<String>> = folder.classes.iter().map(|c| prompts(templates, c)).collect();
-    let weights = classifier_weights(model, params, tokenizer, &per_class)?;
+) -> Result<(Vec<f64>, Vec<usize>, Skipped)> {
     let size = model.config.vision.image_size;
     let decoded: Vec<std::result::Result<Vec<u8>, String>> = folder
         .images
@@ -127,7 +122,23 @@ pub fn zero_shot_image_folder(
         return Err(Error::format("image folder", format!("no readable images:\n{}", skipped.summary())));
     }
     let refs: Vec<&[u8]> = pixels.iter().map(Vec::as_slice).collect();
-    let features = encode_images(model, params, buffers, &refs, size)?;
+    Ok((encode_images(model, params, buffers, &refs, size)?, labels, skipped))
+}
+
+/// Zero-shot classification of `folder` with a prompt ensemble per class (CLIP's: the
+/// normalised mean of the normalised prompt features). Images that cannot be read are skipped
+/// and counted.
+pub fn zero_shot_image_folder(
+    model: &ClipModel,
+    params: &ParamStore,
+    buffers: &mut Buffers,
+    tokenizer: &Tokenizer,
+    folder: &ImageFolder,
+    templates: &[String],
+) -> Result<(Classification, Skipped)> {
+    let per_class: Vec<Vec<String>> = folder.classes.iter().map(|c| prompts(templates, c)).collect();
+    let weights = classifier_weights(model, params, tokenizer, &per_class)?;
+    let (features, labels, skipped) = image_folder_features(model, params, buffers, folder)?;
     let (dim, classes) = (model.config.embed_dim, folder.classes.len());
     let scores: Vec<f64> = features
         .chunks_exact(dim)

@@ -7,6 +7,7 @@
 
 pub mod benchmark;
 mod encode;
+pub mod linear_probe;
 pub mod localisation;
 pub mod metrics;
 mod report;
