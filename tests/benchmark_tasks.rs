@@ -138,3 +138,60 @@ fn both_tasks_report_clip_benchmark_metrics_and_refuse_bad_input() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A float32 .npy's shape and values.
+fn read_npy(path: &Path) -> ((usize, usize), Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    let shape = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let dims: Vec<usize> = shape.split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    let values = bytes[10 + len..].chunks_exact(4).map(|w| f32::from_le_bytes(w.try_into().unwrap())).collect();
+    ((dims[0], dims[1]), values)
+}
+
+#[test]
+fn encode_writes_normalised_embeddings_and_their_names() {
+    let dir = scratch("encode");
+    let train =
+        ["train", "--preset", "tiny-clip", "--name", "c", "--steps", "1", "--batch-size", "4", "--eval-samples", "0"];
+    assert!(msclip_in(&dir, &train).status.success());
+    write_png(&dir.join("imgs/b.png"), [0, 0, 250]);
+    write_png(&dir.join("imgs/a.png"), [250, 0, 0]);
+    std::fs::write(dir.join("imgs/notes.txt"), "not an image").unwrap();
+    std::fs::write(dir.join("imgs/c.jpg"), "not a jpeg").unwrap();
+    std::fs::write(dir.join("texts.txt"), "a red square\n\na blue square\na red square\n").unwrap();
+    let run = ["encode", "--run", "runs/c"];
+    let out = msclip_in(&dir, &[&run[..], &["--images", "imgs", "--out", "i.npy"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("skipped imgs/c.jpg"), "{}", stderr(&out));
+    let ((n, d), values) = read_npy(&dir.join("i.npy"));
+    assert_eq!((n, d), (2, 128));
+    assert_eq!(std::fs::read_to_string(dir.join("i.txt")).unwrap(), "imgs/a.png\nimgs/b.png\n");
+    for row in values.chunks_exact(d) {
+        let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    let out = msclip_in(&dir, &[&run[..], &["--texts", "texts.txt", "--out", "t.npy"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ((n, d), values) = read_npy(&dir.join("t.npy"));
+    assert_eq!((n, d), (3, 128));
+    assert_eq!(values[..d], values[2 * d..], "the same text, the same embedding");
+    assert_ne!(values[..d], values[d..2 * d]);
+    for (args, want) in [
+        (vec!["--out", "x.npy"], "--images"),
+        (vec!["--images", "nowhere", "--out", "x.npy"], "--images nowhere"),
+        (vec!["--texts", "imgs/notes.txt", "--images", "imgs", "--out", "x.npy"], "cannot be used with"),
+        (vec!["--images", "imgs", "--out", "imgs"], "is a directory"),
+    ] {
+        let out = msclip_in(&dir, &[&run[..], &args].concat());
+        assert!(
+            !out.status.success() && stderr(&out).contains(want),
+            "{args:?}: expected {want:?} in:\n{}",
+            stderr(&out)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

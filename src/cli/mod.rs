@@ -5,6 +5,7 @@ mod ablate;
 mod bench;
 mod benchmark;
 mod data;
+mod encode;
 mod eval;
 mod export;
 mod kernels;
@@ -32,6 +33,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// CLIP_benchmark's tasks on real data: zero-shot classification of an image folder, retrieval on a prepared dataset.
     Benchmark(Box<benchmark::BenchmarkArgs>),
+    /// Embeddings of images or texts by a run's model, as a .npy file.
+    Encode(encode::EncodeArgs),
     /// A run's weights as open_clip's state dict (safetensors), for the share-nothing models.
     Export(export::ExportArgs),
     /// Parameter counts of a preset: total, shared, vision-only, text-only.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Benchmark(args) => benchmark::run(*args),
+        Command::Encode(args) => encode::run(args),
         Command::Export(args) => export::run(args),
         Command::Params(args) => params::run(args),
         Command::Prepare(args) => prepare::run(args),
