@@ -45,16 +45,7 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
         let data = ShapesConfig::tiny();
         let corpus = msclip::data::shapes::caption_corpus(&data, 2000);
         let tokenizer = Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab).unwrap();
-        let batch = make_batch(
-            &data,
-            Split::Train,
-            0,
-            12,
-            &tokenizer,
-            (model.config.text.context, model.config.pixel_stats),
-            DType::F32,
-        )
-        .unwrap();
+        let batch = make_batch(&data, Split::Train, 0, 12, &tokenizer, &model.config, DType::F32).unwrap();
 
         // The reference: the same weights and images in f64; gradients reach the f32 masters
         // through the recorded casts (an f32 rounding of the f64 gradient).

@@ -28,10 +28,8 @@ fn setup(n: usize) -> Setup {
     let corpus = msclip::data::shapes::caption_corpus(&config.data, 500);
     let tokenizer =
         msclip::text::Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab).unwrap();
-    let context = model.config.text.context;
     let split = msclip::data::shapes::Split::Train;
-    let batch =
-        make_batch(&config.data, split, 0, n, &tokenizer, (context, model.config.pixel_stats), DType::F64).unwrap();
+    let batch = make_batch(&config.data, split, 0, n, &tokenizer, &model.config, DType::F64).unwrap();
     let masker = Masker::new(&config, &model.config, &tokenizer).unwrap().unwrap();
     let draw = masker.draw(&batch.tokens, n, 0);
     Setup { model, config, images: batch.images, tokens: batch.tokens, draw }

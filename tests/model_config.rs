@@ -96,3 +96,18 @@ fn pixel_statistics_belong_to_the_preset() {
         }
     }
 }
+
+#[test]
+fn the_clip_presets_force_eot_into_a_cut_caption_and_msclip_keeps_the_reference_cut() {
+    use msclip::text::Truncation;
+    // OpenAI's clip.tokenize(truncate=True) and open_clip put EOT in the last slot; MS-CLIP's
+    // code cuts and loses it. Configs from before the choice read as the reference's cut.
+    for name in PRESETS {
+        let want = if name.starts_with("clip-") { Truncation::ForceEot } else { Truncation::Reference };
+        assert_eq!(preset(name).unwrap().text.truncation, want, "{name}");
+    }
+    let mut json = serde_json::to_value(preset("clip-b32").unwrap()).unwrap();
+    assert_eq!(json["text"]["truncation"], "force-eot");
+    json["text"].as_object_mut().unwrap().remove("truncation");
+    assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap().text.truncation, Truncation::Reference);
+}

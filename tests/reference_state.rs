@@ -58,6 +58,7 @@ fn reference_config(activation: Activation) -> ModelConfig {
         heads: 2,
         unshared_first_layer: false,
         encoder: TextEncoder::Causal,
+        truncation: msclip::text::Truncation::ForceEot,
     };
     config.ln_eps = 1e-5;
     config.activation = activation;

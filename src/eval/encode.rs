@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::model::{Buffers, ClipModel, Mode};
 use crate::nn::ParamStore;
 use crate::tensor::{DType, Tensor};
-use crate::text::{Tokenizer, Truncation};
+use crate::text::Tokenizer;
 
 /// Rows per forward pass during evaluation.
 const EVAL_BATCH: usize = 256;
@@ -58,7 +58,7 @@ pub fn encode_texts(model: &ClipModel, params: &ParamStore, tokenizer: &Tokenize
     let context = model.config.text.context;
     let mut out = Vec::with_capacity(texts.len() * model.config.embed_dim);
     for chunk in texts.chunks(EVAL_BATCH) {
-        let tokens = tokenizer.tokenize_batch(chunk, context, Truncation::Reference)?;
+        let tokens = tokenizer.tokenize_batch(chunk, context, model.config.text.truncation)?;
         out.extend(no_grad(|| model.encode_text(params, &tokens))?.to_f64_vec());
     }
     Ok(out)

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::backend::Activation;
 use crate::data::PixelStats;
 use crate::error::{Error, Result};
+use crate::text::Truncation;
 
 /// What the image and text transformers share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +84,10 @@ pub struct TextConfig {
     /// are CLIP's).
     #[serde(default)]
     pub encoder: TextEncoder,
+    /// How a caption longer than the context is cut: EOT forced into the last slot for the CLIP
+    /// presets (OpenAI's and open_clip's tokenizers), the reference's cut for MS-CLIP's.
+    #[serde(default)]
+    pub truncation: Truncation,
 }
 
 /// The text tower's attention pattern and pooling.

@@ -7,6 +7,7 @@ use super::config::{
 };
 use crate::data::PixelStats;
 use crate::error::{Error, Result};
+use crate::text::Truncation;
 
 /// Every preset name, for help texts and errors.
 pub const PRESETS: &[&str] = &[
@@ -102,6 +103,7 @@ fn tiny(name: &str, sharing: Sharing, early_specialisation: bool, parallel: bool
             heads: 4,
             unshared_first_layer: early_specialisation,
             encoder: TextEncoder::Causal,
+            truncation: Truncation::Reference,
         },
         sharing,
         init: InitStyle::MsClip,
@@ -143,6 +145,7 @@ fn clip_vit_b(name: &str, patch: usize, activation: Activation) -> ModelConfig {
             heads: 8,
             unshared_first_layer: false,
             encoder: TextEncoder::Causal,
+            truncation: Truncation::ForceEot,
         },
         sharing: Sharing::None,
         init: InitStyle::OpenAiClip,
@@ -178,6 +181,7 @@ fn msclip_b32(name: &str, early_specialisation: bool, parallel_branch: Option<Pa
             heads: 12,
             unshared_first_layer: early_specialisation,
             encoder: TextEncoder::Causal,
+            truncation: Truncation::Reference,
         },
         sharing: Sharing::AttnMlp,
         init: InitStyle::MsClip,

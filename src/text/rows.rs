@@ -6,14 +6,18 @@ use rayon::prelude::*;
 use super::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-/// What to do with a caption whose `[SOT] + ids + [EOT]` is longer than the context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with a caption whose `[SOT] + ids + [EOT]` is longer than the context: part of
+/// a model's config, since weights trained one way read the other way's rows wrongly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Truncation {
-    /// Cut to the context and lose EOT, as MS-CLIP and OpenAI CLIP do. Such a row has no EOT,
-    /// so argmax pooling lands on SOT (position 0): the reference's behaviour, kept on purpose.
+    /// Cut to the context and lose EOT, as MS-CLIP's code does. Such a row has no EOT, so argmax
+    /// pooling lands on SOT (position 0): the reference's behaviour, kept on purpose (and every
+    /// config from before the choice).
+    #[default]
     Reference,
-    /// Cut to the context and put EOT in the last slot, as open_clip does, so every row pools
-    /// at an EOT.
+    /// Cut to the context and put EOT in the last slot, as open_clip and OpenAI CLIP's
+    /// `clip.tokenize(truncate=True)` do, so every row pools at an EOT.
     ForceEot,
 }
 

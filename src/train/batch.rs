@@ -4,11 +4,12 @@
 
 use super::config::TrainConfig;
 use super::step::MASTER_DTYPE;
+use crate::data::images_to_tensor;
 use crate::data::shapes::{self, ShapesConfig, Split};
-use crate::data::{PixelStats, images_to_tensor};
 use crate::error::Result;
+use crate::model::ModelConfig;
 use crate::tensor::{DType, Device, Rng, Tensor};
-use crate::text::{Tokenizer, Truncation};
+use crate::text::Tokenizer;
 
 /// A batch ready for the model.
 pub struct Batch {
@@ -29,19 +30,20 @@ impl Batch {
 /// training split.
 pub fn training_batch(config: &TrainConfig, tokenizer: &Tokenizer, context: usize, step: u64) -> Result<Batch> {
     let start = step * config.batch_size as u64;
-    let stats = config.model_config()?.pixel_stats;
-    make_batch(&config.data, Split::Train, start, config.batch_size, tokenizer, (context, stats), MASTER_DTYPE)
+    let model = config.model_config()?;
+    debug_assert_eq!(model.text.context, context);
+    make_batch(&config.data, Split::Train, start, config.batch_size, tokenizer, &model, MASTER_DTYPE)
 }
 
-/// Samples `start..start + n` of `split`, rendered, normalised with `stats` and tokenised to
-/// rows of `context` ids.
+/// Samples `start..start + n` of `split`, rendered, normalised and tokenised as `model` takes
+/// them (its pixel statistics, context and truncation).
 pub fn make_batch(
     data: &ShapesConfig,
     split: Split,
     start: u64,
     n: usize,
     tokenizer: &Tokenizer,
-    (context, stats): (usize, PixelStats),
+    model: &ModelConfig,
     dtype: DType,
 ) -> Result<Batch> {
     let samples = shapes::samples(data, split, start..start + n as u64);
@@ -49,8 +51,8 @@ pub fn make_batch(
     let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
     let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
     Ok(Batch {
-        images: images_to_tensor(&images, data.image_size, stats, dtype)?,
-        tokens: tokenizer.tokenize_batch(&texts, context, Truncation::Reference)?,
+        images: images_to_tensor(&images, data.image_size, model.pixel_stats, dtype)?,
+        tokens: tokenizer.tokenize_batch(&texts, model.text.context, model.text.truncation)?,
         captions,
     })
 }
