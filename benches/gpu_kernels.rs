@@ -169,8 +169,9 @@ fn layernorm_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
     rows.push(Row { name: format!("layernorm bwd {shape}"), bytes: 3.0 * act + stats, seconds: bwd });
 }
 
-/// The MLP activation: bias + QuickGELU over [tokens, 4 x width], fused against the bias add
-/// followed by the activation (what a GEMM without a QuickGELU epilogue leaves), and the backward.
+/// The MLP activation: bias + QuickGELU (and the exact GELU of the -gelu presets) over [tokens,
+/// 4 x width], fused against the bias add followed by the activation (what a GEMM without such an
+/// epilogue leaves), and the backward.
 fn bias_gelu_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, reps: usize, rows: &mut Vec<Row>) {
     let mut rng = Rng::new(2);
     let (n, d) = (s.tokens, 4 * s.width);
@@ -179,19 +180,23 @@ fn bias_gelu_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
     let dy = random(&mut rng, &[n, d], device, dtype);
     let act = (n * d * dtype.size_in_bytes()) as f64;
     let shape = format!("{n}x{d} {dtype}");
-    let fused = time(device, reps, || {
-        gpu.bias_activation(&x, &bias, Activation::QuickGelu).unwrap();
-    });
-    rows.push(Row { name: format!("bias + quick_gelu fwd, fused {shape}"), bytes: 2.0 * act, seconds: fused });
-    let unfused = time(device, reps, || {
-        let sum = gpu.binary(BinaryOp::Add, &x, &bias).unwrap();
-        gpu.unary(UnaryOp::QuickGelu, &sum).unwrap();
-    });
-    rows.push(Row { name: format!("bias add, then quick_gelu (unfused) {shape}"), bytes: 2.0 * act, seconds: unfused });
-    let bwd = time(device, reps, || {
-        gpu.bias_activation_backward(&x, &bias, &dy, Activation::QuickGelu).unwrap();
-    });
-    rows.push(Row { name: format!("bias + quick_gelu bwd {shape}"), bytes: 3.0 * act, seconds: bwd });
+    for (activation, unary, name) in
+        [(Activation::QuickGelu, UnaryOp::QuickGelu, "quick_gelu"), (Activation::Gelu, UnaryOp::Gelu, "gelu")]
+    {
+        let fused = time(device, reps, || {
+            gpu.bias_activation(&x, &bias, activation).unwrap();
+        });
+        rows.push(Row { name: format!("bias + {name} fwd, fused {shape}"), bytes: 2.0 * act, seconds: fused });
+        let unfused = time(device, reps, || {
+            let sum = gpu.binary(BinaryOp::Add, &x, &bias).unwrap();
+            gpu.unary(unary, &sum).unwrap();
+        });
+        rows.push(Row { name: format!("bias add, then {name} (unfused) {shape}"), bytes: 2.0 * act, seconds: unfused });
+        let bwd = time(device, reps, || {
+            gpu.bias_activation_backward(&x, &bias, &dy, activation).unwrap();
+        });
+        rows.push(Row { name: format!("bias + {name} bwd {shape}"), bytes: 3.0 * act, seconds: bwd });
+    }
 }
 
 /// L2 normalisation of a batch of embeddings (the features entering the loss), and backward.

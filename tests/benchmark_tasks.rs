@@ -166,7 +166,7 @@ fn encode_writes_normalised_embeddings_and_their_names() {
     let run = ["encode", "--run", "runs/c"];
     let out = msclip_in(&dir, &[&run[..], &["--images", "imgs", "--out", "i.npy"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("skipped imgs/c.jpg"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("skipped 1 image(s): imgs/c.jpg"), "{}", stderr(&out));
     let ((n, d), values) = read_npy(&dir.join("i.npy"));
     assert_eq!((n, d), (2, 128));
     assert_eq!(std::fs::read_to_string(dir.join("i.txt")).unwrap(), "imgs/a.png\nimgs/b.png\n");

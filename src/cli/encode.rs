@@ -5,11 +5,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use msclip::data::decode::prepare_image;
-use msclip::data::sources::EncodedImage;
+use msclip::data::decode::prepare_files;
 use msclip::eval::{encode_images, encode_texts};
 use msclip::files::{write_atomically, write_npy_f32};
-use rayon::prelude::*;
 
 use super::run_model::{RunModel, RunWeightsArgs};
 
@@ -67,29 +65,16 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     let dim = model.config.embed_dim;
     let (features, names) = if texts.is_empty() {
         let size = model.config.vision.image_size;
-        let decoded: Vec<_> = images
-            .par_iter()
-            .map(|p| {
-                EncodedImage::File(p.clone())
-                    .bytes()
-                    .map_err(String::from)
-                    .and_then(|b| prepare_image(&b, size as u32).map_err(|e| e.to_string()))
-            })
-            .collect();
-        let mut pixels = Vec::new();
-        let mut names = Vec::new();
-        for (path, outcome) in images.iter().zip(decoded) {
-            match outcome {
-                Ok(p) => {
-                    pixels.push(p);
-                    names.push(path.display().to_string());
-                }
-                Err(why) => eprintln!("skipped {}: {why}", path.display()),
-            }
+        let paths: Vec<&std::path::Path> = images.iter().map(PathBuf::as_path).collect();
+        let (prepared, skipped) = prepare_files(&paths, size as u32);
+        for (_, count, examples) in skipped.iter() {
+            eprintln!("skipped {count} image(s): {}", examples.join("; "));
         }
-        if pixels.is_empty() {
+        if prepared.is_empty() {
             anyhow::bail!("no image could be read");
         }
+        let names: Vec<String> = prepared.iter().map(|(i, _)| images[*i].display().to_string()).collect();
+        let pixels: Vec<Vec<u8>> = prepared.into_iter().map(|(_, p)| p).collect();
         let refs: Vec<&[u8]> = pixels.iter().map(Vec::as_slice).collect();
         (encode_images(&model, &params, &mut buffers, &refs, size)?, names)
     } else {

@@ -7,10 +7,13 @@
 //! more than [`MAX_PIXELS`] is refused without decoding it (PIL's decompression-bomb limit).
 
 use std::io::Cursor;
+use std::path::Path;
 
 use image::{DynamicImage, ImageReader, Limits};
+use rayon::prelude::*;
 
 use super::resample::resize_bicubic;
+use super::sources::{EncodedImage, Skipped};
 
 /// The most pixels an image may have: PIL's `Image.MAX_IMAGE_PIXELS`, past which it refuses
 /// to open a file as a possible decompression bomb.
@@ -87,6 +90,27 @@ pub fn resize_and_crop(image: &image::RgbImage, resolution: u32) -> Vec<u8> {
 /// [`decode_rgb`] then [`resize_and_crop`].
 pub fn prepare_image(bytes: &[u8], resolution: u32) -> Result<Vec<u8>, DecodeError> {
     Ok(resize_and_crop(&decode_rgb(bytes)?, resolution))
+}
+
+/// Image files read and prepared in parallel ([`prepare_image`]): (position in `paths`, pixels)
+/// of each that could be, in order, and the others counted as unreadable with the reason.
+pub fn prepare_files(paths: &[&Path], resolution: u32) -> (Vec<(usize, Vec<u8>)>, Skipped) {
+    let outcomes: Vec<Result<Vec<u8>, String>> = paths
+        .par_iter()
+        .map(|path| {
+            let bytes = EncodedImage::File(path.to_path_buf()).bytes().map_err(String::from)?;
+            prepare_image(&bytes, resolution).map_err(|e| e.to_string())
+        })
+        .collect();
+    let mut skipped = Skipped::default();
+    let mut prepared = Vec::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(pixels) => prepared.push((i, pixels)),
+            Err(why) => skipped.add("unreadable image", format!("{}: {why}", paths[i].display())),
+        }
+    }
+    (prepared, skipped)
 }
 
 #[cfg(test)]

@@ -119,10 +119,10 @@ fn process(
         DecodeError::TooLarge { .. } => ("image over 89,478,485 pixels", e.to_string()),
         DecodeError::Unreadable(_) => ("unreadable image", e.to_string()),
     })?;
-    let failed = |e: crate::Error| ("caption the tokenizer refused", e.to_string());
-    let ids = tokenizer.encode(caption).map_err(failed)?;
-    let tokens = tokenizer.tokenize(caption, context, Truncation::ForceEot).map_err(failed)?;
-    Ok((pixels, tokens, ids.len() + 2 > context))
+    let (tokens, cut) = tokenizer
+        .tokenize_and_tell(caption, context, Truncation::ForceEot)
+        .map_err(|e| ("caption the tokenizer refused", e.to_string()))?;
+    Ok((pixels, tokens, cut))
 }
 
 /// Runs the whole prepare; `progress(samples written, samples skipped)` after each chunk.

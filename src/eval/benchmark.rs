@@ -5,13 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
 use super::encode::{classifier_weights, encode_images, encode_texts};
 use super::metrics::{Classification, Ranking, classification, ranking, transpose};
-use crate::data::decode::prepare_image;
+use crate::data::decode::prepare_files;
 use crate::data::shards::PreparedDataset;
-use crate::data::sources::{EncodedImage, Skipped};
+use crate::data::sources::Skipped;
 use crate::error::{Error, Result};
 use crate::model::{Buffers, ClipModel};
 use crate::nn::ParamStore;
@@ -98,29 +96,13 @@ pub fn image_folder_features(
     folder: &ImageFolder,
 ) -> Result<(Vec<f64>, Vec<usize>, Skipped)> {
     let size = model.config.vision.image_size;
-    let decoded: Vec<std::result::Result<Vec<u8>, String>> = folder
-        .images
-        .par_iter()
-        .map(|(path, _)| {
-            let bytes = EncodedImage::File(path.clone()).bytes().map_err(String::from)?;
-            prepare_image(&bytes, size as u32).map_err(|e| e.to_string())
-        })
-        .collect();
-    let mut skipped = Skipped::default();
-    let mut pixels = Vec::new();
-    let mut labels = Vec::new();
-    for ((path, class), outcome) in folder.images.iter().zip(decoded) {
-        match outcome {
-            Ok(p) => {
-                pixels.push(p);
-                labels.push(*class);
-            }
-            Err(why) => skipped.add("unreadable image", format!("{}: {why}", path.display())),
-        }
-    }
-    if pixels.is_empty() {
+    let paths: Vec<&Path> = folder.images.iter().map(|(path, _)| path.as_path()).collect();
+    let (prepared, skipped) = prepare_files(&paths, size as u32);
+    if prepared.is_empty() {
         return Err(Error::format("image folder", format!("no readable images:\n{}", skipped.summary())));
     }
+    let labels: Vec<usize> = prepared.iter().map(|(i, _)| folder.images[*i].1).collect();
+    let pixels: Vec<Vec<u8>> = prepared.into_iter().map(|(_, p)| p).collect();
     let refs: Vec<&[u8]> = pixels.iter().map(Vec::as_slice).collect();
     Ok((encode_images(model, params, buffers, &refs, size)?, labels, skipped))
 }

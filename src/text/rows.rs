@@ -29,10 +29,15 @@ impl Tokenizer {
     /// One row of `context` ids: `[SOT] + encode(text) + [EOT]`, zero-padded, cut as
     /// `truncation` says. The context must hold at least SOT and EOT.
     pub fn tokenize(&self, text: &str, context: usize, truncation: Truncation) -> Result<Vec<u32>> {
+        Ok(self.tokenize_and_tell(text, context, truncation)?.0)
+    }
+
+    /// [`Tokenizer::tokenize`], and whether the caption was cut to fit.
+    pub fn tokenize_and_tell(&self, text: &str, context: usize, truncation: Truncation) -> Result<(Vec<u32>, bool)> {
         check_context("tokenize", context)?;
         let mut row = vec![PAD; context];
-        self.fill_row(text, &mut row, truncation)?;
-        Ok(row)
+        let cut = self.fill_row(text, &mut row, truncation)?;
+        Ok((row, cut))
     }
 
     /// [`Tokenizer::tokenize`] for each text, in parallel: a row-major `[texts.len(), context]`
@@ -47,12 +52,12 @@ impl Tokenizer {
         let mut rows = vec![PAD; len];
         rows.par_chunks_mut(context)
             .zip(texts.par_iter())
-            .try_for_each(|(row, text)| self.fill_row(text, row, truncation))?;
+            .try_for_each(|(row, text)| self.fill_row(text, row, truncation).map(|_| ()))?;
         Ok(rows)
     }
 
-    /// Writes one caption into a zeroed row.
-    fn fill_row(&self, text: &str, row: &mut [u32], truncation: Truncation) -> Result<()> {
+    /// Writes one caption into a zeroed row; true when it had to be cut.
+    fn fill_row(&self, text: &str, row: &mut [u32], truncation: Truncation) -> Result<bool> {
         let ids = self.encode(text)?;
         let fits = ids.len() + 2 <= row.len();
         let framed = std::iter::once(self.sot()).chain(ids).chain(std::iter::once(self.eot()));
@@ -63,7 +68,7 @@ impl Tokenizer {
         {
             *last = self.eot();
         }
-        Ok(())
+        Ok(!fits)
     }
 }
 
