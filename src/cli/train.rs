@@ -62,7 +62,8 @@ pub struct TrainArgs {
     /// Image-text pairs per step [default: 128]; at least 2, at most what fits in memory.
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Peak learning rate [default: 1e-3].
+    /// Peak learning rate [default: 1e-3; the B-scale CLIP and MS-CLIP presets start from
+    /// their projects' recipes, docs/training.md].
     #[arg(long)]
     lr: Option<f64>,
     /// Floor of the cosine schedule [default: --lr / 100].
@@ -77,7 +78,8 @@ pub struct TrainArgs {
     /// Weight decay of the modality-shared weights (MS-CLIP's WD_SHARE) [default: 0.2].
     #[arg(long, allow_hyphen_values = true)]
     wd_shared: Option<f64>,
-    /// Global gradient-norm clip [default: 1.0]; exactly 0 turns clipping off.
+    /// Global gradient-norm clip [default: 1.0; none for the B-scale presets, as open_clip
+    /// and MS-CLIP train]; exactly 0 turns clipping off.
     #[arg(long, allow_hyphen_values = true)]
     grad_clip: Option<f64>,
     #[arg(long)]
@@ -91,6 +93,10 @@ pub struct TrainArgs {
     /// Steps between checkpoints [default: 500]; a checkpoint is also written at the end and
     /// when the run is interrupted.
     #[arg(long)]
+    /// Clamp the logit scale after every step to ln of this [default: 100, as open_clip; none
+    /// for the MS-CLIP B-scale presets, whose code has no clamp]; exactly 0 turns it off.
+    #[arg(long, allow_hyphen_values = true)]
+    logit_scale_max: Option<f64>,
     save_every: Option<u64>,
     /// How many step_N checkpoints to keep besides latest [default: 3].
     #[arg(long)]
@@ -335,3 +341,6 @@ fn shell_word(s: &str) -> String {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
+    if let Some(max) = args.logit_scale_max {
+        config.logit_scale_max = (max != 0.0).then_some(max);
+    }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::encode::{classifier_weights, encode_images, encode_texts};
-use super::metrics::{Classification, Ranking, classification, ranking, transpose};
+use super::metrics::{Classification, Ranking, classification, dot, ranking};
 use crate::data::decode::prepare_files;
 use crate::data::shards::PreparedDataset;
 use crate::data::sources::Skipped;
@@ -81,10 +81,6 @@ impl ImageFolder {
 /// Every template filled with a class name (`{}` or `{c}` replaced).
 fn prompts(templates: &[String], class: &str) -> Vec<String> {
     templates.iter().map(|t| t.replace("{c}", class).replace("{}", class)).collect()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The image features of `folder`'s readable images, row-major [n, embed_dim], their labels,
@@ -190,11 +186,7 @@ pub fn retrieval(
     let text_features = encode_texts(model, params, tokenizer, &captions)?;
     let dim = model.config.embed_dim;
     let (images, texts) = (pixels.len(), captions.len());
-    let scores: Vec<f64> = text_features
-        .chunks_exact(dim)
-        .flat_map(|t| image_features.chunks_exact(dim).map(|i| dot(t, i)).collect::<Vec<_>>())
-        .collect();
-    let text_to_image = ranking(&scores, texts, images, |t, i| image_of_caption[t] == i);
-    let image_to_text = ranking(&transpose(&scores, texts, images), images, texts, |i, t| image_of_caption[t] == i);
+    let text_to_image = ranking(&text_features, &image_features, dim, |t, i| image_of_caption[t] == i);
+    let image_to_text = ranking(&image_features, &text_features, dim, |i, t| image_of_caption[t] == i);
     Ok(Retrieval { images, captions: texts, text_to_image, image_to_text })
 }

@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::model::{Buffers, ClipModel};
 use crate::nn::ParamStore;
 use crate::text::Tokenizer;
-use metrics::{classification, modality_gap, ranking, transpose};
+use metrics::{classification, dot, modality_gap, ranking};
 
 /// Runs every evaluation on `samples` images per split.
 pub fn evaluate(
@@ -74,14 +74,10 @@ pub fn evaluate(
         if split != Split::Unseen {
             let captions: Vec<&str> = set.iter().map(|s| s.caption.as_str()).collect();
             let text_features = encode_texts(model, params, tokenizer, &captions)?;
-            let n = set.len();
-            let sim: Vec<f64> = (0..n * n)
-                .map(|k| dot(&image_features[(k / n) * dim..][..dim], &text_features[(k % n) * dim..][..dim]))
-                .collect();
             // A caption shared by several images is correct for each of them.
             let same = |a: usize, b: usize| captions[a] == captions[b];
-            let i2t = ranking(&sim, n, n, same);
-            let t2i = ranking(&transpose(&sim, n, n), n, n, same);
+            let i2t = ranking(&image_features, &text_features, dim, same);
+            let t2i = ranking(&text_features, &image_features, dim, same);
             report.retrieval.push((split.name().to_string(), i2t, t2i));
             if split == Split::Seen {
                 let gap = modality_gap(&image_features, &text_features, dim, same);
@@ -116,6 +112,3 @@ pub fn evaluate(
     Ok(report)
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}

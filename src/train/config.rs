@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::recipe::Recipe;
 use super::schedule::CosineSchedule;
 use crate::data::shapes::ShapesConfig;
 use crate::error::{Error, Result};
@@ -84,7 +85,8 @@ pub struct TrainConfig {
     pub shared_weight_decay: f64,
     pub shared_lr_scale: f64,
     pub grad_clip_norm: Option<f64>,
-    /// After each step the logit scale is clamped to [0, ln(max)], as open_clip does (100).
+    /// After each step the logit scale is clamped to [0, ln(max)], as open_clip does (100);
+    /// None: never (MS-CLIP's code has no clamp).
     pub logit_scale_max: Option<f64>,
     pub log_every: u64,
     pub eval_every: u64,
@@ -201,8 +203,9 @@ impl TrainConfig {
     }
 
     /// The embedded default's training settings for any preset, with the shapes world
-    /// rendered at the size the preset's images have and the preset's objectives
-    /// ([`Objectives::for_model`]: OneR's for a single tower).
+    /// rendered at the size the preset's images have, the preset's objectives
+    /// ([`Objectives::for_model`]: OneR's for a single tower) and, for the B-scale CLIP and
+    /// MS-CLIP presets, their own projects' optimiser recipe ([`Recipe`]).
     pub fn for_preset(preset: &str) -> Result<Self> {
         let model = crate::model::preset(preset)?;
         let mut config = TrainConfig::tiny_default();
@@ -221,6 +224,7 @@ impl TrainConfig {
         // CLIP's loss for every preset: the one PyTorch's reference steps compute, so the
         // harnesses compare like with like (`--loss` chooses others).
         config.objectives = Objectives::default();
+        Recipe::of_preset(preset).apply(&mut config);
         config.batch_size = batch;
         config.device = device;
         config.precision = precision;
@@ -295,7 +299,9 @@ impl TrainConfig {
             ));
         }
         if let Some(max) = self.logit_scale_max.filter(|m| !(m.is_finite() && *m >= 1.0)) {
-            return fail(format!("logit_scale_max must be a finite number >= 1, got {max}"));
+            return fail(format!(
+                "--logit-scale-max must be a finite number >= 1 (or exactly 0 to turn the clamp off), got {max}"
+            ));
         }
         if self.log_every == 0 || self.save_every == 0 {
             return fail(format!(

@@ -16,6 +16,7 @@ mod prefetch;
 mod readback;
 mod resume;
 mod run;
+mod recipe;
 mod run_dir;
 mod schedule;
 mod step;
