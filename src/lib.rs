@@ -10,6 +10,7 @@
 //! - [`nn`]: parameters with names, and optimizers.
 //! - [`text`]: captions to token ids (CLIP's BPE, or one trained on the corpus).
 //! - [`data`]: training and evaluation data; [`data::shapes`] is the procedural shapes world.
+//! - [`dist`]: data parallelism: the collective ranks talk through, the loss across ranks.
 //! - [`weights`]: model weights in other projects' layouts (open_clip's state dict), checked
 //!   against the model before use.
 //! - [`kernel_check`]: every GPU kernel under the emulator's sanitizer, from training steps
@@ -20,6 +21,7 @@ pub mod autograd;
 pub mod backend;
 pub mod charts;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod files;

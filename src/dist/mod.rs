@@ -1,0 +1,32 @@
+//! Data-parallel training: one process per GPU, each holding an equal share of the global
+//! batch (issue 17). The ranks talk through a [`Collective`]; on GPUs that is NCCL, a
+//! production collective library, never a home-made transport. The contrastive loss across
+//! ranks ([`sharded_infonce`]) gathers the features and combines the column log-sum-exps so
+//! that the loss and every gradient equal those of one process over the global batch.
+//!
+//! Gradients are summed across ranks, not averaged: each rank's backward yields its share of
+//! the gradient of the GLOBAL loss (a mean over the global batch), and the shares add up.
+
+mod contrastive;
+
+pub use contrastive::sharded_infonce;
+
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// The collective operations a data-parallel step needs. Every rank calls the same operations
+/// in the same order with tensors of the same shape and dtype; each call returns when every
+/// rank has made it. Reductions sum in rank order, so all ranks get the same bits.
+pub trait Collective {
+    /// This process's index, 0-based.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn world_size(&self) -> usize;
+    /// Every rank's `x` concatenated along dimension 0, in rank order.
+    fn all_gather(&self, x: &Tensor) -> Result<Tensor>;
+    /// The element-wise sum of every rank's `x`.
+    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor>;
+    /// The element-wise sum of every rank's `x` ([world_size * m, ...]), of which this rank
+    /// keeps rows `rank * m .. (rank + 1) * m`.
+    fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor>;
+}

@@ -1,0 +1,219 @@
+//! Data-parallel training's arithmetic (issue 17), proven on the CPU with simulated ranks: the
+//! contrastive loss spread over ranks, and the gradients summed across them, equal one process
+//! over the global batch. The simulated world below is this test's collective only; real ranks
+//! are processes on GPUs talking through NCCL.
+
+mod common;
+
+use std::rc::Rc;
+use std::sync::{Arc, Barrier, Mutex};
+
+use common::gpu::{model_devices, on};
+use common::{assert_close, randn};
+use msclip::autograd;
+use msclip::dist::{Collective, sharded_infonce};
+use msclip::model::{ClipModel, Mode, preset};
+use msclip::ops;
+use msclip::{DType, Device, Result, Rng, Tensor};
+
+/// `world` ranks as threads of one process: each collective deposits every rank's values,
+/// waits for all of them, and reads them back in rank order.
+struct SimulatedWorld {
+    slots: Mutex<Vec<Option<(Vec<usize>, Vec<f64>)>>>,
+    barrier: Barrier,
+}
+
+struct SimulatedRank {
+    rank: usize,
+    world: Arc<SimulatedWorld>,
+}
+
+impl SimulatedWorld {
+    fn ranks(world: usize) -> Vec<SimulatedRank> {
+        let shared = Arc::new(SimulatedWorld { slots: Mutex::new(vec![None; world]), barrier: Barrier::new(world) });
+        (0..world).map(|rank| SimulatedRank { rank, world: Arc::clone(&shared) }).collect()
+    }
+}
+
+impl SimulatedRank {
+    /// Every rank's (dims, values) of `x`, in rank order.
+    fn exchange(&self, x: &Tensor) -> Vec<(Vec<usize>, Vec<f64>)> {
+        self.world.slots.lock().unwrap()[self.rank] = Some((x.dims().to_vec(), x.to_f64_vec()));
+        self.world.barrier.wait();
+        let all: Vec<_> = self.world.slots.lock().unwrap().iter().map(|s| s.clone().unwrap()).collect();
+        // Nobody writes the next call's values before everyone has read these.
+        self.world.barrier.wait();
+        assert!(all.iter().all(|(dims, _)| *dims == all[0].0), "ranks disagree on a collective's shape: {all:?}");
+        all
+    }
+
+    fn summed(all: &[(Vec<usize>, Vec<f64>)]) -> Vec<f64> {
+        let mut sum = vec![0.0; all[0].1.len()];
+        for (_, values) in all {
+            sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
+        }
+        sum
+    }
+}
+
+impl Collective for SimulatedRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world.slots.lock().unwrap().len()
+    }
+
+    fn all_gather(&self, x: &Tensor) -> Result<Tensor> {
+        let all = self.exchange(x);
+        let mut dims = all[0].0.clone();
+        dims[0] *= all.len();
+        let values: Vec<f64> = all.into_iter().flat_map(|(_, v)| v).collect();
+        on_device_of(x, Tensor::from_f64(&values, dims, x.dtype()))
+    }
+
+    fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor> {
+        on_device_of(x, Tensor::from_f64(&Self::summed(&self.exchange(x)), x.dims().to_vec(), x.dtype()))
+    }
+
+    fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor> {
+        let all = self.exchange(x);
+        let sum = Self::summed(&all);
+        let mut dims = x.dims().to_vec();
+        dims[0] /= all.len();
+        let per_rank = sum.len() / all.len();
+        on_device_of(x, Tensor::from_f64(&sum[self.rank * per_rank..][..per_rank], dims, x.dtype()))
+    }
+}
+
+/// A collective's result where its input lives (the emulator's tensors go back to it).
+fn on_device_of(x: &Tensor, host: Result<Tensor>) -> Result<Tensor> {
+    host?.to_device(x.device())
+}
+
+/// Runs `f` on every rank of a simulated world of `world` ranks, each on its own thread (the
+/// autograd tape is per thread), and returns the ranks' results in rank order.
+fn on_every_rank<T: Send>(world: usize, f: impl Fn(Rc<dyn Collective>) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = SimulatedWorld::ranks(world)
+            .into_iter()
+            .map(|rank| scope.spawn(|| f(Rc::new(rank) as Rc<dyn Collective>)))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+fn rows(t: &Tensor, start: usize, count: usize) -> Tensor {
+    let d = t.dims()[1];
+    Tensor::from_f64(&t.to_f64_vec()[start * d..(start + count) * d], vec![count, d], t.dtype()).unwrap()
+}
+
+fn leaf(t: &Tensor) -> Tensor {
+    t.detach().set_requires_grad(true)
+}
+
+#[test]
+fn the_loss_spread_over_ranks_is_the_global_batchs_loss_with_its_gradients() {
+    // The CPU reference in f64, and the GPU backend's kernels (the emulator, and a GPU when
+    // present) in f32 against the CPU's whole batch.
+    let runs = [(Device::Cpu, DType::F64, 1e-12)]
+        .into_iter()
+        .chain(model_devices().into_iter().map(|d| (d, DType::F32, 2e-5)));
+    for (device, dtype, tol) in runs {
+        // Ragged sizes: 5 pairs per rank, 7-dim features, a logit scale under and over the clamp.
+        for (world, max_scale, scale) in
+            [(1, Some(100.0), 2.6), (2, None, 2.6), (3, Some(100.0), 1.3), (3, Some(3.0), 1.3)]
+        {
+            let (n_local, d) = (5, 7);
+            let mut rng = Rng::new(17 + world as u64);
+            let (img, txt) = (randn(&mut rng, &[world * n_local, d]), randn(&mut rng, &[world * n_local, d]));
+            let logit_scale = Tensor::full([1], scale, DType::F64);
+
+            let (gi, gt, gs) = (leaf(&img), leaf(&txt), leaf(&logit_scale));
+            let whole = ops::infonce(&gi, &gt, &gs, max_scale).unwrap();
+            let grads = autograd::backward(&whole).unwrap();
+            let want = |t: &Tensor| grads.get(t).unwrap().to_f64_vec();
+
+            let ranks = on_every_rank(world, |comm| {
+                let r = comm.rank();
+                let local = |t: &Tensor| leaf(&on(&rows(t, r * n_local, n_local), device, dtype));
+                let (li, lt, ls) = (local(&img), local(&txt), leaf(&on(&logit_scale, device, dtype)));
+                let share = sharded_infonce(&li, &lt, &ls, max_scale, comm).unwrap();
+                let g = autograd::backward(&share).unwrap();
+                let grad = |t: &Tensor| g.get(t).unwrap().to_f64_vec();
+                (share.item().unwrap(), grad(&li), grad(&lt), grad(&ls)[0])
+            });
+            let what = format!("{device} {dtype}, {world} ranks, max_scale {max_scale:?}");
+            let total: f64 = ranks.iter().map(|r| r.0).sum();
+            assert_close(&format!("{what}: loss"), &[total], &[whole.item().unwrap()], tol, tol);
+            let d_img: Vec<f64> = ranks.iter().flat_map(|r| r.1.clone()).collect();
+            let d_txt: Vec<f64> = ranks.iter().flat_map(|r| r.2.clone()).collect();
+            assert_close(&format!("{what}: d img"), &d_img, &want(&gi), tol, tol);
+            assert_close(&format!("{what}: d txt"), &d_txt, &want(&gt), tol, tol);
+            let d_scale: f64 = ranks.iter().map(|r| r.3).sum();
+            assert_close(&format!("{what}: d logit_scale"), &[d_scale], &want(&gs), tol, tol);
+        }
+    }
+}
+
+#[test]
+fn a_model_trained_on_three_ranks_gets_the_global_batchs_gradients() {
+    // tiny-clip has no batch norm, whose statistics would be per rank (as in PyTorch's DDP
+    // without SyncBatchNorm).
+    let model = ClipModel::new(preset("tiny-clip").unwrap()).unwrap();
+    let (world, n_local) = (3, 2);
+    let n = world * n_local;
+    let (params, _) = model.init_params(&mut Rng::new(3), DType::F64).unwrap();
+    let mut rng = Rng::new(4);
+    let size = model.config.vision.image_size;
+    let images = randn(&mut rng, &[n, 3, size, size]);
+    let context = model.config.text.context;
+    let ends = [4, 9, 6, 11, 3, 7];
+    let tokens = common::captions_ending_at(&mut rng, &ends, context, model.config.text.vocab);
+
+    let (_, mut buffers) = model.init_params(&mut Rng::new(3), DType::F64).unwrap();
+    let whole = model.contrastive_loss(&params, &mut buffers, &images, &tokens, Some(100.0)).unwrap();
+    let grads = autograd::backward(&whole).unwrap();
+
+    let images_of = |r: usize| {
+        let per = 3 * size * size;
+        Tensor::from_f64(
+            &images.to_f64_vec()[r * n_local * per..][..n_local * per],
+            vec![n_local, 3, size, size],
+            DType::F64,
+        )
+        .unwrap()
+    };
+    let ranks = on_every_rank(world, |comm| {
+        let r = comm.rank();
+        let (params, mut buffers) = model.init_params(&mut Rng::new(3), DType::F64).unwrap();
+        let img = model.encode_image(&params, &mut buffers, &images_of(r), Mode::Train).unwrap();
+        let txt = model.encode_text(&params, &tokens[r * n_local * context..][..n_local * context]).unwrap();
+        let share =
+            sharded_infonce(&img, &txt, params.get(model.logit_scale()), Some(100.0), Rc::clone(&comm)).unwrap();
+        let g = autograd::backward(&share).unwrap();
+        // The step's gradient all-reduce: each parameter's parts summed across ranks.
+        let summed: Vec<(String, Vec<f64>)> = params
+            .ids()
+            .map(|id| {
+                let grad = g
+                    .get(params.get(id))
+                    .cloned()
+                    .unwrap_or_else(|| Tensor::zeros(params.get(id).dims().to_vec(), DType::F64));
+                (params.name(id).to_string(), comm.all_reduce_sum(&grad).unwrap().to_f64_vec())
+            })
+            .collect();
+        (share.item().unwrap(), summed)
+    });
+    let total: f64 = ranks.iter().map(|r| r.0).sum();
+    assert_close("loss", &[total], &[whole.item().unwrap()], 1e-13, 1e-12);
+    for (name, got) in &ranks[0].1 {
+        let want = grads.get(params.get(params.find(name).unwrap())).unwrap().to_f64_vec();
+        assert_close(&format!("gradient of {name}"), got, &want, 1e-13, 1e-9);
+        for other in &ranks[1..] {
+            let theirs = &other.1.iter().find(|(n, _)| n == name).unwrap().1;
+            assert_eq!(theirs, got, "every rank holds the same summed gradient of {name}");
+        }
+    }
+}
