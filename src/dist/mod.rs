@@ -8,8 +8,12 @@
 //! the gradient of the GLOBAL loss (a mean over the global batch), and the shares add up.
 
 mod contrastive;
+mod rendezvous;
+mod world;
 
 pub use contrastive::sharded_infonce;
+pub use rendezvous::rendezvous;
+pub use world::WorldPlace;
 
 use crate::error::Result;
 use crate::tensor::Tensor;

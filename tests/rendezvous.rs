@@ -1,0 +1,84 @@
+//! The ranks of a data-parallel world meeting over TCP on this machine (issue 17): a world
+//! that starts, and each way one cannot, failing on every rank within a bounded time.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use msclip::dist::{WorldPlace, rendezvous};
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs one thread per (rank, world size it was started with, fingerprint), returns each
+/// rank's result (the payload or the error's text) and how long the slowest took.
+fn meet(ranks: &[(usize, usize, &str)], timeout: Duration) -> (Vec<Result<Vec<u8>, String>>, Duration) {
+    let master = format!("127.0.0.1:{}", free_port());
+    let start = Instant::now();
+    let results = std::thread::scope(|scope| {
+        let threads: Vec<_> = ranks
+            .iter()
+            .map(|&(rank, world_size, fingerprint)| {
+                let place = WorldPlace { rank, world_size, local_rank: rank, master: master.clone() };
+                scope.spawn(move || {
+                    rendezvous(&place, fingerprint, b"nccl unique id", timeout).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    (results, start.elapsed())
+}
+
+fn assert_all_fail(results: &[Result<Vec<u8>, String>], says: &str) {
+    for (rank, r) in results.iter().enumerate() {
+        let err = r.as_ref().expect_err("the world must not start");
+        assert!(err.contains(says), "rank {rank}: {err}");
+    }
+}
+
+#[test]
+fn every_rank_gets_rank_0s_bytes() {
+    let (results, _) = meet(&[(2, 4, "cfg"), (0, 4, "cfg"), (3, 4, "cfg"), (1, 4, "cfg")], Duration::from_secs(20));
+    for r in results {
+        assert_eq!(r.unwrap(), b"nccl unique id");
+    }
+    // A world of one needs nobody.
+    let (alone, _) = meet(&[(0, 1, "cfg")], Duration::from_secs(1));
+    assert_eq!(alone[0].as_deref().unwrap(), b"nccl unique id");
+}
+
+#[test]
+fn a_rank_started_with_another_config_stops_every_rank() {
+    let (results, _) = meet(&[(0, 3, "lr=1e-3"), (1, 3, "lr=1e-3"), (2, 3, "lr=5e-4")], Duration::from_secs(20));
+    assert_all_fail(&results, "rank 2's configuration differs from rank 0's");
+}
+
+#[test]
+fn world_sizes_that_differ_stop_every_rank() {
+    let (results, _) = meet(&[(0, 2, "cfg"), (1, 3, "cfg")], Duration::from_secs(20));
+    assert_all_fail(&results, "rank 1 was started with WORLD_SIZE=3, rank 0 with 2");
+}
+
+#[test]
+fn two_processes_with_one_rank_stop_every_rank() {
+    let (results, _) = meet(&[(0, 3, "cfg"), (1, 3, "cfg"), (1, 3, "cfg")], Duration::from_secs(20));
+    assert_all_fail(&results, "two processes claim RANK=1");
+}
+
+#[test]
+fn a_rank_that_never_comes_is_named_within_the_timeout() {
+    let timeout = Duration::from_millis(600);
+    let (results, took) = meet(&[(0, 3, "cfg"), (1, 3, "cfg")], timeout);
+    assert_all_fail(&results, "rank(s) [2] of 3 did not join");
+    assert!(took < timeout * 4, "took {took:?}");
+}
+
+#[test]
+fn an_unreachable_master_is_an_error_within_the_timeout() {
+    let timeout = Duration::from_millis(400);
+    let (results, took) = meet(&[(1, 2, "cfg")], timeout);
+    assert_all_fail(&results, "could not reach rank 0");
+    assert!(took < timeout * 4, "took {took:?}");
+}
