@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::rc::Rc;
 use std::sync::{Arc, Barrier, Mutex};
 
 use common::gpu::{model_devices, on};
@@ -14,6 +13,7 @@ use msclip::autograd;
 use msclip::dist::{Collective, sharded_infonce};
 use msclip::model::{ClipModel, Mode, preset};
 use msclip::ops;
+use msclip::train::{Precision, StepInput, StepState, TrainConfig};
 use msclip::{DType, Device, Result, Rng, Tensor};
 
 /// `world` ranks as threads of one process: each collective deposits every rank's values,
@@ -94,11 +94,11 @@ fn on_device_of(x: &Tensor, host: Result<Tensor>) -> Result<Tensor> {
 
 /// Runs `f` on every rank of a simulated world of `world` ranks, each on its own thread (the
 /// autograd tape is per thread), and returns the ranks' results in rank order.
-fn on_every_rank<T: Send>(world: usize, f: impl Fn(Rc<dyn Collective>) -> T + Sync) -> Vec<T> {
+fn on_every_rank<T: Send>(world: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
     std::thread::scope(|scope| {
         let threads: Vec<_> = SimulatedWorld::ranks(world)
             .into_iter()
-            .map(|rank| scope.spawn(|| f(Rc::new(rank) as Rc<dyn Collective>)))
+            .map(|rank| scope.spawn(|| f(Arc::new(rank) as Arc<dyn Collective>)))
             .collect();
         threads.into_iter().map(|t| t.join().unwrap()).collect()
     })
@@ -191,7 +191,7 @@ fn a_model_trained_on_three_ranks_gets_the_global_batchs_gradients() {
         let img = model.encode_image(&params, &mut buffers, &images_of(r), Mode::Train).unwrap();
         let txt = model.encode_text(&params, &tokens[r * n_local * context..][..n_local * context]).unwrap();
         let share =
-            sharded_infonce(&img, &txt, params.get(model.logit_scale()), Some(100.0), Rc::clone(&comm)).unwrap();
+            sharded_infonce(&img, &txt, params.get(model.logit_scale()), Some(100.0), Arc::clone(&comm)).unwrap();
         let g = autograd::backward(&share).unwrap();
         // The step's gradient all-reduce: each parameter's parts summed across ranks.
         let summed: Vec<(String, Vec<f64>)> = params
@@ -216,4 +216,70 @@ fn a_model_trained_on_three_ranks_gets_the_global_batchs_gradients() {
             assert_eq!(theirs, got, "every rank holds the same summed gradient of {name}");
         }
     }
+}
+
+/// `steps` training steps of `tiny-clip` on a global batch of `n` pairs spread over `world`
+/// ranks (1: one process); returns each rank's losses and final parameters.
+fn train_on_ranks(world: usize, n: usize, steps: usize) -> Vec<(Vec<f64>, Vec<Vec<f64>>)> {
+    let config = TrainConfig::for_steps("tiny-clip", n, Device::Cpu, Precision::Fp32, steps as u64).unwrap();
+    let model = ClipModel::new(config.model_config().unwrap()).unwrap();
+    let size = model.config.vision.image_size;
+    let context = model.config.text.context;
+    let mut rng = Rng::new(9);
+    let images: Vec<Tensor> = (0..steps).map(|_| rng.normal_tensor(vec![n, 3, size, size], 1.0, DType::F32)).collect();
+    let ends: Vec<usize> = (0..n).map(|i| 3 + (i * 5) % (context - 3)).collect();
+    let tokens = common::captions_ending_at(&mut rng, &ends, context, model.config.text.vocab);
+    let n_local = n / world;
+    let per_image = 3 * size * size;
+    on_every_rank(world, |comm| {
+        let r = comm.rank();
+        let mut state = StepState::init(&model, &config, &mut Rng::new(config.seed)).unwrap();
+        if world > 1 {
+            state = state.across_ranks(&config, comm).unwrap();
+        }
+        let losses = (0..steps)
+            .map(|k| {
+                let local = &images[k].to_f64_vec()[r * n_local * per_image..][..n_local * per_image];
+                let images = Tensor::from_f64(local, vec![n_local, 3, size, size], DType::F32).unwrap();
+                let tokens = &tokens[r * n_local * context..][..n_local * context];
+                let input = StepInput { images: &images, tokens, lr: 1e-3, masks: None };
+                state.step(&model, &config, input).unwrap().loss.item().unwrap()
+            })
+            .collect();
+        (losses, state.params.ids().map(|id| state.params.get(id).to_f64_vec()).collect())
+    })
+}
+
+#[test]
+fn steps_on_two_ranks_train_as_one_process_on_the_global_batch() {
+    let (steps, n) = (3, 8);
+    let alone = &train_on_ranks(1, n, steps)[0];
+    let ranks = train_on_ranks(2, n, steps);
+    let config = TrainConfig::for_steps("tiny-clip", n, Device::Cpu, Precision::Fp32, 1).unwrap();
+    let model = ClipModel::new(config.model_config().unwrap()).unwrap();
+    let (start, _) = model.init_params(&mut Rng::new(config.seed), DType::F32).unwrap();
+    for (r, (losses, params)) in ranks.iter().enumerate() {
+        // Each step's loss is the global batch's, read on every rank.
+        assert_close(&format!("rank {r}: losses"), losses, &alone.0, 1e-6, 1e-5);
+        for (i, id) in start.ids().enumerate() {
+            // The update of every parameter, as the single process made it (f32 sums in
+            // another order: relative to the update's size).
+            let before = start.get(id).to_f64_vec();
+            let moved = |p: &[f64]| p.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<_>>();
+            let err = common::relative_error(&moved(&params[i]), &moved(&alone.1[i]));
+            assert!(err < 1e-3, "rank {r}: the update of {} is off by {err:.2e}", start.name(id));
+        }
+        assert_eq!(params, &ranks[0].1, "the ranks' parameters stay identical");
+    }
+}
+
+#[test]
+fn a_rank_refuses_objectives_it_cannot_spread() {
+    let mut config = TrainConfig::for_steps("tiny-oner", 4, Device::Cpu, Precision::Fp32, 1).unwrap();
+    config.objectives = msclip::model::Objectives::parse("itc=1,xmc=1").unwrap();
+    let model = ClipModel::new(config.model_config().unwrap()).unwrap();
+    let state = StepState::init(&model, &config, &mut Rng::new(0)).unwrap();
+    let only = SimulatedWorld::ranks(1).pop().unwrap();
+    let err = state.across_ranks(&config, Arc::new(only)).err().unwrap().to_string();
+    assert!(err.contains("--loss itc=1"), "{err}");
 }

@@ -16,6 +16,11 @@ impl Gradients {
         self.by_id.get(&t.id())
     }
 
+    /// Replaces the gradient of `t` (data-parallel training sums it across ranks).
+    pub fn set(&mut self, t: &Tensor, grad: Tensor) {
+        self.by_id.insert(t.id(), grad);
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -15,7 +15,7 @@
 //! Communication per step: the texts [n, d] and the column partials [world_size, n] gathered,
 //! the text gradients [n, d] reduce-scattered. The images never move.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::Collective;
 use crate::autograd::record1;
@@ -32,7 +32,7 @@ pub fn sharded_infonce(
     txt: &Tensor,
     logit_scale: &Tensor,
     max_scale: Option<f64>,
-    comm: Rc<dyn Collective>,
+    comm: Arc<dyn Collective>,
 ) -> Result<Tensor> {
     const OP: &str = "sharded_infonce";
     if img.shape() != txt.shape() || img.rank() != 2 {

@@ -21,7 +21,7 @@ use crate::tensor::Tensor;
 /// The collective operations a data-parallel step needs. Every rank calls the same operations
 /// in the same order with tensors of the same shape and dtype; each call returns when every
 /// rank has made it. Reductions sum in rank order, so all ranks get the same bits.
-pub trait Collective {
+pub trait Collective: Send + Sync {
     /// This process's index, 0-based.
     fn rank(&self) -> usize;
     /// The number of ranks.

@@ -265,7 +265,7 @@ impl ClipModel {
 
     /// The L2-normalised image and text embeddings of a batch of pairs, in training mode, the
     /// modalities fused or in two passes as the model runs them.
-    fn encode_pairs(
+    pub(crate) fn encode_pairs(
         &self,
         p: &ParamStore,
         bufs: &mut Buffers,
