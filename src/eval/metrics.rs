@@ -74,7 +74,8 @@ pub fn ranking(
                 for (score, candidate) in row.iter_mut().zip(candidates.chunks_exact(dim.max(1))) {
                     *score = dot(query, candidate);
                 }
-                let best = (0..n_candidates).filter(|&c| is_positive(q, c)).map(|c| row[c]).fold(f64::NEG_INFINITY, f64::max);
+                let best =
+                    (0..n_candidates).filter(|&c| is_positive(q, c)).map(|c| row[c]).fold(f64::NEG_INFINITY, f64::max);
                 (0..n_candidates).filter(|&c| !is_positive(q, c) && row[c] > best).count()
             },
         )

@@ -111,4 +111,3 @@ pub fn evaluate(
     }
     Ok(report)
 }
-

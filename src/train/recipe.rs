@@ -79,7 +79,10 @@ mod tests {
     #[test]
     fn each_b_scale_preset_starts_from_its_own_projects_recipe() {
         let clip = TrainConfig::for_preset("clip-b32").unwrap();
-        assert_eq!((clip.lr, clip.weight_decay, clip.grad_clip_norm, clip.logit_scale_max), (5e-4, 0.2, None, Some(100.0)));
+        assert_eq!(
+            (clip.lr, clip.weight_decay, clip.grad_clip_norm, clip.logit_scale_max),
+            (5e-4, 0.2, None, Some(100.0))
+        );
         let msclip = TrainConfig::for_preset("msclip-s-b32").unwrap();
         assert_eq!((msclip.lr, msclip.weight_decay, msclip.shared_weight_decay), (1e-4, 0.05, 0.2));
         assert_eq!((msclip.grad_clip_norm, msclip.logit_scale_max, msclip.shared_lr_scale), (None, None, 1.0));
@@ -88,7 +91,10 @@ mod tests {
         // The tiny presets keep the default run's recipe.
         let tiny = TrainConfig::for_preset("tiny-msclip-s").unwrap();
         let default = TrainConfig::tiny_default();
-        assert_eq!((tiny.lr, tiny.grad_clip_norm, tiny.logit_scale_max), (default.lr, default.grad_clip_norm, default.logit_scale_max));
+        assert_eq!(
+            (tiny.lr, tiny.grad_clip_norm, tiny.logit_scale_max),
+            (default.lr, default.grad_clip_norm, default.logit_scale_max)
+        );
         for preset in ["clip-b16-gelu", "msclip-s-b16", "oner-b32"] {
             TrainConfig::for_preset(preset).unwrap().validate().unwrap();
         }
