@@ -132,8 +132,8 @@ mod training {
     use msclip::model::{ClipModel, TextEncoder, packed_tokens, preset};
     use msclip::train::checkpoint::named_tensors;
     use msclip::train::{
-        GraphStep, Masker, Precision, StepInput, StepIssuer, StepState, Steps, TrainConfig, new_run_tokenizer,
-        training_batch,
+        GraphStep, Masker, Precision, StepInput, StepIssuer, StepState, Steps, TrainConfig, TrainingData,
+        new_run_tokenizer,
     };
     use msclip::{Device, Rng, Tensor};
 
@@ -206,8 +206,9 @@ mod training {
                 padded.to_device(device).unwrap();
                 let mut capacity = None;
                 let masker = Masker::new(&config, &model.config, &tokenizer).unwrap();
+                let data = TrainingData::open(&config, &model.config).unwrap();
                 for k in 0..steps {
-                    let batch = training_batch(&config, &tokenizer, context, k).unwrap();
+                    let batch = data.batch(k, &tokenizer, &model.config).unwrap();
                     let images = batch.images_on(device, precision.dtype()).unwrap();
                     if k == 1 {
                         let encoder = model.config.text.encoder;

@@ -163,18 +163,7 @@ pub fn run(args: BenchmarkArgs) -> anyhow::Result<()> {
     } else {
         let data = prepared.as_ref().expect("a retrieval task opened its dataset");
         let result = retrieval(&model, &params, &mut buffers, &tokenizer, data)?;
-        println!(
-            "{name} on {} ({} images, {} captions): image retrieval R@1/5/10 {:.2}/{:.2}/{:.2}%, text retrieval {:.2}/{:.2}/{:.2}%",
-            args.dataset.display(),
-            result.images,
-            result.captions,
-            100.0 * result.text_to_image.r1,
-            100.0 * result.text_to_image.r5,
-            100.0 * result.text_to_image.r10,
-            100.0 * result.image_to_text.r1,
-            100.0 * result.image_to_text.r5,
-            100.0 * result.image_to_text.r10
-        );
+        println!("{name} on {}: {}", args.dataset.display(), result.summary());
         serde_json::to_value(result.metrics())?
     };
     let record = json!({

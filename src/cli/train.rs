@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args;
 use msclip::Device;
 use msclip::model::Objectives;
+use msclip::text::CLIP_VOCAB;
 use msclip::train::{
-    Precision, Resume, RunEnd, RunOptions, TokenizerSource, TrainConfig, read_run_config, run_dir_of_checkpoint, train,
+    Precision, PreparedData, Resume, RunEnd, RunOptions, TokenizerSource, TrainConfig, read_run_config,
+    run_dir_of_checkpoint, train,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,7 +25,7 @@ const INTERRUPTED_EXIT: i32 = 130;
 #[derive(Args)]
 pub struct TrainArgs {
     /// Model preset [default: tiny]. Every preset trains on the shapes world, rendered at the
-    /// preset's image size.
+    /// preset's image size, or on a prepared dataset of that size (--data DIR).
     #[arg(long)]
     preset: Option<String>,
     /// Run name: the run lives in <output>/<name>/ [default: the preset]. One plain directory
@@ -33,9 +35,16 @@ pub struct TrainArgs {
     /// Folder that holds the run directories [default: runs].
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Training data; only the procedural shapes world is available so far.
-    #[arg(long, default_value = "shapes")]
-    data: String,
+    /// Training data [default: shapes, or the resumed run's]: `shapes` (the procedural shapes
+    /// world) or a folder written by `msclip prepare` at the preset's image size, visited in
+    /// a new seeded order every epoch (docs/data.md). Its captions are tokenized again with
+    /// the run's tokenizer: a BPE trained on them, or CLIP's for presets with CLIP's vocabulary.
+    #[arg(long)]
+    data: Option<String>,
+    /// A prepared dataset whose image and text retrieval (CLIP_benchmark's metrics) the
+    /// evaluations of a run on --data DIR measure; without it such a run reports its loss only.
+    #[arg(long)]
+    val_data: Option<PathBuf>,
     /// Compute device [default: cpu, or the resumed run's]: cpu (the reference), cuda (an
     /// NVIDIA GPU), or emu (the CUDA kernels on the host's SIMT emulator: slow, for checking
     /// the GPU path without a GPU).
@@ -54,11 +63,13 @@ pub struct TrainArgs {
     /// shortened, not below its checkpoint) and the cosine schedule spans the new total.
     #[arg(long)]
     steps: Option<u64>,
-    /// Alternative to --steps: passes over --epoch-samples samples.
+    /// Alternative to --steps: passes over the prepared dataset (its whole batches), or over
+    /// --epoch-samples shapes-world samples.
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<u64>,
-    #[arg(long, default_value_t = 32_768)]
-    epoch_samples: u64,
+    /// Samples in a shapes-world epoch [default: 32768].
+    #[arg(long)]
+    epoch_samples: Option<u64>,
     /// Image-text pairs per step [default: 128]; at least 2, at most what fits in memory.
     #[arg(long)]
     batch_size: Option<usize>,
@@ -179,10 +190,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         // Fail before any work when the GPU (or this build's kernels) is missing.
         msclip::backend::gpu::driver(args.device.expect("checked"))?;
     }
-    if args.data != "shapes" {
-        anyhow::bail!("data {:?} is not supported yet: only the procedural shapes world (--data shapes)", args.data);
-    }
     let (mut config, resume) = base_config(&args)?;
+    apply_data(&mut config, &args, resume.is_some())?;
     apply_flags(&mut config, &args)?;
     config.validate()?;
     msclip::train::memory::check_training(&config)?;
@@ -262,6 +271,36 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// `--data` and `--val-data`. A new run on prepared data with a model that embeds CLIP's
+/// vocabulary reads the captions with CLIP's tokenizer, as open_clip and MS-CLIP do; a
+/// smaller model trains a BPE on them.
+fn apply_data(config: &mut TrainConfig, args: &TrainArgs, resuming: bool) -> anyhow::Result<()> {
+    if let Some(data) = &args.data {
+        // On a resumed run, data that differs from the run's is refused by the resume check.
+        config.train_data = match data.as_str() {
+            "shapes" => None,
+            dir => Some(PreparedData::read(Path::new(dir))?),
+        };
+        if config.train_data.is_some() && !resuming && config.model_config()?.text.vocab == CLIP_VOCAB {
+            config.tokenizer = TokenizerSource::Clip;
+        }
+    }
+    let shapes_only = [
+        ("--hard-negatives", args.hard_negatives.is_some()),
+        ("--colour-dropout", args.colour_dropout.is_some()),
+        ("--epoch-samples", args.epoch_samples.is_some()),
+    ];
+    if config.train_data.is_some()
+        && let Some((flag, _)) = shapes_only.iter().find(|(_, given)| *given)
+    {
+        anyhow::bail!("{flag} belongs to the shapes world; this run trains on a prepared dataset");
+    }
+    if let Some(dir) = &args.val_data {
+        config.val_data = Some(std::path::absolute(dir)?);
+    }
+    Ok(())
+}
+
 /// Applies the flags that were given to `config`, checking what clap cannot.
 fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()> {
     set(&mut config.device, args.device);
@@ -269,16 +308,21 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
     set(&mut config.cuda_graph, args.cuda_graph.map(|s| s == Switch::On));
     set(&mut config.batch_size, args.batch_size);
     if let Some(epochs) = args.epochs {
-        if epochs == 0 || args.epoch_samples == 0 {
-            anyhow::bail!("--epochs and --epoch-samples must be at least 1");
+        let batch = config.batch_size.max(1) as u64;
+        let epoch_samples = match &config.train_data {
+            // Whole batches: an epoch drops the remainder (docs/data.md).
+            Some(data) => (data.samples as u64 / batch) * batch,
+            None => args.epoch_samples.unwrap_or(32_768),
+        };
+        if epochs == 0 || epoch_samples == 0 {
+            anyhow::bail!(
+                "--epochs and the samples of an epoch (--epoch-samples, or one batch of the dataset) must be at least 1"
+            );
         }
-        let samples = epochs.checked_mul(args.epoch_samples).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--epochs {epochs} x --epoch-samples {} overflows a 64-bit sample count",
-                args.epoch_samples
-            )
+        let samples = epochs.checked_mul(epoch_samples).ok_or_else(|| {
+            anyhow::anyhow!("--epochs {epochs} x {epoch_samples} samples an epoch overflows a 64-bit sample count")
         })?;
-        config.steps = samples.div_ceil(config.batch_size.max(1) as u64);
+        config.steps = samples.div_ceil(batch);
     }
     set(&mut config.steps, args.steps);
     if let Some(lr) = args.lr.filter(|&lr| lr != config.lr) {

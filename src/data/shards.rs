@@ -215,8 +215,9 @@ fn map(path: &Path, expected: usize) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
-impl PreparedDataset {
-    pub fn open(dir: &Path) -> Result<Self> {
+impl Index {
+    /// The index of the prepared dataset in `dir`, without opening its shards.
+    pub fn read(dir: &Path) -> Result<Index> {
         let index_path = dir.join(INDEX_FILE);
         let text = std::fs::read_to_string(&index_path).map_err(|e| {
             Error::format(
@@ -231,6 +232,13 @@ impl PreparedDataset {
         if index.format != FORMAT {
             return Err(Error::format(what, format!("format {:?}, not {FORMAT:?}", index.format)));
         }
+        Ok(index)
+    }
+}
+
+impl PreparedDataset {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = Index::read(dir)?;
         let image_bytes = index.resolution * index.resolution * 3;
         let mut shards = Vec::with_capacity(index.shards.len());
         let mut starts = vec![0];
@@ -256,6 +264,7 @@ impl PreparedDataset {
             starts.push(starts.last().unwrap() + shard.samples);
         }
         if *starts.last().unwrap() != index.samples {
+            let what = dir.join(INDEX_FILE).display().to_string();
             return Err(Error::format(what, "the shards' samples do not add up to the total"));
         }
         Ok(PreparedDataset { index, shards, starts, captions })

@@ -149,6 +149,18 @@ impl Retrieval {
         }
         m
     }
+
+    /// Recall at 1, 5 and 10 both ways, in percent, and the set's size: one line.
+    pub fn summary(&self) -> String {
+        let recalls = |r: &Ranking| format!("{:.2}/{:.2}/{:.2}%", 100.0 * r.r1, 100.0 * r.r5, 100.0 * r.r10);
+        format!(
+            "image retrieval R@1/5/10 {}, text retrieval {} ({} images, {} captions)",
+            recalls(&self.text_to_image),
+            recalls(&self.image_to_text),
+            self.images,
+            self.captions
+        )
+    }
 }
 
 /// Image-text retrieval on a prepared dataset: samples sharing a key (the same image file or

@@ -7,7 +7,7 @@ use super::config::{
 };
 use crate::data::PixelStats;
 use crate::error::{Error, Result};
-use crate::text::Truncation;
+use crate::text::{CLIP_VOCAB, Truncation};
 
 /// Every preset name, for help texts and errors.
 pub const PRESETS: &[&str] = &[
@@ -27,8 +27,6 @@ pub const PRESETS: &[&str] = &[
     "oner-b32",
     "oner-b16",
 ];
-
-const CLIP_VOCAB: usize = 49408;
 
 pub fn preset(name: &str) -> Result<ModelConfig> {
     let config = match name {

@@ -54,6 +54,13 @@ impl Rng {
         (self.uniform() * n as f64) as usize % n.max(1)
     }
 
+    /// Shuffles `items` in place (Fisher-Yates: every order equally likely).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+
     /// Standard normal (Box-Muller; one draw per call keeps the stream simple to reason about).
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform(); // in (0, 1], so ln is finite

@@ -9,6 +9,9 @@ use crate::{Error, Result};
 /// `build/clip_merges.rs`), so they come from the registry at build time, never at run time.
 const MERGES: &str = include_str!(concat!(env!("OUT_DIR"), "/clip_merges.txt"));
 
+/// Ids in OpenAI CLIP's vocabulary: the token rows a model needs to read it.
+pub const CLIP_VOCAB: usize = 49_408;
+
 impl Tokenizer {
     /// OpenAI CLIP's tokenizer, as used by CLIP, MS-CLIP and open_clip. Building it takes a few
     /// tens of milliseconds (the merge table is parsed), so make one and share it.

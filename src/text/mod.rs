@@ -21,5 +21,6 @@ mod tokenizer;
 mod train;
 
 pub use clean::clean;
+pub use clip::CLIP_VOCAB;
 pub use rows::{Truncation, eot_positions};
 pub use tokenizer::Tokenizer;

@@ -1,11 +1,11 @@
-//! Turning generated samples into model inputs: normalised NCHW pixels and token rows.
-//! Batch `k` of a run is always samples `k*B..(k+1)*B` of the training split, so the data
-//! of any step is a pure function of the step: resuming needs no loader state.
+//! Turning samples into model inputs: normalised NCHW pixels and token rows, from the shapes
+//! world or a prepared dataset (which samples a step takes is train/data.rs's business).
 
 use super::config::TrainConfig;
 use super::step::MASTER_DTYPE;
 use crate::data::images_to_tensor;
 use crate::data::shapes::{self, ShapesConfig, Split};
+use crate::data::shards::PreparedDataset;
 use crate::error::Result;
 use crate::model::ModelConfig;
 use crate::tensor::{DType, Device, Rng, Tensor};
@@ -26,15 +26,6 @@ impl Batch {
     }
 }
 
-/// The batch of 0-based training step `step`: samples `step * B..(step + 1) * B` of the
-/// training split.
-pub fn training_batch(config: &TrainConfig, tokenizer: &Tokenizer, context: usize, step: u64) -> Result<Batch> {
-    let start = step * config.batch_size as u64;
-    let model = config.model_config()?;
-    debug_assert_eq!(model.text.context, context);
-    make_batch(&config.data, Split::Train, start, config.batch_size, tokenizer, &model, MASTER_DTYPE)
-}
-
 /// Samples `start..start + n` of `split`, rendered, normalised and tokenised as `model` takes
 /// them (its pixel statistics, context and truncation).
 pub fn make_batch(
@@ -49,9 +40,36 @@ pub fn make_batch(
     let samples = shapes::samples(data, split, start..start + n as u64);
     let images: Vec<&[u8]> = samples.iter().map(|s| s.image.as_slice()).collect();
     let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+    model_inputs(&images, data.image_size, captions, tokenizer, model, dtype)
+}
+
+/// Samples `indices` of a prepared dataset, normalised and tokenised as `model` takes them. The
+/// captions are tokenised again from their text: the ids stored beside them are whatever
+/// tokenizer `prepare` ran, not necessarily the run's.
+pub fn prepared_batch(
+    dataset: &PreparedDataset,
+    indices: &[usize],
+    tokenizer: &Tokenizer,
+    model: &ModelConfig,
+    dtype: DType,
+) -> Result<Batch> {
+    let images: Vec<&[u8]> = indices.iter().map(|&i| dataset.pixels(i)).collect();
+    let captions: Vec<String> = indices.iter().map(|&i| dataset.caption(i).caption.clone()).collect();
+    model_inputs(&images, dataset.index.resolution, captions, tokenizer, model, dtype)
+}
+
+/// HWC RGB images of side `size` and their captions as the model reads them.
+fn model_inputs(
+    images: &[&[u8]],
+    size: usize,
+    captions: Vec<String>,
+    tokenizer: &Tokenizer,
+    model: &ModelConfig,
+    dtype: DType,
+) -> Result<Batch> {
     let texts: Vec<&str> = captions.iter().map(String::as_str).collect();
     Ok(Batch {
-        images: images_to_tensor(&images, data.image_size, model.pixel_stats, dtype)?,
+        images: images_to_tensor(images, size, model.pixel_stats, dtype)?,
         tokens: tokenizer.tokenize_batch(&texts, model.text.context, model.text.truncation)?,
         captions,
     })

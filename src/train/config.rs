@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::data::PreparedData;
 use super::recipe::Recipe;
 use super::schedule::CosineSchedule;
 use crate::data::shapes::ShapesConfig;
@@ -15,8 +16,8 @@ use crate::tensor::{DType, Device};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenizerSource {
-    /// A BPE of the model's vocabulary size trained on the shapes-world captions (the
-    /// default for the tiny presets).
+    /// A BPE of the model's vocabulary size trained on the training captions, the shapes
+    /// world's or a prepared dataset's (the default, but for B-scale presets on prepared data).
     TrainedBpe,
     /// OpenAI CLIP's 49,408-token BPE.
     Clip,
@@ -104,7 +105,16 @@ pub struct TrainConfig {
     #[serde(default = "default_quick_eval_samples")]
     pub quick_eval_samples: usize,
     pub tokenizer: TokenizerSource,
+    /// The shapes world: what the run trains on unless `train_data` names a prepared dataset,
+    /// and what the shapes-world evaluation renders.
     pub data: ShapesConfig,
+    /// A dataset written by `msclip prepare` to train on (`--data DIR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_data: Option<PreparedData>,
+    /// A prepared dataset whose retrieval the evaluations of a run on prepared data measure
+    /// (`--val-data DIR`), absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_data: Option<PathBuf>,
     /// Where the model trains: the CPU reference, a GPU, or the GPU backend on the emulator.
     #[serde(default)]
     pub device: Device,
@@ -190,6 +200,8 @@ impl TrainConfig {
             quick_eval_samples: default_quick_eval_samples(),
             tokenizer: TokenizerSource::TrainedBpe,
             data: ShapesConfig::tiny(),
+            train_data: None,
+            val_data: None,
             device: Device::Cpu,
             precision: Precision::Fp32,
             cuda_graph: true,
@@ -317,6 +329,9 @@ impl TrainConfig {
             if !(ratio > 0.0 && ratio < 1.0) {
                 return fail(format!("{flag} must be in (0, 1), got {ratio}"));
             }
+        }
+        if self.val_data.is_some() && self.train_data.is_none() {
+            return fail("--val-data goes with --data DIR: a shapes-world run has its own evaluation".into());
         }
         if self.mlm_copies == 0 {
             return fail("--mlm-copies must be at least 1".into());

@@ -110,7 +110,7 @@ impl CaptionMasking {
         let tokens: usize = words.iter().map(|w| w.len()).sum();
         let budget = ((self.ratio * tokens as f64).round() as usize).max(1);
         let mut order: Vec<usize> = (0..words.len()).collect();
-        shuffle(&mut order, rng);
+        rng.shuffle(&mut order);
         let (mut masked, mut target) = (row.to_vec(), vec![IGNORE_TARGET; row.len()]);
         let mut taken = 0;
         for word in order.into_iter().map(|w| &words[w]) {
@@ -165,12 +165,6 @@ impl PatchMasking {
             patches.extend_from_slice(&all[..self.per_image]);
         }
         PatchMasks { patches, per_image: self.per_image }
-    }
-}
-
-fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i + 1));
     }
 }
 

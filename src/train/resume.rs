@@ -20,6 +20,7 @@ const MAY_CHANGE: &[&str] = &[
     "eval_samples",
     "quick_eval_every",
     "quick_eval_samples",
+    "val_data",
 ];
 const LOCATION: &[&str] = &["name", "output_dir"];
 

@@ -10,6 +10,8 @@ use serde_json::json;
 use super::checkpoint::{self, TrainingState};
 use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
+use super::data::TrainingData;
+use super::evaluation::{Evaluation, Evaluations, PLOTTED_RETRIEVAL, RESULTS, Validation};
 use super::graph_step::StepIssuer;
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
 use super::masking::Masker;
@@ -19,7 +21,7 @@ use super::readback::Readback;
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
 use super::step::{StepInput, StepState};
-use crate::data::shapes::{self, Colour, ShapeKind};
+use crate::data::shapes::{Colour, ShapeKind};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, OBJECTIVES};
@@ -69,6 +71,8 @@ pub struct RunSummary {
     pub steps_done: u64,
     /// The loss of the last step this call trained; NaN when it trained none.
     pub final_loss: f64,
+    /// The final shapes-world evaluation (a run on prepared data has its metrics in
+    /// results.jsonl).
     pub eval: Option<EvalReport>,
     pub params: ParamStore,
     pub end: RunEnd,
@@ -77,7 +81,6 @@ pub struct RunSummary {
 /// Weight of the newest loss in the smoothed loss of the console line.
 const LOSS_EMA: f64 = 0.05;
 const TRAIN_LOG: &str = "train_loss.jsonl";
-const RESULTS: &str = "results.jsonl";
 
 /// Trains `config`, or resumes the run saved in its directory (whose config.json `config` may
 /// change only in what [`resume::changes`] allows), and evaluates at the end. Every check
@@ -85,19 +88,15 @@ const RESULTS: &str = "results.jsonl";
 pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
     let model = ClipModel::new(config.model_config()?)?;
-    if config.data.image_size != model.config.vision.image_size {
-        return Err(Error::config(format!(
-            "the shapes world renders {} px images but {} takes {} px",
-            config.data.image_size, model.config.name, model.config.vision.image_size
-        )));
-    }
     config.objectives.check_model(&model.config)?;
+    let data = TrainingData::open(config, &model.config)?;
+    let validation = Validation::open(config, &model.config)?;
     let run_dir = config.run_dir();
     let (_lock, changes, tokenizer) = match &options.resume {
         None => {
             // Made before the run directory, so a tokenizer that does not fit refuses the run
             // before anything is written.
-            let tokenizer = new_run_tokenizer(config, &model)?;
+            let tokenizer = run_tokenizer(config, &model, &data)?;
             let lock = run_dir::create_new(&run_dir, options.overwrite)?;
             if config.tokenizer == TokenizerSource::TrainedBpe {
                 save_run_tokenizer(&tokenizer, &run_dir)?;
@@ -156,15 +155,16 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             say_now(&format!("  changed: {change}"));
         }
     }
-    let evaluates = config.eval_samples > 0;
-    if !evaluates {
-        say_now("evaluation is off (--eval-samples 0)");
+    say_now(&data.describe());
+    let evaluates = validation.is_on();
+    if let Validation::Off(why) = validation {
+        say_now(why);
     }
     let evaluated_at = |step: u64| -> Result<bool> {
         Ok(read_jsonl(&run_dir.join(RESULTS))?.iter().any(|r| r["step"].as_u64() == Some(step)))
     };
     if step == config.steps && (!evaluates || evaluated_at(step)?) {
-        write_plots(&run_dir, config.batch_size)?;
+        write_plots(&run_dir, config)?;
         return Ok(RunSummary {
             run_dir,
             steps_done: step,
@@ -189,16 +189,15 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         None => {}
     };
     let loss_log = run_dir.join(TRAIN_LOG);
-    let context = model.config.text.context;
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
     let mut readback = Readback::new();
-    let mut batches = Batches::new(config, &tokenizer, context);
+    let mut batches = Batches::new(data, &tokenizer, &model.config, config.steps, config.device);
     let mut issuer = StepIssuer::new(config);
     let masker = Masker::new(config, &model.config, &tokenizer)?;
 
-    let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir };
+    let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir, validation };
     // The curve's first point: the initial weights, at chance.
-    if step == 0 && quick_evaluation_due(config, 0) && !evaluated_at(0)? {
+    if step == 0 && evaluations.quick_due(0) && !evaluated_at(0)? {
         evaluations.record(&mut state, 0, config.quick_eval_samples)?;
     }
     while step < end {
@@ -218,7 +217,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let saves = step.is_multiple_of(config.save_every) || step == end || stopping;
         let evaluates_now =
             evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps;
-        let quick_now = !evaluates_now && step < config.steps && quick_evaluation_due(config, step);
+        let quick_now = !evaluates_now && step < config.steps && evaluations.quick_due(step);
         // The host waits for the device only here: on the CPU after every step (nothing to wait
         // for), on a GPU when the numbers are needed.
         if config.device == Device::Cpu || logs || saves || evaluates_now {
@@ -279,38 +278,37 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         if quick_now {
             evaluations.record(&mut state, step, config.quick_eval_samples)?;
         }
-        if evaluates_now {
-            say(&evaluations.record(&mut state, step, config.eval_samples)?.summary());
+        if evaluates_now && let Some(evaluation) = evaluations.record(&mut state, step, config.eval_samples)? {
+            say(&evaluation.summary());
         }
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let eval = if step == config.steps && evaluates {
-        let report = evaluations.record(&mut state, step, config.eval_samples)?;
-        if !options.quiet {
-            println!("{}", report.summary());
+    let mut eval = None;
+    if step == config.steps
+        && let Some(evaluation) = evaluations.record(&mut state, step, config.eval_samples)?
+    {
+        say_now(&evaluation.summary());
+        if let Evaluation::ShapesWorld(report) = evaluation {
+            eval = Some(report);
         }
-        Some(report)
-    } else {
-        None
-    };
-    write_plots(&run_dir, config.batch_size)?;
+    }
+    write_plots(&run_dir, config)?;
     Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params: state.params, end: ended })
 }
 
-/// Whether a quick evaluation (fewer images, between the full ones) follows `step`.
-fn quick_evaluation_due(config: &TrainConfig, step: u64) -> bool {
-    let every = config.quick_eval_every;
-    config.eval_samples > 0 && config.quick_eval_samples > 0 && every > 0 && step.is_multiple_of(every)
+/// The tokenizer a new run of `config` starts with: a BPE trained on the training captions,
+/// CLIP's, or the configured file; refused when `model` cannot embed every id.
+pub fn new_run_tokenizer(config: &TrainConfig, model: &ClipModel) -> Result<Tokenizer> {
+    run_tokenizer(config, model, &TrainingData::open(config, &model.config)?)
 }
 
-/// The tokenizer a new run of `config` starts with: a BPE trained on the shapes-world
-/// captions, CLIP's, or the configured file; refused when `model` cannot embed every id.
-pub fn new_run_tokenizer(config: &TrainConfig, model: &ClipModel) -> Result<Tokenizer> {
+/// [`new_run_tokenizer`] for the training data `data`, already open.
+fn run_tokenizer(config: &TrainConfig, model: &ClipModel, data: &TrainingData) -> Result<Tokenizer> {
     let tokenizer = match config.tokenizer {
         TokenizerSource::TrainedBpe => {
-            let corpus = shapes::caption_corpus(&config.data, 20_000);
+            let corpus = data.bpe_corpus();
             Tokenizer::train_bpe(corpus.iter().map(String::as_str), model.config.text.vocab)?
         }
         // These two read nothing from the run directory.
@@ -332,35 +330,11 @@ fn fitting_tokenizer(model: &ClipModel, tokenizer: Tokenizer) -> Result<Tokenize
     Ok(tokenizer)
 }
 
-/// What evaluating the run needs besides its weights; each evaluation appends a line to
-/// results.jsonl.
-struct Evaluations<'a> {
-    model: &'a ClipModel,
-    tokenizer: &'a Tokenizer,
-    config: &'a TrainConfig,
-    run_dir: &'a Path,
-}
-
-impl Evaluations<'_> {
-    /// Evaluates `state`'s weights after `step` updates on `samples` images per split.
-    fn record(&self, state: &mut StepState, step: u64, samples: usize) -> Result<EvalReport> {
-        let (params, buffers) = (&state.params, &mut state.buffers);
-        let report = eval::evaluate(self.model, params, buffers, self.tokenizer, &self.config.data, samples)?;
-        let mut record = serde_json::Map::new();
-        record.insert("step".into(), json!(step));
-        record.insert("eval_samples".into(), json!(samples));
-        for (k, v) in report.metrics() {
-            record.insert(k, json!(v));
-        }
-        append_jsonl(&self.run_dir.join(RESULTS), &record)?;
-        Ok(report)
-    }
-}
-
 /// loss.png from train_loss.jsonl and accuracy.png from results.jsonl, each with its chance
-/// level: a loss of ln(batch) (uniform logits), 1 / classes for the zero-shot factors and one
-/// half for binding.
-fn write_plots(run_dir: &Path, batch_size: usize) -> Result<()> {
+/// level: a loss of ln(batch) (uniform logits); on the shapes world 1 / classes for the
+/// zero-shot factors and one half for binding. A run on prepared data draws its validation
+/// retrieval instead, when it has a `--val-data` to draw.
+fn write_plots(run_dir: &Path, config: &TrainConfig) -> Result<()> {
     let column = |rows: &[serde_json::Value], key: &str| -> Vec<(f64, f64)> {
         rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
     };
@@ -380,14 +354,24 @@ fn write_plots(run_dir: &Path, batch_size: usize) -> Result<()> {
             loss_series.push(Series { name: format!("{name} (unweighted)"), points });
         }
     }
+    let batch_size = config.batch_size;
     let uniform = Reference { name: format!("chance: ln {batch_size}"), y: (batch_size as f64).ln() };
     line_plot(&run_dir.join("loss.png"), ("contrastive loss", "updates done", "loss"), &loss_series, &[uniform])?;
     let results = read_jsonl(&run_dir.join(RESULTS))?;
-    let accuracy: Vec<Series> = eval::PLOTTED_METRICS
-        .iter()
-        .map(|&key| Series { name: key.to_string(), points: column(&results, key) })
-        .filter(|s| !s.points.is_empty())
-        .collect();
+    let curves = |keys: &[&str]| -> Vec<Series> {
+        keys.iter()
+            .map(|&key| Series { name: key.to_string(), points: column(&results, key) })
+            .filter(|s| !s.points.is_empty())
+            .collect()
+    };
+    if config.train_data.is_some() {
+        let retrieval = curves(PLOTTED_RETRIEVAL);
+        if retrieval.is_empty() {
+            return Ok(());
+        }
+        let title = ("validation retrieval", "updates done", "recall");
+        return line_plot(&run_dir.join("accuracy.png"), title, &retrieval, &[]);
+    }
     let (colours, shapes) = (Colour::ALL.len(), ShapeKind::ALL.len());
     let mut chance = vec![Reference { name: format!("chance: colour (1/{colours})"), y: 1.0 / colours as f64 }];
     if shapes == colours {
@@ -396,5 +380,6 @@ fn write_plots(run_dir: &Path, batch_size: usize) -> Result<()> {
         chance.push(Reference { name: format!("chance: shape (1/{shapes})"), y: 1.0 / shapes as f64 });
     }
     chance.push(Reference { name: "chance: binding (1/2)".into(), y: 0.5 });
-    line_plot(&run_dir.join("accuracy.png"), ("zero-shot accuracy", "updates done", "acc1"), &accuracy, &chance)
+    let title = ("zero-shot accuracy", "updates done", "acc1");
+    line_plot(&run_dir.join("accuracy.png"), title, &curves(eval::PLOTTED_METRICS), &chance)
 }

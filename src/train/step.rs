@@ -3,8 +3,9 @@
 //! a loop, for `msclip bench step`, `msclip profile step` (what a step asks of a GPU driver)
 //! and `msclip kernels --check` (a step's kernels under the emulator's sanitizer).
 
-use super::batch::{Batch, SyntheticCaptions, synthetic_batch, training_batch};
+use super::batch::{Batch, SyntheticCaptions, synthetic_batch};
 use super::config::TrainConfig;
+use super::data::TrainingData;
 use super::graph_step::StepIssuer;
 use super::masking::Masker;
 use super::momentum::Momentum;
@@ -200,7 +201,8 @@ pub struct Steps<'a> {
     config: &'a TrainConfig,
     tokenizer: &'a Tokenizer,
     schedule: CosineSchedule,
-    /// One batch fed to every step instead of the shapes world's (`--data synthetic`).
+    data: TrainingData,
+    /// One batch fed to every step instead of the training data's (`--data synthetic`).
     synthetic: Option<Batch>,
     /// Draws each step's masks when a masked objective is on.
     masker: Option<Masker>,
@@ -231,7 +233,8 @@ impl<'a> Steps<'a> {
         let issuer = StepIssuer::new(config);
         let masker = Masker::new(config, &model.config, tokenizer)?;
         let schedule = config.schedule();
-        Ok(Steps { model, config, tokenizer, schedule, synthetic: None, masker, issuer, state })
+        let data = TrainingData::open(config, &model.config)?;
+        Ok(Steps { model, config, tokenizer, schedule, data, synthetic: None, masker, issuer, state })
     }
 
     /// Feeds every step one batch of random data in the shapes of a real one
@@ -269,15 +272,14 @@ impl<'a> Steps<'a> {
 
     /// Step `step`'s token rows, and its images on the device in the compute precision.
     fn batch(&self, step: u64) -> Result<(Vec<u32>, Tensor)> {
-        let (config, context) = (self.config, self.model.config.text.context);
-        let rendered;
+        let made;
         let batch = match &self.synthetic {
             Some(batch) => batch,
             None => {
-                rendered = training_batch(config, self.tokenizer, context, step)?;
-                &rendered
+                made = self.data.batch(step, self.tokenizer, &self.model.config)?;
+                &made
             }
         };
-        Ok((batch.tokens.clone(), batch.images_on(config.device, config.precision.dtype())?))
+        Ok((batch.tokens.clone(), batch.images_on(self.config.device, self.config.precision.dtype())?))
     }
 }
