@@ -57,6 +57,11 @@ if ! ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13; then
     lib=$(find / -xdev -name 'libcublasLt.so.13*' -print -quit 2>/dev/null)
     [[ -n $lib ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
+# NCCL (data-parallel training, tests/data_parallel.rs) likewise, from PyTorch's nvidia-nccl wheel.
+if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then
+    lib=$(find / -xdev -name 'libnccl.so.2*' -print -quit 2>/dev/null)
+    [[ -n $lib ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 failures=0
 parts=" ${MSCLIP_SESSION_PARTS:-parity pytorch graph full-context eager two-pass variants profile} "
 want() { [[ $parts == *" $1 "* ]]; }

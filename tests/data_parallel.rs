@@ -283,3 +283,36 @@ fn a_rank_refuses_objectives_it_cannot_spread() {
     let err = state.across_ranks(&config, Arc::new(only)).err().unwrap().to_string();
     assert!(err.contains("--loss itc=1"), "{err}");
 }
+
+#[test]
+fn a_world_of_one_runs_through_nccl_on_a_gpu() {
+    if !model_devices().contains(&Device::Cuda) {
+        eprintln!("NCCL skipped: no usable GPU");
+        return;
+    }
+    let id = match msclip::dist::nccl_unique_id() {
+        Ok(id) => id,
+        Err(e) if std::env::var_os("MSCLIP_REQUIRE_GPU").is_none() => return eprintln!("NCCL skipped: {e}"),
+        Err(e) => panic!("MSCLIP_REQUIRE_GPU is set: {e}"),
+    };
+    let place = msclip::dist::WorldPlace { rank: 0, world_size: 1, local_rank: 0, master: "127.0.0.1:29500".into() };
+    let ranks: Arc<dyn Collective> = Arc::new(msclip::dist::NcclRanks::join(&place, &id).unwrap());
+    let mut rng = Rng::new(5);
+    let x = randn(&mut rng, &[6, 5]);
+    let on_gpu = on(&x, Device::Cuda, DType::F32);
+    for (what, got) in [
+        ("all_gather", ranks.all_gather(&on_gpu).unwrap()),
+        ("all_reduce_sum", ranks.all_reduce_sum(&on_gpu).unwrap()),
+        ("reduce_scatter_sum", ranks.reduce_scatter_sum(&on_gpu).unwrap()),
+    ] {
+        assert_eq!(got.dims(), x.dims(), "{what}");
+        assert_eq!(got.to_f64_vec(), on_gpu.to_f64_vec(), "{what}: a world of one hands back its input");
+    }
+    // The loss through NCCL is the whole batch's.
+    let (img, txt) = (randn(&mut rng, &[6, 8]), randn(&mut rng, &[6, 8]));
+    let scale = Tensor::full([1], 2.0, DType::F64);
+    let want = ops::infonce(&img, &txt, &scale, Some(100.0)).unwrap().item().unwrap();
+    let [img, txt, scale] = [&img, &txt, &scale].map(|t| on(t, Device::Cuda, DType::F32));
+    let got = sharded_infonce(&img, &txt, &scale, Some(100.0), ranks).unwrap().item().unwrap();
+    assert_close("loss through NCCL", &[got], &[want], 1e-5, 1e-5);
+}

@@ -93,6 +93,10 @@ pub struct TrainArgs {
     /// and MS-CLIP train]; exactly 0 turns clipping off.
     #[arg(long, allow_hyphen_values = true)]
     grad_clip: Option<f64>,
+    /// Clamp the logit scale after every step to ln of this [default: 100, as open_clip; none
+    /// for the MS-CLIP B-scale presets, whose code has no clamp]; exactly 0 turns it off.
+    #[arg(long, allow_hyphen_values = true)]
+    logit_scale_max: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
     /// Steps between console lines [default: 50]. train_loss.jsonl gets every step.
@@ -104,10 +108,6 @@ pub struct TrainArgs {
     /// Steps between checkpoints [default: 500]; a checkpoint is also written at the end and
     /// when the run is interrupted.
     #[arg(long)]
-    /// Clamp the logit scale after every step to ln of this [default: 100, as open_clip; none
-    /// for the MS-CLIP B-scale presets, whose code has no clamp]; exactly 0 turns it off.
-    #[arg(long, allow_hyphen_values = true)]
-    logit_scale_max: Option<f64>,
     save_every: Option<u64>,
     /// How many step_N checkpoints to keep besides latest [default: 3].
     #[arg(long)]
@@ -352,6 +352,9 @@ fn apply_flags(config: &mut TrainConfig, args: &TrainArgs) -> anyhow::Result<()>
         // Exactly 0 turns clipping off; anything else must be a valid norm (checked by validate).
         config.grad_clip_norm = (clip != 0.0).then_some(clip);
     }
+    if let Some(max) = args.logit_scale_max {
+        config.logit_scale_max = (max != 0.0).then_some(max);
+    }
     if args.clip_tokenizer {
         config.tokenizer = TokenizerSource::Clip;
     }
@@ -385,6 +388,3 @@ fn shell_word(s: &str) -> String {
         format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
-    if let Some(max) = args.logit_scale_max {
-        config.logit_scale_max = (max != 0.0).then_some(max);
-    }

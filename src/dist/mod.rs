@@ -8,10 +8,12 @@
 //! the gradient of the GLOBAL loss (a mean over the global batch), and the shares add up.
 
 mod contrastive;
+mod nccl;
 mod rendezvous;
 mod world;
 
 pub use contrastive::sharded_infonce;
+pub use nccl::{NcclRanks, unique_id as nccl_unique_id};
 pub use rendezvous::rendezvous;
 pub use world::WorldPlace;
 

@@ -225,6 +225,7 @@ impl TrainConfig {
         config.preset = preset.into();
         config.data.image_size = model.vision.image_size;
         config.objectives = Objectives::for_model(&model);
+        Recipe::of_preset(preset).apply(&mut config);
         Ok(config)
     }
 
@@ -236,7 +237,6 @@ impl TrainConfig {
         // CLIP's loss for every preset: the one PyTorch's reference steps compute, so the
         // harnesses compare like with like (`--loss` chooses others).
         config.objectives = Objectives::default();
-        Recipe::of_preset(preset).apply(&mut config);
         config.batch_size = batch;
         config.device = device;
         config.precision = precision;

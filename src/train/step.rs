@@ -3,9 +3,12 @@
 //! a loop, for `msclip bench step`, `msclip profile step` (what a step asks of a GPU driver)
 //! and `msclip kernels --check` (a step's kernels under the emulator's sanitizer).
 
+use std::sync::Arc;
+
 use super::batch::{Batch, SyntheticCaptions, synthetic_batch};
 use super::config::TrainConfig;
 use super::data::TrainingData;
+use super::data_parallel;
 use super::graph_step::StepIssuer;
 use super::masking::Masker;
 use super::momentum::Momentum;
@@ -13,6 +16,7 @@ use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
 use crate::backend::gpu::check_attention_head_dim;
+use crate::dist::Collective;
 use crate::error::{Error, Result};
 use crate::model::{Buffers, CaptionPacking, ClipModel, LossTerms, MaskCapacity, MaskDraw, MaskedInputs, PackCapacity};
 use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamId, ParamStore, Update};
@@ -34,6 +38,8 @@ pub struct StepState {
     /// The momentum copy that computes the mixture targets (`--momentum-targets`), updated
     /// after every optimizer step.
     pub momentum: Option<Momentum>,
+    /// The other ranks of a data-parallel world ([`StepState::across_ranks`]); None alone.
+    ranks: Option<Arc<dyn Collective>>,
 }
 
 /// What one step trains on.
@@ -70,7 +76,17 @@ impl StepState {
         let adam = AdamWConfig { beta1: config.beta1, beta2: config.beta2, eps: config.eps };
         let optimizer = AdamW::new(&params, adam, groups, |name, _| param_groups::assign(&model.spec, name))?;
         let momentum = config.momentum_targets.map(|decay| Momentum::new(&params, &buffers, decay)).transpose()?;
-        Ok(StepState { params, buffers, optimizer, compute: None, momentum })
+        Ok(StepState { params, buffers, optimizer, compute: None, momentum, ranks: None })
+    }
+
+    /// Makes this state one rank of a data-parallel world: each step's batch is the rank's
+    /// share of the global batch, the contrast spans all ranks' pairs, the gradients are summed
+    /// across ranks, and the loss a step returns is the global batch's. Every rank must start
+    /// from the same parameters (the same seed).
+    pub fn across_ranks(mut self, config: &TrainConfig, ranks: Arc<dyn Collective>) -> Result<Self> {
+        data_parallel::check_objectives(&config.objectives, config.momentum_targets.is_some())?;
+        self.ranks = Some(ranks);
+        Ok(self)
     }
 
     /// Puts parameters, BatchNorm statistics and AdamW moments on `device`.
@@ -155,18 +171,31 @@ impl StepState {
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
             let params = copies.as_ref().unwrap_or(&self.params);
             let momentum = self.momentum.as_mut().map(|m| (&m.params, &mut m.buffers));
-            model.training_loss_terms(
-                params,
-                &mut self.buffers,
-                images,
-                captions,
-                &config.objectives,
-                None,
-                momentum,
-                masked,
-            )?
+            match &self.ranks {
+                Some(ranks) => LossTerms {
+                    total: data_parallel::rank_loss(model, params, &mut self.buffers, images, captions, None, ranks)?,
+                    terms: Vec::new(),
+                },
+                None => model.training_loss_terms(
+                    params,
+                    &mut self.buffers,
+                    images,
+                    captions,
+                    &config.objectives,
+                    None,
+                    momentum,
+                    masked,
+                )?,
+            }
         };
-        let grads = autograd::backward(&loss)?;
+        let mut grads = autograd::backward(&loss)?;
+        let loss = match &self.ranks {
+            Some(ranks) => {
+                data_parallel::sum_gradients(&self.params, self.compute.as_ref(), &mut grads, ranks.as_ref())?;
+                ranks.all_reduce_sum(&loss.detach())?
+            }
+            None => loss.detach(),
+        };
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
         let clamps: Vec<_> =
             config.logit_scale_max.map(|max| (model.logit_scale(), (0.0, max.ln()))).into_iter().collect();
@@ -175,7 +204,7 @@ impl StepState {
         if let Some(momentum) = &mut self.momentum {
             momentum.update(&self.params)?;
         }
-        Ok(StepOutput { loss: loss.detach(), grad_norm, terms })
+        Ok(StepOutput { loss, grad_norm, terms })
     }
 }
 

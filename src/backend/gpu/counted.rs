@@ -28,6 +28,10 @@ impl<D: Driver> Driver for Counted<D> {
         self.0.has_wgmma()
     }
 
+    fn raw_stream(&self) -> Option<usize> {
+        self.0.raw_stream()
+    }
+
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         counters::allocation(bytes);
         self.0.alloc(bytes)

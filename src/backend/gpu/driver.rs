@@ -116,6 +116,11 @@ pub trait Driver: Send + Sync {
     /// Whether kernels built on wgmma (kernels/wgmma.cuh) run here: the emulator models it; a GPU
     /// needs compute capability 9.0, the one the sm_90a images run on.
     fn has_wgmma(&self) -> bool;
+    /// The raw CUDA stream all work goes on, for a library that queues its own work there in
+    /// order with ours (NCCL's collectives); None on the emulator.
+    fn raw_stream(&self) -> Option<usize> {
+        None
+    }
     /// Device memory still free, in bytes, where the device has its own (a GPU); None where
     /// device memory is host memory (the emulator), which the host's checks cover.
     fn free_memory(&self) -> Result<Option<u64>> {

@@ -186,6 +186,10 @@ impl Driver for CudaDriver {
         self.hopper
     }
 
+    fn raw_stream(&self) -> Option<usize> {
+        Some(self.stream as usize)
+    }
+
     fn free_memory(&self) -> Result<Option<u64>> {
         self.bind()?;
         let (free, _total) = cu::mem_get_info().map_err(|e| driver_error("read the free device memory", e))?;
