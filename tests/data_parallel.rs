@@ -16,10 +16,13 @@ use msclip::ops;
 use msclip::train::{Precision, StepInput, StepState, TrainConfig};
 use msclip::{DType, Device, Result, Rng, Tensor};
 
+/// A rank's contribution to a collective: its tensor's dims and values.
+type Deposit = (Vec<usize>, Vec<f64>);
+
 /// `world` ranks as threads of one process: each collective deposits every rank's values,
 /// waits for all of them, and reads them back in rank order.
 struct SimulatedWorld {
-    slots: Mutex<Vec<Option<(Vec<usize>, Vec<f64>)>>>,
+    slots: Mutex<Vec<Option<Deposit>>>,
     barrier: Barrier,
 }
 
@@ -37,7 +40,7 @@ impl SimulatedWorld {
 
 impl SimulatedRank {
     /// Every rank's (dims, values) of `x`, in rank order.
-    fn exchange(&self, x: &Tensor) -> Vec<(Vec<usize>, Vec<f64>)> {
+    fn exchange(&self, x: &Tensor) -> Vec<Deposit> {
         self.world.slots.lock().unwrap()[self.rank] = Some((x.dims().to_vec(), x.to_f64_vec()));
         self.world.barrier.wait();
         let all: Vec<_> = self.world.slots.lock().unwrap().iter().map(|s| s.clone().unwrap()).collect();
@@ -47,7 +50,7 @@ impl SimulatedRank {
         all
     }
 
-    fn summed(all: &[(Vec<usize>, Vec<f64>)]) -> Vec<f64> {
+    fn summed(all: &[Deposit]) -> Vec<f64> {
         let mut sum = vec![0.0; all[0].1.len()];
         for (_, values) in all {
             sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
