@@ -33,11 +33,11 @@ which the `clip-b32` and `clip-b16` presets must match one to one (the plain `Vi
 and `clip-b16-gelu` presets are.
 
 safetensors writes its metadata in a per-process hash order, so a file whose tensors and
-metadata are unchanged is left as it is rather than rewritten with other bytes.
+metadata are unchanged is left as it is rather than rewritten with other bytes
+(scripts/reference_io.py). scripts/make_reference_state_msclip.py writes MS-CLIP-S's state.
 """
 
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -45,7 +45,7 @@ import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from open_clip.transformer import QuickGELU
-from safetensors.torch import save
+from reference_io import save_if_changed
 
 CONFIG = {
     "embed_dim": 24,
@@ -76,21 +76,6 @@ def loss_of(model, images, text):
     text_features = model.encode_text(text, normalize=True)
     loss = ClipLoss()(image_features, text_features, model.logit_scale.exp())
     return image_features, text_features, loss
-
-
-def parts(data):
-    """A safetensors file's header, as a dict, and its tensor bytes."""
-    (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + length]), data[8 + length :]
-
-
-def save_if_changed(tensors, path, metadata):
-    data = save(tensors, metadata=metadata)
-    if path.exists() and parts(path.read_bytes()) == parts(data):
-        print(f"{path}: unchanged")
-        return
-    path.write_bytes(data)
-    print(f"{path}: written")
 
 
 def metadata_of(config):

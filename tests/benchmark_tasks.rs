@@ -2,8 +2,12 @@
 //! retrieval on a prepared dataset with several captions per image, for a run's model; the
 //! record written and appended to the run's results.jsonl; bad inputs refused by name.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
+
+use common::reference::{MSCLIP_WEIGHTS, msclip_config};
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb};
 
@@ -193,5 +197,51 @@ fn encode_writes_normalised_embeddings_and_their_names() {
             stderr(&out)
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn encode_reads_the_original_msclip_codes_weights_into_an_msclip_run() {
+    // A run directory of the reference MS-CLIP-S (tests/common/reference.rs): a tiny-msclip-s
+    // run whose config names that model instead; its own checkpoint is not read.
+    let dir = scratch("encode-msclip");
+    let train = [
+        "train",
+        "--preset",
+        "tiny-msclip-s",
+        "--name",
+        "m",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--eval-samples",
+        "0",
+    ];
+    assert!(msclip_in(&dir, &train).status.success());
+    let config_path = dir.join("runs/m/config.json");
+    let mut config = record(&config_path);
+    config["model"] = serde_json::to_value(msclip_config()).unwrap();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    write_png(&dir.join("imgs/a.png"), [250, 0, 0]);
+    write_png(&dir.join("imgs/b.png"), [0, 0, 250]);
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join(MSCLIP_WEIGHTS);
+    let args =
+        ["encode", "--run", "runs/m", "--weights", weights.to_str().unwrap(), "--images", "imgs", "--out", "i.npy"];
+    let out = msclip_in(&dir, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ((n, d), values) = read_npy(&dir.join("i.npy"));
+    assert_eq!((n, d), (2, 20));
+    for row in values.chunks_exact(d) {
+        let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    let not_weights = ["encode", "--run", "runs/m", "--weights", "i.npy", "--images", "imgs", "--out", "j.npy"];
+    let out = msclip_in(&dir, &not_weights);
+    assert!(
+        !out.status.success() && stderr(&out).contains("i.npy: not a readable safetensors file"),
+        "{}",
+        stderr(&out)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,12 +12,13 @@ mod common;
 use std::path::Path;
 
 use common::gpu::model_devices;
+use common::reference::{self, State, Tolerances, worst_gradient};
 use common::relative_error;
 use msclip::autograd::{self, Gradients};
 use msclip::model::{Activation, ClipModel, ModelConfig, TextConfig, TextEncoder, VisionConfig, VisionStem, preset};
 use msclip::nn::{AdamW, AdamWConfig, ParamGroup, ParamStore, Update};
 use msclip::weights::open_clip;
-use msclip::{DType, Device, Rng, Tensor};
+use msclip::{DType, Device, Rng};
 use safetensors::SafeTensors;
 
 /// The weights of both variants (open_clip draws the same ones whatever the activation).
@@ -65,47 +66,8 @@ fn reference_config(activation: Activation) -> ModelConfig {
     config
 }
 
-/// The reference file's tensors, widened to f64.
-struct Reference {
-    images: Tensor,
-    tokens: Vec<u32>,
-    image_features: Vec<f64>,
-    text_features: Vec<f64>,
-    loss: f64,
-    grads: Vec<(String, Vec<f64>)>,
-    adamw_losses: Vec<f64>,
-    open_clip_config: serde_json::Value,
-}
-
-fn f64s(file: &SafeTensors, name: &str) -> Vec<f64> {
-    let view = file.tensor(name).unwrap_or_else(|_| panic!("the reference state has no {name}"));
-    assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
-    view.data().chunks_exact(8).map(|w| f64::from_le_bytes(w.try_into().unwrap())).collect()
-}
-
-fn reference(variant: Variant) -> Reference {
-    let bytes = std::fs::read(variant.state).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let config = &header.metadata().as_ref().unwrap()["open_clip_config"];
-    let images = file.tensor("images").unwrap();
-    let tokens = file.tensor("tokens").unwrap();
-    assert_eq!(tokens.dtype(), safetensors::Dtype::I32);
-    let grads = file
-        .names()
-        .into_iter()
-        .filter_map(|name| name.strip_prefix("grad/").map(|p| (p.to_string(), f64s(&file, name))))
-        .collect();
-    Reference {
-        images: Tensor::from_f64(&f64s(&file, "images"), images.shape().to_vec(), DType::F64).unwrap(),
-        tokens: tokens.data().chunks_exact(4).map(|w| i32::from_le_bytes(w.try_into().unwrap()) as u32).collect(),
-        image_features: f64s(&file, "image_features"),
-        text_features: f64s(&file, "text_features"),
-        loss: f64s(&file, "loss")[0],
-        grads,
-        adamw_losses: f64s(&file, "adamw_losses"),
-        open_clip_config: serde_json::from_str(config).unwrap(),
-    }
+fn reference(variant: Variant) -> State {
+    reference::read_state(variant.state)
 }
 
 /// The variant's model with open_clip's weights, in `dtype` on `device`.
@@ -118,12 +80,7 @@ fn imported(variant: Variant, dtype: DType, device: Device) -> (ClipModel, Param
 }
 
 /// Features, loss and the tape's gradients of the reference batch.
-fn forward(
-    model: &ClipModel,
-    params: &ParamStore,
-    r: &Reference,
-    dtype: DType,
-) -> (Vec<f64>, Vec<f64>, f64, Gradients) {
+fn forward(model: &ClipModel, params: &ParamStore, r: &State, dtype: DType) -> (Vec<f64>, Vec<f64>, f64, Gradients) {
     let mut buffers = model.init_params(&mut Rng::new(0), dtype).unwrap().1;
     let images = r.images.to_dtype(dtype).unwrap().to_device(params.device()).unwrap();
     let image_features =
@@ -136,31 +93,13 @@ fn forward(
     (image_features, text_features, value, autograd::backward(&loss).unwrap())
 }
 
-/// The largest relative error (norm) over every parameter's gradient, and its name; panics if
-/// one is over `rtol` or the reference lacks one.
-fn worst_gradient(what: &str, params: &ParamStore, grads: &Gradients, r: &Reference, rtol: f64) -> (f64, String) {
-    assert_eq!(r.grads.len(), params.len(), "{what}: the reference has a gradient per parameter");
-    let mut worst = (0.0, String::new());
-    for id in params.ids() {
-        let name = params.name(id);
-        let want =
-            &r.grads.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no reference gradient of {name}")).1;
-        let have = grads.get(params.get(id)).unwrap_or_else(|| panic!("{what}: no gradient of {name}")).to_f64_vec();
-        let err = relative_error(&have, want);
-        assert!(err <= rtol, "{what}: gradient of {name} off by {err:.2e} (allowed {rtol:.0e})");
-        if err > worst.0 {
-            worst = (err, name.to_string());
-        }
-    }
-    worst
-}
-
 #[test]
 fn the_architecture_is_the_one_pytorch_built() {
     for variant in VARIANTS {
         let r = reference(variant);
         let described = open_clip::describe(&reference_config(variant.activation)).unwrap();
-        assert_eq!(described.config, r.open_clip_config, "{variant:?}: CLIP(**config) arguments");
+        let config: serde_json::Value = serde_json::from_str(&r.metadata["open_clip_config"]).unwrap();
+        assert_eq!(described.config, config, "{variant:?}: CLIP(**config) arguments");
     }
     // The two states are two functions of the same weights and inputs: the features differ.
     let [quick, exact] = VARIANTS.map(reference);
@@ -170,16 +109,9 @@ fn the_architecture_is_the_one_pytorch_built() {
     assert!(apart > 1e-3, "GELU's features within {apart:.1e} of QuickGELU's");
 }
 
-/// Relative errors allowed against PyTorch's float64 numbers.
-struct Tolerances {
-    features: f64,
-    loss: f64,
-    gradient: f64,
-}
-
 /// Runs the variant's reference batch in `dtype` on `device` and checks features, loss and every
 /// gradient.
-fn assert_reproduces(variant: Variant, r: &Reference, dtype: DType, device: Device, allowed: Tolerances) {
+fn assert_reproduces(variant: Variant, r: &State, dtype: DType, device: Device, allowed: Tolerances) {
     let what = format!("{:?}, {device} {dtype:?}", variant.activation);
     let (model, params) = imported(variant, dtype, device);
     let (img, txt, loss, grads) = forward(&model, &params, r, dtype);
@@ -187,7 +119,7 @@ fn assert_reproduces(variant: Variant, r: &Reference, dtype: DType, device: Devi
     assert!(feature_err <= allowed.features, "{what}: features off by {feature_err:.2e}");
     let loss_err = (loss - r.loss).abs() / r.loss;
     assert!(loss_err <= allowed.loss, "{what}: loss {loss} against PyTorch's {}", r.loss);
-    let (worst, name) = worst_gradient(&what, &params, &grads, r, allowed.gradient);
+    let (worst, name) = worst_gradient(&what, (&params, &grads), &r.grads, str::to_string, allowed.gradient);
     eprintln!("{what}: features {feature_err:.1e}, loss {loss_err:.1e}, worst gradient {name} {worst:.1e}");
 }
 

@@ -2,13 +2,15 @@
 //! architecture for open_clip, and what does not fit a model is refused with every problem
 //! listed, leaving the model's weights as they were.
 
+mod common;
+
 use std::path::Path;
 
+use common::files::rewritten;
 use msclip::model::{ClipModel, preset};
 use msclip::nn::ParamStore;
 use msclip::weights::open_clip;
 use msclip::{DType, Rng};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 fn model_and_params(name: &str, seed: u64) -> (ClipModel, ParamStore) {
@@ -19,19 +21,6 @@ fn model_and_params(name: &str, seed: u64) -> (ClipModel, ParamStore) {
 
 fn values(params: &ParamStore) -> Vec<Vec<f64>> {
     params.ids().map(|id| params.get(id).to_f64_vec()).collect()
-}
-
-/// The tensors of `bytes` (a safetensors file) passed through `edit`, written again.
-fn rewritten(bytes: &[u8], edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) -> Vec<u8> {
-    let file = SafeTensors::deserialize(bytes).unwrap();
-    let mut tensors: Vec<_> =
-        file.tensors().into_iter().map(|(name, v)| (name, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
-    edit(&mut tensors);
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(name, dtype, shape, data)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
 }
 
 #[test]

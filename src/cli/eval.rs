@@ -1,5 +1,6 @@
 //! `msclip eval --run runs/NAME`: evaluates a checkpoint of a run (or, with `--weights`, an
-//! open_clip state dict of its model) and writes the metrics as a CLIP_benchmark-style JSON.
+//! open_clip or original MS-CLIP state dict of its model) and writes the metrics as a
+//! CLIP_benchmark-style JSON.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,5 @@
 //! A run's model with trained weights, as `eval` and `export` read it: the run's configs, its
-//! tokenizer, and weights from one of its checkpoints or from an open_clip state dict.
+//! tokenizer, and weights from one of its checkpoints or from another project's weights file.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,7 @@ use msclip::nn::ParamStore;
 use msclip::text::Tokenizer;
 use msclip::train::checkpoint::{self, Restored};
 use msclip::train::{TrainConfig, load_run_tokenizer, read_run_config};
-use msclip::weights::open_clip;
+use msclip::weights;
 use msclip::{DType, Rng};
 
 /// Which run and which of its weights a command reads (`eval`, `benchmark`).
@@ -22,8 +22,9 @@ pub struct RunWeightsArgs {
     /// A checkpoint file; defaults to the run's checkpoints/latest.safetensors.
     #[arg(long, conflicts_with = "weights")]
     pub checkpoint: Option<PathBuf>,
-    /// Evaluate these weights instead of a checkpoint: an open_clip state dict in safetensors
-    /// (as `msclip export` writes) for the run's model.
+    /// Evaluate these weights instead of a checkpoint, a safetensors file in the layout of the
+    /// run's model: open_clip's state dict for the CLIP presets (as `msclip export` writes), the
+    /// original MS-CLIP code's for the MS-CLIP presets (scripts/convert_msclip_pth.py).
     #[arg(long)]
     pub weights: Option<PathBuf>,
 }
@@ -32,7 +33,7 @@ impl RunWeightsArgs {
     /// The run's model with the chosen weights.
     pub fn load(&self) -> anyhow::Result<RunModel> {
         let source = match &self.weights {
-            Some(path) => WeightsSource::OpenClip(path.clone()),
+            Some(path) => WeightsSource::File(path.clone()),
             None => WeightsSource::Checkpoint(self.checkpoint.clone()),
         };
         load(&self.run, source)
@@ -43,8 +44,8 @@ impl RunWeightsArgs {
 pub enum WeightsSource {
     /// A checkpoint of the run: `None` is its checkpoints/latest.safetensors.
     Checkpoint(Option<PathBuf>),
-    /// An open_clip state dict (`msclip export` writes them, open_clip's models load them).
-    OpenClip(PathBuf),
+    /// Another project's weights file in the layout of the model's family (`weights::load`).
+    File(PathBuf),
 }
 
 pub struct RunModel {
@@ -53,7 +54,7 @@ pub struct RunModel {
     pub params: ParamStore,
     pub buffers: Buffers,
     pub tokenizer: Tokenizer,
-    /// The training step of a checkpoint; an open_clip file does not say.
+    /// The training step of a checkpoint; a weights file does not say.
     pub step: Option<u64>,
     /// The file the weights came from.
     pub source: PathBuf,
@@ -70,8 +71,8 @@ pub fn load(run: &Path, weights: WeightsSource) -> anyhow::Result<RunModel> {
             let Restored { step, .. } = checkpoint::load(&path, &model.config, &mut params, &mut buffers, None, None)?;
             (Some(step), path)
         }
-        WeightsSource::OpenClip(path) => {
-            open_clip::load(&path, &model.config, &mut params)?;
+        WeightsSource::File(path) => {
+            weights::load(&path, &model, &mut params, &mut buffers)?;
             (None, path)
         }
     };

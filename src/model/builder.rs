@@ -105,6 +105,11 @@ impl ModelSpec {
         self.params[id.index()].role
     }
 
+    /// (name, shape) of every buffer, in registration order.
+    pub fn buffer_shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
+        self.buffers.iter().map(|(name, shape, _)| (name.as_str(), shape.as_slice()))
+    }
+
     /// Creates every tensor, drawing initial values from `rng` in registration order.
     pub fn materialize(&self, rng: &mut Rng, dtype: DType) -> Result<(ParamStore, Buffers)> {
         let mut store = ParamStore::new();

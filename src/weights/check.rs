@@ -19,8 +19,10 @@ pub fn is_float(dtype: Dtype) -> bool {
 }
 
 /// Every difference between `file`'s tensors and `expected`, one line each, in the order of
-/// `expected` then the file's unexpected names (sorted); empty when the file fits.
-pub fn mismatches(expected: &[Expected], file: &SafeTensors) -> Vec<String> {
+/// `expected` then the file's unexpected names (sorted); empty when the file fits. Names for
+/// which `dropped` is true may be in the file and are not read (BatchNorm's
+/// `num_batches_tracked` counters in MS-CLIP's state dict).
+pub fn mismatches(expected: &[Expected], file: &SafeTensors, dropped: impl Fn(&str) -> bool) -> Vec<String> {
     let mut problems = Vec::new();
     for want in expected {
         match file.tensor(&want.name) {
@@ -40,16 +42,27 @@ pub fn mismatches(expected: &[Expected], file: &SafeTensors) -> Vec<String> {
             }
         }
     }
-    let mut unexpected: Vec<String> =
-        file.names().into_iter().filter(|name| !expected.iter().any(|e| e.name == *name)).map(String::from).collect();
+    let mut unexpected: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|&name| !dropped(name) && !expected.iter().any(|e| e.name == name))
+        .map(String::from)
+        .collect();
     unexpected.sort();
     problems.extend(unexpected.into_iter().map(|name| format!("unexpected {name}")));
     problems
 }
 
-/// Fails, listing every mismatch, unless `file` holds exactly the `expected` tensors.
-pub fn require_fit(what: &str, model: &str, expected: &[Expected], file: &SafeTensors) -> Result<()> {
-    let problems = mismatches(expected, file);
+/// Fails, listing every mismatch, unless `file` holds exactly the `expected` tensors (and any
+/// of the `dropped` ones).
+pub fn require_fit(
+    what: &str,
+    model: &str,
+    expected: &[Expected],
+    file: &SafeTensors,
+    dropped: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let problems = mismatches(expected, file, dropped);
     if problems.is_empty() {
         return Ok(());
     }

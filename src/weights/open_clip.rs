@@ -24,7 +24,6 @@ use crate::files::safetensors_out::{Entry, serialize};
 use crate::files::write_atomically;
 use crate::model::{Activation, ModelConfig, Sharing, TextEncoder, VisionStem};
 use crate::nn::ParamStore;
-use crate::tensor::Tensor;
 
 /// The metadata `format` of a file written here.
 const FORMAT: &str = "open_clip-state-dict";
@@ -184,19 +183,13 @@ pub fn load_bytes(bytes: &[u8], what: &str, config: &ModelConfig, params: &mut P
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(what, format!("not a readable safetensors file: {e}")))?;
     let expected = expected_tensors(params.ids().map(|id| (params.name(id), params.get(id).dims())));
-    require_fit(what, &config.name, &expected, &file)?;
+    require_fit(what, &config.name, &expected, &file, |_| false)?;
     let mut loaded = Vec::with_capacity(params.len());
     let mut non_finite = Vec::new();
     for id in params.ids() {
-        let (name, current) = (params.name(id), params.get(id));
-        let view = file.tensor(name).expect("require_fit found every name");
-        let data = values::to_f64(name, view.dtype(), view.data())?;
-        let bad = data.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            non_finite.push(format!("{name} ({bad} of {})", data.len()));
-        }
-        let value = Tensor::from_f64(&data, current.shape().clone(), current.dtype())?.to_device(current.device())?;
-        loaded.push((id, value));
+        let name = params.name(id);
+        let data = values::read_f64(&file, name)?;
+        loaded.push((id, values::tensor_like(name, &data, params.get(id), &mut non_finite)?));
     }
     if !non_finite.is_empty() {
         return Err(not_finite(what, &non_finite));

@@ -2,9 +2,27 @@
 //! (little-endian, as the format stores them). Weights travel as f16 or bf16 as often as f32.
 
 use half::{bf16, f16};
-use safetensors::Dtype;
+use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// The values of `file`'s tensor `name` (which the caller found there), widened to f64.
+pub fn read_f64(file: &SafeTensors, name: &str) -> Result<Vec<f64>> {
+    let view = file.tensor(name).map_err(|e| Error::format(name, e.to_string()))?;
+    to_f64(name, view.dtype(), view.data())
+}
+
+/// `data`, the values of the file's tensor `name`, as a tensor with `like`'s shape, dtype and
+/// device. Values that are not finite are converted too, and counted into `non_finite` as
+/// "name (bad of total)": the caller refuses the file once every tensor was read, naming them all.
+pub fn tensor_like(name: &str, data: &[f64], like: &Tensor, non_finite: &mut Vec<String>) -> Result<Tensor> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        non_finite.push(format!("{name} ({bad} of {})", data.len()));
+    }
+    Tensor::from_f64(data, like.shape().clone(), like.dtype())?.to_device(like.device())
+}
 
 /// The values of `bytes` holding `dtype`, widened to f64 (exactly: every f16, bf16 and f32 is an f64).
 pub fn to_f64(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f64>> {

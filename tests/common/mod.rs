@@ -1,7 +1,9 @@
 //! Shared test helpers: seeded random tensors and the finite-difference gradient check.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod files;
 pub mod gpu;
+pub mod reference;
 
 use msclip::autograd::{self, Gradients, no_grad};
 use msclip::model::Buffers;
