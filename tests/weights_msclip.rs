@@ -192,3 +192,19 @@ fn every_mismatch_is_listed_in_one_error() {
     }
     assert!(!err.contains("num_batches_tracked"), "the counters are dropped, not reported: {err}");
 }
+
+#[test]
+fn values_that_are_not_finite_are_refused_by_name() {
+    let poisoned = rewritten(&pytorchs_file(), |tensors| {
+        for (name, _, _, data) in tensors.iter_mut() {
+            if name == "visual.transformer.resblocks.0.bn1.running_var" {
+                data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+    });
+    let err = read(&poisoned).unwrap_err();
+    assert!(
+        err.contains("not finite") && err.contains("visual.transformer.resblocks.0.bn1.running_var (1 of 2)"),
+        "{err}"
+    );
+}
