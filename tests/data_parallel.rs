@@ -13,7 +13,7 @@ use msclip::autograd;
 use msclip::dist::{Collective, sharded_infonce};
 use msclip::model::{ClipModel, Mode, preset};
 use msclip::ops;
-use msclip::train::{Precision, StepInput, StepState, TrainConfig};
+use msclip::train::{Precision, RunEnd, RunOptions, StepInput, StepState, TrainConfig, train};
 use msclip::{DType, Device, Result, Rng, Tensor};
 
 /// A rank's contribution to a collective: its tensor's dims and values.
@@ -318,4 +318,83 @@ fn a_world_of_one_runs_through_nccl_on_a_gpu() {
     let [img, txt, scale] = [&img, &txt, &scale].map(|t| on(t, Device::Cuda, DType::F32));
     let got = sharded_infonce(&img, &txt, &scale, Some(100.0), ranks).unwrap().item().unwrap();
     assert_close("loss through NCCL", &[got], &[want], 1e-5, 1e-5);
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("msclip-test-dp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A few-second run of `tiny-clip` (no batch norm, so ranks and one process compute the same
+/// thing) on a global batch of 8, every second step logged.
+fn small_run(dir: &std::path::Path) -> TrainConfig {
+    let mut c = TrainConfig::for_preset("tiny-clip").unwrap();
+    (c.name, c.output_dir, c.steps, c.batch_size, c.warmup_steps) = ("run".into(), dir.to_path_buf(), 6, 8, 2);
+    (c.log_every, c.save_every, c.eval_samples, c.quick_eval_every) = (2, 1000, 0, 0);
+    c
+}
+
+fn logged_losses(run: &std::path::Path) -> Vec<f64> {
+    msclip::train::read_jsonl(&run.join("train_loss.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_on_two_ranks_trains_as_one_process_and_only_rank_0_writes() {
+    let (one, two) = (scratch("one"), scratch("two"));
+    let quiet = RunOptions { quiet: true, ..Default::default() };
+    let alone = train(&small_run(&one), &quiet).unwrap();
+    let config = small_run(&two);
+    let ranks = on_every_rank(2, |comm| {
+        train(&config, &RunOptions { quiet: true, ranks: Some(comm), ..Default::default() }).unwrap()
+    });
+    assert_close("losses", &logged_losses(&two.join("run")), &logged_losses(&one.join("run")), 1e-6, 1e-5);
+    for (r, summary) in ranks.iter().enumerate() {
+        assert_eq!((summary.steps_done, summary.end), (6, RunEnd::Finished), "rank {r}");
+        for id in alone.params.ids() {
+            let (got, want) = (summary.params.get(id).to_f64_vec(), alone.params.get(id).to_f64_vec());
+            let err = common::relative_error(&got, &want);
+            // f32 sums in another order, through 6 AdamW steps.
+            assert!(err < 2e-4, "rank {r}: {} off by {err:.1e}", alone.params.name(id));
+        }
+    }
+    // One log line per step and one final checkpoint: rank 0's; rank 1 wrote nothing.
+    assert_eq!(logged_losses(&two.join("run")).len(), 6);
+    let checkpoints: Vec<_> =
+        std::fs::read_dir(two.join("run/checkpoints")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(checkpoints.iter().any(|n| n == "latest.safetensors"), "{checkpoints:?}");
+    let _ = (std::fs::remove_dir_all(one), std::fs::remove_dir_all(two));
+}
+
+#[test]
+fn an_interruption_on_one_rank_stops_every_rank_at_the_next_logged_step() {
+    let dir = scratch("stop");
+    let config = small_run(&dir);
+    let ends = on_every_rank(2, |comm| {
+        // Only rank 1 is told to stop, before its first step.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(comm.rank() == 1));
+        let options = RunOptions { quiet: true, ranks: Some(comm), stop: Some(stop), ..Default::default() };
+        let summary = train(&config, &options).unwrap();
+        (summary.steps_done, summary.end)
+    });
+    assert_eq!(ends, vec![(2, RunEnd::Interrupted); 2]);
+    assert_eq!(logged_losses(&dir.join("run")).len(), 2, "rank 0 saved and logged up to step 2");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_global_batch_that_does_not_split_is_refused() {
+    let dir = scratch("split");
+    let mut config = small_run(&dir);
+    config.batch_size = 9;
+    let errors = on_every_rank(2, |comm| {
+        train(&config, &RunOptions { quiet: true, ranks: Some(comm), ..Default::default() }).unwrap_err().to_string()
+    });
+    for err in errors {
+        assert!(err.contains("--batch-size 9 is the global batch"), "{err}");
+    }
 }

@@ -36,3 +36,9 @@ pub trait Collective: Send + Sync {
     /// keeps rows `rank * m .. (rank + 1) * m`.
     fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor>;
 }
+
+impl std::fmt::Debug for dyn Collective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rank {} of {}", self.rank(), self.world_size())
+    }
+}

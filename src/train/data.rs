@@ -79,9 +79,28 @@ pub fn check_resolution(flag: &str, dir: &Path, dataset: &PreparedDataset, model
 /// A run's training pairs.
 pub enum TrainingData {
     /// Step `k` takes training samples `k*B..(k+1)*B` of the shapes world.
-    Shapes { world: ShapesConfig, batch_size: usize },
+    Shapes { world: ShapesConfig, batch_size: usize, share: RankShare },
     /// Step `k` takes the samples [`EpochOrder`] gives it.
-    Prepared { dataset: PreparedDataset, order: EpochOrder },
+    Prepared { dataset: PreparedDataset, order: EpochOrder, share: RankShare },
+}
+
+/// Which part of each global batch this process trains on: rank `rank` of `ranks` takes rows
+/// `rank * B / ranks .. (rank + 1) * B / ranks` (data-parallel training, `crate::dist`), so
+/// the ranks' shares together are the batch one process would train on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankShare {
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl RankShare {
+    pub const WHOLE: RankShare = RankShare { rank: 0, ranks: 1 };
+
+    /// This share's rows of a batch of `batch` rows (which the ranks divide evenly).
+    fn rows(self, batch: usize) -> std::ops::Range<usize> {
+        let per_rank = batch / self.ranks;
+        self.rank * per_rank..(self.rank + 1) * per_rank
+    }
 }
 
 impl TrainingData {
@@ -96,7 +115,11 @@ impl TrainingData {
                     model.name
                 )));
             }
-            return Ok(TrainingData::Shapes { world: config.data.clone(), batch_size: config.batch_size });
+            return Ok(TrainingData::Shapes {
+                world: config.data.clone(),
+                batch_size: config.batch_size,
+                share: RankShare::WHOLE,
+            });
         };
         let dir = &recorded.dir;
         let dataset = PreparedDataset::open(dir)?;
@@ -114,7 +137,14 @@ impl TrainingData {
         }
         check_resolution("--data", dir, &dataset, model)?;
         let order = EpochOrder::new(dataset.len(), config.batch_size, config.seed)?;
-        Ok(TrainingData::Prepared { dataset, order })
+        Ok(TrainingData::Prepared { dataset, order, share: RankShare::WHOLE })
+    }
+
+    /// The same data, of which this process trains on `share` of every batch.
+    pub fn shared_out(mut self, new: RankShare) -> Self {
+        let (TrainingData::Shapes { share, .. } | TrainingData::Prepared { share, .. }) = &mut self;
+        *share = new;
+        self
     }
 
     pub fn is_prepared(&self) -> bool {
@@ -124,12 +154,14 @@ impl TrainingData {
     /// The batch of 0-based step `step`, normalised and tokenised as `model` takes it.
     pub fn batch(&self, step: u64, tokenizer: &Tokenizer, model: &ModelConfig) -> Result<Batch> {
         match self {
-            TrainingData::Shapes { world, batch_size } => {
-                let start = step * *batch_size as u64;
-                make_batch(world, Split::Train, start, *batch_size, tokenizer, model, MASTER_DTYPE)
+            TrainingData::Shapes { world, batch_size, share } => {
+                let rows = share.rows(*batch_size);
+                let start = step * *batch_size as u64 + rows.start as u64;
+                make_batch(world, Split::Train, start, rows.len(), tokenizer, model, MASTER_DTYPE)
             }
-            TrainingData::Prepared { dataset, order } => {
-                prepared_batch(dataset, &order.batch(step), tokenizer, model, MASTER_DTYPE)
+            TrainingData::Prepared { dataset, order, share } => {
+                let samples = order.batch(step);
+                prepared_batch(dataset, &samples[share.rows(samples.len())], tokenizer, model, MASTER_DTYPE)
             }
         }
     }
@@ -149,7 +181,7 @@ impl TrainingData {
     pub fn describe(&self) -> String {
         match self {
             TrainingData::Shapes { .. } => "training on the shapes world".into(),
-            TrainingData::Prepared { dataset, order } => format!(
+            TrainingData::Prepared { dataset, order, .. } => format!(
                 "training on {} pairs: {} batches an epoch, each epoch in a new seeded order whose last {} pairs \
                  (less than a batch) sit that epoch out",
                 dataset.len(),

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::checkpoint::{self, TrainingState};
 use super::checkpoint_dir::CheckpointDir;
 use super::config::{TokenizerSource, TrainConfig};
-use super::data::TrainingData;
+use super::data::{RankShare, TrainingData};
 use super::evaluation::{Evaluation, Evaluations, PLOTTED_RETRIEVAL, RESULTS, Validation};
 use super::graph_step::StepIssuer;
 use super::log::{StepLine, append_jsonl, progress_bar, read_jsonl, truncate_jsonl_after};
@@ -22,11 +22,12 @@ use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
 use super::step::{StepInput, StepState};
 use crate::data::shapes::{Colour, ShapeKind};
+use crate::dist::Collective;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, OBJECTIVES};
 use crate::nn::ParamStore;
-use crate::tensor::{Device, Rng};
+use crate::tensor::{DType, Device, Rng, Tensor};
 use crate::text::Tokenizer;
 
 /// Where a resumed run continues from.
@@ -50,6 +51,10 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// No progress bar or console lines (tests).
     pub quiet: bool,
+    /// This process as one rank of a data-parallel world (`crate::dist`): it trains on its
+    /// share of every batch of `config.batch_size` pairs (the global batch), and only rank 0
+    /// writes the run directory (logs, checkpoints, evaluations). None: one process.
+    pub ranks: Option<Arc<dyn Collective>>,
 }
 
 /// How a call to [`train`] ended.
@@ -89,10 +94,19 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     config.validate()?;
     let model = ClipModel::new(config.model_config()?)?;
     config.objectives.check_model(&model.config)?;
-    let data = TrainingData::open(config, &model.config)?;
+    let share = match &options.ranks {
+        Some(ranks) => rank_share(config, ranks.as_ref())?,
+        None => RankShare::WHOLE,
+    };
+    // Rank 0 writes the run directory; the others only read it (a resumed run's checkpoint).
+    let writes = share.rank == 0;
+    let data = TrainingData::open(config, &model.config)?.shared_out(share);
     let validation = Validation::open(config, &model.config)?;
     let run_dir = config.run_dir();
     let (_lock, changes, tokenizer) = match &options.resume {
+        // A trained BPE is a pure function of the data, so every rank makes the same one.
+        None if !writes => (None, Vec::new(), run_tokenizer(config, &model, &data)?),
+        Some(_) if !writes => (None, Vec::new(), fitting_tokenizer(&model, load_run_tokenizer(config, &run_dir)?)?),
         None => {
             // Made before the run directory, so a tokenizer that does not fit refuses the run
             // before anything is written.
@@ -101,17 +115,21 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             if config.tokenizer == TokenizerSource::TrainedBpe {
                 save_run_tokenizer(&tokenizer, &run_dir)?;
             }
-            (lock, Vec::new(), tokenizer)
+            (Some(lock), Vec::new(), tokenizer)
         }
         Some(_) => {
             let lock = run_dir::open_existing(&run_dir)?;
             let changes = resume::changes(&read_run_config(&run_dir)?.0, config)?;
-            (lock, changes, fitting_tokenizer(&model, load_run_tokenizer(config, &run_dir)?)?)
+            (Some(lock), changes, fitting_tokenizer(&model, load_run_tokenizer(config, &run_dir)?)?)
         }
     };
+    let quiet = options.quiet || !writes;
 
     let mut rng = Rng::new(config.seed);
     let mut state = StepState::init(&model, config, &mut rng)?;
+    if let Some(ranks) = &options.ranks {
+        state = state.across_ranks(config, Arc::clone(ranks))?;
+    }
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"), config.keep_checkpoints);
     let (mut step, mut samples_seen) = (0u64, 0u64);
     if let Some(resume) = &options.resume {
@@ -137,15 +155,15 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             )));
         }
         (step, samples_seen, rng) = (restored.step, restored.samples_seen, restored.rng);
-        for log in [TRAIN_LOG, RESULTS] {
+        for log in [TRAIN_LOG, RESULTS].into_iter().filter(|_| writes) {
             truncate_jsonl_after(&run_dir.join(log), step)?;
         }
     }
-    if !changes.is_empty() || options.resume.is_none() {
+    if writes && (!changes.is_empty() || options.resume.is_none()) {
         write_run_config(&run_dir, config, &model.config)?;
     }
     let say_now = |line: &str| {
-        if !options.quiet {
+        if !quiet {
             println!("{line}");
         }
     };
@@ -160,11 +178,14 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     if let Validation::Off(why) = validation {
         say_now(why);
     }
+    let evaluates = evaluates && writes;
     let evaluated_at = |step: u64| -> Result<bool> {
         Ok(read_jsonl(&run_dir.join(RESULTS))?.iter().any(|r| r["step"].as_u64() == Some(step)))
     };
     if step == config.steps && (!evaluates || evaluated_at(step)?) {
-        write_plots(&run_dir, config)?;
+        if writes {
+            write_plots(&run_dir, config)?;
+        }
         return Ok(RunSummary {
             run_dir,
             steps_done: step,
@@ -179,9 +200,16 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
 
     let schedule = config.schedule();
     let end = options.stop_after.unwrap_or(config.steps).min(config.steps);
-    let interrupted = || options.stop.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+    let raised = || options.stop.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+    // Ranks stop together: at a console-line step, when any of them was interrupted (a rank
+    // that stopped alone would leave the others waiting in a collective).
+    let interrupted = |logs: bool| match &options.ranks {
+        None => Ok(raised()),
+        Some(_) if !logs => Ok(false),
+        Some(ranks) => any_rank(ranks.as_ref(), raised(), config.device),
+    };
     let mut ended = if end < config.steps { RunEnd::StoppedEarly } else { RunEnd::Finished };
-    let bar = (!options.quiet).then(|| progress_bar(config.steps, step));
+    let bar = (!quiet).then(|| progress_bar(config.steps, step));
     // Console lines go above the bar on a terminal, to stdout otherwise (CI logs).
     let say = |line: &str| match &bar {
         Some(b) if !b.is_hidden() => b.println(line),
@@ -197,7 +225,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
 
     let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir, validation };
     // The curve's first point: the initial weights, at chance.
-    if step == 0 && evaluations.quick_due(0) && !evaluated_at(0)? {
+    if writes && step == 0 && evaluations.quick_due(0) && !evaluated_at(0)? {
         evaluations.record(&mut state, 0, config.quick_eval_samples)?;
     }
     while step < end {
@@ -212,14 +240,15 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         step += 1;
         samples_seen += config.batch_size as u64;
         readback.push(step, lr, data_seconds, output);
-        let stopping = step < config.steps && interrupted();
         let logs = step.is_multiple_of(config.log_every) || step == end;
-        let saves = step.is_multiple_of(config.save_every) || step == end || stopping;
+        let stopping = step < config.steps && interrupted(logs)?;
+        let saves = writes && (step.is_multiple_of(config.save_every) || step == end || stopping);
         let evaluates_now =
             evaluates && config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps;
-        let quick_now = !evaluates_now && step < config.steps && evaluations.quick_due(step);
+        let quick_now = writes && !evaluates_now && step < config.steps && evaluations.quick_due(step);
         // The host waits for the device only here: on the CPU after every step (nothing to wait
         // for), on a GPU when the numbers are needed.
+        // Every rank reads its steps back (so none piles up unread outputs); rank 0 logs them.
         if config.device == Device::Cpu || logs || saves || evaluates_now {
             let read = readback.read(&checkpoints.describe())?;
             // Every step's loss goes to train_loss.jsonl; the logit scale (a read of the
@@ -236,7 +265,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
                 if let Some(scale) = logit_scale.filter(|_| r.step == step) {
                     record["logit_scale"] = json!(scale);
                 }
-                append_jsonl(&loss_log, &record)?;
+                if writes {
+                    append_jsonl(&loss_log, &record)?;
+                }
             }
             if let Some(b) = &bar {
                 b.set_position(step);
@@ -286,7 +317,8 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         b.finish_and_clear();
     }
     let mut eval = None;
-    if step == config.steps
+    if writes
+        && step == config.steps
         && let Some(evaluation) = evaluations.record(&mut state, step, config.eval_samples)?
     {
         say_now(&evaluation.summary());
@@ -294,8 +326,28 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
             eval = Some(report);
         }
     }
-    write_plots(&run_dir, config)?;
+    if writes {
+        write_plots(&run_dir, config)?;
+    }
     Ok(RunSummary { run_dir, steps_done: step, final_loss, eval, params: state.params, end: ended })
+}
+
+/// This rank's share of every batch, after checking the global batch splits evenly.
+fn rank_share(config: &TrainConfig, ranks: &dyn Collective) -> Result<RankShare> {
+    let share = RankShare { rank: ranks.rank(), ranks: ranks.world_size() };
+    if !config.batch_size.is_multiple_of(share.ranks) || config.batch_size < 2 * share.ranks {
+        return Err(Error::config(format!(
+            "--batch-size {} is the global batch: it must split evenly over the {} ranks, at least 2 pairs each",
+            config.batch_size, share.ranks
+        )));
+    }
+    Ok(share)
+}
+
+/// Whether `mine` is true on any rank (one all-reduce, read back: the host waits for it).
+fn any_rank(ranks: &dyn Collective, mine: bool, device: Device) -> Result<bool> {
+    let flag = Tensor::scalar(f64::from(u8::from(mine)), DType::F32).to_device(device)?;
+    Ok(ranks.all_reduce_sum(&flag)?.item()? > 0.0)
 }
 
 /// The tokenizer a new run of `config` starts with: a BPE trained on the training captions,
