@@ -63,7 +63,7 @@ if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then
     [[ -n $lib ]] && export LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 failures=0
-parts=" ${MSCLIP_SESSION_PARTS:-parity pytorch graph full-context eager two-pass variants profile} "
+parts=" ${MSCLIP_SESSION_PARTS:-parity nccl pytorch graph full-context eager two-pass variants profile} "
 want() { [[ $parts == *" $1 "* ]]; }
 # Each part runs under a time limit (seconds; MSCLIP_PART_LIMIT), so that one hang cannot use up
 # the short lease.
@@ -105,6 +105,14 @@ if want parity && ! $rehearse; then
         echo "== parity $name: $verdict ($(grep -E '^test result' "$out/parity-$name.log" | tail -1))" |
             tee -a "$out/session.log"
     done
+fi
+
+# A world of one through the whole data-parallel path (torchrun's variables, the rendezvous,
+# NCCL's collectives in the step), a few steps of the tiny two-tower preset.
+if want nccl && ! $rehearse; then
+    WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 step nccl "$msclip" train \
+        --device cuda --preset tiny-clip --steps 20 --log-every 10 --eval-samples 0 --quick-eval-every 0 \
+        --output "$out/runs" --name nccl-world-of-one --overwrite
 fi
 
 # PyTorch first, then ours: should the lease end early, the first numbers of each side are in.

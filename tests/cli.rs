@@ -369,3 +369,32 @@ fn kernel_times_and_the_roofline_chart_read_nsight_compute() {
     assert!(!png2.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_data_parallel_world_off_the_gpu_is_refused_on_every_rank() {
+    let out = "/tmp/msclip-cli-world";
+    // As torchrun would start a rank on the CPU.
+    let rank = Command::new(env!("CARGO_BIN_EXE_msclip"))
+        .args(["train", "--preset", "tiny-clip", "--steps", "1", "--output", out])
+        .envs([("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")])
+        .output()
+        .unwrap();
+    assert_eq!(rank.status.code(), Some(1));
+    assert!(
+        stderr(&rank).contains("WORLD_SIZE=2 asks for data-parallel training, which runs on GPUs"),
+        "{}",
+        stderr(&rank)
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_msclip"))
+        .args(["train", "--output", out])
+        .envs([("WORLD_SIZE", "2")])
+        .output()
+        .unwrap();
+    assert!(stderr(&bad).contains("RANK must be too"), "{}", stderr(&bad));
+    // --nproc starts the ranks, each refuses, and the launcher says which failed.
+    let launched = msclip(&["train", "--nproc", "2", "--preset", "tiny-clip", "--steps", "1", "--output", out]);
+    assert_eq!(launched.status.code(), Some(1));
+    let err = stderr(&launched);
+    assert!(err.contains("of 2 failed") && err.contains("runs on GPUs through NCCL"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

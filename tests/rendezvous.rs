@@ -51,8 +51,15 @@ fn every_rank_gets_rank_0s_bytes() {
 
 #[test]
 fn a_rank_started_with_another_config_stops_every_rank() {
-    let (results, _) = meet(&[(0, 3, "lr=1e-3"), (1, 3, "lr=1e-3"), (2, 3, "lr=5e-4")], Duration::from_secs(20));
+    // Long configs: the error shows where they part, not all of them.
+    let config = |lr: &str| format!("{{{}\"lr\":{lr},{}}}", "\"a\":1,".repeat(100), "\"z\":2,".repeat(100));
+    let (ours, theirs) = (config("0.001"), config("0.0005"));
+    let (results, _) = meet(&[(0, 3, &ours), (1, 3, &ours), (2, 3, &theirs)], Duration::from_secs(20));
     assert_all_fail(&results, "rank 2's configuration differs from rank 0's");
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert!(err.contains("\"lr\":0.0005") && err.contains("\"lr\":0.001") && err.len() < 400, "{err}");
+    }
 }
 
 #[test]

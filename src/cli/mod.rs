@@ -14,6 +14,7 @@ mod prepare;
 mod profile;
 mod run_model;
 mod train;
+mod world;
 
 use clap::{Parser, Subcommand};
 

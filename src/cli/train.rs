@@ -171,6 +171,12 @@ pub struct TrainArgs {
     /// Replace an existing run directory of the same name (deleted first) instead of refusing.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Data-parallel training on this machine's first N GPUs: starts N processes of this
+    /// command as torchrun would (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), which
+    /// meet over NCCL; --batch-size is the global batch, split evenly. Under torchrun or a
+    /// cluster launcher that sets those variables, leave it out (docs/scaling.md).
+    #[arg(long)]
+    nproc: Option<usize>,
 }
 
 /// `--loss`, for clap (also `bench step` and `profile step`).
@@ -186,6 +192,9 @@ fn set<T>(field: &mut T, value: Option<T>) {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if let Some(nproc) = args.nproc {
+        return super::world::launch_local(nproc);
+    }
     if args.device.is_some_and(|d| d.is_gpu()) {
         // Fail before any work when the GPU (or this build's kernels) is missing.
         msclip::backend::gpu::driver(args.device.expect("checked"))?;
@@ -194,11 +203,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     apply_data(&mut config, &args, resume.is_some())?;
     apply_flags(&mut config, &args)?;
     config.validate()?;
-    msclip::train::memory::check_training(&config)?;
+    let ranks = super::world::join_world(&config)?;
+    // Each process holds its share of the global batch.
+    let mut per_process = config.clone();
+    per_process.batch_size /= ranks.as_ref().map_or(1, |r| r.world_size());
+    msclip::train::memory::check_training(&per_process)?;
     let stop = Arc::new(AtomicBool::new(false));
     install_interrupt_handler(stop.clone())?;
-    let options = RunOptions { resume, overwrite: args.overwrite, stop: Some(stop), ..Default::default() };
+    let rank = ranks.as_ref().map_or(0, |r| r.rank());
+    let options = RunOptions { resume, overwrite: args.overwrite, stop: Some(stop), ranks, ..Default::default() };
     let summary = train(&config, &options)?;
+    if rank != 0 {
+        // Rank 0 reports the run.
+        return Ok(());
+    }
     let run_dir = summary.run_dir.display();
     match summary.end {
         RunEnd::Finished => println!(

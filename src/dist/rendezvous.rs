@@ -111,12 +111,24 @@ fn judge(
         ));
     }
     if let Some(j) = joined.iter().find(|j| j.fingerprint != fingerprint) {
+        let (theirs, ours) = first_difference(&j.fingerprint, fingerprint);
         return Err(format!(
-            "rank {}'s configuration differs from rank 0's: {:?} against {fingerprint:?}; every rank must run the same command",
-            j.rank, j.fingerprint
+            "rank {}'s configuration differs from rank 0's: ...{theirs}... against ...{ours}...; every rank must run the \
+             same command",
+            j.rank
         ));
     }
     Ok(())
+}
+
+/// The stretch of each fingerprint around where they first differ (a whole config can be long).
+fn first_difference<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
+    let at = a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map_or(a.len().min(b.len()), |((i, _), _)| i);
+    let around = |s: &'a str| {
+        let start = s.floor_char_boundary(at.saturating_sub(24));
+        &s[start..s.ceil_char_boundary((at + 24).min(s.len()))]
+    };
+    (around(a), around(b))
 }
 
 fn read_greeting(mut stream: TcpStream, deadline: Instant) -> std::io::Result<Joined> {

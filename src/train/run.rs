@@ -220,7 +220,12 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let (mut final_loss, mut loss_ema) = (f64::NAN, f64::NAN);
     let mut readback = Readback::new();
     let mut batches = Batches::new(data, &tokenizer, &model.config, config.steps, config.device);
-    let mut issuer = StepIssuer::new(config);
+    // A data-parallel step is issued op by op: its collectives are not captured into the
+    // step's CUDA graph yet.
+    let mut issuer = match &options.ranks {
+        Some(_) => StepIssuer::new(&TrainConfig { cuda_graph: false, ..config.clone() }),
+        None => StepIssuer::new(config),
+    };
     let masker = Masker::new(config, &model.config, &tokenizer)?;
 
     let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir, validation };

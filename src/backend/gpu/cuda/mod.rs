@@ -66,8 +66,27 @@ pub(super) fn blas_error(what: &str, e: lt::CublasError) -> Error {
     Error::Device(format!("cuBLASLt: {what}: {e:?}"))
 }
 
+/// The GPU this process drives: 0, or in a data-parallel world (WORLD_SIZE set, as torchrun
+/// and `msclip train --nproc` do) the one LOCAL_RANK names, one per process on each machine.
+fn gpu_ordinal(count: i32) -> Result<i32> {
+    let local_rank = match (std::env::var("WORLD_SIZE"), std::env::var("LOCAL_RANK")) {
+        (Ok(_), Ok(local)) => local
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| Error::Device(format!("LOCAL_RANK={local:?} is not a GPU index")))?,
+        _ => 0,
+    };
+    if !(0..count).contains(&local_rank) {
+        return Err(Error::Device(format!(
+            "LOCAL_RANK={local_rank} names a GPU this machine does not have (it shows {count}): start at most {count} \
+             processes per machine"
+        )));
+    }
+    Ok(local_rank)
+}
+
 impl CudaDriver {
-    /// Opens GPU 0 and loads every kernel module. Fails, never panics, when the build has no
+    /// Opens the process's GPU (`gpu_ordinal`) and loads every kernel module. Fails, never panics, when the build has no
     /// GPU images, the CUDA driver library or cuBLASLt is missing, or there is no device.
     pub fn new() -> Result<Self> {
         if !GPU_IMAGES_BUILT {
@@ -97,7 +116,8 @@ impl CudaDriver {
         if count == 0 {
             return Err(Error::Device("cuda: the driver sees no GPU".into()));
         }
-        let device = cu::device::get(0).map_err(|e| driver_error("device 0", e))?;
+        let ordinal = gpu_ordinal(count)?;
+        let device = cu::device::get(ordinal).map_err(|e| driver_error(&format!("device {ordinal}"), e))?;
         let device_name = cu::device::get_name(device).map_err(|e| driver_error("device name", e))?;
         let attribute = |a| {
             // SAFETY: a valid device ordinal and attribute.

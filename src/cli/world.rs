@@ -1,0 +1,116 @@
+//! `msclip train` as one process of a data-parallel world: joining the world torchrun's
+//! variables describe (NCCL on GPUs), and `--nproc N`, which starts N such processes on this
+//! machine as torchrun would.
+
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msclip::dist::{Collective, NcclRanks, WorldPlace, nccl_unique_id, rendezvous};
+use msclip::train::TrainConfig;
+
+/// How long the ranks wait for each other before the world starts.
+const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the other ranks may take to exit once one has failed, before they are killed.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The world this process belongs to (torchrun's variables), joined; None when it runs alone.
+pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<Arc<dyn Collective>>> {
+    let Some(place) = WorldPlace::from_env()? else { return Ok(None) };
+    if config.device != msclip::Device::Cuda {
+        anyhow::bail!(
+            "WORLD_SIZE={} asks for data-parallel training, which runs on GPUs through NCCL (--device cuda); \
+             --device {} trains in one process",
+            place.world_size,
+            config.device
+        );
+    }
+    // Every rank must train the same run: its whole config is compared.
+    let fingerprint = serde_json::to_string(config)?;
+    let id = if place.rank == 0 { nccl_unique_id()? } else { Vec::new() };
+    let id = rendezvous(&place, &fingerprint, &id, RENDEZVOUS_TIMEOUT)?;
+    Ok(Some(Arc::new(NcclRanks::join(&place, &id)?)))
+}
+
+/// Starts `nproc` copies of this command (without `--nproc`), one per GPU of this machine, as
+/// ranks 0..nproc of one world, and waits for them. When one fails, the others get a grace
+/// period and are then killed, so a dead rank never leaves the rest hanging.
+pub fn launch_local(nproc: usize) -> anyhow::Result<()> {
+    if nproc == 0 {
+        anyhow::bail!("--nproc must be at least 1");
+    }
+    // Ctrl-C reaches every process of the terminal's group: the ranks stop together at their
+    // next logged step and save; this launcher only waits for them.
+    ctrlc::set_handler(|| {})?;
+    let exe = std::env::current_exe()?;
+    let args = args_without_nproc(std::env::args().skip(1));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut children: Vec<Child> = (0..nproc)
+        .map(|rank| {
+            Command::new(&exe)
+                .args(&args)
+                .env("WORLD_SIZE", nproc.to_string())
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut failed: Option<(usize, std::process::ExitStatus, Instant)> = None;
+    let mut running: Vec<usize> = (0..nproc).collect();
+    while !running.is_empty() {
+        running.retain(|&rank| match children[rank].try_wait() {
+            Ok(Some(status)) => {
+                if !status.success() && failed.is_none() {
+                    failed = Some((rank, status, Instant::now()));
+                }
+                false
+            }
+            _ => true,
+        });
+        if let Some((_, _, at)) = failed
+            && at.elapsed() > GRACE
+        {
+            for &rank in &running {
+                let _ = children[rank].kill();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match failed {
+        Some((rank, status, _)) => anyhow::bail!("rank {rank} of {nproc} failed ({status}); the others were stopped"),
+        None => Ok(()),
+    }
+}
+
+/// The command line minus `--nproc N` / `--nproc=N`.
+fn args_without_nproc(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--nproc" {
+            skip_value = true;
+        } else if !arg.starts_with("--nproc=") {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_get_the_command_without_nproc() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            args_without_nproc(args("train --nproc 4 --device cuda --nproc=2 --steps 5").into_iter()),
+            args("train --device cuda --steps 5")
+        );
+    }
+}
