@@ -191,7 +191,8 @@ impl StepState {
         let mut grads = autograd::backward(&loss)?;
         let loss = match &self.ranks {
             Some(ranks) => {
-                data_parallel::sum_gradients(&self.params, self.compute.as_ref(), &mut grads, ranks.as_ref())?;
+                let bucket = data_parallel::BUCKET_BYTES;
+                data_parallel::sum_gradients(&self.params, self.compute.as_ref(), &mut grads, ranks.as_ref(), bucket)?;
                 ranks.all_reduce_sum(&loss.detach())?
             }
             None => loss.detach(),
