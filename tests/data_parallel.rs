@@ -398,3 +398,63 @@ fn a_global_batch_that_does_not_split_is_refused() {
         assert!(err.contains("--batch-size 9 is the global batch"), "{err}");
     }
 }
+
+#[test]
+fn weighted_contrast_spread_over_ranks_is_the_global_batchs() {
+    use msclip::backend::ContrastWeights;
+    // XMC's direction (rows only) with the columns a detached target, and an asymmetric mix
+    // whose columns get a gradient.
+    for (weights, columns_learn) in
+        [(ContrastWeights::ROWS, false), (ContrastWeights { rows: 0.7, columns: 0.3 }, true)]
+    {
+        let (world, n_local, d) = (3, 4, 6);
+        let mut rng = Rng::new(31);
+        let (row_features, column_features) =
+            (randn(&mut rng, &[world * n_local, d]), randn(&mut rng, &[world * n_local, d]));
+        let scale = Tensor::full([1], 1.9, DType::F64);
+        let column_leaf = |t: &Tensor| if columns_learn { leaf(t) } else { t.detach() };
+        let (gr, gc, gs) = (leaf(&row_features), column_leaf(&column_features), leaf(&scale));
+        let whole = ops::contrast(&gr, &gc, &gs, Some(100.0), weights).unwrap();
+        let grads = autograd::backward(&whole).unwrap();
+        let ranks = on_every_rank(world, |comm| {
+            let r = comm.rank();
+            let (lr, lc, ls) = (
+                leaf(&rows(&row_features, r * n_local, n_local)),
+                column_leaf(&rows(&column_features, r * n_local, n_local)),
+                leaf(&scale),
+            );
+            let share = msclip::dist::sharded_contrast(&lr, &lc, &ls, Some(100.0), weights, comm).unwrap();
+            let g = autograd::backward(&share).unwrap();
+            (
+                share.item().unwrap(),
+                g.get(&lr).unwrap().to_f64_vec(),
+                g.get(&lc).map(|t| t.to_f64_vec()),
+                g.get(&ls).unwrap().to_f64_vec()[0],
+            )
+        });
+        let what = format!("{weights:?}");
+        assert_close(
+            &format!("{what}: loss"),
+            &[ranks.iter().map(|r| r.0).sum()],
+            &[whole.item().unwrap()],
+            1e-12,
+            1e-12,
+        );
+        let d_rows: Vec<f64> = ranks.iter().flat_map(|r| r.1.clone()).collect();
+        assert_close(&format!("{what}: d rows"), &d_rows, &grads.get(&gr).unwrap().to_f64_vec(), 1e-12, 1e-12);
+        let d_scale: f64 = ranks.iter().map(|r| r.3).sum();
+        assert_close(&format!("{what}: d scale"), &[d_scale], &grads.get(&gs).unwrap().to_f64_vec(), 1e-12, 1e-12);
+        if columns_learn {
+            let d_columns: Vec<f64> = ranks.iter().flat_map(|r| r.2.clone().unwrap()).collect();
+            assert_close(
+                &format!("{what}: d columns"),
+                &d_columns,
+                &grads.get(&gc).unwrap().to_f64_vec(),
+                1e-12,
+                1e-12,
+            );
+        } else {
+            assert!(ranks.iter().all(|r| r.2.is_none()), "a detached target gets no gradient");
+        }
+    }
+}

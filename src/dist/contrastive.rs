@@ -34,32 +34,41 @@ pub fn sharded_infonce(
     max_scale: Option<f64>,
     comm: Arc<dyn Collective>,
 ) -> Result<Tensor> {
-    const OP: &str = "sharded_infonce";
-    if img.shape() != txt.shape() || img.rank() != 2 {
-        return Err(Error::shape(OP, format!("image features {} and text features {}", img.shape(), txt.shape())));
+    sharded_contrast(img, txt, logit_scale, max_scale, ContrastWeights::SYMMETRIC, comm)
+}
+
+/// [`sharded_infonce`] with its directions weighted as `ops::contrast` weighs them: the rank's
+/// `rows` against every rank's `columns` (OneR's XMC contrasts each modality's rows against the
+/// pairs' mixtures this way, `ContrastWeights::ROWS`). Where `columns` needs no gradient (a
+/// detached target), its parts are not reduce-scattered.
+pub fn sharded_contrast(
+    rows: &Tensor,
+    columns: &Tensor,
+    logit_scale: &Tensor,
+    max_scale: Option<f64>,
+    weights: ContrastWeights,
+    comm: Arc<dyn Collective>,
+) -> Result<Tensor> {
+    const OP: &str = "sharded_contrast";
+    if rows.shape() != columns.shape() || rows.rank() != 2 {
+        return Err(Error::shape(OP, format!("row features {} and column features {}", rows.shape(), columns.shape())));
     }
-    let offset = comm.rank() * img.dims()[0];
-    // The gathered texts are values here: their gradient returns through the reduce-scatter.
-    let texts = comm.all_gather(&txt.detach())?;
-    let shard = InfoNceShard { img, txt: &texts, logit_scale, max_scale, offset, weights: ContrastWeights::SYMMETRIC };
-    let partial = backend::get(img.device()).infonce_partial(shard)?;
-    let n = texts.dims()[0];
-    let columns = comm.all_gather(&partial.col_lse.view_as([1, n].into())?)?;
-    let out = backend::get(img.device()).infonce_finish(&partial, &columns)?;
+    let offset = comm.rank() * rows.dims()[0];
+    // The gathered columns are values here: their gradient returns through the reduce-scatter.
+    let gathered = comm.all_gather(&columns.detach())?;
+    let shard = InfoNceShard { img: rows, txt: &gathered, logit_scale, max_scale, offset, weights };
+    let partial = backend::get(rows.device()).infonce_partial(shard)?;
+    let n = gathered.dims()[0];
+    let column_lse = comm.all_gather(&partial.col_lse.view_as([1, n].into())?)?;
+    let out = backend::get(rows.device()).infonce_finish(&partial, &column_lse)?;
     let share = out.loss.clone();
-    let (img_saved, scale) = (img.clone(), logit_scale.clone());
-    Ok(record1(OP, &[img, txt, logit_scale], share, move |dloss, _| {
-        let img = img_saved;
-        let shard = InfoNceShard {
-            img: &img,
-            txt: &texts,
-            logit_scale: &scale,
-            max_scale,
-            offset,
-            weights: ContrastWeights::SYMMETRIC,
-        };
-        let (d_img, d_texts, d_scale) = backend::get(dloss.device()).infonce_backward(shard, &out, dloss)?;
-        let d_txt = comm.reduce_scatter_sum(&d_texts)?;
-        Ok(vec![Some(d_img), Some(d_txt), Some(d_scale.view_as(scale.shape().clone())?)])
+    let (rows_saved, scale) = (rows.clone(), logit_scale.clone());
+    Ok(record1(OP, &[rows, columns, logit_scale], share, move |dloss, needs| {
+        let rows = rows_saved;
+        let shard = InfoNceShard { img: &rows, txt: &gathered, logit_scale: &scale, max_scale, offset, weights };
+        let (d_rows, d_gathered, d_scale) = backend::get(dloss.device()).infonce_backward(shard, &out, dloss)?;
+        // `needs` is the same on every rank (the same graph), so they skip the collective together.
+        let d_columns = if needs[1] { Some(comm.reduce_scatter_sum(&d_gathered)?) } else { None };
+        Ok(vec![Some(d_rows), d_columns, Some(d_scale.view_as(scale.shape().clone())?)])
     }))
 }
