@@ -2,8 +2,10 @@
 //! variables describe (NCCL on GPUs), and `--nproc N`, which starts N such processes on this
 //! machine as torchrun would.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use msclip::dist::{Collective, NcclRanks, WorldPlace, nccl_unique_id, rendezvous};
@@ -34,14 +36,19 @@ pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<Arc<dyn Collect
 
 /// Starts `nproc` copies of this command (without `--nproc`), one per GPU of this machine, as
 /// ranks 0..nproc of one world, and waits for them. When one fails, the others get a grace
-/// period and are then killed, so a dead rank never leaves the rest hanging.
+/// period and are then killed, so a dead rank never leaves the rest hanging. The ranks run in
+/// their own process group: a Ctrl-C or SIGTERM reaches the launcher alone, which passes one
+/// SIGTERM to each rank per signal it gets (the first stops them together at their next logged
+/// step, with a checkpoint; a second ends them at once, as for one process).
 pub fn launch_local(nproc: usize) -> anyhow::Result<()> {
     if nproc == 0 {
         anyhow::bail!("--nproc must be at least 1");
     }
-    // Ctrl-C reaches every process of the terminal's group: the ranks stop together at their
-    // next logged step and save; this launcher only waits for them.
-    ctrlc::set_handler(|| {})?;
+    let signals = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&signals);
+    ctrlc::set_handler(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    })?;
     let exe = std::env::current_exe()?;
     let args = args_without_nproc(std::env::args().skip(1));
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -54,12 +61,19 @@ pub fn launch_local(nproc: usize) -> anyhow::Result<()> {
                 .env("LOCAL_RANK", rank.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", port.to_string())
+                .process_group(0)
                 .spawn()
         })
         .collect::<Result<_, _>>()?;
     let mut failed: Option<(usize, std::process::ExitStatus, Instant)> = None;
     let mut running: Vec<usize> = (0..nproc).collect();
+    let mut forwarded = 0;
     while !running.is_empty() {
+        let received = signals.load(Ordering::SeqCst);
+        if received > forwarded {
+            forwarded = received;
+            terminate(&children, &running);
+        }
         running.retain(|&rank| match children[rank].try_wait() {
             Ok(Some(status)) => {
                 if !status.success() && failed.is_none() {
@@ -84,6 +98,15 @@ pub fn launch_local(nproc: usize) -> anyhow::Result<()> {
     }
 }
 
+/// Sends SIGTERM to the `running` ones of `children`.
+fn terminate(children: &[Child], running: &[usize]) {
+    for &rank in running {
+        // SAFETY: kill(2) on the id of a child this process started and has not reaped (it is
+        // running), so the id names that child.
+        unsafe { libc::kill(children[rank].id() as libc::pid_t, libc::SIGTERM) };
+    }
+}
+
 /// The command line minus `--nproc N` / `--nproc=N`.
 fn args_without_nproc(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
@@ -104,6 +127,17 @@ fn args_without_nproc(args: impl Iterator<Item = String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_to_the_launcher_is_passed_to_each_running_rank() {
+        use std::os::unix::process::ExitStatusExt;
+        let mut children: Vec<Child> =
+            (0..2).map(|_| Command::new("sleep").arg("30").process_group(0).spawn().unwrap()).collect();
+        terminate(&children, &[0, 1]);
+        for child in &mut children {
+            assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+        }
+    }
 
     #[test]
     fn children_get_the_command_without_nproc() {
