@@ -10,8 +10,10 @@ use std::sync::{Arc, Barrier, Mutex};
 use common::gpu::{model_devices, on};
 use common::{assert_close, randn};
 use msclip::autograd;
-use msclip::dist::{Collective, sharded_infonce};
-use msclip::model::{ClipModel, Mode, preset};
+use msclip::dist::{Collective, Negatives, sharded_infonce};
+use msclip::model::{
+    ClipModel, LossContext, MaskDraw, MaskedInputs, Mode, ModelConfig, Objectives, PatchMasks, preset,
+};
 use msclip::ops;
 use msclip::train::{Precision, RunEnd, RunOptions, StepInput, StepState, TrainConfig, train};
 use msclip::{DType, Device, Result, Rng, Tensor};
@@ -221,10 +223,9 @@ fn a_model_trained_on_three_ranks_gets_the_global_batchs_gradients() {
     }
 }
 
-/// `steps` training steps of `tiny-clip` on a global batch of `n` pairs spread over `world`
+/// `steps` training steps of `config` on a global batch of `n` pairs spread over `world`
 /// ranks (1: one process); returns each rank's losses and final parameters.
-fn train_on_ranks(world: usize, n: usize, steps: usize) -> Vec<(Vec<f64>, Vec<Vec<f64>>)> {
-    let config = TrainConfig::for_steps("tiny-clip", n, Device::Cpu, Precision::Fp32, steps as u64).unwrap();
+fn train_on_ranks(config: &TrainConfig, world: usize, n: usize, steps: usize) -> Vec<(Vec<f64>, Vec<Vec<f64>>)> {
     let model = ClipModel::new(config.model_config().unwrap()).unwrap();
     let size = model.config.vision.image_size;
     let context = model.config.text.context;
@@ -236,9 +237,9 @@ fn train_on_ranks(world: usize, n: usize, steps: usize) -> Vec<(Vec<f64>, Vec<Ve
     let per_image = 3 * size * size;
     on_every_rank(world, |comm| {
         let r = comm.rank();
-        let mut state = StepState::init(&model, &config, &mut Rng::new(config.seed)).unwrap();
+        let mut state = StepState::init(&model, config, &mut Rng::new(config.seed)).unwrap();
         if world > 1 {
-            state = state.across_ranks(&config, comm).unwrap();
+            state = state.across_ranks(comm);
         }
         let losses = (0..steps)
             .map(|k| {
@@ -246,7 +247,7 @@ fn train_on_ranks(world: usize, n: usize, steps: usize) -> Vec<(Vec<f64>, Vec<Ve
                 let images = Tensor::from_f64(local, vec![n_local, 3, size, size], DType::F32).unwrap();
                 let tokens = &tokens[r * n_local * context..][..n_local * context];
                 let input = StepInput { images: &images, tokens, lr: 1e-3, masks: None };
-                state.step(&model, &config, input).unwrap().loss.item().unwrap()
+                state.step(&model, config, input).unwrap().loss.item().unwrap()
             })
             .collect();
         (losses, state.params.ids().map(|id| state.params.get(id).to_f64_vec()).collect())
@@ -256,9 +257,19 @@ fn train_on_ranks(world: usize, n: usize, steps: usize) -> Vec<(Vec<f64>, Vec<Ve
 #[test]
 fn steps_on_two_ranks_train_as_one_process_on_the_global_batch() {
     let (steps, n) = (3, 8);
-    let alone = &train_on_ranks(1, n, steps)[0];
-    let ranks = train_on_ranks(2, n, steps);
-    let config = TrainConfig::for_steps("tiny-clip", n, Device::Cpu, Precision::Fp32, 1).unwrap();
+    let clip = TrainConfig::for_steps("tiny-clip", n, Device::Cpu, Precision::Fp32, steps as u64).unwrap();
+    // A single tower with OneR's objectives and its mixture targets from a momentum copy.
+    let mut oner = TrainConfig::for_steps("tiny-oner", n, Device::Cpu, Precision::Fp32, steps as u64).unwrap();
+    oner.objectives = Objectives::parse("itc,xmc,cic=0.5").unwrap();
+    oner.momentum_targets = Some(0.9);
+    for config in [clip, oner] {
+        same_steps_on_two_ranks(&config, n, steps);
+    }
+}
+
+fn same_steps_on_two_ranks(config: &TrainConfig, n: usize, steps: usize) {
+    let alone = &train_on_ranks(config, 1, n, steps)[0];
+    let ranks = train_on_ranks(config, 2, n, steps);
     let model = ClipModel::new(config.model_config().unwrap()).unwrap();
     let (start, _) = model.init_params(&mut Rng::new(config.seed), DType::F32).unwrap();
     for (r, (losses, params)) in ranks.iter().enumerate() {
@@ -276,15 +287,78 @@ fn steps_on_two_ranks_train_as_one_process_on_the_global_batch() {
     }
 }
 
+/// Rows `start .. start + count` of a batch of `[batch, ...]` values flattened row-major.
+fn batch_rows<T: Clone>(values: &[T], batch: usize, start: usize, count: usize) -> Vec<T> {
+    let per_row = values.len() / batch;
+    values[start * per_row..(start + count) * per_row].to_vec()
+}
+
 #[test]
-fn a_rank_refuses_objectives_it_cannot_spread() {
-    let mut config = TrainConfig::for_steps("tiny-oner", 4, Device::Cpu, Precision::Fp32, 1).unwrap();
-    config.objectives = msclip::model::Objectives::parse("itc=1,xmc=1").unwrap();
-    let model = ClipModel::new(config.model_config().unwrap()).unwrap();
-    let state = StepState::init(&model, &config, &mut Rng::new(0)).unwrap();
-    let only = SimulatedWorld::ranks(1).pop().unwrap();
-    let err = state.across_ranks(&config, Arc::new(only)).err().unwrap().to_string();
-    assert!(err.contains("--loss itc=1"), "{err}");
+fn a_single_towers_objectives_spread_over_ranks_are_the_global_batchs_with_their_gradients() {
+    // OneR's contrasts against the pairs' mixtures, with the mixture a target and with
+    // gradients through it (whose columns' parts are reduce-scattered), beside CLIP's contrast
+    // and MIM, whose ranks mask as many patches per image, so the mean of their means is the
+    // global batch's mean. tiny-oner has no batch norm (its statistics would be per rank).
+    let model = ClipModel::new(ModelConfig { mim_head: true, ..preset("tiny-oner").unwrap() }).unwrap();
+    let (world, n_local) = (3, 2);
+    let n = world * n_local;
+    let mut rng = Rng::new(41);
+    let size = model.config.vision.image_size;
+    let images = randn(&mut rng, &[n, 3, size, size]);
+    let context = model.config.text.context;
+    let tokens = common::captions_ending_at(&mut rng, &[5, 9, 3, 11, 7, 4], context, model.config.text.vocab);
+    let geometry = model.mask_geometry();
+    let per_image = 3;
+    let patches: Vec<u32> =
+        (0..n * per_image).map(|i| ((i * 7 + i / per_image) % geometry.patches_per_image) as u32).collect();
+    let masks_of = |start: usize, count: usize| MaskDraw {
+        captions: None,
+        patches: Some(PatchMasks { patches: batch_rows(&patches, n, start, count), per_image }),
+    };
+    let images_of = |start: usize, count: usize| {
+        Tensor::from_f64(&batch_rows(&images.to_f64_vec(), n, start, count), vec![count, 3, size, size], DType::F64)
+            .unwrap()
+    };
+    // The loss (and each objective's value) of pairs `start .. start + count` and its
+    // gradients, every parameter's (zeros where the loss does not reach it).
+    let loss_of = |objectives: &Objectives, start: usize, count: usize, negatives: Negatives| {
+        let (params, mut buffers) = model.init_params(&mut Rng::new(5), DType::F64).unwrap();
+        let tokens = batch_rows(&tokens, n, start, count);
+        let captions = model.pack_captions(&tokens, None).unwrap();
+        let masked = MaskedInputs::new(&tokens, &masks_of(start, count), geometry, None).unwrap();
+        let context = LossContext { masked: Some(&masked), negatives, ..LossContext::default() };
+        let images = images_of(start, count);
+        let out = model.training_loss_terms(&params, &mut buffers, &images, &captions, objectives, context).unwrap();
+        let grads = autograd::backward(&out.total).unwrap();
+        let grads: Vec<Vec<f64>> = params
+            .ids()
+            .map(|id| grads.get(params.get(id)).map_or_else(|| vec![0.0; params.get(id).numel()], |g| g.to_f64_vec()))
+            .collect();
+        let terms: Vec<f64> = out.terms.iter().map(|(_, t)| t.item().unwrap()).collect();
+        (out.total.item().unwrap(), terms, grads)
+    };
+    for spec in ["itc,xmc=0.5,cmc=0.3,cic=0.2,mim=0.7", "xmc,cmc=0.4,cic=0.6,through-mixture"] {
+        let objectives = Objectives::parse(spec).unwrap();
+        let (whole, whole_terms, whole_grads) = loss_of(&objectives, 0, n, Negatives::Local);
+        let ranks = on_every_rank(world, |comm| {
+            let r = comm.rank();
+            let (share, terms, grads) =
+                loss_of(&objectives, r * n_local, n_local, Negatives::AcrossRanks(comm.clone()));
+            let summed = |values: &[f64]| {
+                let t = Tensor::from_f64(values, vec![values.len()], DType::F64).unwrap();
+                comm.all_reduce_sum(&t).unwrap().to_f64_vec()
+            };
+            (share, summed(&terms), grads.iter().map(|g| summed(g)).collect::<Vec<_>>())
+        });
+        let total: f64 = ranks.iter().map(|r| r.0).sum();
+        assert_close(&format!("{spec}: loss"), &[total], &[whole], 1e-13, 1e-12);
+        assert_close(&format!("{spec}: each objective"), &ranks[0].1, &whole_terms, 1e-13, 1e-12);
+        let (params, _) = model.init_params(&mut Rng::new(5), DType::F64).unwrap();
+        for (i, id) in params.ids().enumerate() {
+            let name = format!("{spec}: gradient of {}", params.name(id));
+            assert_close(&name, &ranks[0].2[i], &whole_grads[i], 1e-13, 1e-9);
+        }
+    }
 }
 
 #[test]
@@ -457,4 +531,28 @@ fn weighted_contrast_spread_over_ranks_is_the_global_batchs() {
             assert!(ranks.iter().all(|r| r.2.is_none()), "a detached target gets no gradient");
         }
     }
+}
+
+#[test]
+fn a_single_tower_run_with_masked_objectives_trains_on_two_ranks() {
+    // Each rank masks its own captions and patches; the logged loss and objective values are
+    // the global batch's, and the total is their weighted sum.
+    let dir = scratch("oner");
+    let mut config = small_run(&dir);
+    config.preset = "tiny-oner".into();
+    config.objectives = Objectives::parse("itc,xmc=0.5,mlm=0.3,mim=0.2").unwrap();
+    config.steps = 4;
+    let ends = on_every_rank(2, |comm| {
+        let summary = train(&config, &RunOptions { quiet: true, ranks: Some(comm), ..Default::default() }).unwrap();
+        (summary.steps_done, summary.end)
+    });
+    assert_eq!(ends, vec![(4, RunEnd::Finished); 2]);
+    let records = msclip::train::read_jsonl(&dir.join("run/train_loss.jsonl")).unwrap();
+    assert_eq!(records.len(), 4);
+    for r in &records {
+        let term = |name: &str| r[format!("loss_{name}")].as_f64().unwrap_or_else(|| panic!("no {name} in {r}"));
+        let weighted = term("itc") + 0.5 * term("xmc") + 0.3 * term("mlm") + 0.2 * term("mim");
+        assert_close("the total of the logged terms", &[r["loss"].as_f64().unwrap()], &[weighted], 1e-5, 1e-5);
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

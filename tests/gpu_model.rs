@@ -14,7 +14,7 @@ use common::gpu::model_devices;
 use common::{assert_gradients_match, buffers_as, captions_ending_at, relative_error};
 use msclip::autograd;
 use msclip::data::shapes::{ShapesConfig, Split};
-use msclip::model::{Buffers, ClipModel, MaskCapacity, MaskedInputs, Objectives, preset};
+use msclip::model::{Buffers, ClipModel, LossContext, MaskCapacity, MaskedInputs, Objectives, preset};
 use msclip::nn::ParamStore;
 use msclip::text::Tokenizer;
 use msclip::train::{GraphStep, Masker, TrainConfig, make_batch};
@@ -62,7 +62,8 @@ fn one_step_loss_and_every_gradient_match_the_cpu() {
         let masked = draw.map(|d| MaskedInputs::new(&batch.tokens, &d, model.mask_geometry(), capacity).unwrap());
         let loss_of = |p: &ParamStore, bufs: &mut Buffers, images: &Tensor| {
             let masked = masked.as_ref();
-            let terms = model.training_loss_terms(p, bufs, images, &captions, &objectives, None, None, masked);
+            let context = LossContext { masked, ..LossContext::default() };
+            let terms = model.training_loss_terms(p, bufs, images, &captions, &objectives, context);
             terms.unwrap().total
         };
         let loss = loss_of(&params64, &mut bufs, &images64);

@@ -4,7 +4,7 @@
 mod common;
 
 use msclip::autograd;
-use msclip::model::{ClipModel, MaskDraw, MaskedInputs, Objectives};
+use msclip::model::{ClipModel, LossContext, MaskDraw, MaskedInputs, Objectives};
 use msclip::nn::ParamStore;
 use msclip::train::{Masker, TrainConfig, make_batch};
 use msclip::{DType, Rng, Tensor};
@@ -64,9 +64,7 @@ fn masked_losses_have_the_gradients_of_finite_differences() {
                 &s.images,
                 &captions,
                 &objectives,
-                None,
-                None,
-                Some(&masked),
+                LossContext { masked: Some(&masked), ..LossContext::default() },
             );
             terms.unwrap().total
         };
@@ -102,8 +100,8 @@ fn a_masked_patch_is_invisible_to_the_predictions_and_the_others_are_not() {
     let objectives = Objectives::parse("itc,mim").unwrap();
     let captions = s.model.pack_captions(&s.tokens, None).unwrap();
     let mim = |images: &Tensor, bufs: &mut msclip::model::Buffers| {
-        let terms =
-            s.model.training_loss_terms(&p, bufs, images, &captions, &objectives, None, None, Some(&masked)).unwrap();
+        let context = LossContext { masked: Some(&masked), ..LossContext::default() };
+        let terms = s.model.training_loss_terms(&p, bufs, images, &captions, &objectives, context).unwrap();
         terms.terms.iter().find(|(name, _)| *name == "mim").unwrap().1.item().unwrap()
     };
     let base = mim(&s.images, &mut bufs);

@@ -21,7 +21,51 @@ use super::Collective;
 use crate::autograd::record1;
 use crate::backend::{self, ContrastWeights, InfoNceShard};
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::tensor::Tensor;
+
+/// Which pairs a training loss's contrasts find their negatives among, and so what a loss
+/// computed here is: the batch's, or this rank's share of the global batch's.
+#[derive(Clone, Default)]
+pub enum Negatives {
+    /// The batch this process holds.
+    #[default]
+    Local,
+    /// The global batch spread over the ranks of a data-parallel world: every loss is this
+    /// rank's share, and the shares summed over the ranks are the global batch's loss.
+    AcrossRanks(Arc<dyn Collective>),
+}
+
+impl Negatives {
+    /// `ops::contrast`, or its [`sharded_contrast`] across the ranks.
+    pub fn contrast(
+        &self,
+        rows: &Tensor,
+        columns: &Tensor,
+        logit_scale: &Tensor,
+        max_scale: Option<f64>,
+        weights: ContrastWeights,
+    ) -> Result<Tensor> {
+        match self {
+            Negatives::Local => ops::contrast(rows, columns, logit_scale, max_scale, weights),
+            Negatives::AcrossRanks(comm) => {
+                sharded_contrast(rows, columns, logit_scale, max_scale, weights, Arc::clone(comm))
+            }
+        }
+    }
+
+    /// A loss that is a mean over this process's samples (masked modelling), as this rank's
+    /// share of the mean of the ranks' means: divided by the world size, as PyTorch's DDP
+    /// averages gradients. That is the global batch's mean when every rank averages over as
+    /// many terms (MIM masks as many patches per image; MLM's masked tokens vary by caption).
+    pub fn share_of_mean(&self, loss: Tensor) -> Result<Tensor> {
+        match self {
+            Negatives::Local => Ok(loss),
+            Negatives::AcrossRanks(comm) if comm.world_size() == 1 => Ok(loss),
+            Negatives::AcrossRanks(comm) => loss.scale(1.0 / comm.world_size() as f64),
+        }
+    }
+}
 
 /// This rank's share of the global batch's symmetric InfoNCE loss, shape [1]; `img` and `txt`
 /// are the rank's [n_local, d] features (normally L2-normalised), the logits

@@ -12,7 +12,7 @@ mod nccl;
 mod rendezvous;
 mod world;
 
-pub use contrastive::{sharded_contrast, sharded_infonce};
+pub use contrastive::{Negatives, sharded_contrast, sharded_infonce};
 pub use nccl::{NcclRanks, unique_id as nccl_unique_id};
 pub use rendezvous::rendezvous;
 pub use world::WorldPlace;

@@ -29,6 +29,7 @@ pub use objectives::{LossTerms, OBJECTIVES, Objectives, PairFeatures};
 pub use packing::{CaptionPacking, PackCapacity, packed_tokens};
 pub use presets::{PRESETS, preset};
 
+use crate::dist::Negatives;
 use crate::error::Result;
 use crate::nn::{ParamId, ParamStore};
 use crate::tensor::{DType, Rng, Tensor};
@@ -36,6 +37,20 @@ use joint::JointAttention;
 use text::TextTower;
 use transformer::{Block, BlockShape};
 use vision::{Head, VisionTower};
+
+/// What a training loss needs besides the model, the batch and the objectives.
+#[derive(Default)]
+pub struct LossContext<'a> {
+    /// The cap on the logit scale inside the loss (training clamps the parameter instead).
+    pub max_scale: Option<f64>,
+    /// A momentum copy's parameters and buffers: the mixture targets come from its embeddings
+    /// of the pairs, computed in its master dtype without a tape.
+    pub momentum: Option<(&'a ParamStore, &'a mut Buffers)>,
+    /// The step's masks, which MLM and MIM need.
+    pub masked: Option<&'a MaskedInputs>,
+    /// Where the contrasts find their negatives: this batch, or the global batch across ranks.
+    pub negatives: Negatives,
+}
 
 /// A contrastive image-text model: two towers (which may share weights) and a logit scale.
 /// Holds parameter ids only; values live in a [`ParamStore`], running statistics in
@@ -198,14 +213,12 @@ impl ClipModel {
         objectives: &Objectives,
         max_scale: Option<f64>,
     ) -> Result<Tensor> {
-        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, max_scale, None, None)?.total)
+        let context = LossContext { max_scale, ..LossContext::default() };
+        Ok(self.training_loss_terms(p, bufs, images, captions, objectives, context)?.total)
     }
 
-    /// [`ClipModel::training_loss_packed`] with each objective's value beside it. With
-    /// `momentum` (a momentum copy's parameters and buffers), the mixture targets come from the
-    /// copy's embeddings of the pairs, computed in its master dtype without a tape. `masked`:
-    /// the step's masks, which MLM and MIM need.
-    #[allow(clippy::too_many_arguments)]
+    /// [`ClipModel::training_loss_packed`] with each objective's value beside it, computed as
+    /// `context` says (a momentum copy's targets, the step's masks, negatives across ranks).
     pub fn training_loss_terms(
         &self,
         p: &ParamStore,
@@ -213,10 +226,9 @@ impl ClipModel {
         images: &Tensor,
         captions: &CaptionPacking,
         objectives: &Objectives,
-        max_scale: Option<f64>,
-        momentum: Option<(&ParamStore, &mut Buffers)>,
-        masked: Option<&MaskedInputs>,
+        context: LossContext<'_>,
     ) -> Result<LossTerms> {
+        let LossContext { max_scale, momentum, masked, negatives } = context;
         let (img, txt) = self.encode_pairs(p, bufs, images, captions)?;
         let mixture_from = match momentum.filter(|_| objectives.uses_mixture()) {
             Some((ema, ema_bufs)) => {
@@ -254,7 +266,7 @@ impl ClipModel {
             mlm,
             mim,
         };
-        objectives.loss_terms(&features, scale, max_scale)
+        objectives.loss_terms(&features, scale, max_scale, &negatives)
     }
 
     /// The shapes the masked-modelling tables are made for.

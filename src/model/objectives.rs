@@ -27,15 +27,17 @@
 //! By default the mixture is a target only (no gradient flows through it, as through MoCo's key
 //! branch); the switch `through-mixture` lets it flow.
 //!
-//! `NCE(a, b)` is the one-directional InfoNCE of [`ops::contrast`] with [`ContrastWeights::ROWS`];
-//! every term shares the model's learnable logit scale.
+//! `NCE(a, b)` is the one-directional InfoNCE of [`crate::ops::contrast`] with
+//! [`ContrastWeights::ROWS`]; every term shares the model's learnable logit scale. In a
+//! data-parallel world every contrast spans the global batch ([`Negatives::AcrossRanks`]): a
+//! row's negatives are every rank's pairs, its positive (its own pair's text or mixture) its own.
 
 use serde::{Deserialize, Serialize};
 
 use super::config::{ModelConfig, Sharing};
 use crate::backend::ContrastWeights;
+use crate::dist::Negatives;
 use crate::error::{Error, Result};
-use crate::ops;
 use crate::tensor::Tensor;
 
 /// The names `--loss` accepts, for help texts and errors.
@@ -202,23 +204,33 @@ impl Objectives {
         self.cic > 0.0
     }
 
-    /// The weighted loss of a batch; `logit_scale` and `max_scale` as [`ops::infonce`] takes
+    /// The weighted loss of a batch; `logit_scale` and `max_scale` as [`crate::ops::infonce`] takes
     /// them.
     pub fn loss(&self, f: &PairFeatures, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<Tensor> {
-        Ok(self.loss_terms(f, logit_scale, max_scale)?.total)
+        Ok(self.loss_terms(f, logit_scale, max_scale, &Negatives::Local)?.total)
     }
 
-    /// [`Objectives::loss`] with each objective's value beside it.
-    pub fn loss_terms(&self, f: &PairFeatures, logit_scale: &Tensor, max_scale: Option<f64>) -> Result<LossTerms> {
+    /// [`Objectives::loss`] with each objective's value beside it, the contrasts finding their
+    /// negatives as `negatives` says (across ranks: every value is this rank's share).
+    pub fn loss_terms(
+        &self,
+        f: &PairFeatures,
+        logit_scale: &Tensor,
+        max_scale: Option<f64>,
+        negatives: &Negatives,
+    ) -> Result<LossTerms> {
         let mut terms = Vec::new();
+        let contrast = |rows: &Tensor, columns: &Tensor, weights| {
+            negatives.contrast(rows, columns, logit_scale, max_scale, weights)
+        };
         if self.itc > 0.0 {
-            terms.push(("itc", self.itc, ops::infonce(&f.img, &f.txt, logit_scale, max_scale)?));
+            terms.push(("itc", self.itc, contrast(&f.img, &f.txt, ContrastWeights::SYMMETRIC)?));
         }
         if self.uses_mixture() {
             let (img, txt) = f.mixture_from.as_ref().map_or((&f.img, &f.txt), |(i, t)| (i, t));
             let mixture = img.add(txt)?.l2_normalize(1e-12)?;
             let mixture = if self.through_mixture && f.mixture_from.is_none() { mixture } else { mixture.detach() };
-            let nce = |rows: &Tensor, weights| ops::contrast(rows, &mixture, logit_scale, max_scale, weights);
+            let nce = |rows: &Tensor, weights| contrast(rows, &mixture, weights);
             if self.xmc > 0.0 {
                 let from_images = nce(&f.img, ContrastWeights::ROWS)?;
                 terms.push(("xmc", self.xmc, from_images.add(&nce(&f.txt, ContrastWeights::ROWS)?)?));
@@ -241,12 +253,12 @@ impl Objectives {
                 let loss = loss.as_ref().ok_or_else(|| {
                     Error::invalid("objectives", format!("{name} needs this step's masks, which were not drawn"))
                 })?;
-                terms.push((name, weight, loss.clone()));
+                terms.push((name, weight, negatives.share_of_mean(loss.clone())?));
             }
         }
         let mut total: Option<Tensor> = None;
         for (_, weight, term) in &terms {
-            // A weight of 1 adds no op, so CLIP's loss alone is exactly `ops::infonce`.
+            // A weight of 1 adds no op, so CLIP's loss alone is exactly its contrast.
             let term = if *weight == 1.0 { term.clone() } else { term.scale(*weight)? };
             total = Some(match total {
                 Some(sum) => sum.add(&term)?,

@@ -1,44 +1,32 @@
-//! A training step as one rank of a data-parallel world (issue 17): the contrast spans the
-//! global batch ([`crate::dist::sharded_infonce`]) and each parameter's gradient is summed
-//! across ranks before the update, so clipping and AdamW see the gradient of the global loss
-//! on every rank and every rank's parameters stay equal. BatchNorm statistics stay per rank,
-//! as in PyTorch's DDP without SyncBatchNorm.
-
-use std::sync::Arc;
+//! What a training step adds as one rank of a data-parallel world (issue 17): the losses are
+//! shares of the global batch's (their contrasts span every rank's pairs, through
+//! [`crate::dist::Negatives::AcrossRanks`]), so each parameter's gradient is summed across
+//! ranks before the update, and clipping and AdamW see the gradient of the global loss on
+//! every rank: every rank's parameters stay equal. BatchNorm statistics stay per rank, as in
+//! PyTorch's DDP without SyncBatchNorm.
 
 use crate::autograd::Gradients;
-use crate::dist::{Collective, sharded_infonce};
-use crate::error::{Error, Result};
-use crate::model::{Buffers, CaptionPacking, ClipModel, Objectives};
+use crate::dist::Collective;
+use crate::error::Result;
 use crate::nn::{ComputeCopies, ParamStore};
 use crate::ops;
 use crate::tensor::Tensor;
 
-/// The objectives a rank can train today: CLIP's contrast. The mixture objectives contrast
-/// against each pair's own mixture and the masked ones are per sample, so both could spread
-/// over ranks, but no step does that yet.
-pub fn check_objectives(objectives: &Objectives, momentum: bool) -> Result<()> {
-    if *objectives != Objectives::default() || momentum {
-        return Err(Error::config(
-            "data-parallel training computes CLIP's contrast (--loss itc=1) without --momentum-targets for now",
-        ));
-    }
-    Ok(())
-}
-
-/// This rank's share of the global batch's contrastive loss, [1], in the logit scale's dtype.
-pub fn rank_loss(
-    model: &ClipModel,
-    params: &ParamStore,
-    buffers: &mut Buffers,
-    images: &Tensor,
-    captions: &CaptionPacking,
-    max_scale: Option<f64>,
-    ranks: &Arc<dyn Collective>,
-) -> Result<Tensor> {
-    let (img, txt) = model.encode_pairs(params, buffers, images, captions)?;
-    let scale = params.get(model.logit_scale());
-    sharded_infonce(&img.to_dtype(scale.dtype())?, &txt.to_dtype(scale.dtype())?, scale, max_scale, Arc::clone(ranks))
+/// The global batch's loss and objective values from this rank's shares (each [1], detached):
+/// one collective for all of them.
+pub fn sum_losses(
+    loss: &Tensor,
+    terms: Vec<(&'static str, Tensor)>,
+    ranks: &dyn Collective,
+) -> Result<(Tensor, Vec<(&'static str, Tensor)>)> {
+    let shares: Vec<&Tensor> = std::iter::once(loss).chain(terms.iter().map(|(_, t)| t)).collect();
+    let summed = ranks.all_reduce_sum(&ops::concat(&shares, 0)?)?;
+    let terms = terms
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| Ok((*name, summed.slice(0, i + 1, 1)?)))
+        .collect::<Result<_>>()?;
+    Ok((summed.slice(0, 0, 1)?, terms))
 }
 
 /// Gradients are summed in buckets of at most this many bytes, PyTorch DDP's default

@@ -21,6 +21,8 @@ use crate::text::Tokenizer;
 
 /// Mixed into the seed so masks never share a stream with the data or the init.
 const MASK_STREAM: u64 = 0x6d61_736b_6564_2121;
+/// Multiplied by the rank and mixed in, so ranks never draw one stream.
+const RANK_STREAM: u64 = 0xD1B5_4A32_D192_ED03;
 
 /// BERT's split of the masked tokens: replaced by [MASK], by a random token, or kept.
 const TO_MASK: f64 = 0.8;
@@ -78,6 +80,13 @@ impl Masker {
             per_image: ((config.mim_ratio * (grid * grid) as f64).round() as usize).clamp(1, grid * grid),
         });
         Ok(Some(Masker { captions, patches, seed: config.seed }))
+    }
+
+    /// The masker of rank `rank` of a data-parallel world, whose batch holds other pairs than
+    /// the other ranks': its own draws, as each rank of PyTorch's DDP masks with its own
+    /// generator. Rank 0 draws what one process draws.
+    pub fn for_rank(self, rank: usize) -> Masker {
+        Masker { seed: self.seed ^ (rank as u64).wrapping_mul(RANK_STREAM), ..self }
     }
 
     /// The masks of step `step` for its batch of `tokens` (rows of the model's context).
@@ -219,6 +228,11 @@ mod tests {
         // A function of the step: the same step draws the same, another step another.
         assert_eq!(masker.draw(&tokens, texts.len(), 3), draw);
         assert_ne!(masker.draw(&tokens, texts.len(), 4), draw);
+        // Ranks of a data-parallel world draw their own; rank 0 what one process draws.
+        let rank = |r| Masker::new(&config, &model, &tokenizer).unwrap().unwrap().for_rank(r);
+        assert_eq!(rank(0).draw(&tokens, texts.len(), 3), draw);
+        assert_ne!(rank(1).draw(&tokens, texts.len(), 3), draw);
+        assert_ne!(rank(2).draw(&tokens, texts.len(), 3), rank(1).draw(&tokens, texts.len(), 3));
         let p = draw.patches.unwrap();
         let grid = model.vision.grid();
         assert_eq!(p.per_image, ((0.4 * (grid * grid) as f64).round() as usize).max(1));

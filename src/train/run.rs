@@ -128,7 +128,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
     let mut rng = Rng::new(config.seed);
     let mut state = StepState::init(&model, config, &mut rng)?;
     if let Some(ranks) = &options.ranks {
-        state = state.across_ranks(config, Arc::clone(ranks))?;
+        state = state.across_ranks(Arc::clone(ranks));
     }
     let checkpoints = CheckpointDir::new(run_dir.join("checkpoints"), config.keep_checkpoints);
     let (mut step, mut samples_seen) = (0u64, 0u64);
@@ -226,7 +226,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         Some(_) => StepIssuer::new(&TrainConfig { cuda_graph: false, ..config.clone() }),
         None => StepIssuer::new(config),
     };
-    let masker = Masker::new(config, &model.config, &tokenizer)?;
+    let masker = Masker::new(config, &model.config, &tokenizer)?.map(|m| m.for_rank(share.rank));
 
     let evaluations = Evaluations { model: &model, tokenizer: &tokenizer, config, run_dir: &run_dir, validation };
     // The curve's first point: the initial weights, at chance.
@@ -239,7 +239,7 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let images = batch.images_on(config.device, config.precision.dtype())?;
         let data_seconds = started.elapsed().as_secs_f64();
         let lr = schedule.lr(step);
-        let masks = masker.as_ref().map(|m| m.draw(&batch.tokens, config.batch_size, step));
+        let masks = masker.as_ref().map(|m| m.draw(&batch.tokens, images.dims()[0], step));
         let input = StepInput { images: &images, tokens: &batch.tokens, lr, masks: masks.as_ref() };
         let output = issuer.step(&mut state, &model, config, input)?;
         step += 1;

@@ -16,9 +16,11 @@ use super::param_groups;
 use super::schedule::CosineSchedule;
 use crate::autograd;
 use crate::backend::gpu::check_attention_head_dim;
-use crate::dist::Collective;
+use crate::dist::{Collective, Negatives};
 use crate::error::{Error, Result};
-use crate::model::{Buffers, CaptionPacking, ClipModel, LossTerms, MaskCapacity, MaskDraw, MaskedInputs, PackCapacity};
+use crate::model::{
+    Buffers, CaptionPacking, ClipModel, LossContext, LossTerms, MaskCapacity, MaskDraw, MaskedInputs, PackCapacity,
+};
 use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamId, ParamStore, Update};
 use crate::tensor::{DType, Device, Rng, Storage, Tensor};
 use crate::text::Tokenizer;
@@ -80,13 +82,13 @@ impl StepState {
     }
 
     /// Makes this state one rank of a data-parallel world: each step's batch is the rank's
-    /// share of the global batch, the contrast spans all ranks' pairs, the gradients are summed
-    /// across ranks, and the loss a step returns is the global batch's. Every rank must start
-    /// from the same parameters (the same seed).
-    pub fn across_ranks(mut self, config: &TrainConfig, ranks: Arc<dyn Collective>) -> Result<Self> {
-        data_parallel::check_objectives(&config.objectives, config.momentum_targets.is_some())?;
+    /// share of the global batch, every contrast spans all ranks' pairs, the masked objectives
+    /// average the ranks' means, the gradients are summed across ranks, and the loss (and each
+    /// objective's value) a step returns is the global batch's. Every rank must start from the
+    /// same parameters (the same seed).
+    pub fn across_ranks(mut self, ranks: Arc<dyn Collective>) -> Self {
         self.ranks = Some(ranks);
-        Ok(self)
+        self
     }
 
     /// Puts parameters, BatchNorm statistics and AdamW moments on `device`.
@@ -171,31 +173,18 @@ impl StepState {
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
             let params = copies.as_ref().unwrap_or(&self.params);
             let momentum = self.momentum.as_mut().map(|m| (&m.params, &mut m.buffers));
-            match &self.ranks {
-                Some(ranks) => LossTerms {
-                    total: data_parallel::rank_loss(model, params, &mut self.buffers, images, captions, None, ranks)?,
-                    terms: Vec::new(),
-                },
-                None => model.training_loss_terms(
-                    params,
-                    &mut self.buffers,
-                    images,
-                    captions,
-                    &config.objectives,
-                    None,
-                    momentum,
-                    masked,
-                )?,
-            }
+            let negatives = self.ranks.clone().map_or(Negatives::Local, Negatives::AcrossRanks);
+            let context = LossContext { max_scale: None, momentum, masked, negatives };
+            model.training_loss_terms(params, &mut self.buffers, images, captions, &config.objectives, context)?
         };
         let mut grads = autograd::backward(&loss)?;
-        let loss = match &self.ranks {
+        let (loss, terms) = match &self.ranks {
             Some(ranks) => {
                 let bucket = data_parallel::BUCKET_BYTES;
                 data_parallel::sum_gradients(&self.params, self.compute.as_ref(), &mut grads, ranks.as_ref(), bucket)?;
-                ranks.all_reduce_sum(&loss.detach())?
+                data_parallel::sum_losses(&loss.detach(), terms, ranks.as_ref())?
             }
-            None => loss.detach(),
+            None => (loss.detach(), terms),
         };
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
         let clamps: Vec<_> =
