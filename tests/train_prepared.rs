@@ -191,6 +191,17 @@ fn the_command_line_prepares_trains_and_evaluates_retrieval() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("runs/p/config.json")).unwrap()).unwrap();
     assert_eq!(saved["train"]["train_data"]["samples"].as_u64(), Some(12), "{saved}");
 
+    // `eval` measures what the run's evaluations measured: the validation retrieval.
+    let stdout = assert_success(&msclip_in(&dir, &["eval", "--run", "runs/p"]), "eval");
+    assert!(stdout.contains("at step 3\nvalidation retrieval: image retrieval R@1/5/10"), "{stdout}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/p/eval.json")).unwrap()).unwrap();
+    assert_eq!((record["task"].as_str(), record["images"].as_u64()), (Some("zeroshot_retrieval"), Some(12)));
+    let logged = &results.last().unwrap()["image_retrieval_recall@1"];
+    assert_eq!(&record["metrics"]["image_retrieval_recall@1"], logged, "the same weights, the same recall");
+    let out = msclip_in(&dir, &["eval", "--run", "runs/p", "--heatmaps", "h.png"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--heatmaps draws the shapes world"));
+
     // Shapes-world flags and a resume on other data (a copy elsewhere) are refused.
     let out = msclip_in(&dir, &["train", "--data", "d", "--hard-negatives", "2", "--name", "q"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--hard-negatives belongs to the shapes world"));
@@ -202,5 +213,13 @@ fn the_command_line_prepares_trains_and_evaluates_retrieval() {
     let out = msclip_in(&dir, &["train", "--resume", "latest", "--name", "p", "--data", "e", "--steps", "4"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success() && err.contains("train_data"), "{err}");
+    // A run without a validation dataset is pointed to `benchmark`.
+    assert_success(
+        &msclip_in(&dir, &["train", "--data", "d", "--steps", "1", "--batch-size", "4", "--name", "nv"]),
+        "train",
+    );
+    let out = msclip_in(&dir, &["eval", "--run", "runs/nv"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("msclip benchmark --run runs/nv --task zeroshot_retrieval"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
