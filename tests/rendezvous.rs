@@ -1,33 +1,16 @@
 //! The ranks of a data-parallel world meeting over TCP on this machine (issue 17): a world
 //! that starts, and each way one cannot, failing on every rank within a bounded time.
 
-use std::net::TcpListener;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use msclip::dist::{WorldPlace, rendezvous};
+use common::world::{free_master, meet};
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Runs one thread per (rank, world size it was started with, fingerprint), returns each
-/// rank's result (the payload or the error's text) and how long the slowest took.
-fn meet(ranks: &[(usize, usize, &str)], timeout: Duration) -> (Vec<Result<Vec<u8>, String>>, Duration) {
-    let master = format!("127.0.0.1:{}", free_port());
+/// Every rank's result (the payload or the error's text) and how long the slowest took.
+fn meet_timed(ranks: &[(usize, usize, &str)], timeout: Duration) -> (Vec<Result<Vec<u8>, String>>, Duration) {
     let start = Instant::now();
-    let results = std::thread::scope(|scope| {
-        let threads: Vec<_> = ranks
-            .iter()
-            .map(|&(rank, world_size, fingerprint)| {
-                let place = WorldPlace { rank, world_size, local_rank: rank, master: master.clone() };
-                scope.spawn(move || {
-                    rendezvous(&place, fingerprint, b"nccl unique id", timeout).map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
-    });
+    let results = meet(&free_master(), ranks, timeout).into_iter().map(|r| r.map(|m| m.payload)).collect();
     (results, start.elapsed())
 }
 
@@ -40,12 +23,13 @@ fn assert_all_fail(results: &[Result<Vec<u8>, String>], says: &str) {
 
 #[test]
 fn every_rank_gets_rank_0s_bytes() {
-    let (results, _) = meet(&[(2, 4, "cfg"), (0, 4, "cfg"), (3, 4, "cfg"), (1, 4, "cfg")], Duration::from_secs(20));
+    let (results, _) =
+        meet_timed(&[(2, 4, "cfg"), (0, 4, "cfg"), (3, 4, "cfg"), (1, 4, "cfg")], Duration::from_secs(20));
     for r in results {
         assert_eq!(r.unwrap(), b"nccl unique id");
     }
     // A world of one needs nobody.
-    let (alone, _) = meet(&[(0, 1, "cfg")], Duration::from_secs(1));
+    let (alone, _) = meet_timed(&[(0, 1, "cfg")], Duration::from_secs(1));
     assert_eq!(alone[0].as_deref().unwrap(), b"nccl unique id");
 }
 
@@ -54,7 +38,7 @@ fn a_rank_started_with_another_config_stops_every_rank() {
     // Long configs: the error shows where they part, not all of them.
     let config = |lr: &str| format!("{{{}\"lr\":{lr},{}}}", "\"a\":1,".repeat(100), "\"z\":2,".repeat(100));
     let (ours, theirs) = (config("0.001"), config("0.0005"));
-    let (results, _) = meet(&[(0, 3, &ours), (1, 3, &ours), (2, 3, &theirs)], Duration::from_secs(20));
+    let (results, _) = meet_timed(&[(0, 3, &ours), (1, 3, &ours), (2, 3, &theirs)], Duration::from_secs(20));
     assert_all_fail(&results, "rank 2's configuration differs from rank 0's");
     for r in &results {
         let err = r.as_ref().unwrap_err();
@@ -64,20 +48,20 @@ fn a_rank_started_with_another_config_stops_every_rank() {
 
 #[test]
 fn world_sizes_that_differ_stop_every_rank() {
-    let (results, _) = meet(&[(0, 2, "cfg"), (1, 3, "cfg")], Duration::from_secs(20));
+    let (results, _) = meet_timed(&[(0, 2, "cfg"), (1, 3, "cfg")], Duration::from_secs(20));
     assert_all_fail(&results, "rank 1 was started with WORLD_SIZE=3, rank 0 with 2");
 }
 
 #[test]
 fn two_processes_with_one_rank_stop_every_rank() {
-    let (results, _) = meet(&[(0, 3, "cfg"), (1, 3, "cfg"), (1, 3, "cfg")], Duration::from_secs(20));
+    let (results, _) = meet_timed(&[(0, 3, "cfg"), (1, 3, "cfg"), (1, 3, "cfg")], Duration::from_secs(20));
     assert_all_fail(&results, "two processes claim RANK=1");
 }
 
 #[test]
 fn a_rank_that_never_comes_is_named_within_the_timeout() {
     let timeout = Duration::from_millis(600);
-    let (results, took) = meet(&[(0, 3, "cfg"), (1, 3, "cfg")], timeout);
+    let (results, took) = meet_timed(&[(0, 3, "cfg"), (1, 3, "cfg")], timeout);
     assert_all_fail(&results, "rank(s) [2] of 3 did not join");
     assert!(took < timeout * 4, "took {took:?}");
 }
@@ -85,7 +69,7 @@ fn a_rank_that_never_comes_is_named_within_the_timeout() {
 #[test]
 fn an_unreachable_master_is_an_error_within_the_timeout() {
     let timeout = Duration::from_millis(400);
-    let (results, took) = meet(&[(1, 2, "cfg")], timeout);
+    let (results, took) = meet_timed(&[(1, 2, "cfg")], timeout);
     assert_all_fail(&results, "could not reach rank 0");
     assert!(took < timeout * 4, "took {took:?}");
 }

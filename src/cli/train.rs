@@ -203,7 +203,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     apply_data(&mut config, &args, resume.is_some())?;
     apply_flags(&mut config, &args)?;
     config.validate()?;
-    let ranks = super::world::join_world(&config)?;
+    let world = super::world::join_world(&config)?;
+    let ranks = world.as_ref().map(|w| w.ranks());
     // Each process holds its share of the global batch.
     let mut per_process = config.clone();
     per_process.batch_size /= ranks.as_ref().map_or(1, |r| r.world_size());
@@ -213,6 +214,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let rank = ranks.as_ref().map_or(0, |r| r.rank());
     let options = RunOptions { resume, overwrite: args.overwrite, stop: Some(stop), ranks, ..Default::default() };
     let summary = train(&config, &options)?;
+    // Before any exit below, so that the other ranks do not take this one's for a death.
+    if let Some(world) = world {
+        world.finish()?;
+    }
     if rank != 0 {
         // Rank 0 reports the run.
         return Ok(());

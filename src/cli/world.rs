@@ -1,6 +1,6 @@
 //! `msclip train` as one process of a data-parallel world: joining the world torchrun's
-//! variables describe (NCCL on GPUs), and `--nproc N`, which starts N such processes on this
-//! machine as torchrun would.
+//! variables describe (NCCL on GPUs, watched by the ranks' watchdog for the whole run), and
+//! `--nproc N`, which starts N such processes on this machine as torchrun would.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use msclip::dist::{Collective, NcclRanks, WorldPlace, nccl_unique_id, rendezvous};
+use msclip::dist::{
+    Collective, NcclRanks, Watchdog, WatchdogSettings, WorldPlace, end_process, nccl_unique_id, rendezvous,
+};
 use msclip::train::TrainConfig;
 
 /// How long the ranks wait for each other before the world starts.
@@ -16,8 +18,46 @@ const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the other ranks may take to exit once one has failed, before they are killed.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// This process's place in a running data-parallel world: its communicator, and its watch over
+/// the other ranks. End it with [`World::finish`] when the run ends normally; dropped without
+/// that, it stops the other ranks as well.
+pub struct World {
+    nccl: Arc<NcclRanks>,
+    /// None once finished.
+    watchdog: Option<Watchdog>,
+}
+
+impl World {
+    /// The ranks, for the training loop.
+    pub fn ranks(&self) -> Arc<dyn Collective> {
+        self.nccl.clone()
+    }
+
+    /// Ends a run that finished normally (or stopped together on a signal): frees the
+    /// communicator, still watched since that waits for the node's other ranks, then says
+    /// goodbye to the others. No collective may run after this. An error if a rank was lost.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.nccl.destroy()?;
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.finish()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for World {
+    /// A run that ended with an error: the watchdog tells the other ranks, which stop, and the
+    /// communicator is aborted, not destroyed, since destroying it would wait for them.
+    fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            drop(watchdog);
+            let _ = self.nccl.abort();
+        }
+    }
+}
+
 /// The world this process belongs to (torchrun's variables), joined; None when it runs alone.
-pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<Arc<dyn Collective>>> {
+pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<World>> {
     let Some(place) = WorldPlace::from_env()? else { return Ok(None) };
     if config.device != msclip::Device::Cuda {
         anyhow::bail!(
@@ -30,8 +70,12 @@ pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<Arc<dyn Collect
     // Every rank must train the same run: its whole config is compared.
     let fingerprint = serde_json::to_string(config)?;
     let id = if place.rank == 0 { nccl_unique_id()? } else { Vec::new() };
-    let id = rendezvous(&place, &fingerprint, &id, RENDEZVOUS_TIMEOUT)?;
-    Ok(Some(Arc::new(NcclRanks::join(&place, &id)?)))
+    let meeting = rendezvous(&place, &fingerprint, &id, RENDEZVOUS_TIMEOUT)?;
+    // Watched from here on: NCCL's own setup below waits for every rank too.
+    let watchdog = Watchdog::start(meeting.peers, WatchdogSettings::default(), end_process)?;
+    let nccl = Arc::new(NcclRanks::join(&place, &meeting.payload)?);
+    watchdog.set_abort(nccl.abort_handle());
+    Ok(Some(World { nccl, watchdog: Some(watchdog) }))
 }
 
 /// Starts `nproc` copies of this command (without `--nproc`), one per GPU of this machine, as

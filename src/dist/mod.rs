@@ -10,11 +10,13 @@
 mod contrastive;
 mod nccl;
 mod rendezvous;
+mod watchdog;
 mod world;
 
 pub use contrastive::{Negatives, sharded_contrast, sharded_infonce};
 pub use nccl::{NcclRanks, unique_id as nccl_unique_id};
-pub use rendezvous::rendezvous;
+pub use rendezvous::{Meeting, rendezvous};
+pub use watchdog::{LossCause, PEER_LOST_EXIT, PeerLost, Peers, Settings as WatchdogSettings, Watchdog, end_process};
 pub use world::WorldPlace;
 
 use crate::error::Result;

@@ -1,11 +1,12 @@
 //! The collective of real ranks: NCCL on the GPU's stream, through cudarc's bindings (the
 //! library is loaded at run time, so builds and CPU runs need no NCCL). One communicator per
-//! process; rank 0 makes its id and the rendezvous hands it to the others.
-//!
-//! Not yet here (docs/scaling.md): a watchdog that aborts the communicator when a peer dies
-//! mid-step (NCCL waits on the stream forever; torch's NCCL_TIMEOUT plays that role there).
+//! process; rank 0 makes its id and the rendezvous hands it to the others. When a peer dies
+//! mid-step NCCL waits on the stream forever; the watchdog (`super::watchdog`) then aborts the
+//! communicator from its own thread ([`NcclRanks::abort_handle`]), which ends the wait.
 
-use cudarc::nccl::result as nccl;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::nccl::result::{self as nccl, NcclError, NcclStatus};
 use cudarc::nccl::sys;
 
 use super::Collective;
@@ -41,18 +42,55 @@ pub fn unique_id() -> Result<Vec<u8>> {
     Ok(id.internal.iter().map(|&c| c as u8).collect())
 }
 
+/// What cudarc's NCCL calls return.
+type NcclResult = std::result::Result<NcclStatus, NcclError>;
+
+/// A communicator and whether it was freed, which happens once: by `ncclCommDestroy` at a
+/// normal end, or by `ncclCommAbort` when a peer was lost or this rank fails. Every call takes
+/// the lock, so an abort from the watchdog's thread never frees the communicator under a call
+/// (it comes while the main thread waits on the stream, after the call has returned).
+struct Comm {
+    raw: sys::ncclComm_t,
+    freed: Mutex<bool>,
+}
+
+// SAFETY: a communicator may be used from any thread as long as calls do not overlap, and
+// every call goes through `Comm::call`'s lock.
+unsafe impl Send for Comm {}
+// SAFETY: as above.
+unsafe impl Sync for Comm {}
+
+impl Comm {
+    /// `f` on the communicator, unless it was freed.
+    fn call(&self, what: &str, f: impl FnOnce(sys::ncclComm_t) -> NcclResult) -> Result<()> {
+        let freed = self.freed.lock().unwrap_or_else(PoisonError::into_inner);
+        if *freed {
+            return Err(Error::Device(format!(
+                "nccl {what}: the communicator was aborted or destroyed: a rank was lost (the watchdog's message \
+                 above says which) or the run ended"
+            )));
+        }
+        f(self.raw).map(drop).map_err(|e| nccl_error(what, e))
+    }
+
+    /// Frees the communicator by `free` (destroy or abort), unless it was freed already.
+    fn free(&self, what: &str, free: unsafe fn(sys::ncclComm_t) -> NcclResult) -> Result<()> {
+        let mut freed = self.freed.lock().unwrap_or_else(PoisonError::into_inner);
+        if std::mem::replace(&mut *freed, true) {
+            return Ok(());
+        }
+        // SAFETY: the communicator is live (not freed, checked under the lock that every call
+        // holds) and no call uses it after this.
+        unsafe { free(self.raw) }.map(drop).map_err(|e| nccl_error(what, e))
+    }
+}
+
 /// This process's NCCL communicator, on the GPU device's one stream.
 pub struct NcclRanks {
-    comm: sys::ncclComm_t,
+    comm: Arc<Comm>,
     rank: usize,
     world_size: usize,
 }
-
-// SAFETY: a communicator may be used from any thread as long as calls do not overlap; the
-// training loop issues every collective from one thread at a time, in order.
-unsafe impl Send for NcclRanks {}
-// SAFETY: as above.
-unsafe impl Sync for NcclRanks {}
 
 impl NcclRanks {
     /// Joins the communicator whose id rank 0 made (`unique_id`), as `place` says.
@@ -68,7 +106,31 @@ impl NcclRanks {
         let (world, rank) = (place.world_size as i32, place.rank as i32);
         // SAFETY: `comm` receives the new communicator; every rank passes the same id and world.
         unsafe { nccl::comm_init_rank(&mut comm, world, unique, rank) }.map_err(|e| nccl_error("join", e))?;
+        let comm = Arc::new(Comm { raw: comm, freed: Mutex::new(false) });
         Ok(NcclRanks { comm, rank: place.rank, world_size: place.world_size })
+    }
+
+    /// Frees the communicator at the normal end of a run. Every rank of this node must call it
+    /// (NCCL makes it a collective of the node's ranks); no collective may follow.
+    pub fn destroy(&self) -> Result<()> {
+        self.comm.free("destroy", nccl::comm_destroy)
+    }
+
+    /// Aborts the communicator: a collective waiting on the stream returns, and later calls
+    /// are errors. Unlike [`NcclRanks::destroy`] it waits for no other rank, so it is the way
+    /// out of a run that failed.
+    pub fn abort(&self) -> Result<()> {
+        self.comm.free("abort", nccl::comm_abort)
+    }
+
+    /// [`NcclRanks::abort`] for another thread (the watchdog's), whatever became of `self`.
+    pub fn abort_handle(&self) -> impl FnOnce() + Send + 'static {
+        let comm = Arc::clone(&self.comm);
+        move || {
+            if let Err(e) = comm.free("abort", nccl::comm_abort) {
+                eprintln!("{e}");
+            }
+        }
     }
 
     fn stream(&self) -> Result<sys::cudaStream_t> {
@@ -113,10 +175,10 @@ impl Collective for NcclRanks {
         let mut dims = x.dims().to_vec();
         dims[0] *= self.world_size;
         let (out, recv) = Self::output(dims, x.dtype())?;
+        let stream = self.stream()?;
         // SAFETY: both buffers live on this device and hold the counts given; the stream is the
         // device's, so the collective is ordered with the kernels around it.
-        unsafe { nccl::all_gather(send, recv, x.numel(), dtype, self.comm, self.stream()?) }
-            .map_err(|e| nccl_error("all_gather", e))?;
+        self.comm.call("all_gather", |comm| unsafe { nccl::all_gather(send, recv, x.numel(), dtype, comm, stream) })?;
         Ok(out)
     }
 
@@ -124,9 +186,10 @@ impl Collective for NcclRanks {
         let (send, dtype) = input("all_reduce", x)?;
         let (out, recv) = Self::output(x.dims().to_vec(), x.dtype())?;
         let sum = sys::ncclRedOp_t::ncclSum;
+        let stream = self.stream()?;
         // SAFETY: as in all_gather.
-        unsafe { nccl::all_reduce(send, recv, x.numel(), dtype, sum, self.comm, self.stream()?) }
-            .map_err(|e| nccl_error("all_reduce", e))?;
+        self.comm
+            .call("all_reduce", |comm| unsafe { nccl::all_reduce(send, recv, x.numel(), dtype, sum, comm, stream) })?;
         Ok(out)
     }
 
@@ -143,16 +206,17 @@ impl Collective for NcclRanks {
         let count = x.numel() / self.world_size;
         let (out, recv) = Self::output(dims, x.dtype())?;
         let sum = sys::ncclRedOp_t::ncclSum;
+        let stream = self.stream()?;
         // SAFETY: as in all_gather.
-        unsafe { nccl::reduce_scatter(send, recv, count, dtype, sum, self.comm, self.stream()?) }
-            .map_err(|e| nccl_error("reduce_scatter", e))?;
+        self.comm.call("reduce_scatter", |comm| unsafe {
+            nccl::reduce_scatter(send, recv, count, dtype, sum, comm, stream)
+        })?;
         Ok(out)
     }
 }
 
 impl Drop for NcclRanks {
     fn drop(&mut self) {
-        // SAFETY: the communicator is this value's and nothing uses it afterwards.
-        let _ = unsafe { nccl::comm_destroy(self.comm) };
+        let _ = self.destroy();
     }
 }

@@ -4,12 +4,14 @@
 //! rank with the same verdict: the bytes NCCL needs to join one communicator (its unique id),
 //! or the reason the world cannot start. Every wait has a deadline, so a missing rank, an
 //! unreachable master or a rank started with another config is a clear error on every rank
-//! within a bounded time, never a hang.
+//! within a bounded time, never a hang. Once the world starts, its connections stay open for
+//! the watchdog ([`super::watchdog`]), which keeps the ranks' deaths from becoming hangs too.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use super::watchdog::Peers;
 use super::world::WorldPlace;
 use crate::error::{Error, Result};
 
@@ -20,16 +22,25 @@ const MAX_FRAME: usize = 1 << 16;
 /// Pause between a rank's attempts to reach a master that is not listening yet.
 const RETRY: Duration = Duration::from_millis(50);
 
+/// A world that started: what rank 0 sent, and the connections that met.
+#[derive(Debug)]
+pub struct Meeting {
+    /// Rank 0's payload, the same on every rank.
+    pub payload: Vec<u8>,
+    /// The connections, open: for [`super::Watchdog::start`].
+    pub peers: Peers,
+}
+
 /// Meets the other ranks of `place`'s world. Rank 0 sends `payload` to all; every rank returns
 /// it. `fingerprint` must be the same on every rank (a digest of the settings that must agree).
 /// Rank 0 waits up to `timeout` for the others; the others try to reach it for up to `timeout`
 /// and then wait up to `timeout` for its verdict.
-pub fn rendezvous(place: &WorldPlace, fingerprint: &str, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+pub fn rendezvous(place: &WorldPlace, fingerprint: &str, payload: &[u8], timeout: Duration) -> Result<Meeting> {
     if fingerprint.len() > MAX_FRAME || payload.len() > MAX_FRAME {
         return Err(Error::invalid("rendezvous", "fingerprint or payload over 64 KiB"));
     }
     if place.world_size == 1 {
-        return Ok(payload.to_vec());
+        return Ok(Meeting { payload: payload.to_vec(), peers: Peers::new(0, 1, Vec::new()) });
     }
     match place.rank {
         0 => host(place, fingerprint, payload, timeout),
@@ -49,7 +60,7 @@ struct Joined {
     fingerprint: String,
 }
 
-fn host(place: &WorldPlace, fingerprint: &str, payload: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+fn host(place: &WorldPlace, fingerprint: &str, payload: &[u8], timeout: Duration) -> Result<Meeting> {
     let addr = place.master_addr()?;
     let listener = TcpListener::bind(addr).map_err(|e| {
         fail(format!("rank 0 cannot listen on {addr} ({e}): is another job using MASTER_PORT? choose another"))
@@ -75,11 +86,14 @@ fn host(place: &WorldPlace, fingerprint: &str, payload: &[u8], timeout: Duration
         Err(message) => (1u8, message.as_bytes().to_vec()),
     };
     for j in &mut joined {
-        // A rank that left already learns nothing; the others must hear the verdict.
+        // A rank that left already learns nothing (its watchdog link then reads as closed); the
+        // others must hear the verdict.
         let _ = j.stream.set_nonblocking(false);
         let _ = write_frame(&mut j.stream, reply.0, &reply.1);
     }
-    verdict.map(|()| payload.to_vec()).map_err(fail)
+    verdict.map_err(fail)?;
+    let streams = joined.into_iter().map(|j| (j.rank, j.stream)).collect();
+    Ok(Meeting { payload: payload.to_vec(), peers: Peers::new(0, place.world_size, streams) })
 }
 
 /// Whether the ranks that joined make the world rank 0 was started for.
@@ -145,7 +159,7 @@ fn read_greeting(mut stream: TcpStream, deadline: Instant) -> std::io::Result<Jo
     Ok(Joined { stream, rank, world_size, fingerprint })
 }
 
-fn join(place: &WorldPlace, fingerprint: &str, timeout: Duration) -> Result<Vec<u8>> {
+fn join(place: &WorldPlace, fingerprint: &str, timeout: Duration) -> Result<Meeting> {
     let addr = place.master_addr()?;
     let deadline = Instant::now() + timeout;
     let mut stream = loop {
@@ -177,7 +191,7 @@ fn join(place: &WorldPlace, fingerprint: &str, timeout: Duration) -> Result<Vec<
     stream.read_exact(&mut status).map_err(lost)?;
     let body = read_bytes(&mut stream).map_err(lost)?;
     match status[0] {
-        0 => Ok(body),
+        0 => Ok(Meeting { payload: body, peers: Peers::new(place.rank, place.world_size, vec![(0, stream)]) }),
         _ => Err(fail(format!("rank 0 refused the world: {}", String::from_utf8_lossy(&body)))),
     }
 }

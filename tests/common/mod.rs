@@ -4,6 +4,7 @@
 pub mod files;
 pub mod gpu;
 pub mod reference;
+pub mod world;
 
 use msclip::autograd::{self, Gradients, no_grad};
 use msclip::model::Buffers;
