@@ -107,3 +107,32 @@ fn reshape_is_a_view_and_updates_copy_on_write() {
     assert_eq!(view.to_f64_vec()[0], 1.0);
     assert_ne!(written.id(), view.id(), "a copied value gets its own id");
 }
+
+#[test]
+fn a_watched_gradient_is_reported_as_soon_as_it_is_final() {
+    // loss = sum(gelu(x * a) * b * a): `a` is taken by the first op and again later, `b` only
+    // by a later op; `unused` by none.
+    let mut r = Rng::new(11);
+    let leaf = |r: &mut Rng| randn(r, &[3, 2]).set_requires_grad(true);
+    let (x, a, b, unused) = (leaf(&mut r), leaf(&mut r), leaf(&mut r), leaf(&mut r));
+    let loss_of = || x.mul(&a).unwrap().gelu().unwrap().mul(&b).unwrap().mul(&a).unwrap().sum_all().unwrap();
+    let plain = autograd::backward(&loss_of()).unwrap();
+    let mut reports = Vec::new();
+    let watched = [a.id(), b.id(), unused.id()];
+    let grads = autograd::backward_watching(&loss_of(), &watched, |grads, id| {
+        // Whether `a`'s gradient exists yet shows how far the backward has come.
+        let a_so_far = grads.get(&a).map(|g| g.to_f64_vec());
+        reports.push((id, grads.get_id(id).map(|g| g.to_f64_vec()), a_so_far));
+        Ok(())
+    })
+    .unwrap();
+    let final_of = |t: &Tensor| Some(plain.get(t).unwrap().to_f64_vec());
+    // `b` first, while `a` holds only the part from its later use; then `a`, complete.
+    assert_eq!(reports.len(), 2, "the unused leaf is never reported");
+    assert_eq!((reports[0].0, &reports[0].1), (b.id(), &final_of(&b)));
+    assert!(reports[0].2.is_some() && reports[0].2 != final_of(&a), "b is reported before a's first use runs");
+    assert_eq!((reports[1].0, &reports[1].1), (a.id(), &final_of(&a)));
+    for t in [&x, &a, &b] {
+        assert_eq!(grads.get(t).unwrap().to_f64_vec(), plain.get(t).unwrap().to_f64_vec());
+    }
+}

@@ -385,6 +385,34 @@ fn a_world_of_one_runs_through_nccl_on_a_gpu() {
         assert_eq!(got.dims(), x.dims(), "{what}");
         assert_eq!(got.to_f64_vec(), on_gpu.to_f64_vec(), "{what}: a world of one hands back its input");
     }
+    // A sum on NCCL's side stream, with work queued on the device's stream meanwhile.
+    let pending = ranks.start_all_reduce_sum(on_gpu.scale(3.0).unwrap()).unwrap();
+    let beside = on_gpu.exp().unwrap();
+    let got = pending.finish().unwrap();
+    assert_eq!(got.to_f64_vec(), on_gpu.scale(3.0).unwrap().to_f64_vec(), "the side stream's sum");
+    assert_eq!(beside.to_f64_vec(), on_gpu.exp().unwrap().to_f64_vec());
+    // A training step whose gradient buckets are summed on the side stream during the backward
+    // trains as the step of one process.
+    let config = TrainConfig::for_steps("tiny-clip", 4, Device::Cuda, Precision::Fp32, 2).unwrap();
+    let model = ClipModel::new(config.model_config().unwrap()).unwrap();
+    let size = model.config.vision.image_size;
+    let images = on(&randn(&mut rng, &[4, 3, size, size]), Device::Cuda, DType::F32);
+    let context = model.config.text.context;
+    let tokens = common::captions_ending_at(&mut rng, &[4, 7, 3, 9], context, model.config.text.vocab);
+    let step_losses = |ranks: Option<Arc<dyn Collective>>| {
+        let mut state = StepState::init(&model, &config, &mut Rng::new(config.seed)).unwrap();
+        state.to_device(Device::Cuda).unwrap();
+        if let Some(ranks) = ranks {
+            state = state.across_ranks(ranks);
+        }
+        (0..2)
+            .map(|_| {
+                let input = StepInput { images: &images, tokens: &tokens, lr: 1e-3, masks: None };
+                state.step(&model, &config, input).unwrap().loss.item().unwrap()
+            })
+            .collect::<Vec<f64>>()
+    };
+    assert_close("steps through NCCL", &step_losses(Some(Arc::clone(&ranks))), &step_losses(None), 1e-6, 1e-5);
     // The loss through NCCL is the whole batch's.
     let (img, txt) = (randn(&mut rng, &[6, 8]), randn(&mut rng, &[6, 8]));
     let scale = Tensor::full([1], 2.0, DType::F64);

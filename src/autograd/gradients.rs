@@ -16,6 +16,11 @@ impl Gradients {
         self.by_id.get(&t.id())
     }
 
+    /// The gradient of the tensor with id `id`, as [`Gradients::get`].
+    pub fn get_id(&self, id: TensorId) -> Option<&Tensor> {
+        self.by_id.get(&id)
+    }
+
     /// Replaces the gradient of `t` (data-parallel training sums it across ranks).
     pub fn set(&mut self, t: &Tensor, grad: Tensor) {
         self.by_id.insert(t.id(), grad);

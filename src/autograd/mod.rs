@@ -13,6 +13,7 @@
 mod gradients;
 
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 
 pub use gradients::Gradients;
 
@@ -111,6 +112,20 @@ pub fn record1(
 /// led to it. Consumes the tape. Returns the gradients of the leaves (parameters, inputs
 /// marked with `set_requires_grad`).
 pub fn backward(loss: &Tensor) -> Result<Gradients> {
+    backward_watching(loss, &[], |_, _| Ok(()))
+}
+
+/// [`backward`], calling `ready` once for each tensor of `watched` that an op on the tape
+/// takes, as soon as its gradient is final: right after the backward of the first op that
+/// took it (the last the reverse walk meets), while the rest of the backward is still to run.
+/// `ready` gets the gradients so far, where the tensor's is (or is absent, when no path from
+/// the loss reaches it). Data-parallel training starts summing a bucket of gradients across
+/// ranks there, so the sums overlap the rest of the backward.
+pub fn backward_watching(
+    loss: &Tensor,
+    watched: &[TensorId],
+    mut ready: impl FnMut(&mut Gradients, TensorId) -> Result<()>,
+) -> Result<Gradients> {
     if loss.numel() != 1 {
         return Err(Error::shape("backward", format!("loss must have one element, shape is {}", loss.shape())));
     }
@@ -118,33 +133,51 @@ pub fn backward(loss: &Tensor) -> Result<Gradients> {
         return Err(Error::invalid("backward", "loss does not depend on any tensor that requires grad"));
     }
     let nodes = TAPE.with(|t| std::mem::take(&mut t.borrow_mut().nodes));
+    let final_after = final_gradients(&nodes, watched);
     let seed = Tensor::full(loss.shape().clone(), 1.0, loss.dtype()).to_device(loss.device())?;
     let mut pending = Gradients::default();
     pending.accumulate(loss.id(), seed)?;
 
     no_grad(|| {
-        for node in nodes.into_iter().rev() {
+        for (index, node) in nodes.into_iter().enumerate().rev() {
             let out_grads: Vec<Option<Tensor>> = node.outputs.iter().map(|id| pending.take(*id)).collect();
-            if out_grads.iter().all(Option::is_none) {
-                continue;
-            }
-            let needs: Vec<bool> = node.inputs.iter().map(|(_, n)| *n).collect();
-            let in_grads = (node.backward)(&out_grads, &needs)?;
-            if in_grads.len() != node.inputs.len() {
-                return Err(Error::invalid(
-                    node.op,
-                    format!("backward returned {} gradients for {} inputs", in_grads.len(), node.inputs.len()),
-                ));
-            }
-            for ((id, needed), grad) in node.inputs.iter().zip(in_grads) {
-                if let (true, Some(g)) = (needed, grad) {
-                    pending.accumulate(*id, g)?;
+            if out_grads.iter().any(Option::is_some) {
+                let needs: Vec<bool> = node.inputs.iter().map(|(_, n)| *n).collect();
+                let in_grads = (node.backward)(&out_grads, &needs)?;
+                if in_grads.len() != node.inputs.len() {
+                    return Err(Error::invalid(
+                        node.op,
+                        format!("backward returned {} gradients for {} inputs", in_grads.len(), node.inputs.len()),
+                    ));
                 }
+                for ((id, needed), grad) in node.inputs.iter().zip(in_grads) {
+                    if let (true, Some(g)) = (needed, grad) {
+                        pending.accumulate(*id, g)?;
+                    }
+                }
+            }
+            for &id in final_after.get(&index).into_iter().flatten() {
+                ready(&mut pending, id)?;
             }
         }
         Ok(())
     })?;
     Ok(pending)
+}
+
+/// For each node index, the watched tensors whose gradient is final once that node's backward
+/// has run: those whose first consumer on the tape (in forward order) it is.
+fn final_gradients(nodes: &[Node], watched: &[TensorId]) -> HashMap<usize, Vec<TensorId>> {
+    let mut unseen: HashSet<TensorId> = watched.iter().copied().collect();
+    let mut after: HashMap<usize, Vec<TensorId>> = HashMap::new();
+    for (index, node) in nodes.iter().enumerate() {
+        for &(id, needed) in &node.inputs {
+            if needed && unseen.remove(&id) {
+                after.entry(index).or_default().push(id);
+            }
+        }
+    }
+    after
 }
 
 /// Sum of two gradients of the same tensor, through the backend (never recorded).

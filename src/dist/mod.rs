@@ -10,6 +10,7 @@
 mod contrastive;
 mod nccl;
 mod rendezvous;
+mod side_stream;
 mod watchdog;
 mod world;
 
@@ -34,9 +35,38 @@ pub trait Collective: Send + Sync {
     fn all_gather(&self, x: &Tensor) -> Result<Tensor>;
     /// The element-wise sum of every rank's `x`.
     fn all_reduce_sum(&self, x: &Tensor) -> Result<Tensor>;
+    /// Starts [`Collective::all_reduce_sum`] of `x` and returns without waiting for it where
+    /// the sum can run beside later work (NCCL on its own stream, after the work queued so
+    /// far); [`PendingSum::finish`] gives the sum, ordering the work queued after it behind
+    /// the collective. Ranks start and finish their sums in the same order. By default the sum
+    /// is made at once.
+    fn start_all_reduce_sum(&self, x: Tensor) -> Result<PendingSum> {
+        Ok(PendingSum::done(self.all_reduce_sum(&x)?))
+    }
     /// The element-wise sum of every rank's `x` ([world_size * m, ...]), of which this rank
     /// keeps rows `rank * m .. (rank + 1) * m`.
     fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// A sum across ranks started by [`Collective::start_all_reduce_sum`].
+pub struct PendingSum(Box<dyn FnOnce() -> Result<Tensor>>);
+
+impl PendingSum {
+    /// A sum already made.
+    pub fn done(sum: Tensor) -> Self {
+        PendingSum(Box::new(move || Ok(sum)))
+    }
+
+    /// A sum that `finish` completes (it keeps the collective's input and output alive until
+    /// then).
+    pub fn later(finish: impl FnOnce() -> Result<Tensor> + 'static) -> Self {
+        PendingSum(Box::new(finish))
+    }
+
+    /// The sum, for the work queued from now on.
+    pub fn finish(self) -> Result<Tensor> {
+        (self.0)()
+    }
 }
 
 impl std::fmt::Debug for dyn Collective {

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use cudarc::nccl::result::{self as nccl, NcclError, NcclStatus};
 use cudarc::nccl::sys;
 
-use super::Collective;
+use super::side_stream::SideStream;
 use super::world::WorldPlace;
+use super::{Collective, PendingSum};
 use crate::backend::gpu::{self, GpuStorage};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Storage, Tensor};
@@ -90,6 +91,9 @@ pub struct NcclRanks {
     comm: Arc<Comm>,
     rank: usize,
     world_size: usize,
+    /// Where the gradient buckets' sums run beside the backward
+    /// ([`Collective::start_all_reduce_sum`]); the other collectives run on the device's stream.
+    side: Arc<SideStream>,
 }
 
 impl NcclRanks {
@@ -107,7 +111,8 @@ impl NcclRanks {
         // SAFETY: `comm` receives the new communicator; every rank passes the same id and world.
         unsafe { nccl::comm_init_rank(&mut comm, world, unique, rank) }.map_err(|e| nccl_error("join", e))?;
         let comm = Arc::new(Comm { raw: comm, freed: Mutex::new(false) });
-        Ok(NcclRanks { comm, rank: place.rank, world_size: place.world_size })
+        let side = Arc::new(SideStream::new()?);
+        Ok(NcclRanks { comm, rank: place.rank, world_size: place.world_size, side })
     }
 
     /// Frees the communicator at the normal end of a run. Every rank of this node must call it
@@ -133,11 +138,15 @@ impl NcclRanks {
         }
     }
 
-    fn stream(&self) -> Result<sys::cudaStream_t> {
-        let stream = gpu::driver(Device::Cuda)?
+    /// The device's stream, which every kernel goes on.
+    fn main_stream(&self) -> Result<usize> {
+        gpu::driver(Device::Cuda)?
             .raw_stream()
-            .ok_or_else(|| Error::Device("nccl: the CUDA driver has no stream".into()))?;
-        Ok(stream as sys::cudaStream_t)
+            .ok_or_else(|| Error::Device("nccl: the CUDA driver has no stream".into()))
+    }
+
+    fn stream(&self) -> Result<sys::cudaStream_t> {
+        Ok(self.main_stream()? as sys::cudaStream_t)
     }
 
     /// A new tensor of `numel` elements on the GPU, uninitialised (the collective writes it).
@@ -191,6 +200,30 @@ impl Collective for NcclRanks {
         self.comm
             .call("all_reduce", |comm| unsafe { nccl::all_reduce(send, recv, x.numel(), dtype, sum, comm, stream) })?;
         Ok(out)
+    }
+
+    /// The sum on the side stream: it starts after the work queued so far on the device's
+    /// stream (the gradients, the output's allocation) and runs beside what is queued there
+    /// next; `finish` makes the device's stream wait for it, and only then lets `x` go, so its
+    /// memory is not reused under the collective.
+    fn start_all_reduce_sum(&self, x: Tensor) -> Result<PendingSum> {
+        let (send, dtype) = input("all_reduce", &x)?;
+        let (out, recv) = Self::output(x.dims().to_vec(), x.dtype())?;
+        let sum = sys::ncclRedOp_t::ncclSum;
+        let main = self.main_stream()?;
+        self.side.wait_for(main)?;
+        let stream = self.side.raw() as sys::cudaStream_t;
+        // SAFETY: both buffers live on this device and hold the counts given; the side stream
+        // waits for the work that wrote `x` and allocated `out`, and `x` lives until the device's
+        // stream has waited for the collective (below).
+        self.comm
+            .call("all_reduce", |comm| unsafe { nccl::all_reduce(send, recv, x.numel(), dtype, sum, comm, stream) })?;
+        let side = Arc::clone(&self.side);
+        Ok(PendingSum::later(move || {
+            side.join_into(main)?;
+            drop(x);
+            Ok(out)
+        }))
     }
 
     fn reduce_scatter_sum(&self, x: &Tensor) -> Result<Tensor> {

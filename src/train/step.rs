@@ -177,14 +177,14 @@ impl StepState {
             let context = LossContext { max_scale: None, momentum, masked, negatives };
             model.training_loss_terms(params, &mut self.buffers, images, captions, &config.objectives, context)?
         };
-        let mut grads = autograd::backward(&loss)?;
-        let (loss, terms) = match &self.ranks {
+        let (grads, loss, terms) = match &self.ranks {
             Some(ranks) => {
-                let bucket = data_parallel::BUCKET_BYTES;
-                data_parallel::sum_gradients(&self.params, self.compute.as_ref(), &mut grads, ranks.as_ref(), bucket)?;
-                data_parallel::sum_losses(&loss.detach(), terms, ranks.as_ref())?
+                let (params, copies, bucket) = (&self.params, self.compute.as_ref(), data_parallel::BUCKET_BYTES);
+                let grads = data_parallel::backward_summed(&loss, params, copies, ranks.as_ref(), bucket)?;
+                let (loss, terms) = data_parallel::sum_losses(&loss.detach(), terms, ranks.as_ref())?;
+                (grads, loss, terms)
             }
-            None => (loss.detach(), terms),
+            None => (autograd::backward(&loss)?, loss.detach(), terms),
         };
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
         let clamps: Vec<_> =
