@@ -151,8 +151,17 @@ Allocation* find_allocation(uintptr_t address) {
 std::string describe_nearest(uintptr_t address) {
     Registry& r = registry();
     char text[200];
+    // A freed range that a live allocation now overlaps was handed out again: an address in it
+    // belongs to the newer allocation's story (past its end, say), not to a use after free.
+    // Live allocations never overlap, so the last one starting before the range's end decides.
+    auto reused = [&](const FreedRange& f) {
+        auto it = r.live.lower_bound(f.base + f.bytes);
+        if (it == r.live.begin()) return false;
+        --it;
+        return it->second.base + it->second.bytes > f.base;
+    };
     for (auto it = r.freed.rbegin(); it != r.freed.rend(); ++it) {
-        if (address >= it->base && address < it->base + it->bytes) {
+        if (address >= it->base && address < it->base + it->bytes && !reused(*it)) {
             std::snprintf(text, sizeof text, "inside allocation #%llu (%zu bytes at 0x%zx), already freed: a use after free",
                           static_cast<unsigned long long>(it->id), it->bytes, static_cast<size_t>(it->base));
             return text;
