@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use msclip::dist::Progress;
 use msclip::model::{ClipModel, preset};
 use msclip::nn::{AdamW, AdamWConfig, ParamGroup};
 use msclip::train::checkpoint::{self, TrainingState};
@@ -48,9 +49,12 @@ fn half_run_plus_resume_equals_full_run_bit_for_bit() {
     assert_eq!(first.steps_done, 3);
     assert!(first.eval.is_none(), "an interrupted run does not evaluate");
     assert!(dir.join("half/checkpoints/step_3.safetensors").exists());
-    let resumed =
-        train(&half, &RunOptions { resume: Some(Resume::Latest), quiet: true, ..Default::default() }).unwrap();
+    // The watchdog's stall check hears the run's own steps, and the end of its loop.
+    let progress = Progress::default();
+    let resuming = RunOptions { resume: Some(Resume::Latest), progress: Some(progress.clone()), ..quiet() };
+    let resumed = train(&half, &resuming).unwrap();
     assert_eq!(resumed.steps_done, 6);
+    assert_eq!((progress.steps(), progress.is_finished()), (6, true));
     assert_eq!(param_bits(&resumed), param_bits(&full), "resumed weights differ from the uninterrupted run");
     assert_eq!(resumed.final_loss.to_bits(), full.final_loss.to_bits());
     for file in ["config.json", "tokenizer.json", "results.jsonl", "train_loss.jsonl", "loss.png", "accuracy.png"] {

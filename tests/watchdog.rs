@@ -1,6 +1,7 @@
 //! The watchdog of a running data-parallel world (issue 17): a rank that dies, freezes or fails
 //! mid-run is named on every other rank within a bounded time, its abort hook run, then its
-//! exit; a run that ends normally, in whatever order the ranks finish, reports nothing. Ranks
+//! exit, and so is a world where no rank finishes a step for too long (a rank stuck); a run that
+//! ends normally, in whatever order the ranks finish, reports nothing. Ranks
 //! are threads of this process, or where a real death matters a child process (this test
 //! binary again, running `rank_process`).
 
@@ -13,14 +14,17 @@ use std::time::{Duration, Instant};
 
 use common::world::{free_master, meet};
 use msclip::dist::{
-    LossCause, Meeting, PEER_LOST_EXIT, PeerLost, Watchdog, WatchdogSettings, WorldPlace, end_process, rendezvous,
+    LossCause, Meeting, PEER_LOST_EXIT, PeerLost, Progress, Stall, Watchdog, WatchdogSettings, WorldPlace, end_process,
+    rendezvous,
 };
 
-/// Short enough for tests, the proportions of a real run's (1 s, 30 s, 5 s).
+/// Short enough for tests, the proportions of a real run's (1 s, 30 s, 5 s) but for the stall
+/// (600 s), which is only a few heartbeats long.
 const SETTINGS: WatchdogSettings = WatchdogSettings {
     heartbeat: Duration::from_millis(100),
     silence: Duration::from_millis(800),
     grace: Duration::from_millis(300),
+    stall: Duration::from_millis(600),
 };
 /// How long a test waits for every rank's hooks.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -42,9 +46,18 @@ fn meet_world(n: usize) -> Vec<Meeting> {
 
 /// Starts `rank`'s watchdog with hooks that report to `hooks`.
 fn watch(rank: usize, meeting: Meeting, hooks: &mpsc::Sender<(usize, Hook)>) -> Watchdog {
+    watch_with(SETTINGS, rank, meeting, hooks)
+}
+
+fn watch_with(
+    settings: WatchdogSettings,
+    rank: usize,
+    meeting: Meeting,
+    hooks: &mpsc::Sender<(usize, Hook)>,
+) -> Watchdog {
     let exits = hooks.clone();
     let watchdog =
-        Watchdog::start(meeting.peers, SETTINGS, move |lost| exits.send((rank, Hook::Exited(lost.clone()))).unwrap())
+        Watchdog::start(meeting.peers, settings, move |lost| exits.send((rank, Hook::Exited(lost.clone()))).unwrap())
             .unwrap();
     let aborts = hooks.clone();
     watchdog.set_abort(move || aborts.send((rank, Hook::Aborted)).unwrap());
@@ -195,6 +208,96 @@ fn ranks_that_finish_at_the_same_moment_report_nothing() {
         }
     });
     assert_quiet(&heard);
+}
+
+/// Each rank's progress, in rank order.
+fn progress_of(watchdogs: &BTreeMap<usize, Watchdog>) -> Vec<Progress> {
+    watchdogs.values().map(Watchdog::progress).collect()
+}
+
+/// Every rank of `progress` does steps 1 to `last` together, a step per `pace`.
+fn step_together(progress: &[Progress], last: u64, pace: Duration) {
+    for step in 1..=last {
+        progress.iter().for_each(|p| p.reached(step));
+        std::thread::sleep(pace);
+    }
+}
+
+/// Finishes every watchdog, none having heard of a loss.
+fn finish_all(watchdogs: BTreeMap<usize, Watchdog>) {
+    for (rank, watchdog) in watchdogs {
+        assert_eq!(watchdog.finish(), Ok(()), "rank {rank}");
+    }
+}
+
+#[test]
+fn ranks_that_keep_stepping_report_no_stall() {
+    let (hooks, heard) = mpsc::channel();
+    let (watchdogs, _) = watch_all_but(meet_world(3), &[], &hooks);
+    // Steps a few heartbeats apart, for several stall times.
+    let pace = SETTINGS.heartbeat * 2;
+    step_together(&progress_of(&watchdogs), (SETTINGS.stall * 3).div_duration_f64(pace) as u64, pace);
+    finish_all(watchdogs);
+    assert_quiet(&heard);
+}
+
+#[test]
+fn a_rank_that_stops_stepping_stalls_every_rank_with_its_name() {
+    let (hooks, heard) = mpsc::channel();
+    let (watchdogs, _) = watch_all_but(meet_world(4), &[], &hooks);
+    let progress = progress_of(&watchdogs);
+    step_together(&progress, 5, SETTINGS.heartbeat);
+    // Rank 2 is stuck in step 6; the others finish it and wait for rank 2 in step 7.
+    for rank in [0, 1, 3] {
+        progress[rank].reached(6);
+    }
+    let stuck = Instant::now();
+    let expected = Stall { quiet: SETTINGS.stall, step: 5, behind: vec![2], others: Some((6, 6)) };
+    for (rank, (lost, aborted)) in losses(&heard, &[0, 1, 2, 3]) {
+        assert_eq!((lost.rank, lost.lost, lost.reported_by), (rank, 2, (rank != 0).then_some(0)), "{lost}");
+        let LossCause::Stalled(stall) = &lost.cause else { panic!("{lost}") };
+        assert!(stall.quiet >= SETTINGS.stall, "{lost}");
+        assert_eq!(Stall { quiet: SETTINGS.stall, ..stall.clone() }, expected);
+        let text = lost.to_string();
+        assert!(text.contains("rank 2 is at step 5, the others at 6") && text.contains(&format!("rank {rank} stops")));
+        // Rank 0 hears the others' counts once a heartbeat, and notices within a few ticks.
+        let after = aborted - stuck;
+        assert!(after >= SETTINGS.stall && after < SETTINGS.stall + SETTINGS.heartbeat * 5, "rank {rank}: {after:?}");
+    }
+}
+
+#[test]
+fn no_stall_is_timed_before_the_first_step() {
+    let (hooks, heard) = mpsc::channel();
+    // NCCL's setup, a checkpoint's load, the first step's warm-up: no rank reports a step.
+    let (watchdogs, _) = watch_all_but(meet_world(3), &[], &hooks);
+    assert_quiet(&heard);
+    finish_all(watchdogs);
+}
+
+#[test]
+fn a_stall_time_of_zero_is_no_limit() {
+    let (hooks, heard) = mpsc::channel();
+    let off = WatchdogSettings { stall: Duration::ZERO, ..SETTINGS };
+    let watchdogs: BTreeMap<_, _> =
+        meet_world(2).into_iter().enumerate().map(|(rank, m)| (rank, watch_with(off, rank, m, &hooks))).collect();
+    step_together(&progress_of(&watchdogs), 3, SETTINGS.heartbeat);
+    assert_quiet(&heard);
+    finish_all(watchdogs);
+}
+
+#[test]
+fn the_end_of_the_run_after_the_last_step_is_not_timed() {
+    let (hooks, heard) = mpsc::channel();
+    let (mut watchdogs, _) = watch_all_but(meet_world(3), &[], &hooks);
+    let progress = progress_of(&watchdogs);
+    step_together(&progress, 4, SETTINGS.heartbeat);
+    progress.iter().for_each(Progress::finished);
+    // Rank 0's final evaluation, longer than the stall time; the others wait for it (in
+    // NCCL's destroy), then all say goodbye, rank 0 first.
+    assert_quiet(&heard);
+    watchdogs.remove(&0).unwrap().finish().unwrap();
+    finish_all(watchdogs);
 }
 
 /// Starts this test binary as rank `rank` of `world_size` meeting at `master`, running

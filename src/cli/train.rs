@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::Args;
 use msclip::Device;
@@ -177,6 +178,11 @@ pub struct TrainArgs {
     /// cluster launcher that sets those variables, leave it out (docs/scaling.md).
     #[arg(long)]
     nproc: Option<usize>,
+    /// A data-parallel run stops, every rank with an error, when no rank finished a step for
+    /// this many seconds: a rank is stuck and the others wait for it. An evaluation or
+    /// checkpoint on rank 0 mid-run must fit in it. 0: no limit.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    stall_timeout: u64,
 }
 
 /// `--loss`, for clap (also `bench step` and `profile step`).
@@ -203,7 +209,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     apply_data(&mut config, &args, resume.is_some())?;
     apply_flags(&mut config, &args)?;
     config.validate()?;
-    let world = super::world::join_world(&config)?;
+    let world = super::world::join_world(&config, Duration::from_secs(args.stall_timeout))?;
     let ranks = world.as_ref().map(|w| w.ranks());
     // Each process holds its share of the global batch.
     let mut per_process = config.clone();
@@ -212,7 +218,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     install_interrupt_handler(stop.clone())?;
     let rank = ranks.as_ref().map_or(0, |r| r.rank());
-    let options = RunOptions { resume, overwrite: args.overwrite, stop: Some(stop), ranks, ..Default::default() };
+    let progress = world.as_ref().map(|w| w.progress());
+    let options =
+        RunOptions { resume, overwrite: args.overwrite, stop: Some(stop), ranks, progress, ..Default::default() };
     let summary = train(&config, &options)?;
     // Before any exit below, so that the other ranks do not take this one's for a death.
     if let Some(world) = world {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use msclip::dist::{
-    Collective, NcclRanks, Watchdog, WatchdogSettings, WorldPlace, end_process, nccl_unique_id, rendezvous,
+    Collective, NcclRanks, Progress, Watchdog, WatchdogSettings, WorldPlace, end_process, nccl_unique_id, rendezvous,
 };
 use msclip::train::TrainConfig;
 
@@ -25,12 +25,18 @@ pub struct World {
     nccl: Arc<NcclRanks>,
     /// None once finished.
     watchdog: Option<Watchdog>,
+    progress: Progress,
 }
 
 impl World {
     /// The ranks, for the training loop.
     pub fn ranks(&self) -> Arc<dyn Collective> {
         self.nccl.clone()
+    }
+
+    /// Where the training loop reports its steps, which the watchdog checks for a stall.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// Ends a run that finished normally (or stopped together on a signal): frees the
@@ -57,7 +63,8 @@ impl Drop for World {
 }
 
 /// The world this process belongs to (torchrun's variables), joined; None when it runs alone.
-pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<World>> {
+/// `stall`: how long no rank may finish a step before the run stops (zero: no limit).
+pub fn join_world(config: &TrainConfig, stall: Duration) -> anyhow::Result<Option<World>> {
     let Some(place) = WorldPlace::from_env()? else { return Ok(None) };
     if config.device != msclip::Device::Cuda {
         anyhow::bail!(
@@ -72,10 +79,12 @@ pub fn join_world(config: &TrainConfig) -> anyhow::Result<Option<World>> {
     let id = if place.rank == 0 { nccl_unique_id()? } else { Vec::new() };
     let meeting = rendezvous(&place, &fingerprint, &id, RENDEZVOUS_TIMEOUT)?;
     // Watched from here on: NCCL's own setup below waits for every rank too.
-    let watchdog = Watchdog::start(meeting.peers, WatchdogSettings::default(), end_process)?;
+    let settings = WatchdogSettings { stall, ..WatchdogSettings::default() };
+    let watchdog = Watchdog::start(meeting.peers, settings, end_process)?;
     let nccl = Arc::new(NcclRanks::join(&place, &meeting.payload)?);
     watchdog.set_abort(nccl.abort_handle());
-    Ok(Some(World { nccl, watchdog: Some(watchdog) }))
+    let progress = watchdog.progress();
+    Ok(Some(World { nccl, watchdog: Some(watchdog), progress }))
 }
 
 /// Starts `nproc` copies of this command (without `--nproc`), one per GPU of this machine, as

@@ -17,7 +17,9 @@ mod world;
 pub use contrastive::{Negatives, sharded_contrast, sharded_infonce};
 pub use nccl::{NcclRanks, unique_id as nccl_unique_id};
 pub use rendezvous::{Meeting, rendezvous};
-pub use watchdog::{LossCause, PEER_LOST_EXIT, PeerLost, Peers, Settings as WatchdogSettings, Watchdog, end_process};
+pub use watchdog::{
+    LossCause, PEER_LOST_EXIT, PeerLost, Peers, Progress, Settings as WatchdogSettings, Stall, Watchdog, end_process,
+};
 pub use world::WorldPlace;
 
 use crate::error::Result;

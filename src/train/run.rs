@@ -22,7 +22,7 @@ use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
 use super::step::{StepInput, StepState};
 use crate::data::shapes::{Colour, ShapeKind};
-use crate::dist::Collective;
+use crate::dist::{Collective, Progress};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalReport};
 use crate::model::{ClipModel, OBJECTIVES};
@@ -55,6 +55,8 @@ pub struct RunOptions {
     /// share of every batch of `config.batch_size` pairs (the global batch), and only rank 0
     /// writes the run directory (logs, checkpoints, evaluations). None: one process.
     pub ranks: Option<Arc<dyn Collective>>,
+    /// Told each step done and the end of the loop: the watchdog's stall check (`crate::dist`).
+    pub progress: Option<Progress>,
 }
 
 /// How a call to [`train`] ended.
@@ -243,6 +245,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let input = StepInput { images: &images, tokens: &batch.tokens, lr, masks: masks.as_ref() };
         let output = issuer.step(&mut state, &model, config, input)?;
         step += 1;
+        if let Some(progress) = &options.progress {
+            progress.reached(step);
+        }
         samples_seen += config.batch_size as u64;
         readback.push(step, lr, data_seconds, output);
         let logs = step.is_multiple_of(config.log_every) || step == end;
@@ -317,6 +322,9 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         if evaluates_now && let Some(evaluation) = evaluations.record(&mut state, step, config.eval_samples)? {
             say(&evaluation.summary());
         }
+    }
+    if let Some(progress) = &options.progress {
+        progress.finished();
     }
     if let Some(b) = &bar {
         b.finish_and_clear();

@@ -33,6 +33,8 @@ pub(super) struct Link {
     unread: Vec<u8>,
     /// When a byte last arrived.
     heard: Instant,
+    /// The training steps the peer last said it has done.
+    steps: u64,
 }
 
 /// What a look at a link found.
@@ -48,7 +50,16 @@ pub(super) enum Heard {
 impl Link {
     pub(super) fn new(peer: usize, stream: TcpStream) -> std::io::Result<Link> {
         stream.set_nonblocking(true)?;
-        Ok(Link { peer, stream, unread: Vec::new(), heard: Instant::now() })
+        Ok(Link { peer, stream, unread: Vec::new(), heard: Instant::now(), steps: 0 })
+    }
+
+    pub(super) fn peer(&self) -> usize {
+        self.peer
+    }
+
+    /// The training steps the peer has done, as of its last heartbeat.
+    pub(super) fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// Reads what arrived and says what it means; the peer may say nothing for `silence`.
@@ -61,7 +72,7 @@ impl Link {
                 Decoded::Message(message, used) => {
                     self.unread.drain(..used);
                     match message {
-                        Message::Heartbeat => {}
+                        Message::Heartbeat { steps } => self.steps = steps,
                         Message::Finished => return Heard::Finished,
                         Message::Failed => return gone(LossCause::Failed),
                         Message::Lost { rank, cause } => {
@@ -104,7 +115,7 @@ impl Link {
     /// Sends `message`, giving up at `deadline` (a peer that reads nothing fills the buffer).
     /// A failure is not reported here: a broken connection shows as closed when next read,
     /// after whatever the peer sent before it broke.
-    pub(super) fn send(&mut self, message: Message, deadline: Instant) {
+    pub(super) fn send(&mut self, message: &Message, deadline: Instant) {
         let bytes = message.encode();
         let mut sent = 0;
         while sent < bytes.len() {

@@ -12,6 +12,14 @@
 //! [`Settings::grace`] later (its main thread stuck in a wait that never ends), calls the exit
 //! hook ([`end_process`] outside tests).
 //!
+//! A rank that is alive but stuck (a hung data read, a GPU hang, ranks that issued different
+//! collectives) still heartbeats, while the others wait for it in their next collective. So
+//! each heartbeat carries its sender's step count ([`Progress`], which the training loop
+//! reports), and rank 0 declares a stall when no rank's count went up for
+//! [`Settings::stall`]; it tells the others as of a lost rank, naming the ranks furthest
+//! behind (the likely stuck ones). The clock starts at the first step and stops when rank 0's
+//! training loop is over (the final evaluation, which the others wait for, is not timed).
+//!
 //! A run that ends says goodbye ([`Watchdog::finish`]; dropping the watchdog instead says the
 //! rank failed, which stops the others too), so a normal exit is never taken for a death. A
 //! goodbye retires its connection: once rank 0 has finished, its collectives are all done, so
@@ -19,10 +27,14 @@
 
 mod link;
 mod loss;
+mod progress;
+mod stall;
 mod wire;
 
 pub use link::Peers;
 pub use loss::{LossCause, PeerLost};
+pub use progress::Progress;
+pub use stall::Stall;
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use link::{Heard, Link};
+use stall::StallWatch;
 use wire::Message;
 
 /// The exit status of a process that [`end_process`] ends.
@@ -49,11 +62,20 @@ pub struct Settings {
     /// How long the main thread has, after a loss, to end by itself before the exit hook runs;
     /// also the longest a goodbye waits for the other end.
     pub grace: Duration,
+    /// How long no rank may finish a step before rank 0 declares the world stalled; zero: never
+    /// (600 s by default, torch's NCCL timeout, so that a long evaluation or checkpoint on rank
+    /// 0, which the others wait for, still fits).
+    pub stall: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { heartbeat: Duration::from_secs(1), silence: Duration::from_secs(30), grace: Duration::from_secs(5) }
+        Settings {
+            heartbeat: Duration::from_secs(1),
+            silence: Duration::from_secs(30),
+            grace: Duration::from_secs(5),
+            stall: Duration::from_secs(600),
+        }
     }
 }
 
@@ -74,6 +96,8 @@ fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// This rank's watch over the others, for as long as the run lasts.
 pub struct Watchdog {
     shared: Arc<Shared>,
+    /// This rank's steps, which its heartbeats carry.
+    progress: Progress,
     /// The goodbye for the watchdog's thread to send before it stops.
     goodbye: mpsc::Sender<Message>,
     thread: Option<JoinHandle<()>>,
@@ -87,19 +111,29 @@ impl Watchdog {
         let links =
             peers.streams.into_iter().map(|(peer, stream)| Link::new(peer, stream)).collect::<std::io::Result<_>>();
         let shared = Arc::new(Shared::default());
+        let progress = Progress::default();
         let (goodbye, requests) = mpsc::channel();
+        let watches_stalls = peers.rank == 0 && !settings.stall.is_zero();
         let watcher = Watcher {
             rank: peers.rank,
             world_size: peers.world_size,
             links: links.map_err(failed)?,
             settings,
+            progress: progress.clone(),
+            stalls: watches_stalls.then(|| StallWatch::new(peers.world_size, settings.stall)),
             shared: Arc::clone(&shared),
             requests,
             exit: Box::new(exit),
         };
         let thread =
             std::thread::Builder::new().name("msclip-watchdog".into()).spawn(move || watcher.run()).map_err(failed)?;
-        Ok(Watchdog { shared, goodbye, thread: Some(thread) })
+        Ok(Watchdog { shared, progress, goodbye, thread: Some(thread) })
+    }
+
+    /// Where the training loop reports its steps ([`Progress::reached`]), and the end of its
+    /// loop ([`Progress::finished`]), for the stall check.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
     }
 
     /// Sets what a loss runs first, on a thread of its own: whatever unblocks the main thread
@@ -150,6 +184,9 @@ struct Watcher {
     /// The connections to peers that have not said goodbye.
     links: Vec<Link>,
     settings: Settings,
+    progress: Progress,
+    /// Rank 0's watch for a stall, until its training loop is over; None on the other ranks.
+    stalls: Option<StallWatch>,
     shared: Arc<Shared>,
     requests: mpsc::Receiver<Message>,
     exit: Box<dyn FnOnce(&PeerLost) + Send>,
@@ -165,14 +202,15 @@ impl Watcher {
                 Err(RecvTimeoutError::Disconnected) => return self.say_goodbye(Message::Failed),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if let Some(lost) = self.listen() {
+            if let Some(lost) = self.listen().or_else(|| self.stalled()) {
                 return self.stop_for(lost);
             }
             let now = Instant::now();
             if now >= next_heartbeat {
                 // A heartbeat that cannot go out at once is skipped: the buffer is full, so the
                 // peer has read nothing for long and will be lost for its silence.
-                self.links.iter_mut().for_each(|link| link.send(Message::Heartbeat, now));
+                let heartbeat = Message::Heartbeat { steps: self.progress.steps() };
+                self.links.iter_mut().for_each(|link| link.send(&heartbeat, now));
                 next_heartbeat = now + self.settings.heartbeat;
             }
         }
@@ -199,13 +237,35 @@ impl Watcher {
         lost
     }
 
+    /// Rank 0: the stall, when no rank's step count (its own, and each one's last heartbeat's)
+    /// went up for the stall time. A rank that said goodbye keeps its last count.
+    fn stalled(&mut self) -> Option<PeerLost> {
+        if self.progress.is_finished() {
+            // The others wait for the end of the run (rank 0's final evaluation): no step follows.
+            self.stalls = None;
+        }
+        let stalls = self.stalls.as_mut()?;
+        let now = Instant::now();
+        stalls.heard(self.rank, self.progress.steps(), now);
+        self.links.iter().for_each(|link| stalls.heard(link.peer(), link.steps(), now));
+        let stall = stalls.stalled(now)?;
+        let lost = stall.behind[0];
+        Some(PeerLost {
+            rank: self.rank,
+            world_size: self.world_size,
+            lost,
+            cause: LossCause::Stalled(stall),
+            reported_by: None,
+        })
+    }
+
     fn stop_for(mut self, lost: PeerLost) {
         *locked(&self.shared.lost) = Some(lost.clone());
         if self.rank == 0 {
             // The others hear of any other rank's death only from rank 0.
             let deadline = Instant::now() + self.settings.heartbeat;
-            let news = Message::Lost { rank: lost.lost, cause: lost.cause };
-            self.links.iter_mut().for_each(|link| link.send(news, deadline));
+            let news = Message::Lost { rank: lost.lost, cause: lost.cause.clone() };
+            self.links.iter_mut().for_each(|link| link.send(&news, deadline));
         }
         eprintln!("error: {lost}");
         if let Some(abort) = locked(&self.shared.abort).take() {
@@ -221,7 +281,7 @@ impl Watcher {
     fn say_goodbye(mut self, goodbye: Message) {
         let deadline = Instant::now() + self.settings.grace;
         for link in &mut self.links {
-            link.send(goodbye, deadline);
+            link.send(&goodbye, deadline);
             link.stop_sending();
         }
         while !self.links.is_empty() && Instant::now() < deadline {
