@@ -168,8 +168,12 @@ pub fn backward_watching(
 /// For each node index, the watched tensors whose gradient is final once that node's backward
 /// has run: those whose first consumer on the tape (in forward order) it is.
 fn final_gradients(nodes: &[Node], watched: &[TensorId]) -> HashMap<usize, Vec<TensorId>> {
-    let mut unseen: HashSet<TensorId> = watched.iter().copied().collect();
     let mut after: HashMap<usize, Vec<TensorId>> = HashMap::new();
+    if watched.is_empty() {
+        // Every plain backward: no walk over the tape's inputs.
+        return after;
+    }
+    let mut unseen: HashSet<TensorId> = watched.iter().copied().collect();
     for (index, node) in nodes.iter().enumerate() {
         for &(id, needed) in &node.inputs {
             if needed && unseen.remove(&id) {
