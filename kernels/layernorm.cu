@@ -33,7 +33,7 @@ __device__ void layernorm_row(const T* x, const T* residual, T* sum_out, T* y, f
     float squares = 0.0f;
     row_visit(input, input, width, vec, [&](int, float v, float) { squares += (v - mean) * (v - mean); });
     const float rstd = rsqrtf(warp_sum(squares) / width + eps);
-    row_map3(input, gamma, beta, y, width, vec, [&](float v, float g, float b) { return (v - mean) * rstd * g + b; });
+    row_map3(input, gamma, beta, y, width, vec, [&](int, float v, float g, float b) { return (v - mean) * rstd * g + b; });
     if (threadIdx.x % 32 == 0) {
         *mean_out = mean;
         *rstd_out = rstd;
@@ -58,15 +58,40 @@ __device__ void layernorm_forward(const T* x, const T* residual, T* sum_out, T* 
 // Backward. With xhat = (input - mean) * rstd and g = dy * gamma:
 //   d input = rstd * (g - mean(g) - xhat * mean(g * xhat)),  d gamma = sum_rows dy * xhat,
 //   d beta = sum_rows dy.
-// Each block owns a contiguous range of rows inside one segment and writes its column sums of
-// dy * xhat and dy to its own row of `partials` ([blocks][2][width], fp32); the reduce kernel
+// Each block owns a contiguous range of rows inside one segment, a warp a few of them. A row is
+// read twice in 16-byte packs: pass 1 forms the two row means, pass 2 (from L1) writes dx. A lane
+// visits the same columns of every row, so it adds its share of the column sums into its own
+// slots of the warp's shared-memory accumulator with no barrier; the block then adds its warps
+// in warp order into its row of `partials` ([blocks][2][width], fp32), and the reduce kernel
 // adds the blocks of each segment in a fixed order, so d gamma / d beta are deterministic.
+//
+// The accumulator slot of column j = p*N + k (pack p, element k) is k*pitch + p, pitch >= width/N:
+// the lanes of a warp, one pack each, touch consecutive words on every update (column order
+// would put lanes N words apart, an N-way bank conflict), and pitch = 32/N (mod 64/N), the
+// nearest such pitch, spreads the 32 columns that 32 threads read in the block's final pass over
+// 32 banks (k*pitch mod 32 is then 32/N times an odd number times k: distinct for k < N). Without packs (width
+// not a multiple of N) the slot is j and the pitch width/N. Each of a warp's two sums takes
+// N*pitch words (src/backend/gpu/layernorm.rs sizes shared memory the same way).
+template <typename T>
+struct SumSlots {
+    static constexpr int N = kPack<T>;
+    bool vec;
+    int pitch;
+
+    __device__ explicit SumSlots(int width) : vec(width % N == 0), pitch(0) {
+        const int packs = width / N;
+        constexpr int M = 64 / N;
+        pitch = vec ? packs + (32 / N - packs % M + M) % M : width;
+    }
+    __device__ __forceinline__ int slot(int j) const { return vec ? (j % N) * pitch + j / N : j; }
+    __device__ __forceinline__ int words() const { return vec ? N * pitch : pitch; }
+};
+
 template <typename T>
 __device__ void layernorm_backward(const T* input, const T* gamma, const T* gamma2, const float* mean,
                                    const float* rstd, const T* dy, T* dx, float* partials, int second_from_row,
                                    int rows, int width, int rows_per_block, int first_block_of_second) {
-    MSCLIP_DYNAMIC_SMEM(float, column_sums);  // [kWarpsPerBlock][2][width]
-    const int lane = threadIdx.x % 32;
+    MSCLIP_DYNAMIC_SMEM(float, column_sums);  // [kWarpsPerBlock][2][stride], slots as SumSlots
     const int warp = threadIdx.x / 32;
     const bool second_segment = static_cast<int>(blockIdx.x) >= first_block_of_second;
     const int segment_start = second_segment ? second_from_row : 0;
@@ -75,60 +100,74 @@ __device__ void layernorm_backward(const T* input, const T* gamma, const T* gamm
     const int first = segment_start + block_in_segment * rows_per_block;
     const int last = min(first + rows_per_block, segment_end);
     const T* g = second_segment ? gamma2 : gamma;
-    float* my_sums = column_sums + static_cast<size_t>(warp) * 2 * width;
-    for (int c = lane; c < width; c += 32) {
-        my_sums[c] = 0.0f;
-        my_sums[width + c] = 0.0f;
-    }
+    const SumSlots<T> slots(width);
+    const bool vec = slots.vec;
+    const int stride = slots.words();
+    float* my_dgamma = column_sums + static_cast<size_t>(warp) * 2 * stride;
+    float* my_dbeta = my_dgamma + stride;
+    for (int c = threadIdx.x % 32; c < 2 * stride; c += 32) my_dgamma[c] = 0.0f;
     for (int row = first + warp; row < last; row += kWarpsPerBlock) {
         const size_t at = static_cast<size_t>(row) * width;
         const float mu = mean[row];
         const float rs = rstd[row];
         float sum_g = 0.0f, sum_gx = 0.0f;
-        for (int c = lane; c < width; c += 32) {
-            const float xhat = (to_float(input[at + c]) - mu) * rs;
-            const float gc = to_float(dy[at + c]) * to_float(g[c]);
-            sum_g += gc;
-            sum_gx += gc * xhat;
-        }
+        row_visit3(input + at, dy + at, g, width, vec, [&](int, float v, float d, float gc) {
+            const float gd = d * gc;
+            sum_g += gd;
+            sum_gx += gd * (v - mu) * rs;
+        });
         const float mean_g = warp_sum(sum_g) / width;
         const float mean_gx = warp_sum(sum_gx) / width;
-        for (int c = lane; c < width; c += 32) {
-            const float xhat = (to_float(input[at + c]) - mu) * rs;
-            const float d = to_float(dy[at + c]);
-            dx[at + c] = from_float<T>(rs * (d * to_float(g[c]) - mean_g - xhat * mean_gx));
-            my_sums[c] += d * xhat;
-            my_sums[width + c] += d;
-        }
+        row_map3(input + at, dy + at, g, dx + at, width, vec, [&](int j, float v, float d, float gc) {
+            const float xhat = (v - mu) * rs;
+            const int s = slots.slot(j);
+            my_dgamma[s] += d * xhat;
+            my_dbeta[s] += d;
+            return rs * (d * gc - mean_g - xhat * mean_gx);
+        });
     }
     __syncthreads();
     // Warps' column sums, added in warp order.
     float* out = partials + static_cast<size_t>(blockIdx.x) * 2 * width;
     for (int c = threadIdx.x; c < 2 * width; c += blockDim.x) {
+        const int s = c < width ? slots.slot(c) : stride + slots.slot(c - width);
         float total = 0.0f;
-        for (int w = 0; w < kWarpsPerBlock; ++w) total += column_sums[static_cast<size_t>(w) * 2 * width + c];
+        for (int w = 0; w < kWarpsPerBlock; ++w) total += column_sums[static_cast<size_t>(w) * 2 * stride + s];
         out[c] = total;
     }
 }
 
-// d gamma / d beta of each segment: the blocks' partial sums in block order.
+// d gamma / d beta of each segment: the blocks' partial sums in a fixed order. Block
+// (blockIdx.x, segment blockIdx.y) owns 32 of the 2*width partial columns (d gamma's, then d
+// beta's); warp w adds the segment's partial rows w, w + 8, ... for its lane's column, and the
+// block adds its warps in warp order. Many blocks and independent loads per warp: one thread
+// per column walking every partial row in turn was a serial chain of hundreds of loads.
 template <typename T>
 __device__ void layernorm_reduce(const float* partials, T* dgamma, T* dbeta, T* dgamma2, T* dbeta2,
                                  int first_block_of_second, int blocks, int width) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ float warp_totals[kWarpsPerBlock][32];
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    const int c = blockIdx.x * 32 + lane;
     const int segment = blockIdx.y;
-    if (c >= width) return;
     const int begin = segment == 0 ? 0 : first_block_of_second;
     const int end = segment == 0 ? first_block_of_second : blocks;
-    float dg = 0.0f, db = 0.0f;
-    for (int b = begin; b < end; ++b) {
-        dg += partials[static_cast<size_t>(b) * 2 * width + c];
-        db += partials[static_cast<size_t>(b) * 2 * width + width + c];
+    float total = 0.0f;
+    if (c < 2 * width) {
+        for (int b = begin + warp; b < end; b += kWarpsPerBlock) total += partials[static_cast<size_t>(b) * 2 * width + c];
     }
-    T* g = segment == 0 ? dgamma : dgamma2;
-    T* bb = segment == 0 ? dbeta : dbeta2;
-    g[c] = from_float<T>(dg);
-    bb[c] = from_float<T>(db);
+    warp_totals[warp][lane] = total;
+    __syncthreads();
+    if (warp != 0 || c >= 2 * width) return;
+    total = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; ++w) total += warp_totals[w][lane];
+    T* dg = segment == 0 ? dgamma : dgamma2;
+    T* db = segment == 0 ? dbeta : dbeta2;
+    if (c < width) {
+        dg[c] = from_float<T>(total);
+    } else {
+        db[c - width] = from_float<T>(total);
+    }
 }
 
 }  // namespace
@@ -148,9 +187,9 @@ __device__ void layernorm_reduce(const float* partials, T* dgamma, T* dbeta, T* 
         layernorm_backward<T>(input, gamma, gamma2, mean, rstd, dy, dx, partials, second_from_row, rows, width,     \
                               rows_per_block, first_block_of_second);                                               \
     }                                                                                                               \
-    extern "C" __global__ void layernorm_reduce_##SUFFIX(const float* partials, T* dgamma, T* dbeta, T* dgamma2,     \
-                                                         T* dbeta2, int first_block_of_second, int blocks,          \
-                                                         int width) {                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                                               \
+        layernorm_reduce_##SUFFIX(const float* partials, T* dgamma, T* dbeta, T* dgamma2, T* dbeta2,                \
+                                  int first_block_of_second, int blocks, int width) {                               \
         layernorm_reduce<T>(partials, dgamma, dbeta, dgamma2, dbeta2, first_block_of_second, blocks, width);        \
     }
 

@@ -85,8 +85,27 @@ __device__ __forceinline__ void row_map(const T* a, const T* b, T* out, int d, b
     }
 }
 
-// out[j] = f(a[j], b[j], c[j]) for the elements of the row this lane owns: row_map with a third
-// input read in packs too (a scalar read per element would touch each sector N times).
+// f(j, a[j], b[j], c[j]) for the elements of the row this lane owns: three inputs, each read in
+// packs (a scalar read per element would touch each sector N times).
+template <typename T, typename F>
+__device__ __forceinline__ void row_visit3(const T* a, const T* b, const T* c, int d, bool vec, F f) {
+    constexpr int N = kPack<T>;
+    const int lane = threadIdx.x % 32;
+    if (vec) {
+        for (int p = lane; p < d / N; p += 32) {
+            float va[N], vb[N], vc[N];
+            load_floats<T, N>(a + p * N, va);
+            load_floats<T, N>(b + p * N, vb);
+            load_floats<T, N>(c + p * N, vc);
+            for (int k = 0; k < N; ++k) f(p * N + k, va[k], vb[k], vc[k]);
+        }
+    } else {
+        for (int j = lane; j < d; j += 32) f(j, to_float(a[j]), to_float(b[j]), to_float(c[j]));
+    }
+}
+
+// out[j] = f(j, a[j], b[j], c[j]) for the elements of the row this lane owns: row_map with a
+// third input, every input and the output moved in packs.
 template <typename T, typename F>
 __device__ __forceinline__ void row_map3(const T* a, const T* b, const T* c, T* out, int d, bool vec, F f) {
     constexpr int N = kPack<T>;
@@ -97,11 +116,11 @@ __device__ __forceinline__ void row_map3(const T* a, const T* b, const T* c, T* 
             load_floats<T, N>(a + p * N, va);
             load_floats<T, N>(b + p * N, vb);
             load_floats<T, N>(c + p * N, vc);
-            for (int k = 0; k < N; ++k) o[k] = f(va[k], vb[k], vc[k]);
+            for (int k = 0; k < N; ++k) o[k] = f(p * N + k, va[k], vb[k], vc[k]);
             store_floats<T, N>(out + p * N, o);
         }
     } else {
-        for (int j = lane; j < d; j += 32) out[j] = from_float<T>(f(to_float(a[j]), to_float(b[j]), to_float(c[j])));
+        for (int j = lane; j < d; j += 32) out[j] = from_float<T>(f(j, to_float(a[j]), to_float(b[j]), to_float(c[j])));
     }
 }
 

@@ -135,9 +135,14 @@ static constexpr int warpSize = 32;
 
 // Always inlined, here and below, so the barrier's return address (which the sanitizer compares
 // across threads) is the kernel's call site, and so the sanitizer's copy instruments the accesses
-// of atomics in the kernel's own translation unit.
+// of atomics in the kernel's own translation unit. The empty asm after the call keeps it from
+// becoming a tail call where a barrier is a kernel's last statement on some path: the return
+// address would then be the kernel's caller, and threads at one barrier would look divergent.
 #define MSCLIP_EMU_INLINE inline __attribute__((always_inline))
-MSCLIP_EMU_INLINE void __syncthreads() { ::emu::syncthreads(); }
+MSCLIP_EMU_INLINE void __syncthreads() {
+    ::emu::syncthreads();
+    asm volatile("" ::: "memory");
+}
 MSCLIP_EMU_INLINE void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::syncwarp(mask); }
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
