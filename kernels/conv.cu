@@ -10,8 +10,8 @@
 // a fixed order, so there are no atomics and the result is deterministic.
 //
 // Depthwise convolutions (groups == C_in == C_out) have dedicated kernels: one thread per
-// output (forward) or input (dx) element, and for dW one block per (channel, tap) that reduces
-// over the batch and the image in a fixed order.
+// output (forward) or input (dx) element, and for dW blocks per (channel, chunk of samples)
+// whose threads own taps, then a sum over the chunks in a fixed order.
 #include "common.cuh"
 
 constexpr int CONV_THREADS = 256;
@@ -92,9 +92,11 @@ __device__ __forceinline__ size_t input_offset(ConvGeometry g, const InputPixel&
 }
 
 // dx[s][ch][y][xx] = sum over the taps (i, j) that read (y, xx) of the column-gradient entry of
-// that tap and output pixel. Gathered per input element, in a fixed order: no atomics.
+// that tap and output pixel. Gathered per input element, in a fixed order: no atomics. This
+// one-pixel-per-thread form serves strides above 2 (no model layer has one: a patchify conv's
+// input is the image); col2im_tiles below serves strides 1 and 2.
 template <typename T>
-__device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+__device__ __forceinline__ void col2im_pixels(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
     InputPixel px;
     if (!input_pixel(g, px)) return;
     const size_t columns = static_cast<size_t>(g.n) * g.ho * g.wo;
@@ -108,6 +110,82 @@ __device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict_
         }
     }
     dx[input_offset(g, px)] = from_float<T>(acc);
+}
+
+// The S pixels of a tile row as one store where they make a 4- or 8-byte word (two bf16 or two
+// floats); `out` is aligned to it.
+template <typename T, int S>
+__device__ __forceinline__ void store_tile_row(T* out, const float (&acc)[S]) {
+    T row[S];
+    for (int k = 0; k < S; ++k) row[k] = from_float<T>(acc[k]);
+    if constexpr (sizeof(row) == 4) {
+        uint32_t word;
+        memcpy(&word, row, sizeof word);
+        *reinterpret_cast<uint32_t*>(out) = word;
+    } else if constexpr (sizeof(row) == 8) {
+        uint64_t word;
+        memcpy(&word, row, sizeof word);
+        *reinterpret_cast<uint64_t*>(out) = word;
+    } else {
+        for (int k = 0; k < S; ++k) out[k] = row[k];
+    }
+}
+
+// col2im for stride S (1 or 2, known at compile time). Thread (ch, p, q) of sample blockIdx.y
+// sums the S x S tile of input pixels y in [p * S, + S), xx in [q * S, + S), row-major over the
+// tiles: two divisions a thread instead of six a pixel (the one-pixel form, bound by index
+// arithmetic, took 8.8 ms of an H200's msclip-s-b16 step), and every lane of a warp takes the
+// same taps, so no lane waits for another. Along an axis, position v (u = v + pad) is read by the
+// taps i = u % S + m * S at output u / S - m; within a tile the offset a = v - p * S fixes
+// u % S and u / S - p, so lane (p, q) reads tap row (i, j) of the column matrix at
+// (p + c) * Wo + q + c' for constants c, c': neighbouring lanes read neighbouring columns, across
+// tile rows too when Wo equals the tiles a row (3x3 stride 2 padding 1 on an even width). A
+// tile row's S pixels leave as one S-element store.
+template <typename T, int S>
+__device__ __forceinline__ void col2im_tiles(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+    const int per_row = (g.w + S - 1) / S, tiles = per_row * ((g.h + S - 1) / S);
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= g.c * tiles) return;
+    const int ch = e / tiles, rest = e - ch * tiles;
+    const int p = rest / per_row, q = rest - p * per_row, x0 = q * S;
+    const size_t columns = static_cast<size_t>(g.n) * g.ho * g.wo;
+    const T* taps = col + static_cast<size_t>(ch) * g.kh * g.kw * columns + static_cast<size_t>(blockIdx.y) * g.ho * g.wo;
+    // A whole-tile store needs x0 * sizeof(T) aligned to the tile row: rows of a width that S divides.
+    const bool whole = x0 + S <= g.w && g.w % S == 0;
+    for (int a = 0; a < S && p * S + a < g.h; ++a) {
+        float acc[S];
+        for (int k = 0; k < S; ++k) acc[k] = 0.0f;
+        const int u = g.pad + a;
+        for (int i = u % S, oy = p + u / S; i < g.kh && oy >= 0; i += S, --oy) {
+            if (oy >= g.ho) continue;
+            const T* tap_row = taps + static_cast<size_t>(i) * g.kw * columns + oy * g.wo;
+            for (int k = 0; k < S; ++k) {
+                const int v = g.pad + k;
+                for (int j = v % S, ox = q + v / S; j < g.kw && ox >= 0; j += S, --ox) {
+                    if (ox < g.wo) acc[k] += to_float(tap_row[static_cast<size_t>(j) * columns + ox]);
+                }
+            }
+        }
+        T* out = dx + ((static_cast<size_t>(blockIdx.y) * g.c + ch) * g.h + p * S + a) * g.w + x0;
+        if (whole) {
+            store_tile_row<T, S>(out, acc);
+        } else {
+            for (int k = 0; k < S; ++k) {
+                if (x0 + k < g.w) out[k] = from_float<T>(acc[k]);
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+    if (g.stride == 1) {
+        col2im_tiles<T, 1>(col, dx, g);
+    } else if (g.stride == 2) {
+        col2im_tiles<T, 2>(col, dx, g);
+    } else {
+        col2im_pixels(col, dx, g);
+    }
 }
 
 // out[j][i][k] = in[i][j][k] for in [a, b, inner]: NCHW <-> channel-major. Block row blockIdx.y
@@ -163,25 +241,88 @@ __device__ __forceinline__ void dwconv_dx(const T* __restrict__ dy, const T* __r
     dx[input_offset(g, px)] = from_float<T>(acc);
 }
 
-// Depthwise dW: block (channel, tap) sums dy * x over every sample and output pixel. Each
-// thread walks a fixed stride of the range and block_sum adds the partials in a fixed tree,
-// so the result does not depend on scheduling.
+// Depthwise dW in two launches, no atomics, deterministic. dwconv_dw_partials: block
+// (chunk, channel) sums dy * x over the chunk's `per_chunk` samples (the last chunk shorter) and
+// every output pixel, for every tap of the channel, into
+// partial[(channel * chunks + chunk) * taps + tap] (fp32). dwconv_dw_sum then adds each tap's
+// chunks in chunk order. src/backend/gpu/conv.rs picks the chunks from the shape alone, so that
+// a B/16 or B/32 batch makes thousands of blocks.
+//
+// Threads own taps, not output pixels: a thread keeps one tap's weight gradient in a register
+// and walks the chunk's (sample, oy, ox) items, so x is read once per tap and dy is a
+// broadcast. When the taps leave threads over, `groups` threads share a tap, each walking every
+// groups-th item, and their sums meet in shared memory in group order. Thread q of a pass is
+// (i, group, j) = tap row, group, tap column with j fastest: the lanes of a warp read
+// neighbouring x (tap j and j + 1, and the next group's output pixel, are adjacent in x; for a
+// kernel = stride patchify a warp reads whole rows). With more taps than threads (kernels over
+// 16x16) each thread owns one tap per pass and the passes walk the chunk again. The walk
+// advances (sample, oy, ox) by digits: no division inside the loop.
 template <typename T>
-__device__ __forceinline__ void dwconv_dw(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dw,
-                                          ConvGeometry g) {
-    const int ch = blockIdx.x, tap = blockIdx.y;
-    const int i = tap / g.kw, j = tap % g.kw;
-    const int per_plane = g.ho * g.wo;
-    float acc = 0.0f;
-    for (int e = threadIdx.x; e < g.n * per_plane; e += blockDim.x) {
-        const int s = e / per_plane, ox = e % g.wo, oy = (e % per_plane) / g.wo;
-        const int y = oy * g.stride + i - g.pad, xx = ox * g.stride + j - g.pad;
-        if (y < 0 || y >= g.h || xx < 0 || xx >= g.w) continue;
-        const size_t plane = static_cast<size_t>(s) * g.c + ch;
-        acc += to_float(dy[plane * per_plane + oy * g.wo + ox]) * to_float(x[(plane * g.h + y) * g.w + xx]);
+__device__ __forceinline__ void dwconv_dw_partials(const T* __restrict__ x, const T* __restrict__ dy,
+                                                   float* __restrict__ partial, ConvGeometry g, int chunks,
+                                                   int per_chunk) {
+    __shared__ float sums[CONV_THREADS];
+    const int chunk = blockIdx.x, ch = blockIdx.y, t = threadIdx.x;
+    const int first = chunk * per_chunk, samples = min(per_chunk, g.n - first);
+    const int taps = g.kh * g.kw, plane_out = g.ho * g.wo, plane_in = g.h * g.w;
+    const int threads = blockDim.x, groups = taps >= threads ? 1 : threads / taps;
+    // The walk's step, `groups` items, as (samples, rows, columns) digits.
+    const int step_s = groups / plane_out, step_p = groups - step_s * plane_out;
+    const int step_y = step_p / g.wo, step_x = step_p - step_y * g.wo;
+    for (int base = 0; base < taps * groups; base += threads) {
+        const int q = base + t;
+        const int j = q % g.kw, row = q / g.kw, group = row % groups, i = row / groups;
+        float acc = 0.0f;
+        if (i < g.kh) {
+            int s = group / plane_out;
+            const int p = group - s * plane_out;
+            int oy = p / g.wo, ox = p - oy * g.wo;
+            while (s < samples) {
+                const int y = oy * g.stride + i - g.pad, xx = ox * g.stride + j - g.pad;
+                if (static_cast<unsigned>(y) < static_cast<unsigned>(g.h) &&
+                    static_cast<unsigned>(xx) < static_cast<unsigned>(g.w)) {
+                    const size_t plane = static_cast<size_t>(first + s) * g.c + ch;
+                    acc += to_float(dy[plane * plane_out + oy * g.wo + ox]) * to_float(x[plane * plane_in + y * g.w + xx]);
+                }
+                ox += step_x;
+                oy += step_y;
+                s += step_s;
+                if (ox >= g.wo) {
+                    ox -= g.wo;
+                    ++oy;
+                }
+                if (oy >= g.ho) {
+                    oy -= g.ho;
+                    ++s;
+                }
+            }
+        }
+        __syncthreads();  // the previous pass has read its sums
+        sums[t] = acc;
+        __syncthreads();
+        // Thread t adds the groups of tap base + t (with groups > 1 there is one pass, base 0).
+        const int tap = base + t;
+        if (t < min(taps - base, threads)) {
+            const int ti = tap / g.kw, tj = tap - ti * g.kw;
+            float total = 0.0f;
+            for (int k = 0; k < groups; ++k) total += sums[(ti * groups + k) * g.kw + tj - base];
+            partial[(static_cast<size_t>(ch) * chunks + chunk) * taps + tap] = total;
+        }
     }
-    const float total = block_sum(acc);
-    if (threadIdx.x == 0) dw[ch * g.kh * g.kw + tap] = from_float<T>(total);
+}
+
+// dw[ch][tap] = the sum of the channel's chunk partials in chunk order; thread (ch, tap), so
+// neighbouring threads read neighbouring partials.
+template <typename T>
+__device__ __forceinline__ void dwconv_dw_sum(const float* __restrict__ partial, T* __restrict__ dw, int channels,
+                                              int chunks, int taps) {
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= channels * taps) return;
+    const int ch = e / taps, tap = e - ch * taps;
+    const float* mine = partial + static_cast<size_t>(ch) * chunks * taps + tap;
+    float acc = 0.0f;
+    for (int k = 0; k < chunks; ++k) acc += mine[static_cast<size_t>(k) * taps];
+    dw[e] = from_float<T>(acc);
 }
 
 // The entry points, stamped out per element type (build.rs lists them after preprocessing).
@@ -206,9 +347,13 @@ __device__ __forceinline__ void dwconv_dw(const T* __restrict__ x, const T* __re
         dwconv_dx_##SUFFIX(const T* dy, const T* weight, T* dx, CONV_GEOMETRY_PARAMS) {                              \
         dwconv_dx(dy, weight, dx, CONV_GEOMETRY);                                                                    \
     }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS) dwconv_dw_partials_##SUFFIX(                          \
+        const T* x, const T* dy, float* partial, CONV_GEOMETRY_PARAMS, int chunks, int per_chunk) {                  \
+        dwconv_dw_partials(x, dy, partial, CONV_GEOMETRY, chunks, per_chunk);                                        \
+    }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
-        dwconv_dw_##SUFFIX(const T* x, const T* dy, T* dw, CONV_GEOMETRY_PARAMS) {                                   \
-        dwconv_dw(x, dy, dw, CONV_GEOMETRY);                                                                         \
+        dwconv_dw_sum_##SUFFIX(const float* partial, T* dw, int channels, int chunks, int taps) {                    \
+        dwconv_dw_sum(partial, dw, channels, chunks, taps);                                                          \
     }
 
 CONV_ENTRY_POINTS(float, f32)

@@ -1,7 +1,7 @@
 //! Convolution (kernels/conv.cu: im2col + GEMM, col2im, depthwise kernels) and BatchNorm
 //! (kernels/batchnorm.cu) against the CPU reference, in f32 and bf16, on ragged shapes: odd
-//! spatial sizes (7x5, 13x13, 1x1), 1, 3 and 5 channels, stride 1 and 2, padding 0 and 1,
-//! dense, grouped and depthwise convolutions.
+//! spatial sizes (7x5, 13x13, 1x1), 1 to 5 channels, strides 1 to 17, padding 0 to 2, kernels
+//! up to 17x17, dense, grouped and depthwise convolutions.
 
 mod common;
 
@@ -51,7 +51,7 @@ const fn case(
     ConvCase { n, c, h, w, co, k, geo: Conv2dGeometry { stride, padding, groups } }
 }
 
-const CONV_CASES: [ConvCase; 11] = [
+const CONV_CASES: [ConvCase; 23] = [
     // Dense.
     case(2, 3, (7, 5), 5, 3, (1, 1, 1)),
     case(1, 1, (13, 13), 3, 3, (2, 0, 1)),
@@ -70,6 +70,26 @@ const CONV_CASES: [ConvCase; 11] = [
     // The parallel branch's downsampling: depthwise with kernel = stride, 13 not a multiple of 4.
     case(2, 3, (13, 13), 3, 4, (4, 0, 3)),
     case(2, 1, (7, 5), 1, 3, (1, 1, 1)),
+    // col2im's stride x stride tiles (strides 1 and 2): even widths (whole-row stores) and odd,
+    // odd heights (half tiles), a 1x1 stride-2 shortcut (pixels read by no tap), padding 2 with
+    // a 3x3 kernel (taps reading only padding).
+    case(2, 2, (10, 12), 3, 3, (2, 1, 1)),
+    case(1, 3, (6, 9), 2, 3, (1, 1, 1)),
+    case(2, 2, (9, 7), 3, 3, (2, 1, 1)),
+    case(2, 3, (9, 8), 4, 1, (2, 0, 1)),
+    case(1, 2, (5, 6), 3, 3, (1, 2, 1)),
+    // The depthwise weight gradient's edges (src/backend/gpu/conv.rs, SampleChunks): a kernel
+    // of 17x17 = 289 taps, more than a block's 256 threads (two passes), as a patchify and with
+    // stride 3 and padding 2; 12x12 = 144 taps (one tap a thread, the rest idle); 5 samples of
+    // 45x40 in chunks of 2 (the last chunk one sample); one sample; one channel; stride above
+    // the kernel with padding.
+    case(2, 2, (35, 36), 2, 17, (17, 0, 2)),
+    case(1, 1, (20, 19), 1, 17, (3, 2, 1)),
+    case(2, 3, (26, 25), 3, 12, (6, 1, 3)),
+    case(5, 2, (45, 40), 2, 3, (1, 1, 2)),
+    case(1, 4, (9, 11), 4, 3, (2, 1, 4)),
+    case(3, 1, (64, 48), 1, 16, (16, 0, 1)),
+    case(2, 3, (11, 10), 3, 2, (3, 1, 3)),
 ];
 
 #[test]

@@ -5,7 +5,7 @@
 
 use super::{Case, Outputs, output};
 use crate::backend::gpu::{AttnTiles, GpuBackend};
-use crate::backend::{self, Activation, AttnMask, Backend, ContrastWeights, InfoNceShard, SegmentMask};
+use crate::backend::{self, Activation, AttnMask, Backend, ContrastWeights, Conv2dGeometry, InfoNceShard, SegmentMask};
 use crate::error::Result;
 use crate::ops::IGNORE_TARGET;
 use crate::tensor::{DType, Device, Rng, Table, Tensor};
@@ -28,6 +28,7 @@ pub(super) fn cases() -> Vec<Case> {
         Case::new("infonce bf16 wgmma two ranks", || infonce_ranks(backend::get(Device::Emu), DType::BF16)),
         Case::new("infonce bf16 mma.sync two ranks", || infonce_ranks(&MMA_ONLY, DType::BF16)),
         Case::new("batchnorm eval", batchnorm_eval),
+        Case::new("conv: depthwise dW chunks, col2im", conv_backward_edges),
         Case::new("ema update", ema_update),
         Case::new("softmax", softmax),
         Case::new("bias + GELU", bias_gelu),
@@ -191,6 +192,33 @@ fn batchnorm_eval() -> Result<Outputs> {
         let var = Tensor::from_f64(&var, [6], dtype)?.to_device(Device::Emu)?;
         let y = backend::get(Device::Emu).batch_norm_eval(&x, &gamma, &beta, &mean, &var, 1e-5)?;
         outputs.push(output(format!("{dtype} y"), &y)?);
+    }
+    Ok(outputs)
+}
+
+/// Convolution backward where the tiny steps' batch of 3 does not reach: the depthwise weight
+/// gradient over several sample chunks (3 samples of 32x32 under a 3x3 kernel, in chunks of 2)
+/// and in two passes of a block (17x17 = 289 taps, more than its 256 threads), and col2im at
+/// stride 2 on an odd width (the tiles' element stores) and at stride 3 (the one-pixel form).
+fn conv_backward_edges() -> Result<Outputs> {
+    let be = backend::get(Device::Emu);
+    let mut rng = Rng::new(SEED);
+    let mut outputs = Vec::new();
+    let geo = |stride, padding, groups| Conv2dGeometry { stride, padding, groups };
+    for dtype in DTYPES {
+        for (label, x_dims, w_dims, geo) in [
+            ("depthwise chunks", [3, 1, 32, 32], [1, 1, 3, 3], geo(1, 1, 1)),
+            ("depthwise passes", [2, 2, 17, 34], [2, 1, 17, 17], geo(17, 0, 2)),
+            ("dense stride 2", [2, 2, 7, 9], [3, 2, 3, 3], geo(2, 1, 1)),
+            ("dense stride 3", [2, 2, 11, 9], [3, 2, 2, 2], geo(3, 1, 1)),
+        ] {
+            let x = input(&mut rng, &x_dims, dtype)?;
+            let w = input(&mut rng, &w_dims, dtype)?;
+            let dy = input(&mut rng, be.conv2d(&x, &w, geo)?.dims(), dtype)?;
+            let (dx, dw) = be.conv2d_backward(&x, &w, &dy, geo, true)?;
+            let dx = dx.expect("dx was asked for");
+            outputs.extend([output(format!("{dtype} {label} dx"), &dx)?, output(format!("{dtype} {label} dw"), &dw)?]);
+        }
     }
     Ok(outputs)
 }

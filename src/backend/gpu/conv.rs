@@ -9,6 +9,7 @@
 //! backward pass uses no float atomics and is deterministic.
 
 use super::GpuBackend;
+use super::buffer::Scratch;
 use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
 use super::driver::{GemmSpec, GemmType, KernelArg, LaunchConfig};
 use super::footprint::Footprint;
@@ -68,6 +69,15 @@ fn per_sample(d: &Dims, plane: usize) -> Result<[u32; 3]> {
     rows_of(d.n, d.c * plane, "samples")
 }
 
+/// col2im's grid: at strides 1 and 2 a thread per stride x stride tile of each input channel
+/// (col2im_tiles in kernels/conv.cu), else a thread per input pixel.
+fn col2im_grid(d: &Dims) -> Result<[u32; 3]> {
+    match d.stride {
+        1 | 2 => per_sample(d, d.h.div_ceil(d.stride) * d.w.div_ceil(d.stride)),
+        _ => per_sample(d, d.h * d.w),
+    }
+}
+
 /// Launches `<base>_<dtype>` on `tensors` (inputs, then the one output) and the geometry, with
 /// `grid` blocks, or one thread per element of a range of `elements` when `grid` is None.
 fn launch(
@@ -124,6 +134,56 @@ fn gemm(
     gpu.driver()?.gemm(spec, device_ptr(a)?, device_ptr(b)?, None, device_ptr(c)?)
 }
 
+/// Each depthwise tap-pixel walk (a block of `dwconv_dw_partials`) covers at least this many
+/// (tap, output pixel) products, 64 per thread, unless the batch is smaller: a block's fixed
+/// costs (its shared-memory sum, its partials) stay small beside its walk, and a B/16 or B/32
+/// batch of 256 still makes 1500-20000 blocks for 132 SMs (docs/benchmarks.md).
+const DW_PRODUCTS_PER_BLOCK: usize = 16384;
+
+/// How `dwconv_dw_partials` splits the batch: `chunks` runs of `per_chunk` samples (the last
+/// shorter), a function of the shape alone, so the weight gradient does not depend on the
+/// device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SampleChunks {
+    chunks: usize,
+    per_chunk: usize,
+}
+
+impl SampleChunks {
+    fn of(d: &Dims) -> Self {
+        let per_sample = (d.kh * d.kw * d.spatial_out()).max(1);
+        let per_chunk = DW_PRODUCTS_PER_BLOCK.div_ceil(per_sample).clamp(1, d.n.max(1));
+        SampleChunks { chunks: d.n.div_ceil(per_chunk), per_chunk }
+    }
+}
+
+/// Depthwise dW [C, 1, kh, kw]: fp32 partial sums per (channel, chunk of samples, tap), then
+/// their sum over the chunks in a fixed order (kernels/conv.cu).
+fn depthwise_weight_grad(gpu: &GpuBackend, d: &Dims, x: &Tensor, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
+    let split = SampleChunks::of(d);
+    let taps = d.kh * d.kw;
+    if d.c > MAX_GRID_Y {
+        return Err(Error::invalid("conv2d", format!("{} channels exceed the {MAX_GRID_Y} rows of a grid", d.c)));
+    }
+    let partials = Scratch::uninit(gpu.device(), d.c * split.chunks * taps * 4)?;
+    // Both at most the batch, which fits an int (checked with the geometry).
+    let (chunks, per_chunk) = (int(split.chunks, "sample chunks")?, int(split.per_chunk, "samples per chunk")?);
+    int(d.c * split.chunks * taps, "depthwise partials")?;
+    let mut args = vec![ptr(x)?, ptr(dy)?, KernelArg::Ptr(partials.ptr())];
+    args.extend(geometry_args(d)?);
+    args.extend([chunks, per_chunk]);
+    let config = LaunchConfig { grid: [split.chunks as u32, d.c as u32, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
+    let footprint = Footprint::of(&[x, dy], &[]).writes(partials.bytes());
+    gpu.launch(&kernel_for("dwconv_dw_partials", x.dtype())?, config, &args, footprint)?;
+
+    let args = [KernelArg::Ptr(partials.ptr()), ptr(&dw)?, int(d.c, "channels")?, chunks, int(taps, "kernel taps")?];
+    let config = LaunchConfig::linear(blocks_for(d.c * taps, THREADS), THREADS, 0);
+    let footprint = Footprint::of(&[], &[&dw]).reads(partials.bytes());
+    gpu.launch(&kernel_for("dwconv_dw_sum", x.dtype())?, config, &args, footprint)?;
+    Ok(dw)
+}
+
 pub(super) fn conv2d(gpu: &GpuBackend, x: &Tensor, w: &Tensor, geo: Conv2dGeometry) -> Result<Tensor> {
     let d = Dims::of(x, w, geo);
     let shape = [d.n, d.co, d.ho, d.wo];
@@ -158,12 +218,7 @@ pub(super) fn conv2d_backward(
         return Ok((dx, gpu.zeros(w.shape().clone(), w.dtype())?));
     }
     if is_depthwise(&d) {
-        let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
-        // Channels fit a grid's x (checked with the geometry), taps its y (at most 65535).
-        let taps = u32::try_from(d.kh * d.kw).ok().filter(|&t| t <= 65535);
-        let taps = taps.ok_or_else(|| Error::invalid("conv2d", format!("{} x {} kernel taps", d.kh, d.kw)))?;
-        let grid = [d.c as u32, taps, 1];
-        launch(gpu, &d, "dwconv_dw", Some(grid), columns(&d), &[x, dy, &dw])?;
+        let dw = depthwise_weight_grad(gpu, &d, x, dy, w)?;
         let dx = if need_dx {
             let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
             let grid = per_sample(&d, d.h * d.w)?;
@@ -185,8 +240,7 @@ pub(super) fn conv2d_backward(
         let dcol = gpu.uninit(col.shape().clone(), x.dtype())?;
         gemm(gpu, (d.groups, patch, columns, cog), (true, false), w, &dy_cm, &dcol)?;
         let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
-        let grid = per_sample(&d, d.h * d.w)?;
-        launch(gpu, &d, "col2im", Some(grid), dx.numel(), &[&dcol, &dx])?;
+        launch(gpu, &d, "col2im", Some(col2im_grid(&d)?), dx.numel(), &[&dcol, &dx])?;
         Some(dx)
     } else {
         None
