@@ -106,6 +106,9 @@ __device__ void layernorm_backward(const T* input, const T* gamma, const T* gamm
     float* my_dgamma = column_sums + static_cast<size_t>(warp) * 2 * stride;
     float* my_dbeta = my_dgamma + stride;
     for (int c = threadIdx.x % 32; c < 2 * stride; c += 32) my_dgamma[c] = 0.0f;
+    // A slot is zeroed by one lane and updated by another (the slot order is not the lanes'):
+    // order the zeros before the updates.
+    __syncwarp();
     for (int row = first + warp; row < last; row += kWarpsPerBlock) {
         const size_t at = static_cast<size_t>(row) * width;
         const float mu = mean[row];
