@@ -10,9 +10,10 @@
 // a fixed order, so there are no atomics and the result is deterministic.
 //
 // Depthwise convolutions (groups == C_in == C_out) have dedicated kernels: one thread per
-// output (forward) or input (dx) element, and for dW blocks per (channel, chunk of samples)
-// whose threads own taps, then a sum over the chunks in a fixed order.
-#include "common.cuh"
+// output (forward; one warp per output for kernels of 32 taps or more) or input (dx) element,
+// and for dW blocks per (channel, chunk of samples) whose threads own taps, then a sum over the
+// chunks in a fixed order.
+#include "vector_io.cuh"
 
 constexpr int CONV_THREADS = 256;
 
@@ -221,6 +222,42 @@ __device__ __forceinline__ void dwconv_fwd(const T* __restrict__ x, const T* __r
     out[e] = from_float<T>(acc);
 }
 
+// Depthwise forward for kernels of at least 32 taps (the parallel branch's strided
+// downsamplings, 16x16 stride 16 and the like): a warp per output pixel, its lanes on the taps,
+// tap columns fastest, so a warp reads whole runs of x; with a thread per output the lanes of a
+// warp read pixels `stride` apart (16.8 sectors per request and 6% of each sector used on the
+// 16x16 downsampling). The lanes' sums meet in warp_sum's fixed order: deterministic. Lane
+// positions advance by 32 taps as (row, column) digits, no division in the loop.
+template <typename T>
+__device__ __forceinline__ void dwconv_fwd_warp(const T* __restrict__ x, const T* __restrict__ wt,
+                                                T* __restrict__ out, ConvGeometry g) {
+    const int lane = threadIdx.x % 32;
+    const int step_i = 32 / g.kw, step_j = 32 - step_i * g.kw;
+    const int plane_out = g.ho * g.wo;
+    for_each_warp_row(g.n * g.c * plane_out, [&](int e) {
+        const int plane = e / plane_out, p = e - plane * plane_out, ch = plane % g.c;
+        const int oy = p / g.wo, ox = p - oy * g.wo;
+        const T* img = x + static_cast<size_t>(plane) * g.h * g.w;
+        const T* taps = wt + ch * g.kh * g.kw;
+        float acc = 0.0f;
+        for (int i = lane / g.kw, j = lane % g.kw; i < g.kh;) {
+            const int y = oy * g.stride + i - g.pad, xx = ox * g.stride + j - g.pad;
+            if (static_cast<unsigned>(y) < static_cast<unsigned>(g.h) &&
+                static_cast<unsigned>(xx) < static_cast<unsigned>(g.w)) {
+                acc += to_float(taps[i * g.kw + j]) * to_float(img[y * g.w + xx]);
+            }
+            i += step_i;
+            j += step_j;
+            if (j >= g.kw) {
+                j -= g.kw;
+                ++i;
+            }
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) out[e] = from_float<T>(acc);
+    });
+}
+
 // Depthwise dx: each input element gathers w[ch][i][j] * dy over the outputs that read it
 // (threads mapped as in col2im).
 template <typename T>
@@ -342,6 +379,10 @@ __device__ __forceinline__ void dwconv_dw_sum(const float* __restrict__ partial,
     extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
         dwconv_fwd_##SUFFIX(const T* x, const T* weight, T* y, CONV_GEOMETRY_PARAMS) {                               \
         dwconv_fwd(x, weight, y, CONV_GEOMETRY);                                                                     \
+    }                                                                                                                \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
+        dwconv_fwd_warp_##SUFFIX(const T* x, const T* weight, T* y, CONV_GEOMETRY_PARAMS) {                          \
+        dwconv_fwd_warp(x, weight, y, CONV_GEOMETRY);                                                                \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
         dwconv_dx_##SUFFIX(const T* dy, const T* weight, T* dx, CONV_GEOMETRY_PARAMS) {                              \

@@ -12,6 +12,7 @@ use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
 use super::driver::{GemmSpec, GemmType, KernelArg, LaunchConfig};
+use super::elementwise::warp_per_row;
 use super::footprint::Footprint;
 use crate::backend::Conv2dGeometry;
 use crate::backend::cpu::conv::Dims;
@@ -20,6 +21,10 @@ use crate::tensor::{DType, Tensor};
 
 /// `CONV_THREADS` in kernels/conv.cu.
 const THREADS: u32 = 256;
+
+/// Depthwise kernels of this many taps or more run forward with a warp per output pixel
+/// (`dwconv_fwd_warp`): a warp then has a tap per lane.
+const WARP_FORWARD_TAPS: usize = 32;
 
 /// One input and one output channel per group: the dedicated depthwise kernels apply.
 fn is_depthwise(d: &Dims) -> bool {
@@ -193,7 +198,12 @@ pub(super) fn conv2d(gpu: &GpuBackend, x: &Tensor, w: &Tensor, geo: Conv2dGeomet
     }
     if is_depthwise(&d) {
         let y = gpu.uninit(shape, x.dtype())?;
-        launch(gpu, &d, "dwconv_fwd", None, y.numel(), &[x, w, &y])?;
+        if d.kh * d.kw >= WARP_FORWARD_TAPS {
+            let grid = warp_per_row(y.numel()).grid;
+            launch(gpu, &d, "dwconv_fwd_warp", Some(grid), y.numel(), &[x, w, &y])?;
+        } else {
+            launch(gpu, &d, "dwconv_fwd", None, y.numel(), &[x, w, &y])?;
+        }
         return Ok(y);
     }
     let col = im2col(gpu, &d, x)?;
