@@ -150,7 +150,8 @@ __device__ __forceinline__ void col2im_tiles(const T* __restrict__ col, T* __res
     const int ch = e / tiles, rest = e - ch * tiles;
     const int p = rest / per_row, q = rest - p * per_row, x0 = q * S;
     const size_t columns = static_cast<size_t>(g.n) * g.ho * g.wo;
-    const T* taps = col + static_cast<size_t>(ch) * g.kh * g.kw * columns + static_cast<size_t>(blockIdx.y) * g.ho * g.wo;
+    const T* taps =
+        col + static_cast<size_t>(ch) * g.kh * g.kw * columns + static_cast<size_t>(blockIdx.y) * g.ho * g.wo;
     // A whole-tile store needs x0 * sizeof(T) aligned to the tile row: rows of a width that S divides.
     const bool whole = x0 + S <= g.w && g.w % S == 0;
     for (int a = 0; a < S && p * S + a < g.h; ++a) {
@@ -319,7 +320,8 @@ __device__ __forceinline__ void dwconv_dw_partials(const T* __restrict__ x, cons
                 if (static_cast<unsigned>(y) < static_cast<unsigned>(g.h) &&
                     static_cast<unsigned>(xx) < static_cast<unsigned>(g.w)) {
                     const size_t plane = static_cast<size_t>(first + s) * g.c + ch;
-                    acc += to_float(dy[plane * plane_out + oy * g.wo + ox]) * to_float(x[plane * plane_in + y * g.w + xx]);
+                    acc += to_float(dy[plane * plane_out + oy * g.wo + ox]) *
+                           to_float(x[plane * plane_in + y * g.w + xx]);
                 }
                 ox += step_x;
                 oy += step_y;

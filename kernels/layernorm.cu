@@ -33,7 +33,8 @@ __device__ void layernorm_row(const T* x, const T* residual, T* sum_out, T* y, f
     float squares = 0.0f;
     row_visit(input, input, width, vec, [&](int, float v, float) { squares += (v - mean) * (v - mean); });
     const float rstd = rsqrtf(warp_sum(squares) / width + eps);
-    row_map3(input, gamma, beta, y, width, vec, [&](int, float v, float g, float b) { return (v - mean) * rstd * g + b; });
+    row_map3(input, gamma, beta, y, width, vec,
+             [&](int, float v, float g, float b) { return (v - mean) * rstd * g + b; });
     if (threadIdx.x % 32 == 0) {
         *mean_out = mean;
         *rstd_out = rstd;
@@ -67,11 +68,11 @@ __device__ void layernorm_forward(const T* x, const T* residual, T* sum_out, T* 
 //
 // The accumulator slot of column j = p*N + k (pack p, element k) is k*pitch + p, pitch >= width/N:
 // the lanes of a warp, one pack each, touch consecutive words on every update (column order
-// would put lanes N words apart, an N-way bank conflict), and pitch = 32/N (mod 64/N), the
-// nearest such pitch, spreads the 32 columns that 32 threads read in the block's final pass over
-// 32 banks (k*pitch mod 32 is then 32/N times an odd number times k: distinct for k < N). Without packs (width
-// not a multiple of N) the slot is j and the pitch width/N. Each of a warp's two sums takes
-// N*pitch words (src/backend/gpu/layernorm.rs sizes shared memory the same way).
+// would put lanes N words apart, an N-way bank conflict), and the nearest pitch = 32/N
+// (mod 64/N) spreads the 32 columns that 32 threads read in the block's final pass over 32
+// banks (k*pitch mod 32 is then 32/N times an odd number times k: distinct for k < N). Without
+// packs (width not a multiple of N) the slot is j. Each of a warp's two sums takes words()
+// floats (src/backend/gpu/layernorm.rs sizes shared memory the same way).
 template <typename T>
 struct SumSlots {
     static constexpr int N = kPack<T>;
@@ -157,7 +158,9 @@ __device__ void layernorm_reduce(const float* partials, T* dgamma, T* dbeta, T* 
     const int end = segment == 0 ? first_block_of_second : blocks;
     float total = 0.0f;
     if (c < 2 * width) {
-        for (int b = begin + warp; b < end; b += kWarpsPerBlock) total += partials[static_cast<size_t>(b) * 2 * width + c];
+        for (int b = begin + warp; b < end; b += kWarpsPerBlock) {
+            total += partials[static_cast<size_t>(b) * 2 * width + c];
+        }
     }
     warp_totals[warp][lane] = total;
     __syncthreads();
