@@ -5,6 +5,7 @@ use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
+use super::elementwise::pack_width;
 use super::footprint::Footprint;
 use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
 use crate::error::Result;
@@ -17,8 +18,8 @@ const THREADS: u32 = 32 * WARPS_PER_BLOCK as u32;
 /// other, so this sets how much of a row's latency the GPU can hide: a B/32 image batch of
 /// 12,800 rows makes 400 blocks, about three per SM of an H100, where 64 rows a block left each
 /// SM one or two. The block's partial-sum row (8 bytes a column, written and read back once)
-/// adds about 8% to the 192 bytes a column its bf16 rows move (input, dy, dx). A constant, not a function of the device, so d gamma and d beta round the
-/// same way on every GPU.
+/// adds about 8% to the 192 bytes a column its bf16 rows move (input, dy, dx). A constant, not
+/// a function of the device, so d gamma and d beta round the same way on every GPU.
 const BACKWARD_ROWS_PER_BLOCK: usize = 32;
 /// Partial-sum columns per reduce block (one per lane).
 const REDUCE_COLUMNS_PER_BLOCK: usize = 32;
@@ -30,7 +31,7 @@ const MAX_FORWARD_BLOCKS: usize = 4096;
 /// the pack count rounded up to 32/n (mod 64/n) so the block's final pass is free of bank
 /// conflicts.
 fn accumulator_words(width: usize, dtype: DType) -> usize {
-    let n = 16 / dtype.size_in_bytes();
+    let n = pack_width(dtype);
     if !width.is_multiple_of(n) {
         return width;
     }
