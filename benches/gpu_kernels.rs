@@ -294,14 +294,48 @@ fn conv_branch_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes,
     let beta = random(&mut rng, &[c], device, DType::F32);
     let stats = (4 * c * 4) as f64;
     let bn = time(device, reps, || {
-        gpu.batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
+        gpu.batch_norm_train(&x, &gamma, &beta, 1e-5, false).unwrap();
     });
     rows.push(Row { name: format!("batchnorm train fwd {shape}"), bytes: 2.0 * act + stats, seconds: bn });
-    let out = gpu.batch_norm_train(&x, &gamma, &beta, 1e-5).unwrap();
+    let out = gpu.batch_norm_train(&x, &gamma, &beta, 1e-5, false).unwrap();
     let bn_bwd = time(device, reps, || {
-        gpu.batch_norm_backward(&x, &gamma, &out.mean, &out.var, &dy, 1e-5, true).unwrap();
+        gpu.batch_norm_backward(&x, &gamma, &out.mean, &out.var, &out.affine, &dy, 1e-5, true, false).unwrap();
     });
     rows.push(Row { name: format!("batchnorm bwd {shape}"), bytes: 3.0 * act + stats, seconds: bn_bwd });
+    batchnorm_relu_rows(gpu, device, reps, [&x, &gamma, &beta, &dy], (&shape, act + stats), rows);
+}
+
+/// BatchNorm + ReLU fused (the ReLU inside the BatchNorm's kernels) against BatchNorm, then a
+/// ReLU, forward and backward. The bytes are the fused op's minimum: the unfused rows move more
+/// for the same result, which their lower GB/s shows.
+fn batchnorm_relu_rows(
+    gpu: &dyn Backend,
+    device: Device,
+    reps: usize,
+    [x, gamma, beta, dy]: [&Tensor; 4],
+    (shape, pass): (&str, f64),
+    rows: &mut Vec<Row>,
+) {
+    let fused = time(device, reps, || {
+        gpu.batch_norm_train(x, gamma, beta, 1e-5, true).unwrap();
+    });
+    rows.push(Row { name: format!("batchnorm+relu fused fwd {shape}"), bytes: 2.0 * pass, seconds: fused });
+    let unfused = time(device, reps, || {
+        let out = gpu.batch_norm_train(x, gamma, beta, 1e-5, false).unwrap();
+        gpu.unary(UnaryOp::Relu, &out.y).unwrap();
+    });
+    rows.push(Row { name: format!("batchnorm, relu unfused fwd {shape}"), bytes: 2.0 * pass, seconds: unfused });
+    let out = gpu.batch_norm_train(x, gamma, beta, 1e-5, false).unwrap();
+    let fused_bwd = time(device, reps, || {
+        gpu.batch_norm_backward(x, gamma, &out.mean, &out.var, &out.affine, dy, 1e-5, true, true).unwrap();
+    });
+    rows.push(Row { name: format!("batchnorm+relu fused bwd {shape}"), bytes: 3.0 * pass, seconds: fused_bwd });
+    let unfused_bwd = time(device, reps, || {
+        // The ReLU's input stands in for its output too: the mask is the same.
+        let masked = gpu.unary_backward(UnaryOp::Relu, &out.y, &out.y, dy).unwrap();
+        gpu.batch_norm_backward(x, gamma, &out.mean, &out.var, &out.affine, &masked, 1e-5, true, false).unwrap();
+    });
+    rows.push(Row { name: format!("batchnorm, relu unfused bwd {shape}"), bytes: 3.0 * pass, seconds: unfused_bwd });
 }
 
 /// fp32 -> bf16 and back over one activation tensor.

@@ -10,6 +10,12 @@
 // deterministic. Training forward: sums, then squared deviations from the mean (two passes,
 // as the CPU), then y. Backward: sums of dy and dy * xhat, then dx. Mean and variance are
 // stored in the tensor's dtype, as the CPU backend returns them.
+//
+// A ReLU after the BatchNorm can be fused in (`relu`): the forward writes relu(y) instead of y,
+// and the backward masks dy itself, so the activation costs no pass of its own. The mask is
+// recomputed from x with the per-channel scale and shift the forward applied, which every
+// forward stores in fp32 (`affine`, [2, C]: scales, then shifts); both sides round y the same
+// way (`bn_output`, `bn_relu_passes`), so they agree on every element's mask bit for bit.
 #include "common.cuh"
 
 constexpr int BN_THREADS = 256;
@@ -57,6 +63,46 @@ __device__ __forceinline__ void bn_store_partial(float* __restrict__ partial, fl
     if (threadIdx.x == 0) partial[blockIdx.x] = v;
 }
 
+// A channel's y = x * scale + shift.
+struct BnAffine {
+    float scale, shift;
+};
+
+__device__ __forceinline__ BnAffine bn_affine(float mean, float var, float gamma, float beta, float eps) {
+    const float rstd = 1.0f / sqrtf(var + eps);
+    return {rstd * gamma, beta - mean * rstd * gamma};
+}
+
+__device__ __forceinline__ BnAffine bn_load_affine(const float* __restrict__ affine, int c, int ch) {
+    return {affine[ch], affine[c + ch]};
+}
+
+__device__ __forceinline__ void bn_store_affine(float* __restrict__ affine, int c, int ch, BnAffine a) {
+    affine[ch] = a.scale;
+    affine[c + ch] = a.shift;
+}
+
+// y in the tensor's type, through the ReLU when it is fused. The explicit fmaf leaves the
+// compiler no contraction to choose, so the backward's bn_relu_passes rounds the same bits.
+template <typename T>
+__device__ __forceinline__ T bn_output(float x, BnAffine a, bool relu) {
+    const T y = from_float<T>(fmaf(x, a.scale, a.shift));
+    return relu && !(to_float(y) > 0.0f) ? from_float<T>(0.0f) : y;
+}
+
+// Whether the fused ReLU passed this element's gradient: its rounded input was positive.
+template <typename T>
+__device__ __forceinline__ bool bn_relu_passes(float x, BnAffine a) {
+    return to_float(from_float<T>(fmaf(x, a.scale, a.shift))) > 0.0f;
+}
+
+// dy at element i, zero where a fused ReLU cut it off.
+template <typename T>
+__device__ __forceinline__ float bn_upstream(const T* __restrict__ x, const T* __restrict__ dy, bool relu,
+                                             BnAffine a, size_t i) {
+    return !relu || bn_relu_passes<T>(to_float(x[i]), a) ? to_float(dy[i]) : 0.0f;
+}
+
 // Pass 1 of training: the chunk's sum of x.
 template <typename T>
 __device__ __forceinline__ void bn_sum(const T* __restrict__ x, float* __restrict__ sums, BnShape s) {
@@ -78,54 +124,57 @@ __device__ __forceinline__ void bn_square_deviations(const T* __restrict__ x, co
     bn_store_partial(squares, block_sum(acc));
 }
 
-// Pass 3: y = x * a + b over the chunk; the first chunk stores the statistics.
+// Pass 3: y = x * scale + shift over the chunk (then the ReLU, if fused); the first chunk
+// stores the statistics and the affine.
 template <typename T>
 __device__ __forceinline__ void bn_normalise(const T* __restrict__ x, const T* __restrict__ gamma,
                                              const T* __restrict__ beta, const float* __restrict__ sums,
                                              const float* __restrict__ squares, T* __restrict__ y,
-                                             T* __restrict__ mean_out, T* __restrict__ var_out, BnShape s,
-                                             float eps) {
+                                             T* __restrict__ mean_out, T* __restrict__ var_out,
+                                             float* __restrict__ affine, BnShape s, float eps, int relu) {
     const int ch = bn_channel(s);
     const float count = static_cast<float>(s.n * s.hw);
     const float mean = bn_channel_total(sums, s) / count;
     const float var = bn_channel_total(squares, s) / count;
-    const float rstd = 1.0f / sqrtf(var + eps);
-    const float g = to_float(gamma[ch]);
-    const float a = rstd * g, b = to_float(beta[ch]) - mean * rstd * g;
-    bn_for_chunk(s, [&](size_t i) { y[i] = from_float<T>(to_float(x[i]) * a + b); });
+    const BnAffine a = bn_affine(mean, var, to_float(gamma[ch]), to_float(beta[ch]), eps);
+    bn_for_chunk(s, [&](size_t i) { y[i] = bn_output<T>(to_float(x[i]), a, relu); });
     if (threadIdx.x == 0 && bn_chunk(s) == 0) {
         mean_out[ch] = from_float<T>(mean);
         var_out[ch] = from_float<T>(var);
+        bn_store_affine(affine, s.c, ch, a);
     }
 }
 
-// y = x * a + b with the given statistics; one thread per element.
+// y = x * scale + shift with the given statistics (then the ReLU, if fused); one thread per
+// element, and the first c threads store the channels' affine.
 template <typename T>
 __device__ __forceinline__ void bn_eval(const T* __restrict__ x, const T* __restrict__ gamma,
                                         const T* __restrict__ beta, const T* __restrict__ mean,
-                                        const T* __restrict__ var, T* __restrict__ y, int n, int c, int hw,
-                                        float eps) {
+                                        const T* __restrict__ var, T* __restrict__ y, float* __restrict__ affine,
+                                        int n, int c, int hw, float eps, int relu) {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    const auto channel_affine = [&](int ch) {
+        return bn_affine(to_float(mean[ch]), to_float(var[ch]), to_float(gamma[ch]), to_float(beta[ch]), eps);
+    };
+    if (e < c) bn_store_affine(affine, c, e, channel_affine(e));
     if (e >= n * c * hw) return;
-    const int ch = (e / hw) % c;
-    const float rstd = 1.0f / sqrtf(to_float(var[ch]) + eps);
-    const float g = to_float(gamma[ch]);
-    const float a = rstd * g, b = to_float(beta[ch]) - to_float(mean[ch]) * rstd * g;
-    y[e] = from_float<T>(to_float(x[e]) * a + b);
+    y[e] = bn_output<T>(to_float(x[e]), channel_affine((e / hw) % c), relu);
 }
 
-// Backward pass 1: the chunk's sums of dy and of dy * xhat.
+// Backward pass 1: the chunk's sums of dy and of dy * xhat, dy masked by the fused ReLU (if
+// `relu`) that the forward's `affine` recomputes.
 template <typename T>
 __device__ __forceinline__ void bn_backward_sums(const T* __restrict__ x, const T* __restrict__ mean,
-                                                 const T* __restrict__ var, const T* __restrict__ dy,
-                                                 float* __restrict__ dy_sums, float* __restrict__ dy_xhat_sums,
-                                                 BnShape s, float eps) {
+                                                 const T* __restrict__ var, const float* __restrict__ affine,
+                                                 const T* __restrict__ dy, float* __restrict__ dy_sums,
+                                                 float* __restrict__ dy_xhat_sums, BnShape s, float eps, int relu) {
     const int ch = bn_channel(s);
     const float mu = to_float(mean[ch]);
     const float rstd = 1.0f / sqrtf(to_float(var[ch]) + eps);
+    const BnAffine a = bn_load_affine(affine, s.c, ch);
     float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
     bn_for_chunk(s, [&](size_t i) {
-        const float g = to_float(dy[i]);
+        const float g = bn_upstream(x, dy, relu, a, i);
         sum_dy += g;
         sum_dy_xhat += g * ((to_float(x[i]) - mu) * rstd);
     });
@@ -135,21 +184,23 @@ __device__ __forceinline__ void bn_backward_sums(const T* __restrict__ x, const 
 
 // Backward pass 2: dbeta = sum dy, dgamma = sum dy * xhat (stored by the first chunk), and dx
 // over the chunk; with batch statistics dx also carries the paths through the batch mean and
-// variance.
+// variance. dy is masked as in pass 1.
 template <typename T>
 __device__ __forceinline__ void bn_backward_dx(const T* __restrict__ x, const T* __restrict__ gamma,
                                                const T* __restrict__ mean, const T* __restrict__ var,
-                                               const T* __restrict__ dy, const float* __restrict__ dy_sums,
+                                               const float* __restrict__ affine, const T* __restrict__ dy,
+                                               const float* __restrict__ dy_sums,
                                                const float* __restrict__ dy_xhat_sums, T* __restrict__ dx,
                                                T* __restrict__ dgamma, T* __restrict__ dbeta, BnShape s, float eps,
-                                               int batch_stats) {
+                                               int relu, int batch_stats) {
     const int ch = bn_channel(s);
     const float mu = to_float(mean[ch]);
     const float rstd = 1.0f / sqrtf(to_float(var[ch]) + eps);
+    const BnAffine a = bn_load_affine(affine, s.c, ch);
     const float db = bn_channel_total(dy_sums, s), dg = bn_channel_total(dy_xhat_sums, s);
     const float scale = to_float(gamma[ch]) * rstd, total = static_cast<float>(s.n * s.hw);
     bn_for_chunk(s, [&](size_t i) {
-        const float g = to_float(dy[i]);
+        const float g = bn_upstream(x, dy, relu, a, i);
         const float xhat = (to_float(x[i]) - mu) * rstd;
         dx[i] = from_float<T>(batch_stats ? scale * (g - db / total - xhat * dg / total) : scale * g);
     });
@@ -171,25 +222,25 @@ __device__ __forceinline__ void bn_backward_dx(const T* __restrict__ x, const T*
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
         bn_normalise_##SUFFIX(const T* x, const T* gamma, const T* beta, const float* sums, const float* squares,    \
-                              T* y, T* mean, T* var, BN_SHAPE_PARAMS, float eps) {                                   \
-        bn_normalise(x, gamma, beta, sums, squares, y, mean, var, BN_SHAPE, eps);                                    \
+                              T* y, T* mean, T* var, float* affine, BN_SHAPE_PARAMS, float eps, int relu) {          \
+        bn_normalise(x, gamma, beta, sums, squares, y, mean, var, affine, BN_SHAPE, eps, relu);                      \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
-        bn_eval_##SUFFIX(const T* x, const T* gamma, const T* beta, const T* mean, const T* var, T* y, int n, int c, \
-                         int hw, float eps) {                                                                        \
-        bn_eval(x, gamma, beta, mean, var, y, n, c, hw, eps);                                                        \
+        bn_eval_##SUFFIX(const T* x, const T* gamma, const T* beta, const T* mean, const T* var, T* y,               \
+                         float* affine, int n, int c, int hw, float eps, int relu) {                                 \
+        bn_eval(x, gamma, beta, mean, var, y, affine, n, c, hw, eps, relu);                                          \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
-        bn_backward_sums_##SUFFIX(const T* x, const T* mean, const T* var, const T* dy, float* dy_sums,              \
-                                  float* dy_xhat_sums, BN_SHAPE_PARAMS, float eps) {                                 \
-        bn_backward_sums(x, mean, var, dy, dy_sums, dy_xhat_sums, BN_SHAPE, eps);                                    \
+        bn_backward_sums_##SUFFIX(const T* x, const T* mean, const T* var, const float* affine, const T* dy,         \
+                                  float* dy_sums, float* dy_xhat_sums, BN_SHAPE_PARAMS, float eps, int relu) {       \
+        bn_backward_sums(x, mean, var, affine, dy, dy_sums, dy_xhat_sums, BN_SHAPE, eps, relu);                      \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
-        bn_backward_dx_##SUFFIX(const T* x, const T* gamma, const T* mean, const T* var, const T* dy,                \
-                                const float* dy_sums, const float* dy_xhat_sums, T* dx, T* dgamma, T* dbeta,         \
-                                BN_SHAPE_PARAMS, float eps, int batch_stats) {                                       \
-        bn_backward_dx(x, gamma, mean, var, dy, dy_sums, dy_xhat_sums, dx, dgamma, dbeta, BN_SHAPE, eps,             \
-                       batch_stats);                                                                                 \
+        bn_backward_dx_##SUFFIX(const T* x, const T* gamma, const T* mean, const T* var, const float* affine,        \
+                                const T* dy, const float* dy_sums, const float* dy_xhat_sums, T* dx, T* dgamma,      \
+                                T* dbeta, BN_SHAPE_PARAMS, float eps, int relu, int batch_stats) {                   \
+        bn_backward_dx(x, gamma, mean, var, affine, dy, dy_sums, dy_xhat_sums, dx, dgamma, dbeta, BN_SHAPE, eps,     \
+                       relu, batch_stats);                                                                           \
     }
 
 BATCHNORM_ENTRY_POINTS(float, f32)

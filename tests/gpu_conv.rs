@@ -1,7 +1,7 @@
-//! Convolution (kernels/conv.cu: im2col + GEMM, col2im, depthwise kernels) and BatchNorm
-//! (kernels/batchnorm.cu) against the CPU reference, in f32 and bf16, on ragged shapes: odd
-//! spatial sizes (7x5, 13x13, 1x1), 1 to 5 channels, strides 1 to 17, padding 0 to 2, kernels
-//! up to 17x17, dense, grouped and depthwise convolutions.
+//! Convolution (kernels/conv.cu: im2col + GEMM, col2im, depthwise kernels) against the CPU
+//! reference, in f32 and bf16 (BatchNorm: gpu_batchnorm.rs), on ragged shapes: odd spatial
+//! sizes (7x5, 13x13, 1x1), 1 to 5 channels, strides 1 to 17, padding 0 to 2, kernels up to
+//! 17x17, dense, grouped and depthwise convolutions.
 
 mod common;
 
@@ -117,70 +117,6 @@ fn conv2d_forward_and_backward_match_the_cpu() {
                 let (none, again) = gpu.conv2d_backward(&gx, &gw, &gdy, cc.geo, false).unwrap();
                 assert!(none.is_none(), "{}", what("dx not asked for"));
                 assert_eq!(again.to_f64_vec(), dw.to_f64_vec(), "{}", what("dw is deterministic"));
-            }
-        }
-    }
-}
-
-/// N(0.7, 1.5^2) values exactly representable in `dtype`: a mean far from zero, so a kernel
-/// that skips the mean subtraction fails.
-fn shifted(rng: &mut Rng, shape: &[usize], dtype: DType) -> Tensor {
-    let data: Vec<f64> = randn_as(rng, shape, 1.5, DType::F32).to_f64_vec().iter().map(|v| v + 0.7).collect();
-    Tensor::from_f64(&data, shape.to_vec(), dtype).unwrap().to_dtype(DType::F32).unwrap()
-}
-
-/// The last has 3 * 61 * 57 = 10431 elements per channel: two chunks of the reductions
-/// (src/backend/gpu/batchnorm.rs), the boundary inside the second sample's plane.
-const BN_SHAPES: [[usize; 4]; 5] = [[2, 3, 7, 5], [1, 1, 13, 13], [3, 5, 1, 1], [4, 5, 3, 3], [3, 2, 61, 57]];
-
-#[test]
-fn batch_norm_matches_the_cpu() {
-    let eps = 1e-5;
-    for device in gpu_devices() {
-        for (i, shape) in BN_SHAPES.iter().enumerate() {
-            for dtype in DTYPES {
-                let mut rng = Rng::new(200 + i as u64);
-                let c = shape[1];
-                let x = shifted(&mut rng, shape, dtype);
-                let gamma = randn_as(&mut rng, &[c], 1.0, dtype);
-                let beta = randn_as(&mut rng, &[c], 1.0, dtype);
-                let dy = randn_as(&mut rng, shape, 1.0, dtype);
-                let want = cpu().batch_norm_train(&x, &gamma, &beta, eps).unwrap();
-                let gpu = backend::get(device);
-                let dev = |t: &Tensor| on(t, device, dtype);
-                let what = |name: &str| format!("{device} {dtype} {shape:?} {name}");
-
-                let got = gpu.batch_norm_train(&dev(&x), &dev(&gamma), &dev(&beta), eps).unwrap();
-                check(&what("train y"), &got.y, &want.y, dtype);
-                check(&what("train mean"), &got.mean, &want.mean, dtype);
-                check(&what("train var"), &got.var, &want.var, dtype);
-
-                // Eval and backward take the statistics as the device stores them, on both sides.
-                let stored = |t: &Tensor| on(t, Device::Cpu, dtype).to_dtype(DType::F32).unwrap();
-                let (mean, var) = (stored(&want.mean), stored(&want.var));
-                let want_eval = cpu().batch_norm_eval(&x, &gamma, &beta, &mean, &var, eps).unwrap();
-                let got_eval = gpu.batch_norm_eval(&dev(&x), &dev(&gamma), &dev(&beta), &dev(&mean), &dev(&var), eps);
-                check(&what("eval y"), &got_eval.unwrap(), &want_eval, dtype);
-
-                for batch_stats in [true, false] {
-                    let (wdx, wdg, wdb) =
-                        cpu().batch_norm_backward(&x, &gamma, &mean, &var, &dy, eps, batch_stats).unwrap();
-                    let (dx, dg, db) = gpu
-                        .batch_norm_backward(
-                            &dev(&x),
-                            &dev(&gamma),
-                            &dev(&mean),
-                            &dev(&var),
-                            &dev(&dy),
-                            eps,
-                            batch_stats,
-                        )
-                        .unwrap();
-                    let what = |name: &str| what(&format!("backward (batch_stats {batch_stats}) {name}"));
-                    check(&what("dx"), &dx, &wdx, dtype);
-                    check(&what("dgamma"), &dg, &wdg, dtype);
-                    check(&what("dbeta"), &db, &wdb, dtype);
-                }
             }
         }
     }

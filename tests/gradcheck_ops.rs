@@ -282,3 +282,23 @@ fn batch_norm_train_and_eval() {
         });
     }
 }
+
+/// The fused BatchNorm + ReLU: the ReLU's mask recomputed in the backward must cut exactly the
+/// elements the forward cut.
+#[test]
+fn batch_norm_relu_train_and_eval() {
+    let mut r = rng();
+    for shape in [[2, 3, 4, 5], [3, 1, 2, 2]] {
+        let c = shape[1];
+        let x = randn(&mut r, &shape);
+        let (g, b) = (randn(&mut r, &[c]), randn(&mut r, &[c]));
+        gradcheck("batch_norm_relu train", &[x.clone(), g.clone(), b.clone()], |t| {
+            Ok(ops::batch_norm_relu2d(&t[0], &t[1], &t[2], 1e-5, BatchNormMode::Train)?.0)
+        });
+        let mean = randn(&mut r, &[c]);
+        let var = rand_range(&mut r, &[c], 0.5, 2.0);
+        gradcheck("batch_norm_relu eval", &[x, g, b], |t| {
+            Ok(ops::batch_norm_relu2d(&t[0], &t[1], &t[2], 1e-5, BatchNormMode::Eval { mean: &mean, var: &var })?.0)
+        });
+    }
+}

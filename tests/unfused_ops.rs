@@ -6,14 +6,14 @@
 mod common;
 
 use common::gpu::{model_devices, on, randn_as};
-use common::{assert_close, assert_gradients_match, captions_ending_at, randn, relative_error};
+use common::{assert_close, assert_gradients_match, captions_ending_at, rand_range, randn, relative_error};
 use msclip::autograd::{self, Gradients};
 use msclip::backend::ContrastWeights;
 use msclip::backend::{Activation, AttnMask, SegmentMask};
 use msclip::model::{ClipModel, preset};
 use msclip::ops::flops;
 use msclip::ops::fusion::{Fusion, is_off, unfused};
-use msclip::ops::{attention, contrast, infonce};
+use msclip::ops::{BatchNormMode, attention, batch_norm_relu2d, contrast, infonce};
 use msclip::{DType, Result, Rng, Tensor};
 
 /// f64 compositions differ from the fused kernels by summation order only.
@@ -174,6 +174,33 @@ fn unfused_residual_layer_norm_and_bias_gelu_match_the_fused_kernels() {
         for device in model_devices() {
             let inputs: Vec<Tensor> = inputs.iter().map(|t| on(t, device, DType::F32)).collect();
             assert_same(&format!("{device} f32, {op}"), both_ways(fusion, &inputs, f), F32_TOL);
+        }
+    }
+}
+
+/// BatchNorm with the ReLU in its kernels against BatchNorm then ReLU, in training (batch
+/// statistics) and evaluation (given statistics). The input's mean is far from zero and beta
+/// mixed in sign, so the ReLU cuts part of every channel.
+#[test]
+fn unfused_batch_norm_relu_matches_the_fused_kernels() {
+    let mut rng = Rng::new(6);
+    let shape = [3, 4, 5, 3];
+    let x = rand_range(&mut rng, &shape, -1.0, 2.5);
+    let (gamma, beta) = (randn(&mut rng, &[4]), randn(&mut rng, &[4]));
+    let (mean, var) = (randn(&mut rng, &[4]), rand_range(&mut rng, &[4], 0.5, 2.0));
+    let inputs = [x, gamma, beta];
+    for train in [true, false] {
+        let f = |t: &[Tensor]| -> Result<Tensor> {
+            let like_x = |s: &Tensor| s.to_dtype(t[0].dtype())?.to_device(t[0].device());
+            let (mean, var) = (like_x(&mean)?, like_x(&var)?);
+            let mode = if train { BatchNormMode::Train } else { BatchNormMode::Eval { mean: &mean, var: &var } };
+            Ok(batch_norm_relu2d(&t[0], &t[1], &t[2], 1e-5, mode)?.0)
+        };
+        let op = if train { "batch_norm_relu2d train" } else { "batch_norm_relu2d eval" };
+        assert_same(&format!("cpu f64, {op}"), both_ways(Fusion::BatchNormRelu, &inputs, f), F64_TOL);
+        for device in model_devices() {
+            let inputs: Vec<Tensor> = inputs.iter().map(|t| on(t, device, DType::F32)).collect();
+            assert_same(&format!("{device} f32, {op}"), both_ways(Fusion::BatchNormRelu, &inputs, f), F32_TOL);
         }
     }
 }

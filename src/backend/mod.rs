@@ -313,12 +313,17 @@ pub struct LayerNormOut {
     pub rstd: Tensor,
 }
 
-/// Forward outputs of batch-statistics BatchNorm.
+/// Forward outputs of BatchNorm.
 pub struct BatchNormOut {
     pub y: Tensor,
-    /// Per-channel batch mean and biased variance.
+    /// Per-channel mean and biased variance normalised with: the batch's (training) or the
+    /// given ones (evaluation).
     pub mean: Tensor,
     pub var: Tensor,
+    /// [2, C]: the per-channel scale and shift applied (`y = x * scale + shift`), in the
+    /// precision the backend applied them (fp32 for every dtype on a GPU), from which the
+    /// backward of a fused ReLU recomputes its mask exactly.
+    pub affine: Tensor,
 }
 
 /// How much each direction of the contrast counts. Over n pairs with logits z (rows the first
@@ -653,9 +658,13 @@ pub trait Backend: Send + Sync {
         need_dx: bool,
     ) -> Result<(Option<Tensor>, Tensor)>;
 
-    /// BatchNorm over N, H, W of an NCHW tensor with the batch's own statistics (training).
-    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut>;
-    /// BatchNorm with given statistics (evaluation, running mean and variance).
+    /// BatchNorm over N, H, W of an NCHW tensor with the batch's own statistics (training),
+    /// then a ReLU if `relu` (fused: the output is relu(BN(x))).
+    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool)
+    -> Result<BatchNormOut>;
+    /// BatchNorm with given statistics (evaluation, running mean and variance), then a ReLU if
+    /// `relu`.
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_eval(
         &self,
         x: &Tensor,
@@ -664,9 +673,13 @@ pub trait Backend: Send + Sync {
         mean: &Tensor,
         var: &Tensor,
         eps: f64,
-    ) -> Result<Tensor>;
-    /// Returns (d x, d gamma, d beta). With `batch_stats`, the mean and variance are those of
-    /// the batch and depend on x (training); otherwise they are constants (evaluation).
+        relu: bool,
+    ) -> Result<BatchNormOut>;
+    /// Returns (d x, d gamma, d beta) from `dy`, the gradient of the forward's output; `mean`,
+    /// `var` and `affine` are the forward's ([`BatchNormOut`]). With `batch_stats`, the mean
+    /// and variance are those of the batch and depend on x (training); otherwise they are
+    /// constants (evaluation). With `relu`, the forward fused a ReLU and dy is first masked by
+    /// it.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward(
         &self,
@@ -674,9 +687,11 @@ pub trait Backend: Send + Sync {
         gamma: &Tensor,
         mean: &Tensor,
         var: &Tensor,
+        affine: &Tensor,
         dy: &Tensor,
         eps: f64,
         batch_stats: bool,
+        relu: bool,
     ) -> Result<(Tensor, Tensor, Tensor)>;
 
     /// One decoupled-weight-decay Adam update of every tensor in `tensors`, in place, with

@@ -363,8 +363,15 @@ impl Backend for Timed {
         self.timed(OpKind::Convolution, "conv2d_backward", || self.inner.conv2d_backward(x, w, dy, geo, need_dx))
     }
 
-    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-        self.timed(OpKind::Convolution, "batch_norm_train", || self.inner.batch_norm_train(x, gamma, beta, eps))
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> Result<BatchNormOut> {
+        self.timed(OpKind::Convolution, "batch_norm_train", || self.inner.batch_norm_train(x, gamma, beta, eps, relu))
     }
 
     fn batch_norm_eval(
@@ -375,25 +382,27 @@ impl Backend for Timed {
         mean: &Tensor,
         var: &Tensor,
         eps: f64,
-    ) -> Result<Tensor> {
+        relu: bool,
+    ) -> Result<BatchNormOut> {
         self.timed(OpKind::Convolution, "batch_norm_eval", || {
-            self.inner.batch_norm_eval(x, gamma, beta, mean, var, eps)
+            self.inner.batch_norm_eval(x, gamma, beta, mean, var, eps, relu)
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn batch_norm_backward(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         mean: &Tensor,
         var: &Tensor,
+        affine: &Tensor,
         dy: &Tensor,
         eps: f64,
         batch_stats: bool,
+        relu: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         self.timed(OpKind::Convolution, "batch_norm_backward", || {
-            self.inner.batch_norm_backward(x, gamma, mean, var, dy, eps, batch_stats)
+            self.inner.batch_norm_backward(x, gamma, mean, var, affine, dy, eps, batch_stats, relu)
         })
     }
 

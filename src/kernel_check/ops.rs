@@ -179,7 +179,8 @@ fn infonce_ranks(be: &dyn Backend, dtype: DType) -> Result<Outputs> {
     Ok(outputs)
 }
 
-/// BatchNorm with running statistics (evaluation) on [3, 6, 5, 5].
+/// BatchNorm with running statistics (evaluation) on [3, 6, 5, 5], alone and with the ReLU
+/// fused in.
 fn batchnorm_eval() -> Result<Outputs> {
     let mut rng = Rng::new(SEED);
     let mut outputs = Vec::new();
@@ -190,8 +191,11 @@ fn batchnorm_eval() -> Result<Outputs> {
         let mean = input(&mut rng, &[6], dtype)?;
         let var: Vec<f64> = (0..6).map(|_| 0.5 + rng.uniform()).collect();
         let var = Tensor::from_f64(&var, [6], dtype)?.to_device(Device::Emu)?;
-        let y = backend::get(Device::Emu).batch_norm_eval(&x, &gamma, &beta, &mean, &var, 1e-5)?;
-        outputs.push(output(format!("{dtype} y"), &y)?);
+        for relu in [false, true] {
+            let out = backend::get(Device::Emu).batch_norm_eval(&x, &gamma, &beta, &mean, &var, 1e-5, relu)?;
+            let name = if relu { "relu(y)" } else { "y" };
+            outputs.push(output(format!("{dtype} {name}"), &out.y)?);
+        }
     }
     Ok(outputs)
 }

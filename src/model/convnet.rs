@@ -42,17 +42,19 @@ impl BatchNorm {
         }
     }
 
-    fn forward(&self, p: &ParamStore, bufs: &mut Buffers, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// The normalised `x`, through a ReLU (fused into the BatchNorm's kernels) if `relu`.
+    fn forward(&self, p: &ParamStore, bufs: &mut Buffers, x: &Tensor, mode: Mode, relu: bool) -> Result<Tensor> {
         let (gamma, beta) = (p.get(self.weight), p.get(self.bias));
+        let norm = if relu { ops::batch_norm_relu2d } else { ops::batch_norm2d };
         match mode {
             Mode::Eval => {
                 // Running statistics stay in the masters' dtype; a bf16 forward reads them cast.
                 let mean = bufs.get(self.running_mean).to_dtype(x.dtype())?;
                 let var = bufs.get(self.running_var).to_dtype(x.dtype())?;
-                Ok(ops::batch_norm2d(x, gamma, beta, self.eps, BatchNormMode::Eval { mean: &mean, var: &var })?.0)
+                Ok(norm(x, gamma, beta, self.eps, BatchNormMode::Eval { mean: &mean, var: &var })?.0)
             }
             Mode::Train => {
-                let (y, stats) = ops::batch_norm2d(x, gamma, beta, self.eps, BatchNormMode::Train)?;
+                let (y, stats) = norm(x, gamma, beta, self.eps, BatchNormMode::Train)?;
                 let (mean, var) = stats.expect("train mode returns batch statistics");
                 // Running variance uses the unbiased batch variance, as PyTorch does.
                 let n = (x.numel() / x.dims()[1]) as f64;
@@ -106,7 +108,12 @@ impl ConvBn {
     }
 
     fn forward(&self, p: &ParamStore, bufs: &mut Buffers, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.bn.forward(p, bufs, &ops::conv2d(x, p.get(self.weight), self.geo)?, mode)
+        self.bn.forward(p, bufs, &ops::conv2d(x, p.get(self.weight), self.geo)?, mode, false)
+    }
+
+    /// `relu(forward(..))`, the ReLU fused into the BatchNorm.
+    fn forward_relu(&self, p: &ParamStore, bufs: &mut Buffers, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.bn.forward(p, bufs, &ops::conv2d(x, p.get(self.weight), self.geo)?, mode, true)
     }
 }
 
@@ -149,7 +156,7 @@ impl EarlyConvStem {
 
     /// [batch, 3, h, w] images to the [batch, width, grid, grid] token map.
     pub fn forward(&self, p: &ParamStore, bufs: &mut Buffers, img: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut x = self.first.forward(p, bufs, img, mode)?.relu()?;
+        let mut x = self.first.forward_relu(p, bufs, img, mode)?;
         for (main, skip) in &self.blocks {
             x = main.forward(p, bufs, &x, mode)?.add(&skip.forward(p, bufs, &x, mode)?)?.relu()?;
         }
@@ -177,11 +184,11 @@ struct Bottleneck {
 impl BranchStage {
     fn forward(&self, p: &ParamStore, bufs: &mut Buffers, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self {
-            BranchStage::Plain(conv) => conv.forward(p, bufs, x, mode)?.relu(),
+            BranchStage::Plain(conv) => conv.forward_relu(p, bufs, x, mode),
             BranchStage::Bottleneck(block) => {
                 let Bottleneck { reduce, spatial, expand, shortcut } = block.as_ref();
-                let y = reduce.forward(p, bufs, x, mode)?.relu()?;
-                let y = spatial.forward(p, bufs, &y, mode)?.relu()?;
+                let y = reduce.forward_relu(p, bufs, x, mode)?;
+                let y = spatial.forward_relu(p, bufs, &y, mode)?;
                 let y = expand.forward(p, bufs, &y, mode)?;
                 y.add(&shortcut.forward(p, bufs, x, mode)?)?.relu()
             }
@@ -226,11 +233,11 @@ impl LateralAdapter {
         let g = ((tokens - 1) as f64).sqrt() as usize;
         let one = Conv2dGeometry { stride: 1, padding: 0, groups: 1 };
         let a = ops::conv2d(branch, p.get(self.down), self.down_geo)?;
-        let a = ops::conv2d(&self.down_bn.forward(p, bufs, &a, mode)?, p.get(self.lift), one)?;
+        let a = ops::conv2d(&self.down_bn.forward(p, bufs, &a, mode, false)?, p.get(self.lift), one)?;
         let cls = x.slice(1, 0, 1)?;
         let grid = x.slice(1, 1, g * g)?.permute(&[0, 2, 1])?.reshape([b, width, g, g])?;
         let depthwise = Conv2dGeometry { stride: 1, padding: 1, groups: width };
-        let mixed = self.mix_bn.forward(p, bufs, &ops::conv2d(&grid, p.get(self.mix), depthwise)?, mode)?;
+        let mixed = self.mix_bn.forward(p, bufs, &ops::conv2d(&grid, p.get(self.mix), depthwise)?, mode, false)?;
         let trunk = ops::concat(&[&cls, &map_to_tokens(&mixed)?], 1)?;
         let lateral = ops::concat(&[&cls, &map_to_tokens(&a)?], 1)?;
         self.ln.forward(p, &trunk.add(&lateral)?)

@@ -1,6 +1,6 @@
 //! Which fused ops run as compositions of plain ops instead, so that a fusion's worth is
 //! measured on the same model and step without touching the model code
-//! (`msclip bench step --unfused layernorm,bias-gelu,infonce,attention`).
+//! (`msclip bench step --unfused layernorm,bias-gelu,infonce,attention,batchnorm-relu`).
 //!
 //! The switch lives on the calling thread for the length of [`unfused`], as the op timing of
 //! `backend::timed` does: a step is issued from one thread, and tests on other threads are not
@@ -24,10 +24,14 @@ pub enum Fusion {
     /// `attention`: flash-style attention; unfused, the scores materialised per head as
     /// PyTorch's math path does (GEMM, mask, softmax, GEMM) over sequences padded to the longest.
     Attention,
+    /// `batch_norm_relu2d`: BatchNorm with the ReLU after it in its kernels; unfused, a
+    /// `batch_norm2d` then a `relu`.
+    BatchNormRelu,
 }
 
 impl Fusion {
-    pub const ALL: [Fusion; 4] = [Fusion::ResidualLayerNorm, Fusion::BiasGelu, Fusion::InfoNce, Fusion::Attention];
+    pub const ALL: [Fusion; 5] =
+        [Fusion::ResidualLayerNorm, Fusion::BiasGelu, Fusion::InfoNce, Fusion::Attention, Fusion::BatchNormRelu];
 
     fn bit(self) -> u8 {
         1 << self as u8

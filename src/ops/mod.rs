@@ -21,7 +21,7 @@ pub use attention::attention;
 pub use conv::conv2d;
 pub use layout::concat;
 pub use loss::{IGNORE_TARGET, contrast, cross_entropy, infonce};
-pub use norm::{BatchNormMode, batch_norm2d};
+pub use norm::{BatchNormMode, batch_norm_relu2d, batch_norm2d};
 
 use crate::backend::{self, Backend};
 use crate::error::{Error, Result};

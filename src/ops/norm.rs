@@ -168,24 +168,49 @@ pub fn batch_norm2d(
     eps: f64,
     mode: BatchNormMode,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    batch_norm_then(x, [gamma, beta], eps, mode, false)
+}
+
+/// `relu(batch_norm2d(..))` in one op: the forward writes the activated output and the
+/// backward masks the gradient itself, so the ReLU makes no pass over the tensor of its own
+/// (the conv stem and the parallel branch put a ReLU after most of their BatchNorms).
+pub fn batch_norm_relu2d(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    mode: BatchNormMode,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    if fusion::is_off(Fusion::BatchNormRelu) {
+        let (y, stats) = batch_norm2d(x, gamma, beta, eps, mode)?;
+        return Ok((y.relu()?, stats));
+    }
+    batch_norm_then(x, [gamma, beta], eps, mode, true)
+}
+
+/// BatchNorm2d, followed by a fused ReLU if `relu`.
+fn batch_norm_then(
+    x: &Tensor,
+    [gamma, beta]: [&Tensor; 2],
+    eps: f64,
+    mode: BatchNormMode,
+    relu: bool,
+) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
     const OP: &str = "batch_norm2d";
     check_rank(OP, "input", x, &[4])?;
     let channels = x.dims()[1];
     check_affine(OP, x, gamma, beta, channels)?;
-    let (y, mean, var, batch_stats) = match mode {
-        BatchNormMode::Train => {
-            let out = be(x).batch_norm_train(x, gamma, beta, eps)?;
-            (out.y, out.mean, out.var, true)
-        }
+    let (out, batch_stats) = match mode {
+        BatchNormMode::Train => (be(x).batch_norm_train(x, gamma, beta, eps, relu)?, true),
         BatchNormMode::Eval { mean, var } => {
             check_affine(OP, x, mean, var, channels)?;
-            (be(x).batch_norm_eval(x, gamma, beta, mean, var, eps)?, mean.clone(), var.clone(), false)
+            (be(x).batch_norm_eval(x, gamma, beta, mean, var, eps, relu)?, false)
         }
     };
-    let (xs, g, m, v) = (x.clone(), gamma.clone(), mean.clone(), var.clone());
-    let y = record1(OP, &[x, gamma, beta], y, move |dy, _| {
-        let (dx, dg, db) = be(dy).batch_norm_backward(&xs, &g, &m, &v, dy, eps, batch_stats)?;
+    let (xs, g, m, v, affine) = (x.clone(), gamma.clone(), out.mean.clone(), out.var.clone(), out.affine);
+    let y = record1(OP, &[x, gamma, beta], out.y, move |dy, _| {
+        let (dx, dg, db) = be(dy).batch_norm_backward(&xs, &g, &m, &v, &affine, dy, eps, batch_stats, relu)?;
         Ok(vec![Some(dx), Some(dg), Some(db)])
     });
-    Ok((y, batch_stats.then_some((mean, var))))
+    Ok((y, batch_stats.then_some((out.mean, out.var))))
 }

@@ -1,5 +1,8 @@
-//! BatchNorm2d over the N, H and W of NCHW tensors: per-channel statistics.
+//! BatchNorm2d over the N, H and W of NCHW tensors: per-channel statistics, and a ReLU after
+//! it fused on request. The fused ReLU's backward recomputes its mask from x with the scale and
+//! shift the forward returned, in the same arithmetic, so the two agree element for element.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -26,16 +29,55 @@ fn channel_sums<T: Real>(x: &Tensor, plane_sum: impl Fn(usize, Range<usize>) -> 
         .collect()
 }
 
-/// y = (x - mean[c]) * rstd[c] * gamma[c] + beta[c], plane by plane.
-fn normalize<T: Real>(x: &Tensor, gamma: &[T], beta: &[T], mean: &[T], rstd: &[T]) -> Result<Tensor> {
+/// A channel's `y = x * scale + shift`.
+#[derive(Clone, Copy)]
+struct Affine<T> {
+    scale: T,
+    shift: T,
+}
+
+impl<T: Real> Affine<T> {
+    /// The scale and shift of `(x - mean) * rstd * gamma + beta`.
+    fn of(mean: T, rstd: T, gamma: T, beta: T) -> Self {
+        Affine { scale: rstd * gamma, shift: beta - mean * rstd * gamma }
+    }
+
+    /// The channel's output before any activation.
+    fn apply(self, x: T) -> T {
+        x * self.scale + self.shift
+    }
+}
+
+/// The affines of every channel.
+fn affines<T: Real>(gamma: &[T], beta: &[T], mean: &[T], rstd: &[T]) -> Vec<Affine<T>> {
+    (0..gamma.len()).map(|ch| Affine::of(mean[ch], rstd[ch], gamma[ch], beta[ch])).collect()
+}
+
+/// The [2, C] table of [`crate::backend::BatchNormOut::affine`]: scales, then shifts.
+fn affine_table<T: Real>(affines: &[Affine<T>]) -> Result<Tensor> {
+    let table = affines.iter().map(|a| a.scale).chain(affines.iter().map(|a| a.shift)).collect();
+    Tensor::from_vec(table, [2, affines.len()])
+}
+
+/// Reads [`affine_table`] back.
+fn read_affines<T: Real>(table: &Tensor) -> Result<Vec<Affine<T>>> {
+    let values = table.cpu_slice::<T>()?;
+    let (scales, shifts) = values.split_at(values.len() / 2);
+    Ok(scales.iter().zip(shifts).map(|(&scale, &shift)| Affine { scale, shift }).collect())
+}
+
+/// y = x * scale[c] + shift[c], plane by plane, then max(y, 0) if `relu`.
+fn normalize<T: Real>(x: &Tensor, affines: &[Affine<T>], relu: bool) -> Result<Tensor> {
     let (_, c, hw) = layout(x);
     let xs = x.cpu_slice::<T>()?;
     let mut y = vec![T::zero(); xs.len()];
     y.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, yp)| {
-        let ch = plane % c;
+        let a = affines[plane % c];
         let xp = &xs[plane * hw..(plane + 1) * hw];
-        let (a, b) = (rstd[ch] * gamma[ch], beta[ch] - mean[ch] * rstd[ch] * gamma[ch]);
-        yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * a + b);
+        yp.iter_mut().zip(xp).for_each(|(o, &v)| {
+            let z = a.apply(v);
+            *o = if relu && !(z > T::zero()) { T::zero() } else { z };
+        });
     });
     Tensor::from_vec(y, x.dims().to_vec())
 }
@@ -44,8 +86,27 @@ fn rstd_of<T: Real>(var: &[T], eps: f64) -> Vec<T> {
     var.iter().map(|&v| T::one() / (v + T::of(eps)).sqrt()).collect()
 }
 
-pub fn forward_train<T: Real>(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-    let (n, c, hw) = layout(x);
+/// y, the statistics and the table of a forward normalising with `mean` and `var`.
+fn forward<T: Real>(
+    x: &Tensor,
+    [gamma, beta]: [&Tensor; 2],
+    mean: Vec<T>,
+    var: Vec<T>,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormOut> {
+    let c = mean.len();
+    let affines = affines(gamma.cpu_slice::<T>()?, beta.cpu_slice::<T>()?, &mean, &rstd_of(&var, eps));
+    Ok(BatchNormOut {
+        y: normalize(x, &affines, relu)?,
+        mean: Tensor::from_vec(mean, [c])?,
+        var: Tensor::from_vec(var, [c])?,
+        affine: affine_table(&affines)?,
+    })
+}
+
+pub fn forward_train<T: Real>(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, relu: bool) -> Result<BatchNormOut> {
+    let (n, _, hw) = layout(x);
     let xs = x.cpu_slice::<T>()?;
     let count = T::of((n * hw) as f64);
     let mean: Vec<T> = channel_sums(x, |_, plane| lanes::sum(&xs[plane])).into_iter().map(|s| s / count).collect();
@@ -53,8 +114,7 @@ pub fn forward_train<T: Real>(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f6
         .into_iter()
         .map(|s| s / count)
         .collect();
-    let y = normalize(x, gamma.cpu_slice::<T>()?, beta.cpu_slice::<T>()?, &mean, &rstd_of(&var, eps))?;
-    Ok(BatchNormOut { y, mean: Tensor::from_vec(mean, [c])?, var: Tensor::from_vec(var, [c])? })
+    forward(x, [gamma, beta], mean, var, eps, relu)
 }
 
 pub fn forward_eval<T: Real>(
@@ -64,22 +124,43 @@ pub fn forward_eval<T: Real>(
     mean: &Tensor,
     var: &Tensor,
     eps: f64,
-) -> Result<Tensor> {
-    let rstd = rstd_of(var.cpu_slice::<T>()?, eps);
-    normalize(x, gamma.cpu_slice::<T>()?, beta.cpu_slice::<T>()?, mean.cpu_slice::<T>()?, &rstd)
+    relu: bool,
+) -> Result<BatchNormOut> {
+    forward(x, [gamma, beta], mean.cpu_slice::<T>()?.to_vec(), var.cpu_slice::<T>()?.to_vec(), eps, relu)
 }
 
+/// dy with the fused ReLU's mask applied when `relu`: zero where the forward's output was cut.
+fn upstream<'a, T: Real>(x: &Tensor, dy: &'a Tensor, affine: &Tensor, relu: bool) -> Result<Cow<'a, [T]>> {
+    let dys = dy.cpu_slice::<T>()?;
+    if !relu {
+        return Ok(Cow::Borrowed(dys));
+    }
+    let (_, c, hw) = layout(x);
+    let (xs, affines) = (x.cpu_slice::<T>()?, read_affines::<T>(affine)?);
+    let mut masked = dys.to_vec();
+    masked.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, gp)| {
+        let a = affines[plane % c];
+        let xp = &xs[plane * hw..(plane + 1) * hw];
+        gp.iter_mut().zip(xp).filter(|&(_, &v)| !(a.apply(v) > T::zero())).for_each(|(g, _)| *g = T::zero());
+    });
+    Ok(Cow::Owned(masked))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn backward<T: Real>(
     x: &Tensor,
     gamma: &Tensor,
     mean: &Tensor,
     var: &Tensor,
+    affine: &Tensor,
     dy: &Tensor,
     eps: f64,
     batch_stats: bool,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, hw) = layout(x);
-    let (xs, dys, g, mu) = (x.cpu_slice::<T>()?, dy.cpu_slice::<T>()?, gamma.cpu_slice::<T>()?, mean.cpu_slice::<T>()?);
+    let (xs, g, mu) = (x.cpu_slice::<T>()?, gamma.cpu_slice::<T>()?, mean.cpu_slice::<T>()?);
+    let dys = upstream::<T>(x, dy, affine, relu)?;
     let rstd = rstd_of(var.cpu_slice::<T>()?, eps);
     let dbeta = channel_sums(x, |_, plane| lanes::sum(&dys[plane]));
     // d gamma = sum of dy * xhat = rstd * sum of dy * (x - mean).

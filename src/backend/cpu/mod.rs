@@ -210,8 +210,15 @@ impl Backend for CpuBackend {
         float_dispatch!("conv2d_backward", x.dtype(), conv::backward(x, w, dy, geo, need_dx))
     }
 
-    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-        float_dispatch!("batch_norm", x.dtype(), batchnorm::forward_train(x, gamma, beta, eps))
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> Result<BatchNormOut> {
+        float_dispatch!("batch_norm", x.dtype(), batchnorm::forward_train(x, gamma, beta, eps, relu))
     }
 
     fn batch_norm_eval(
@@ -222,8 +229,9 @@ impl Backend for CpuBackend {
         mean: &Tensor,
         var: &Tensor,
         eps: f64,
-    ) -> Result<Tensor> {
-        float_dispatch!("batch_norm", x.dtype(), batchnorm::forward_eval(x, gamma, beta, mean, var, eps))
+        relu: bool,
+    ) -> Result<BatchNormOut> {
+        float_dispatch!("batch_norm", x.dtype(), batchnorm::forward_eval(x, gamma, beta, mean, var, eps, relu))
     }
 
     fn batch_norm_backward(
@@ -232,14 +240,16 @@ impl Backend for CpuBackend {
         gamma: &Tensor,
         mean: &Tensor,
         var: &Tensor,
+        affine: &Tensor,
         dy: &Tensor,
         eps: f64,
         batch_stats: bool,
+        relu: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         float_dispatch!(
             "batch_norm_backward",
             x.dtype(),
-            batchnorm::backward(x, gamma, mean, var, dy, eps, batch_stats)
+            batchnorm::backward(x, gamma, mean, var, affine, dy, eps, batch_stats, relu)
         )
     }
 

@@ -1,6 +1,8 @@
-//! Rust side of kernels/batchnorm.cu: BatchNorm2d. The batch statistics and the backward
-//! reductions run one block per (channel, chunk of the channel's N*H*W elements), handing fp32
-//! partial sums from one launch to the next; with given statistics, one thread per element.
+//! Rust side of kernels/batchnorm.cu: BatchNorm2d, with a ReLU after it fused in on request.
+//! The batch statistics and the backward reductions run one block per (channel, chunk of the
+//! channel's N*H*W elements), handing fp32 partial sums from one launch to the next; with given
+//! statistics, one thread per element. The forward also returns the fp32 per-channel scale and
+//! shift it applied, from which a fused ReLU's backward recomputes its mask.
 
 use super::GpuBackend;
 use super::buffer::Scratch;
@@ -9,7 +11,7 @@ use super::driver::{KernelArg, LaunchConfig};
 use super::footprint::Footprint;
 use crate::backend::BatchNormOut;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// `BN_THREADS` in kernels/batchnorm.cu.
 const THREADS: u32 = 256;
@@ -85,32 +87,42 @@ fn launch(
     gpu.launch(&kernel_for(base, inputs[0].dtype())?, config, &args, footprint)
 }
 
+/// The [2, C] fp32 table of per-channel scales and shifts a forward writes: zeros where the
+/// forward has no element to launch for, so a backward of an empty tensor reads defined memory.
+fn affine_table(gpu: &GpuBackend, c: usize, launched: bool) -> Result<Tensor> {
+    if launched { gpu.uninit([2, c], DType::F32) } else { gpu.zeros([2, c], DType::F32) }
+}
+
 pub(super) fn batch_norm_train(
     gpu: &GpuBackend,
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<BatchNormOut> {
     let (c, dtype) = (x.dims()[1], x.dtype());
+    let chunks = Chunks::of(x);
+    let launched = c > 0 && chunks.count > 0;
     let out = BatchNormOut {
         y: gpu.uninit(x.shape().clone(), dtype)?,
         mean: gpu.uninit([c], dtype)?,
         var: gpu.uninit([c], dtype)?,
+        affine: affine_table(gpu, c, launched)?,
     };
-    let chunks = Chunks::of(x);
-    if c > 0 && chunks.count > 0 {
+    if launched {
         let (config, shape, eps) = (chunks.blocks()?, shape(x, chunks)?, KernelArg::F32(eps as f32));
         let (sums, squares) = (chunks.partials(gpu)?, chunks.partials(gpu)?);
         launch(gpu, "bn_sum", config, [&[x], &[]], [&[], &[&sums]], &shape)?;
         launch(gpu, "bn_square_deviations", config, [&[x], &[]], [&[&sums], &[&squares]], &shape)?;
-        let outputs: &[&Tensor] = &[&out.y, &out.mean, &out.var];
-        let tail = [shape.as_slice(), &[eps]].concat();
+        let outputs: &[&Tensor] = &[&out.y, &out.mean, &out.var, &out.affine];
+        let tail = [shape.as_slice(), &[eps, KernelArg::I32(i32::from(relu))]].concat();
         launch(gpu, "bn_normalise", config, [&[x, gamma, beta], outputs], [&[&sums, &squares], &[]], &tail)?;
     }
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn batch_norm_eval(
     gpu: &GpuBackend,
     x: &Tensor,
@@ -119,14 +131,16 @@ pub(super) fn batch_norm_eval(
     mean: &Tensor,
     var: &Tensor,
     eps: f64,
-) -> Result<Tensor> {
+    relu: bool,
+) -> Result<BatchNormOut> {
     let y = gpu.uninit(x.shape().clone(), x.dtype())?;
+    let affine = affine_table(gpu, x.dims()[1], y.numel() > 0)?;
     if y.numel() > 0 {
         let config = LaunchConfig::linear(blocks_for(y.numel(), THREADS), THREADS, 0);
-        let tail = [dims(x)?.as_slice(), &[KernelArg::F32(eps as f32)]].concat();
-        launch(gpu, "bn_eval", config, [&[x, gamma, beta, mean, var], &[&y]], [&[], &[]], &tail)?;
+        let tail = [dims(x)?.as_slice(), &[KernelArg::F32(eps as f32), KernelArg::I32(i32::from(relu))]].concat();
+        launch(gpu, "bn_eval", config, [&[x, gamma, beta, mean, var], &[&y, &affine]], [&[], &[]], &tail)?;
     }
-    Ok(y)
+    Ok(BatchNormOut { y, mean: mean.clone(), var: var.clone(), affine })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -136,22 +150,24 @@ pub(super) fn batch_norm_backward(
     gamma: &Tensor,
     mean: &Tensor,
     var: &Tensor,
+    affine: &Tensor,
     dy: &Tensor,
     eps: f64,
     batch_stats: bool,
+    relu: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (c, dtype) = (x.dims()[1], x.dtype());
     let dx = gpu.uninit(x.shape().clone(), dtype)?;
     let (dgamma, dbeta) = (gpu.uninit([c], dtype)?, gpu.uninit([c], dtype)?);
     let chunks = Chunks::of(x);
     if c > 0 && chunks.count > 0 {
-        let (config, shape, eps) = (chunks.blocks()?, shape(x, chunks)?, KernelArg::F32(eps as f32));
+        let (config, shape) = (chunks.blocks()?, shape(x, chunks)?);
         let (dy_sums, dy_xhat_sums) = (chunks.partials(gpu)?, chunks.partials(gpu)?);
-        let tail = [shape.as_slice(), &[eps]].concat();
+        let tail = [shape.as_slice(), &[KernelArg::F32(eps as f32), KernelArg::I32(i32::from(relu))]].concat();
         let sums: &[&Scratch] = &[&dy_sums, &dy_xhat_sums];
-        launch(gpu, "bn_backward_sums", config, [&[x, mean, var, dy], &[]], [&[], sums], &tail)?;
+        launch(gpu, "bn_backward_sums", config, [&[x, mean, var, affine, dy], &[]], [&[], sums], &tail)?;
         let tail = [tail.as_slice(), &[KernelArg::I32(i32::from(batch_stats))]].concat();
-        let inputs: &[&Tensor] = &[x, gamma, mean, var, dy];
+        let inputs: &[&Tensor] = &[x, gamma, mean, var, affine, dy];
         launch(gpu, "bn_backward_dx", config, [inputs, &[&dx, &dgamma, &dbeta]], [sums, &[]], &tail)?;
     }
     Ok((dx, dgamma, dbeta))

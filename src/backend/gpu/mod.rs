@@ -267,8 +267,15 @@ impl Backend for GpuBackend {
         conv::conv2d_backward(self, x, w, dy, geo, need_dx)
     }
 
-    fn batch_norm_train(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<BatchNormOut> {
-        batchnorm::batch_norm_train(self, x, gamma, beta, eps)
+    fn batch_norm_train(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> Result<BatchNormOut> {
+        batchnorm::batch_norm_train(self, x, gamma, beta, eps, relu)
     }
 
     fn batch_norm_eval(
@@ -279,8 +286,9 @@ impl Backend for GpuBackend {
         mean: &Tensor,
         var: &Tensor,
         eps: f64,
-    ) -> Result<Tensor> {
-        batchnorm::batch_norm_eval(self, x, gamma, beta, mean, var, eps)
+        relu: bool,
+    ) -> Result<BatchNormOut> {
+        batchnorm::batch_norm_eval(self, x, gamma, beta, mean, var, eps, relu)
     }
 
     fn batch_norm_backward(
@@ -289,11 +297,13 @@ impl Backend for GpuBackend {
         gamma: &Tensor,
         mean: &Tensor,
         var: &Tensor,
+        affine: &Tensor,
         dy: &Tensor,
         eps: f64,
         batch_stats: bool,
+        relu: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        batchnorm::batch_norm_backward(self, x, gamma, mean, var, dy, eps, batch_stats)
+        batchnorm::batch_norm_backward(self, x, gamma, mean, var, affine, dy, eps, batch_stats, relu)
     }
 
     fn adamw_multi(&self, tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {

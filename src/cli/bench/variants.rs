@@ -25,6 +25,8 @@ pub enum Unfused {
     /// Attention with the scores stored per head (GEMM, mask, softmax, GEMM), sequences padded
     /// to the longest.
     Attention,
+    /// BatchNorm and the ReLU after it as two ops (the conv stem and the parallel branch).
+    BatchnormRelu,
 }
 
 impl Unfused {
@@ -36,6 +38,7 @@ impl Unfused {
             Unfused::BiasGelu => Some(Fusion::BiasGelu),
             Unfused::Infonce => Some(Fusion::InfoNce),
             Unfused::Attention => Some(Fusion::Attention),
+            Unfused::BatchnormRelu => Some(Fusion::BatchNormRelu),
         }
     }
 }
