@@ -48,6 +48,11 @@ impl<T: Real> Affine<T> {
     }
 }
 
+/// Whether the ReLU passes `z` through: it cuts zero, negatives and NaN, as the kernels do.
+fn relu_passes<T: Real>(z: T) -> bool {
+    z > T::zero()
+}
+
 /// The affines of every channel.
 fn affines<T: Real>(gamma: &[T], beta: &[T], mean: &[T], rstd: &[T]) -> Vec<Affine<T>> {
     (0..gamma.len()).map(|ch| Affine::of(mean[ch], rstd[ch], gamma[ch], beta[ch])).collect()
@@ -76,7 +81,7 @@ fn normalize<T: Real>(x: &Tensor, affines: &[Affine<T>], relu: bool) -> Result<T
         let xp = &xs[plane * hw..(plane + 1) * hw];
         yp.iter_mut().zip(xp).for_each(|(o, &v)| {
             let z = a.apply(v);
-            *o = if relu && !(z > T::zero()) { T::zero() } else { z };
+            *o = if relu && !relu_passes(z) { T::zero() } else { z };
         });
     });
     Tensor::from_vec(y, x.dims().to_vec())
@@ -141,7 +146,7 @@ fn upstream<'a, T: Real>(x: &Tensor, dy: &'a Tensor, affine: &Tensor, relu: bool
     masked.par_chunks_mut(hw.max(1)).enumerate().for_each(|(plane, gp)| {
         let a = affines[plane % c];
         let xp = &xs[plane * hw..(plane + 1) * hw];
-        gp.iter_mut().zip(xp).filter(|&(_, &v)| !(a.apply(v) > T::zero())).for_each(|(g, _)| *g = T::zero());
+        gp.iter_mut().zip(xp).filter(|&(_, &v)| !relu_passes(a.apply(v))).for_each(|(g, _)| *g = T::zero());
     });
     Ok(Cow::Owned(masked))
 }
