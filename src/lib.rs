@@ -15,6 +15,7 @@
 //!   against the model before use.
 //! - [`kernel_check`]: every GPU kernel under the emulator's sanitizer, from training steps
 //!   and op calls (`msclip kernels --check`).
+//! - [`nvtx`]: named ranges (steps, their phases, backend ops) for Nsight Systems.
 
 pub mod allocator;
 pub mod autograd;
@@ -28,6 +29,7 @@ pub mod files;
 pub mod kernel_check;
 pub mod model;
 pub mod nn;
+pub mod nvtx;
 pub mod ops;
 pub mod tensor;
 pub mod text;

@@ -708,9 +708,10 @@ pub trait Backend: Send + Sync {
     fn ema_update(&self, targets: &mut [&mut Tensor], sources: &[&Tensor], weight: f64) -> Result<()>;
 }
 
-/// The backend of a device (timed per kind of op while [`timed::measure`] runs on this thread).
+/// The backend of a device (timed per kind of op while [`timed::measure`] runs on this thread,
+/// and each call an NVTX range while a profiler records them).
 pub fn get(device: Device) -> &'static dyn Backend {
-    if timed::active() {
+    if timed::active() || crate::nvtx::enabled() {
         return timed::backend(device);
     }
     match device {

@@ -7,6 +7,11 @@
 //!
 //! Each call is also kept as an [`OpEvent`] (its name, kind, start and length), from which
 //! `msclip bench step --trace` writes a Chrome/Perfetto trace of the step.
+//!
+//! While a profiler records NVTX ranges ([`crate::nvtx`]), [`super::get`] hands out the wrapped
+//! backends on every thread, measuring or not, and each call is also an NVTX range of the same
+//! name; outside a [`measure`] the wrapper neither waits for the device nor keeps events, so the
+//! profile shows the step as it runs.
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -16,6 +21,7 @@ use super::{
     InfoNcePartial, InfoNceShard, LayerNormGrads, LayerNormOut, LnAffine, UnaryOp,
 };
 use crate::error::Result;
+use crate::nvtx;
 use crate::tensor::{DType, Device, Table, Tensor};
 
 /// What an op is, for the breakdown of a step's time.
@@ -174,7 +180,8 @@ impl Timed {
     }
 
     fn timed<R>(&self, kind: OpKind, name: &'static str, call: impl FnOnce() -> R) -> R {
-        if INSIDE.get() {
+        let _range = nvtx::range(name);
+        if INSIDE.get() || !active() {
             return call();
         }
         self.settle();

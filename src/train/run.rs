@@ -20,7 +20,7 @@ use super::prefetch::Batches;
 use super::readback::Readback;
 use super::resume;
 use super::run_dir::{self, load_run_tokenizer, read_run_config, save_run_tokenizer, write_run_config};
-use super::step::{StepInput, StepState};
+use super::step::{StepInput, StepState, step_range};
 use crate::data::shapes::{Colour, ShapeKind};
 use crate::dist::{Collective, Progress};
 use crate::error::{Error, Result};
@@ -243,7 +243,10 @@ pub fn train(config: &TrainConfig, options: &RunOptions) -> Result<RunSummary> {
         let lr = schedule.lr(step);
         let masks = masker.as_ref().map(|m| m.draw(&batch.tokens, images.dims()[0], step));
         let input = StepInput { images: &images, tokens: &batch.tokens, lr, masks: masks.as_ref() };
-        let output = issuer.step(&mut state, &model, config, input)?;
+        let output = {
+            let _range = step_range(step);
+            issuer.step(&mut state, &model, config, input)?
+        };
         step += 1;
         if let Some(progress) = &options.progress {
             progress.reached(step);

@@ -22,6 +22,7 @@ use crate::model::{
     Buffers, CaptionPacking, ClipModel, LossContext, LossTerms, MaskCapacity, MaskDraw, MaskedInputs, PackCapacity,
 };
 use crate::nn::{AdamW, AdamWConfig, ComputeCopies, ParamId, ParamStore, Update};
+use crate::nvtx;
 use crate::tensor::{DType, Device, Rng, Storage, Tensor};
 use crate::text::Tokenizer;
 
@@ -169,6 +170,7 @@ impl StepState {
         lr: f64,
     ) -> Result<StepOutput> {
         let LossTerms { total: loss, terms } = {
+            let _forward = nvtx::range("forward");
             // Dropped before the update, which then writes the copies in place.
             let copies = self.compute.as_ref().map(|c| c.forward_store(&self.params));
             let params = copies.as_ref().unwrap_or(&self.params);
@@ -177,15 +179,21 @@ impl StepState {
             let context = LossContext { max_scale: None, momentum, masked, negatives };
             model.training_loss_terms(params, &mut self.buffers, images, captions, &config.objectives, context)?
         };
-        let (grads, loss, terms) = match &self.ranks {
-            Some(ranks) => {
-                let (params, copies, bucket) = (&self.params, self.compute.as_ref(), data_parallel::BUCKET_BYTES);
-                let grads = data_parallel::backward_summed(&loss, params, copies, ranks.as_ref(), bucket)?;
-                let (loss, terms) = data_parallel::sum_losses(&loss.detach(), terms, ranks.as_ref())?;
-                (grads, loss, terms)
+        let (grads, loss, terms) = {
+            let _backward = nvtx::range("backward");
+            match &self.ranks {
+                Some(ranks) => {
+                    let (params, copies, bucket) = (&self.params, self.compute.as_ref(), data_parallel::BUCKET_BYTES);
+                    let grads = data_parallel::backward_summed(&loss, params, copies, ranks.as_ref(), bucket)?;
+                    let (loss, terms) = data_parallel::sum_losses(&loss.detach(), terms, ranks.as_ref())?;
+                    (grads, loss, terms)
+                }
+                None => (autograd::backward(&loss)?, loss.detach(), terms),
             }
-            None => (autograd::backward(&loss)?, loss.detach(), terms),
         };
+        // Gradient clipping happens inside the optimizer's backend call (adamw_multi), which marks
+        // it with a `clip` range.
+        let _optimizer = nvtx::range("optimizer");
         // open_clip clamps the logit scale parameter to [0, ln max] after every step.
         let clamps: Vec<_> =
             config.logit_scale_max.map(|max| (model.logit_scale(), (0.0, max.ln()))).into_iter().collect();
@@ -196,6 +204,12 @@ impl StepState {
         }
         Ok(StepOutput { loss, grad_norm, terms })
     }
+}
+
+/// The NVTX range of 0-based step `step`, named as the logs number it: `step 1` is the first.
+/// It spans what the step issues, not its batch's making.
+pub(super) fn step_range(step: u64) -> nvtx::Range {
+    nvtx::range(format_args!("step {}", step + 1))
 }
 
 /// The tables of a step's masks, padded to fit any batch whose captions fit `capacity` when
@@ -271,6 +285,7 @@ impl<'a> Steps<'a> {
         let (tokens, images) = self.batch(step)?;
         let masks = self.masker.as_ref().map(|m| m.draw(&tokens, images.dims()[0], step));
         let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step), masks: masks.as_ref() };
+        let _range = step_range(step);
         self.state.step(self.model, self.config, input)
     }
 
@@ -281,6 +296,7 @@ impl<'a> Steps<'a> {
         let (tokens, images) = self.batch(step)?;
         let masks = self.masker.as_ref().map(|m| m.draw(&tokens, images.dims()[0], step));
         let input = StepInput { images: &images, tokens: &tokens, lr: self.schedule.lr(step), masks: masks.as_ref() };
+        let _range = step_range(step);
         self.issuer.step(&mut self.state, self.model, self.config, input)
     }
 

@@ -8,12 +8,14 @@ use rayon::prelude::*;
 
 use crate::backend::{AdamWStep, AdamWTensor};
 use crate::error::{Error, Result};
+use crate::nvtx;
 use crate::tensor::{DType, Real, Tensor};
 
-/// The whole multi-tensor step: the global norm (in f64), the clipping factor, then every
-/// tensor's update, or none when the norm is not finite. Returns the norm in the parameters'
-/// dtype (f32 when there are none).
+/// The whole multi-tensor step: the global norm (in f64) and the clipping factor (an NVTX range
+/// `clip`), then every tensor's update, or none when the norm is not finite. Returns the norm in
+/// the parameters' dtype (f32 when there are none).
 pub fn step_all(tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor> {
+    let clip = nvtx::range("clip");
     let squares: f64 = tensors.iter().map(|t| sum_of_squares(t.grad)).sum();
     let norm = squares.sqrt();
     let dtype = tensors.first().map_or(DType::F32, |t| t.param.dtype());
@@ -25,6 +27,7 @@ pub fn step_all(tensors: &mut [AdamWTensor<'_>], hp: AdamWStep) -> Result<Tensor
         Some(max) if max > 0.0 && norm > max => max / norm,
         _ => 1.0,
     };
+    drop(clip);
     for t in tensors.iter_mut() {
         match t.param.dtype() {
             DType::F32 => step::<f32>(t, hp, grad_scale)?,

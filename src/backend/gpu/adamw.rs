@@ -8,6 +8,7 @@ use super::driver::{KernelArg, LaunchConfig};
 use super::footprint::Footprint;
 use crate::backend::{AdamWStep, AdamWTensor, adamw_constants};
 use crate::error::{Error, Result};
+use crate::nvtx;
 use crate::tensor::{DType, Table, Tensor};
 
 /// Elements per block, `ADAMW_CHUNK` in kernels/adamw.cu.
@@ -81,6 +82,8 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
     let norm = gpu.uninit([1], DType::F32)?;
     let scale = Scratch::uninit(gpu.device(), 4)?;
     let grads: Vec<&Tensor> = tensors.iter().filter(|t| t.param.numel() > 0).map(|t| t.grad).collect();
+    // The global norm and the clipping factor; the update below applies the factor.
+    let clip = nvtx::range("clip");
     gpu.launch(
         "grad_sq_partials",
         LaunchConfig::linear(blocks, THREADS, 0),
@@ -99,6 +102,7 @@ pub(super) fn adamw_multi(gpu: &GpuBackend, tensors: &mut [AdamWTensor<'_>], hp:
         ],
         Footprint::of(&[], &[&norm]).reads(partials.bytes()).writes(scale.bytes()),
     )?;
+    drop(clip);
     gpu.launch(
         "adamw_multi",
         LaunchConfig::linear(blocks, THREADS, 0),
