@@ -1,12 +1,15 @@
-//! Convolution (kernels/conv.cu: im2col + GEMM, col2im, depthwise kernels) against the CPU
-//! reference, in f32 and bf16 (BatchNorm: gpu_batchnorm.rs), on ragged shapes: odd spatial
-//! sizes (7x5, 13x13, 1x1), 1 to 5 channels, strides 1 to 17, padding 0 to 2, kernels up to
-//! 17x17, dense, grouped and depthwise convolutions.
+//! Convolution (kernels/conv.cu: im2col + GEMM, col2im, depthwise kernels; pointwise convs as
+//! GEMMs over NCHW) against the CPU reference, in f32 and bf16 (BatchNorm: gpu_batchnorm.rs),
+//! on ragged shapes: odd spatial sizes (7x5, 13x13, 1x1), 1 to 64 channels, strides 1 to
+//! 17, padding 0 to 2, kernels up to 17x17, dense, grouped, depthwise and pointwise
+//! convolutions.
 
 mod common;
 
 use common::assert_close;
 use common::gpu::{gpu_devices, on, randn_as, rtol_of};
+use msclip::backend::gpu::counters::measure;
+use msclip::backend::gpu::{GemmSpec, GemmType};
 use msclip::backend::{self, Backend, Conv2dGeometry};
 use msclip::{DType, Device, Rng, Tensor};
 
@@ -51,7 +54,19 @@ const fn case(
     ConvCase { n, c, h, w, co, k, geo: Conv2dGeometry { stride, padding, groups } }
 }
 
-const CONV_CASES: [ConvCase; 23] = [
+/// Pointwise (1x1, stride 1, unpadded, ungrouped) convs whose weight gradient sums per-sample
+/// products (src/backend/gpu/conv.rs, sums_per_sample_products): 2 C_out C_in at most
+/// HW (C_in + C_out).
+const POINTWISE_SUMMED: [ConvCase; 2] = [case(3, 5, (7, 7), 3, 1, (1, 0, 1)), case(1, 4, (5, 3), 6, 1, (1, 0, 1))];
+
+/// Pointwise convs whose weight gradient swaps dy and x channel-major: more channels than pixels.
+const POINTWISE_SWAPPED: [ConvCase; 3] = [
+    case(3, 24, (5, 3), 20, 1, (1, 0, 1)),
+    case(1, 17, (1, 3), 9, 1, (1, 0, 1)),
+    case(3, 64, (7, 7), 48, 1, (1, 0, 1)),
+];
+
+const CONV_CASES: [ConvCase; 28] = [
     // Dense.
     case(2, 3, (7, 5), 5, 3, (1, 1, 1)),
     case(1, 1, (13, 13), 3, 3, (2, 0, 1)),
@@ -90,7 +105,22 @@ const CONV_CASES: [ConvCase; 23] = [
     case(1, 4, (9, 11), 4, 3, (2, 1, 4)),
     case(3, 1, (64, 48), 1, 16, (16, 0, 1)),
     case(2, 3, (11, 10), 3, 2, (3, 1, 3)),
+    // Pointwise: GEMMs over NCHW, both routes of the weight gradient, batches of 1 and 3.
+    POINTWISE_SUMMED[0],
+    POINTWISE_SUMMED[1],
+    POINTWISE_SWAPPED[0],
+    POINTWISE_SWAPPED[1],
+    POINTWISE_SWAPPED[2],
 ];
+
+/// x, w and dy of a case, N(0, 1), N(0, 0.25) and N(0, 1) values that `dtype` holds exactly.
+fn operands(rng: &mut Rng, cc: &ConvCase, dtype: DType) -> [Tensor; 3] {
+    let x = randn_as(rng, &[cc.n, cc.c, cc.h, cc.w], 1.0, dtype);
+    let w = randn_as(rng, &[cc.co, cc.c / cc.geo.groups, cc.k, cc.k], 0.5, dtype);
+    let y_dims = cpu().conv2d(&x, &w, cc.geo).unwrap().dims().to_vec();
+    let dy = randn_as(rng, &y_dims, 1.0, dtype);
+    [x, w, dy]
+}
 
 #[test]
 fn conv2d_forward_and_backward_match_the_cpu() {
@@ -98,10 +128,8 @@ fn conv2d_forward_and_backward_match_the_cpu() {
         for (i, cc) in CONV_CASES.iter().enumerate() {
             for dtype in DTYPES {
                 let mut rng = Rng::new(100 + i as u64);
-                let x = randn_as(&mut rng, &[cc.n, cc.c, cc.h, cc.w], 1.0, dtype);
-                let w = randn_as(&mut rng, &[cc.co, cc.c / cc.geo.groups, cc.k, cc.k], 0.5, dtype);
+                let [x, w, dy] = operands(&mut rng, cc, dtype);
                 let want_y = cpu().conv2d(&x, &w, cc.geo).unwrap();
-                let dy = randn_as(&mut rng, want_y.dims(), 1.0, dtype);
                 let (want_dx, want_dw) = cpu().conv2d_backward(&x, &w, &dy, cc.geo, true).unwrap();
                 let want_dx = want_dx.expect("the CPU returns dx when asked");
 
@@ -118,6 +146,38 @@ fn conv2d_forward_and_backward_match_the_cpu() {
                 assert!(none.is_none(), "{}", what("dx not asked for"));
                 assert_eq!(again.to_f64_vec(), dw.to_f64_vec(), "{}", what("dw is deterministic"));
             }
+        }
+    }
+}
+
+/// Pointwise convs run over NCHW as GEMMs batched over the samples with the weight shared: no
+/// im2col, col2im or layout swap, forward or for dx. Their weight gradient is one more GEMM
+/// batched over the samples and a fixed-order sum of its products, or, with more channels than
+/// pixels, dy and x swapped channel-major and one GEMM over the batch.
+#[test]
+fn pointwise_convs_run_as_per_sample_gemms() {
+    for device in gpu_devices() {
+        let gpu = backend::get(device);
+        let routes = POINTWISE_SUMMED.iter().map(|c| (c, true)).chain(POINTWISE_SWAPPED.iter().map(|c| (c, false)));
+        for (cc, summed) in routes {
+            let [x, w, dy] = operands(&mut Rng::new(300), cc, DType::F32).map(|t| on(&t, device, DType::F32));
+            let what = format!("{device} {cc:?}");
+            let (hw, per_sample) = (cc.h * cc.w, |mnk, trans| GemmSpec::new(GemmType::F32, cc.n, mnk, trans));
+            let (_, forward) = measure(|| gpu.conv2d(&x, &w, cc.geo).unwrap());
+            assert_eq!(forward.launches(), 0, "{what}: forward launches {:?}", forward.launches_by_kernel);
+            let y_gemm = per_sample((cc.co, hw, cc.c), (false, false)).with_shared_a();
+            assert_eq!(forward.gemms_by_spec, [(y_gemm, 1)].into(), "{what}: forward");
+
+            let (_, backward) = measure(|| gpu.conv2d_backward(&x, &w, &dy, cc.geo, true).unwrap());
+            let dx_gemm = per_sample((cc.c, hw, cc.co), (true, false)).with_shared_a();
+            let (dw_gemm, kernels) = if summed {
+                (per_sample((cc.co, cc.c, hw), (false, true)), vec!["sum_middle_f32"])
+            } else {
+                (GemmSpec::new(GemmType::F32, 1, (cc.co, cc.c, cc.n * hw), (false, true)), vec!["swap_outer_f32"])
+            };
+            assert_eq!(backward.gemms_by_spec, [(dw_gemm, 1), (dx_gemm, 1)].into(), "{what}: backward");
+            let launched: Vec<&str> = backward.launches_by_kernel.keys().map(String::as_str).collect();
+            assert_eq!(launched, kernels, "{what}: backward launches {:?}", backward.launches_by_kernel);
         }
     }
 }

@@ -53,7 +53,7 @@ fn gemms_are_counted_by_spec_and_item_is_a_host_sync() {
             let product = a.matmul(&b).unwrap(); // [2, 2]
             product.sum_all().unwrap().item().unwrap()
         });
-        let spec = GemmSpec { dtype: GemmType::F32, batch: 1, m: 2, n: 2, k: 3, trans_a: false, trans_b: false };
+        let spec = GemmSpec::new(GemmType::F32, 1, (2, 2, 3), (false, false));
         assert_eq!(counts.gemms_by_spec, BTreeMap::from([(spec, 1)]), "{device}");
         assert_eq!(counts.uploads.count, 1, "{device}");
         assert_eq!(counts.downloads, Calls { count: 1, bytes: 4 }, "{device}: item() reads one f32");

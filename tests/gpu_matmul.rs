@@ -3,13 +3,16 @@
 //! transposes, with and without the bias epilogue, batches of 1 and 3, and odd sizes whose
 //! batch strides are not 16-byte multiples. Each shape runs twice with fresh operands, so the
 //! second call goes through a cached plan with other pointers. On a machine without a GPU the
-//! CUDA half is skipped with a message (see `gpu_devices`).
+//! CUDA half is skipped with a message (see `gpu_devices`). The driver's strided batches (an
+//! operand shared by every entry, entries spaced apart) are checked on the driver directly.
 
 mod common;
 
 use common::assert_close;
 use common::gpu::{gpu_devices, on, rtol_of};
+use msclip::backend::gpu::{self, DevicePtr, GemmSpec, GemmType};
 use msclip::backend::{self, Backend};
+use msclip::tensor::Storage;
 use msclip::{DType, Device, Rng, Tensor};
 
 /// (batch, m, n, k).
@@ -67,5 +70,72 @@ fn gemms_match_the_cpu_over_transposes_bias_batches_and_odd_shapes() {
                 }
             }
         }
+    }
+}
+
+/// Where a GPU tensor's elements are.
+fn address(t: &Tensor) -> DevicePtr {
+    match t.storage() {
+        Storage::Gpu(g) => g.ptr(),
+        Storage::Cpu(_) => panic!("a GPU tensor"),
+    }
+}
+
+/// Batch entry `i` of the flat `values`, `stride` elements apart, as a [1, rows, cols] tensor.
+fn entry(values: &[f64], i: usize, stride: usize, (rows, cols): (usize, usize)) -> Tensor {
+    Tensor::from_f64(&values[i * stride..i * stride + rows * cols], [1, rows, cols], DType::F64).unwrap()
+}
+
+/// One GEMM batched over 3 entries with `a` shared (stride 0, a 1x1 convolution's weight
+/// applied to each sample) and the entries of b and c spaced further apart than their size,
+/// against the f64 CPU product of each entry; c's gaps keep their zeros. Odd sizes: strides
+/// that are not 16-byte multiples.
+#[test]
+fn a_shared_operand_and_spaced_batch_entries_match_the_cpu() {
+    let (batch, m, n, k) = (3, 9, 49, 13);
+    let mut rng = Rng::new(22);
+    for (dtype, gemm_type) in [(DType::F32, GemmType::F32), (DType::BF16, GemmType::BF16)] {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let spec = GemmSpec::new(gemm_type, batch, (m, n, k), (trans_a, trans_b));
+            let spec = GemmSpec { batch_strides: [0, k * n + 5, m * n + 3], ..spec };
+            let [_, b_stride, c_stride] = spec.batch_strides;
+            let a = operand(&mut rng, if trans_a { [1, k, m] } else { [1, m, k] }, dtype);
+            let b = operand(&mut rng, [1, 1, (batch - 1) * b_stride + k * n], dtype);
+            let (a64, b_values) = (a.to_dtype(DType::F64).unwrap(), b.to_f64_vec());
+            let b_dims = if trans_b { (n, k) } else { (k, n) };
+            let want: Vec<Tensor> = (0..batch)
+                .map(|i| {
+                    let b_i = entry(&b_values, i, b_stride, b_dims);
+                    product(backend::get(Device::Cpu), &a64, &b_i, (trans_a, trans_b), None)
+                })
+                .collect();
+            for device in gpu_devices() {
+                let (a_dev, b_dev) = (on(&a, device, dtype), on(&b, device, dtype));
+                let c = Tensor::zeros([(batch - 1) * c_stride + m * n], dtype).to_device(device).unwrap();
+                let driver = gpu::driver(device).unwrap();
+                driver.gemm(spec, address(&a_dev), address(&b_dev), None, address(&c)).unwrap();
+                let what = format!("{dtype} on {device}: {spec:?}");
+                let got = c.to_f64_vec();
+                let atol = rtol_of(dtype) * (k as f64).sqrt() * 2.0;
+                for (i, want) in want.iter().enumerate() {
+                    let got_i = entry(&got, i, c_stride, (m, n)).to_f64_vec();
+                    assert_close(&format!("{what}, entry {i}"), &got_i, &want.to_f64_vec(), atol, rtol_of(dtype));
+                }
+                let gaps = got.chunks(c_stride).flat_map(|e| e[m * n..].to_vec()).collect::<Vec<_>>();
+                assert!(gaps.iter().all(|&v| v == 0.0), "{what}: c's gaps untouched");
+            }
+        }
+    }
+}
+
+#[test]
+fn overlapping_output_entries_are_refused() {
+    let spec = GemmSpec::new(GemmType::F32, 2, (2, 3, 4), (false, false));
+    let overlapping = GemmSpec { batch_strides: [8, 12, 5], ..spec };
+    for device in gpu_devices() {
+        let buffer = Tensor::zeros([64], DType::F32).to_device(device).unwrap();
+        let p = address(&buffer);
+        let err = gpu::driver(device).unwrap().gemm(overlapping, p, p, None, p).unwrap_err();
+        assert!(err.to_string().contains("overlap"), "{device}: {err}");
     }
 }

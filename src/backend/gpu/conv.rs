@@ -1,5 +1,6 @@
 //! Rust side of kernels/conv.cu: 2-D convolution as im2col + the driver's batched GEMM over
-//! the groups, with dedicated kernels for depthwise convolutions.
+//! the groups, with dedicated kernels for depthwise convolutions and plain GEMMs for pointwise
+//! (1x1, stride 1, unpadded, ungrouped) ones.
 //!
 //! The GEMMs work channel-major: the patches of the whole batch form one
 //! [C_in*kh*kw, N*Ho*Wo] matrix whose row blocks are the groups, so a single GEMM batched over
@@ -7,13 +8,20 @@
 //! channel-major around it. The weight gradient is a GEMM whose reduction (over N*Ho*Wo) runs
 //! inside one product, and col2im and the depthwise dW kernel reduce in a fixed order: the
 //! backward pass uses no float atomics and is deterministic.
+//!
+//! A pointwise conv needs none of that data movement: its patch matrix is x itself, so it runs
+//! over NCHW as it lies, as GEMMs batched over the samples that share the weight (y[n] = W x[n],
+//! dx[n] = W^T dy[n]); its weight gradient sums per-sample products in a fixed order, or takes
+//! the channel-major route where those products would move more bytes than the swaps
+//! ([`sums_per_sample_products`]).
 
 use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
-use super::driver::{GemmSpec, GemmType, KernelArg, LaunchConfig};
-use super::elementwise::warp_per_row;
+use super::driver::{GemmSpec, KernelArg, LaunchConfig};
+use super::elementwise::{column_sums, warp_per_row};
 use super::footprint::Footprint;
+use super::matmul::gemm_type;
 use crate::backend::Conv2dGeometry;
 use crate::backend::cpu::conv::Dims;
 use crate::error::{Error, Result};
@@ -29,6 +37,12 @@ const WARP_FORWARD_TAPS: usize = 32;
 /// One input and one output channel per group: the dedicated depthwise kernels apply.
 fn is_depthwise(d: &Dims) -> bool {
     d.groups == d.c && d.co == d.c
+}
+
+/// A 1x1 kernel at stride 1, unpadded and ungrouped: each output pixel is W times its input
+/// pixel's channels, so per sample y[n] [C_out, H*W] = W [C_out, C_in] @ x[n] [C_in, H*W].
+fn is_pointwise(d: &Dims) -> bool {
+    d.kh == 1 && d.kw == 1 && d.stride == 1 && d.pad == 0 && d.groups == 1
 }
 
 /// Columns of the im2col matrix: one per output pixel of the batch.
@@ -121,22 +135,91 @@ fn swap_outer(gpu: &GpuBackend, x: &Tensor, (a, b, inner): (usize, usize, usize)
     Ok(out)
 }
 
-/// `c = op(a) @ op(b)` batched over the groups, through the driver (fp32 accumulation).
-fn gemm(
-    gpu: &GpuBackend,
-    (batch, m, n, k): (usize, usize, usize, usize),
-    (trans_a, trans_b): (bool, bool),
-    a: &Tensor,
-    b: &Tensor,
-    c: &Tensor,
-) -> Result<()> {
-    let dtype = match c.dtype() {
-        DType::F32 => GemmType::F32,
-        DType::BF16 => GemmType::BF16,
-        DType::F64 => return Err(Error::dtype("conv2d", "GPU GEMMs take f32 or bf16, not f64")),
-    };
-    let spec = GemmSpec { dtype, batch, m, n, k, trans_a, trans_b };
+/// `t` ([N, channels, Ho*Wo]: y, dy, or a pointwise conv's x) channel-major:
+/// [channels, N*Ho*Wo].
+fn channel_major(gpu: &GpuBackend, d: &Dims, t: &Tensor, channels: usize) -> Result<Tensor> {
+    swap_outer(gpu, t, (d.n, channels, d.spatial_out()), &[channels, columns(d)])
+}
+
+/// `batch` products of `(m, n, k)` on tensors of `dtype`, their entries back to back.
+fn gemm_spec(dtype: DType, batch: usize, mnk: (usize, usize, usize), trans: (bool, bool)) -> Result<GemmSpec> {
+    Ok(GemmSpec::new(gemm_type("conv2d", dtype)?, batch, mnk, trans))
+}
+
+/// `c = op(a) @ op(b)` as `spec` lays the operands out, through the driver (fp32 accumulation).
+fn gemm(gpu: &GpuBackend, spec: GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     gpu.driver()?.gemm(spec, device_ptr(a)?, device_ptr(b)?, None, device_ptr(c)?)
+}
+
+/// dW_g [cog, patch] = dY_g [cog, N*Ho*Wo] @ col_g^T for every group g, from the channel-major
+/// dy and the patch matrix: the reduction over the batch runs inside one product.
+fn channel_major_weight_grad(gpu: &GpuBackend, d: &Dims, dy_cm: &Tensor, col: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
+    let spec = gemm_spec(w.dtype(), d.groups, (d.cog(), d.patch(), columns(d)), (false, true))?;
+    gemm(gpu, spec, dy_cm, col, &dw)?;
+    Ok(dw)
+}
+
+/// y[n] = W @ x[n] for every sample: one GEMM batched over the samples, W shared, NCHW in and
+/// out.
+fn pointwise_forward(gpu: &GpuBackend, d: &Dims, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = gpu.uninit([d.n, d.co, d.ho, d.wo], x.dtype())?;
+    let spec = gemm_spec(x.dtype(), d.n, (d.co, d.h * d.w, d.c), (false, false))?.with_shared_a();
+    gemm(gpu, spec, w, x, &y)?;
+    Ok(y)
+}
+
+/// Whether a pointwise conv's dW = sum over n of dy[n] @ x[n]^T sums per-sample products
+/// rather than taking the channel-major route.
+///
+/// One GEMM reduces over the batch only where the samples' pixels lie side by side: swapping
+/// x and dy to channel-major reads and writes N*HW*(C_in + C_out) elements each way. A GEMM
+/// batched over the samples instead writes N products of C_out*C_in elements, which a
+/// fixed-order sum reads back: N*C_out*C_in elements each way, in the same dtype. The products
+/// win where they are at most half the swaps' bytes (the margin pays the sum's launches and
+/// its fp32 passes); at msclip-s-b32 that is the parallel branch's bottleneck convs at
+/// 112x112 to 28x28, and the channel-major route the rest (14x14, 7x7: the stem's last conv,
+/// the lateral lifts). The shape alone decides, so the route, and with it the rounding, is
+/// the same on every device.
+fn sums_per_sample_products(d: &Dims) -> bool {
+    2 * d.co * d.c <= d.h * d.w * (d.c + d.co)
+}
+
+/// dW as the per-sample products dy[n] @ x[n]^T ([N, C_out, C_in], one GEMM batched over the
+/// samples) summed over n in a fixed order (`column_sums`, in fp32, rounded once). In bf16
+/// each product is rounded to bf16 before the sum, one rounding more than the channel-major
+/// route's.
+fn summed_weight_grad(gpu: &GpuBackend, d: &Dims, x: &Tensor, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let partials = gpu.uninit([d.n, d.co, d.c], x.dtype())?;
+    gemm(gpu, gemm_spec(x.dtype(), d.n, (d.co, d.c, d.h * d.w), (false, true))?, dy, x, &partials)?;
+    let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
+    column_sums(gpu, (device_ptr(&partials)?, partials.dtype()), [1, d.n, d.co * d.c], &dw)?;
+    Ok(dw)
+}
+
+fn pointwise_backward(
+    gpu: &GpuBackend,
+    d: &Dims,
+    (x, w, dy): (&Tensor, &Tensor, &Tensor),
+    need_dx: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let dw = if sums_per_sample_products(d) {
+        summed_weight_grad(gpu, d, x, dy, w)?
+    } else {
+        // x channel-major is the patch matrix of a pointwise conv.
+        let (dy_cm, x_cm) = (channel_major(gpu, d, dy, d.co)?, channel_major(gpu, d, x, d.c)?);
+        channel_major_weight_grad(gpu, d, &dy_cm, &x_cm, w)?
+    };
+    let dx = if need_dx {
+        // dx[n] = W^T @ dy[n], W shared.
+        let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
+        let spec = gemm_spec(x.dtype(), d.n, (d.c, d.h * d.w, d.co), (true, false))?.with_shared_a();
+        gemm(gpu, spec, w, dy, &dx)?;
+        Some(dx)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }
 
 /// Each depthwise tap-pixel walk (a block of `dwconv_dw_partials`) covers at least this many
@@ -206,10 +289,13 @@ pub(super) fn conv2d(gpu: &GpuBackend, x: &Tensor, w: &Tensor, geo: Conv2dGeomet
         }
         return Ok(y);
     }
+    if is_pointwise(&d) {
+        return pointwise_forward(gpu, &d, x, w);
+    }
     let col = im2col(gpu, &d, x)?;
     // [groups, C_out/groups, patch] @ [groups, patch, N*Ho*Wo]: channel-major output.
     let y_cm = gpu.uninit([d.co, columns(&d)], x.dtype())?;
-    gemm(gpu, (d.groups, d.cog(), columns(&d), d.patch()), (false, false), w, &col, &y_cm)?;
+    gemm(gpu, gemm_spec(x.dtype(), d.groups, (d.cog(), columns(&d), d.patch()), (false, false))?, w, &col, &y_cm)?;
     swap_outer(gpu, &y_cm, (d.co, d.n, d.spatial_out()), &shape)
 }
 
@@ -239,16 +325,17 @@ pub(super) fn conv2d_backward(
         };
         return Ok((dx, dw));
     }
+    if is_pointwise(&d) {
+        return pointwise_backward(gpu, &d, (x, w, dy), need_dx);
+    }
     let col = im2col(gpu, &d, x)?;
-    let dy_cm = swap_outer(gpu, dy, (d.n, d.co, d.spatial_out()), &[d.co, columns(&d)])?;
-    let (cog, patch, columns) = (d.cog(), d.patch(), columns(&d));
-    // dW_g [cog, patch] = dY_g [cog, N*Ho*Wo] @ col_g^T.
-    let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
-    gemm(gpu, (d.groups, cog, patch, columns), (false, true), &dy_cm, &col, &dw)?;
+    let dy_cm = channel_major(gpu, &d, dy, d.co)?;
+    let dw = channel_major_weight_grad(gpu, &d, &dy_cm, &col, w)?;
     let dx = if need_dx {
         // dcol_g [patch, N*Ho*Wo] = W_g^T @ dY_g, gathered back into the image.
         let dcol = gpu.uninit(col.shape().clone(), x.dtype())?;
-        gemm(gpu, (d.groups, patch, columns, cog), (true, false), w, &dy_cm, &dcol)?;
+        let spec = gemm_spec(x.dtype(), d.groups, (d.patch(), columns(&d), d.cog()), (true, false))?;
+        gemm(gpu, spec, w, &dy_cm, &dcol)?;
         let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
         launch(gpu, &d, "col2im", Some(col2im_grid(&d)?), dx.numel(), &[&dcol, &dx])?;
         Some(dx)

@@ -216,7 +216,7 @@ mod tests {
     use crate::backend::gpu::GemmType;
 
     fn spec(m: usize) -> GemmSpec {
-        GemmSpec { dtype: GemmType::F32, batch: 1, m, n: 4, k: 4, trans_a: false, trans_b: true }
+        GemmSpec::new(GemmType::F32, 1, (m, 4, 4), (false, true))
     }
 
     #[test]
@@ -252,6 +252,16 @@ mod tests {
             (Calls { count: 1, bytes: 64 }, Calls { count: 1, bytes: 32 })
         );
         assert_eq!(counts.host_syncs(), 2, "one download, one synchronize; the upload is queued");
+    }
+
+    #[test]
+    fn a_shared_operand_counts_as_a_spec_of_its_own() {
+        let ((), counts) = measure(|| {
+            gemm(spec(8));
+            gemm(spec(8).with_shared_a());
+            gemm(spec(8).with_shared_a());
+        });
+        assert_eq!(counts.gemms_by_spec, BTreeMap::from([(spec(8), 1), (spec(8).with_shared_a(), 2)]));
     }
 
     #[test]

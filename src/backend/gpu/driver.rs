@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// An address in the driver's memory (a CUDA device pointer, or a host address for the
 /// emulator). Plain integers keep the launch boundary identical to `cuLaunchKernel`'s.
@@ -88,11 +88,20 @@ impl GemmType {
             GemmType::BF16 => "bf16",
         }
     }
+
+    /// Bytes of one element.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            GemmType::F32 => 4,
+            GemmType::BF16 => 2,
+        }
+    }
 }
 
-/// `c[b] = op(a[b]) @ op(b[b]) (+ bias)` for every batch element, all row-major and contiguous;
-/// accumulation in fp32 and `c` of the same type as the inputs. Ordered (field by field) so
-/// that counts can be kept per spec.
+/// `c[i] = op(a[i]) @ op(b[i]) (+ bias)` for every batch entry i, each matrix row-major and
+/// contiguous; accumulation in fp32 and `c` of the same type as the inputs. Entry i of an
+/// operand starts `batch_strides` elements after entry i - 1. Ordered (field by field) so that
+/// counts, and cuBLASLt's plans, can be kept per spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct GemmSpec {
     pub dtype: GemmType,
@@ -102,6 +111,53 @@ pub struct GemmSpec {
     pub k: usize,
     pub trans_a: bool,
     pub trans_b: bool,
+    /// Elements from one batch entry of a, b and c to the next: a matrix's size when the
+    /// entries lie back to back ([`GemmSpec::new`]), 0 for an operand every entry shares (a
+    /// weight applied to each sample, [`GemmSpec::with_shared_a`]). The entries of c never
+    /// overlap.
+    pub batch_strides: [usize; 3],
+}
+
+impl GemmSpec {
+    /// `batch` products of `op(a)` (m x k) and `op(b)` (k x n), the entries of every operand
+    /// back to back.
+    pub fn new(dtype: GemmType, batch: usize, mnk: (usize, usize, usize), trans: (bool, bool)) -> Self {
+        let ((m, n, k), (trans_a, trans_b)) = (mnk, trans);
+        GemmSpec { dtype, batch, m, n, k, trans_a, trans_b, batch_strides: [m * k, k * n, m * n] }
+    }
+
+    /// The same `a` for every batch entry.
+    pub fn with_shared_a(self) -> Self {
+        let [_, b, c] = self.batch_strides;
+        GemmSpec { batch_strides: [0, b, c], ..self }
+    }
+
+    /// Elements of one matrix of a, b and c.
+    pub fn matrix_elements(&self) -> [usize; 3] {
+        [self.m * self.k, self.k * self.n, self.m * self.n]
+    }
+
+    /// Distinct elements of a, b and c over the whole batch: a shared operand's once. Entries
+    /// closer than their size overlap into one contiguous run; farther apart, none overlap.
+    pub fn distinct_elements(&self) -> [usize; 3] {
+        let (strides, sizes) = (self.batch_strides, self.matrix_elements());
+        std::array::from_fn(|i| match self.batch {
+            0 => 0,
+            b => (b * sizes[i]).min((b - 1) * strides[i] + sizes[i]),
+        })
+    }
+
+    /// Refuses batch entries of c that overlap: products would write the same elements.
+    pub fn check(&self) -> Result<()> {
+        let c = self.m * self.n;
+        if self.batch > 1 && c > 0 && self.batch_strides[2] < c {
+            return Err(Error::invalid(
+                "gemm",
+                format!("output entries of {c} elements {} apart overlap", self.batch_strides[2]),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A captured graph of device work, as the driver that captured it names it.

@@ -341,24 +341,27 @@ impl Driver for EmuDriver {
         if graph::record(|| Node::Gemm { spec, a, b, bias, c }) {
             return Ok(());
         }
-        let GemmSpec { batch, m, n, k, .. } = spec;
-        let a = read_as_f32(spec.dtype, a, batch * m * k);
-        let b = read_as_f32(spec.dtype, b, batch * k * n);
-        let mut out = vec![0f32; batch * m * n];
-        if let Some(bias) = bias {
-            let bias = read_as_f32(spec.dtype, bias, n);
-            for row in out.chunks_mut(n) {
-                row.copy_from_slice(&bias);
-            }
-        }
+        spec.check()?;
+        let GemmSpec { dtype, m, n, k, .. } = spec;
+        let [a_len, b_len, c_len] = spec.matrix_elements();
+        // The address of batch entry i of an operand whose entries are `stride` elements apart.
+        let entry = |base: DevicePtr, stride: usize, i: usize| base + (i * stride * dtype.size_in_bytes()) as u64;
+        let [a_stride, b_stride, c_stride] = spec.batch_strides;
+        let bias = bias.map(|bias| read_as_f32(dtype, bias, n));
         let threads = rayon::current_num_threads();
         let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-        for (i, dst) in out.chunks_mut(m * n).enumerate() {
-            let lhs = &a[i * m * k..(i + 1) * m * k];
-            let rhs = &b[i * k * n..(i + 1) * k * n];
-            gemm_into(dst, lhs, rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), par);
+        for i in 0..spec.batch {
+            let lhs = read_as_f32(dtype, entry(a, a_stride, i), a_len);
+            let rhs = read_as_f32(dtype, entry(b, b_stride, i), b_len);
+            let mut out = vec![0f32; c_len];
+            if let Some(bias) = &bias {
+                for row in out.chunks_mut(n) {
+                    row.copy_from_slice(bias);
+                }
+            }
+            gemm_into(&mut out, &lhs, &rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), par);
+            write_from_f32(dtype, entry(c, c_stride, i), &out);
         }
-        write_from_f32(spec.dtype, c, &out);
         Ok(())
     }
 

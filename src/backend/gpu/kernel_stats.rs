@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::driver::{GemmSpec, GemmType, LaunchConfig};
+use super::driver::{GemmSpec, LaunchConfig};
 use super::emu::{KernelCounters, LaunchProfile};
 use super::footprint::Footprint;
 use super::occupancy::{Occupancy, launch_occupancy};
@@ -152,15 +152,13 @@ impl KernelStats {
     }
 }
 
-/// The least bytes and FLOPs of one GEMM call: each operand read once and the output written
-/// once, 2 m n k FLOPs per batch element (a bias, a row of n, is left out).
+/// The least bytes and FLOPs of one GEMM call: each operand's distinct elements read once (a
+/// shared operand once for the whole batch) and the output written once, 2 m n k FLOPs per
+/// batch element (a bias, a row of n, is left out).
 pub fn gemm_work(spec: &GemmSpec) -> (u64, u64) {
-    let element = match spec.dtype {
-        GemmType::F32 => 4,
-        GemmType::BF16 => 2,
-    };
+    let elements: usize = spec.distinct_elements().iter().sum();
     let (b, m, n, k) = (spec.batch as u64, spec.m as u64, spec.n as u64, spec.k as u64);
-    (b * (m * k + k * n + m * n) * element, 2 * b * m * n * k)
+    ((elements * spec.dtype.size_in_bytes()) as u64, 2 * b * m * n * k)
 }
 
 /// The modelled lower bound of `calls` GEMMs of `spec` on `roof`, each at the tensor peak (for
@@ -173,6 +171,7 @@ pub fn gemm_bound(spec: &GemmSpec, calls: u64, roof: &DeviceRoof) -> ModelledLow
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::gpu::GemmType;
     use crate::backend::gpu::roofline::H100_SXM;
 
     fn profile(kernel: &str, blocks: u32, loads: (u64, u64, u64), footprint: Option<Footprint>) -> LaunchProfile {
@@ -213,10 +212,21 @@ mod tests {
 
     #[test]
     fn a_gemm_bound_counts_operands_once_and_two_flops_per_multiply_add() {
-        let spec =
-            GemmSpec { dtype: GemmType::BF16, batch: 1, m: 4096, n: 4096, k: 4096, trans_a: false, trans_b: true };
+        let spec = GemmSpec::new(GemmType::BF16, 1, (4096, 4096, 4096), (false, true));
         assert_eq!(gemm_work(&spec), (3 * 4096 * 4096 * 2, 2 * 4096 * 4096 * 4096));
         let bound = gemm_bound(&spec, 2, &H100_SXM);
         assert!((bound.compute_seconds - 4.0 * 4096f64.powi(3) / 989e12).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_shared_operand_is_read_once_for_the_whole_batch() {
+        // A 1x1 conv's forward at batch 8: W (64 x 32) shared, x[n] (32 x 49), y[n] (64 x 49).
+        let per_sample = GemmSpec::new(GemmType::BF16, 8, (64, 49, 32), (false, false));
+        let shared = per_sample.with_shared_a();
+        assert_eq!(gemm_work(&per_sample).0, 8 * (64 * 32 + 32 * 49 + 64 * 49) * 2);
+        assert_eq!(gemm_work(&shared), ((64 * 32 + 8 * (32 * 49 + 64 * 49)) * 2, gemm_work(&per_sample).1));
+        // Entries closer than their size overlap: the run they cover, once.
+        let overlapping = GemmSpec { batch_strides: [10, 32 * 49, 64 * 49], ..per_sample };
+        assert_eq!(overlapping.distinct_elements(), [7 * 10 + 64 * 32, 8 * 32 * 49, 8 * 64 * 49]);
     }
 }

@@ -66,7 +66,7 @@ pub fn gemm_json(spec: &GemmSpec, calls: u64) -> Value {
     let (bytes, flops) = gemm_work(spec);
     json!({
         "dtype": spec.dtype.name(), "batch": spec.batch, "m": spec.m, "n": spec.n, "k": spec.k,
-        "trans_a": spec.trans_a, "trans_b": spec.trans_b, "calls": calls,
+        "trans_a": spec.trans_a, "trans_b": spec.trans_b, "batch_strides": spec.batch_strides, "calls": calls,
         "flops": flops * calls, "minimum_bytes": bytes * calls,
         "bound_seconds": seconds_by_device(|roof| gemm_bound(spec, calls, roof).seconds),
     })

@@ -112,8 +112,14 @@ fn gemm_table(gemms: &std::collections::BTreeMap<GemmSpec, u64>) -> String {
     for (spec, &calls) in gemms {
         let (bytes, flops) = gemm_work(spec);
         let op = format!("{}{}", if spec.trans_a { "T" } else { "N" }, if spec.trans_b { "T" } else { "N" });
+        // Batch entries not back to back (a weight shared by the samples: a's stride 0) are
+        // their own row; the strides follow the row.
+        let strides = match spec.batch_strides {
+            s if s == spec.matrix_elements() => String::new(),
+            [a, b, c] => format!("   batch strides {a}/{b}/{c}"),
+        };
         out += &format!(
-            "{:<7}{:<30}{op:<6}{calls:>7}{:>10.3}{:>9.3}{:>10.2}{:>10.2}\n",
+            "{:<7}{:<30}{op:<6}{calls:>7}{:>10.3}{:>9.3}{:>10.2}{:>10.2}{strides}\n",
             spec.dtype.name(),
             format!("{} x {} x {} x {}", spec.batch, spec.m, spec.n, spec.k),
             (flops * calls) as f64 / 1e9,

@@ -1,7 +1,9 @@
 //! GEMMs on cuBLASLt with a plan per shape: the matrix layouts, the matmul descriptor and the
-//! algorithm its heuristic chose are built the first time a (shape, bias) pair is seen and kept,
+//! algorithm its heuristic chose are built the first time a (spec, bias) pair is seen and kept,
 //! so a training step, which repeats the same few dozen shapes, asks the heuristic nothing after
-//! its first run and only passes pointers.
+//! its first run and only passes pointers. The spec holds the batch strides, so a shared operand
+//! (stride 0) gets a plan of its own: its layout and the alignments the heuristic was told
+//! differ from the back-to-back batch's.
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -109,18 +111,21 @@ impl Plan {
         use lt_sys::cublasLtMatmulDescAttributes_t as Desc;
         use lt_sys::cublasLtMatmulPreferenceAttributes_t as Pref;
         use lt_sys::cublasLtMatrixLayoutAttribute_t as Layout;
-        let GemmSpec { batch, m, n, k, trans_a, trans_b, dtype } = spec;
-        let (data_type, element) = match dtype {
-            GemmType::F32 => (lt_sys::cudaDataType::CUDA_R_32F, 4),
-            GemmType::BF16 => (lt_sys::cudaDataType::CUDA_R_16BF, 2),
+        let GemmSpec { batch, m, n, k, trans_a, trans_b, dtype, batch_strides: [a_stride, b_stride, c_stride] } = spec;
+        let data_type = match dtype {
+            GemmType::F32 => lt_sys::cudaDataType::CUDA_R_32F,
+            GemmType::BF16 => lt_sys::cudaDataType::CUDA_R_16BF,
         };
         // Stored (column-major) shapes: B is n x k (k x n when trans_b), A is k x m (m x k when trans_a).
         let shapes = [if trans_b { (k, n) } else { (n, k) }, if trans_a { (m, k) } else { (k, m) }, (n, m)];
+        // Batch strides in the same order. A stride of 0 makes every batch entry read the same
+        // matrix, as torch's bmm on an expanded tensor has cuBLASLt do.
+        let strides = [b_stride, a_stride, c_stride];
         let mut layouts = [std::ptr::null_mut(); 3];
-        for (slot, &(rows, cols)) in layouts.iter_mut().zip(&shapes) {
+        for (slot, (&(rows, cols), &stride)) in layouts.iter_mut().zip(shapes.iter().zip(&strides)) {
             let l = lt::create_matrix_layout(data_type, rows as u64, cols as u64, rows as i64)
                 .map_err(|e| blas_error("matrix layout", e))?;
-            let (count, stride) = (batch as i32, (rows * cols) as i64);
+            let (count, stride) = (batch as i32, stride as i64);
             // SAFETY: attribute buffers of the documented types (int32 count, int64 stride).
             unsafe {
                 lt::set_matrix_layout_attribute(
@@ -160,12 +165,12 @@ impl Plan {
         let workspace_bytes = WORKSPACE_BYTES as u64;
         // Batch elements after the first are aligned only as far as the batch stride allows:
         // say so, or the heuristic may pick a kernel that needs 16-byte alignment everywhere.
-        let aligned = |(rows, cols): (usize, usize)| if batch > 1 { alignment_of(rows * cols * element) } else { 256 };
+        let aligned = |stride: usize| if batch > 1 { alignment_of(stride * dtype.size_in_bytes()) } else { 256 };
         let prefs = [
-            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aligned(shapes[0])),
-            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, aligned(shapes[1])),
-            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, aligned(shapes[2])),
-            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, aligned(shapes[2])),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, aligned(strides[0])),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, aligned(strides[1])),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, aligned(strides[2])),
+            (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, aligned(strides[2])),
         ];
         // SAFETY: a u64 byte count and u32 alignments, as the attributes document.
         let chosen = unsafe {

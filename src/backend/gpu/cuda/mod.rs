@@ -315,6 +315,7 @@ impl Driver for CudaDriver {
     }
 
     fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()> {
+        spec.check()?;
         self.bind()?;
         // SAFETY: the pointers hold the operands the spec describes (the backend allocates them
         // from the same shapes); the workspace and stream are this driver's.
