@@ -16,39 +16,89 @@
 // recomputed from x with the per-channel scale and shift the forward applied, which every
 // forward stores in fp32 (`affine`, [2, C]: scales, then shifts); both sides round y the same
 // way (`bn_output`, `bn_relu_passes`), so they agree on every element's mask bit for bit.
-#include "common.cuh"
+#include "vector_io.cuh"
 
 constexpr int BN_THREADS = 256;
 
 struct BnShape {
     int n, c, hw;     // the tensor
     int chunks, per;  // each channel's N*H*W elements as `chunks` ranges of `per` (the last shorter)
+    int pack;         // elements per access: it divides hw and per, so no pack crosses a plane
 };
 
-#define BN_SHAPE_PARAMS int n, int c, int hw, int chunks, int per
-#define BN_SHAPE BnShape{n, c, hw, chunks, per}
+#define BN_SHAPE_PARAMS int n, int c, int hw, int chunks, int per, int pack
+#define BN_SHAPE BnShape{n, c, hw, chunks, per, pack}
 
 // Block b's channel and chunk.
 __device__ __forceinline__ int bn_channel(BnShape s) { return blockIdx.x / s.chunks; }
 __device__ __forceinline__ int bn_chunk(BnShape s) { return blockIdx.x % s.chunks; }
 
-// Calls f(i) for the offsets i into x of this block's chunk, one element per thread per step.
-// The (sample, position) pair advances by the block's stride; large planes need no division
-// per element.
-template <typename F>
+// Calls f(i) for the offsets i into x of this block's chunk's packs of P elements, one pack per
+// thread per step. The (sample, position) pair advances by the block's stride; large planes need
+// no division per pack.
+template <int P, typename F>
 __device__ __forceinline__ void bn_for_chunk(BnShape s, F f) {
     const int ch = bn_channel(s), start = bn_chunk(s) * s.per;
-    const int end = min(start + s.per, s.n * s.hw);
-    int e = start + threadIdx.x;
+    const int end = min(start + s.per, s.n * s.hw), stride = static_cast<int>(blockDim.x) * P;
+    int e = start + static_cast<int>(threadIdx.x) * P;
     int sample = e / s.hw, position = e - sample * s.hw;
-    for (; e < end; e += blockDim.x) {
+    for (; e < end; e += stride) {
         f((static_cast<size_t>(sample) * s.c + ch) * s.hw + position);
-        position += blockDim.x;
+        position += stride;
         if (position >= s.hw) {  // a division only where the stride crosses into the next sample
             sample += position / s.hw;
             position %= s.hw;
         }
     }
+}
+
+// A pack width as a type, for the generic lambdas of bn_with_pack.
+template <int P>
+struct Pack {
+    static constexpr int width = P;
+};
+
+// f(Pack<P>{}) for the shape's pack width: 16 or 8 bytes per access where the plane allows it
+// (src/backend/gpu/batchnorm.rs picks it), else one element.
+template <typename T, typename F>
+__device__ __forceinline__ void bn_with_pack(BnShape s, F f) {
+    if (s.pack == kPack<T>) {
+        f(Pack<kPack<T>>{});
+    } else if (s.pack == kPack<T> / 2) {
+        f(Pack<kPack<T> / 2>{});
+    } else {
+        f(Pack<1>{});
+    }
+}
+
+// f(a[i], b[i]) for the elements of this block's chunk, both read in packs (pass a twice to read
+// one tensor: it is read once, load_pair).
+template <typename T, typename F>
+__device__ __forceinline__ void bn_visit(BnShape s, const T* __restrict__ a, const T* __restrict__ b, F f) {
+    bn_with_pack<T>(s, [&](auto pack) {
+        constexpr int P = decltype(pack)::width;
+        bn_for_chunk<P>(s, [&](size_t i) {
+            float va[P], vb[P];
+            load_pair<T, P>(a + i, b + i, va, vb);
+            for (int k = 0; k < P; ++k) f(va[k], vb[k]);
+        });
+    });
+}
+
+// out[i] = f(a[i], b[i]) over this block's chunk, in packs.
+template <typename T, typename F>
+__device__ __forceinline__ void bn_map(BnShape s, const T* __restrict__ a, const T* __restrict__ b,
+                                       T* __restrict__ out, F f) {
+    bn_with_pack<T>(s, [&](auto pack) {
+        constexpr int P = decltype(pack)::width;
+        bn_for_chunk<P>(s, [&](size_t i) {
+            float va[P], vb[P];
+            load_pair<T, P>(a + i, b + i, va, vb);
+            alignas(16) T result[P];
+            for (int k = 0; k < P; ++k) result[k] = f(va[k], vb[k]);
+            copy_elements<T, P>(out + i, result);
+        });
+    });
 }
 
 // The sum of this block's channel's partials, in the same order in every block.
@@ -96,18 +146,17 @@ __device__ __forceinline__ bool bn_relu_passes(float x, BnAffine a) {
     return to_float(from_float<T>(fmaf(x, a.scale, a.shift))) > 0.0f;
 }
 
-// dy at element i, zero where a fused ReLU cut it off.
+// The gradient g of an element of input v, zero where a fused ReLU cut it off.
 template <typename T>
-__device__ __forceinline__ float bn_upstream(const T* __restrict__ x, const T* __restrict__ dy, bool relu,
-                                             BnAffine a, size_t i) {
-    return !relu || bn_relu_passes<T>(to_float(x[i]), a) ? to_float(dy[i]) : 0.0f;
+__device__ __forceinline__ float bn_upstream(float v, float g, bool relu, BnAffine a) {
+    return !relu || bn_relu_passes<T>(v, a) ? g : 0.0f;
 }
 
 // Pass 1 of training: the chunk's sum of x.
 template <typename T>
 __device__ __forceinline__ void bn_sum(const T* __restrict__ x, float* __restrict__ sums, BnShape s) {
     float acc = 0.0f;
-    bn_for_chunk(s, [&](size_t i) { acc += to_float(x[i]); });
+    bn_visit(s, x, x, [&](float v, float) { acc += v; });
     bn_store_partial(sums, block_sum(acc));
 }
 
@@ -117,8 +166,8 @@ __device__ __forceinline__ void bn_square_deviations(const T* __restrict__ x, co
                                                      float* __restrict__ squares, BnShape s) {
     const float mean = bn_channel_total(sums, s) / static_cast<float>(s.n * s.hw);
     float acc = 0.0f;
-    bn_for_chunk(s, [&](size_t i) {
-        const float d = to_float(x[i]) - mean;
+    bn_visit(s, x, x, [&](float v, float) {
+        const float d = v - mean;
         acc += d * d;
     });
     bn_store_partial(squares, block_sum(acc));
@@ -137,7 +186,7 @@ __device__ __forceinline__ void bn_normalise(const T* __restrict__ x, const T* _
     const float mean = bn_channel_total(sums, s) / count;
     const float var = bn_channel_total(squares, s) / count;
     const BnAffine a = bn_affine(mean, var, to_float(gamma[ch]), to_float(beta[ch]), eps);
-    bn_for_chunk(s, [&](size_t i) { y[i] = bn_output<T>(to_float(x[i]), a, relu); });
+    bn_map(s, x, x, y, [&](float v, float) { return bn_output<T>(v, a, relu); });
     if (threadIdx.x == 0 && bn_chunk(s) == 0) {
         mean_out[ch] = from_float<T>(mean);
         var_out[ch] = from_float<T>(var);
@@ -173,10 +222,10 @@ __device__ __forceinline__ void bn_backward_sums(const T* __restrict__ x, const 
     const float rstd = 1.0f / sqrtf(to_float(var[ch]) + eps);
     const BnAffine a = bn_load_affine(affine, s.c, ch);
     float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
-    bn_for_chunk(s, [&](size_t i) {
-        const float g = bn_upstream(x, dy, relu, a, i);
+    bn_visit(s, x, dy, [&](float v, float upstream) {
+        const float g = bn_upstream<T>(v, upstream, relu, a);
         sum_dy += g;
-        sum_dy_xhat += g * ((to_float(x[i]) - mu) * rstd);
+        sum_dy_xhat += g * ((v - mu) * rstd);
     });
     bn_store_partial(dy_sums, block_sum(sum_dy));
     bn_store_partial(dy_xhat_sums, block_sum(sum_dy_xhat));
@@ -199,10 +248,10 @@ __device__ __forceinline__ void bn_backward_dx(const T* __restrict__ x, const T*
     const BnAffine a = bn_load_affine(affine, s.c, ch);
     const float db = bn_channel_total(dy_sums, s), dg = bn_channel_total(dy_xhat_sums, s);
     const float scale = to_float(gamma[ch]) * rstd, total = static_cast<float>(s.n * s.hw);
-    bn_for_chunk(s, [&](size_t i) {
-        const float g = bn_upstream(x, dy, relu, a, i);
-        const float xhat = (to_float(x[i]) - mu) * rstd;
-        dx[i] = from_float<T>(batch_stats ? scale * (g - db / total - xhat * dg / total) : scale * g);
+    bn_map(s, x, dy, dx, [&](float v, float upstream) {
+        const float g = bn_upstream<T>(v, upstream, relu, a);
+        const float xhat = (v - mu) * rstd;
+        return from_float<T>(batch_stats ? scale * (g - db / total - xhat * dg / total) : scale * g);
     });
     if (threadIdx.x == 0 && bn_chunk(s) == 0) {
         dgamma[ch] = from_float<T>(dg);

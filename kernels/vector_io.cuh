@@ -45,12 +45,25 @@ __device__ __forceinline__ void store_floats(T* p, const float (&f)[N]) {
     copy_elements<T, N>(p, raw);
 }
 
+// N elements at a and at b, widened to fp32. Callers that read one tensor pass it as both (see
+// row_visit): it is then read once, where the compiler would fold the repeated load anyway, and
+// the emulator's profiler, which counts every load the source makes, counts it once too.
+template <typename T, int N>
+__device__ __forceinline__ void load_pair(const T* a, const T* b, float (&fa)[N], float (&fb)[N]) {
+    load_floats<T, N>(a, fa);
+    if (b == a) {
+        for (int k = 0; k < N; ++k) fb[k] = fa[k];
+    } else {
+        load_floats<T, N>(b, fb);
+    }
+}
+
 // ---- One warp per row. ----
 // Lane `lane` of the warp owning a row of width d visits elements lane, lane + 32, ... (or
 // packs of N when `vec`, i.e. d is a multiple of N so every row starts 16-byte aligned).
 
 // f(j, a[j], b[j]) for the elements of the row this lane owns (pass a twice to read one row:
-// the repeated loads fold into one).
+// it is read once, load_pair).
 template <typename T, typename F>
 __device__ __forceinline__ void row_visit(const T* a, const T* b, int d, bool vec, F f) {
     constexpr int N = kPack<T>;
@@ -58,12 +71,15 @@ __device__ __forceinline__ void row_visit(const T* a, const T* b, int d, bool ve
     if (vec) {
         for (int p = lane; p < d / N; p += 32) {
             float va[N], vb[N];
-            load_floats<T, N>(a + p * N, va);
-            load_floats<T, N>(b + p * N, vb);
+            load_pair<T, N>(a + p * N, b + p * N, va, vb);
             for (int k = 0; k < N; ++k) f(p * N + k, va[k], vb[k]);
         }
     } else {
-        for (int j = lane; j < d; j += 32) f(j, to_float(a[j]), to_float(b[j]));
+        for (int j = lane; j < d; j += 32) {
+            float va[1], vb[1];
+            load_pair<T, 1>(a + j, b + j, va, vb);
+            f(j, va[0], vb[0]);
+        }
     }
 }
 
@@ -75,13 +91,16 @@ __device__ __forceinline__ void row_map(const T* a, const T* b, T* out, int d, b
     if (vec) {
         for (int p = lane; p < d / N; p += 32) {
             float va[N], vb[N], o[N];
-            load_floats<T, N>(a + p * N, va);
-            load_floats<T, N>(b + p * N, vb);
+            load_pair<T, N>(a + p * N, b + p * N, va, vb);
             for (int k = 0; k < N; ++k) o[k] = f(p * N + k, va[k], vb[k]);
             store_floats<T, N>(out + p * N, o);
         }
     } else {
-        for (int j = lane; j < d; j += 32) out[j] = from_float<T>(f(j, to_float(a[j]), to_float(b[j])));
+        for (int j = lane; j < d; j += 32) {
+            float va[1], vb[1];
+            load_pair<T, 1>(a + j, b + j, va, vb);
+            out[j] = from_float<T>(f(j, va[0], vb[0]));
+        }
     }
 }
 

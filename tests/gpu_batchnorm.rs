@@ -12,9 +12,20 @@ use msclip::{DType, Device, Rng, Tensor};
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
 const EPS: f64 = 1e-5;
 
-/// The last has 3 * 61 * 57 = 10431 elements per channel: two chunks of the reductions
-/// (src/backend/gpu/batchnorm.rs), the boundary inside the second sample's plane.
-const SHAPES: [[usize; 4]; 5] = [[2, 3, 7, 5], [1, 1, 13, 13], [3, 5, 1, 1], [4, 5, 3, 3], [3, 2, 61, 57]];
+/// Planes of odd sizes (read an element at a time), of 64 (16-byte packs in f32 and bf16), of
+/// 10 (8-byte packs in f32 only) and of 2900 (8-byte packs). 3 * 61 * 57 = 10431 and 3 * 58 * 50
+/// = 8700 elements per channel make two chunks of the reductions (src/backend/gpu/batchnorm.rs),
+/// the boundary inside the second sample's plane; the second's chunk rounds up to whole packs.
+const SHAPES: [[usize; 4]; 8] = [
+    [2, 3, 7, 5],
+    [1, 1, 13, 13],
+    [3, 5, 1, 1],
+    [4, 5, 3, 3],
+    [2, 3, 8, 8],
+    [2, 2, 5, 2],
+    [3, 2, 61, 57],
+    [3, 2, 58, 50],
+];
 
 fn cpu() -> &'static dyn Backend {
     backend::get(Device::Cpu)

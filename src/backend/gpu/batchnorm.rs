@@ -8,6 +8,7 @@ use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
+use super::elementwise::pack_width;
 use super::footprint::Footprint;
 use crate::backend::BatchNormOut;
 use crate::error::{Error, Result};
@@ -29,21 +30,32 @@ struct Chunks {
     count: usize,
     chunks: usize,
     per: usize,
+    /// Elements per access (`BnShape::pack`): 16 or 8 bytes where H*W is a multiple, so that no
+    /// pack crosses from one sample's plane into the next, else 1.
+    pack: usize,
 }
 
 impl Chunks {
     fn of(x: &Tensor) -> Self {
         let d = x.dims();
-        let count = d[0] * d[2] * d[3];
+        let (count, plane) = (d[0] * d[2] * d[3], d[2] * d[3]);
+        let widest = pack_width(x.dtype());
+        let pack = [widest, widest / 2].into_iter().find(|&p| p > 1 && plane % p == 0).unwrap_or(1);
         let chunks = count.div_ceil(MIN_CHUNK).clamp(1, MAX_CHUNKS);
-        Chunks { channels: d[1], count, chunks, per: count.div_ceil(chunks).max(1) }
+        // Whole packs per chunk; rounding up may leave fewer chunks than asked for.
+        let per = count.div_ceil(chunks).next_multiple_of(pack).max(1);
+        Chunks { channels: d[1], count, chunks: count.div_ceil(per).max(1), per, pack }
     }
 
+    /// A block per chunk, of as many whole warps as the chunk has packs, up to `THREADS`: a
+    /// small plane (7x7 at a small batch) leaves no idle warps loading the channel's parameters.
+    /// Chunks of several blocks' worth (every split channel) get `THREADS`.
     fn blocks(&self) -> Result<LaunchConfig> {
         let blocks = u32::try_from(self.channels * self.chunks).map_err(|_| {
             Error::invalid("batch_norm", format!("{} channels exceed one launch's grid", self.channels))
         })?;
-        Ok(LaunchConfig::linear(blocks, THREADS, 0))
+        let threads = self.per.div_ceil(self.pack).next_multiple_of(32).min(THREADS as usize);
+        Ok(LaunchConfig::linear(blocks, threads as u32, 0))
     }
 
     /// One fp32 partial per block.
@@ -59,10 +71,11 @@ fn dims(x: &Tensor) -> Result<[KernelArg; 3]> {
     Ok([int(d[0], "batch")?, int(d[1], "channels")?, int(d[2] * d[3], "H*W")?])
 }
 
-/// `BN_SHAPE_PARAMS`: the dims, then the chunking.
+/// `BN_SHAPE_PARAMS`: the dims, then the chunking and the pack width.
 fn shape(x: &Tensor, chunks: Chunks) -> Result<Vec<KernelArg>> {
     let mut args = dims(x)?.to_vec();
     args.extend([int(chunks.chunks, "batch_norm chunks")?, int(chunks.per, "batch_norm chunk")?]);
+    args.push(int(chunks.pack, "batch_norm pack")?);
     Ok(args)
 }
 
