@@ -538,5 +538,28 @@ fn compute_bound_cases(gpu: &dyn Backend, device: Device) -> Vec<FlopRow> {
         });
         rows.push(FlopRow { name: format!("its three NxNxD GEMMs (cuBLASLt) N{n}"), flops: 6.0 * nn, seconds: gemms });
     }
+    bias_grad_rows(gpu, device, reps, &mut rng, &mut rows);
     rows
+}
+
+/// A linear layer's weight and bias gradients (dW = dy^T x, db = dy's column sums), the sums
+/// in the GEMM's epilogue against a GEMM and then `sum_middle`: ViT-B/32's MLP at batch 256
+/// (12,800 image tokens; 96 on the emulator), the out-projection and fc2 shapes.
+fn bias_grad_rows(gpu: &dyn Backend, device: Device, reps: usize, rng: &mut Rng, rows: &mut Vec<FlopRow>) {
+    let tokens = if device == Device::Cuda { 12_800 } else { 96 };
+    for (outputs, inputs) in [(768, 768), (768, 3072)] {
+        let dy = random(rng, &[1, tokens, outputs], device, DType::BF16);
+        let x = random(rng, &[1, tokens, inputs], device, DType::BF16);
+        let flops = 2.0 * (tokens * outputs * inputs) as f64;
+        let fused = time(device, reps, || {
+            gpu.matmul_bias_grad(&dy, &x, true, false).unwrap();
+        });
+        let unfused = time(device, reps, || {
+            gpu.matmul(&dy, &x, true, false, None).unwrap();
+            gpu.sum_middle(&dy, 1, tokens, outputs).unwrap();
+        });
+        let shape = format!("{outputs}x{inputs} over {tokens} rows bf16");
+        rows.push(FlopRow { name: format!("linear dW + db, bias-grad epilogue {shape}"), flops, seconds: fused });
+        rows.push(FlopRow { name: format!("linear dW, then db by sum_middle {shape}"), flops, seconds: unfused });
+    }
 }

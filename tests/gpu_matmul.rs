@@ -4,13 +4,15 @@
 //! batch strides are not 16-byte multiples. Each shape runs twice with fresh operands, so the
 //! second call goes through a cached plan with other pointers. On a machine without a GPU the
 //! CUDA half is skipped with a message (see `gpu_devices`). The driver's strided batches (an
-//! operand shared by every entry, entries spaced apart) are checked on the driver directly.
+//! operand shared by every entry, entries spaced apart) are checked on the driver directly, and
+//! the product with the bias-gradient epilogue (`matmul_bias_grad`) through the backend.
 
 mod common;
 
 use common::assert_close;
 use common::gpu::{gpu_devices, on, rtol_of};
-use msclip::backend::gpu::{self, DevicePtr, GemmSpec, GemmType};
+use msclip::backend::gpu::counters::measure;
+use msclip::backend::gpu::{self, DevicePtr, GemmEpilogue, GemmSpec, GemmType};
 use msclip::backend::{self, Backend};
 use msclip::tensor::Storage;
 use msclip::{DType, Device, Rng, Tensor};
@@ -113,7 +115,7 @@ fn a_shared_operand_and_spaced_batch_entries_match_the_cpu() {
                 let (a_dev, b_dev) = (on(&a, device, dtype), on(&b, device, dtype));
                 let c = Tensor::zeros([(batch - 1) * c_stride + m * n], dtype).to_device(device).unwrap();
                 let driver = gpu::driver(device).unwrap();
-                driver.gemm(spec, address(&a_dev), address(&b_dev), None, address(&c)).unwrap();
+                driver.gemm(spec, address(&a_dev), address(&b_dev), GemmEpilogue::None, address(&c)).unwrap();
                 let what = format!("{dtype} on {device}: {spec:?}");
                 let got = c.to_f64_vec();
                 let atol = rtol_of(dtype) * (k as f64).sqrt() * 2.0;
@@ -135,7 +137,60 @@ fn overlapping_output_entries_are_refused() {
     for device in gpu_devices() {
         let buffer = Tensor::zeros([64], DType::F32).to_device(device).unwrap();
         let p = address(&buffer);
-        let err = gpu::driver(device).unwrap().gemm(overlapping, p, p, None, p).unwrap_err();
+        let err = gpu::driver(device).unwrap().gemm(overlapping, p, p, GemmEpilogue::None, p).unwrap_err();
         assert!(err.to_string().contains("overlap"), "{device}: {err}");
+    }
+}
+
+/// A linear layer's weight and bias gradients, dW = dy^T x and db = dy's column sums, as the
+/// backward pass asks for them (a = dy transposed), and op(a)'s row sums for the other
+/// transposes, against the f64 CPU: rows that are no multiple of a tile, 1 to 96 outputs. On the
+/// emulator the sums come from the GEMM's epilogue: one GEMM and no kernel launched.
+#[test]
+fn the_bias_gradient_epilogue_matches_the_cpu() {
+    let mut rng = Rng::new(23);
+    // (rows of dy and x = k, outputs = m, inputs = n).
+    for (k, m, n) in [(1, 1, 1), (50, 7, 13), (77, 96, 33), (200, 64, 96)] {
+        for dtype in [DType::F32, DType::BF16] {
+            for (trans_a, trans_b) in [(true, false), (false, false), (true, true), (false, true)] {
+                let a = operand(&mut rng, if trans_a { [1, k, m] } else { [1, m, k] }, dtype);
+                let b = operand(&mut rng, if trans_b { [1, n, k] } else { [1, k, n] }, dtype);
+                let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+                let cpu = backend::get(Device::Cpu);
+                let (want, want_sums) = cpu.matmul_bias_grad(&f64s(&a), &f64s(&b), trans_a, trans_b).unwrap();
+                assert_eq!(want_sums.dims(), [m]);
+                for device in gpu_devices() {
+                    let (a_dev, b_dev) = (on(&a, device, dtype), on(&b, device, dtype));
+                    let ((got, sums), counts) =
+                        measure(|| backend::get(device).matmul_bias_grad(&a_dev, &b_dev, trans_a, trans_b).unwrap());
+                    let what = format!("{dtype} on {device}: {m}x{n}x{k}, trans ({trans_a}, {trans_b})");
+                    let atol = rtol_of(dtype) * (k as f64).sqrt() * 2.0;
+                    assert_eq!(got.dims(), [1, m, n], "{what}");
+                    assert_close(&what, &got.to_f64_vec(), &want.to_f64_vec(), atol, rtol_of(dtype));
+                    assert_close(
+                        &format!("{what}: sums"),
+                        &sums.to_f64_vec(),
+                        &want_sums.to_f64_vec(),
+                        atol,
+                        rtol_of(dtype),
+                    );
+                    if device == Device::Emu {
+                        assert_eq!(counts.gemms_by_spec.values().sum::<u64>(), 1, "{what}");
+                        assert_eq!(counts.launches(), 0, "{what}: {:?}", counts.launches_by_kernel);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_bias_gradient_over_a_batch_is_refused() {
+    let spec = GemmSpec::new(GemmType::F32, 2, (2, 3, 4), (true, false));
+    for device in gpu_devices() {
+        let buffer = Tensor::zeros([64], DType::F32).to_device(device).unwrap();
+        let p = address(&buffer);
+        let err = gpu::driver(device).unwrap().gemm(spec, p, p, GemmEpilogue::BiasGrad(p), p).unwrap_err();
+        assert!(err.to_string().contains("single product"), "{device}: {err}");
     }
 }

@@ -11,7 +11,7 @@ pub mod gpu;
 pub mod timed;
 
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device, Table, Tensor};
+use crate::tensor::{DType, Device, Shape, Table, Tensor};
 
 /// Element-wise binary ops. The right operand's shape must equal the trailing dimensions
 /// of the left operand's; it is repeated over the leading ones.
@@ -537,6 +537,11 @@ pub trait Backend: Send + Sync {
     /// Batched `op(a) @ op(b) (+ bias)`. `a` is [batch, m, k] ([batch, k, m] when `trans_a`),
     /// `b` is [batch, k, n] ([batch, n, k] when `trans_b`), `bias` is [n]. Returns [batch, m, n].
     fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>) -> Result<Tensor>;
+    /// [`Self::matmul`] of one product ([1, m, n], no bias) and the sums of op(a)'s rows ([m],
+    /// over k): with a = dy and `trans_a`, a linear layer's weight gradient and its bias
+    /// gradient in one call, which a GPU computes in one GEMM (cuBLASLt's bias-gradient
+    /// epilogue) instead of reading dy again.
+    fn matmul_bias_grad(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)>;
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     fn unary(&self, op: UnaryOp, x: &Tensor) -> Result<Tensor>;
@@ -706,6 +711,30 @@ pub trait Backend: Send + Sync {
     /// moving average with decay `1 - weight` (one launch on a GPU). Targets and sources pair up
     /// in order, each pair of one length and dtype (fp32 on a GPU); nothing is read back.
     fn ema_update(&self, targets: &mut [&mut Tensor], sources: &[&Tensor], weight: f64) -> Result<()>;
+}
+
+/// [`Backend::matmul_bias_grad`] as two calls: the product, then the sums of op(a)'s rows
+/// (`sum_middle` over a's k axis).
+pub fn matmul_then_row_sums(
+    backend: &dyn Backend,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<(Tensor, Tensor)> {
+    let product = backend.matmul(a, b, trans_a, trans_b, None)?;
+    let (batch, rows, cols) = match a.dims() {
+        &[batch, rows, cols] => (batch, rows, cols),
+        _ => unreachable!("ops::matmul passes rank-3 operands"),
+    };
+    if batch != 1 {
+        return Err(Error::shape("matmul_bias_grad", format!("one product, not a batch of {batch}")));
+    }
+    // op(a) is [m, k]: a is [k, m] when transposed (sum over its rows), else [m, k] (over its
+    // columns).
+    let sums = if trans_a { backend.sum_middle(a, 1, rows, cols)? } else { backend.sum_middle(a, rows, cols, 1)? };
+    let m = sums.numel();
+    Ok((product, sums.view_as(Shape::new([m]))?))
 }
 
 /// The backend of a device (timed per kind of op while [`timed::measure`] runs on this thread,

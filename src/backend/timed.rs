@@ -214,6 +214,10 @@ impl Backend for Timed {
         self.timed(OpKind::Gemm, "matmul", || self.inner.matmul(a, b, trans_a, trans_b, bias))
     }
 
+    fn matmul_bias_grad(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)> {
+        self.timed(OpKind::Gemm, "matmul_bias_grad", || self.inner.matmul_bias_grad(a, b, trans_a, trans_b))
+    }
+
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.timed(OpKind::Elementwise, "binary", || self.inner.binary(op, a, b))
     }

@@ -1,6 +1,6 @@
 //! Which fused ops run as compositions of plain ops instead, so that a fusion's worth is
 //! measured on the same model and step without touching the model code
-//! (`msclip bench step --unfused layernorm,bias-gelu,infonce,attention,batchnorm-relu`).
+//! (`msclip bench step --unfused layernorm,bias-gelu,infonce,attention,batchnorm-relu,bias-grad`).
 //!
 //! The switch lives on the calling thread for the length of [`unfused`], as the op timing of
 //! `backend::timed` does: a step is issued from one thread, and tests on other threads are not
@@ -27,11 +27,20 @@ pub enum Fusion {
     /// `batch_norm_relu2d`: BatchNorm with the ReLU after it in its kernels; unfused, a
     /// `batch_norm2d` then a `relu`.
     BatchNormRelu,
+    /// `linear`'s backward: the bias gradient taken by the weight gradient's GEMM
+    /// (`matmul_bias_grad`); unfused, the GEMM then a `sum_middle` over dy.
+    BiasGrad,
 }
 
 impl Fusion {
-    pub const ALL: [Fusion; 5] =
-        [Fusion::ResidualLayerNorm, Fusion::BiasGelu, Fusion::InfoNce, Fusion::Attention, Fusion::BatchNormRelu];
+    pub const ALL: [Fusion; 6] = [
+        Fusion::ResidualLayerNorm,
+        Fusion::BiasGelu,
+        Fusion::InfoNce,
+        Fusion::Attention,
+        Fusion::BatchNormRelu,
+        Fusion::BiasGrad,
+    ];
 
     fn bit(self) -> u8 {
         1 << self as u8

@@ -1,5 +1,6 @@
 //! Matrix products: `matmul` (2-D or batched 3-D) and `linear` (x W^T + b, PyTorch layout).
 
+use super::fusion::{self, Fusion};
 use super::{be, check_rank, check_same_kind};
 use crate::autograd::record1;
 use crate::error::{Error, Result};
@@ -74,8 +75,15 @@ impl Tensor {
                 true => Some(backend.matmul(&dy3, &w3, false, false, None)?.view_as(x_shape)?),
                 false => None,
             };
+            let dw_shape = Shape::new([out_f, in_f]);
+            // The bias gradient (dy's column sums) inside the weight gradient's GEMM when both
+            // are needed; else each on its own.
+            if has_bias && needs[1] && needs[2] && !fusion::is_off(Fusion::BiasGrad) {
+                let (dw, db) = backend.matmul_bias_grad(&dy3, &x2, true, false)?;
+                return Ok(vec![dx, Some(dw.view_as(dw_shape)?), Some(db)]);
+            }
             let dw = match needs[1] {
-                true => Some(backend.matmul(&dy3, &x2, true, false, None)?.view_as(Shape::new([out_f, in_f]))?),
+                true => Some(backend.matmul(&dy3, &x2, true, false, None)?.view_as(dw_shape)?),
                 false => None,
             };
             let mut grads = vec![dx, dw];

@@ -52,6 +52,10 @@ impl Backend for CpuBackend {
         float_dispatch!("matmul", a.dtype(), matmul::matmul(a, b, trans_a, trans_b, bias))
     }
 
+    fn matmul_bias_grad(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)> {
+        super::matmul_then_row_sums(self, a, b, trans_a, trans_b)
+    }
+
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         float_dispatch!("binary", a.dtype(), elementwise::binary(op, a, b))
     }

@@ -18,7 +18,7 @@
 use super::GpuBackend;
 use super::buffer::Scratch;
 use super::context::{blocks_for, device_ptr, int, kernel_for, ptr};
-use super::driver::{GemmSpec, KernelArg, LaunchConfig};
+use super::driver::{GemmEpilogue, GemmSpec, KernelArg, LaunchConfig};
 use super::elementwise::{column_sums, warp_per_row};
 use super::footprint::Footprint;
 use super::matmul::gemm_type;
@@ -148,7 +148,7 @@ fn gemm_spec(dtype: DType, batch: usize, mnk: (usize, usize, usize), trans: (boo
 
 /// `c = op(a) @ op(b)` as `spec` lays the operands out, through the driver (fp32 accumulation).
 fn gemm(gpu: &GpuBackend, spec: GemmSpec, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
-    gpu.driver()?.gemm(spec, device_ptr(a)?, device_ptr(b)?, None, device_ptr(c)?)
+    gpu.driver()?.gemm(spec, device_ptr(a)?, device_ptr(b)?, GemmEpilogue::None, device_ptr(c)?)
 }
 
 /// dW_g [cog, patch] = dY_g [cog, N*Ho*Wo] @ col_g^T for every group g, from the channel-major

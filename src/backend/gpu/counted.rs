@@ -3,7 +3,7 @@
 //! counted by the same code and neither driver knows about it.
 
 use super::counters;
-use super::driver::{DevicePtr, Driver, GemmSpec, GraphId, KernelArg, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmEpilogue, GemmSpec, GraphId, KernelArg, LaunchConfig};
 use crate::error::Result;
 
 /// `D`, with its calls counted. Calls are counted when made, whether or not they succeed.
@@ -76,9 +76,13 @@ impl<D: Driver> Driver for Counted<D> {
         self.0.launch(kernel, config, args)
     }
 
-    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()> {
+    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, epilogue: GemmEpilogue, c: DevicePtr) -> Result<()> {
         counters::gemm(spec);
-        self.0.gemm(spec, a, b, bias, c)
+        self.0.gemm(spec, a, b, epilogue, c)
+    }
+
+    fn has_bias_grad_epilogue(&self, spec: GemmSpec) -> bool {
+        self.0.has_bias_grad_epilogue(spec)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -160,6 +160,49 @@ impl GemmSpec {
     }
 }
 
+/// What a GEMM does besides `c = op(a) @ op(b)`, with the vector it reads or writes (of c's
+/// type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmEpilogue {
+    None,
+    /// Adds `bias` ([n]) to every row of c.
+    Bias(DevicePtr),
+    /// Also writes the sums of op(a)'s rows ([m], a reduction over k) into `bias_grad`: with c
+    /// = dy^T x a linear layer's weight gradient, the sums are its bias gradient, taken inside
+    /// the product instead of by another pass over dy (cuBLASLt's BGRADB epilogue, B being its
+    /// name for our a). A single product only (batch 1).
+    BiasGrad(DevicePtr),
+}
+
+/// A [`GemmEpilogue`] without its pointer: what a GEMM's plan depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EpilogueKind {
+    None,
+    Bias,
+    BiasGrad,
+}
+
+impl GemmEpilogue {
+    pub fn kind(self) -> EpilogueKind {
+        match self {
+            GemmEpilogue::None => EpilogueKind::None,
+            GemmEpilogue::Bias(_) => EpilogueKind::Bias,
+            GemmEpilogue::BiasGrad(_) => EpilogueKind::BiasGrad,
+        }
+    }
+
+    /// Refuses a bias gradient over a batch of products, which would sum across them.
+    pub fn check(self, spec: &GemmSpec) -> Result<()> {
+        match self {
+            GemmEpilogue::BiasGrad(_) if spec.batch != 1 => Err(Error::invalid(
+                "gemm",
+                format!("a bias gradient epilogue takes a single product, not a batch of {}", spec.batch),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A captured graph of device work, as the driver that captured it names it.
 pub type GraphId = u64;
 
@@ -203,7 +246,10 @@ pub trait Driver: Send + Sync {
     /// Launches `kernel` (an entry point of one of the built modules) and reports launch errors;
     /// kernels run in launch order.
     fn launch(&self, kernel: &str, config: LaunchConfig, args: &[KernelArg]) -> Result<()>;
-    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()>;
+    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, epilogue: GemmEpilogue, c: DevicePtr) -> Result<()>;
+    /// Whether [`Self::gemm`] takes [`GemmEpilogue::BiasGrad`] for `spec`: cuBLASLt has the
+    /// epilogue for some types and layouts only, and says so by finding no algorithm.
+    fn has_bias_grad_epilogue(&self, spec: GemmSpec) -> bool;
     /// Waits for every launched kernel and reports asynchronous errors.
     fn synchronize(&self) -> Result<()>;
 

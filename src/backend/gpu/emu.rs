@@ -14,7 +14,9 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use gemm::Parallelism;
 use half::bf16;
 
-use super::driver::{DevicePtr, Driver, GemmSpec, GemmType, GraphId, KernelArg, LaunchArgs, LaunchConfig};
+use super::driver::{
+    DevicePtr, Driver, GemmEpilogue, GemmSpec, GemmType, GraphId, KernelArg, LaunchArgs, LaunchConfig,
+};
 use super::footprint::Footprint;
 use crate::backend::cpu::matmul::gemm_into;
 use crate::error::{Error, Result};
@@ -337,17 +339,21 @@ impl Driver for EmuDriver {
         Ok(())
     }
 
-    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()> {
-        if graph::record(|| Node::Gemm { spec, a, b, bias, c }) {
+    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, epilogue: GemmEpilogue, c: DevicePtr) -> Result<()> {
+        if graph::record(|| Node::Gemm { spec, a, b, epilogue, c }) {
             return Ok(());
         }
         spec.check()?;
+        epilogue.check(&spec)?;
         let GemmSpec { dtype, m, n, k, .. } = spec;
         let [a_len, b_len, c_len] = spec.matrix_elements();
         // The address of batch entry i of an operand whose entries are `stride` elements apart.
         let entry = |base: DevicePtr, stride: usize, i: usize| base + (i * stride * dtype.size_in_bytes()) as u64;
         let [a_stride, b_stride, c_stride] = spec.batch_strides;
-        let bias = bias.map(|bias| read_as_f32(dtype, bias, n));
+        let bias = match epilogue {
+            GemmEpilogue::Bias(bias) => Some(read_as_f32(dtype, bias, n)),
+            _ => None,
+        };
         let threads = rayon::current_num_threads();
         let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
         for i in 0..spec.batch {
@@ -361,8 +367,15 @@ impl Driver for EmuDriver {
             }
             gemm_into(&mut out, &lhs, &rhs, (m, n, k), spec.trans_a, spec.trans_b, bias.is_some(), par);
             write_from_f32(dtype, entry(c, c_stride, i), &out);
+            if let GemmEpilogue::BiasGrad(bias_grad) = epilogue {
+                write_from_f32(dtype, bias_grad, &row_sums(&lhs, (m, k), spec.trans_a));
+            }
         }
         Ok(())
+    }
+
+    fn has_bias_grad_epilogue(&self, _spec: GemmSpec) -> bool {
+        true
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -387,7 +400,7 @@ impl Driver for EmuDriver {
                     FOOTPRINT.set(None);
                     result?
                 }
-                &Node::Gemm { spec, a, b, bias, c } => self.gemm(spec, a, b, bias, c)?,
+                &Node::Gemm { spec, a, b, epilogue, c } => self.gemm(spec, a, b, epilogue, c)?,
                 Node::Upload { dst, bytes } => self.upload(*dst, bytes)?,
                 &Node::Copy { dst, src, bytes } => self.copy(dst, src, bytes)?,
                 &Node::Zero { dst, bytes } => self.zero(dst, bytes)?,
@@ -401,6 +414,13 @@ impl Driver for EmuDriver {
     fn destroy_graph(&self, id: GraphId) {
         graph::destroy(id)
     }
+}
+
+/// The sums over k of op(a)'s m rows, a's elements stored [m, k] ([k, m] when `trans`), each
+/// added in order of k in f32, as a GEMM's bias-gradient epilogue reduces.
+fn row_sums(a: &[f32], (m, k): (usize, usize), trans: bool) -> Vec<f32> {
+    let at = |i: usize, j: usize| if trans { a[j * m + i] } else { a[i * k + j] };
+    (0..m).map(|i| (0..k).fold(0.0f32, |sum, j| sum + at(i, j))).collect()
 }
 
 /// `len` elements at `ptr` widened to f32.

@@ -38,7 +38,7 @@ use counted::Counted;
 
 pub use attention::{AttnTiles, check_head_dim as check_attention_head_dim, with_tiles as with_attention_tiles};
 pub use buffer::GpuStorage;
-pub use driver::{DevicePtr, Driver, GemmSpec, GemmType, KernelArg, LaunchConfig};
+pub use driver::{DevicePtr, Driver, EpilogueKind, GemmEpilogue, GemmSpec, GemmType, KernelArg, LaunchConfig};
 
 use crate::backend::{
     Activation, AdamWStep, AdamWTensor, AttnMask, Backend, BatchNormOut, BinaryOp, Conv2dGeometry, InfoNceOut,
@@ -116,6 +116,10 @@ impl Backend for GpuBackend {
 
     fn matmul(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, bias: Option<&Tensor>) -> Result<Tensor> {
         matmul::matmul(self, a, b, trans_a, trans_b, bias)
+    }
+
+    fn matmul_bias_grad(&self, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<(Tensor, Tensor)> {
+        matmul::matmul_bias_grad(self, a, b, trans_a, trans_b)
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -27,6 +27,8 @@ pub enum Unfused {
     Attention,
     /// BatchNorm and the ReLU after it as two ops (the conv stem and the parallel branch).
     BatchnormRelu,
+    /// A linear layer's bias gradient as a reduction of its own after the weight gradient's GEMM.
+    BiasGrad,
 }
 
 impl Unfused {
@@ -39,6 +41,7 @@ impl Unfused {
             Unfused::Infonce => Some(Fusion::InfoNce),
             Unfused::Attention => Some(Fusion::Attention),
             Unfused::BatchnormRelu => Some(Fusion::BatchNormRelu),
+            Unfused::BiasGrad => Some(Fusion::BiasGrad),
         }
     }
 }

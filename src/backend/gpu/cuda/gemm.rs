@@ -1,11 +1,11 @@
 //! GEMMs on cuBLASLt with a plan per shape: the matrix layouts, the matmul descriptor and the
-//! algorithm its heuristic chose are built the first time a (spec, bias) pair is seen and kept,
+//! algorithm its heuristic chose are built the first time a (spec, epilogue) pair is seen and kept,
 //! so a training step, which repeats the same few dozen shapes, asks the heuristic nothing after
 //! its first run and only passes pointers. The spec holds the batch strides, so a shared operand
 //! (stride 0) gets a plan of its own: its layout and the alignments the heuristic was told
 //! differ from the back-to-back batch's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::c_void;
 
 use cudarc::cublaslt::result as lt;
@@ -13,7 +13,7 @@ use cudarc::cublaslt::sys as lt_sys;
 use cudarc::driver::sys as cu_sys;
 
 use super::blas_error;
-use crate::backend::gpu::driver::{DevicePtr, GemmSpec, GemmType};
+use crate::backend::gpu::driver::{DevicePtr, EpilogueKind, GemmEpilogue, GemmSpec, GemmType};
 use crate::error::Result;
 
 /// cuBLASLt's scratch space; 32 MiB is what its heuristics want for large bf16 GEMMs on Hopper.
@@ -29,7 +29,9 @@ struct Plan {
 
 #[derive(Default)]
 pub struct GemmPlans {
-    plans: BTreeMap<(GemmSpec, bool), Plan>,
+    plans: BTreeMap<(GemmSpec, EpilogueKind), Plan>,
+    /// Specs for which the heuristic found no algorithm with the bias-gradient epilogue.
+    no_bias_grad: BTreeSet<GemmSpec>,
 }
 
 // SAFETY: the descriptors are plain handles; the driver keeps the plans behind a mutex.
@@ -50,16 +52,11 @@ impl GemmPlans {
         workspace: DevicePtr,
         stream: cu_sys::CUstream,
         spec: GemmSpec,
-        (a, b, bias, c): (DevicePtr, DevicePtr, Option<DevicePtr>, DevicePtr),
+        (a, b, epilogue, c): (DevicePtr, DevicePtr, GemmEpilogue, DevicePtr),
     ) -> Result<()> {
-        let plan = match self.plans.entry((spec, bias.is_some())) {
-            std::collections::btree_map::Entry::Occupied(cached) => cached.into_mut(),
-            // SAFETY: the caller's context.
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(unsafe { Plan::new(blas, spec, bias.is_some())? })
-            }
-        };
-        if let Some(bias) = bias {
+        // SAFETY: the caller's context.
+        let plan = unsafe { self.plan(blas, spec, epilogue.kind())? };
+        if let GemmEpilogue::Bias(bias) | GemmEpilogue::BiasGrad(bias) = epilogue {
             // SAFETY: a device pointer, as the attribute documents.
             unsafe {
                 lt::set_matmul_desc_attribute(
@@ -98,6 +95,39 @@ impl GemmPlans {
     }
 }
 
+impl GemmPlans {
+    /// The plan of `spec` with an epilogue of `kind`, built on first use.
+    ///
+    /// # Safety
+    /// The context is current.
+    unsafe fn plan(&mut self, blas: lt_sys::cublasLtHandle_t, spec: GemmSpec, kind: EpilogueKind) -> Result<&Plan> {
+        match self.plans.entry((spec, kind)) {
+            std::collections::btree_map::Entry::Occupied(cached) => Ok(cached.into_mut()),
+            // SAFETY: the caller's context.
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                Ok(slot.insert(unsafe { Plan::new(blas, spec, kind)? }))
+            }
+        }
+    }
+
+    /// Whether the heuristic has an algorithm for `spec` with the bias-gradient epilogue; the
+    /// answer is kept, and so is the plan when there is one.
+    ///
+    /// # Safety
+    /// The context is current.
+    pub unsafe fn has_bias_grad(&mut self, blas: lt_sys::cublasLtHandle_t, spec: GemmSpec) -> bool {
+        if self.no_bias_grad.contains(&spec) {
+            return false;
+        }
+        // SAFETY: the caller's context.
+        let found = unsafe { self.plan(blas, spec, EpilogueKind::BiasGrad) }.is_ok();
+        if !found {
+            self.no_bias_grad.insert(spec);
+        }
+        found
+    }
+}
+
 /// The largest power of two, at most 256, that divides `bytes`: the alignment every batch
 /// element of an operand keeps when the first one is 256-byte aligned (as every allocation is).
 fn alignment_of(bytes: usize) -> u32 {
@@ -107,7 +137,7 @@ fn alignment_of(bytes: usize) -> u32 {
 impl Plan {
     /// # Safety
     /// The context is current.
-    unsafe fn new(blas: lt_sys::cublasLtHandle_t, spec: GemmSpec, with_bias: bool) -> Result<Plan> {
+    unsafe fn new(blas: lt_sys::cublasLtHandle_t, spec: GemmSpec, kind: EpilogueKind) -> Result<Plan> {
         use lt_sys::cublasLtMatmulDescAttributes_t as Desc;
         use lt_sys::cublasLtMatmulPreferenceAttributes_t as Pref;
         use lt_sys::cublasLtMatrixLayoutAttribute_t as Layout;
@@ -157,9 +187,16 @@ impl Plan {
         let (op_first, op_second) = (i32::from(trans_b), i32::from(trans_a));
         set(Desc::CUBLASLT_MATMUL_DESC_TRANSA, (&op_first as *const i32).cast(), 4)?;
         set(Desc::CUBLASLT_MATMUL_DESC_TRANSB, (&op_second as *const i32).cast(), 4)?;
-        if with_bias {
-            let epilogue = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        // cuBLASLt's B is our A: the row sums of op(A) are the column sums of its op(B), over k.
+        let epilogue = match kind {
+            EpilogueKind::None => None,
+            EpilogueKind::Bias => Some(lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
+            EpilogueKind::BiasGrad => Some(lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADB),
+        };
+        if let Some(epilogue) = epilogue {
             set(Desc::CUBLASLT_MATMUL_DESC_EPILOGUE, (&epilogue as *const lt_sys::cublasLtEpilogue_t).cast(), 4)?;
+            // The bias (or its gradient) in the operands' type, as the backend allocates it.
+            set(Desc::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, (&data_type as *const lt_sys::cudaDataType).cast(), 4)?;
         }
         let pref = lt::create_matmul_pref().map_err(|e| blas_error("preference", e))?;
         let workspace_bytes = WORKSPACE_BYTES as u64;

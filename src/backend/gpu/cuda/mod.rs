@@ -22,7 +22,7 @@ use cudarc::cublaslt::sys as lt_sys;
 use cudarc::driver::result as cu;
 use cudarc::driver::sys as cu_sys;
 
-use super::driver::{DevicePtr, Driver, GemmSpec, GraphId, KernelArg, LaunchArgs, LaunchConfig};
+use super::driver::{DevicePtr, Driver, GemmEpilogue, GemmSpec, GraphId, KernelArg, LaunchArgs, LaunchConfig};
 use super::modules::{GPU_IMAGES_BUILT, MODULES};
 use crate::error::{Error, Result};
 use gemm::GemmPlans;
@@ -314,12 +314,18 @@ impl Driver for CudaDriver {
         .map_err(|e| driver_error(&format!("launch {kernel} {config:?}"), e))
     }
 
-    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, bias: Option<DevicePtr>, c: DevicePtr) -> Result<()> {
+    fn gemm(&self, spec: GemmSpec, a: DevicePtr, b: DevicePtr, epilogue: GemmEpilogue, c: DevicePtr) -> Result<()> {
         spec.check()?;
+        epilogue.check(&spec)?;
         self.bind()?;
         // SAFETY: the pointers hold the operands the spec describes (the backend allocates them
         // from the same shapes); the workspace and stream are this driver's.
-        unsafe { lock(&self.gemm_plans).run(self.blas, self.workspace, self.stream, spec, (a, b, bias, c)) }
+        unsafe { lock(&self.gemm_plans).run(self.blas, self.workspace, self.stream, spec, (a, b, epilogue, c)) }
+    }
+
+    fn has_bias_grad_epilogue(&self, spec: GemmSpec) -> bool {
+        // SAFETY: the heuristic runs in this driver's context, bound first.
+        self.bind().is_ok() && unsafe { lock(&self.gemm_plans).has_bias_grad(self.blas, spec) }
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::super::driver::{DevicePtr, GemmSpec, GraphId, KernelArg, LaunchConfig};
+use super::super::driver::{DevicePtr, GemmEpilogue, GemmSpec, GraphId, KernelArg, LaunchConfig};
 use super::super::footprint::Footprint;
 use crate::error::{Error, Result};
 
@@ -28,7 +28,7 @@ pub(super) enum Node {
         spec: GemmSpec,
         a: DevicePtr,
         b: DevicePtr,
-        bias: Option<DevicePtr>,
+        epilogue: GemmEpilogue,
         c: DevicePtr,
     },
     /// The bytes as they were when the upload was recorded.
