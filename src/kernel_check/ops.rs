@@ -31,6 +31,7 @@ pub(super) fn cases() -> Vec<Case> {
         Case::new("conv: depthwise dW chunks, col2im", conv_backward_edges),
         Case::new("ema update", ema_update),
         Case::new("softmax", softmax),
+        Case::new("column sums in two passes", column_sums),
         Case::new("bias + GELU", bias_gelu),
         Case::new("cross-entropy", cross_entropy),
         Case::new("layout 16-, 4- and 2-byte units", layout_units),
@@ -242,6 +243,23 @@ fn softmax() -> Result<Outputs> {
             let y = be.softmax(&x)?;
             let dx = be.softmax_backward(&y, &dy)?;
             outputs.extend([output(format!("{dtype} {width} y"), &y)?, output(format!("{dtype} {width} dx"), &dx)?]);
+        }
+    }
+    Ok(outputs)
+}
+
+/// Column sums over rows enough for two passes (fp32 partials of row chunks, then one rounding
+/// into the output), at each row width: a linear layer's bias gradient where cuBLASLt has no
+/// bias-gradient epilogue for the shape (the emulator's GEMM always has it, so no step here
+/// sums that way), and the model's other sums over rows.
+fn column_sums() -> Result<Outputs> {
+    let be = backend::get(Device::Emu);
+    let mut rng = Rng::new(SEED);
+    let mut outputs = Vec::new();
+    for dtype in DTYPES {
+        for width in ROW_WIDTHS {
+            let x = input(&mut rng, &[1, 200, width], dtype)?;
+            outputs.push(output(format!("{dtype} {width} sums"), &be.sum_middle(&x, 1, 200, width)?)?);
         }
     }
     Ok(outputs)
