@@ -5,11 +5,12 @@
 // consecutive elements (src/backend/gpu/batchnorm.rs picks them from the shape alone), one
 // block per (channel, chunk), so a batch of 256 at 112x112 keeps every multiprocessor busy:
 // one block per channel left most of the chip idle and took 16 ms for one stem layer on an
-// H200. Each block writes its chunk's fp32 sum to a partial table; the next launch reduces a
+// H200. Each block writes its chunk's fp32 sums to partial tables; the next launch reduces a
 // channel's partials in a fixed order in every block that needs them, so the statistics are
-// deterministic. Training forward: sums, then squared deviations from the mean (two passes,
-// as the CPU), then y. Backward: sums of dy and dy * xhat, then dx. Mean and variance are
-// stored in the tensor's dtype, as the CPU backend returns them.
+// deterministic. Training forward: the sums of x and x^2 about a shift (bn_shift) in one read
+// of x, then y (the CPU takes two passes, the mean and then the squared deviations). Backward:
+// sums of dy and dy * xhat, then dx. Mean and variance are stored in the tensor's dtype, as
+// the CPU backend returns them.
 //
 // A ReLU after the BatchNorm can be fused in (`relu`): the forward writes relu(y) instead of y,
 // and the backward masks dy itself, so the activation costs no pass of its own. The mask is
@@ -152,28 +153,32 @@ __device__ __forceinline__ float bn_upstream(float v, float g, bool relu, BnAffi
     return !relu || bn_relu_passes<T>(v, a) ? g : 0.0f;
 }
 
-// Pass 1 of training: the chunk's sum of x.
+// The value the statistics are taken about: the channel's first element (sample 0, position 0).
+// Sums of x - shift and (x - shift)^2 give the variance in one read of x as
+// E[(x - shift)^2] - (E[x - shift])^2, which loses to rounding in proportion to
+// (mean - shift)^2 / var: about 1 with the shift a value of the channel, where sums of x and x^2
+// would lose mean^2 / var (the shifted-data method of computing a variance).
 template <typename T>
-__device__ __forceinline__ void bn_sum(const T* __restrict__ x, float* __restrict__ sums, BnShape s) {
-    float acc = 0.0f;
-    bn_visit(s, x, x, [&](float v, float) { acc += v; });
-    bn_store_partial(sums, block_sum(acc));
+__device__ __forceinline__ float bn_shift(const T* __restrict__ x, BnShape s) {
+    return to_float(x[static_cast<size_t>(bn_channel(s)) * s.hw]);
 }
 
-// Pass 2: the chunk's sum of squared deviations from the channel mean.
+// Pass 1 of training: the chunk's sums of x - shift and of its square.
 template <typename T>
-__device__ __forceinline__ void bn_square_deviations(const T* __restrict__ x, const float* __restrict__ sums,
-                                                     float* __restrict__ squares, BnShape s) {
-    const float mean = bn_channel_total(sums, s) / static_cast<float>(s.n * s.hw);
-    float acc = 0.0f;
+__device__ __forceinline__ void bn_shifted_sums(const T* __restrict__ x, float* __restrict__ sums,
+                                                float* __restrict__ squares, BnShape s) {
+    const float shift = bn_shift(x, s);
+    float acc = 0.0f, acc_squares = 0.0f;
     bn_visit(s, x, x, [&](float v, float) {
-        const float d = v - mean;
-        acc += d * d;
+        const float d = v - shift;
+        acc += d;
+        acc_squares += d * d;
     });
-    bn_store_partial(squares, block_sum(acc));
+    bn_store_partial(sums, block_sum(acc));
+    bn_store_partial(squares, block_sum(acc_squares));
 }
 
-// Pass 3: y = x * scale + shift over the chunk (then the ReLU, if fused); the first chunk
+// Pass 2: y = x * scale + shift over the chunk (then the ReLU, if fused); the first chunk
 // stores the statistics and the affine.
 template <typename T>
 __device__ __forceinline__ void bn_normalise(const T* __restrict__ x, const T* __restrict__ gamma,
@@ -183,8 +188,9 @@ __device__ __forceinline__ void bn_normalise(const T* __restrict__ x, const T* _
                                              float* __restrict__ affine, BnShape s, float eps, int relu) {
     const int ch = bn_channel(s);
     const float count = static_cast<float>(s.n * s.hw);
-    const float mean = bn_channel_total(sums, s) / count;
-    const float var = bn_channel_total(squares, s) / count;
+    const float shifted_mean = bn_channel_total(sums, s) / count;
+    const float mean = bn_shift(x, s) + shifted_mean;
+    const float var = fmaxf(bn_channel_total(squares, s) / count - shifted_mean * shifted_mean, 0.0f);
     const BnAffine a = bn_affine(mean, var, to_float(gamma[ch]), to_float(beta[ch]), eps);
     bn_map(s, x, x, y, [&](float v, float) { return bn_output<T>(v, a, relu); });
     if (threadIdx.x == 0 && bn_chunk(s) == 0) {
@@ -262,12 +268,8 @@ __device__ __forceinline__ void bn_backward_dx(const T* __restrict__ x, const T*
 // The entry points, stamped out per element type (build.rs lists them after preprocessing).
 #define BATCHNORM_ENTRY_POINTS(T, SUFFIX)                                                                              \
     extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
-        bn_sum_##SUFFIX(const T* x, float* sums, BN_SHAPE_PARAMS) {                                                   \
-        bn_sum(x, sums, BN_SHAPE);                                                                                   \
-    }                                                                                                                \
-    extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
-        bn_square_deviations_##SUFFIX(const T* x, const float* sums, float* squares, BN_SHAPE_PARAMS) {               \
-        bn_square_deviations(x, sums, squares, BN_SHAPE);                                                            \
+        bn_shifted_sums_##SUFFIX(const T* x, float* sums, float* squares, BN_SHAPE_PARAMS) {                          \
+        bn_shifted_sums(x, sums, squares, BN_SHAPE);                                                                 \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(BN_THREADS)                                                          \
         bn_normalise_##SUFFIX(const T* x, const T* gamma, const T* beta, const float* sums, const float* squares,    \

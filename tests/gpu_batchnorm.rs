@@ -120,6 +120,37 @@ fn batch_norm_with_and_without_a_fused_relu_matches_the_cpu() {
     }
 }
 
+/// Statistics in one pass about a shift: a channel whose mean is 1000 standard deviations from
+/// zero (sums of x and x^2 would lose the variance to rounding in f32) and one whose first
+/// element, the shift, lies 8 standard deviations from the rest. f32, two chunks per channel.
+#[test]
+fn batch_statistics_hold_far_from_zero_and_about_an_outlying_first_element() {
+    let shape = [3, 2, 61, 57];
+    let plane = shape[2] * shape[3];
+    let mut rng = Rng::new(9);
+    let mut data = randn_as(&mut rng, &shape, 1.0, DType::F32).to_f64_vec();
+    for (i, v) in data.iter_mut().enumerate() {
+        let channel = (i / plane) % shape[1];
+        if channel == 0 {
+            *v += 1000.0;
+        }
+    }
+    data[plane] = 8.0;
+    let x = Tensor::from_f64(&data, shape.to_vec(), DType::F32).unwrap();
+    let gamma = Tensor::from_f64(&[1.0, 1.0], vec![2], DType::F32).unwrap();
+    let beta = Tensor::from_f64(&[0.0, 0.0], vec![2], DType::F32).unwrap();
+    let want = cpu().batch_norm_train(&x, &gamma, &beta, EPS, false).unwrap();
+    for device in gpu_devices() {
+        let dev = |t: &Tensor| on(t, device, DType::F32);
+        let got = backend::get(device).batch_norm_train(&dev(&x), &dev(&gamma), &dev(&beta), EPS, false).unwrap();
+        let what = |name: &str| format!("{device}: {name}");
+        check(&what("mean"), &got.mean, &want.mean, DType::F32);
+        // The variances are about 1: a relative tolerance of f32's, scaled to the mean's size.
+        assert_close(&what("var"), &got.var.to_f64_vec(), &want.var.to_f64_vec(), 1e-4, 1e-4);
+        check(&what("y"), &got.y, &want.y, DType::F32);
+    }
+}
+
 /// (dx, d gamma, d beta) on `backend` with the forward `out`'s affine.
 fn backward(
     backend: &dyn Backend,

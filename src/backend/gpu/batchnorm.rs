@@ -126,8 +126,7 @@ pub(super) fn batch_norm_train(
     if launched {
         let (config, shape, eps) = (chunks.blocks()?, shape(x, chunks)?, KernelArg::F32(eps as f32));
         let (sums, squares) = (chunks.partials(gpu)?, chunks.partials(gpu)?);
-        launch(gpu, "bn_sum", config, [&[x], &[]], [&[], &[&sums]], &shape)?;
-        launch(gpu, "bn_square_deviations", config, [&[x], &[]], [&[&sums], &[&squares]], &shape)?;
+        launch(gpu, "bn_shifted_sums", config, [&[x], &[]], [&[], &[&sums, &squares]], &shape)?;
         let outputs: &[&Tensor] = &[&out.y, &out.mean, &out.var, &out.affine];
         let tail = [shape.as_slice(), &[eps, KernelArg::I32(i32::from(relu))]].concat();
         launch(gpu, "bn_normalise", config, [&[x, gamma, beta], outputs], [&[&sums, &squares], &[]], &tail)?;
