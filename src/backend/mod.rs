@@ -722,7 +722,6 @@ pub fn matmul_then_row_sums(
     trans_a: bool,
     trans_b: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let product = backend.matmul(a, b, trans_a, trans_b, None)?;
     let (batch, rows, cols) = match a.dims() {
         &[batch, rows, cols] => (batch, rows, cols),
         _ => unreachable!("ops::matmul passes rank-3 operands"),
@@ -730,6 +729,7 @@ pub fn matmul_then_row_sums(
     if batch != 1 {
         return Err(Error::shape("matmul_bias_grad", format!("one product, not a batch of {batch}")));
     }
+    let product = backend.matmul(a, b, trans_a, trans_b, None)?;
     // op(a) is [m, k]: a is [k, m] when transposed (sum over its rows), else [m, k] (over its
     // columns).
     let sums = if trans_a { backend.sum_middle(a, 1, rows, cols)? } else { backend.sum_middle(a, rows, cols, 1)? };

@@ -93,9 +93,7 @@ impl GemmPlans {
         }
         .map_err(|e| blas_error(&format!("matmul {spec:?}"), e))
     }
-}
 
-impl GemmPlans {
     /// The plan of `spec` with an epilogue of `kind`, built on first use.
     ///
     /// # Safety
