@@ -5,7 +5,10 @@
 // batch as one [C_in*kh*kw, N*Ho*Wo] matrix, whose row blocks are the groups, so one batched
 // GEMM over the groups (the driver's, cuBLASLt on a GPU) multiplies them by the weight
 // [groups, C_out/groups, C_in/groups*kh*kw]. The product comes out channel-major
-// ([C_out, N, Ho*Wo]); swap_outer moves it to NCHW (and dy the other way in backward).
+// ([C_out, N, Ho*Wo]); swap_outer moves it to NCHW (and dy the other way in backward). Dense
+// convolutions on large planes lay the patches out sample-major instead ([N, C_in*kh*kw,
+// Ho*Wo], `sample_major`), so that a GEMM per sample, the weight shared, reads and writes NCHW
+// as it lies and no swap is needed.
 // col2im gathers the column gradient back into the image: each input pixel sums its taps in
 // a fixed order, so there are no atomics and the result is deterministic.
 //
@@ -34,22 +37,37 @@ struct ConvGeometry {
 // at 5-10x their memory time on an H200. blockIdx.y is the sample (or the outer index), and
 // a thread's position inside its sample comes from two divisions.
 
-// col[(ch*kh + i)*kw + j][(s*Ho + oy)*Wo + ox] = x[s][ch][oy*stride + i - pad][ox*stride + j - pad],
+// Where the patch matrix's entry for row r = (ch*kh + i)*kw + j, sample s and output pixel p
+// lies: col[r * row + s * sample + p]. Channel-major ([rows, N*Ho*Wo], one GEMM over the batch):
+// row = N*Ho*Wo, sample = Ho*Wo. Sample-major ([N, rows, Ho*Wo], a GEMM per sample): row =
+// Ho*Wo, sample = rows*Ho*Wo.
+struct ColumnLayout {
+    size_t row, sample;
+};
+
+__device__ __forceinline__ ColumnLayout column_layout(ConvGeometry g, int sample_major) {
+    const size_t plane_out = static_cast<size_t>(g.ho) * g.wo;
+    if (sample_major) return ColumnLayout{plane_out, static_cast<size_t>(g.c) * g.kh * g.kw * plane_out};
+    return ColumnLayout{static_cast<size_t>(g.n) * plane_out, plane_out};
+}
+
+// col at (row (ch*kh + i)*kw + j, sample s, pixel (oy, ox)) = x[s][ch][oy*stride + i - pad][ox*stride + j - pad],
 // zero outside the image. Thread (ch, oy, ox) of sample s writes the kh*kw rows of its channel;
 // consecutive threads write consecutive columns.
 template <typename T>
-__device__ __forceinline__ void im2col(const T* __restrict__ x, T* __restrict__ col, ConvGeometry g) {
+__device__ __forceinline__ void im2col(const T* __restrict__ x, T* __restrict__ col, ConvGeometry g,
+                                       int sample_major) {
     const int plane_out = g.ho * g.wo;
     const int e = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
     if (e >= g.c * plane_out) return;
     const int ch = e / plane_out, p = e - ch * plane_out;
     const int oy = p / g.wo, ox = p - oy * g.wo;
-    const size_t columns = static_cast<size_t>(g.n) * plane_out;
+    const ColumnLayout layout = column_layout(g, sample_major);
     const T* img = x + (static_cast<size_t>(s) * g.c + ch) * g.h * g.w;
-    T* out = col + static_cast<size_t>(ch) * g.kh * g.kw * columns + static_cast<size_t>(s) * plane_out + p;
+    T* out = col + static_cast<size_t>(ch) * g.kh * g.kw * layout.row + s * layout.sample + p;
     for (int i = 0; i < g.kh; ++i) {
         const int y = oy * g.stride + i - g.pad;
-        for (int j = 0; j < g.kw; ++j, out += columns) {
+        for (int j = 0; j < g.kw; ++j, out += layout.row) {
             const int xx = ox * g.stride + j - g.pad;
             const bool inside = y >= 0 && y < g.h && xx >= 0 && xx < g.w;
             *out = inside ? img[y * g.w + xx] : from_float<T>(0.0f);
@@ -97,17 +115,17 @@ __device__ __forceinline__ size_t input_offset(ConvGeometry g, const InputPixel&
 // one-pixel-per-thread form serves strides above 2 (no model layer has one: a patchify conv's
 // input is the image); col2im_tiles below serves strides 1 and 2.
 template <typename T>
-__device__ __forceinline__ void col2im_pixels(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+__device__ __forceinline__ void col2im_pixels(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g,
+                                              ColumnLayout layout) {
     InputPixel px;
     if (!input_pixel(g, px)) return;
-    const size_t columns = static_cast<size_t>(g.n) * g.ho * g.wo;
-    const T* sample = col + static_cast<size_t>(blockIdx.y) * g.ho * g.wo;
+    const T* sample = col + blockIdx.y * layout.sample;
     float acc = 0.0f;
     for (int oy = px.rows.lo; oy < px.rows.hi; ++oy) {
         const int i = px.y + g.pad - oy * g.stride;
         for (int ox = px.cols.lo; ox < px.cols.hi; ++ox) {
             const int j = px.xx + g.pad - ox * g.stride;
-            acc += to_float(sample[((px.ch * g.kh + i) * g.kw + j) * columns + oy * g.wo + ox]);
+            acc += to_float(sample[((px.ch * g.kh + i) * g.kw + j) * layout.row + oy * g.wo + ox]);
         }
     }
     dx[input_offset(g, px)] = from_float<T>(acc);
@@ -143,15 +161,14 @@ __device__ __forceinline__ void store_tile_row(T* out, const float (&acc)[S]) {
 // tile rows too when Wo equals the tiles a row (3x3 stride 2 padding 1 on an even width). A
 // tile row's S pixels leave as one S-element store.
 template <typename T, int S>
-__device__ __forceinline__ void col2im_tiles(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+__device__ __forceinline__ void col2im_tiles(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g,
+                                             ColumnLayout layout) {
     const int per_row = (g.w + S - 1) / S, tiles = per_row * ((g.h + S - 1) / S);
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= g.c * tiles) return;
     const int ch = e / tiles, rest = e - ch * tiles;
     const int p = rest / per_row, q = rest - p * per_row, x0 = q * S;
-    const size_t columns = static_cast<size_t>(g.n) * g.ho * g.wo;
-    const T* taps =
-        col + static_cast<size_t>(ch) * g.kh * g.kw * columns + static_cast<size_t>(blockIdx.y) * g.ho * g.wo;
+    const T* taps = col + static_cast<size_t>(ch) * g.kh * g.kw * layout.row + blockIdx.y * layout.sample;
     // A whole-tile store needs x0 * sizeof(T) aligned to the tile row: rows of a width that S divides.
     const bool whole = x0 + S <= g.w && g.w % S == 0;
     for (int a = 0; a < S && p * S + a < g.h; ++a) {
@@ -160,11 +177,11 @@ __device__ __forceinline__ void col2im_tiles(const T* __restrict__ col, T* __res
         const int u = g.pad + a;
         for (int i = u % S, oy = p + u / S; i < g.kh && oy >= 0; i += S, --oy) {
             if (oy >= g.ho) continue;
-            const T* tap_row = taps + static_cast<size_t>(i) * g.kw * columns + oy * g.wo;
+            const T* tap_row = taps + static_cast<size_t>(i) * g.kw * layout.row + oy * g.wo;
             for (int k = 0; k < S; ++k) {
                 const int v = g.pad + k;
                 for (int j = v % S, ox = q + v / S; j < g.kw && ox >= 0; j += S, --ox) {
-                    if (ox < g.wo) acc[k] += to_float(tap_row[static_cast<size_t>(j) * columns + ox]);
+                    if (ox < g.wo) acc[k] += to_float(tap_row[static_cast<size_t>(j) * layout.row + ox]);
                 }
             }
         }
@@ -180,13 +197,15 @@ __device__ __forceinline__ void col2im_tiles(const T* __restrict__ col, T* __res
 }
 
 template <typename T>
-__device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g) {
+__device__ __forceinline__ void col2im(const T* __restrict__ col, T* __restrict__ dx, ConvGeometry g,
+                                       int sample_major) {
+    const ColumnLayout layout = column_layout(g, sample_major);
     if (g.stride == 1) {
-        col2im_tiles<T, 1>(col, dx, g);
+        col2im_tiles<T, 1>(col, dx, g, layout);
     } else if (g.stride == 2) {
-        col2im_tiles<T, 2>(col, dx, g);
+        col2im_tiles<T, 2>(col, dx, g, layout);
     } else {
-        col2im_pixels(col, dx, g);
+        col2im_pixels(col, dx, g, layout);
     }
 }
 
@@ -367,12 +386,12 @@ __device__ __forceinline__ void dwconv_dw_sum(const float* __restrict__ partial,
 // The entry points, stamped out per element type (build.rs lists them after preprocessing).
 #define CONV_ENTRY_POINTS(T, SUFFIX)                                                                                   \
     extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
-        im2col_##SUFFIX(const T* x, T* col, CONV_GEOMETRY_PARAMS) {                                                  \
-        im2col(x, col, CONV_GEOMETRY);                                                                               \
+        im2col_##SUFFIX(const T* x, T* col, CONV_GEOMETRY_PARAMS, int sample_major) {                                \
+        im2col(x, col, CONV_GEOMETRY, sample_major);                                                                 \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
-        col2im_##SUFFIX(const T* col, T* dx, CONV_GEOMETRY_PARAMS) {                                                 \
-        col2im(col, dx, CONV_GEOMETRY);                                                                              \
+        col2im_##SUFFIX(const T* col, T* dx, CONV_GEOMETRY_PARAMS, int sample_major) {                               \
+        col2im(col, dx, CONV_GEOMETRY, sample_major);                                                                \
     }                                                                                                                \
     extern "C" __global__ void __launch_bounds__(CONV_THREADS)                                                        \
         swap_outer_##SUFFIX(const T* in, T* out, int a, int b, int inner) {                                          \

@@ -2,7 +2,7 @@
 //! GEMMs over NCHW) against the CPU reference, in f32 and bf16 (BatchNorm: gpu_batchnorm.rs),
 //! on ragged shapes: odd spatial sizes (7x5, 13x13, 1x1), 1 to 64 channels, strides 1 to
 //! 17, padding 0 to 2, kernels up to 17x17, dense, grouped, depthwise and pointwise
-//! convolutions.
+//! convolutions, dense ones with their patches channel-major and sample-major.
 
 mod common;
 
@@ -66,7 +66,22 @@ const POINTWISE_SWAPPED: [ConvCase; 3] = [
     case(3, 64, (7, 7), 48, 1, (1, 0, 1)),
 ];
 
-const CONV_CASES: [ConvCase; 28] = [
+/// Dense convs on output planes of 512 pixels or more (src/backend/gpu/conv.rs,
+/// PER_SAMPLE_MIN_PLANE), whose GEMMs run per sample on sample-major patches forward and, where
+/// the weight gradient's per-sample products are at most half of dy's swap (2 C_out patch at
+/// most C_out Ho Wo), backward: a 3x3 stride-2 conv on an odd plane (23x23 = 529 outputs), a 1x1
+/// stride-2 shortcut, and a 3x3 conv on a 24x22 plane with 2 samples.
+const SAMPLE_MAJOR: [ConvCase; 3] = [
+    case(2, 3, (46, 45), 5, 3, (2, 1, 1)),
+    case(1, 4, (47, 48), 6, 1, (2, 0, 1)),
+    case(2, 2, (24, 22), 3, 3, (1, 1, 1)),
+];
+
+/// A dense conv on a plane of 512 pixels or more whose per-sample products would outweigh
+/// dy's swap (patch 9 * 32 = 288, 2 * 288 > 529): per sample forward, channel-major backward.
+const SAMPLE_MAJOR_FORWARD_ONLY: ConvCase = case(1, 32, (23, 23), 4, 3, (1, 1, 1));
+
+const CONV_CASES: [ConvCase; 32] = [
     // Dense.
     case(2, 3, (7, 5), 5, 3, (1, 1, 1)),
     case(1, 1, (13, 13), 3, 3, (2, 0, 1)),
@@ -111,6 +126,11 @@ const CONV_CASES: [ConvCase; 28] = [
     POINTWISE_SWAPPED[0],
     POINTWISE_SWAPPED[1],
     POINTWISE_SWAPPED[2],
+    // Dense with the patches sample-major.
+    SAMPLE_MAJOR[0],
+    SAMPLE_MAJOR[1],
+    SAMPLE_MAJOR[2],
+    SAMPLE_MAJOR_FORWARD_ONLY,
 ];
 
 /// x, w and dy of a case, N(0, 1), N(0, 0.25) and N(0, 1) values that `dtype` holds exactly.
@@ -177,6 +197,45 @@ fn pointwise_convs_run_as_per_sample_gemms() {
             };
             assert_eq!(backward.gemms_by_spec, [(dw_gemm, 1), (dx_gemm, 1)].into(), "{what}: backward");
             let launched: Vec<&str> = backward.launches_by_kernel.keys().map(String::as_str).collect();
+            assert_eq!(launched, kernels, "{what}: backward launches {:?}", backward.launches_by_kernel);
+        }
+    }
+}
+
+/// Dense convs on planes of 512 pixels or more lay their patches out sample-major, so the
+/// forward's GEMM per sample writes NCHW (no swap) and the backward's read dy as it lies: dW as
+/// per-sample products summed in a fixed order, dx through per-sample patch gradients and
+/// col2im. Where the products would outweigh swapping dy, the backward goes channel-major.
+#[test]
+fn dense_convs_on_large_planes_run_per_sample_gemms() {
+    for device in gpu_devices() {
+        let gpu = backend::get(device);
+        let routes = SAMPLE_MAJOR.iter().map(|c| (c, true)).chain([(&SAMPLE_MAJOR_FORWARD_ONLY, false)]);
+        for (cc, per_sample_backward) in routes {
+            let [x, w, dy] = operands(&mut Rng::new(400), cc, DType::F32).map(|t| on(&t, device, DType::F32));
+            let what = format!("{device} {cc:?}");
+            let plane = dy.dims()[2] * dy.dims()[3];
+            let patch = cc.c * cc.k * cc.k;
+            let per_sample = |mnk, trans| GemmSpec::new(GemmType::F32, cc.n, mnk, trans);
+            let (_, forward) = measure(|| gpu.conv2d(&x, &w, cc.geo).unwrap());
+            let launched: Vec<&str> = forward.launches_by_kernel.keys().map(String::as_str).collect();
+            assert_eq!(launched, ["im2col_f32"], "{what}: forward launches");
+            let y_gemm = per_sample((cc.co, plane, patch), (false, false)).with_shared_a();
+            assert_eq!(forward.gemms_by_spec, [(y_gemm, 1)].into(), "{what}: forward");
+
+            let (_, backward) = measure(|| gpu.conv2d_backward(&x, &w, &dy, cc.geo, true).unwrap());
+            let launched: Vec<&str> = backward.launches_by_kernel.keys().map(String::as_str).collect();
+            let (gemms, kernels) = if per_sample_backward {
+                let dw_gemm = per_sample((cc.co, patch, plane), (false, true));
+                let dcol_gemm = per_sample((patch, plane, cc.co), (true, false)).with_shared_a();
+                ([(dw_gemm, 1), (dcol_gemm, 1)].into(), vec!["col2im_f32", "im2col_f32", "sum_middle_f32"])
+            } else {
+                let columns = cc.n * plane;
+                let dw_gemm = GemmSpec::new(GemmType::F32, 1, (cc.co, patch, columns), (false, true));
+                let dcol_gemm = GemmSpec::new(GemmType::F32, 1, (patch, columns, cc.co), (true, false));
+                ([(dw_gemm, 1), (dcol_gemm, 1)].into(), vec!["col2im_f32", "im2col_f32", "swap_outer_f32"])
+            };
+            assert_eq!(backward.gemms_by_spec, gemms, "{what}: backward");
             assert_eq!(launched, kernels, "{what}: backward launches {:?}", backward.launches_by_kernel);
         }
     }

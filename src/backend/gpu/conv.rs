@@ -2,18 +2,20 @@
 //! the groups, with dedicated kernels for depthwise convolutions and plain GEMMs for pointwise
 //! (1x1, stride 1, unpadded, ungrouped) ones.
 //!
-//! The GEMMs work channel-major: the patches of the whole batch form one
-//! [C_in*kh*kw, N*Ho*Wo] matrix whose row blocks are the groups, so a single GEMM batched over
-//! the groups computes every sample at once; `swap_outer` converts between NCHW and
-//! channel-major around it. The weight gradient is a GEMM whose reduction (over N*Ho*Wo) runs
-//! inside one product, and col2im and the depthwise dW kernel reduce in a fixed order: the
-//! backward pass uses no float atomics and is deterministic.
+//! The patch matrix has one of two layouts ([`Columns`]). Channel-major, the patches of the
+//! whole batch form one [C_in*kh*kw, N*Ho*Wo] matrix whose row blocks are the groups, so a
+//! single GEMM batched over the groups computes every sample at once; `swap_outer` converts
+//! between NCHW and channel-major around it, and the weight gradient is a GEMM whose reduction
+//! (over N*Ho*Wo) runs inside one product. Sample-major ([N, C_in*kh*kw, Ho*Wo], ungrouped
+//! convs on planes of [`PER_SAMPLE_MIN_PLANE`] pixels or more), GEMMs batched over the samples
+//! with the weight shared read and write NCHW as it lies (y[n] = W col[n], dcol[n] = W^T
+//! dy[n]): no swap. col2im and the depthwise dW kernel reduce in a fixed order: the backward
+//! pass uses no float atomics and is deterministic.
 //!
-//! A pointwise conv needs none of that data movement: its patch matrix is x itself, so it runs
-//! over NCHW as it lies, as GEMMs batched over the samples that share the weight (y[n] = W x[n],
-//! dx[n] = W^T dy[n]); its weight gradient sums per-sample products in a fixed order, or takes
-//! the channel-major route where those products would move more bytes than the swaps
-//! ([`sums_per_sample_products`]).
+//! A pointwise conv needs no im2col at all: its patch matrix is x itself, sample-major, so it
+//! runs the per-sample GEMMs on x. Per-sample routes take the weight gradient as per-sample
+//! products summed in a fixed order, or go channel-major where those products would move
+//! more bytes than the swaps ([`sums_per_sample_products`]).
 
 use super::GpuBackend;
 use super::buffer::Scratch;
@@ -48,6 +50,41 @@ fn is_pointwise(d: &Dims) -> bool {
 /// Columns of the im2col matrix: one per output pixel of the batch.
 fn columns(d: &Dims) -> usize {
     d.n * d.spatial_out()
+}
+
+/// How a dense or grouped conv lays out its patch matrix, and with it how its GEMMs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Columns {
+    /// [C_in*kh*kw, N*Ho*Wo]: one GEMM over the batch (batched over the groups), its output
+    /// channel-major and swapped to NCHW; dy swapped channel-major for the backward.
+    ChannelMajor,
+    /// [N, C_in*kh*kw, Ho*Wo]: GEMMs batched over the samples with the weight shared, on NCHW
+    /// as it lies.
+    SampleMajor,
+}
+
+/// Output planes of at least this many pixels run an ungrouped conv's GEMMs per sample. A
+/// sample's columns then fill 8 or more tiles of 64, so rounding each plane up to whole tiles
+/// wastes under an eighth of the work; on smaller planes (14x14 and 7x7 at ViT-B scale) the
+/// tiles would run a quarter empty, and the channel-major GEMM, whose tiles run across
+/// samples, is worth its swaps.
+const PER_SAMPLE_MIN_PLANE: usize = 512;
+
+/// The layout of a non-pointwise conv's forward.
+fn forward_columns(d: &Dims) -> Columns {
+    match d.groups == 1 && d.spatial_out() >= PER_SAMPLE_MIN_PLANE {
+        true => Columns::SampleMajor,
+        false => Columns::ChannelMajor,
+    }
+}
+
+/// The layout of a non-pointwise conv's backward: per sample where the forward is, unless its
+/// weight gradient's per-sample products would outweigh swapping dy.
+fn backward_columns(d: &Dims) -> Columns {
+    match forward_columns(d) == Columns::SampleMajor && sums_per_sample_products(d) {
+        true => Columns::SampleMajor,
+        false => Columns::ChannelMajor,
+    }
 }
 
 /// The ten ints every conv kernel takes after its pointers (`CONV_GEOMETRY_PARAMS`).
@@ -97,12 +134,13 @@ fn col2im_grid(d: &Dims) -> Result<[u32; 3]> {
     }
 }
 
-/// Launches `<base>_<dtype>` on `tensors` (inputs, then the one output) and the geometry, with
-/// `grid` blocks, or one thread per element of a range of `elements` when `grid` is None.
+/// Launches `<base>_<dtype>` on `tensors` (inputs, then the one output), the geometry and
+/// `extra`, with `grid` blocks, or one thread per element of a range of `elements` when `grid`
+/// is None.
 fn launch(
     gpu: &GpuBackend,
     d: &Dims,
-    base: &str,
+    (base, extra): (&str, &[KernelArg]),
     grid: Option<[u32; 3]>,
     elements: usize,
     tensors: &[&Tensor],
@@ -110,18 +148,36 @@ fn launch(
     int(elements, "conv elements")?;
     let mut args = tensors.iter().map(|t| ptr(t)).collect::<Result<Vec<_>>>()?;
     args.extend(geometry_args(d)?);
+    args.extend_from_slice(extra);
     let grid = grid.unwrap_or([blocks_for(elements, THREADS), 1, 1]);
     let config = LaunchConfig { grid, block: [THREADS, 1, 1], shared_bytes: 0 };
     let (output, inputs) = tensors.split_last().expect("a conv kernel has inputs and an output");
     gpu.launch(&kernel_for(base, tensors[0].dtype())?, config, &args, Footprint::of(inputs, &[output]))
 }
 
-/// The [C_in*kh*kw, N*Ho*Wo] patch matrix of the batch.
-fn im2col(gpu: &GpuBackend, d: &Dims, x: &Tensor) -> Result<Tensor> {
-    let col = gpu.uninit([d.c * d.kh * d.kw, columns(d)], x.dtype())?;
+/// The kernels' `sample_major` argument.
+fn layout_arg(layout: Columns) -> KernelArg {
+    KernelArg::I32((layout == Columns::SampleMajor).into())
+}
+
+/// The patch matrix of the batch in `layout`.
+fn im2col(gpu: &GpuBackend, d: &Dims, x: &Tensor, layout: Columns) -> Result<Tensor> {
+    let rows = d.c * d.kh * d.kw;
+    let shape = match layout {
+        Columns::ChannelMajor => vec![rows, columns(d)],
+        Columns::SampleMajor => vec![d.n, rows, d.spatial_out()],
+    };
+    let col = gpu.uninit(shape, x.dtype())?;
     let grid = per_sample(d, d.spatial_out())?;
-    launch(gpu, d, "im2col", Some(grid), col.numel(), &[x, &col])?;
+    launch(gpu, d, ("im2col", &[layout_arg(layout)]), Some(grid), col.numel(), &[x, &col])?;
     Ok(col)
+}
+
+/// dx from the patch matrix's gradient `dcol` in `layout`.
+fn col2im(gpu: &GpuBackend, d: &Dims, dcol: &Tensor, layout: Columns, x: &Tensor) -> Result<Tensor> {
+    let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
+    launch(gpu, d, ("col2im", &[layout_arg(layout)]), Some(col2im_grid(d)?), dx.numel(), &[dcol, &dx])?;
+    Ok(dx)
 }
 
 /// `x` viewed as [a, b, inner] with its outer two dimensions swapped: [b, a, inner] elements
@@ -160,40 +216,52 @@ fn channel_major_weight_grad(gpu: &GpuBackend, d: &Dims, dy_cm: &Tensor, col: &T
     Ok(dw)
 }
 
-/// y[n] = W @ x[n] for every sample: one GEMM batched over the samples, W shared, NCHW in and
-/// out.
-fn pointwise_forward(gpu: &GpuBackend, d: &Dims, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = gpu.uninit([d.n, d.co, d.ho, d.wo], x.dtype())?;
-    let spec = gemm_spec(x.dtype(), d.n, (d.co, d.h * d.w, d.c), (false, false))?.with_shared_a();
-    gemm(gpu, spec, w, x, &y)?;
+/// y[n] = W @ patches[n] for every sample, from a sample-major patch matrix ([N, patch,
+/// Ho*Wo]; a pointwise conv's is x): one GEMM batched over the samples, W shared, NCHW out.
+fn per_sample_forward(gpu: &GpuBackend, d: &Dims, patches: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = gpu.uninit([d.n, d.co, d.ho, d.wo], patches.dtype())?;
+    let spec = gemm_spec(patches.dtype(), d.n, (d.co, d.spatial_out(), d.patch()), (false, false))?.with_shared_a();
+    gemm(gpu, spec, w, patches, &y)?;
     Ok(y)
 }
 
-/// Whether a pointwise conv's dW = sum over n of dy[n] @ x[n]^T sums per-sample products
-/// rather than taking the channel-major route.
+/// The sample-major patch matrix's gradient, dpatches[n] = W^T @ dy[n] for every sample (W
+/// shared), in a tensor of `shape` (a pointwise conv's is dx itself).
+fn per_sample_patch_grad(gpu: &GpuBackend, d: &Dims, w: &Tensor, dy: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let dpatches = gpu.uninit(shape.to_vec(), dy.dtype())?;
+    let spec = gemm_spec(dy.dtype(), d.n, (d.patch(), d.spatial_out(), d.co), (true, false))?.with_shared_a();
+    gemm(gpu, spec, w, dy, &dpatches)?;
+    Ok(dpatches)
+}
+
+/// Whether an ungrouped conv's dW = sum over n of dy[n] @ patches[n]^T sums per-sample
+/// products rather than taking the channel-major route.
 ///
-/// One GEMM reduces over the batch only where the samples' pixels lie side by side: swapping
-/// x and dy to channel-major reads and writes N*HW*(C_in + C_out) elements each way. A GEMM
-/// batched over the samples instead writes N products of C_out*C_in elements, which a
-/// fixed-order sum reads back: N*C_out*C_in elements each way, in the same dtype. The products
+/// One GEMM reduces over the batch only where the samples' pixels lie side by side: the
+/// channel-major route swaps dy to channel-major, N*Ho*Wo*C_out elements read and written,
+/// and for a pointwise conv x as well (its patch matrix; a dense conv's im2col writes either
+/// layout at the same cost). A GEMM batched over the samples instead writes N products of
+/// C_out*patch elements, which a fixed-order sum reads back, in the same dtype. The products
 /// win where they are at most half the swaps' bytes (the margin pays the sum's launches and
-/// its fp32 passes); at msclip-s-b32 that is the parallel branch's bottleneck convs at
-/// 112x112 to 28x28, and the channel-major route the rest (14x14, 7x7: the stem's last conv,
+/// its fp32 passes); at msclip-s-b32 that is the convs on 112x112 to 28x28 planes but the
+/// 3x3 ones at 28x28, and the channel-major route the rest (14x14, 7x7: the stem's last conv,
 /// the lateral lifts). The shape alone decides, so the route, and with it the rounding, is
 /// the same on every device.
 fn sums_per_sample_products(d: &Dims) -> bool {
-    2 * d.co * d.c <= d.h * d.w * (d.c + d.co)
+    let swapped = d.spatial_out() * (d.co + if is_pointwise(d) { d.c } else { 0 });
+    2 * d.co * d.patch() <= swapped
 }
 
-/// dW as the per-sample products dy[n] @ x[n]^T ([N, C_out, C_in], one GEMM batched over the
-/// samples) summed over n in a fixed order (`column_sums`, in fp32, rounded once). In bf16
-/// each product is rounded to bf16 before the sum, one rounding more than the channel-major
-/// route's.
-fn summed_weight_grad(gpu: &GpuBackend, d: &Dims, x: &Tensor, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let partials = gpu.uninit([d.n, d.co, d.c], x.dtype())?;
-    gemm(gpu, gemm_spec(x.dtype(), d.n, (d.co, d.c, d.h * d.w), (false, true))?, dy, x, &partials)?;
+/// dW as the per-sample products dy[n] @ patches[n]^T ([N, C_out, patch], one GEMM batched
+/// over the samples) summed over n in a fixed order (`column_sums`, in fp32, rounded once). In
+/// bf16 each product is rounded to bf16 before the sum, one rounding more than the
+/// channel-major route's.
+fn summed_weight_grad(gpu: &GpuBackend, d: &Dims, patches: &Tensor, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let partials = gpu.uninit([d.n, d.co, d.patch()], dy.dtype())?;
+    let spec = gemm_spec(dy.dtype(), d.n, (d.co, d.patch(), d.spatial_out()), (false, true))?;
+    gemm(gpu, spec, dy, patches, &partials)?;
     let dw = gpu.uninit(w.shape().clone(), w.dtype())?;
-    column_sums(gpu, (device_ptr(&partials)?, partials.dtype()), [1, d.n, d.co * d.c], &dw)?;
+    column_sums(gpu, (device_ptr(&partials)?, partials.dtype()), [1, d.n, d.co * d.patch()], &dw)?;
     Ok(dw)
 }
 
@@ -210,15 +278,7 @@ fn pointwise_backward(
         let (dy_cm, x_cm) = (channel_major(gpu, d, dy, d.co)?, channel_major(gpu, d, x, d.c)?);
         channel_major_weight_grad(gpu, d, &dy_cm, &x_cm, w)?
     };
-    let dx = if need_dx {
-        // dx[n] = W^T @ dy[n], W shared.
-        let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
-        let spec = gemm_spec(x.dtype(), d.n, (d.c, d.h * d.w, d.co), (true, false))?.with_shared_a();
-        gemm(gpu, spec, w, dy, &dx)?;
-        Some(dx)
-    } else {
-        None
-    };
+    let dx = need_dx.then(|| per_sample_patch_grad(gpu, d, w, dy, x.dims())).transpose()?;
     Ok((dx, dw))
 }
 
@@ -283,16 +343,20 @@ pub(super) fn conv2d(gpu: &GpuBackend, x: &Tensor, w: &Tensor, geo: Conv2dGeomet
         let y = gpu.uninit(shape, x.dtype())?;
         if d.kh * d.kw >= WARP_FORWARD_TAPS {
             let grid = warp_per_row(y.numel()).grid;
-            launch(gpu, &d, "dwconv_fwd_warp", Some(grid), y.numel(), &[x, w, &y])?;
+            launch(gpu, &d, ("dwconv_fwd_warp", &[]), Some(grid), y.numel(), &[x, w, &y])?;
         } else {
-            launch(gpu, &d, "dwconv_fwd", None, y.numel(), &[x, w, &y])?;
+            launch(gpu, &d, ("dwconv_fwd", &[]), None, y.numel(), &[x, w, &y])?;
         }
         return Ok(y);
     }
     if is_pointwise(&d) {
-        return pointwise_forward(gpu, &d, x, w);
+        return per_sample_forward(gpu, &d, x, w);
     }
-    let col = im2col(gpu, &d, x)?;
+    let layout = forward_columns(&d);
+    let col = im2col(gpu, &d, x, layout)?;
+    if layout == Columns::SampleMajor {
+        return per_sample_forward(gpu, &d, &col, w);
+    }
     // [groups, C_out/groups, patch] @ [groups, patch, N*Ho*Wo]: channel-major output.
     let y_cm = gpu.uninit([d.co, columns(&d)], x.dtype())?;
     gemm(gpu, gemm_spec(x.dtype(), d.groups, (d.cog(), columns(&d), d.patch()), (false, false))?, w, &col, &y_cm)?;
@@ -318,7 +382,7 @@ pub(super) fn conv2d_backward(
         let dx = if need_dx {
             let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
             let grid = per_sample(&d, d.h * d.w)?;
-            launch(gpu, &d, "dwconv_dx", Some(grid), dx.numel(), &[dy, w, &dx])?;
+            launch(gpu, &d, ("dwconv_dx", &[]), Some(grid), dx.numel(), &[dy, w, &dx])?;
             Some(dx)
         } else {
             None
@@ -328,7 +392,15 @@ pub(super) fn conv2d_backward(
     if is_pointwise(&d) {
         return pointwise_backward(gpu, &d, (x, w, dy), need_dx);
     }
-    let col = im2col(gpu, &d, x)?;
+    let layout = backward_columns(&d);
+    let col = im2col(gpu, &d, x, layout)?;
+    if layout == Columns::SampleMajor {
+        let dw = summed_weight_grad(gpu, &d, &col, dy, w)?;
+        let dx = need_dx
+            .then(|| col2im(gpu, &d, &per_sample_patch_grad(gpu, &d, w, dy, col.dims())?, layout, x))
+            .transpose()?;
+        return Ok((dx, dw));
+    }
     let dy_cm = channel_major(gpu, &d, dy, d.co)?;
     let dw = channel_major_weight_grad(gpu, &d, &dy_cm, &col, w)?;
     let dx = if need_dx {
@@ -336,9 +408,7 @@ pub(super) fn conv2d_backward(
         let dcol = gpu.uninit(col.shape().clone(), x.dtype())?;
         let spec = gemm_spec(x.dtype(), d.groups, (d.patch(), columns(&d), d.cog()), (true, false))?;
         gemm(gpu, spec, w, &dy_cm, &dcol)?;
-        let dx = gpu.uninit(x.shape().clone(), x.dtype())?;
-        launch(gpu, &d, "col2im", Some(col2im_grid(&d)?), dx.numel(), &[&dcol, &dx])?;
-        Some(dx)
+        Some(col2im(gpu, &d, &dcol, layout, x)?)
     } else {
         None
     };
