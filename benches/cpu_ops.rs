@@ -70,7 +70,7 @@ fn main() {
 
     let out = cpu.layer_norm(&x, None, &affine, 1e-5).unwrap();
     let secs = time(|| {
-        cpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &res).unwrap();
+        cpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &res, None).unwrap();
     });
     report(&format!("layer_norm bwd [{tokens}x{d}]"), secs, 3.0); // read x, dy; write dx
 

@@ -164,7 +164,7 @@ fn layernorm_cases(gpu: &dyn Backend, device: Device, dtype: DType, s: &Sizes, r
     });
     let out = gpu.layer_norm(&x, None, &affine, 1e-5).unwrap();
     let bwd = time(device, reps, || {
-        gpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy).unwrap();
+        gpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy, None).unwrap();
     });
     rows.push(Row { name: format!("layernorm bwd {shape}"), bytes: 3.0 * act + stats, seconds: bwd });
 }

@@ -90,8 +90,9 @@ struct SumSlots {
 
 template <typename T>
 __device__ void layernorm_backward(const T* input, const T* gamma, const T* gamma2, const float* mean,
-                                   const float* rstd, const T* dy, T* dx, float* partials, int second_from_row,
-                                   int rows, int width, int rows_per_block, int first_block_of_second) {
+                                   const float* rstd, const T* dy, const T* dx_plus, T* dx, float* partials,
+                                   int second_from_row, int rows, int width, int rows_per_block,
+                                   int first_block_of_second) {
     MSCLIP_DYNAMIC_SMEM(float, column_sums);  // [kWarpsPerBlock][2][stride], slots as SumSlots
     const int warp = threadIdx.x / 32;
     const bool second_segment = static_cast<int>(blockIdx.x) >= first_block_of_second;
@@ -122,7 +123,10 @@ __device__ void layernorm_backward(const T* input, const T* gamma, const T* gamm
         });
         const float mean_g = warp_sum(sum_g) / width;
         const float mean_gx = warp_sum(sum_gx) / width;
-        row_map3(input + at, dy + at, g, dx + at, width, vec, [&](int j, float v, float d, float gc) {
+        // dx_plus (may be null): a gradient reaching the input by another path, added before dx is
+        // rounded (the residual stream's own gradient, when the input is a fused residual sum).
+        const T* plus = dx_plus != nullptr ? dx_plus + at : nullptr;
+        row_map3_plus(input + at, dy + at, g, plus, dx + at, width, vec, [&](int j, float v, float d, float gc) {
             const float xhat = (v - mu) * rs;
             const int s = slots.slot(j);
             my_dgamma[s] += d * xhat;
@@ -188,10 +192,11 @@ __device__ void layernorm_reduce(const float* partials, T* dgamma, T* dbeta, T* 
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(256)                                                               \
         layernorm_bwd_##SUFFIX(const T* input, const T* gamma, const T* gamma2, const float* mean,                  \
-                               const float* rstd, const T* dy, T* dx, float* partials, int second_from_row, int rows, \
-                               int width, int rows_per_block, int first_block_of_second) {                          \
-        layernorm_backward<T>(input, gamma, gamma2, mean, rstd, dy, dx, partials, second_from_row, rows, width,     \
-                              rows_per_block, first_block_of_second);                                               \
+                               const float* rstd, const T* dy, const T* dx_plus, T* dx, float* partials,            \
+                               int second_from_row, int rows, int width, int rows_per_block,                        \
+                               int first_block_of_second) {                                                         \
+        layernorm_backward<T>(input, gamma, gamma2, mean, rstd, dy, dx_plus, dx, partials, second_from_row, rows,   \
+                              width, rows_per_block, first_block_of_second);                                        \
     }                                                                                                               \
     extern "C" __global__ void __launch_bounds__(256)                                                               \
         layernorm_reduce_##SUFFIX(const float* partials, T* dgamma, T* dbeta, T* dgamma2, T* dbeta2,                \

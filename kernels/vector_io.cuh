@@ -123,10 +123,11 @@ __device__ __forceinline__ void row_visit3(const T* a, const T* b, const T* c, i
     }
 }
 
-// out[j] = f(j, a[j], b[j], c[j]) for the elements of the row this lane owns: row_map with a
-// third input, every input and the output moved in packs.
+// out[j] = f(j, a[j], b[j], c[j]) + plus[j], or without `plus` where it is null (the same for
+// the whole row, so the branch does not diverge): the sum is formed in fp32 and rounded once.
 template <typename T, typename F>
-__device__ __forceinline__ void row_map3(const T* a, const T* b, const T* c, T* out, int d, bool vec, F f) {
+__device__ __forceinline__ void row_map3_plus(const T* a, const T* b, const T* c, const T* plus, T* out, int d,
+                                              bool vec, F f) {
     constexpr int N = kPack<T>;
     const int lane = threadIdx.x % 32;
     if (vec) {
@@ -136,11 +137,26 @@ __device__ __forceinline__ void row_map3(const T* a, const T* b, const T* c, T* 
             load_floats<T, N>(b + p * N, vb);
             load_floats<T, N>(c + p * N, vc);
             for (int k = 0; k < N; ++k) o[k] = f(p * N + k, va[k], vb[k], vc[k]);
+            if (plus != nullptr) {
+                float vp[N];
+                load_floats<T, N>(plus + p * N, vp);
+                for (int k = 0; k < N; ++k) o[k] += vp[k];
+            }
             store_floats<T, N>(out + p * N, o);
         }
     } else {
-        for (int j = lane; j < d; j += 32) out[j] = from_float<T>(f(j, to_float(a[j]), to_float(b[j]), to_float(c[j])));
+        for (int j = lane; j < d; j += 32) {
+            const float o = f(j, to_float(a[j]), to_float(b[j]), to_float(c[j]));
+            out[j] = from_float<T>(plus != nullptr ? o + to_float(plus[j]) : o);
+        }
     }
+}
+
+// out[j] = f(j, a[j], b[j], c[j]) for the elements of the row this lane owns: row_map with a
+// third input, every input and the output moved in packs.
+template <typename T, typename F>
+__device__ __forceinline__ void row_map3(const T* a, const T* b, const T* c, T* out, int d, bool vec, F f) {
+    row_map3_plus(a, b, c, static_cast<const T*>(nullptr), out, d, vec, f);
 }
 
 // f(row) for the rows this warp owns in a grid-stride loop over `rows`. The loop bound is the

@@ -1,6 +1,7 @@
 //! kernels/layernorm.cu against the CPU reference: forward with and without the residual, and
-//! backward, over ragged widths and row counts, in f32 and bf16, with one gamma and beta for
-//! all rows and with a second pair from a given row on (a modality-fused layer's text rows).
+//! backward (with the residual stream's gradient added into dx when there is a residual), over
+//! ragged widths and row counts, in f32 and bf16, with one gamma and beta for all rows and with
+//! a second pair from a given row on (a modality-fused layer's text rows).
 
 mod common;
 
@@ -49,6 +50,8 @@ fn check_against_the_cpu(rows: usize, width: usize, split: Option<usize>, seed: 
             let residual = shifted(&randn_as(&mut rng, &[rows, width], 1.0, dtype), 3.0, dtype);
             let params = [(); 4].map(|_| randn_as(&mut rng, &[width], 1.0, dtype));
             let dy = randn_as(&mut rng, &[rows, width], 1.0, dtype);
+            // The gradient the fused residual's sum also receives from the residual stream.
+            let stream_grad = randn_as(&mut rng, &[rows, width], 1.0, dtype);
             let what = |part: &str| format!("{device} {dtype} rows {rows} width {width} split {split:?}: {part}");
             let cpu_affine = affine_of(params.each_ref(), split);
             let gpu_params = params.each_ref().map(|t| on(t, device, dtype));
@@ -73,7 +76,8 @@ fn check_against_the_cpu(rows: usize, width: usize, split: Option<usize>, seed: 
                 assert_close(&what("mean"), &f64s(&got.mean), &f64s(&want.mean), 1e-5, 1e-5);
                 assert_close(&what("rstd"), &f64s(&got.rstd), &f64s(&want.rstd), 1e-5, 1e-4);
 
-                let want = cpu.layer_norm_backward(&input, &cpu_affine, &want.mean, &want.rstd, &dy).unwrap();
+                let plus = with_residual.then_some(&stream_grad);
+                let want = cpu.layer_norm_backward(&input, &cpu_affine, &want.mean, &want.rstd, &dy, plus).unwrap();
                 let got = gpu
                     .layer_norm_backward(
                         &on(&input, device, dtype),
@@ -81,6 +85,7 @@ fn check_against_the_cpu(rows: usize, width: usize, split: Option<usize>, seed: 
                         &got.mean,
                         &got.rstd,
                         &on(&dy, device, dtype),
+                        plus.map(|p| on(p, device, dtype)).as_ref(),
                     )
                     .unwrap();
                 // Gradient sums over rows grow with sqrt(rows) in magnitude, hence the atol.
@@ -127,13 +132,31 @@ fn layer_norm_backward_is_deterministic() {
     let dy = on(&randn_as(&mut rng, &[rows, width], 1.0, DType::F32), device, DType::F32);
     let affine = LnAffine::new(&gamma, &beta).with_second(rows / 3, &beta, &gamma);
     let out = gpu.layer_norm(&x, None, &affine, EPS).unwrap();
-    let first = gpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy).unwrap();
-    let second = gpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy).unwrap();
+    let first = gpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy, None).unwrap();
+    let second = gpu.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy, None).unwrap();
     let sums = |g: &LayerNormGrads| {
         let (dgamma2, dbeta2) = g.second.as_ref().unwrap();
         [&g.dgamma, &g.dbeta, dgamma2, dbeta2].map(f64s)
     };
     assert_eq!(sums(&first), sums(&second));
+}
+
+#[test]
+fn a_gradient_added_into_dx_must_be_shaped_like_it() {
+    let mut rng = Rng::new(6);
+    for device in [Device::Cpu].into_iter().chain(gpu_devices()) {
+        let be = backend::get(device);
+        let mut tensor = |dims: &[usize]| on(&randn_as(&mut rng, dims, 1.0, DType::F32), device, DType::F32);
+        let (x, gamma, beta, dy) = (tensor(&[4, 8]), tensor(&[8]), tensor(&[8]), tensor(&[4, 8]));
+        let affine = LnAffine::new(&gamma, &beta);
+        let out = be.layer_norm(&x, None, &affine, EPS).unwrap();
+        let wrong = [tensor(&[8, 4]), on(&dy, device, DType::BF16)];
+        for plus in &wrong {
+            let err = be.layer_norm_backward(&x, &affine, &out.mean, &out.rstd, &dy, Some(plus)).err();
+            let message = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("added into dx"), "{device} {plus:?}: {message}");
+        }
+    }
 }
 
 #[test]

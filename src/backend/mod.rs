@@ -303,6 +303,17 @@ pub struct LayerNormGrads {
     pub second: Option<(Tensor, Tensor)>,
 }
 
+/// Refuses a `dx_plus` of [`Backend::layer_norm_backward`] unlike its input in shape or dtype.
+pub fn check_dx_plus(input: &Tensor, dx_plus: Option<&Tensor>) -> Result<()> {
+    match dx_plus {
+        Some(p) if p.shape() != input.shape() || p.dtype() != input.dtype() => Err(Error::shape(
+            "layer_norm_backward",
+            format!("a gradient of {} {} added into dx of {} {}", p.dtype(), p.shape(), input.dtype(), input.shape()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Forward outputs of (residual-add +) LayerNorm.
 pub struct LayerNormOut {
     /// `x + residual` when a residual was given: the next residual stream.
@@ -585,6 +596,9 @@ pub trait Backend: Send + Sync {
     /// `affine` with its own gamma and beta.
     fn layer_norm(&self, x: &Tensor, residual: Option<&Tensor>, affine: &LnAffine, eps: f64) -> Result<LayerNormOut>;
     /// `input` is the normalised tensor (x or x + residual); the betas of `affine` are not read.
+    /// `dx_plus`, where given, is added into dx before it is rounded: a gradient that reaches
+    /// `input` by another path (the residual stream's own, when `input` is a fused residual
+    /// sum), so the two gradients are not added in a pass of their own.
     fn layer_norm_backward(
         &self,
         input: &Tensor,
@@ -592,6 +606,7 @@ pub trait Backend: Send + Sync {
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
+        dx_plus: Option<&Tensor>,
     ) -> Result<LayerNormGrads>;
 
     /// Softmax over the last dimension.

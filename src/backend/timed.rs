@@ -288,9 +288,10 @@ impl Backend for Timed {
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
+        dx_plus: Option<&Tensor>,
     ) -> Result<LayerNormGrads> {
         self.timed(OpKind::LayerNorm, "layer_norm_backward", || {
-            self.inner.layer_norm_backward(input, affine, mean, rstd, dy)
+            self.inner.layer_norm_backward(input, affine, mean, rstd, dy, dx_plus)
         })
     }
 

@@ -76,7 +76,7 @@ impl Tensor {
         inputs.extend(affine_inputs(affine));
         let (x, saved) = (self.clone(), affine.clone());
         Ok(record1(OP, &inputs, y, move |dy, _| {
-            let grads = be(dy).layer_norm_backward(&x, &saved, &mean, &rstd, dy)?;
+            let grads = be(dy).layer_norm_backward(&x, &saved, &mean, &rstd, dy, None)?;
             let mut out = vec![Some(grads.dx.clone())];
             out.extend(affine_grads(Some(&grads), &saved));
             Ok(out)
@@ -114,16 +114,14 @@ impl Tensor {
         let mut inputs = vec![self, residual];
         inputs.extend(affine_inputs(affine));
         let mut outs = record(OP, &inputs, vec![sum, out.y], move |grads, _| {
-            // Both outputs flow back into the sum: d sum = (direct) + LayerNorm backward.
+            // Both outputs flow back into the sum: d sum = (direct) + LayerNorm backward, the
+            // direct gradient added inside the LayerNorm's backward kernel.
+            let direct = grads[0].as_ref();
             let norm_grads = match &grads[1] {
-                Some(dy) => Some(be(&saved_sum).layer_norm_backward(&saved_sum, &saved, &mean, &rstd, dy)?),
+                Some(dy) => Some(be(&saved_sum).layer_norm_backward(&saved_sum, &saved, &mean, &rstd, dy, direct)?),
                 None => None,
             };
-            let dsum = match (norm_grads.as_ref().map(|g| &g.dx), &grads[0]) {
-                (Some(d), Some(direct)) => Some(crate::autograd::add_grads(d, direct)?),
-                (Some(d), None) => Some(d.clone()),
-                (None, direct) => direct.clone(),
-            };
+            let dsum = norm_grads.as_ref().map(|g| g.dx.clone()).or_else(|| direct.cloned());
             let mut out = vec![dsum.clone(), dsum];
             out.extend(affine_grads(norm_grads.as_ref(), &saved));
             Ok(out)

@@ -126,8 +126,13 @@ impl Backend for CpuBackend {
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
+        dx_plus: Option<&Tensor>,
     ) -> Result<LayerNormGrads> {
-        float_dispatch!("layer_norm_backward", input.dtype(), norm::layer_norm_backward(input, affine, mean, rstd, dy))
+        float_dispatch!(
+            "layer_norm_backward",
+            input.dtype(),
+            norm::layer_norm_backward(input, affine, mean, rstd, dy, dx_plus)
+        )
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {

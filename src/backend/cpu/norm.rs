@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::lanes;
-use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
+use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine, check_dx_plus};
 use crate::error::Result;
 use crate::tensor::{Real, Tensor};
 
@@ -88,7 +88,10 @@ pub fn layer_norm_backward<T: Real>(
     mean: &Tensor,
     rstd: &Tensor,
     dy: &Tensor,
+    dx_plus: Option<&Tensor>,
 ) -> Result<LayerNormGrads> {
+    check_dx_plus(input, dx_plus)?;
+    let plus = dx_plus.map(Tensor::cpu_slice::<T>).transpose()?;
     let d = input.shape().last().max(1);
     let rows = input.shape().rows();
     let (xs, dys) = (input.cpu_slice::<T>()?, dy.cpu_slice::<T>()?);
@@ -123,6 +126,9 @@ pub fn layer_norm_backward<T: Real>(
                 let mean_gdy_xhat = lanes::dot(&gdy, &xhat) / n;
                 for ((o, &gd), &xh) in dxr.iter_mut().zip(&gdy).zip(&xhat) {
                     *o = rs[r] * (gd - mean_gdy - xh * mean_gdy_xhat);
+                }
+                if let Some(plus) = &plus {
+                    dxr.iter_mut().zip(&plus[r * d..][..d]).for_each(|(o, &p)| *o += p);
                 }
             }
             sums

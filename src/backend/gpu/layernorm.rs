@@ -7,7 +7,7 @@ use super::context::{blocks_for, int, kernel_for, ptr};
 use super::driver::{KernelArg, LaunchConfig};
 use super::elementwise::pack_width;
 use super::footprint::Footprint;
-use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine};
+use crate::backend::{LayerNormGrads, LayerNormOut, LnAffine, check_dx_plus};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -98,7 +98,9 @@ pub(super) fn layer_norm_backward(
     mean: &Tensor,
     rstd: &Tensor,
     dy: &Tensor,
+    dx_plus: Option<&Tensor>,
 ) -> Result<LayerNormGrads> {
+    check_dx_plus(input, dx_plus)?;
     let (rows, width) = rows_width(input);
     let dtype = input.dtype();
     let dx = gpu.uninit(input.shape().clone(), dtype)?;
@@ -114,6 +116,8 @@ pub(super) fn layer_norm_backward(
     let blocks = (first_blocks + (rows - first_rows).div_ceil(BACKWARD_ROWS_PER_BLOCK)).max(1);
     let partials = Scratch::uninit(gpu.device(), blocks * 2 * width * 4)?;
     let smem = (WARPS_PER_BLOCK * 2 * accumulator_words(width, dtype) * 4) as u32;
+    let mut reads = vec![input, &affine.gamma, gamma2, mean, rstd, dy];
+    reads.extend(dx_plus);
     gpu.launch(
         &kernel_for("layernorm_bwd", dtype)?,
         LaunchConfig::linear(blocks as u32, THREADS, smem),
@@ -124,6 +128,7 @@ pub(super) fn layer_norm_backward(
             ptr(mean)?,
             ptr(rstd)?,
             ptr(dy)?,
+            dx_plus.map(ptr).transpose()?.unwrap_or(KernelArg::Ptr(0)),
             ptr(&dx)?,
             KernelArg::Ptr(partials.ptr()),
             int(first_rows, "rows")?,
@@ -132,7 +137,7 @@ pub(super) fn layer_norm_backward(
             int(BACKWARD_ROWS_PER_BLOCK, "rows per block")?,
             int(first_blocks, "blocks")?,
         ],
-        Footprint::of(&[input, &affine.gamma, gamma2, mean, rstd, dy], &[&dx]).writes(partials.bytes()),
+        Footprint::of(&reads, &[&dx]).writes(partials.bytes()),
     )?;
     // grid y: one row of blocks per segment, each adding its own blocks' partial sums.
     let (dgamma2, dbeta2) = second.as_ref().map_or((&dgamma, &dbeta), |(g, b)| (g, b));

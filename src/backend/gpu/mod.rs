@@ -191,8 +191,9 @@ impl Backend for GpuBackend {
         mean: &Tensor,
         rstd: &Tensor,
         dy: &Tensor,
+        dx_plus: Option<&Tensor>,
     ) -> Result<LayerNormGrads> {
-        layernorm::layer_norm_backward(self, input, affine, mean, rstd, dy)
+        layernorm::layer_norm_backward(self, input, affine, mean, rstd, dy, dx_plus)
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {
